@@ -1,0 +1,67 @@
+//! The default ef-backup policy, compiled to a WASI Preview 2 component.
+//!
+//! The decisions live in plain Rust modules (`policy`, `retention`, `response`, `civil`) that are
+//! unit-tested natively with `cargo test`; this file only binds them to the WIT exports.
+
+wit_bindgen::generate!({ world: "backup-policy", path: "../wit" });
+
+pub mod civil;
+pub mod policy;
+pub mod response;
+pub mod retention;
+
+pub use euraflow::backup::types;
+
+#[cfg(target_arch = "wasm32")]
+mod component {
+    use super::exports::euraflow::backup::policy::Guest;
+    use super::types::{BackupEntry, BackupOutcome, Config, HttpResponse, Level, BackupSchedule, Status, Target};
+    use super::{log, policy, response};
+
+    struct DefaultPolicy;
+
+    fn warn_all(warnings: Vec<String>) {
+        for w in warnings {
+            log(Level::Warn, &w);
+        }
+    }
+
+    impl Guest for DefaultPolicy {
+        fn schedule(config: Config) -> BackupSchedule {
+            let (_, warnings) = policy::Settings::parse(&config);
+            warn_all(warnings);
+            policy::schedule()
+        }
+
+        fn backup_name(_config: Config, now: i64) -> String {
+            policy::backup_name(now)
+        }
+
+        fn parse_name(name: String) -> Option<i64> {
+            policy::parse_name(&name)
+        }
+
+        fn select_expired(backups: Vec<BackupEntry>, now: i64, target: Target, config: Config) -> Vec<String> {
+            let (settings, warnings) = policy::Settings::parse(&config);
+            warn_all(warnings);
+            let expired = policy::select_expired(&backups, now, target, &settings);
+            log(
+                Level::Debug,
+                &format!("retention ({target:?}): {} listed, {} expired", backups.len(), expired.len()),
+            );
+            expired
+        }
+
+        fn shape_backup_response(outcome: BackupOutcome) -> HttpResponse {
+            response::backup(&outcome)
+        }
+
+        fn shape_status(status: Status) -> HttpResponse {
+            let (settings, warnings) = policy::Settings::parse(&status.config);
+            warn_all(warnings);
+            response::status(&status, &settings)
+        }
+    }
+
+    super::export!(DefaultPolicy with_types_in super);
+}

@@ -1,0 +1,319 @@
+//! Configuration: read once from the environment (and an optional `.env` file) into a typed
+//! [`Config`]. Nothing else in the program reads environment variables.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A value that must never be printed: `Debug` and `Display` show `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var}: {reason}")]
+    Invalid { var: &'static str, reason: String },
+    #[error("cannot read {path}: {err} (fix the file or pass --env-file with another path)")]
+    EnvFile { path: PathBuf, err: dotenvy::Error },
+    #[error("cannot determine the current directory: {0}")]
+    Cwd(std::io::Error),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbConfig {
+    pub host: String,
+    pub port: u16,
+    pub name: String,
+    pub user: String,
+    pub password: Option<Secret>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Config {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub bucket: String,
+    pub region: String,
+    pub prefix: String,
+    pub endpoint_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub db: DbConfig,
+    /// Absolute.
+    pub backup_dir: PathBuf,
+    /// None: use the default policy next to the binary or from the build.
+    pub policy_path: Option<PathBuf>,
+    pub s3: Option<S3Config>,
+    /// `EF__BACKUP_RETENTION_DAYS`: S3 retention, passed to the policy.
+    pub retention_days: u32,
+    pub gzip_level: u32,
+    /// Compression threads; 0 means one per CPU.
+    pub threads: usize,
+    pub timeout_secs: u64,
+    pub admin_token: Option<Secret>,
+    pub http_addr: String,
+    pub log_format: LogFormat,
+    /// `EF__POLICY_<KEY>` as (key in lower case, value), sorted by key.
+    pub policy_settings: Vec<(String, String)>,
+}
+
+/// Measured on this project's benchmark (README, "Performance"): level 6 of zlib-rs already
+/// beats `gzip -9` on size, and compresses several times faster.
+pub const DEFAULT_GZIP_LEVEL: u32 = 6;
+pub const DEFAULT_TIMEOUT_SECS: u64 = 4 * 3600;
+
+struct Vars<'a>(&'a BTreeMap<String, String>);
+
+impl Vars<'_> {
+    /// Unset and empty are the same: `.env` templates often carry `VAR=`.
+    fn get(&self, var: &str) -> Option<&str> {
+        self.0.get(var).map(|s| s.as_str()).filter(|s| !s.trim().is_empty())
+    }
+
+    fn string(&self, var: &str, default: &str) -> String {
+        self.get(var).unwrap_or(default).trim().to_string()
+    }
+
+    fn number<T: std::str::FromStr + PartialOrd + fmt::Display + Copy>(
+        &self,
+        var: &'static str,
+        default: T,
+        min: T,
+        max: T,
+    ) -> Result<T, ConfigError> {
+        let Some(raw) = self.get(var) else { return Ok(default) };
+        match raw.trim().parse::<T>() {
+            Ok(v) if v >= min && v <= max => Ok(v),
+            _ => Err(ConfigError::Invalid {
+                var,
+                reason: format!("{raw:?} is not a whole number from {min} to {max} (default {default})"),
+            }),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the process environment, with `env_file` underneath it (variables already in the
+    /// environment win, as with docker and systemd). A missing default `.env` is fine.
+    pub fn load(env_file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut vars = BTreeMap::new();
+        let (path, required) = match env_file {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(".env"), false),
+        };
+        if required || path.exists() {
+            let iter = dotenvy::from_path_iter(&path).map_err(|err| ConfigError::EnvFile { path: path.clone(), err })?;
+            for item in iter {
+                let (k, v) = item.map_err(|err| ConfigError::EnvFile { path: path.clone(), err })?;
+                vars.insert(k, v);
+            }
+        }
+        vars.extend(std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))));
+        let cwd = std::env::current_dir().map_err(ConfigError::Cwd)?;
+        Config::from_vars(&vars, &cwd)
+    }
+
+    /// Pure: the variables in, a validated config out. Relative paths are taken from `cwd`.
+    pub fn from_vars(vars: &BTreeMap<String, String>, cwd: &Path) -> Result<Config, ConfigError> {
+        let v = Vars(vars);
+        let db = DbConfig {
+            host: v.string("EF__DB_HOST", "localhost"),
+            port: v.number("EF__DB_PORT", 5432u16, 1, u16::MAX)?,
+            name: v.string("EF__DB_NAME", "euraflow"),
+            user: v.string("EF__DB_USER", "euraflow"),
+            password: v.get("EF__DB_PASSWORD").map(Secret::new),
+        };
+        for (var, value) in [("EF__DB_HOST", &db.host), ("EF__DB_NAME", &db.name), ("EF__DB_USER", &db.user)] {
+            if value.chars().any(|c| c.is_control()) {
+                return Err(ConfigError::Invalid { var, reason: "contains control characters".into() });
+            }
+        }
+
+        let absolute = |p: &str| -> PathBuf {
+            let p = Path::new(p);
+            if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) }
+        };
+        let backup_dir = absolute(&v.string("EF__BACKUP_DIR", "backups"));
+        let policy_path = v.get("EF__BACKUP_POLICY").map(|p| absolute(p.trim()));
+
+        let s3 = s3_config(&v)?;
+        let admin_token = v.get("EF__ADMIN_TOKEN").map(|t| Secret::new(t.trim()));
+        let log_format = match v.get("EF__LOG_FORMAT").map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::Invalid { var: "EF__LOG_FORMAT", reason: format!("{other:?} is not `text` or `json`") })
+            }
+        };
+        let policy_settings = vars
+            .iter()
+            .filter_map(|(k, val)| Some((k.strip_prefix("EF__POLICY_")?.to_ascii_lowercase(), val.clone())))
+            .filter(|(k, _)| !k.is_empty())
+            .collect();
+
+        Ok(Config {
+            db,
+            backup_dir,
+            policy_path,
+            s3,
+            retention_days: v.number("EF__BACKUP_RETENTION_DAYS", 30u32, 1, 36_500)?,
+            gzip_level: v.number("EF__BACKUP_GZIP_LEVEL", DEFAULT_GZIP_LEVEL, 1, 9)?,
+            threads: v.number("EF__BACKUP_THREADS", 0usize, 0, 256)?,
+            timeout_secs: v.number("EF__BACKUP_TIMEOUT_SECS", DEFAULT_TIMEOUT_SECS, 1, 7 * 86_400)?,
+            admin_token,
+            http_addr: v.string("EF__HTTP_ADDR", "127.0.0.1:8080"),
+            log_format,
+            policy_settings,
+        })
+    }
+
+    /// Compression threads to use.
+    pub fn compression_threads(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        }
+    }
+}
+
+const S3_REQUIRED: [&str; 3] = ["EF__AWS_ACCESS_KEY_ID", "EF__AWS_SECRET_ACCESS_KEY", "EF__AWS_S3_BACKUP_BUCKET"];
+
+/// S3 is on when all three required variables are set, off when none is; a partial set is an
+/// error, because a typo must not silently turn off the off-site copy.
+fn s3_config(v: &Vars) -> Result<Option<S3Config>, ConfigError> {
+    let present: Vec<&str> = S3_REQUIRED.iter().copied().filter(|var| v.get(var).is_some()).collect();
+    if present.is_empty() {
+        return Ok(None);
+    }
+    if let Some(missing) = S3_REQUIRED.iter().copied().find(|var| v.get(var).is_none()) {
+        return Err(ConfigError::Invalid {
+            var: missing,
+            reason: format!(
+                "not set, but {} is: set all of {} to enable S3 backups, or none to disable them",
+                present.join(" and "),
+                S3_REQUIRED.join(", ")
+            ),
+        });
+    }
+    let bucket = v.string("EF__AWS_S3_BACKUP_BUCKET", "");
+    let valid_bucket = (3..=63).contains(&bucket.len())
+        && bucket.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.');
+    if !valid_bucket {
+        return Err(ConfigError::Invalid {
+            var: "EF__AWS_S3_BACKUP_BUCKET",
+            reason: format!("{bucket:?} is not a valid bucket name (3-63 characters: a-z, 0-9, '-', '.')"),
+        });
+    }
+    let prefix = v.string("EF__S3_PREFIX", "");
+    if prefix.starts_with('/') || prefix.contains("..") || prefix.chars().any(|c| c.is_control()) {
+        return Err(ConfigError::Invalid {
+            var: "EF__S3_PREFIX",
+            reason: format!("{prefix:?} must be a relative key prefix such as `db/euraflow/`"),
+        });
+    }
+    Ok(Some(S3Config {
+        access_key_id: v.string("EF__AWS_ACCESS_KEY_ID", ""),
+        secret_access_key: Secret::new(v.get("EF__AWS_SECRET_ACCESS_KEY").unwrap_or_default().trim()),
+        bucket,
+        region: v.string("EF__AWS_REGION", "us-east-1"),
+        prefix,
+        endpoint_url: v.get("EF__AWS_ENDPOINT_URL").or_else(|| v.get("AWS_ENDPOINT_URL_S3")).map(|s| s.trim().to_string()),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_vars(&vars, Path::new("/srv/app"))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.db, DbConfig { host: "localhost".into(), port: 5432, name: "euraflow".into(), user: "euraflow".into(), password: None });
+        assert_eq!(c.backup_dir, PathBuf::from("/srv/app/backups"));
+        assert_eq!((c.retention_days, c.gzip_level, c.timeout_secs), (30, DEFAULT_GZIP_LEVEL, DEFAULT_TIMEOUT_SECS));
+        assert!(c.s3.is_none() && c.admin_token.is_none() && c.policy_path.is_none());
+        assert_eq!(c.http_addr, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable() {
+        for (pairs, var) in [
+            (vec![("EF__DB_PORT", "abc")], "EF__DB_PORT"),
+            (vec![("EF__DB_PORT", "70000")], "EF__DB_PORT"),
+            (vec![("EF__BACKUP_RETENTION_DAYS", "0")], "EF__BACKUP_RETENTION_DAYS"),
+            (vec![("EF__BACKUP_GZIP_LEVEL", "10")], "EF__BACKUP_GZIP_LEVEL"),
+            (vec![("EF__BACKUP_TIMEOUT_SECS", "-1")], "EF__BACKUP_TIMEOUT_SECS"),
+            (vec![("EF__LOG_FORMAT", "xml")], "EF__LOG_FORMAT"),
+            (vec![("EF__DB_NAME", "a\nb")], "EF__DB_NAME"),
+        ] {
+            let err = load(&pairs).unwrap_err();
+            assert!(matches!(err, ConfigError::Invalid { var: v, .. } if v == var), "{pairs:?}: {err}");
+            assert!(err.to_string().starts_with(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn s3_all_or_nothing() {
+        let err = load(&[("EF__AWS_ACCESS_KEY_ID", "AK"), ("EF__AWS_S3_BACKUP_BUCKET", "bkt")]).unwrap_err();
+        assert!(err.to_string().starts_with("EF__AWS_SECRET_ACCESS_KEY: not set"), "{err}");
+        let c = load(&[
+            ("EF__AWS_ACCESS_KEY_ID", "AK"),
+            ("EF__AWS_SECRET_ACCESS_KEY", "very-secret"),
+            ("EF__AWS_S3_BACKUP_BUCKET", "my-bucket"),
+            ("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9000"),
+        ])
+        .unwrap();
+        let s3 = c.s3.unwrap();
+        assert_eq!((s3.bucket.as_str(), s3.region.as_str()), ("my-bucket", "us-east-1"));
+        assert_eq!(s3.endpoint_url.as_deref(), Some("http://127.0.0.1:9000"));
+        assert!(!format!("{s3:?}").contains("very-secret"));
+        let err = load(&[("EF__AWS_ACCESS_KEY_ID", "AK"), ("EF__AWS_SECRET_ACCESS_KEY", "s"), ("EF__AWS_S3_BACKUP_BUCKET", "B!")])
+            .unwrap_err();
+        assert!(err.to_string().starts_with("EF__AWS_S3_BACKUP_BUCKET"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_debug_printed() {
+        let c = load(&[("EF__DB_PASSWORD", "hunter2-db"), ("EF__ADMIN_TOKEN", "tok-0123456789abcdef")]).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2-db") && !dbg.contains("tok-0123456789abcdef"), "{dbg}");
+        assert_eq!(c.db.password.unwrap().expose(), "hunter2-db");
+    }
+
+    #[test]
+    fn policy_settings_and_paths() {
+        let c = load(&[("EF__POLICY_LOCAL_KEEP_LAST", "3"), ("EF__POLICY_", "x"), ("EF__BACKUP_POLICY", "p/x.wasm"), ("EF__BACKUP_DIR", "/abs")]).unwrap();
+        assert_eq!(c.policy_settings, vec![("local_keep_last".to_string(), "3".to_string())]);
+        assert_eq!(c.policy_path, Some(PathBuf::from("/srv/app/p/x.wasm")));
+        assert_eq!(c.backup_dir, PathBuf::from("/abs"));
+    }
+}

@@ -1,0 +1,110 @@
+//! `ef-backup policy check`: load a component and exercise every export with sample inputs,
+//! so a broken policy is caught before it is deployed.
+
+use std::fmt::Write as _;
+
+use super::{
+    BackupDone, BackupEntry, BackupFailed, BackupOutcome, ErrorKind, Policy, PolicyConfig, PolicyError, S3Outcome,
+    Status, Target,
+};
+
+const HOUR: i64 = 3600;
+
+/// What a check found, ready to print.
+#[derive(Debug)]
+pub struct Report {
+    pub lines: Vec<String>,
+}
+
+/// Runs every export once (retention for both targets) and checks the answers for consistency.
+pub fn run(policy: &Policy, config: &PolicyConfig, now: i64) -> Result<Report, PolicyError> {
+    let info = policy.info();
+    let mut lines = vec![
+        format!("policy:      {}", info.path.display()),
+        format!("sha256:      {}", info.sha256),
+        format!("size:        {} bytes", info.size_bytes),
+        format!("wit package: euraflow:backup@{}", info.wit_version),
+    ];
+
+    let schedule = policy.schedule(config)?;
+    lines.push(format!("schedule:    {} ({}) — {}", schedule.crons.join(" | "), schedule.timezone, schedule.description));
+
+    let name = policy.backup_name(config, now)?;
+    lines.push(format!("sample name: {name}"));
+    match policy.parse_name(&name)? {
+        Some(_) => {}
+        None => {
+            return Err(policy.bad(
+                "parse-name",
+                format!("does not recognise the policy's own name {name:?}: listing and retention would ignore every backup"),
+            ))
+        }
+    }
+
+    // Twice a day for 60 days, plus a name no policy should claim.
+    let mut listing = Vec::new();
+    for i in 0..120 {
+        let t = now - i * 12 * HOUR;
+        listing.push(BackupEntry { name: policy.backup_name(config, t)?, size_bytes: 1 << 20, modified: t });
+    }
+    listing.push(BackupEntry { name: "not-a-backup-of-this-policy.sql.gz".into(), size_bytes: 1, modified: now - 400 * 24 * HOUR });
+    for target in [Target::Local, Target::S3] {
+        let expired = policy.select_expired(&listing, now, target, config)?;
+        lines.push(format!(
+            "retention {:<5} of {} backups 12 h apart, keeps {}, deletes {}",
+            match target {
+                Target::Local => "local:",
+                Target::S3 => "s3:",
+            },
+            listing.len() - 1,
+            listing.len() - 1 - expired.len(),
+            expired.len()
+        ));
+    }
+
+    let done = |s3: S3Outcome| {
+        BackupOutcome::Done(BackupDone {
+            file_name: name.clone(),
+            path: format!("{}/{name}", config.backup_dir),
+            size_bytes: 12_345_678,
+            started_at: now,
+            finished_at: now + 10,
+            s3,
+        })
+    };
+    let outcomes = [
+        ("success, S3 uploaded", done(S3Outcome::Uploaded(format!("s3://bucket/{name}")))),
+        ("success, S3 off", done(S3Outcome::Disabled)),
+        ("success, S3 failed", done(S3Outcome::Failed("sample S3 error".into()))),
+        (
+            "failure",
+            BackupOutcome::Failed(BackupFailed { kind: ErrorKind::Dump, message: "sample error".into(), file_name: Some(name.clone()) }),
+        ),
+        ("busy", BackupOutcome::Busy(name.clone())),
+    ];
+    let mut responses = String::new();
+    for (label, outcome) in &outcomes {
+        let r = policy.shape_backup_response(outcome)?;
+        let success_like = matches!(outcome, BackupOutcome::Done(_));
+        if success_like != (200..300).contains(&r.status) {
+            return Err(policy.bad(
+                "shape-backup-response",
+                format!("{label}: HTTP {} (a {} must be {})", r.status, label, if success_like { "2xx" } else { "non-2xx" }),
+            ));
+        }
+        let _ = write!(responses, "{}{label} → {}", if responses.is_empty() { "" } else { ", " }, r.status);
+    }
+    lines.push(format!("responses:   {responses}"));
+
+    let status = Status {
+        now,
+        config: config.clone(),
+        local_backups: listing[..14].to_vec(),
+        last_run: None,
+        next_run: Some(now + 12 * HOUR),
+        running: None,
+    };
+    let r = policy.shape_status(&status)?;
+    lines.push(format!("status:      {} ({} bytes of JSON)", r.status, r.body.len()));
+    Ok(Report { lines })
+}

@@ -1,0 +1,460 @@
+//! Loads a policy component and runs its calls in a sandbox: no preopened directories, no
+//! network, no environment, frozen clocks, bounded memory and bounded time per call. Every value
+//! that comes back is validated before the host acts on it.
+
+mod bindings;
+pub mod check;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+pub use bindings::types::{
+    BackupDone, BackupEntry, BackupFailed, BackupOutcome, BackupSchedule, Config as PolicyConfig, ErrorKind,
+    HttpResponse, LastRun, Level, S3Config as PolicyS3Config, S3Outcome, Status, Target,
+};
+pub use bindings::ACCEPTED_VERSIONS;
+use bindings::{BackupPolicy, BackupPolicyPre};
+
+/// Per-call limits. Generous for a policy (the default one needs about 1 MiB and well under a
+/// millisecond), small enough that a runaway guest cannot hurt the host.
+pub const MEMORY_LIMIT: usize = 64 << 20;
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(1);
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Log lines a single call may emit; more are dropped (a guest must not flood the host's log).
+const LOG_LINES_PER_CALL: u32 = 100;
+const LOG_LINE_MAX: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy {path}: {err}")]
+    Read { path: PathBuf, err: std::io::Error },
+    #[error("policy {path} is not a WebAssembly file (it starts with {magic}); build one with scripts/build-policy.sh")]
+    NotWasm { path: PathBuf, magic: String },
+    #[error("policy {path} is a core WebAssembly module, not a component; build it for the wasm32-wasip2 target (scripts/build-policy.sh)")]
+    CoreModule { path: PathBuf },
+    #[error("policy {path} is not a valid component (truncated or corrupt?): {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("policy {path} implements euraflow:backup@{found}, this host accepts {accepted}; rebuild the policy against a supported wit/ version")]
+    Version { path: PathBuf, found: String, accepted: String },
+    #[error("policy {path} does not export euraflow:backup/policy (it exports: {exports}); is it a backup policy?")]
+    NotAPolicy { path: PathBuf, exports: String },
+    #[error("policy {path} needs imports this host does not provide: {reason}")]
+    Link { path: PathBuf, reason: String },
+    #[error("policy {path}: {call} trapped: {reason}")]
+    Trap { path: PathBuf, call: &'static str, reason: String },
+    #[error("policy {path}: {call} ran longer than {limit:?} and was stopped")]
+    Timeout { path: PathBuf, call: &'static str, limit: Duration },
+    #[error("policy {path}: {call} returned an invalid value: {reason}")]
+    BadOutput { path: PathBuf, call: &'static str, reason: String },
+}
+
+impl PolicyError {
+    /// The call-level errors (as opposed to load errors).
+    fn call(path: &Path, call: &'static str, err: wasmtime::Error) -> PolicyError {
+        let path = path.to_path_buf();
+        if matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+            return PolicyError::Timeout { path, call, limit: CALL_TIMEOUT };
+        }
+        // The first line carries the cause (e.g. "wasm trap: wasm `unreachable` instruction
+        // executed", or the memory limit); the rest is a wasm backtrace.
+        let reason = format!("{err:#}").lines().next().unwrap_or_default().to_string();
+        PolicyError::Trap { path, call, reason }
+    }
+}
+
+/// What identifies a loaded policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyInfo {
+    pub path: PathBuf,
+    /// Lower-case hex SHA-256 of the file.
+    pub sha256: String,
+    /// The `euraflow:backup` package version the component implements.
+    pub wit_version: String,
+    pub size_bytes: u64,
+}
+
+struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    label: Arc<str>,
+    log_lines: u32,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl bindings::types::Host for State {}
+
+impl bindings::BackupPolicyImports for State {
+    fn log(&mut self, level: Level, message: String) {
+        self.log_lines += 1;
+        if self.log_lines > LOG_LINES_PER_CALL {
+            return;
+        }
+        let mut message = message;
+        if message.len() > LOG_LINE_MAX {
+            let mut cut = LOG_LINE_MAX;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        let policy = &*self.label;
+        match level {
+            Level::Trace => tracing::trace!(target: "policy", policy, "{message}"),
+            Level::Debug => tracing::debug!(target: "policy", policy, "{message}"),
+            Level::Info => tracing::info!(target: "policy", policy, "{message}"),
+            Level::Warn => tracing::warn!(target: "policy", policy, "{message}"),
+            Level::Error => tracing::error!(target: "policy", policy, "{message}"),
+        }
+    }
+}
+
+/// A clock stuck at the Unix epoch: the guest must take time from its arguments.
+struct FrozenClock;
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// One engine per process, with a thread that advances its epoch for the per-call deadlines.
+fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut cfg = wasmtime::Config::new();
+        cfg.wasm_component_model(true).epoch_interruption(true);
+        let engine = Engine::new(&cfg).expect("the wasmtime configuration is valid");
+        let ticker = engine.clone();
+        std::thread::Builder::new()
+            .name("policy-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(EPOCH_TICK);
+                ticker.increment_epoch();
+            })
+            .expect("spawn the epoch thread");
+        engine
+    })
+}
+
+/// A loaded, linked and version-checked policy component. Each call runs in a fresh instance:
+/// nothing carries over between calls, and a trap cannot poison later ones.
+pub struct Policy {
+    pre: BackupPolicyPre<State>,
+    info: PolicyInfo,
+    label: Arc<str>,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy").field("info", &self.info).finish()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The version of `euraflow:backup/policy` a component exports, or every export name when it
+/// exports none.
+fn exported_version(engine: &Engine, component: &Component) -> Result<String, Vec<String>> {
+    let ty = component.component_type();
+    let names: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+    names
+        .iter()
+        .find_map(|n| n.strip_prefix(bindings::POLICY_INTERFACE)?.strip_prefix('@').map(str::to_string))
+        .ok_or(names)
+}
+
+impl Policy {
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let bytes = std::fs::read(path).map_err(|err| PolicyError::Read { path: path.to_path_buf(), err })?;
+        Policy::from_bytes(path, &bytes)
+    }
+
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Policy, PolicyError> {
+        let p = || path.to_path_buf();
+        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+            let magic = hex(&bytes[..bytes.len().min(8)]);
+            return Err(PolicyError::NotWasm { path: p(), magic: if magic.is_empty() { "nothing (empty file)".into() } else { format!("0x{magic}") } });
+        }
+        if bytes[4..8] == [1, 0, 0, 0] {
+            return Err(PolicyError::CoreModule { path: p() });
+        }
+        let engine = engine();
+        let component =
+            Component::new(engine, bytes).map_err(|e| PolicyError::Invalid { path: p(), reason: format!("{e:#}") })?;
+        let wit_version = match exported_version(engine, &component) {
+            Ok(v) if ACCEPTED_VERSIONS.contains(&v.as_str()) => v,
+            Ok(found) => return Err(PolicyError::Version { path: p(), found, accepted: ACCEPTED_VERSIONS.join(", ") }),
+            Err(names) => {
+                let exports = if names.is_empty() { "nothing".to_string() } else { names.join(", ") };
+                return Err(PolicyError::NotAPolicy { path: p(), exports });
+            }
+        };
+        let mut linker = Linker::<State>::new(engine);
+        // The component model's WASI adapter imports wasi:cli, wasi:io, wasi:filesystem... even
+        // for pure functions; they are linked against an empty context (see `store`).
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .and_then(|()| BackupPolicy::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s))
+            .map_err(|e| PolicyError::Link { path: p(), reason: format!("{e:#}") })?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(BackupPolicyPre::new)
+            .map_err(|e| PolicyError::Link { path: p(), reason: format!("{e:#}") })?;
+        let info = PolicyInfo { path: p(), sha256: hex(&Sha256::digest(bytes)), wit_version, size_bytes: bytes.len() as u64 };
+        let label: Arc<str> = path.display().to_string().into();
+        Ok(Policy { pre, info, label })
+    }
+
+    pub fn info(&self) -> &PolicyInfo {
+        &self.info
+    }
+
+    fn store(&self) -> Store<State> {
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new().wall_clock(FrozenClock).monotonic_clock(FrozenClock).build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(MEMORY_LIMIT)
+            .instances(64)
+            .tables(64)
+            .memories(16)
+            .table_elements(1 << 16)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = State { wasi, table: ResourceTable::new(), limits, label: self.label.clone(), log_lines: 0 };
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline((CALL_TIMEOUT.as_millis() / EPOCH_TICK.as_millis()) as u64);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    fn call<R>(
+        &self,
+        call: &'static str,
+        f: impl FnOnce(&BackupPolicy, &mut Store<State>) -> wasmtime::Result<R>,
+    ) -> Result<R, PolicyError> {
+        let mut store = self.store();
+        let result = self.pre.instantiate(&mut store).and_then(|instance| f(&instance, &mut store));
+        result.map_err(|e| PolicyError::call(&self.info.path, call, e))
+    }
+
+    fn bad(&self, call: &'static str, reason: impl Into<String>) -> PolicyError {
+        PolicyError::BadOutput { path: self.info.path.clone(), call, reason: reason.into() }
+    }
+
+    pub fn schedule(&self, config: &PolicyConfig) -> Result<BackupSchedule, PolicyError> {
+        let s = self.call("schedule", |p, s| p.euraflow_backup_policy().call_schedule(s, config))?;
+        if s.crons.is_empty() {
+            return Err(self.bad("schedule", "no cron expressions"));
+        }
+        for cron in &s.crons {
+            validate_cron(cron).map_err(|reason| self.bad("schedule", format!("cron {cron:?}: {reason}")))?;
+        }
+        if s.timezone.is_empty() || s.timezone.len() > 64 || s.timezone.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(self.bad("schedule", format!("{:?} is not an IANA time zone name", s.timezone)));
+        }
+        Ok(s)
+    }
+
+    pub fn backup_name(&self, config: &PolicyConfig, now: i64) -> Result<String, PolicyError> {
+        let name = self.call("backup-name", |p, s| p.euraflow_backup_policy().call_backup_name(s, config, now))?;
+        validate_name(&name).map_err(|reason| self.bad("backup-name", format!("{name:?}: {reason}")))?;
+        Ok(name)
+    }
+
+    pub fn parse_name(&self, name: &str) -> Result<Option<i64>, PolicyError> {
+        self.call("parse-name", |p, s| p.euraflow_backup_policy().call_parse_name(s, name))
+    }
+
+    /// The names among `backups` that the policy recognises, with the time each name carries.
+    pub fn recognise(&self, backups: &[BackupEntry]) -> Result<Vec<(BackupEntry, i64)>, PolicyError> {
+        // One instance for the whole listing: a call per file would instantiate per file.
+        self.call("parse-name", |p, s| {
+            let mut out = Vec::new();
+            for b in backups {
+                if let Some(t) = p.euraflow_backup_policy().call_parse_name(&mut *s, &b.name)? {
+                    out.push((b.clone(), t));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// What to delete. The answer is checked against the listing: only listed names the policy
+    /// recognises, never the newest backup. Any violation rejects the whole answer (the caller
+    /// skips retention rather than guess).
+    pub fn select_expired(
+        &self,
+        backups: &[BackupEntry],
+        now: i64,
+        target: Target,
+        config: &PolicyConfig,
+    ) -> Result<Vec<String>, PolicyError> {
+        let call = "select-expired";
+        let (names, ours) = self.call(call, |p, s| {
+            let names = p.euraflow_backup_policy().call_select_expired(&mut *s, backups, now, target, config)?;
+            let mut ours = Vec::new();
+            for b in backups {
+                if let Some(t) = p.euraflow_backup_policy().call_parse_name(&mut *s, &b.name)? {
+                    ours.push((b.name.clone(), t));
+                }
+            }
+            Ok((names, ours))
+        })?;
+        let newest = ours.iter().max_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0))).map(|(n, _)| n.as_str());
+        let mut out: Vec<String> = Vec::with_capacity(names.len());
+        for name in names {
+            if !backups.iter().any(|b| b.name == name) {
+                return Err(self.bad(call, format!("{name:?} is not in the listing it was given")));
+            }
+            if !ours.iter().any(|(n, _)| *n == name) {
+                return Err(self.bad(call, format!("{name:?} is not a name the policy produces (parse-name rejects it)")));
+            }
+            if Some(name.as_str()) == newest {
+                return Err(self.bad(call, format!("{name:?} is the newest backup, which must never be deleted")));
+            }
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn shape_backup_response(&self, outcome: &BackupOutcome) -> Result<HttpResponse, PolicyError> {
+        let r = self.call("shape-backup-response", |p, s| p.euraflow_backup_policy().call_shape_backup_response(s, outcome))?;
+        self.validate_response("shape-backup-response", r)
+    }
+
+    pub fn shape_status(&self, status: &Status) -> Result<HttpResponse, PolicyError> {
+        let r = self.call("shape-status", |p, s| p.euraflow_backup_policy().call_shape_status(s, status))?;
+        self.validate_response("shape-status", r)
+    }
+
+    fn validate_response(&self, call: &'static str, r: HttpResponse) -> Result<HttpResponse, PolicyError> {
+        if !(200..=599).contains(&r.status) {
+            return Err(self.bad(call, format!("HTTP status {} is outside 200-599", r.status)));
+        }
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(&r.body) {
+            return Err(self.bad(call, format!("body is not JSON ({e})")));
+        }
+        Ok(r)
+    }
+}
+
+/// A backup name becomes a file name and an S3 key: a plain, printable file name.
+pub fn validate_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 200 {
+        return Err("must be 1 to 200 bytes long");
+    }
+    if name.contains('/') || name.contains('\\') {
+        return Err("must not contain a path separator");
+    }
+    if name.starts_with('.') || name.contains("..") {
+        return Err("must not start with '.' or contain '..'");
+    }
+    if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("must not contain whitespace or control characters");
+    }
+    if !name.ends_with(".sql.gz") {
+        return Err("must end with .sql.gz");
+    }
+    Ok(())
+}
+
+/// Five fields of digits, `*`, `,`, `-` and `/` (the syntax every cron shares; the scheduler
+/// parses the rest).
+pub fn validate_cron(cron: &str) -> Result<(), &'static str> {
+    let fields: Vec<&str> = cron.split_whitespace().collect();
+    if fields.len() != 5 {
+        return Err("expected five fields: minute hour day-of-month month day-of-week");
+    }
+    if fields.iter().any(|f| !f.chars().all(|c| c.is_ascii_digit() || "*,-/".contains(c))) {
+        return Err("fields may only contain digits and * , - /");
+    }
+    Ok(())
+}
+
+/// The policy's view of the host configuration.
+pub fn policy_config(config: &crate::config::Config) -> PolicyConfig {
+    PolicyConfig {
+        database: config.db.name.clone(),
+        backup_dir: config.backup_dir.display().to_string(),
+        s3: config.s3.as_ref().map(|s| PolicyS3Config {
+            bucket: s.bucket.clone(),
+            region: s.region.clone(),
+            prefix: s.prefix.clone(),
+            retention_days: config.retention_days,
+        }),
+        settings: config.policy_settings.clone(),
+    }
+}
+
+/// Where the policy comes from when none is configured: `ef_backup_policy.wasm` beside the
+/// binary (an installed copy), else the component this source tree builds.
+pub fn default_policy_path() -> PathBuf {
+    const FILE: &str = "ef_backup_policy.wasm";
+    if let Some(beside) = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.join(FILE))) {
+        if beside.is_file() {
+            return beside;
+        }
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm/wasm32-wasip2/wasm-release").join(FILE);
+    built.canonicalize().unwrap_or(built)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_name("euraflow_backup_20251104_013000.sql.gz").is_ok());
+        for bad in ["", "a/b.sql.gz", "..sql.gz", "../x.sql.gz", ".hidden.sql.gz", "a b.sql.gz", "a\n.sql.gz", "x.sql", "a\\b.sql.gz"] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_name(&format!("{}.sql.gz", "a".repeat(200))).is_err());
+    }
+
+    #[test]
+    fn crons() {
+        for ok in ["0 1,13 * * *", "*/15 * * * 1-5", "0 0 1 * *"] {
+            assert!(validate_cron(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "0 1 * *", "0 1 * * * *", "0 1 * * MON", "@daily", "0 1 * * ?"] {
+            assert!(validate_cron(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn non_wasm_inputs_are_refused_before_compiling() {
+        let p = Path::new("x.wasm");
+        assert!(matches!(Policy::from_bytes(p, b""), Err(PolicyError::NotWasm { .. })));
+        assert!(matches!(Policy::from_bytes(p, b"hello world, not wasm"), Err(PolicyError::NotWasm { .. })));
+        assert!(matches!(Policy::from_bytes(p, b"\0asm\x01\0\0\0"), Err(PolicyError::CoreModule { .. })));
+        let e = Policy::from_bytes(p, b"\0asm\x0d\0\x01\0\x07").unwrap_err();
+        assert!(matches!(e, PolicyError::Invalid { .. }), "{e}");
+    }
+}
