@@ -66,6 +66,8 @@ pub struct Config {
     pub backup_dir: PathBuf,
     /// None: use the default policy next to the binary or from the build.
     pub policy_path: Option<PathBuf>,
+    /// `EF__PG_BIN`: directory of the PostgreSQL client tools to prefer.
+    pub pg_bin: Option<PathBuf>,
     pub s3: Option<S3Config>,
     /// `EF__BACKUP_RETENTION_DAYS`: S3 retention, passed to the policy.
     pub retention_days: u32,
@@ -158,6 +160,7 @@ impl Config {
         };
         let backup_dir = absolute(&v.string("EF__BACKUP_DIR", "backups"));
         let policy_path = v.get("EF__BACKUP_POLICY").map(|p| absolute(p.trim()));
+        let pg_bin = v.get("EF__PG_BIN").map(|p| absolute(p.trim()));
 
         let s3 = s3_config(&v)?;
         let admin_token = v.get("EF__ADMIN_TOKEN").map(|t| Secret::new(t.trim()));
@@ -178,6 +181,7 @@ impl Config {
             db,
             backup_dir,
             policy_path,
+            pg_bin,
             s3,
             retention_days: v.number("EF__BACKUP_RETENTION_DAYS", 30u32, 1, 36_500)?,
             gzip_level: v.number("EF__BACKUP_GZIP_LEVEL", DEFAULT_GZIP_LEVEL, 1, 9)?,

@@ -4,5 +4,13 @@
 //! Data flows one way: [`config`] → [`policy`] decisions → engine ([`dump`] → [`compress`] →
 //! [`store`]) → result → the policy shapes the response.
 
+pub mod cli;
+pub mod compress;
 pub mod config;
+pub mod db;
+pub mod dump;
+pub mod engine;
 pub mod policy;
+pub mod restore;
+pub mod store;
+pub mod verify;

@@ -364,6 +364,29 @@ impl Policy {
     }
 }
 
+/// The host's own response when the policy cannot shape one (it trapped or answered nonsense):
+/// the same envelope as the default policy, so clients still get `success` and the cause.
+pub fn fallback_backup_response(outcome: &BackupOutcome) -> HttpResponse {
+    let (status, body) = match outcome {
+        BackupOutcome::Done(d) => (
+            200,
+            serde_json::json!({"success": true, "message": "backup succeeded (the policy could not shape this response)",
+                "data": {"backup_file": d.file_name, "backup_path": d.path, "file_size_bytes": d.size_bytes}}),
+        ),
+        BackupOutcome::Failed(f) => (
+            500,
+            serde_json::json!({"success": false, "message": format!("backup failed: {}", f.message),
+                "data": {"backup_file": f.file_name, "error": f.message}}),
+        ),
+        BackupOutcome::Busy(name) => (
+            409,
+            serde_json::json!({"success": false, "message": format!("a backup is already running: {name}"),
+                "data": {"running_backup": name}}),
+        ),
+    };
+    HttpResponse { status, body: body.to_string() }
+}
+
 /// A backup name becomes a file name and an S3 key: a plain, printable file name.
 pub fn validate_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() || name.len() > 200 {

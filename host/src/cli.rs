@@ -1,0 +1,130 @@
+//! Human-readable output of the command-line tool.
+
+use chrono::{DateTime, Utc};
+
+use crate::config::Config;
+use crate::engine::BackupReport;
+use crate::policy::{BackupEntry, BackupOutcome, HttpResponse, Policy, PolicyError, S3Outcome};
+use crate::store::StoredBackup;
+use crate::verify::VerifyReport;
+
+/// A listed backup the policy recognises, with the time its name carries.
+#[derive(Debug, Clone)]
+pub struct Recognised {
+    pub backup: StoredBackup,
+    pub created: i64,
+}
+
+/// The backups among `listing` that the policy recognises, newest first.
+pub fn recognised(policy: &Policy, listing: &[StoredBackup]) -> Result<Vec<Recognised>, PolicyError> {
+    let entries: Vec<BackupEntry> = listing.iter().map(BackupEntry::from).collect();
+    let mut out: Vec<Recognised> = policy
+        .recognise(&entries)?
+        .into_iter()
+        .filter_map(|(e, created)| Some(Recognised { backup: listing.iter().find(|b| b.name == e.name)?.clone(), created }))
+        .collect();
+    out.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| b.backup.name.cmp(&a.backup.name)));
+    Ok(out)
+}
+
+pub fn format_time(unix: i64) -> String {
+    DateTime::<Utc>::from_timestamp(unix, 0).map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_else(|| unix.to_string())
+}
+
+pub fn mb(bytes: u64) -> String {
+    format!("{:.2} MB", bytes as f64 / 1048576.0)
+}
+
+pub fn print_backup_summary(report: &BackupReport, response: &HttpResponse) {
+    let message = serde_json::from_str::<serde_json::Value>(&response.body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+        .unwrap_or_default();
+    match &report.outcome {
+        BackupOutcome::Done(d) => {
+            println!("{message}");
+            println!("  file:      {}", d.path);
+            let ratio = if d.size_bytes > 0 { report.dump_bytes as f64 / d.size_bytes as f64 } else { 0.0 };
+            println!("  size:      {} (dump {}, {ratio:.1}:1)", mb(d.size_bytes), mb(report.dump_bytes));
+            println!("  took:      {:.1} s", report.elapsed.as_secs_f64());
+            match &d.s3 {
+                S3Outcome::Disabled => println!("  S3:        disabled"),
+                S3Outcome::Uploaded(url) => println!("  S3:        {url}"),
+                S3Outcome::Failed(e) => println!("  S3:        upload FAILED: {e}"),
+            }
+            println!("  retention: {} old backup(s) deleted", report.retention.deleted.len());
+            if let Some(e) = &report.retention.error {
+                println!("  retention problem: {e}");
+            }
+        }
+        BackupOutcome::Failed(f) => eprintln!("ef-backup: error: {}", if message.is_empty() { &f.message } else { &message }),
+        BackupOutcome::Busy(name) => eprintln!("ef-backup: error: a backup is already running: {name}"),
+    }
+}
+
+pub fn print_list(config: &Config, backups: &[Recognised], foreign: usize, json: bool) {
+    if json {
+        let rows: Vec<serde_json::Value> = backups
+            .iter()
+            .map(|r| {
+                serde_json::json!({"name": r.backup.name, "location": "local",
+                    "path": config.backup_dir.join(&r.backup.name), "size_bytes": r.backup.size_bytes,
+                    "created_at": r.created, "modified_at": r.backup.modified})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return;
+    }
+    println!("{:<48} {:>12}  {:<24} where", "backup", "size", "created");
+    for r in backups {
+        println!("{:<48} {:>12}  {:<24} local", r.backup.name, mb(r.backup.size_bytes), format_time(r.created));
+    }
+    println!("{} backup(s) in {}", backups.len(), config.backup_dir.display());
+    if foreign > 0 {
+        println!("({foreign} other *.sql.gz file(s) there are not this policy's and are left alone)");
+    }
+}
+
+/// A backup argument: an existing path, or a file name in the backup directory.
+pub fn resolve_backup(config: &Config, arg: &str) -> anyhow::Result<std::path::PathBuf> {
+    let as_path = std::path::Path::new(arg);
+    if as_path.is_file() {
+        return Ok(as_path.to_path_buf());
+    }
+    let in_dir = config.backup_dir.join(arg);
+    if !arg.contains('/') && in_dir.is_file() {
+        return Ok(in_dir);
+    }
+    anyhow::bail!("backup {arg:?} not found (neither a file nor a backup in {}; see `ef-backup list`)", config.backup_dir.display())
+}
+
+pub fn print_verify(report: &VerifyReport, json: bool) {
+    if json {
+        let tables: Vec<serde_json::Value> = report
+            .tables
+            .iter()
+            .map(|t| serde_json::json!({"table": t.table, "restored_rows": t.restored, "reference_rows": t.reference,
+                "checksum_equal": t.checksum_equal, "ok": t.ok()}))
+            .collect();
+        println!("{}", serde_json::json!({"backup": report.backup, "reference": report.reference, "ok": report.ok(), "tables": tables}));
+        return;
+    }
+    let n = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "missing".into());
+    println!("{:<44} {:>12} {:>12}  {:<9} result", "table", "restored", "reference", "checksum");
+    for t in &report.tables {
+        let sum = match t.checksum_equal {
+            Some(true) => "equal",
+            Some(false) => "DIFFERS",
+            None => "-",
+        };
+        println!("{:<44} {:>12} {:>12}  {:<9} {}", t.table, n(t.restored), n(t.reference), sum, if t.ok() { "ok" } else { "MISMATCH" });
+    }
+    let bad = report.tables.iter().filter(|t| !t.ok()).count();
+    if report.ok() {
+        println!("verify: OK — {} restores; all {} tables match {}", report.backup, report.tables.len(), report.reference);
+    } else if report.tables.is_empty() {
+        println!("verify: FAILED — {} restored no tables", report.backup);
+    } else {
+        println!("verify: FAILED — {bad} of {} tables differ from {}", report.tables.len(), report.reference);
+    }
+}

@@ -1,0 +1,194 @@
+//! The PostgreSQL client tools: finding a `pg_dump`/`psql` that matches the server, and running
+//! them with the connection settings in their environment (never in argv, where `ps` shows
+//! them to every user).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::config::DbConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("no PostgreSQL client tools found (looked for psql in {looked}); install the postgresql-client package or set EF__PG_BIN")]
+    NoClient { looked: String },
+    #[error("cannot connect to PostgreSQL at {host}:{port} (database {db}, user {user}): {detail} — check EF__DB_HOST, EF__DB_PORT, EF__DB_NAME, EF__DB_USER and EF__DB_PASSWORD")]
+    Connect { host: String, port: u16, db: String, user: String, detail: String },
+    #[error("the server runs PostgreSQL {server}, but no pg_dump {server} was found (found: {found}); install postgresql-client-{server} or point EF__PG_BIN at its bin directory — a pg_dump of another major version cannot be trusted with this server")]
+    VersionMismatch { server: u32, found: String },
+    #[error("{tool} failed: {detail}")]
+    Tool { tool: String, detail: String },
+    #[error("cannot run {tool}: {err}")]
+    Spawn { tool: String, err: std::io::Error },
+}
+
+/// Client tools of one major version, matching the server.
+#[derive(Debug, Clone)]
+pub struct PgTools {
+    pub bin_dir: PathBuf,
+    pub server_major: u32,
+    db: DbConfig,
+}
+
+/// The last lines of a tool's stderr, trimmed, for error messages.
+pub fn tail_lines(stderr: &[u8], lines: usize) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let all: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let tail = all[all.len().saturating_sub(lines)..].join(" | ");
+    if tail.is_empty() { "(no error output)".to_string() } else { tail }
+}
+
+/// Candidate bin directories, best first: the configured one, then Debian's per-version
+/// directories (newest first), then whatever is on PATH.
+fn candidate_dirs(configured: Option<&Path>) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = configured {
+        dirs.push(d.to_path_buf());
+    }
+    let mut versioned: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .collect();
+    versioned.sort_by(|a, b| b.0.cmp(&a.0));
+    dirs.extend(versioned.into_iter().map(|(_, p)| p));
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    dirs
+}
+
+/// The major version a client tool reports (`pg_dump (PostgreSQL) 15.18 (Debian ...)`).
+fn tool_major(tool: &Path) -> Option<u32> {
+    let out = Command::new(tool).arg("--version").stdin(Stdio::null()).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split_whitespace().find(|w| w.starts_with(|c: char| c.is_ascii_digit()))?;
+    version.split('.').next()?.parse().ok()
+}
+
+impl PgTools {
+    /// Asks the server for its version, then picks the client tools of the same major version.
+    pub fn for_server(db: &DbConfig, configured_bin: Option<&Path>) -> Result<PgTools, DbError> {
+        let dirs = candidate_dirs(configured_bin);
+        let psql = dirs.iter().map(|d| d.join("psql")).find(|p| p.is_file()).ok_or_else(|| DbError::NoClient {
+            looked: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+        })?;
+        let probe = PgTools { bin_dir: psql.parent().unwrap_or(Path::new("/")).to_path_buf(), server_major: 0, db: db.clone() };
+        let num = probe.query_value(&db.name, "SHOW server_version_num")?;
+        let server_major = num.trim().parse::<u32>().map(|n| n / 10_000).map_err(|_| DbError::Tool {
+            tool: "psql".into(),
+            detail: format!("unexpected server_version_num {num:?}"),
+        })?;
+        let mut found = Vec::new();
+        for dir in &dirs {
+            let pg_dump = dir.join("pg_dump");
+            if !pg_dump.is_file() {
+                continue;
+            }
+            match tool_major(&pg_dump) {
+                Some(m) if m == server_major && dir.join("psql").is_file() => {
+                    return Ok(PgTools { bin_dir: dir.clone(), server_major, db: db.clone() })
+                }
+                Some(m) => found.push(format!("{m} in {}", dir.display())),
+                None => found.push(format!("unknown version in {}", dir.display())),
+            }
+        }
+        found.dedup();
+        Err(DbError::VersionMismatch { server: server_major, found: if found.is_empty() { "none".into() } else { found.join(", ") } })
+    }
+
+    pub fn tool(&self, name: &str) -> PathBuf {
+        self.bin_dir.join(name)
+    }
+
+    /// A client tool with the connection in its environment, connecting to `database`.
+    pub fn command(&self, name: &str, database: &str) -> Command {
+        let mut cmd = Command::new(self.tool(name));
+        cmd.env("PGHOST", &self.db.host)
+            .env("PGPORT", self.db.port.to_string())
+            .env("PGUSER", &self.db.user)
+            .env("PGDATABASE", database)
+            .env("PGAPPNAME", "ef-backup")
+            .env_remove("PGSERVICE")
+            .stdin(Stdio::null());
+        if std::env::var_os("PGCONNECT_TIMEOUT").is_none() {
+            cmd.env("PGCONNECT_TIMEOUT", "10");
+        }
+        match &self.db.password {
+            Some(p) => cmd.env("PGPASSWORD", p.expose()),
+            None => cmd.env_remove("PGPASSWORD"),
+        };
+        cmd
+    }
+
+    /// Runs SQL through psql and returns the rows (fields split). A connection failure is
+    /// reported as [`DbError::Connect`] with psql's reason.
+    pub fn query(&self, database: &str, sql: &str) -> Result<Vec<Vec<String>>, DbError> {
+        let out = self
+            .command("psql", database)
+            // -X: no ~/.psqlrc; -A -t: bare rows, NUL after each row, US (0x1f) between fields
+            // (neither occurs in the names and numbers queried here).
+            .args(["-X", "-q", "-A", "-t", "-0", "-F", "\u{1f}", "-w", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .map_err(|err| DbError::Spawn { tool: self.tool("psql").display().to_string(), err })?;
+        if !out.status.success() {
+            let detail = tail_lines(&out.stderr, 3);
+            // psql exits 2 when the connection fails, 1/3 for SQL errors.
+            if out.status.code() == Some(2) {
+                return Err(DbError::Connect {
+                    host: self.db.host.clone(),
+                    port: self.db.port,
+                    db: database.to_string(),
+                    user: self.db.user.clone(),
+                    detail,
+                });
+            }
+            return Err(DbError::Tool { tool: "psql".into(), detail });
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text
+            .split('\0')
+            .map(|r| r.trim_start_matches('\n'))
+            .filter(|r| !r.is_empty())
+            .map(|r| r.split('\u{1f}').map(str::to_string).collect())
+            .collect())
+    }
+
+    /// One value of a one-row, one-column query.
+    pub fn query_value(&self, database: &str, sql: &str) -> Result<String, DbError> {
+        let rows = self.query(database, sql)?;
+        Ok(rows.into_iter().next().and_then(|r| r.into_iter().next()).unwrap_or_default())
+    }
+
+    /// Runs statements (no result), e.g. CREATE/DROP/ALTER DATABASE.
+    pub fn execute(&self, database: &str, sql: &str) -> Result<(), DbError> {
+        self.query(database, sql).map(drop)
+    }
+}
+
+/// `"name"` with embedded quotes doubled: a safe SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `'text'` with embedded quotes doubled: a safe SQL string literal.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn stderr_tail() {
+        assert_eq!(tail_lines(b"a\n\n b \nc\nd\n", 2), "c | d");
+        assert_eq!(tail_lines(b"", 2), "(no error output)");
+    }
+}

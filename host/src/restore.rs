@@ -1,0 +1,220 @@
+//! Restoring a plain `.sql.gz` (the original plugin ran `pg_restore` on it, which cannot work).
+//!
+//! A restore never leaves the target half-done: the dump goes into a fresh scratch database,
+//! and only when gzip, the dump's footer and psql all succeeded is the scratch database renamed
+//! into place. `psql --single-transaction` alone would not do: the large-object section of a
+//! plain dump carries its own BEGIN/COMMIT and ends the outer transaction early.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use flate2::read::MultiGzDecoder;
+
+use crate::db::{quote_ident, quote_literal, tail_lines, DbError, PgTools};
+use crate::dump::{Completeness, CopyCounts};
+
+/// Where administrative statements (CREATE/ALTER/DROP DATABASE) are run from.
+pub const MAINTENANCE_DB: &str = "postgres";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("cannot open backup {path}: {err}")]
+    Open { path: PathBuf, err: io::Error },
+    #[error("backup {path} is damaged: {reason}; nothing was restored — use another backup (ef-backup list)")]
+    Damaged { path: PathBuf, reason: String },
+    #[error("database {db} already exists and is not empty; pass --drop-existing to replace it (the current contents are dropped only after the restore succeeded)")]
+    TargetNotEmpty { db: String },
+    #[error("database {db} does not exist; pass --create to create it")]
+    TargetMissing { db: String },
+    #[error("psql failed while restoring into {db} ({status}): {stderr}; the target was not touched")]
+    Psql { db: String, status: String, stderr: String },
+    #[error("restored into {scratch}, but cannot replace {db}: {err} — close the other connections to {db} (stop the application) and run the restore again")]
+    Swap { db: String, scratch: String, err: DbError },
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// What a pass over a backup file found.
+#[derive(Debug, Default)]
+pub struct BackupCheck {
+    pub compressed_bytes: u64,
+    pub dump_bytes: u64,
+    /// `COPY` row counts per table, in dump order.
+    pub copy_counts: Vec<(String, u64)>,
+}
+
+fn damaged(path: &Path, reason: impl Into<String>) -> RestoreError {
+    RestoreError::Damaged { path: path.to_path_buf(), reason: reason.into() }
+}
+
+/// Reads a whole backup: gzip integrity (every member's CRC and length), the dump's footer,
+/// and the rows of each COPY block. Calls `sink` with the SQL as it goes.
+pub fn scan(path: &Path, mut sink: impl FnMut(&[u8]) -> io::Result<()>) -> Result<BackupCheck, RestoreError> {
+    let file = std::fs::File::open(path).map_err(|err| RestoreError::Open { path: path.to_path_buf(), err })?;
+    let compressed_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut gz = MultiGzDecoder::new(io::BufReader::with_capacity(256 * 1024, file));
+    let mut complete = Completeness::default();
+    let mut counts = CopyCounts::default();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut dump_bytes = 0u64;
+    loop {
+        let n = match gz.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(damaged(path, format!("gzip data is corrupt or truncated ({e})"))),
+        };
+        complete.update(&buf[..n]);
+        counts.update(&buf[..n]);
+        dump_bytes += n as u64;
+        sink(&buf[..n]).map_err(|e| damaged(path, format!("while streaming: {e}")))?;
+    }
+    complete.verify().map_err(|r| damaged(path, r))?;
+    Ok(BackupCheck { compressed_bytes, dump_bytes, copy_counts: counts.tables })
+}
+
+/// A scratch database name: unique per process and moment, short enough for PostgreSQL.
+pub fn scratch_name(purpose: &str) -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    format!("ef_{purpose}_{}_{secs}", std::process::id())
+}
+
+fn database_exists(tools: &PgTools, db: &str) -> Result<bool, DbError> {
+    Ok(tools.query_value(MAINTENANCE_DB, &format!("SELECT count(*) FROM pg_database WHERE datname = {}", quote_literal(db)))? != "0")
+}
+
+/// True when `db` holds no user relations or functions.
+fn database_is_empty(tools: &PgTools, db: &str) -> Result<bool, DbError> {
+    let sql = "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+               WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%') \
+             + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+               WHERE n.nspname NOT IN ('pg_catalog', 'information_schema'))";
+    Ok(tools.query_value(db, sql)? == "0")
+}
+
+/// Drops a scratch database when dropped itself, unless kept.
+pub struct Scratch<'a> {
+    tools: &'a PgTools,
+    pub name: String,
+    keep: bool,
+}
+
+impl Drop for Scratch<'_> {
+    fn drop(&mut self) {
+        if !self.keep {
+            let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&self.name));
+            if let Err(e) = self.tools.execute(MAINTENANCE_DB, &sql) {
+                tracing::warn!("could not drop scratch database {}: {e} (drop it by hand)", self.name);
+            }
+        }
+    }
+}
+
+/// Creates `name` and restores the backup into it, checking the stream as it goes. On any
+/// failure the database is dropped again.
+pub fn restore_into_new<'a>(tools: &'a PgTools, path: &Path, name: &str) -> Result<(Scratch<'a>, BackupCheck), RestoreError> {
+    tools.execute(MAINTENANCE_DB, &format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(name)))?;
+    let scratch = Scratch { tools, name: name.to_string(), keep: false };
+    let mut child = tools
+        .command("psql", name)
+        .args(["-X", "-q", "-w", "-v", "ON_ERROR_STOP=1"])
+        .env("PGOPTIONS", "-c client_min_messages=warning")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|err| DbError::Spawn { tool: "psql".into(), err })?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let stderr_reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = stderr.read_to_end(&mut all);
+        all
+    });
+    let mut psql_gone = false;
+    let scanned = scan(path, |data| {
+        if !psql_gone {
+            // psql stopping early (ON_ERROR_STOP) shows up as EPIPE; its stderr says why.
+            if let Err(e) = stdin.write_all(data) {
+                if e.kind() != io::ErrorKind::BrokenPipe {
+                    return Err(e);
+                }
+                psql_gone = true;
+            }
+        }
+        Ok(())
+    });
+    if scanned.is_err() {
+        // Damaged backup: stop psql before it commits what it got.
+        let _ = child.kill();
+    }
+    drop(stdin);
+    let status = child.wait().map_err(|err| DbError::Spawn { tool: "psql".into(), err })?;
+    let stderr = stderr_reader.join().unwrap_or_default();
+    let check = scanned?;
+    if !status.success() || psql_gone {
+        return Err(RestoreError::Psql {
+            db: name.to_string(),
+            status: format!("exit status {}", status.code().map(|c| c.to_string()).unwrap_or_else(|| "by signal".into())),
+            stderr: tail_lines(&stderr, 4),
+        });
+    }
+    Ok((scratch, check))
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreOptions {
+    pub create: bool,
+    pub drop_existing: bool,
+}
+
+#[derive(Debug)]
+pub struct RestoreReport {
+    pub target: String,
+    pub replaced_existing: bool,
+    pub check: BackupCheck,
+    pub elapsed: Duration,
+}
+
+/// Restores `path` into database `target`: refuses up front when the target's state does not
+/// match the options, restores into a scratch database, then swaps it into place.
+pub fn restore(tools: &PgTools, path: &Path, target: &str, opts: RestoreOptions) -> Result<RestoreReport, RestoreError> {
+    let started = Instant::now();
+    let exists = database_exists(tools, target)?;
+    match exists {
+        false if !opts.create => return Err(RestoreError::TargetMissing { db: target.into() }),
+        true if !opts.drop_existing && !database_is_empty(tools, target)? => {
+            return Err(RestoreError::TargetNotEmpty { db: target.into() })
+        }
+        _ => {}
+    }
+    // Fail fast on a damaged file before creating anything.
+    scan(path, |_| Ok(()))?;
+    let scratch_db = scratch_name("restore");
+    tracing::info!("restoring {} into scratch database {scratch_db}", path.display());
+    let (mut scratch, check) = restore_into_new(tools, path, &scratch_db)?;
+    let swap_err = |err| RestoreError::Swap { db: target.into(), scratch: scratch_db.clone(), err };
+    if exists {
+        let old = scratch_name("replaced");
+        tools
+            .execute(MAINTENANCE_DB, &format!("ALTER DATABASE {} RENAME TO {}", quote_ident(target), quote_ident(&old)))
+            .map_err(swap_err)?;
+        if let Err(e) = tools.execute(MAINTENANCE_DB, &format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&scratch_db), quote_ident(target))) {
+            // Put the original back; the scratch copy is dropped.
+            let _ = tools.execute(MAINTENANCE_DB, &format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&old), quote_ident(target)));
+            return Err(swap_err(e));
+        }
+        scratch.keep = true;
+        if let Err(e) = tools.execute(MAINTENANCE_DB, &format!("DROP DATABASE {} WITH (FORCE)", quote_ident(&old))) {
+            tracing::warn!("restored {target}, but could not drop its previous contents, now named {old}: {e}");
+        }
+    } else {
+        tools
+            .execute(MAINTENANCE_DB, &format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&scratch_db), quote_ident(target)))
+            .map_err(swap_err)?;
+        scratch.keep = true;
+    }
+    Ok(RestoreReport { target: target.into(), replaced_existing: exists, check, elapsed: started.elapsed() })
+}

@@ -1,0 +1,235 @@
+//! The local backup directory: listing, atomic creation (`name.partial` → fsync → rename →
+//! fsync dir), and deletion of exactly the names the caller got from a listing.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::StoredBackup;
+
+pub const SUFFIX: &str = ".sql.gz";
+pub const PARTIAL_SUFFIX: &str = ".partial";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("cannot create the backup directory {path}: {err} (check EF__BACKUP_DIR and its permissions)")]
+    CreateDir { path: PathBuf, err: io::Error },
+    #[error("cannot list the backup directory {path}: {err}")]
+    List { path: PathBuf, err: io::Error },
+    #[error("cannot create {path}: {err} (is EF__BACKUP_DIR writable?)")]
+    Create { path: PathBuf, err: io::Error },
+    #[error("{path} already exists; refusing to overwrite a backup")]
+    Exists { path: PathBuf },
+    #[error("cannot finish {path}: {err}")]
+    Commit { path: PathBuf, err: io::Error },
+    #[error("cannot delete {path}: {err}")]
+    Delete { path: PathBuf, err: io::Error },
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    dir: PathBuf,
+}
+
+fn unix_secs(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}
+
+impl LocalStore {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        LocalStore { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn path_of(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn ensure_dir(&self) -> Result<(), LocalError> {
+        fs::create_dir_all(&self.dir).map_err(|err| LocalError::CreateDir { path: self.dir.clone(), err })
+    }
+
+    /// Regular files named `*.sql.gz`, sorted by name. A missing directory lists as empty.
+    pub fn list(&self) -> Result<Vec<StoredBackup>, LocalError> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(LocalError::List { path: self.dir.clone(), err }),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|err| LocalError::List { path: self.dir.clone(), err })?;
+            let Ok(name) = entry.file_name().into_string() else { continue };
+            if !name.ends_with(SUFFIX) {
+                continue;
+            }
+            // Symlinks are not followed: a link is not a backup we made.
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            let modified = meta.modified().map(unix_secs).unwrap_or(0);
+            out.push(StoredBackup { name, size_bytes: meta.len(), modified });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Starts writing `name` as `name.partial` (mode 0600: a dump holds every row).
+    pub fn create(&self, name: &str) -> Result<PartialFile, LocalError> {
+        let path = self.path_of(name);
+        if path.exists() {
+            return Err(LocalError::Exists { path });
+        }
+        let partial = self.path_of(&format!("{name}{PARTIAL_SUFFIX}"));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&partial)
+            .map_err(|err| LocalError::Create { path: partial.clone(), err })?;
+        Ok(PartialFile { file: Some(file), partial, path, dir: self.dir.clone(), bytes: 0 })
+    }
+
+    /// Deletes `name`, which must be a plain file name of this directory.
+    pub fn delete(&self, name: &str) -> Result<(), LocalError> {
+        let path = self.path_of(name);
+        debug_assert!(!name.contains('/'));
+        fs::remove_file(&path).map_err(|err| LocalError::Delete { path, err })
+    }
+
+    /// Removes `*.sql.gz.partial` files older than `max_age`: leftovers of crashed runs (a
+    /// younger one may belong to a backup running in another process).
+    pub fn clean_partials(&self, max_age: Duration) -> Vec<Result<String, LocalError>> {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return Vec::new() };
+        let now = SystemTime::now();
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let meta = e.metadata().ok()?;
+                let stale = now.duration_since(meta.modified().ok()?).map(|age| age > max_age).unwrap_or(false);
+                (name.ends_with(&format!("{SUFFIX}{PARTIAL_SUFFIX}")) && meta.is_file() && stale).then_some(name)
+            })
+            .map(|name| self.delete(&name).map(|()| name))
+            .collect()
+    }
+}
+
+/// A backup being written. It becomes visible under its final name only through
+/// [`PartialFile::commit`]; dropped without it, the partial file is removed.
+#[derive(Debug)]
+pub struct PartialFile {
+    file: Option<File>,
+    partial: PathBuf,
+    path: PathBuf,
+    dir: PathBuf,
+    bytes: u64,
+}
+
+impl PartialFile {
+    pub fn partial_path(&self) -> &Path {
+        &self.partial
+    }
+
+    /// Flushes the data and the directory entry to disk, then renames into place.
+    pub fn commit(mut self) -> Result<(PathBuf, u64), LocalError> {
+        let file = self.file.take().expect("file present until commit");
+        let err = |err| LocalError::Commit { path: self.path.clone(), err };
+        file.sync_all().map_err(err)?;
+        drop(file);
+        if self.path.exists() {
+            return Err(LocalError::Exists { path: self.path.clone() });
+        }
+        fs::rename(&self.partial, &self.path).map_err(err)?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(err)?;
+        let done = (std::mem::take(&mut self.path), self.bytes);
+        self.partial = PathBuf::new();
+        Ok(done)
+    }
+}
+
+impl Write for PartialFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.as_mut().expect("file present until commit").write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.as_mut().expect("file present until commit").flush()
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if !self.partial.as_os_str().is_empty() {
+            drop(self.file.take());
+            let _ = fs::remove_file(&self.partial);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_becomes_final_only_on_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        let mut p = store.create("a.sql.gz").unwrap();
+        p.write_all(b"data").unwrap();
+        assert!(dir.path().join("a.sql.gz.partial").exists());
+        assert!(store.list().unwrap().is_empty(), "partial files are not backups");
+        let (path, bytes) = p.commit().unwrap();
+        assert_eq!((path, bytes), (dir.path().join("a.sql.gz"), 4));
+        assert!(!dir.path().join("a.sql.gz.partial").exists());
+        let listed = store.list().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].name.as_str(), listed[0].size_bytes), ("a.sql.gz", 4));
+
+        let mut dropped = store.create("b.sql.gz").unwrap();
+        dropped.write_all(b"half").unwrap();
+        drop(dropped);
+        assert!(!dir.path().join("b.sql.gz.partial").exists() && !dir.path().join("b.sql.gz").exists());
+
+        assert!(matches!(store.create("a.sql.gz"), Err(LocalError::Exists { .. })));
+    }
+
+    #[test]
+    fn listing_skips_non_backups() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["x.sql.gz", "notes.txt", "y.sql.gz.partial", "z.sql"] {
+            fs::write(dir.path().join(f), b"1").unwrap();
+        }
+        fs::create_dir(dir.path().join("d.sql.gz")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("x.sql.gz"), dir.path().join("link.sql.gz")).unwrap();
+        let names: Vec<String> = LocalStore::new(dir.path()).list().unwrap().into_iter().map(|b| b.name).collect();
+        assert_eq!(names, ["x.sql.gz"]);
+        assert!(LocalStore::new(dir.path().join("missing")).list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn stale_partials_are_cleaned_fresh_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        fs::write(dir.path().join("old.sql.gz.partial"), b"1").unwrap();
+        fs::write(dir.path().join("new.sql.gz.partial"), b"1").unwrap();
+        fs::write(dir.path().join("other.partial"), b"1").unwrap();
+        let old = File::options().write(true).open(dir.path().join("old.sql.gz.partial")).unwrap();
+        old.set_modified(SystemTime::now() - Duration::from_secs(2 * 86_400)).unwrap();
+        let other = File::options().write(true).open(dir.path().join("other.partial")).unwrap();
+        other.set_modified(SystemTime::now() - Duration::from_secs(2 * 86_400)).unwrap();
+        let cleaned: Vec<String> = store.clean_partials(Duration::from_secs(86_400)).into_iter().map(Result::unwrap).collect();
+        assert_eq!(cleaned, ["old.sql.gz.partial"]);
+        assert!(dir.path().join("new.sql.gz.partial").exists() && dir.path().join("other.partial").exists());
+    }
+}

@@ -1,0 +1,18 @@
+//! Where backups are kept. `local` is the backup directory; S3 follows the same shape.
+
+pub mod local;
+
+/// One stored backup, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBackup {
+    pub name: String,
+    pub size_bytes: u64,
+    /// Unix seconds (file mtime, or S3 LastModified).
+    pub modified: i64,
+}
+
+impl From<&StoredBackup> for crate::policy::BackupEntry {
+    fn from(b: &StoredBackup) -> Self {
+        crate::policy::BackupEntry { name: b.name.clone(), size_bytes: b.size_bytes, modified: b.modified }
+    }
+}
