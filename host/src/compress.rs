@@ -128,15 +128,17 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
     }
 
     /// Stops without writing what is buffered, waits for the threads, and drops the sink (so a
-    /// partial file is gone when this returns).
-    pub fn abandon(mut self) {
+    /// partial file is gone when this returns). Returns the sink's error, if writing failed:
+    /// that is the real cause when a `write` to this compressor failed.
+    pub fn abandon(mut self) -> Option<io::Error> {
         self.failed.store(true, Ordering::Release);
         self.jobs = None;
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
-        if let Some(writer) = self.writer.take() {
-            drop(writer.join());
+        match self.writer.take()?.join() {
+            Ok(Err(e)) => Some(e),
+            _ => None,
         }
     }
 
@@ -293,6 +295,14 @@ mod tests {
     }
 
     #[test]
+    fn finish_reports_the_sink_error() {
+        let mut gz = ParallelGzip::new(FailAfter(10), 1, 2, Arc::default());
+        gz.write_all(b"a little data that ends up in one chunk").unwrap();
+        let err = gz.finish().err().expect("finish reports the sink error");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    }
+
+    #[test]
     fn sink_errors_surface_and_never_deadlock() {
         let data = sample(20 * CHUNK_SIZE);
         let mut gz = ParallelGzip::new(FailAfter(100_000), 1, 2, Arc::default());
@@ -304,7 +314,7 @@ mod tests {
             }
         }
         assert!(write_err.is_some(), "the producer must learn about the failure before the end");
-        let err = gz.finish().err().expect("finish reports the sink error");
+        let err = gz.abandon().expect("abandon reports the sink error");
         assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
     }
 }

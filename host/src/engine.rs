@@ -125,9 +125,9 @@ fn dump_to_file(config: &Config, store: &LocalStore, name: &str, opts: &BackupOp
     let stats = match dumped {
         Ok(stats) => stats,
         Err(err) => {
-            gz.abandon();
+            let sink_err = gz.abandon();
             return Err(match err {
-                DumpError::Write(e) => write_err(e),
+                DumpError::Write(e) => write_err(sink_err.unwrap_or(e)),
                 err => BackupError::Dump { db: config.db.name.clone(), err },
             });
         }

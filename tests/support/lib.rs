@@ -1,1 +1,192 @@
+//! Shared helpers for the end-to-end tests. They run the real `ef-backup` binary against the
+//! real PostgreSQL cluster that `scripts/test.sh` starts, and read its settings from the
+//! environment that script exports.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+pub struct TestEnv {
+    pub bin: PathBuf,
+    pub wasm: PathBuf,
+    pub pg_port: String,
+    pub pg_dir: PathBuf,
+    pub pg_bin: PathBuf,
+    pub testenv: PathBuf,
+    pub state: PathBuf,
+    pub db_user: String,
+    pub db_password: String,
+}
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the end-to-end tests through scripts/test.sh"))
+}
+
+pub fn env() -> &'static TestEnv {
+    static ENV: OnceLock<TestEnv> = OnceLock::new();
+    ENV.get_or_init(|| TestEnv {
+        bin: var("EF_TEST_BIN").into(),
+        wasm: var("EF_TEST_POLICY_WASM").into(),
+        pg_port: var("EF_TEST_PG_PORT"),
+        pg_dir: var("EF_TEST_PG_DIR").into(),
+        pg_bin: var("PG_BIN").into(),
+        testenv: var("EF_TEST_TESTENV").into(),
+        state: var("EF_TEST_STATE").into(),
+        db_user: var("EF__DB_USER"),
+        db_password: var("EF__DB_PASSWORD"),
+    })
+}
+
+/// A scratch directory under the test state dir (traversable by the postgres user).
+pub fn tempdir() -> tempfile::TempDir {
+    let base = env().state.join("e2e");
+    std::fs::create_dir_all(&base).unwrap();
+    tempfile::Builder::new().prefix("t").tempdir_in(base).unwrap()
+}
+
+/// Runs SQL as the test superuser and returns psql's unaligned output.
+pub fn psql(db: &str, sql: &str) -> String {
+    let e = env();
+    let out = Command::new(e.pg_bin.join("psql"))
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &e.pg_port, "-U", &e.db_user, "-d", db, "-c", sql])
+        .env("PGPASSWORD", &e.db_password)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "psql {sql:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+pub fn drop_db(db: &str) {
+    psql("postgres", &format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"));
+}
+
+/// The sample database (varied types, Chinese text, jsonb, bytea, arrays, a view, a
+/// sequence, functions, indexes, large objects), seeded once per test binary.
+pub fn sample_db() -> &'static str {
+    static SEEDED: OnceLock<()> = OnceLock::new();
+    const NAME: &str = "ef_e2e_sample";
+    SEEDED.get_or_init(|| {
+        let e = env();
+        let out = Command::new("bash")
+            .arg(e.testenv.join("pg-cluster.sh"))
+            .args(["seed", e.pg_dir.to_str().unwrap(), &e.pg_port, NAME, "20"])
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "seeding failed: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    NAME
+}
+
+/// `pg-cluster.sh compare`: per-table counts and checksums, schema, sequences, large objects.
+pub fn compare_dbs(a: &str, b: &str) -> (bool, String) {
+    let e = env();
+    let out = Command::new("bash").arg(e.testenv.join("pg-cluster.sh")).args(["compare", &e.pg_port, a, b]).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// `ef-backup` with a clean configuration: the test cluster, `db`, the built policy and
+/// `backup_dir`; `extra` adds or overrides variables.
+pub fn ef_command(db: &str, backup_dir: &Path, extra: &[(&str, &str)]) -> Command {
+    let e = env();
+    let mut cmd = Command::new(&e.bin);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("EF__") || k.starts_with("AWS_") || k.starts_with("PG") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("EF__DB_HOST", "127.0.0.1")
+        .env("EF__DB_PORT", &e.pg_port)
+        .env("EF__DB_USER", &e.db_user)
+        .env("EF__DB_PASSWORD", &e.db_password)
+        .env("EF__DB_NAME", db)
+        .env("EF__BACKUP_DIR", backup_dir)
+        .env("EF__BACKUP_POLICY", &e.wasm)
+        .env("EF__LOG", "info")
+        // No .env from wherever the tests run.
+        .current_dir(backup_dir.parent().unwrap_or(Path::new("/")));
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+pub fn ef(db: &str, backup_dir: &Path, extra: &[(&str, &str)], args: &[&str]) -> Run {
+    ef_command(db, backup_dir, extra).args(args).stdin(Stdio::null()).output().unwrap().into()
+}
+
+/// Files in a directory, sorted.
+pub fn files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// A directory holding a fake `pg_dump` (a shell script around the real one) and the real
+/// `psql`, for EF__PG_BIN: how the tests make pg_dump misbehave.
+pub fn fake_pg_bin(dir: &Path, body: &str) -> PathBuf {
+    let bin = dir.join("fakebin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let real = env().pg_bin.join("pg_dump");
+    let script = format!(
+        "#!/bin/sh\nREAL={real}\nif [ \"$1\" = --version ]; then exec \"$REAL\" --version; fi\n{body}\n",
+        real = real.display()
+    );
+    let path = bin.join("pg_dump");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let psql = bin.join("psql");
+    if !psql.exists() {
+        std::os::unix::fs::symlink(env().pg_bin.join("psql"), psql).unwrap();
+    }
+    bin
+}
+
+/// Mounts a tmpfs of `size` at `dir`; unmounted on drop. The tests run as root (CI does).
+pub struct Mount(PathBuf);
+
+impl Mount {
+    pub fn tmpfs(dir: &Path, size: &str) -> Mount {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).status().unwrap();
+        assert!(st.success(), "mount tmpfs on {} failed: the file-system tests need root", dir.display());
+        Mount(dir.to_path_buf())
+    }
+    pub fn remount_ro(&self) {
+        let st = Command::new("mount").args(["-o", "remount,ro"]).arg(&self.0).status().unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}

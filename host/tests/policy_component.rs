@@ -1,0 +1,197 @@
+//! Component-level tests: the host loads the real default policy component (built by
+//! scripts/build-policy.sh) and checks every export's answers, JSON bytes included.
+
+use std::path::PathBuf;
+
+use ef_backup::policy::{
+    self, BackupDone, BackupEntry, BackupFailed, BackupOutcome, ErrorKind, Policy, PolicyConfig, PolicyError, S3Outcome,
+    Status, Target,
+};
+
+const NOW: i64 = 1_762_191_000; // 2025-11-04 01:30:00 in Beijing
+const DAY: i64 = 86_400;
+
+fn wasm_path() -> PathBuf {
+    let path = std::env::var_os("EF_TEST_POLICY_WASM").map(PathBuf::from).unwrap_or_else(policy::default_policy_path);
+    assert!(path.is_file(), "{} missing: build it with scripts/build-policy.sh (scripts/test.sh does)", path.display());
+    path
+}
+
+/// Compiled once per test binary: compiling with Cranelift dominates a debug test run.
+fn load() -> &'static Policy {
+    static POLICY: std::sync::OnceLock<Policy> = std::sync::OnceLock::new();
+    POLICY.get_or_init(|| Policy::load(&wasm_path()).expect("the default policy loads"))
+}
+
+fn config(s3_days: Option<u32>, settings: &[(&str, &str)]) -> PolicyConfig {
+    PolicyConfig {
+        database: "euraflow".into(),
+        backup_dir: "/path/to/backups".into(),
+        s3: s3_days.map(|d| policy::PolicyS3Config {
+            bucket: "your-backup-bucket-name".into(),
+            region: "us-east-1".into(),
+            prefix: String::new(),
+            retention_days: d,
+        }),
+        settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    }
+}
+
+fn entry(name: String, modified: i64) -> BackupEntry {
+    BackupEntry { name, size_bytes: 12_345_678, modified }
+}
+
+#[test]
+fn identity() {
+    let p = load();
+    assert_eq!(p.info().wit_version, "0.1.0");
+    assert_eq!(p.info().sha256.len(), 64);
+}
+
+#[test]
+fn schedule_is_beijing_01_and_13() {
+    let s = load().schedule(&config(None, &[])).unwrap();
+    assert_eq!(s.crons, ["0 1,13 * * *"]);
+    assert_eq!(s.timezone, "Asia/Shanghai");
+    assert_eq!(s.description, "每天北京时间 01:00 和 13:00");
+}
+
+#[test]
+fn names_round_trip() {
+    let p = load();
+    let c = config(None, &[]);
+    assert_eq!(p.backup_name(&c, NOW).unwrap(), "euraflow_backup_20251104_013000.sql.gz");
+    assert_eq!(p.parse_name("euraflow_backup_20251104_013000.sql.gz").unwrap(), Some(NOW));
+    for foreign in ["notes.sql.gz", "euraflow_backup_20251104_013000.sql.gz.partial", "euraflow_backup_2025.sql.gz"] {
+        assert_eq!(p.parse_name(foreign).unwrap(), None, "{foreign}");
+    }
+}
+
+#[test]
+fn retention_local_and_s3() {
+    let p = load();
+    let c = config(Some(30), &[]);
+    // Twice a day for 40 days, newest first, plus foreign files that must survive.
+    let mut listing: Vec<BackupEntry> = (0..80).map(|i| entry(p.backup_name(&c, NOW - i * DAY / 2).unwrap(), NOW)).collect();
+    listing.push(entry("manual_before_upgrade.sql.gz".into(), NOW - 400 * DAY));
+    listing.push(entry("euraflow_backup_copy.sql.gz".into(), NOW - 400 * DAY));
+
+    let local = p.select_expired(&listing, NOW, Target::Local, &c).unwrap();
+    // Kept: 7 days (i = 0..=14, 15 backups). Deleted: the other 65.
+    let want: Vec<String> = (15..80).rev().map(|i| p.backup_name(&c, NOW - i * DAY / 2).unwrap()).collect();
+    assert_eq!(local, want);
+
+    let s3 = p.select_expired(&listing, NOW, Target::S3, &c).unwrap();
+    let want: Vec<String> = (61..80).rev().map(|i| p.backup_name(&c, NOW - i * DAY / 2).unwrap()).collect();
+    assert_eq!(s3, want);
+}
+
+#[test]
+fn retention_keeps_minimum_when_all_are_old() {
+    let p = load();
+    let c = config(Some(30), &[("local_keep_last", "3"), ("s3_keep_last", "2")]);
+    let listing: Vec<BackupEntry> = (0..10).map(|i| entry(p.backup_name(&c, NOW - (100 + i) * DAY).unwrap(), NOW)).collect();
+    assert_eq!(p.select_expired(&listing, NOW, Target::Local, &c).unwrap().len(), 7);
+    let s3 = p.select_expired(&listing, NOW, Target::S3, &c).unwrap();
+    assert_eq!(s3.len(), 8);
+    assert!(!s3.contains(&listing[0].name) && !s3.contains(&listing[1].name));
+}
+
+fn done(s3: S3Outcome) -> BackupOutcome {
+    BackupOutcome::Done(BackupDone {
+        file_name: "euraflow_backup_20251104_013000.sql.gz".into(),
+        path: "/path/to/backups/euraflow_backup_20251104_013000.sql.gz".into(),
+        size_bytes: 12_345_678,
+        started_at: NOW,
+        finished_at: NOW + 9,
+        s3,
+    })
+}
+
+#[test]
+fn backup_response_bytes_match_the_original_readme() {
+    let r = load().shape_backup_response(&done(S3Outcome::Uploaded("s3://b/k".into()))).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body,
+        r#"{"success":true,"message":"数据库备份成功（含S3）","data":{"backup_file":"euraflow_backup_20251104_013000.sql.gz","backup_path":"/path/to/backups/euraflow_backup_20251104_013000.sql.gz","file_size_bytes":12345678,"file_size_mb":11.77,"timestamp":"20251104_013000","s3_uploaded":true,"s3_error":null}}"#
+    );
+}
+
+#[test]
+fn backup_response_variants() {
+    let p = load();
+    let off = p.shape_backup_response(&done(S3Outcome::Disabled)).unwrap();
+    assert_eq!(off.status, 200);
+    assert!(off.body.contains(r#""message":"数据库备份成功（仅本地，S3 未启用）""#), "{}", off.body);
+    let failed_s3 = p.shape_backup_response(&done(S3Outcome::Failed("AccessDenied".into()))).unwrap();
+    assert!(failed_s3.body.contains(r#""s3_uploaded":false,"s3_error":"AccessDenied""#), "{}", failed_s3.body);
+    let failed = p
+        .shape_backup_response(&BackupOutcome::Failed(BackupFailed { kind: ErrorKind::Dump, message: "pg_dump exited with status 1".into(), file_name: None }))
+        .unwrap();
+    assert_eq!(failed.status, 500);
+    assert_eq!(
+        failed.body,
+        r#"{"success":false,"message":"数据库备份失败: pg_dump exited with status 1","data":{"backup_file":null,"error_kind":"dump","error":"pg_dump exited with status 1"}}"#
+    );
+    let busy = p.shape_backup_response(&BackupOutcome::Busy("x.sql.gz".into())).unwrap();
+    assert_eq!(busy.status, 409);
+}
+
+#[test]
+fn status_bytes() {
+    let p = load();
+    let st = Status {
+        now: NOW,
+        config: config(Some(30), &[]),
+        local_backups: vec![
+            entry("euraflow_backup_20251104_130000.sql.gz".into(), 1_730_707_200),
+            entry("someone_elses.sql.gz".into(), 1_730_707_200),
+        ],
+        last_run: None,
+        next_run: None,
+        running: None,
+    };
+    let r = p.shape_status(&st).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body,
+        concat!(
+            r#"{"local_backups":{"count":1,"total_size_mb":11.77,"retention_days":7,"backup_dir":"/path/to/backups","#,
+            r#""recent":[{"filename":"euraflow_backup_20251104_130000.sql.gz","size_mb":11.77,"created_at":1730707200.0}]},"#,
+            r#""s3":{"enabled":true,"bucket":"your-backup-bucket-name","region":"us-east-1","retention_days":30},"#,
+            r#""schedule":"每天北京时间 01:00 和 13:00","last_run":null,"next_run_at":null,"running_backup":null}"#
+        )
+    );
+}
+
+#[test]
+fn selections_come_from_the_listing_and_spare_the_newest() {
+    let p = load();
+    let c = config(None, &[]);
+    let listing: Vec<BackupEntry> = (0..30).map(|i| entry(p.backup_name(&c, NOW - i * DAY).unwrap(), NOW)).collect();
+    let expired = p.select_expired(&listing, NOW, Target::Local, &c).unwrap();
+    assert!(!expired.is_empty());
+    assert!(expired.iter().all(|n| listing.iter().any(|b| &b.name == n)));
+    assert!(!expired.contains(&listing[0].name), "the newest backup is never selected");
+}
+
+#[test]
+fn policy_check_runs_every_export() {
+    let p = load();
+    let report = policy::check::run(p, &config(Some(30), &[]), NOW).unwrap();
+    let text = report.lines.join("\n");
+    assert!(text.contains("wit package: euraflow:backup@0.1.0"), "{text}");
+    assert!(text.contains("sample name: euraflow_backup_20251104_013000.sql.gz"), "{text}");
+    assert!(text.contains("busy → 409"), "{text}");
+}
+
+#[test]
+fn truncated_component_is_a_clean_error() {
+    let bytes = std::fs::read(wasm_path()).unwrap();
+    for cut in [9, 100, bytes.len() / 2, bytes.len() - 1] {
+        let err = Policy::from_bytes(std::path::Path::new("cut.wasm"), &bytes[..cut]).unwrap_err();
+        assert!(matches!(err, PolicyError::Invalid { .. }), "cut at {cut}: {err}");
+        assert!(err.to_string().starts_with("policy cut.wasm is not a valid component"), "{err}");
+    }
+}
