@@ -70,6 +70,7 @@ pub fn sample_db() -> &'static str {
         let out = Command::new("bash")
             .arg(e.testenv.join("pg-cluster.sh"))
             .args(["seed", e.pg_dir.to_str().unwrap(), &e.pg_port, NAME, "20"])
+            .env("PGPASSWORD", &e.db_password)
             .stdout(Stdio::null())
             .output()
             .unwrap();
@@ -81,7 +82,12 @@ pub fn sample_db() -> &'static str {
 /// `pg-cluster.sh compare`: per-table counts and checksums, schema, sequences, large objects.
 pub fn compare_dbs(a: &str, b: &str) -> (bool, String) {
     let e = env();
-    let out = Command::new("bash").arg(e.testenv.join("pg-cluster.sh")).args(["compare", &e.pg_port, a, b]).output().unwrap();
+    let out = Command::new("bash")
+        .arg(e.testenv.join("pg-cluster.sh"))
+        .args(["compare", &e.pg_port, a, b])
+        .env("PGPASSWORD", &e.db_password)
+        .output()
+        .unwrap();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The one command that tests everything on a fresh Debian 12 machine:
+#   scripts/test.sh [CARGO_TEST_ARGS...] [-- TEST_BINARY_ARGS...]
+#   e.g. scripts/test.sh -p ef-backup-e2e       scripts/test.sh restore -- --nocapture
+# Installs what is missing (setup.sh), builds the policy component and the workspace, starts a
+# throwaway PostgreSQL, runs `cargo test` against it and always stops it again.
+# Env: EF_TEST_PG_PORT (first port to try, default 55432), EF_TEST_THREADS (default 2),
+#      EF_TEST_KEEP=1 (keep the state dir after a successful run), PG_BIN (PostgreSQL binaries).
+# The tests get: EF_TEST_PG_PORT, EF_TEST_PG_DIR, EF_TEST_POLICY_WASM, EF_TEST_BIN,
+#      EF_TEST_TESTENV, EF_TEST_STATE, PG_BIN and EF__DB_HOST/PORT/USER/PASSWORD/NAME.
+# Exit code: cargo test's (or 1 when a step before it fails).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+log() { echo "test.sh: $*" >&2; }
+die() { echo "test.sh: error: $*" >&2; exit 1; }
+START=$SECONDS
+STEP="setup"
+
+source "$ROOT/scripts/lib.sh"
+
+# ---- steps -----------------------------------------------------------------------------------
+
+STATE=""
+PG_STARTED=false
+# shellcheck disable=SC2317  # runs from the EXIT trap, which shellcheck does not follow
+finish() {
+  local rc=$?
+  trap - EXIT
+  if $PG_STARTED; then pg_cluster stop "$STATE/pg" || log "warning: stopping PostgreSQL in $STATE/pg failed"; fi
+  local took=$(( SECONDS - START ))
+  if [ "$rc" -eq 0 ]; then
+    if [ "${EF_TEST_KEEP:-}" != 1 ] && [ -n "$STATE" ]; then rm -rf "$STATE"; fi
+    log "PASSED: cargo test exit 0 ($((took / 60))m$((took % 60))s)"
+  else
+    if [ -n "$STATE" ] && [ -f "$STATE/pg/postgresql.log" ]; then
+      echo "---- last 50 lines of $STATE/pg/postgresql.log ----" >&2
+      tail -n 50 "$STATE/pg/postgresql.log" >&2
+      echo "----" >&2
+    fi
+    log "FAILED at step '$STEP' (exit $rc, $((took / 60))m$((took % 60))s)${STATE:+; state kept in $STATE}"
+  fi
+  exit "$rc"
+}
+trap finish EXIT
+# Without these, an interrupt would skip the EXIT trap in some bash versions and leave
+# PostgreSQL running.
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+"$ROOT/scripts/setup.sh"
+
+STEP="build policy"
+WASM="$("$ROOT/scripts/build-policy.sh")"
+log "policy component: $WASM"
+
+STEP="cargo build"
+log "cargo build --workspace --all-targets (several minutes on a cold machine)"
+cargo build --workspace --all-targets
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/ef-backup"
+[ -x "$BIN" ] || die "cargo build succeeded but $BIN is missing"
+
+STEP="start PostgreSQL"
+find_pg_bin
+STATE="$(state_dir test)"
+# Two runs in one checkout would share the cluster and the scratch dir.
+exec 9>"$STATE.lock"
+flock -n 9 || die "another scripts/test.sh is running in this checkout (lock $STATE.lock)"
+# Every run starts from an empty cluster; a leftover of a killed run is stopped first.
+pg_cluster stop "$STATE/pg" 2>/dev/null || true
+rm -rf "$STATE"
+(umask 022; mkdir -p "$STATE")
+PG_STARTED=true
+start_cluster "$STATE/pg" "${EF_TEST_PG_PORT:-55432}"
+
+export EF_TEST_PG_PORT="$PG_PORT" EF_TEST_PG_DIR="$STATE/pg" EF_TEST_POLICY_WASM="$WASM" \
+  EF_TEST_BIN="$BIN" EF_TEST_TESTENV="$TESTENV" EF_TEST_STATE="$STATE" PG_BIN
+export EF__DB_HOST EF__DB_PORT EF__DB_USER EF__DB_PASSWORD EF__DB_NAME
+
+# Extra arguments: cargo's before `--`, the test binaries' after it. `-p` narrows the run,
+# which `--workspace` would silently override.
+cargo_args=() bin_args=() after_sep=false workspace=(--workspace) threads=(--test-threads "${EF_TEST_THREADS:-2}")
+for a in "$@"; do
+  if $after_sep; then bin_args+=("$a"); continue; fi
+  case "$a" in
+    --) after_sep=true; continue ;;
+    -p|-p?*|--package|--package=*) workspace=() ;;
+  esac
+  cargo_args+=("$a")
+done
+for a in "${bin_args[@]}"; do case "$a" in --test-threads|--test-threads=*) threads=() ;; esac; done
+
+STEP="cargo test"
+cmd=(cargo test "${workspace[@]}" "${cargo_args[@]}" -- "${threads[@]}" "${bin_args[@]}")
+log "${cmd[*]}   (PostgreSQL on 127.0.0.1:$PG_PORT, state in $STATE)"
+rc=0
+"${cmd[@]}" || rc=$?
+exit "$rc"
