@@ -58,9 +58,9 @@ PGCONN=(-h 127.0.0.1 -p "$PG_PORT" -U postgres bench)
 measure() {
   local out="$1"; shift
   rm -f "$out"
-  local t
-  t="$( { /usr/bin/time -f '%e %U %S %M' "$@" >/dev/null 2>/dev/null; } 2>&1 | tail -n1)" || die "failed: $*"
-  local wall user sys rss; read -r wall user sys rss <<<"$t"
+  /usr/bin/time -o "$OUT/time" -f '%e %U %S %M' "$@" >/dev/null 2>"$OUT/stderr" \
+    || { tail -n 5 "$OUT/stderr" >&2; die "failed: $*"; }
+  local wall user sys rss; read -r wall user sys rss < "$OUT/time"
   local bytes=0; [ -f "$out" ] && bytes="$(stat -c %s "$out")"
   echo "$wall $(awk -v u="$user" -v s="$sys" 'BEGIN {print u + s}') $rss $bytes"
 }

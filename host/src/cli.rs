@@ -52,9 +52,15 @@ pub fn print_backup_summary(report: &BackupReport, response: &HttpResponse) {
                 S3Outcome::Uploaded(url) => println!("  S3:        {url}"),
                 S3Outcome::Failed(e) => println!("  S3:        upload FAILED: {e}"),
             }
-            println!("  retention: {} old backup(s) deleted", report.retention.deleted.len());
+            println!("  retention: {} old local backup(s) deleted", report.retention.deleted.len());
             if let Some(e) = &report.retention.error {
                 println!("  retention problem: {e}");
+            }
+            if matches!(d.s3, S3Outcome::Uploaded(_)) {
+                println!("  S3 retention: {} old backup(s) deleted", report.s3_retention.deleted.len());
+            }
+            if let Some(e) = &report.s3_retention.error {
+                println!("  S3 retention problem: {e}");
             }
         }
         BackupOutcome::Failed(f) => eprintln!("ef-backup: error: {}", if message.is_empty() { &f.message } else { &message }),
@@ -62,24 +68,38 @@ pub fn print_backup_summary(report: &BackupReport, response: &HttpResponse) {
     }
 }
 
-pub fn print_list(config: &Config, backups: &[Recognised], foreign: usize, json: bool) {
+/// Backups found in one place (the backup directory or the bucket).
+pub struct Place {
+    /// Directory path or `s3://bucket/prefix`.
+    pub location: String,
+    pub s3: bool,
+    pub backups: Vec<Recognised>,
+}
+
+pub fn print_list(places: &[Place], foreign: usize, json: bool) {
     if json {
-        let rows: Vec<serde_json::Value> = backups
+        let rows: Vec<serde_json::Value> = places
             .iter()
-            .map(|r| {
-                serde_json::json!({"name": r.backup.name, "location": "local",
-                    "path": config.backup_dir.join(&r.backup.name), "size_bytes": r.backup.size_bytes,
-                    "created_at": r.created, "modified_at": r.backup.modified})
+            .flat_map(|p| {
+                p.backups.iter().map(move |r| {
+                    serde_json::json!({"name": r.backup.name, "location": if p.s3 { "s3" } else { "local" },
+                        "url": format!("{}{}{}", p.location, if p.s3 || p.location.ends_with('/') { "" } else { "/" }, r.backup.name),
+                        "size_bytes": r.backup.size_bytes, "created_at": r.created, "modified_at": r.backup.modified})
+                })
             })
             .collect();
         println!("{}", serde_json::Value::Array(rows));
         return;
     }
     println!("{:<48} {:>12}  {:<24} where", "backup", "size", "created");
-    for r in backups {
-        println!("{:<48} {:>12}  {:<24} local", r.backup.name, mb(r.backup.size_bytes), format_time(r.created));
+    for p in places {
+        for r in &p.backups {
+            println!("{:<48} {:>12}  {:<24} {}", r.backup.name, mb(r.backup.size_bytes), format_time(r.created), if p.s3 { "s3" } else { "local" });
+        }
     }
-    println!("{} backup(s) in {}", backups.len(), config.backup_dir.display());
+    for p in places {
+        println!("{} backup(s) in {}", p.backups.len(), p.location);
+    }
     if foreign > 0 {
         println!("({foreign} other *.sql.gz file(s) there are not this policy's and are left alone)");
     }

@@ -69,6 +69,8 @@ pub struct Config {
     /// `EF__PG_BIN`: directory of the PostgreSQL client tools to prefer.
     pub pg_bin: Option<PathBuf>,
     pub s3: Option<S3Config>,
+    /// `EF__S3_PART_SIZE_MB`: size of the first 1000 multipart parts (later ones grow).
+    pub s3_part_size: usize,
     /// `EF__BACKUP_RETENTION_DAYS`: S3 retention, passed to the policy.
     pub retention_days: u32,
     pub gzip_level: u32,
@@ -183,6 +185,7 @@ impl Config {
             policy_path,
             pg_bin,
             s3,
+            s3_part_size: v.number("EF__S3_PART_SIZE_MB", 8usize, 5, 5120)? << 20,
             retention_days: v.number("EF__BACKUP_RETENTION_DAYS", 30u32, 1, 36_500)?,
             gzip_level: v.number("EF__BACKUP_GZIP_LEVEL", DEFAULT_GZIP_LEVEL, 1, 9)?,
             threads: v.number("EF__BACKUP_THREADS", 0usize, 0, 256)?,

@@ -11,7 +11,9 @@ use crate::config::Config;
 use crate::db::{DbError, PgTools};
 use crate::dump::{self, DumpError};
 use crate::policy::{self, BackupDone, BackupEntry, BackupFailed, BackupOutcome, ErrorKind, Policy, PolicyError, S3Outcome, Target};
-use crate::store::local::{LocalError, LocalStore};
+use crate::store::local::{LocalError, LocalStore, PartialFile};
+use crate::store::s3::{S3Store, S3Upload};
+use crate::store::StoredBackup;
 
 /// Partial files older than this are leftovers of crashed runs.
 pub const STALE_PARTIAL: Duration = Duration::from_secs(86_400);
@@ -64,6 +66,7 @@ pub struct RetentionReport {
 pub struct BackupReport {
     pub outcome: BackupOutcome,
     pub retention: RetentionReport,
+    pub s3_retention: RetentionReport,
     /// Uncompressed bytes pg_dump produced (0 on failure).
     pub dump_bytes: u64,
     pub elapsed: Duration,
@@ -81,6 +84,27 @@ struct Done {
     path: String,
     size: u64,
     dump_bytes: u64,
+    s3: S3Outcome,
+}
+
+/// The compressed stream's destinations: the local file (its errors fail the backup) and the
+/// S3 upload (its errors are recorded by the upload and only reported).
+struct Sinks {
+    file: PartialFile,
+    s3: Option<S3Upload>,
+}
+
+impl std::io::Write for Sinks {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write_all(buf)?;
+        if let Some(s3) = &mut self.s3 {
+            s3.write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 fn mb(bytes: u64) -> String {
@@ -107,15 +131,26 @@ fn progress_bar(progress: &Arc<Progress>, enabled: bool) -> Option<(indicatif::P
     Some((bar, ticker))
 }
 
-fn dump_to_file(config: &Config, store: &LocalStore, name: &str, opts: &BackupOptions) -> Result<Done, BackupError> {
+fn dump_to_file(
+    config: &Config,
+    store: &LocalStore,
+    s3: Option<&S3Store>,
+    name: &str,
+    opts: &BackupOptions,
+) -> Result<Done, BackupError> {
     let tools = PgTools::for_server(&config.db, config.pg_bin.as_deref())?;
     store.ensure_dir()?;
     let file = store.create(name)?;
     let path = store.path_of(name).display().to_string();
     tracing::info!("开始备份数据库到: {path}");
+    let upload = s3.map(|s3| {
+        tracing::info!("开始上传到 S3: {}", s3.url(name));
+        s3.upload(name)
+    });
+    let sinks = Sinks { file, s3: upload };
     let progress = Arc::new(Progress::default());
     let bar = progress_bar(&progress, opts.progress);
-    let mut gz = ParallelGzip::new(file, config.gzip_level, config.compression_threads(), Arc::clone(&progress));
+    let mut gz = ParallelGzip::new(sinks, config.gzip_level, config.compression_threads(), Arc::clone(&progress));
     let dumped = dump::run(&tools, &config.db.name, Duration::from_secs(config.timeout_secs), &mut gz, |_| {});
     if let Some((bar, ticker)) = bar {
         bar.finish_and_clear();
@@ -132,9 +167,68 @@ fn dump_to_file(config: &Config, store: &LocalStore, name: &str, opts: &BackupOp
             });
         }
     };
-    let file = gz.finish().map_err(write_err)?;
+    let Sinks { file, s3: upload } = gz.finish().map_err(write_err)?;
+    // The local file first: if it cannot be committed, dropping the upload aborts it, so S3
+    // never holds a backup that failed here.
     let (_, size) = file.commit()?;
-    Ok(Done { name: name.to_string(), path, size, dump_bytes: stats.bytes })
+    tracing::info!("本地数据库备份成功: {name} ({})", mb(size));
+    let s3 = match upload.map(S3Upload::finish) {
+        None => S3Outcome::Disabled,
+        Some(Ok(url)) => {
+            tracing::info!("✓ S3 上传成功: {name}");
+            S3Outcome::Uploaded(url)
+        }
+        Some(Err(e)) => {
+            tracing::error!("✗ S3 上传失败: {name}: {e} (the local backup is kept)");
+            S3Outcome::Failed(e)
+        }
+    };
+    Ok(Done { name: name.to_string(), path, size, dump_bytes: stats.bytes, s3 })
+}
+
+/// S3 retention: the same contract as local, against the bucket listing under the prefix.
+pub fn apply_s3_retention(s3: &S3Store, policy: &Policy, config: &Config, now: i64) -> RetentionReport {
+    let mut report = RetentionReport::default();
+    // Uploads older than a backup can run are dead: abort them so their parts stop costing.
+    let ours = |n: &str| policy.parse_name(n).ok().flatten().is_some();
+    match s3.abort_stale_uploads(Duration::from_secs(config.timeout_secs + 3600), ours) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("aborted {n} incomplete S3 upload(s) left by interrupted runs"),
+        Err(e) => tracing::warn!("could not check for incomplete S3 uploads: {e}"),
+    }
+    let result = s3.list().map_err(|e| e.to_string()).and_then(|listing: Vec<StoredBackup>| {
+        let entries: Vec<BackupEntry> = listing.iter().map(BackupEntry::from).collect();
+        policy.select_expired(&entries, now, Target::S3, &policy::policy_config(config)).map_err(|e| e.to_string())
+    });
+    let expired = match result {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!("S3 备份清理已跳过 (retention skipped, nothing deleted): {e}");
+            report.error = Some(e);
+            return report;
+        }
+    };
+    if expired.is_empty() {
+        return report;
+    }
+    tracing::info!("开始删除 S3 中 {} 个超过{}天的旧备份...", expired.len(), config.retention_days);
+    match s3.delete(&expired) {
+        Ok(deleted) => report.deleted = deleted,
+        Err(e) => {
+            tracing::error!("S3 备份清理失败: {e}");
+            report.error = Some(e.to_string());
+        }
+    }
+    tracing::info!("✓ S3 备份清理完成，删除了 {} 个旧备份", report.deleted.len());
+    report
+}
+
+/// The original's start-up line about S3.
+pub fn log_s3_state(config: &Config) {
+    match &config.s3 {
+        Some(s3) => tracing::info!("✓ S3 备份已启用: bucket={}, retention={}天", s3.bucket, config.retention_days),
+        None => tracing::info!("S3 备份未启用 (set EF__AWS_ACCESS_KEY_ID, EF__AWS_SECRET_ACCESS_KEY and EF__AWS_S3_BACKUP_BUCKET to enable it)"),
+    }
 }
 
 /// Deletes exactly what the policy selects among the listed local backups. Never fails the
@@ -184,13 +278,13 @@ pub fn apply_local_retention(store: &LocalStore, policy: &Policy, config: &Confi
 
 /// Runs one backup. Always returns an outcome (done or failed) for the policy to shape; a
 /// failure leaves no file under a final name and deletes nothing.
-pub fn run(config: &Config, policy: &Policy, opts: BackupOptions) -> BackupReport {
+pub fn run(config: &Config, policy: &Policy, s3: Option<&S3Store>, opts: BackupOptions) -> BackupReport {
     let started = Instant::now();
     let store = LocalStore::new(&config.backup_dir);
     let pconfig = policy::policy_config(config);
     let (name, result) = match policy.backup_name(&pconfig, opts.now) {
         Ok(name) => {
-            let result = dump_to_file(config, &store, &name, &opts);
+            let result = dump_to_file(config, &store, s3, &name, &opts);
             (Some(name), result)
         }
         Err(e) => (None, Err(e.into())),
@@ -198,8 +292,12 @@ pub fn run(config: &Config, policy: &Policy, opts: BackupOptions) -> BackupRepor
     let finished_at = opts.now + started.elapsed().as_secs() as i64;
     match result {
         Ok(done) => {
-            tracing::info!("本地数据库备份成功: {} ({})", done.name, mb(done.size));
             let retention = apply_local_retention(&store, policy, config, opts.now);
+            // Old S3 copies go only after a new one arrived.
+            let s3_retention = match (&done.s3, s3) {
+                (S3Outcome::Uploaded(_), Some(s3)) => apply_s3_retention(s3, policy, config, opts.now),
+                _ => RetentionReport::default(),
+            };
             BackupReport {
                 outcome: BackupOutcome::Done(BackupDone {
                     file_name: done.name,
@@ -207,9 +305,10 @@ pub fn run(config: &Config, policy: &Policy, opts: BackupOptions) -> BackupRepor
                     size_bytes: done.size,
                     started_at: opts.now,
                     finished_at,
-                    s3: S3Outcome::Disabled,
+                    s3: done.s3,
                 }),
                 retention,
+                s3_retention,
                 dump_bytes: done.dump_bytes,
                 elapsed: started.elapsed(),
             }
@@ -219,6 +318,7 @@ pub fn run(config: &Config, policy: &Policy, opts: BackupOptions) -> BackupRepor
             BackupReport {
                 outcome: BackupOutcome::Failed(BackupFailed { kind: err.kind(), message: err.to_string(), file_name: name }),
                 retention: RetentionReport::default(),
+                s3_retention: RetentionReport::default(),
                 dump_bytes: 0,
                 elapsed: started.elapsed(),
             }

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use ef_backup::config::{Config, LogFormat};
 use ef_backup::policy::{self, Policy};
 use ef_backup::store::local::LocalStore;
+use ef_backup::store::s3::{self, S3Store};
 use ef_backup::db::PgTools;
 use ef_backup::{cli, engine, restore, verify};
 
@@ -33,6 +34,9 @@ enum Command {
         /// Print the response JSON (success, message, data) instead of a summary.
         #[arg(long)]
         json: bool,
+        /// Local backup only, even when S3 is configured.
+        #[arg(long)]
+        no_s3: bool,
         /// Take "now" from this Unix time instead of the clock (names and retention use it).
         #[arg(long, value_name = "UNIX_SECONDS", hide = true)]
         now: Option<i64>,
@@ -40,8 +44,11 @@ enum Command {
     /// Restore a backup into a database, atomically: into a scratch database first, then
     /// renamed into place.
     Restore {
-        /// Backup file: a path, or a name in EF__BACKUP_DIR.
+        /// Backup: a path, a name in EF__BACKUP_DIR, or s3://bucket/key.
         backup: String,
+        /// BACKUP is a name in the configured bucket (EF__AWS_S3_BACKUP_BUCKET, EF__S3_PREFIX).
+        #[arg(long)]
+        from_s3: bool,
         /// Database to restore into.
         #[arg(long, value_name = "NAME")]
         target_db: String,
@@ -54,15 +61,19 @@ enum Command {
     },
     /// Prove a backup restores: restore into a scratch database and compare every table.
     Verify {
-        /// Backup file: a path, or a name in EF__BACKUP_DIR (default: the newest backup).
+        /// Backup: a path, a name in EF__BACKUP_DIR, or s3://bucket/key (default: the newest
+        /// local backup, or the newest in S3 with --from-s3).
         backup: Option<String>,
+        /// BACKUP is a name in the configured bucket.
+        #[arg(long)]
+        from_s3: bool,
         /// Compare row counts with the dump's own COPY blocks instead of the live database.
         #[arg(long)]
         against_dump: bool,
         #[arg(long)]
         json: bool,
     },
-    /// List the backups the policy recognises.
+    /// List the backups the policy recognises, local and in S3.
     List {
         #[arg(long)]
         json: bool,
@@ -105,13 +116,45 @@ fn load_policy(cli_policy: Option<PathBuf>, config: &Config) -> Result<Policy> {
     Ok(Policy::load(&policy_path(cli_policy, config))?)
 }
 
+/// The S3 client, when S3 is configured, with a runtime for its I/O.
+fn s3_store(config: &Config) -> Result<Option<(tokio::runtime::Runtime, S3Store)>> {
+    let Some(cfg) = &config.s3 else { return Ok(None) };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("s3")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime for S3")?;
+    let store = S3Store::new(cfg, config.s3_part_size, rt.handle().clone());
+    Ok(Some((rt, store)))
+}
+
+/// Where a restore/verify reads from: `s3://bucket/key`, a name in the configured bucket
+/// (`--from-s3`), or a local path or name.
+fn source(config: &Config, s3: Option<&S3Store>, backup: &str, from_s3: bool) -> Result<restore::Source> {
+    let need_s3 = || s3.cloned().context("S3 is not configured: set EF__AWS_ACCESS_KEY_ID, EF__AWS_SECRET_ACCESS_KEY and EF__AWS_S3_BACKUP_BUCKET");
+    if backup.starts_with("s3://") {
+        let (bucket, key) = s3::parse_url(backup).with_context(|| format!("{backup:?} is not an s3://bucket/key URL"))?;
+        return Ok(restore::Source::S3 { store: need_s3()?.in_bucket(bucket), name: key.to_string() });
+    }
+    if from_s3 {
+        return Ok(restore::Source::S3 { store: need_s3()?, name: backup.to_string() });
+    }
+    Ok(restore::Source::File(cli::resolve_backup(config, backup)?))
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     let config = Config::load(cli.env_file.as_deref()).context("invalid configuration")?;
     init_logging(config.log_format);
     match cli.command {
-        Command::Backup { json, now: at } => {
+        Command::Backup { json, no_s3, now: at } => {
             let policy = load_policy(cli.policy, &config)?;
-            let report = engine::run(&config, &policy, engine::BackupOptions { now: at.unwrap_or_else(now), progress: !json });
+            let s3 = if no_s3 { None } else { s3_store(&config)? };
+            if !no_s3 {
+                engine::log_s3_state(&config);
+            }
+            let opts = engine::BackupOptions { now: at.unwrap_or_else(now), progress: !json };
+            let report = engine::run(&config, &policy, s3.as_ref().map(|(_, s)| s), opts);
             let response = policy.shape_backup_response(&report.outcome).unwrap_or_else(|e| {
                 tracing::error!("{e}");
                 policy::fallback_backup_response(&report.outcome)
@@ -123,13 +166,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(if matches!(report.outcome, policy::BackupOutcome::Done(_)) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Restore { backup, target_db, create, drop_existing } => {
-            let path = cli::resolve_backup(&config, &backup)?;
+        Command::Restore { backup, from_s3, target_db, create, drop_existing } => {
+            let s3 = s3_store(&config)?;
+            let source = source(&config, s3.as_ref().map(|(_, s)| s), &backup, from_s3)?;
             let tools = PgTools::for_server(&config.db, config.pg_bin.as_deref())?;
-            let report = restore::restore(&tools, &path, &target_db, restore::RestoreOptions { create, drop_existing })?;
+            let report = restore::restore(&tools, &source, &target_db, restore::RestoreOptions { create, drop_existing })?;
             println!(
                 "restored {} into database {} ({} of SQL, {:.1} s){}",
-                path.display(),
+                source.label(),
                 report.target,
                 cli::mb(report.check.dump_bytes),
                 report.elapsed.as_secs_f64(),
@@ -137,28 +181,41 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { backup, against_dump, json } => {
-            let path = match backup {
-                Some(b) => cli::resolve_backup(&config, &b)?,
+        Command::Verify { backup, from_s3, against_dump, json } => {
+            let s3 = s3_store(&config)?;
+            let s3 = s3.as_ref().map(|(_, s)| s);
+            let backup = match backup {
+                Some(b) => b,
                 None => {
                     let policy = load_policy(cli.policy, &config)?;
-                    let listing = LocalStore::new(&config.backup_dir).list()?;
-                    let newest = cli::recognised(&policy, &listing)?.into_iter().next().with_context(|| {
-                        format!("no backups in {} to verify (run `ef-backup backup` first)", config.backup_dir.display())
-                    })?;
-                    config.backup_dir.join(newest.backup.name)
+                    let (listing, place) = match (from_s3, s3) {
+                        (true, Some(s3)) => (s3.list()?, s3.url("")),
+                        (true, None) => anyhow::bail!("--from-s3, but S3 is not configured"),
+                        (false, _) => (LocalStore::new(&config.backup_dir).list()?, config.backup_dir.display().to_string()),
+                    };
+                    let newest = cli::recognised(&policy, &listing)?.into_iter().next();
+                    newest.with_context(|| format!("no backups in {place} to verify (run `ef-backup backup` first)"))?.backup.name
                 }
             };
+            let source = source(&config, s3, &backup, from_s3)?;
             let tools = PgTools::for_server(&config.db, config.pg_bin.as_deref())?;
-            let report = verify::verify(&tools, &config.db.name, &path, against_dump)?;
+            let report = verify::verify(&tools, &config.db.name, &source, against_dump)?;
             cli::print_verify(&report, json);
             Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::List { json } => {
             let policy = load_policy(cli.policy, &config)?;
             let listing = LocalStore::new(&config.backup_dir).list()?;
-            let backups = cli::recognised(&policy, &listing)?;
-            cli::print_list(&config, &backups, listing.len() - backups.len(), json);
+            let local = cli::recognised(&policy, &listing)?;
+            let mut foreign = listing.len() - local.len();
+            let mut places = vec![cli::Place { location: config.backup_dir.display().to_string(), s3: false, backups: local }];
+            if let Some((_rt, s3)) = s3_store(&config)? {
+                let listing = s3.list()?;
+                let ours = cli::recognised(&policy, &listing)?;
+                foreign += listing.len() - ours.len();
+                places.push(cli::Place { location: s3.url(""), s3: true, backups: ours });
+            }
+            cli::print_list(&places, foreign, json);
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy { command: PolicyCommand::Check { path } } => {

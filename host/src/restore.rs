@@ -6,7 +6,7 @@
 //! plain dump carries its own BEGIN/COMMIT and ends the outer transaction early.
 
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,16 +14,42 @@ use flate2::read::MultiGzDecoder;
 
 use crate::db::{quote_ident, quote_literal, tail_lines, DbError, PgTools};
 use crate::dump::{Completeness, CopyCounts};
+use crate::store::s3::S3Store;
+
+/// Where a backup is read from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    File(PathBuf),
+    /// `name` is the key below the store's prefix.
+    S3 { store: S3Store, name: String },
+}
+
+impl Source {
+    pub fn label(&self) -> String {
+        match self {
+            Source::File(p) => p.display().to_string(),
+            Source::S3 { store, name } => store.url(name),
+        }
+    }
+
+    fn open(&self) -> Result<Box<dyn Read>, RestoreError> {
+        let open_err = |err: String| RestoreError::Open { backup: self.label(), err };
+        Ok(match self {
+            Source::File(p) => Box::new(std::fs::File::open(p).map_err(|e| open_err(e.to_string()))?),
+            Source::S3 { store, name } => Box::new(store.open(name).map_err(|e| open_err(e.to_string()))?),
+        })
+    }
+}
 
 /// Where administrative statements (CREATE/ALTER/DROP DATABASE) are run from.
 pub const MAINTENANCE_DB: &str = "postgres";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
-    #[error("cannot open backup {path}: {err}")]
-    Open { path: PathBuf, err: io::Error },
-    #[error("backup {path} is damaged: {reason}; nothing was restored — use another backup (ef-backup list)")]
-    Damaged { path: PathBuf, reason: String },
+    #[error("cannot open backup {backup}: {err}")]
+    Open { backup: String, err: String },
+    #[error("backup {backup} is damaged: {reason}; nothing was restored — use another backup (ef-backup list)")]
+    Damaged { backup: String, reason: String },
     #[error("database {db} already exists and is not empty; pass --drop-existing to replace it (the current contents are dropped only after the restore succeeded)")]
     TargetNotEmpty { db: String },
     #[error("database {db} does not exist; pass --create to create it")]
@@ -45,16 +71,15 @@ pub struct BackupCheck {
     pub copy_counts: Vec<(String, u64)>,
 }
 
-fn damaged(path: &Path, reason: impl Into<String>) -> RestoreError {
-    RestoreError::Damaged { path: path.to_path_buf(), reason: reason.into() }
+fn damaged(source: &Source, reason: impl Into<String>) -> RestoreError {
+    RestoreError::Damaged { backup: source.label(), reason: reason.into() }
 }
 
 /// Reads a whole backup: gzip integrity (every member's CRC and length), the dump's footer,
 /// and the rows of each COPY block. Calls `sink` with the SQL as it goes.
-pub fn scan(path: &Path, mut sink: impl FnMut(&[u8]) -> io::Result<()>) -> Result<BackupCheck, RestoreError> {
-    let file = std::fs::File::open(path).map_err(|err| RestoreError::Open { path: path.to_path_buf(), err })?;
-    let compressed_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut gz = MultiGzDecoder::new(io::BufReader::with_capacity(256 * 1024, file));
+pub fn scan(source: &Source, mut sink: impl FnMut(&[u8]) -> io::Result<()>) -> Result<BackupCheck, RestoreError> {
+    let mut counted = Counted { inner: source.open()?, bytes: 0 };
+    let mut gz = MultiGzDecoder::new(io::BufReader::with_capacity(256 * 1024, &mut counted));
     let mut complete = Completeness::default();
     let mut counts = CopyCounts::default();
     let mut buf = vec![0u8; 256 * 1024];
@@ -64,15 +89,29 @@ pub fn scan(path: &Path, mut sink: impl FnMut(&[u8]) -> io::Result<()>) -> Resul
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(damaged(path, format!("gzip data is corrupt or truncated ({e})"))),
+            Err(e) => return Err(damaged(source, format!("gzip data is corrupt or truncated ({e})"))),
         };
         complete.update(&buf[..n]);
         counts.update(&buf[..n]);
         dump_bytes += n as u64;
-        sink(&buf[..n]).map_err(|e| damaged(path, format!("while streaming: {e}")))?;
+        sink(&buf[..n]).map_err(|e| damaged(source, format!("while streaming: {e}")))?;
     }
-    complete.verify().map_err(|r| damaged(path, r))?;
-    Ok(BackupCheck { compressed_bytes, dump_bytes, copy_counts: counts.tables })
+    complete.verify().map_err(|r| damaged(source, r))?;
+    drop(gz);
+    Ok(BackupCheck { compressed_bytes: counted.bytes, dump_bytes, copy_counts: counts.tables })
+}
+
+struct Counted<R> {
+    inner: R,
+    bytes: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
 }
 
 /// A scratch database name: unique per process and moment, short enough for PostgreSQL.
@@ -114,7 +153,7 @@ impl Drop for Scratch<'_> {
 
 /// Creates `name` and restores the backup into it, checking the stream as it goes. On any
 /// failure the database is dropped again.
-pub fn restore_into_new<'a>(tools: &'a PgTools, path: &Path, name: &str) -> Result<(Scratch<'a>, BackupCheck), RestoreError> {
+pub fn restore_into_new<'a>(tools: &'a PgTools, source: &Source, name: &str) -> Result<(Scratch<'a>, BackupCheck), RestoreError> {
     tools.execute(MAINTENANCE_DB, &format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(name)))?;
     let scratch = Scratch { tools, name: name.to_string(), keep: false };
     let mut child = tools
@@ -134,7 +173,7 @@ pub fn restore_into_new<'a>(tools: &'a PgTools, path: &Path, name: &str) -> Resu
         all
     });
     let mut psql_gone = false;
-    let scanned = scan(path, |data| {
+    let scanned = scan(source, |data| {
         if !psql_gone {
             // psql stopping early (ON_ERROR_STOP) shows up as EPIPE; its stderr says why.
             if let Err(e) = stdin.write_all(data) {
@@ -178,9 +217,9 @@ pub struct RestoreReport {
     pub elapsed: Duration,
 }
 
-/// Restores `path` into database `target`: refuses up front when the target's state does not
+/// Restores `source` into database `target`: refuses up front when the target's state does not
 /// match the options, restores into a scratch database, then swaps it into place.
-pub fn restore(tools: &PgTools, path: &Path, target: &str, opts: RestoreOptions) -> Result<RestoreReport, RestoreError> {
+pub fn restore(tools: &PgTools, source: &Source, target: &str, opts: RestoreOptions) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
     let exists = database_exists(tools, target)?;
     match exists {
@@ -190,11 +229,15 @@ pub fn restore(tools: &PgTools, path: &Path, target: &str, opts: RestoreOptions)
         }
         _ => {}
     }
-    // Fail fast on a damaged file before creating anything.
-    scan(path, |_| Ok(()))?;
+    // A local file is checked whole before anything is created. An S3 object is read once:
+    // the same checks run while it streams into the scratch database, which is dropped if
+    // they fail, so the target is just as safe.
+    if let Source::File(_) = source {
+        scan(source, |_| Ok(()))?;
+    }
     let scratch_db = scratch_name("restore");
-    tracing::info!("restoring {} into scratch database {scratch_db}", path.display());
-    let (mut scratch, check) = restore_into_new(tools, path, &scratch_db)?;
+    tracing::info!("restoring {} into scratch database {scratch_db}", source.label());
+    let (mut scratch, check) = restore_into_new(tools, source, &scratch_db)?;
     let swap_err = |err| RestoreError::Swap { db: target.into(), scratch: scratch_db.clone(), err };
     if exists {
         let old = scratch_name("replaced");

@@ -3,10 +3,9 @@
 //! counts with the dump's own COPY blocks).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use crate::db::{quote_ident, DbError, PgTools};
-use crate::restore::{restore_into_new, scratch_name, RestoreError};
+use crate::restore::{restore_into_new, scratch_name, RestoreError, Source};
 
 /// Per-table row count and an order-independent checksum: the sum of the first 60 bits of
 /// each row's md5. Constant memory, whatever the table size. The session settings make
@@ -79,10 +78,10 @@ impl VerifyReport {
 }
 
 /// Restores `path` into a scratch database (always dropped afterwards) and compares.
-pub fn verify(tools: &PgTools, live_db: &str, path: &Path, against_dump: bool) -> Result<VerifyReport, RestoreError> {
+pub fn verify(tools: &PgTools, live_db: &str, source: &Source, against_dump: bool) -> Result<VerifyReport, RestoreError> {
     let scratch_db = scratch_name("verify");
-    tracing::info!("verifying {}: restoring into scratch database {scratch_db}", path.display());
-    let (scratch, check) = restore_into_new(tools, path, &scratch_db)?;
+    tracing::info!("verifying {}: restoring into scratch database {scratch_db}", source.label());
+    let (scratch, check) = restore_into_new(tools, source, &scratch_db)?;
     let restored = table_stats(tools, &scratch.name)?;
     drop(scratch);
     let mut tables = Vec::new();
@@ -118,5 +117,5 @@ pub fn verify(tools: &PgTools, live_db: &str, path: &Path, against_dump: bool) -
         }
         format!("live database {}", quote_ident(live_db))
     };
-    Ok(VerifyReport { backup: path.display().to_string(), reference, tables, dump_bytes: check.dump_bytes })
+    Ok(VerifyReport { backup: source.label(), reference, tables, dump_bytes: check.dump_bytes })
 }

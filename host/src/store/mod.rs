@@ -1,6 +1,7 @@
 //! Where backups are kept. `local` is the backup directory; S3 follows the same shape.
 
 pub mod local;
+pub mod s3;
 
 /// One stored backup, as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
