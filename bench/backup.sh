@@ -54,36 +54,38 @@ rm -rf "$OUT"; mkdir -p "$OUT"
 PG_DUMP="$PG_BIN/pg_dump"
 PGCONN=(-h 127.0.0.1 -p "$PG_PORT" -U postgres bench)
 
-# One measurement: prints "wall cpu rss_kb bytes" for the command's output file ($1).
+# One measurement of a command: prints "wall cpu rss_kb".
 measure() {
-  local out="$1"; shift
-  rm -f "$out"
   /usr/bin/time -o "$OUT/time" -f '%e %U %S %M' "$@" >/dev/null 2>"$OUT/stderr" \
     || { tail -n 5 "$OUT/stderr" >&2; die "failed: $*"; }
   local wall user sys rss; read -r wall user sys rss < "$OUT/time"
-  local bytes=0; [ -f "$out" ] && bytes="$(stat -c %s "$out")"
-  echo "$wall $(awk -v u="$user" -v s="$sys" 'BEGIN {print u + s}') $rss $bytes"
+  echo "$wall $(awk -v u="$user" -v s="$sys" 'BEGIN {print u + s}') $rss"
 }
 
-run_method() {  # $1 = method name; prints the measurement
+size_of() { stat -c %s "$1"; }
+
+run_method() {  # $1 = method name; prints "wall cpu rss_kb bytes"
+  local m
   case "$1" in
-    ef-backup)
+    ef-backup|ef-backup-L*)
       rm -rf "$OUT/ef"; mkdir -p "$OUT/ef"
-      local m; m="$(EF__BACKUP_DIR="$OUT/ef" measure /dev/null "$BIN" backup --json)"
-      local f; f="$(ls "$OUT"/ef/*.sql.gz)"
-      # measure could not know the file name in advance: patch in its size.
-      echo "${m% *} $(stat -c %s "$f")" ;;
-    ef-backup-L*)
-      rm -rf "$OUT/ef"; mkdir -p "$OUT/ef"
-      local m; m="$(EF__BACKUP_DIR="$OUT/ef" EF__BACKUP_GZIP_LEVEL="${1#ef-backup-L}" measure /dev/null "$BIN" backup --json)"
-      echo "${m% *} $(stat -c %s "$(ls "$OUT"/ef/*.sql.gz)")" ;;
-    gzip-9) PGPASSWORD="$EF__DB_PASSWORD" measure "$OUT/g.gz" sh -c '"$0" "$@" | gzip -9 > "$OUT/g.gz"' "$PG_DUMP" "${PGCONN[@]}" ;;
-    pigz-9) PGPASSWORD="$EF__DB_PASSWORD" measure "$OUT/p.gz" sh -c '"$0" "$@" | pigz -9 > "$OUT/p.gz"' "$PG_DUMP" "${PGCONN[@]}" ;;
-    pg_dump) PGPASSWORD="$EF__DB_PASSWORD" measure "$OUT/d.sql" sh -c '"$0" "$@" > "$OUT/d.sql"' "$PG_DUMP" "${PGCONN[@]}" ;;
+      local level=""; [ "$1" = ef-backup ] || level="${1#ef-backup-L}"
+      m="$(EF__BACKUP_DIR="$OUT/ef" EF__BACKUP_GZIP_LEVEL="$level" measure "$BIN" backup --json)"
+      echo "$m $(size_of "$(ls "$OUT"/ef/*.sql.gz)")" ;;
+    gzip-9)
+      m="$(PGPASSWORD="$EF__DB_PASSWORD" measure sh -c '"$0" "$@" | gzip -9 > "$OUT/g.gz"' "$PG_DUMP" "${PGCONN[@]}")"
+      echo "$m $(size_of "$OUT/g.gz")" ;;
+    pigz-9)
+      m="$(PGPASSWORD="$EF__DB_PASSWORD" measure sh -c '"$0" "$@" | pigz -9 > "$OUT/p.gz"' "$PG_DUMP" "${PGCONN[@]}")"
+      echo "$m $(size_of "$OUT/p.gz")" ;;
+    pg_dump)
+      m="$(PGPASSWORD="$EF__DB_PASSWORD" measure sh -c '"$0" "$@" > /dev/null' "$PG_DUMP" "${PGCONN[@]}")"
+      echo "$m $PLAIN_BYTES" ;;
   esac
 }
 export OUT
 
+PLAIN_BYTES="$(PGPASSWORD="$EF__DB_PASSWORD" "$PG_DUMP" "${PGCONN[@]}" | wc -c)"
 methods=(ef-backup gzip-9 pigz-9 pg_dump)
 $LEVELS && for l in 1 2 3 4 5 6 7 8 9; do methods+=("ef-backup-L$l"); done
 declare -A results

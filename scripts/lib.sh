@@ -71,3 +71,14 @@ start_cluster() {
   done
   die "no free port in $first..$((first + 9)) for PostgreSQL (choose another first port)"
 }
+
+# Starts moto (s3-server.sh) in $1 on the first free port from $2, creating bucket $3, with
+# SigV4 authentication on; prints its export lines.
+start_s3() {
+  local dir="$1" first="$2" bucket="$3" port
+  for port in $(seq "$first" $((first + 9))); do
+    if port_busy "$port"; then log "port $port is in use, trying the next one"; continue; fi
+    BUCKET="$bucket" "$TESTENV/s3-server.sh" start "$dir" "$port" 9>&- && return 0
+  done
+  die "could not start the S3 test server on a port in $first..$((first + 9)) (see $dir/moto.log)"
+}

@@ -4,7 +4,7 @@
 #   PostgreSQL server + client   the throwaway cluster (scripts/testenv/pg-cluster.sh) and pg_dump/psql
 #   pigz                         parallel gzip, used by the tests
 #   python3-venv                 the local S3 server (scripts/testenv/s3-server.sh, moto in a venv)
-#   faketime (optional)          S3 retention tests move the S3 server's clock
+#   faketime                     S3 tests move the S3 server's clock
 #   util-linux, e2fsprogs        runuser and flock (test scripts), mke2fs (tests)
 #   a C compiler (gcc)           the linker cargo calls for the host binary
 # then the wasm32-wasip2 toolchain for the policy component (scripts/wasm-toolchain.sh).
@@ -36,10 +36,10 @@ fi
 
 need=()
 have_postgres || need+=(postgresql)
-for p in pigz python3-venv util-linux e2fsprogs; do installed "$p" || need+=("$p"); done
+# faketime: the S3 tests move the S3 server's clock (object and upload times cannot be set).
+for p in pigz python3-venv util-linux e2fsprogs faketime time; do installed "$p" || need+=("$p"); done
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 optional=()
-installed faketime || optional+=(faketime)
 
 SUDO=()
 if [ "$(id -u)" -ne 0 ] && [ $((${#need[@]} + ${#optional[@]})) -gt 0 ]; then
@@ -63,7 +63,7 @@ if [ $((${#need[@]} + ${#optional[@]})) -gt 0 ]; then
     apt_install "${need[@]}" || die "apt-get install ${need[*]} failed (see the apt output above; check network access to the Debian mirror)"
   fi
   if [ ${#optional[@]} -gt 0 ]; then
-    apt_install "${optional[@]}" || log "warning: could not install ${optional[*]}; only the S3 retention tests need it"
+    apt_install "${optional[@]}" || log "warning: could not install ${optional[*]}"
   fi
   have_postgres || die "PostgreSQL installed but no /usr/lib/postgresql/*/bin has initdb, psql, pg_dump and pgbench"
 else

@@ -24,11 +24,13 @@ source "$ROOT/scripts/lib.sh"
 
 STATE=""
 PG_STARTED=false
+S3_STARTED=false
 # shellcheck disable=SC2317  # runs from the EXIT trap, which shellcheck does not follow
 finish() {
   local rc=$?
   trap - EXIT
   if $PG_STARTED; then pg_cluster stop "$STATE/pg" || log "warning: stopping PostgreSQL in $STATE/pg failed"; fi
+  if $S3_STARTED; then "$TESTENV/s3-server.sh" stop "$S3_DIR" || log "warning: stopping the S3 server in $S3_DIR failed"; fi
   local took=$(( SECONDS - START ))
   if [ "$rc" -eq 0 ]; then
     if [ "${EF_TEST_KEEP:-}" != 1 ] && [ -n "$STATE" ]; then rm -rf "$STATE"; fi
@@ -69,10 +71,24 @@ exec 9>"$STATE.lock"
 flock -n 9 || die "another scripts/test.sh is running in this checkout (lock $STATE.lock)"
 # Every run starts from an empty cluster; a leftover of a killed run is stopped first.
 pg_cluster stop "$STATE/pg" 2>/dev/null || true
+"$TESTENV/s3-server.sh" stop "$STATE-s3" 2>/dev/null || true
 rm -rf "$STATE"
 (umask 022; mkdir -p "$STATE")
 PG_STARTED=true
 start_cluster "$STATE/pg" "${EF_TEST_PG_PORT:-55432}"
+
+STEP="start the S3 server"
+# Beside the per-run state, not in it: moto's venv there takes a minute to install, and the
+# server's own state lives in memory only.
+S3_DIR="$STATE-s3"
+S3_STARTED=true
+s3_out="$(start_s3 "$S3_DIR" "${EF_TEST_S3_PORT:-55900}" ef-test-backups)"
+# The tests opt in to S3 per run (EF_TEST_S3_*), so the S3 variables are not exported as EF__*.
+EF_TEST_S3_ENDPOINT="$(sed -n 's/^export AWS_ENDPOINT_URL_S3=//p' <<<"$s3_out")"
+EF_TEST_S3_ACCESS_KEY="$(sed -n 's/^export EF__AWS_ACCESS_KEY_ID=//p' <<<"$s3_out")"
+EF_TEST_S3_SECRET_KEY="$(sed -n 's/^export EF__AWS_SECRET_ACCESS_KEY=//p' <<<"$s3_out")"
+export EF_TEST_S3_ENDPOINT EF_TEST_S3_ACCESS_KEY EF_TEST_S3_SECRET_KEY EF_TEST_S3_BUCKET=ef-test-backups \
+  EF_TEST_S3_PYTHON="$S3_DIR/venv/bin/python"
 
 export EF_TEST_PG_PORT="$PG_PORT" EF_TEST_PG_DIR="$STATE/pg" EF_TEST_POLICY_WASM="$WASM" \
   EF_TEST_BIN="$BIN" EF_TEST_TESTENV="$TESTENV" EF_TEST_STATE="$STATE" PG_BIN

@@ -196,3 +196,211 @@ impl Drop for Mount {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// The S3 test server (moto with SigV4 authentication) that scripts/test.sh starts, or one a
+/// test starts for itself.
+#[derive(Clone)]
+pub struct S3 {
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub bucket: String,
+}
+
+pub fn s3() -> S3 {
+    S3 {
+        endpoint: var("EF_TEST_S3_ENDPOINT"),
+        access_key: var("EF_TEST_S3_ACCESS_KEY"),
+        secret_key: var("EF_TEST_S3_SECRET_KEY"),
+        bucket: var("EF_TEST_S3_BUCKET"),
+    }
+}
+
+impl S3 {
+    /// The `EF__AWS_*` settings for ef-backup, keys below `prefix`.
+    pub fn vars(&self, prefix: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("EF__AWS_ACCESS_KEY_ID", self.access_key.clone()),
+            ("EF__AWS_SECRET_ACCESS_KEY", self.secret_key.clone()),
+            ("EF__AWS_S3_BACKUP_BUCKET", self.bucket.clone()),
+            ("EF__AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("EF__S3_PREFIX", prefix.to_string()),
+        ]
+    }
+
+    /// Runs tests/support/s3probe.py against this server.
+    pub fn probe(&self, args: &[&str]) -> String {
+        let out = Command::new(var("EF_TEST_S3_PYTHON"))
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("support/s3probe.py"))
+            .args(args)
+            .env("EF_PROBE_ENDPOINT", &self.endpoint)
+            .env("EF_PROBE_ACCESS_KEY", &self.access_key)
+            .env("EF_PROBE_SECRET_KEY", &self.secret_key)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "s3probe {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    pub fn probe_json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.probe(args)).unwrap()
+    }
+}
+
+/// A private moto server for tests that stop it or move its clock; stopped on drop.
+pub struct PrivateS3 {
+    pub s3: S3,
+    dir: PathBuf,
+}
+
+fn s3_script() -> PathBuf {
+    env().testenv.join("s3-server.sh")
+}
+
+impl PrivateS3 {
+    /// With `faketime`, the server runs under libfaketime so [`PrivateS3::clock`] can move
+    /// the time it stamps on uploads and objects.
+    pub fn start(dir: &Path, port: u16, faketime: bool) -> PrivateS3 {
+        std::fs::create_dir_all(dir).unwrap();
+        // Share the installed venv (see scripts/test.sh).
+        let venv = Path::new(&var("EF_TEST_S3_PYTHON")).parent().unwrap().parent().unwrap().to_path_buf();
+        let _ = std::os::unix::fs::symlink(&venv, dir.join("venv"));
+        let out = Command::new("bash")
+            .arg(s3_script())
+            .args(["start", dir.to_str().unwrap(), &port.to_string()])
+            .env("BUCKET", "private-bucket")
+            .env("S3_FAKETIME", if faketime { "1" } else { "0" })
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "private S3 server: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let get = |k: &str| {
+            text.lines().find_map(|l| l.strip_prefix(&format!("export {k}="))).unwrap_or_else(|| panic!("{k} in {text}")).to_string()
+        };
+        PrivateS3 {
+            s3: S3 {
+                endpoint: get("AWS_ENDPOINT_URL_S3"),
+                access_key: get("EF__AWS_ACCESS_KEY_ID"),
+                secret_key: get("EF__AWS_SECRET_ACCESS_KEY"),
+                bucket: "private-bucket".into(),
+            },
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Moves the server's clock, e.g. `-1d` or `+0`.
+    pub fn clock(&self, offset: &str) {
+        let st = Command::new("bash").arg(s3_script()).args(["clock", self.dir.to_str().unwrap(), offset]).status().unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for PrivateS3 {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(s3_script()).args(["stop", self.dir.to_str().unwrap()]).status();
+    }
+}
+
+/// A free TCP port on loopback (bind, read, release).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A TCP proxy on loopback in front of a server, which the test can cut: every connection is
+/// closed and new ones are refused, as when the network to S3 goes away.
+pub struct Proxy {
+    pub port: u16,
+    state: std::sync::Arc<ProxyState>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    cut: std::sync::atomic::AtomicBool,
+    /// Bytes forwarded towards the server.
+    upstream_bytes: std::sync::atomic::AtomicU64,
+    /// Cut automatically once this many bytes went upstream (0: never).
+    cut_after: std::sync::atomic::AtomicU64,
+}
+
+impl Proxy {
+    pub fn start(target: std::net::SocketAddr) -> Proxy {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = std::sync::Arc::new(ProxyState::default());
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if st.cut.load(SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(target) else { continue };
+                for (mut from, mut to, up) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap(), true),
+                    (server, client, false),
+                ] {
+                    let st = st.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 * 1024];
+                        loop {
+                            if st.cut.load(SeqCst) {
+                                break;
+                            }
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if up {
+                                let total = st.upstream_bytes.fetch_add(n as u64, SeqCst) + n as u64;
+                                let limit = st.cut_after.load(SeqCst);
+                                if limit > 0 && total >= limit {
+                                    st.cut.store(true, SeqCst);
+                                    break;
+                                }
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { port, state }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn cut_after(&self, bytes: u64) {
+        self.state.cut_after.store(bytes, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.state.cut.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn restore(&self) {
+        self.state.cut_after.store(0, std::sync::atomic::Ordering::SeqCst);
+        self.state.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A database whose backup is several S3 parts: ~40 MB of random hex, which gzip can only
+/// halve.
+pub fn big_db() -> &'static str {
+    static MADE: OnceLock<()> = OnceLock::new();
+    const NAME: &str = "ef_e2e_big";
+    MADE.get_or_init(|| {
+        drop_db(NAME);
+        psql("postgres", &format!("CREATE DATABASE {NAME}"));
+        psql(NAME, "CREATE TABLE noise AS SELECT i, md5(random()::text) || md5(random()::text) AS t FROM generate_series(1, 600000) i");
+    });
+    NAME
+}
