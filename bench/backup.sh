@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Backup throughput: ef-backup against the obvious alternatives, measured in one run,
 # interleaved, on the same database.
-#   bench/backup.sh [--size-mb N] [--rounds R] [--levels]
+#   bench/backup.sh [--size-mb N] [--rounds R] [--levels] [--s3]
 #     --size-mb N  size of the sample database on disk (default 760, about 500 MB of plain SQL);
 #                  created once in .work/bench and reused while its size matches
 #     --rounds R   rounds of every method (default 3); medians are reported
 #     --levels     also run ef-backup at every EF__BACKUP_GZIP_LEVEL (1-9): size and time
+#     --s3         also run ef-backup with the S3 upload on (a local moto server, started here)
+#                  and report its wall time against the local-only backup
 # shellcheck disable=SC2016  # the sh -c scripts below expand their own arguments
 # Methods: ef-backup backup (release build), pg_dump | gzip -9, pg_dump | pigz -9, and bare
 # pg_dump > /dev/null (the limit). Wall time, CPU time and peak RSS come from GNU time.
@@ -19,13 +21,15 @@ die() { echo "bench: error: $*" >&2; exit 1; }
 # shellcheck source=scripts/lib.sh
 source "$ROOT/scripts/lib.sh"
 
-SIZE_MB=760 ROUNDS=3 LEVELS=false
+SIZE_MB=760 ROUNDS=3 LEVELS=false S3=false
 while [ $# -gt 0 ]; do
   case "$1" in
     --size-mb) SIZE_MB="$2"; shift 2 ;;
     --rounds) ROUNDS="$2"; shift 2 ;;
     --levels) LEVELS=true; shift ;;
-    stop) state="$(state_dir bench)"; pg_cluster stop "$state/pg"; rm -rf "$state"; exit 0 ;;
+    --s3) S3=true; shift ;;
+    stop) state="$(state_dir bench)"; pg_cluster stop "$state/pg"; "$TESTENV/s3-server.sh" stop "$state-s3"
+          rm -rf "$state"; exit 0 ;;
     *) die "unknown argument $1 (see the header of $0)" ;;
   esac
 done
@@ -49,6 +53,13 @@ if [ "$(cat "$STATE/seeded" 2>/dev/null)" != "$SIZE_MB" ]; then
 fi
 export EF__DB_HOST=127.0.0.1 EF__DB_PORT="$PG_PORT" EF__DB_USER=postgres EF__DB_PASSWORD="$PG_CLUSTER_PASSWORD" EF__DB_NAME=bench
 export EF__BACKUP_POLICY="$WASM"
+S3_VARS=()
+if $S3; then
+  s3_out="$(start_s3 "$STATE-s3" "${EF_BENCH_S3_PORT:-55910}" ef-bench)"
+  trap '"$TESTENV/s3-server.sh" stop "$STATE-s3"' EXIT
+  while read -r _ kv; do S3_VARS+=("$kv"); done <<<"$s3_out"
+  S3_VARS+=(EF__AWS_ENDPOINT_URL="$(sed -n 's/^export AWS_ENDPOINT_URL_S3=//p' <<<"$s3_out")")
+fi
 OUT="$STATE/out"
 rm -rf "$OUT"; mkdir -p "$OUT"
 PG_DUMP="$PG_BIN/pg_dump"
@@ -56,7 +67,7 @@ PGCONN=(-h 127.0.0.1 -p "$PG_PORT" -U postgres bench)
 
 # One measurement of a command: prints "wall cpu rss_kb".
 measure() {
-  /usr/bin/time -o "$OUT/time" -f '%e %U %S %M' "$@" >/dev/null 2>"$OUT/stderr" \
+  /usr/bin/time -o "$OUT/time" -f '%e %U %S %M' "$@" >"$OUT/stdout" 2>"$OUT/stderr" \
     || { tail -n 5 "$OUT/stderr" >&2; die "failed: $*"; }
   local wall user sys rss; read -r wall user sys rss < "$OUT/time"
   echo "$wall $(awk -v u="$user" -v s="$sys" 'BEGIN {print u + s}') $rss"
@@ -67,10 +78,14 @@ size_of() { stat -c %s "$1"; }
 run_method() {  # $1 = method name; prints "wall cpu rss_kb bytes"
   local m
   case "$1" in
-    ef-backup|ef-backup-L*)
+    ef-backup|ef-backup-L*|ef-backup+s3)
       rm -rf "$OUT/ef"; mkdir -p "$OUT/ef"
-      local level=""; [ "$1" = ef-backup ] || level="${1#ef-backup-L}"
-      m="$(EF__BACKUP_DIR="$OUT/ef" EF__BACKUP_GZIP_LEVEL="$level" measure "$BIN" backup --json)"
+      local level="" s3=()
+      case "$1" in ef-backup-L*) level="${1#ef-backup-L}" ;; ef-backup+s3) s3=("${S3_VARS[@]}") ;; esac
+      m="$(measure env "${s3[@]}" EF__BACKUP_DIR="$OUT/ef" EF__BACKUP_GZIP_LEVEL="$level" "$BIN" backup --json)"
+      if [ "$1" = ef-backup+s3 ]; then
+        grep -q '"s3_uploaded":true' "$OUT/stdout" || die "the S3 upload failed: $(cat "$OUT/stdout")"
+      fi
       echo "$m $(size_of "$(ls "$OUT"/ef/*.sql.gz)")" ;;
     gzip-9)
       m="$(PGPASSWORD="$EF__DB_PASSWORD" measure sh -c '"$0" "$@" | gzip -9 > "$OUT/g.gz"' "$PG_DUMP" "${PGCONN[@]}")"
@@ -87,6 +102,7 @@ export OUT
 
 PLAIN_BYTES="$(PGPASSWORD="$EF__DB_PASSWORD" "$PG_DUMP" "${PGCONN[@]}" | wc -c)"
 methods=(ef-backup gzip-9 pigz-9 pg_dump)
+$S3 && methods+=(ef-backup+s3)
 $LEVELS && for l in 1 2 3 4 5 6 7 8 9; do methods+=("ef-backup-L$l"); done
 declare -A results
 for r in $(seq 1 "$ROUNDS"); do
@@ -119,5 +135,8 @@ awk -v ef="$ef" -v g="$(col gzip-9 1)" -v p="$(col pigz-9 1)" -v d="$(col pg_dum
   printf "pigz-9 time / ef-backup time:  %.2fx   (goal >= 1.5)\n", p/ef
   printf "ef-backup time / pg_dump time: %.2fx   (goal <= 1.3)\n", ef/d
   printf "ef-backup size / gzip-9 size:  %.3f   (goal <= 1)\n", es/gs
+}'
+$S3 && awk -v ef="$ef" -v s3="$(col ef-backup+s3 1)" 'BEGIN {
+  printf "ef-backup+s3 time / ef-backup time: %.2fx   (goal <= 1.10)\n", s3/ef
 }'
 rm -rf "$OUT"
