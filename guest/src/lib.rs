@@ -28,9 +28,9 @@ mod component {
 
     impl Guest for DefaultPolicy {
         fn schedule(config: Config) -> BackupSchedule {
-            let (_, warnings) = policy::Settings::parse(&config);
+            let (settings, warnings) = policy::Settings::parse(&config);
             warn_all(warnings);
-            policy::schedule()
+            policy::schedule(&settings)
         }
 
         fn backup_name(_config: Config, now: i64) -> String {

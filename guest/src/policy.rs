@@ -21,11 +21,13 @@ pub struct Settings {
     pub s3_keep_last: u32,
     /// `EF__BACKUP_RETENTION_DAYS`, from the host's S3 config (30).
     pub s3_retention_days: u32,
+    /// `schedule_cron`: replaces the default schedule's cron expression (same time zone).
+    pub schedule_cron: Option<String>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { local_retention_days: 7, local_keep_last: 14, s3_keep_last: 14, s3_retention_days: 30 }
+        Settings { local_retention_days: 7, local_keep_last: 14, s3_keep_last: 14, s3_retention_days: 30, schedule_cron: None }
     }
 }
 
@@ -39,6 +41,10 @@ impl Settings {
             s.s3_retention_days = s3.retention_days;
         }
         for (key, value) in &config.settings {
+            if key == "schedule_cron" {
+                s.schedule_cron = Some(value.trim().to_string());
+                continue;
+            }
             let slot = match key.as_str() {
                 "local_retention_days" => &mut s.local_retention_days,
                 "local_keep_last" => &mut s.local_keep_last,
@@ -61,12 +67,20 @@ impl Settings {
     }
 }
 
-/// 01:00 and 13:00 in Beijing, which is the original's `0 17,5 * * *` in UTC.
-pub fn schedule() -> BackupSchedule {
-    BackupSchedule {
-        crons: vec!["0 1,13 * * *".to_string()],
-        timezone: ZONE.to_string(),
-        description: "每天北京时间 01:00 和 13:00".to_string(),
+/// 01:00 and 13:00 in Beijing, which is the original's `0 17,5 * * *` in UTC; or the
+/// operator's `EF__POLICY_SCHEDULE_CRON` in the same zone.
+pub fn schedule(settings: &Settings) -> BackupSchedule {
+    match &settings.schedule_cron {
+        Some(cron) => BackupSchedule {
+            crons: vec![cron.clone()],
+            timezone: ZONE.to_string(),
+            description: format!("按北京时间 cron `{cron}`"),
+        },
+        None => BackupSchedule {
+            crons: vec!["0 1,13 * * *".to_string()],
+            timezone: ZONE.to_string(),
+            description: "每天北京时间 01:00 和 13:00".to_string(),
+        },
     }
 }
 
@@ -127,8 +141,17 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn schedule_can_be_overridden() {
+        let (settings, w) = Settings::parse(&config(&[("schedule_cron", " */5 * * * * * ")], None));
+        assert!(w.is_empty());
+        let s = schedule(&settings);
+        assert_eq!(s.crons, ["*/5 * * * * *"]);
+        assert_eq!(s.timezone, "Asia/Shanghai");
+    }
+
+    #[test]
     fn schedule_is_the_originals() {
-        let s = schedule();
+        let s = schedule(&Settings::default());
         assert_eq!(s.crons, ["0 1,13 * * *"]);
         assert_eq!(s.timezone, "Asia/Shanghai");
         assert_eq!(s.description, "每天北京时间 01:00 和 13:00");
@@ -197,7 +220,10 @@ pub(crate) mod tests {
             &[("local_retention_days", "3"), ("local_keep_last", "x"), ("colour", "blue"), ("s3_keep_last", "99999999")],
             Some(10),
         ));
-        assert_eq!(s, Settings { local_retention_days: 3, local_keep_last: 14, s3_keep_last: 14, s3_retention_days: 10 });
+        assert_eq!(
+            s,
+            Settings { local_retention_days: 3, local_keep_last: 14, s3_keep_last: 14, s3_retention_days: 10, schedule_cron: None }
+        );
         assert_eq!(w.len(), 3, "{w:?}");
         assert!(w[0].contains("EF__POLICY_LOCAL_KEEP_LAST") && w[0].contains("using 14"), "{}", w[0]);
         assert!(w[1].contains("EF__POLICY_COLOUR"), "{}", w[1]);

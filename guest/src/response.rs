@@ -184,7 +184,7 @@ pub fn status(s: &Status, settings: &Settings) -> HttpResponse {
             region: s.config.s3.as_ref().map(|c| c.region.clone()),
             retention_days: settings.s3_retention_days,
         },
-        schedule: policy::schedule().description,
+        schedule: policy::schedule(settings).description,
         last_run: s.last_run.as_ref().map(|r| LastRun {
             success: r.succeeded,
             backup_file: r.file_name.clone(),

@@ -77,6 +77,8 @@ pub struct Config {
     /// Compression threads; 0 means one per CPU.
     pub threads: usize,
     pub timeout_secs: u64,
+    /// `EF__SHUTDOWN_GRACE_SECS`: how long a running backup may finish after SIGTERM.
+    pub shutdown_grace_secs: u64,
     pub admin_token: Option<Secret>,
     pub http_addr: String,
     pub log_format: LogFormat,
@@ -191,6 +193,7 @@ impl Config {
             gzip_level: v.number("EF__BACKUP_GZIP_LEVEL", DEFAULT_GZIP_LEVEL, 1, 9)?,
             threads: v.number("EF__BACKUP_THREADS", 0usize, 0, 256)?,
             timeout_secs: v.number("EF__BACKUP_TIMEOUT_SECS", DEFAULT_TIMEOUT_SECS, 1, 7 * 86_400)?,
+            shutdown_grace_secs: v.number("EF__SHUTDOWN_GRACE_SECS", 60u64, 0, 86_400)?,
             admin_token,
             http_addr: v.string("EF__HTTP_ADDR", "127.0.0.1:8080"),
             log_format,

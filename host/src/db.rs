@@ -192,3 +192,78 @@ mod tests {
         assert_eq!(tail_lines(b"", 2), "(no error output)");
     }
 }
+
+/// A PostgreSQL session-level advisory lock, held by a `psql` session kept open for as long
+/// as this value lives (psql, not a driver, so the connection honours the same libpq settings
+/// as pg_dump: TLS, service files...). Dropping it ends the session, which releases the lock;
+/// so does the process dying.
+pub struct AdvisoryLock {
+    child: std::process::Child,
+    /// Open for as long as the lock is held: psql ends its session at end of input.
+    _stdin: std::process::ChildStdin,
+    pub key: i64,
+}
+
+impl std::fmt::Debug for AdvisoryLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdvisoryLock").field("key", &self.key).finish()
+    }
+}
+
+impl Drop for AdvisoryLock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A stable 64-bit key for a lock name (FNV-1a): every replica derives the same key.
+pub fn lock_key(name: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
+}
+
+impl PgTools {
+    /// `pg_try_advisory_lock(key)` in `database` on a session of its own: the lock when it was
+    /// free, `None` when another session holds it.
+    pub fn try_advisory_lock(&self, database: &str, key: i64) -> Result<Option<AdvisoryLock>, DbError> {
+        use std::io::{BufRead, Write};
+        let mut child = self
+            .command("psql", database)
+            .args(["-X", "-q", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|err| DbError::Spawn { tool: "psql".into(), err })?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let answer = writeln!(stdin, "SELECT pg_try_advisory_lock({key});").and_then(|()| {
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.as_mut().expect("piped stdout")).read_line(&mut line)?;
+            Ok(line)
+        });
+        match answer.as_deref().map(str::trim) {
+            Ok("t") => Ok(Some(AdvisoryLock { child, _stdin: stdin, key })),
+            Ok("f") => {
+                drop(AdvisoryLock { child, _stdin: stdin, key });
+                Ok(None)
+            }
+            _ => {
+                drop(stdin);
+                let _ = child.kill();
+                let out = child.wait_with_output().map_err(|err| DbError::Spawn { tool: "psql".into(), err })?;
+                Err(DbError::Connect {
+                    host: self.db.host.clone(),
+                    port: self.db.port,
+                    db: database.to_string(),
+                    user: self.db.user.clone(),
+                    detail: tail_lines(&out.stderr, 3),
+                })
+            }
+        }
+    }
+}

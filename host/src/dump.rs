@@ -123,6 +123,8 @@ pub enum DumpError {
     Incomplete(String),
     #[error("pg_dump ran longer than {0:?} (EF__BACKUP_TIMEOUT_SECS) and was killed")]
     Timeout(Duration),
+    #[error("the backup was cancelled because ef-backup is shutting down; pg_dump was stopped")]
+    Cancelled,
     #[error("reading pg_dump's output failed: {0}")]
     Read(io::Error),
     /// Writing the compressed backup failed; pg_dump was stopped.
@@ -147,11 +149,12 @@ fn describe(status: ExitStatus) -> String {
 
 /// Streams a plain-format dump of `database` into `out`, calling `progress` with the byte
 /// count read so far. Succeeds only when pg_dump exited 0 within `timeout` and its output is
-/// complete; `out` has then received every byte.
+/// complete; `out` has then received every byte. Setting `cancel` stops pg_dump.
 pub fn run(
     tools: &PgTools,
     database: &str,
     timeout: Duration,
+    cancel: &Arc<AtomicBool>,
     out: &mut impl Write,
     mut progress: impl FnMut(u64),
 ) -> Result<DumpStats, DumpError> {
@@ -183,17 +186,25 @@ pub fn run(
         all
     });
 
-    // The watchdog kills a hung pg_dump. It only runs while the child is unreaped, so the pid
-    // cannot have been reused.
+    // The watchdog kills a hung or cancelled pg_dump. It only runs while the child is
+    // unreaped, so the pid cannot have been reused.
     let timed_out = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let watchdog = {
         let timed_out = Arc::clone(&timed_out);
-        std::thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(timeout) {
-                timed_out.store(true, Ordering::SeqCst);
-                // SAFETY: plain kill(2) on our own unreaped child.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+        let cancel = Arc::clone(cancel);
+        std::thread::spawn(move || loop {
+            match stop_rx.recv_timeout(Duration::from_millis(50)) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let expired = started.elapsed() >= timeout;
+                    if expired || cancel.load(Ordering::SeqCst) {
+                        timed_out.store(expired, Ordering::SeqCst);
+                        // SAFETY: plain kill(2) on our own unreaped child.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                        return;
+                    }
+                }
+                _ => return,
             }
         })
     };
@@ -238,6 +249,9 @@ pub fn run(
 
     if timed_out.load(Ordering::SeqCst) {
         return Err(DumpError::Timeout(timeout));
+    }
+    if cancel.load(Ordering::SeqCst) {
+        return Err(DumpError::Cancelled);
     }
     copied?;
     let status = status.ok_or_else(|| DumpError::Failed { status: "ended abnormally".into(), stderr: tail_lines(&stderr, 4) })?;

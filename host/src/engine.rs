@@ -40,6 +40,7 @@ impl BackupError {
             BackupError::Db(_) => ErrorKind::Config,
             BackupError::Local(_) | BackupError::Write { .. } => ErrorKind::Storage,
             BackupError::Dump { err: DumpError::Timeout(_), .. } => ErrorKind::Timeout,
+            BackupError::Dump { err: DumpError::Cancelled, .. } => ErrorKind::Internal,
             BackupError::Dump { .. } => ErrorKind::Dump,
         }
     }
@@ -72,11 +73,13 @@ pub struct BackupReport {
     pub elapsed: Duration,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct BackupOptions {
     pub now: i64,
     /// Draw a progress bar on stderr when it is a terminal.
     pub progress: bool,
+    /// Set to stop the backup (pg_dump is killed, nothing is kept).
+    pub cancel: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct Done {
@@ -151,7 +154,8 @@ fn dump_to_file(
     let progress = Arc::new(Progress::default());
     let bar = progress_bar(&progress, opts.progress);
     let mut gz = ParallelGzip::new(sinks, config.gzip_level, config.compression_threads(), Arc::clone(&progress));
-    let dumped = dump::run(&tools, &config.db.name, Duration::from_secs(config.timeout_secs), &mut gz, |_| {});
+    let timeout = Duration::from_secs(config.timeout_secs);
+    let dumped = dump::run(&tools, &config.db.name, timeout, &opts.cancel, &mut gz, |_| {});
     if let Some((bar, ticker)) = bar {
         bar.finish_and_clear();
         let _ = ticker.join();
@@ -276,13 +280,25 @@ pub fn apply_local_retention(store: &LocalStore, policy: &Policy, config: &Confi
     report
 }
 
-/// Runs one backup. Always returns an outcome (done or failed) for the policy to shape; a
-/// failure leaves no file under a final name and deletes nothing.
+/// Runs one backup, named by the policy. Always returns an outcome (done or failed) for the
+/// policy to shape; a failure leaves no file under a final name and deletes nothing.
 pub fn run(config: &Config, policy: &Policy, s3: Option<&S3Store>, opts: BackupOptions) -> BackupReport {
+    let name = policy.backup_name(&policy::policy_config(config), opts.now);
+    run_named(config, policy, s3, name, opts)
+}
+
+/// [`run`] with the policy's naming decision already taken (the service needs the name
+/// before the run, to answer "busy").
+pub fn run_named(
+    config: &Config,
+    policy: &Policy,
+    s3: Option<&S3Store>,
+    name: Result<String, PolicyError>,
+    opts: BackupOptions,
+) -> BackupReport {
     let started = Instant::now();
     let store = LocalStore::new(&config.backup_dir);
-    let pconfig = policy::policy_config(config);
-    let (name, result) = match policy.backup_name(&pconfig, opts.now) {
+    let (name, result) = match name {
         Ok(name) => {
             let result = dump_to_file(config, &store, s3, &name, &opts);
             (Some(name), result)

@@ -4,13 +4,18 @@
 //! Data flows one way: [`config`] → [`policy`] decisions → engine ([`dump`] → [`compress`] →
 //! [`store`]) → result → the policy shapes the response.
 
+pub mod api;
 pub mod cli;
 pub mod compress;
 pub mod config;
 pub mod db;
 pub mod dump;
 pub mod engine;
+pub mod metrics;
 pub mod policy;
 pub mod restore;
+pub mod schedule;
+pub mod serve;
+pub mod service;
 pub mod store;
 pub mod verify;

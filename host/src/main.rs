@@ -12,7 +12,7 @@ use ef_backup::policy::{self, Policy};
 use ef_backup::store::local::LocalStore;
 use ef_backup::store::s3::{self, S3Store};
 use ef_backup::db::PgTools;
-use ef_backup::{cli, engine, restore, verify};
+use ef_backup::{cli, engine, restore, serve, verify};
 
 #[derive(Parser)]
 #[command(name = "ef-backup", version, about = "PostgreSQL backups to gzip files and S3; the backup policy is a WebAssembly component")]
@@ -78,6 +78,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the service: the admin HTTP API on EF__HTTP_ADDR and the policy's schedule.
+    Serve,
     /// Inspect policy components.
     Policy {
         #[command(subcommand)]
@@ -96,7 +98,8 @@ enum PolicyCommand {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("EF__LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // The scheduler crate narrates its own start-up at info.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_cron_scheduler=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -156,7 +159,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if !no_s3 {
                 engine::log_s3_state(&config);
             }
-            let opts = engine::BackupOptions { now: at.unwrap_or_else(now), progress: !json };
+            let opts = engine::BackupOptions { now: at.unwrap_or_else(now), progress: !json, ..Default::default() };
             let report = engine::run(&config, &policy, s3.as_ref().map(|(_, s)| s), opts);
             let response = policy.shape_backup_response(&report.outcome).unwrap_or_else(|e| {
                 tracing::error!("{e}");
@@ -219,6 +222,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 places.push(cli::Place { location: s3.url(""), s3: true, backups: ours });
             }
             cli::print_list(&places, foreign, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve => {
+            let policy = load_policy(cli.policy, &config)?;
+            serve::run(config, policy)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy { command: PolicyCommand::Check { path } } => {

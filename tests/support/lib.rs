@@ -404,3 +404,124 @@ pub fn big_db() -> &'static str {
     });
     NAME
 }
+
+/// A response read by [`http`].
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: not JSON: {:?}", self.body))
+    }
+}
+
+/// A plain HTTP/1.1 request (one connection, `Connection: close`): enough to talk to the
+/// service without an HTTP client library.
+pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpReply {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect to port {port}: {e}"));
+    s.set_read_timeout(Some(std::time::Duration::from_secs(120))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP response: {text:?}"));
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    assert!(
+        headers.iter().all(|(k, v)| !(k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))),
+        "chunked responses are not expected"
+    );
+    HttpReply { status, headers, body: body.to_string() }
+}
+
+/// A running `ef-backup serve`; killed (SIGKILL) on drop if still running. Its log goes to
+/// `log` in its directory.
+pub struct Serve {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub log: PathBuf,
+    pub token: String,
+}
+
+pub const TOKEN: &str = "test-token-0123456789abcdef";
+
+impl Serve {
+    pub fn start(db: &str, dir: &Path, extra: &[(&str, &str)]) -> Serve {
+        let port = free_port();
+        let log = dir.join(format!("serve-{port}.log"));
+        std::fs::create_dir_all(dir).unwrap();
+        let backups = dir.join("backups");
+        let addr = format!("127.0.0.1:{port}");
+        let mut vars: Vec<(&str, &str)> = vec![("EF__ADMIN_TOKEN", TOKEN), ("EF__HTTP_ADDR", &addr)];
+        vars.extend_from_slice(extra);
+        let child = ef_command(db, &backups, &vars)
+            .arg("serve")
+            .stdout(std::fs::File::create(dir.join(format!("serve-{port}.out"))).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let serve = Serve { child, port, log, token: TOKEN.to_string() };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "serve did not come up: {}", serve.log_text());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        serve
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn auth(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+
+    pub fn get(&self, path: &str) -> HttpReply {
+        http(self.port, "GET", path, &[("Authorization", &self.auth())], b"")
+    }
+
+    pub fn post(&self, path: &str) -> HttpReply {
+        http(self.port, "POST", path, &[("Authorization", &self.auth())], b"")
+    }
+
+    /// Sends SIGTERM and waits (up to `limit`) for the exit code.
+    pub fn terminate(&mut self, limit: std::time::Duration) -> Option<i32> {
+        let st = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(st.success());
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            assert!(std::time::Instant::now() < deadline, "serve did not exit after SIGTERM: {}", self.log_text());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -407,12 +407,12 @@ pub fn validate_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Five fields of digits, `*`, `,`, `-` and `/` (the syntax every cron shares; the scheduler
-/// parses the rest).
+/// Five fields (or six, seconds first) of digits, `*`, `,`, `-` and `/`: the syntax every cron
+/// shares; the scheduler parses the rest.
 pub fn validate_cron(cron: &str) -> Result<(), &'static str> {
     let fields: Vec<&str> = cron.split_whitespace().collect();
-    if fields.len() != 5 {
-        return Err("expected five fields: minute hour day-of-month month day-of-week");
+    if !(5..=6).contains(&fields.len()) {
+        return Err("expected five fields (minute hour day-of-month month day-of-week), or six with seconds first");
     }
     if fields.iter().any(|f| !f.chars().all(|c| c.is_ascii_digit() || "*,-/".contains(c))) {
         return Err("fields may only contain digits and * , - /");
@@ -463,10 +463,10 @@ mod tests {
 
     #[test]
     fn crons() {
-        for ok in ["0 1,13 * * *", "*/15 * * * 1-5", "0 0 1 * *"] {
+        for ok in ["0 1,13 * * *", "*/15 * * * 1-5", "0 0 1 * *", "*/5 * * * * *"] {
             assert!(validate_cron(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "0 1 * *", "0 1 * * * *", "0 1 * * MON", "@daily", "0 1 * * ?"] {
+        for bad in ["", "0 1 * *", "0 0 1 * * * *", "0 1 * * MON", "@daily", "0 1 * * ?"] {
             assert!(validate_cron(bad).is_err(), "{bad}");
         }
     }

@@ -1,0 +1,178 @@
+//! The admin HTTP API (the original plugin's paths and JSON), plus `/healthz`, `/metrics` and
+//! the OpenAPI document. [`router`] is what an existing axum application merges to host the
+//! plugin itself: `app.merge(ef_backup::api::router(service))`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, MethodRouter};
+use axum::Router;
+use sha2::{Digest, Sha256};
+
+use crate::policy::HttpResponse;
+use crate::service::Service;
+
+/// Request bodies are tiny (the manual trigger takes none); anything larger is refused.
+pub const BODY_LIMIT: usize = 16 * 1024;
+/// The OpenAPI document, checked in beside this crate and served as is.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub auth: bool,
+    make: fn() -> MethodRouter<Arc<Service>>,
+}
+
+/// Every route: the router is built from this table, and a test checks it against the
+/// OpenAPI document.
+pub const ROUTES: &[Route] = &[
+    Route { method: "post", path: "/api/ef/v1/backup/manual", auth: true, make: || post(manual) },
+    Route { method: "get", path: "/api/ef/v1/backup/status", auth: true, make: || get(status) },
+    Route { method: "get", path: "/api/ef/v1/backup/openapi.json", auth: false, make: || get(openapi) },
+    Route { method: "get", path: "/healthz", auth: false, make: || get(healthz) },
+    Route { method: "get", path: "/metrics", auth: false, make: || get(metrics) },
+];
+
+fn json(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    json(status, serde_json::json!({"success": false, "message": message.into()}).to_string())
+}
+
+fn respond(r: HttpResponse) -> Response {
+    // The policy's status was validated (200-599) when it was returned.
+    json(StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), r.body)
+}
+
+/// Equal in constant time: both sides are hashed first, so neither the position of the first
+/// difference nor the token's length shows in the timing.
+fn token_matches(given: &str, token: &str) -> bool {
+    let (a, b) = (Sha256::digest(given.as_bytes()), Sha256::digest(token.as_bytes()));
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(State(svc): State<Arc<Service>>, req: Request, next: Next) -> Response {
+    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
+        let (scheme, token) = v.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    });
+    let ok = match (given, &svc.config().admin_token) {
+        (Some(g), Some(t)) => token_matches(g, t.expose()),
+        _ => false,
+    };
+    if ok {
+        return next.run(req).await;
+    }
+    tracing::warn!("refused {} {}: missing or wrong bearer token", req.method(), req.uri().path());
+    let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized: send the header `Authorization: Bearer <EF__ADMIN_TOKEN>`");
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"ef-backup\""));
+    r
+}
+
+async fn manual(State(svc): State<Arc<Service>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => return error(rejection.status(), format!("bad request body: {}", rejection.body_text())),
+    };
+    // No parameters are taken; a body, if any, must at least be JSON.
+    if !body.iter().all(u8::is_ascii_whitespace) && serde_json::from_slice::<serde_json::Value>(&body).is_err() {
+        return error(StatusCode::BAD_REQUEST, "the request body must be empty or JSON");
+    }
+    let run = svc.backup().await;
+    respond(svc.shape_backup(&run.outcome))
+}
+
+async fn status(State(svc): State<Arc<Service>>) -> Response {
+    respond(svc.status().await)
+}
+
+async fn openapi() -> Response {
+    json(StatusCode::OK, OPENAPI.to_string())
+}
+
+async fn healthz() -> Response {
+    json(StatusCode::OK, r#"{"status":"ok"}"#.to_string())
+}
+
+async fn metrics(State(svc): State<Arc<Service>>) -> Response {
+    let text = svc.metrics_text().await;
+    (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], text).into_response()
+}
+
+async fn not_found(req: Request) -> Response {
+    error(StatusCode::NOT_FOUND, format!("no such endpoint: {} {}", req.method(), req.uri().path()))
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    error(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {}", req.method(), req.uri().path()))
+}
+
+fn panicked(_: Box<dyn std::any::Any + Send>) -> Response {
+    tracing::error!("a request handler panicked; the service keeps running");
+    error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+}
+
+/// All routes, with authentication, body limits, JSON errors and panic containment.
+pub fn router(service: Arc<Service>) -> Router {
+    let (mut protected, mut public) = (Router::new(), Router::new());
+    for r in ROUTES {
+        if r.auth {
+            protected = protected.route(r.path, (r.make)());
+        } else {
+            public = public.route(r.path, (r.make)());
+        }
+    }
+    let protected = protected.route_layer(middleware::from_fn_with_state(Arc::clone(&service), require_token));
+    protected
+        .merge(public)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+        .with_state(service)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens() {
+        assert!(token_matches("0123456789abcdef", "0123456789abcdef"));
+        assert!(!token_matches("0123456789abcdeF", "0123456789abcdef"));
+        assert!(!token_matches("0123456789abcde", "0123456789abcdef"));
+        assert!(!token_matches("", "0123456789abcdef"));
+    }
+
+    #[test]
+    fn openapi_documents_exactly_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        let mut documented: Vec<(String, String)> = Vec::new();
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for (method, op) in ops.as_object().unwrap() {
+                let secured = op.get("security").and_then(|s| s.as_array()).is_some_and(|s| !s.is_empty());
+                let route = ROUTES.iter().find(|r| r.path == path && r.method == method);
+                let route = route.unwrap_or_else(|| panic!("openapi.json documents {method} {path}, which the router lacks"));
+                assert_eq!(secured, route.auth, "{method} {path}: security in openapi.json differs from the router");
+                documented.push((method.clone(), path.clone()));
+            }
+        }
+        for r in ROUTES {
+            assert!(
+                documented.contains(&(r.method.to_string(), r.path.to_string())),
+                "{} {} is not in host/openapi.json",
+                r.method,
+                r.path
+            );
+        }
+    }
+}

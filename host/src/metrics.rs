@@ -1,0 +1,94 @@
+//! Counters and gauges of the service, rendered in the Prometheus text format. Only numbers:
+//! nothing here can carry a secret.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub last_success_timestamp: AtomicI64,
+    pub last_duration_ms: AtomicU64,
+    pub last_size_bytes: AtomicU64,
+    pub successes_total: AtomicU64,
+    pub failures_total: AtomicU64,
+    pub s3_upload_failures_total: AtomicU64,
+    pub busy_rejections_total: AtomicU64,
+}
+
+/// Values read at scrape time rather than kept as counters.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    pub backups_on_disk: u64,
+    pub running: bool,
+    pub next_run: Option<i64>,
+}
+
+impl Metrics {
+    pub fn render(&self, g: &Gauges) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
+        };
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed).to_string();
+        metric(
+            "ef_backup_last_success_timestamp_seconds",
+            "gauge",
+            "Unix time of the last successful backup (0: none since start).",
+            self.last_success_timestamp.load(Ordering::Relaxed).to_string(),
+        );
+        metric(
+            "ef_backup_last_duration_seconds",
+            "gauge",
+            "Duration of the last successful backup.",
+            format!("{:.3}", self.last_duration_ms.load(Ordering::Relaxed) as f64 / 1000.0),
+        );
+        metric("ef_backup_last_size_bytes", "gauge", "Size of the last successful backup file.", load(&self.last_size_bytes));
+        metric("ef_backup_successes_total", "counter", "Backups that succeeded.", load(&self.successes_total));
+        metric("ef_backup_failures_total", "counter", "Backups that failed.", load(&self.failures_total));
+        metric(
+            "ef_backup_s3_upload_failures_total",
+            "counter",
+            "Backups whose S3 upload failed (the local backup was kept).",
+            load(&self.s3_upload_failures_total),
+        );
+        metric(
+            "ef_backup_busy_rejections_total",
+            "counter",
+            "Backup requests refused because a backup was running.",
+            load(&self.busy_rejections_total),
+        );
+        metric("ef_backup_backups_on_disk", "gauge", "Backups in the backup directory that the policy recognises.", g.backups_on_disk.to_string());
+        metric("ef_backup_running", "gauge", "1 while a backup runs.", u8::from(g.running).to_string());
+        metric(
+            "ef_backup_next_run_timestamp_seconds",
+            "gauge",
+            "Unix time of the next scheduled backup (0: no schedule).",
+            g.next_run.unwrap_or(0).to_string(),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_has_help_type_and_one_sample() {
+        let m = Metrics::default();
+        m.failures_total.store(3, Ordering::Relaxed);
+        let text = m.render(&Gauges { backups_on_disk: 2, running: true, next_run: Some(10) });
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len() % 3, 0);
+        for chunk in lines.chunks(3) {
+            let name = chunk[0].split_whitespace().nth(2).unwrap();
+            assert!(chunk[0].starts_with("# HELP ef_backup_"), "{chunk:?}");
+            assert!(chunk[1].starts_with(&format!("# TYPE {name} ")), "{chunk:?}");
+            let (sample, value) = chunk[2].split_once(' ').unwrap();
+            assert_eq!(sample, name);
+            assert!(value.parse::<f64>().is_ok(), "{chunk:?}");
+        }
+        assert!(text.contains("\nef_backup_failures_total 3\n"));
+        assert!(text.contains("\nef_backup_running 1\n"));
+    }
+}
