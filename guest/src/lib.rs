@@ -37,7 +37,7 @@ mod component {
             policy::backup_name(now)
         }
 
-        fn parse_name(name: String) -> Option<i64> {
+        fn parse_name(_config: Config, name: String) -> Option<i64> {
             policy::parse_name(&name)
         }
 

@@ -16,10 +16,10 @@ pub struct Recognised {
 }
 
 /// The backups among `listing` that the policy recognises, newest first.
-pub fn recognised(policy: &Policy, listing: &[StoredBackup]) -> Result<Vec<Recognised>, PolicyError> {
+pub fn recognised(policy: &Policy, config: &Config, listing: &[StoredBackup]) -> Result<Vec<Recognised>, PolicyError> {
     let entries: Vec<BackupEntry> = listing.iter().map(BackupEntry::from).collect();
     let mut out: Vec<Recognised> = policy
-        .recognise(&entries)?
+        .recognise(&crate::policy::policy_config(config), &entries)?
         .into_iter()
         .filter_map(|(e, created)| Some(Recognised { backup: listing.iter().find(|b| b.name == e.name)?.clone(), created }))
         .collect();

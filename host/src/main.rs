@@ -199,7 +199,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         (true, None) => anyhow::bail!("--from-s3, but S3 is not configured"),
                         (false, _) => (LocalStore::new(&config.backup_dir).list()?, config.backup_dir.display().to_string()),
                     };
-                    let newest = cli::recognised(&policy, &listing)?.into_iter().next();
+                    let newest = cli::recognised(&policy, &config, &listing)?.into_iter().next();
                     newest.with_context(|| format!("no backups in {place} to verify (run `ef-backup backup` first)"))?.backup.name
                 }
             };
@@ -212,12 +212,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::List { json } => {
             let policy = load_policy(cli.policy, &config)?;
             let listing = LocalStore::new(&config.backup_dir).list()?;
-            let local = cli::recognised(&policy, &listing)?;
+            let local = cli::recognised(&policy, &config, &listing)?;
             let mut foreign = listing.len() - local.len();
             let mut places = vec![cli::Place { location: config.backup_dir.display().to_string(), s3: false, backups: local }];
             if let Some((_rt, s3)) = s3_store(&config)? {
                 let listing = s3.list()?;
-                let ours = cli::recognised(&policy, &listing)?;
+                let ours = cli::recognised(&policy, &config, &listing)?;
                 foreign += listing.len() - ours.len();
                 places.push(cli::Place { location: s3.url(""), s3: true, backups: ours });
             }

@@ -254,7 +254,7 @@ impl Service {
         let svc = Arc::clone(self);
         let on_disk = tokio::task::spawn_blocking(move || {
             let listing = svc.local_listing();
-            svc.policy().recognise(&listing).map(|r| r.len() as u64).unwrap_or(0)
+            svc.policy().recognise(&policy::policy_config(&svc.config), &listing).map(|r| r.len() as u64).unwrap_or(0)
         })
         .await
         .unwrap_or(0);

@@ -61,9 +61,9 @@ fn names_round_trip() {
     let p = load();
     let c = config(None, &[]);
     assert_eq!(p.backup_name(&c, NOW).unwrap(), "euraflow_backup_20251104_013000.sql.gz");
-    assert_eq!(p.parse_name("euraflow_backup_20251104_013000.sql.gz").unwrap(), Some(NOW));
+    assert_eq!(p.parse_name(&c, "euraflow_backup_20251104_013000.sql.gz").unwrap(), Some(NOW));
     for foreign in ["notes.sql.gz", "euraflow_backup_20251104_013000.sql.gz.partial", "euraflow_backup_2025.sql.gz"] {
-        assert_eq!(p.parse_name(foreign).unwrap(), None, "{foreign}");
+        assert_eq!(p.parse_name(&c, foreign).unwrap(), None, "{foreign}");
     }
 }
 

@@ -31,7 +31,7 @@ pub fn run(policy: &Policy, config: &PolicyConfig, now: i64) -> Result<Report, P
 
     let name = policy.backup_name(config, now)?;
     lines.push(format!("sample name: {name}"));
-    match policy.parse_name(&name)? {
+    match policy.parse_name(config, &name)? {
         Some(_) => {}
         None => {
             return Err(policy.bad(

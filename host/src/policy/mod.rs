@@ -285,17 +285,17 @@ impl Policy {
         Ok(name)
     }
 
-    pub fn parse_name(&self, name: &str) -> Result<Option<i64>, PolicyError> {
-        self.call("parse-name", |p, s| p.euraflow_backup_policy().call_parse_name(s, name))
+    pub fn parse_name(&self, config: &PolicyConfig, name: &str) -> Result<Option<i64>, PolicyError> {
+        self.call("parse-name", |p, s| p.euraflow_backup_policy().call_parse_name(s, config, name))
     }
 
     /// The names among `backups` that the policy recognises, with the time each name carries.
-    pub fn recognise(&self, backups: &[BackupEntry]) -> Result<Vec<(BackupEntry, i64)>, PolicyError> {
+    pub fn recognise(&self, config: &PolicyConfig, backups: &[BackupEntry]) -> Result<Vec<(BackupEntry, i64)>, PolicyError> {
         // One instance for the whole listing: a call per file would instantiate per file.
         self.call("parse-name", |p, s| {
             let mut out = Vec::new();
             for b in backups {
-                if let Some(t) = p.euraflow_backup_policy().call_parse_name(&mut *s, &b.name)? {
+                if let Some(t) = p.euraflow_backup_policy().call_parse_name(&mut *s, config, &b.name)? {
                     out.push((b.clone(), t));
                 }
             }
@@ -318,7 +318,7 @@ impl Policy {
             let names = p.euraflow_backup_policy().call_select_expired(&mut *s, backups, now, target, config)?;
             let mut ours = Vec::new();
             for b in backups {
-                if let Some(t) = p.euraflow_backup_policy().call_parse_name(&mut *s, &b.name)? {
+                if let Some(t) = p.euraflow_backup_policy().call_parse_name(&mut *s, config, &b.name)? {
                     ours.push((b.name.clone(), t));
                 }
             }
