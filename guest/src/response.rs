@@ -123,9 +123,17 @@ struct StatusBody {
     s3: S3Status,
     schedule: String,
     // Additive fields, after the original's three.
+    policy: PolicyInfo,
     last_run: Option<LastRun>,
     next_run_at: Option<f64>,
     running_backup: Option<String>,
+}
+
+#[derive(Serialize)]
+struct PolicyInfo {
+    path: String,
+    sha256: String,
+    wit_version: String,
 }
 
 #[derive(Serialize)]
@@ -185,6 +193,11 @@ pub fn status(s: &Status, settings: &Settings) -> HttpResponse {
             retention_days: settings.s3_retention_days,
         },
         schedule: policy::schedule(settings).description,
+        policy: PolicyInfo {
+            path: s.policy.path.clone(),
+            sha256: s.policy.sha256.clone(),
+            wit_version: s.policy.wit_version.clone(),
+        },
         last_run: s.last_run.as_ref().map(|r| LastRun {
             success: r.succeeded,
             backup_file: r.file_name.clone(),
@@ -202,7 +215,11 @@ pub fn status(s: &Status, settings: &Settings) -> HttpResponse {
 mod tests {
     use super::*;
     use crate::policy::tests::config;
-    use crate::types::{BackupEntry, LastRun as WitLastRun};
+    use crate::types::{BackupEntry, LastRun as WitLastRun, LoadedPolicy};
+
+    fn loaded() -> LoadedPolicy {
+        LoadedPolicy { path: "/p.wasm".into(), sha256: "ab".into(), wit_version: "0.1.0".into() }
+    }
 
     fn done_with(s3: S3Outcome) -> BackupOutcome {
         BackupOutcome::Done(BackupDone {
@@ -267,6 +284,7 @@ mod tests {
         let st = Status {
             now: 1_762_191_000,
             config: config(&[], Some(30)),
+            policy: loaded(),
             local_backups: vec![
                 entry("euraflow_backup_20251103_130000.sql.gz", 12_345_678, 1_762_146_000),
                 entry("foreign.sql.gz", 999_999_999, 1_762_146_000),
@@ -292,6 +310,7 @@ mod tests {
                 r#"{"filename":"euraflow_backup_20251103_130000.sql.gz","size_mb":11.77,"created_at":1762146000.0}]},"#,
                 r#""s3":{"enabled":true,"bucket":"b","region":"us-east-1","retention_days":30},"#,
                 r#""schedule":"每天北京时间 01:00 和 13:00","#,
+                r#""policy":{"path":"/p.wasm","sha256":"ab","wit_version":"0.1.0"},"#,
                 r#""last_run":{"success":true,"backup_file":"euraflow_backup_20251104_010000.sql.gz","message":"ok","started_at":1762189200.0,"finished_at":1762189210.0},"#,
                 r#""next_run_at":1762232400.0,"running_backup":null}"#
             )
@@ -302,7 +321,7 @@ mod tests {
     fn status_without_s3() {
         let mut st_config = config(&[], None);
         st_config.backup_dir = "/b".into();
-        let st = Status { now: 0, config: st_config, local_backups: vec![], last_run: None, next_run: None, running: None };
+        let st = Status { now: 0, config: st_config, policy: loaded(), local_backups: vec![], last_run: None, next_run: None, running: None };
         let v: serde_json::Value = serde_json::from_str(&status(&st, &Settings::default()).body).unwrap();
         assert_eq!(v["s3"], serde_json::json!({"enabled": false, "bucket": null, "region": null, "retention_days": 30}));
         assert_eq!(v["local_backups"]["count"], 0);

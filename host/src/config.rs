@@ -66,6 +66,8 @@ pub struct Config {
     pub backup_dir: PathBuf,
     /// None: use the default policy next to the binary or from the build.
     pub policy_path: Option<PathBuf>,
+    /// `EF__BACKUP_POLICY_SHA256`: the only policy file accepted (lower-case hex).
+    pub policy_sha256: Option<String>,
     /// `EF__PG_BIN`: directory of the PostgreSQL client tools to prefer.
     pub pg_bin: Option<PathBuf>,
     pub s3: Option<S3Config>,
@@ -166,6 +168,12 @@ impl Config {
         let backup_dir = absolute(&v.string("EF__BACKUP_DIR", "backups"));
         let policy_path = v.get("EF__BACKUP_POLICY").map(|p| absolute(p.trim()));
         let pg_bin = v.get("EF__PG_BIN").map(|p| absolute(p.trim()));
+        let policy_sha256 = v.get("EF__BACKUP_POLICY_SHA256").map(|h| h.trim().to_ascii_lowercase());
+        if let Some(h) = &policy_sha256 {
+            if h.len() != 64 || !h.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return Err(ConfigError::Invalid { var: "EF__BACKUP_POLICY_SHA256", reason: format!("{h:?} is not a SHA-256 in hex (64 characters)") });
+            }
+        }
 
         let s3 = s3_config(&v)?;
         let admin_token = v.get("EF__ADMIN_TOKEN").map(|t| Secret::new(t.trim()));
@@ -186,6 +194,7 @@ impl Config {
             db,
             backup_dir,
             policy_path,
+            policy_sha256,
             pg_bin,
             s3,
             s3_part_size: v.number("EF__S3_PART_SIZE_MB", 8usize, 5, 5120)? << 20,

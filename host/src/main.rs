@@ -225,8 +225,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => {
-            let policy = load_policy(cli.policy, &config)?;
-            serve::run(config, policy)?;
+            let path = policy_path(cli.policy, &config);
+            serve::run(config, &path)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy { command: PolicyCommand::Check { path } } => {

@@ -1,16 +1,21 @@
 //! `ef-backup serve`: start-up checks, the HTTP server, the scheduler and graceful shutdown.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
 use crate::config::Config;
-use crate::policy::{self, Policy};
+use crate::policy;
 use crate::schedule::{self, Schedule};
-use crate::service::Service;
+use crate::service::{load_checked, Service};
+use tokio_cron_scheduler::JobScheduler;
 use crate::store::s3::S3Store;
 use crate::{api, engine};
+
+/// How often the policy file is looked at for changes.
+const POLICY_POLL: Duration = Duration::from_secs(2);
 
 /// The shortest admin token accepted.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -49,9 +54,50 @@ async fn shutdown_signal(service: Arc<Service>, grace: Duration) {
     });
 }
 
-pub fn run(config: Config, policy: Policy) -> Result<()> {
+/// Watches the policy file (polling its size and mtime; SIGHUP forces a check) and swaps in
+/// a new policy that passes `policy check`; a rejected file leaves the running policy alone.
+async fn watch_policy(service: Arc<Service>, scheduler: Arc<tokio::sync::Mutex<JobScheduler>>, path: PathBuf) {
+    let stamp = |p: &PathBuf| std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok()));
+    let mut last = stamp(&path);
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        let forced = tokio::select! {
+            _ = hup.recv() => true,
+            _ = tokio::time::sleep(POLICY_POLL) => false,
+        };
+        let now = stamp(&path);
+        if !forced && now == last {
+            continue;
+        }
+        last = now;
+        if forced {
+            tracing::info!("SIGHUP: checking the policy file {}", path.display());
+        }
+        let svc = Arc::clone(&service);
+        let reloaded = tokio::task::spawn_blocking(move || svc.reload()).await;
+        match reloaded {
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some(new))) => match Schedule::from_policy(&new) {
+                Ok(schedule) => {
+                    let mut sched = scheduler.lock().await;
+                    let _ = sched.shutdown().await;
+                    match schedule::start(Arc::clone(&service), schedule).await {
+                        Ok(s) => *sched = s,
+                        Err(e) => tracing::error!("the new policy's schedule could not be started: {e}"),
+                    }
+                }
+                Err(e) => tracing::error!("the new policy's schedule is invalid ({e}); backups keep the old schedule"),
+            },
+            Ok(Err(e)) => tracing::error!("policy reload rejected, the running policy stays: {e}"),
+            Err(e) => tracing::error!("policy reload failed: {e}"),
+        }
+    }
+}
+
+pub fn run(config: Config, policy_path: &Path) -> Result<()> {
     tracing::info!("Database backup plugin initializing...");
     check_token(&config)?;
+    let policy = load_checked(&config, policy_path)?;
     let info = policy.info().clone();
     tracing::info!("policy {} (euraflow:backup@{}, sha256 {})", info.path.display(), info.wit_version, info.sha256);
     let schedule = Schedule::from_policy(&policy.schedule(&policy::policy_config(&config))?)?;
@@ -67,7 +113,8 @@ pub fn run(config: Config, policy: Policy) -> Result<()> {
             .with_context(|| format!("cannot listen on {addr} (EF__HTTP_ADDR): is another process using it?"))?;
         let zone = schedule.zone;
         let description = schedule.description.clone();
-        let mut scheduler = schedule::start(Arc::clone(&service), schedule).await?;
+        let scheduler = Arc::new(tokio::sync::Mutex::new(schedule::start(Arc::clone(&service), schedule).await?));
+        let watcher = tokio::spawn(watch_policy(Arc::clone(&service), Arc::clone(&scheduler), policy_path.to_path_buf()));
         let next = service.status_next_run();
         match next.and_then(|t| chrono::DateTime::from_timestamp(t, 0)) {
             Some(t) => tracing::info!(
@@ -83,7 +130,8 @@ pub fn run(config: Config, policy: Policy) -> Result<()> {
             .await
             .context("the HTTP server failed")?;
         // No new scheduled runs, then let the running one end (or be cancelled).
-        let _ = scheduler.shutdown().await;
+        watcher.abort();
+        let _ = scheduler.lock().await.shutdown().await;
         let was_running = service.running();
         service.wait_idle().await;
         match was_running {

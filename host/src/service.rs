@@ -70,6 +70,28 @@ impl Service {
         self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Loads the policy file again and, when it passes `policy check` (and the pin, if any),
+    /// makes it the running policy; otherwise the current one stays and the error is returned.
+    /// Returns the new policy's schedule when the policy changed.
+    pub fn reload(&self) -> Result<Option<crate::policy::BackupSchedule>, crate::policy::PolicyError> {
+        let current = self.policy();
+        let path = current.info().path.clone();
+        let fresh = load_checked(&self.config, &path)?;
+        if fresh.info().sha256 == current.info().sha256 {
+            return Ok(None);
+        }
+        let schedule = fresh.schedule(&policy::policy_config(&self.config))?;
+        tracing::info!(
+            "policy reloaded: {} (euraflow:backup@{}, sha256 {}, was {})",
+            path.display(),
+            fresh.info().wit_version,
+            fresh.info().sha256,
+            current.info().sha256
+        );
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        Ok(Some(schedule))
+    }
+
     pub fn set_next_run(&self, at: Option<i64>) {
         *lock(&self.next_run) = at;
     }
@@ -231,15 +253,17 @@ impl Service {
     pub async fn status(self: &Arc<Self>) -> HttpResponse {
         let svc = Arc::clone(self);
         let listing = tokio::task::spawn_blocking(move || svc.local_listing()).await.unwrap_or_default();
+        let policy = self.policy();
         let status = Status {
             now: now(),
             config: policy::policy_config(&self.config),
+            policy: policy.loaded(),
             local_backups: listing,
             last_run: lock(&self.last_run).clone(),
             next_run: *lock(&self.next_run),
             running: self.running(),
         };
-        self.policy().shape_status(&status).unwrap_or_else(|e| {
+        policy.shape_status(&status).unwrap_or_else(|e| {
             tracing::error!("{e}");
             HttpResponse {
                 status: 500,
@@ -260,4 +284,21 @@ impl Service {
         .unwrap_or(0);
         self.metrics.render(&Gauges { backups_on_disk: on_disk, running: self.running().is_some(), next_run: *lock(&self.next_run) })
     }
+}
+
+/// Loads a policy and runs `policy check` on it: a component that does not answer every
+/// call sensibly never becomes the running policy.
+pub fn load_checked(config: &Config, path: &std::path::Path) -> Result<Policy, crate::policy::PolicyError> {
+    let policy = Policy::load(path)?;
+    if let Some(pinned) = &config.policy_sha256 {
+        if !pinned.eq_ignore_ascii_case(&policy.info().sha256) {
+            return Err(crate::policy::PolicyError::Pinned {
+                path: path.to_path_buf(),
+                found: policy.info().sha256.clone(),
+                pinned: pinned.clone(),
+            });
+        }
+    }
+    crate::policy::check::run(&policy, &policy::policy_config(config), now())?;
+    Ok(policy)
 }

@@ -144,6 +144,7 @@ fn status_bytes() {
     let st = Status {
         now: NOW,
         config: config(Some(30), &[]),
+        policy: p.loaded(),
         local_backups: vec![
             entry("euraflow_backup_20251104_130000.sql.gz".into(), 1_730_707_200),
             entry("someone_elses.sql.gz".into(), 1_730_707_200),
@@ -154,15 +155,17 @@ fn status_bytes() {
     };
     let r = p.shape_status(&st).unwrap();
     assert_eq!(r.status, 200);
-    assert_eq!(
-        r.body,
-        concat!(
-            r#"{"local_backups":{"count":1,"total_size_mb":11.77,"retention_days":7,"backup_dir":"/path/to/backups","#,
-            r#""recent":[{"filename":"euraflow_backup_20251104_130000.sql.gz","size_mb":11.77,"created_at":1730707200.0}]},"#,
-            r#""s3":{"enabled":true,"bucket":"your-backup-bucket-name","region":"us-east-1","retention_days":30},"#,
-            r#""schedule":"每天北京时间 01:00 和 13:00","last_run":null,"next_run_at":null,"running_backup":null}"#
-        )
-    );
+    let loaded = p.loaded();
+    let want = [
+        r#"{"local_backups":{"count":1,"total_size_mb":11.77,"retention_days":7,"backup_dir":"/path/to/backups","#,
+        r#""recent":[{"filename":"euraflow_backup_20251104_130000.sql.gz","size_mb":11.77,"created_at":1730707200.0}]},"#,
+        r#""s3":{"enabled":true,"bucket":"your-backup-bucket-name","region":"us-east-1","retention_days":30},"#,
+        r#""schedule":"每天北京时间 01:00 和 13:00","#,
+        &format!(r#""policy":{{"path":{},"sha256":"{}","wit_version":"0.1.0"}},"#, serde_json::json!(loaded.path), loaded.sha256),
+        r#""last_run":null,"next_run_at":null,"running_backup":null}"#,
+    ]
+    .concat();
+    assert_eq!(r.body, want);
 }
 
 #[test]

@@ -99,6 +99,7 @@ pub fn run(policy: &Policy, config: &PolicyConfig, now: i64) -> Result<Report, P
     let status = Status {
         now,
         config: config.clone(),
+        policy: policy.loaded(),
         local_backups: listing[..14].to_vec(),
         last_run: None,
         next_run: Some(now + 12 * HOUR),

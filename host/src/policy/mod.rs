@@ -16,7 +16,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use bindings::types::{
     BackupDone, BackupEntry, BackupFailed, BackupOutcome, BackupSchedule, Config as PolicyConfig, ErrorKind,
-    HttpResponse, LastRun, Level, S3Config as PolicyS3Config, S3Outcome, Status, Target,
+    HttpResponse, LastRun, Level, LoadedPolicy, S3Config as PolicyS3Config, S3Outcome, Status, Target,
 };
 pub use bindings::ACCEPTED_VERSIONS;
 use bindings::{BackupPolicy, BackupPolicyPre};
@@ -52,6 +52,8 @@ pub enum PolicyError {
     Timeout { path: PathBuf, call: &'static str, limit: Duration },
     #[error("policy {path}: {call} returned an invalid value: {reason}")]
     BadOutput { path: PathBuf, call: &'static str, reason: String },
+    #[error("policy {path} has SHA-256 {found}, but EF__BACKUP_POLICY_SHA256 pins {pinned}; refusing it")]
+    Pinned { path: PathBuf, found: String, pinned: String },
 }
 
 impl PolicyError {
@@ -231,6 +233,15 @@ impl Policy {
 
     pub fn info(&self) -> &PolicyInfo {
         &self.info
+    }
+
+    /// What the status response says about this policy.
+    pub fn loaded(&self) -> LoadedPolicy {
+        LoadedPolicy {
+            path: self.info.path.display().to_string(),
+            sha256: self.info.sha256.clone(),
+            wit_version: self.info.wit_version.clone(),
+        }
     }
 
     fn store(&self) -> Store<State> {
