@@ -63,9 +63,16 @@ impl PolicyError {
         if matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
             return PolicyError::Timeout { path, call, limit: CALL_TIMEOUT };
         }
-        // The first line carries the cause (e.g. "wasm trap: wasm `unreachable` instruction
-        // executed", or the memory limit); the rest is a wasm backtrace.
-        let reason = format!("{err:#}").lines().next().unwrap_or_default().to_string();
+        // The root cause names the trap ("wasm `unreachable` instruction executed": a panic,
+        // or the memory limit); the outer layers are a wasm backtrace.
+        let reason = match err.downcast_ref::<Trap>() {
+            Some(trap) => format!("{trap}"),
+            None => err.root_cause().to_string(),
+        };
+        let mut reason = reason.lines().next().unwrap_or_default().to_string();
+        if reason.contains("growing memory") {
+            reason = format!("it exceeded the memory limit of {} MiB ({reason})", MEMORY_LIMIT >> 20);
+        }
         PolicyError::Trap { path, call, reason }
     }
 }

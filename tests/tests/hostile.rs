@@ -1,0 +1,155 @@
+//! Hostile policy components (tests/guests/): each misbehaviour is refused or contained, with a
+//! clear error naming the policy file and the call; nothing the guest says is acted on
+//! unchecked, and backups already on disk are kept.
+
+use std::time::{Duration, Instant};
+
+use ef_backup_e2e::{ef, files, psql, tempdir, Run, Serve};
+
+fn hostile() -> String {
+    std::env::var("EF_TEST_HOSTILE_WASM").expect("EF_TEST_HOSTILE_WASM (scripts/test.sh builds it)")
+}
+
+fn small_db() -> &'static str {
+    static MADE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    MADE.get_or_init(|| {
+        psql("postgres", "DROP DATABASE IF EXISTS ef_e2e_hostile WITH (FORCE)");
+        psql("postgres", "CREATE DATABASE ef_e2e_hostile");
+        psql("ef_e2e_hostile", "CREATE TABLE t AS SELECT i FROM generate_series(1, 100) i");
+    });
+    "ef_e2e_hostile"
+}
+
+fn run_with(mode: &str, dir: &std::path::Path, args: &[&str]) -> (Run, Duration) {
+    let started = Instant::now();
+    let policy = hostile();
+    let run = ef(small_db(), dir, &[("EF__BACKUP_POLICY", policy.as_str()), ("EF__POLICY_HOSTILE", mode)], args);
+    (run, started.elapsed())
+}
+
+fn assert_one_clean_line(run: &Run, needles: &[&str]) {
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    assert!(!run.all().contains("panicked"), "{}", run.all());
+    let last = run.stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("ef-backup: error: policy "), "{last}");
+    assert!(last.contains("ef_test_hostile_policy.wasm"), "names the policy file: {last}");
+    for n in needles {
+        assert!(last.contains(n), "expected {n:?} in {last}");
+    }
+}
+
+#[test]
+fn policy_check_refuses_every_misbehaviour() {
+    let dir = tempdir();
+    for (mode, needles) in [
+        ("backup-name:loop", vec!["backup-name ran longer than 1s and was stopped"]),
+        ("backup-name:alloc", vec!["backup-name trapped", "memory limit of 64 MiB"]),
+        ("schedule:trap", vec!["schedule trapped", "unreachable"]),
+        ("backup-name:slash", vec!["backup-name returned an invalid value", "path separator"]),
+        ("backup-name:dots", vec!["backup-name returned an invalid value", "'..'"]),
+        ("select-expired:foreign", vec!["select-expired returned an invalid value", "not in the listing"]),
+        ("select-expired:newest", vec!["select-expired returned an invalid value", "the newest backup"]),
+        ("shape-status:json", vec!["shape-status returned an invalid value", "not JSON"]),
+        ("shape-status:status", vec!["shape-status returned an invalid value", "999"]),
+        ("parse-name:loop", vec!["parse-name ran longer than 1s"]),
+    ] {
+        let (run, took) = run_with(mode, dir.path(), &["policy", "check", &hostile()]);
+        assert_one_clean_line(&run, &needles);
+        assert!(took < Duration::from_secs(30), "{mode}: took {took:?}");
+    }
+    let (run, _) = run_with("none:none", dir.path(), &["policy", "check", &hostile()]);
+    assert!(run.ok(), "the hostile policy behaves when told to: {}", run.all());
+}
+
+#[test]
+fn a_guest_that_imports_what_the_host_does_not_grant_is_refused() {
+    let dir = tempdir();
+    let greedy = std::env::var("EF_TEST_GREEDY_WASM").unwrap();
+    let run = ef(small_db(), dir.path(), &[], &["policy", "check", &greedy]);
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    assert!(run.stderr.contains("needs imports this host does not provide") && run.stderr.contains("read-secrets"), "{}", run.stderr);
+}
+
+#[test]
+fn the_sandbox_has_no_filesystem_environment_network_or_clock() {
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    let (run, _) = run_with("backup-name:snoop", &backups, &["backup", "--json"]);
+    assert!(run.ok(), "{}", run.all());
+    let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    // It saw no directory entries, no variables, no network and a clock stuck at 1970.
+    assert_eq!(v["message"], "hostile");
+    assert_eq!(files(&backups), ["snoop_fs0_env0_net0_clock0.sql.gz"]);
+}
+
+#[test]
+fn bad_names_fail_the_backup_and_write_nothing() {
+    let dir = tempdir();
+    let backups = dir.path().join("deep/backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    for mode in ["backup-name:slash", "backup-name:dots", "backup-name:loop", "backup-name:trap"] {
+        let (run, _) = run_with(mode, &backups, &["backup", "--json"]);
+        assert_eq!(run.code, Some(1), "{mode}: {}", run.all());
+        let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+        assert_eq!(v["success"], false, "{mode}");
+        assert!(run.stderr.contains("ef_test_hostile_policy.wasm: backup-name"), "{mode}: {}", run.stderr);
+        assert!(files(&backups).is_empty(), "{mode}: {:?}", files(&backups));
+    }
+    assert!(!dir.path().join("etc").exists() && !std::path::Path::new("/etc/evil.sql.gz").exists());
+}
+
+#[test]
+fn bad_retention_answers_are_skipped_and_nothing_is_deleted() {
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    let old: Vec<String> = (1..=6).map(|i| format!("hostile_{}.sql.gz", 1_600_000_000 + i)).collect();
+    for n in old.iter().chain(["keep-me.sql.gz".to_string()].iter()) {
+        std::fs::write(backups.join(n), b"old").unwrap();
+    }
+    for mode in ["select-expired:foreign", "select-expired:newest", "select-expired:loop", "select-expired:trap", "select-expired:alloc"] {
+        let before = files(&backups);
+        let (run, _) = run_with(mode, &backups, &["backup", "--json"]);
+        assert!(run.ok(), "{mode}: the backup itself is good: {}", run.all());
+        assert!(run.stderr.contains("retention skipped, nothing deleted"), "{mode}: {}", run.stderr);
+        assert!(run.stderr.contains("select-expired"), "{mode}: {}", run.stderr);
+        let after = files(&backups);
+        assert!(before.iter().all(|f| after.contains(f)), "{mode}: something was deleted");
+        assert_eq!(after.len(), before.len() + 1, "{mode}");
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    // Behaving again, retention runs and keeps the 3 newest of its own; foreign files stay.
+    let (run, _) = run_with("none:none", &backups, &["backup"]);
+    assert!(run.ok(), "{}", run.all());
+    let after = files(&backups);
+    assert_eq!(after.iter().filter(|f| f.starts_with("hostile_")).count(), 3, "{after:?}");
+    assert!(after.contains(&"keep-me.sql.gz".to_string()));
+}
+
+#[test]
+fn serve_rejects_a_hostile_replacement_and_keeps_serving() {
+    let dir = tempdir();
+    let policy = dir.path().join("policy.wasm");
+    std::fs::copy(&ef_backup_e2e::env().wasm, &policy).unwrap();
+    let serve = Serve::start(
+        small_db(),
+        dir.path(),
+        &[("EF__BACKUP_POLICY", policy.to_str().unwrap()), ("EF__POLICY_HOSTILE", "backup-name:loop")],
+    );
+    let before = serve.get("/api/ef/v1/backup/status").json()["policy"]["sha256"].clone();
+    let tmp = dir.path().join("new.wasm");
+    std::fs::copy(hostile(), &tmp).unwrap();
+    std::fs::rename(&tmp, &policy).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !serve.log_text().contains("policy reload rejected") {
+        assert!(Instant::now() < deadline, "{}", serve.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(serve.log_text().contains("backup-name ran longer than 1s"), "{}", serve.log_text());
+    let st = serve.get("/api/ef/v1/backup/status");
+    assert_eq!(st.status, 200);
+    assert_eq!(st.json()["policy"]["sha256"], before, "the last good policy keeps running");
+    let r = serve.post("/api/ef/v1/backup/manual");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.json()["data"]["backup_file"].as_str().unwrap().starts_with("euraflow_backup_"));
+}
