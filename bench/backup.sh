@@ -139,4 +139,6 @@ awk -v ef="$ef" -v g="$(col gzip-9 1)" -v p="$(col pigz-9 1)" -v d="$(col pg_dum
 $S3 && awk -v ef="$ef" -v s3="$(col ef-backup+s3 1)" 'BEGIN {
   printf "ef-backup+s3 time / ef-backup time: %.2fx   (goal <= 1.10)\n", s3/ef
 }'
+echo
+"$BIN" policy bench --rounds 500 | sed 's/^/policy: /'
 rm -rf "$OUT"

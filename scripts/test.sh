@@ -56,9 +56,10 @@ trap 'exit 143' TERM
 STEP="build policy"
 WASM="$("$ROOT/scripts/build-policy.sh")"
 GFS_WASM="$("$ROOT/scripts/build-policy.sh" "$ROOT/examples/policies/gfs")"
+TEMPLATE_WASM="$("$ROOT/scripts/build-policy.sh" "$ROOT/examples/policies/template")"
 HOSTILE_WASM="$("$ROOT/scripts/build-policy.sh" "$ROOT/tests/guests/hostile")"
 GREEDY_WASM="$("$ROOT/scripts/build-policy.sh" "$ROOT/tests/guests/greedy")"
-log "policy components: $WASM $GFS_WASM $HOSTILE_WASM $GREEDY_WASM"
+log "policy components: $WASM $GFS_WASM $TEMPLATE_WASM $HOSTILE_WASM $GREEDY_WASM"
 
 STEP="cargo build"
 log "cargo build --workspace --all-targets (several minutes on a cold machine)"
@@ -94,7 +95,7 @@ export EF_TEST_S3_ENDPOINT EF_TEST_S3_ACCESS_KEY EF_TEST_S3_SECRET_KEY EF_TEST_S
   EF_TEST_S3_PYTHON="$S3_DIR/venv/bin/python"
 
 export EF_TEST_PG_PORT="$PG_PORT" EF_TEST_PG_DIR="$STATE/pg" EF_TEST_POLICY_WASM="$WASM" EF_TEST_GFS_WASM="$GFS_WASM" \
-  EF_TEST_HOSTILE_WASM="$HOSTILE_WASM" EF_TEST_GREEDY_WASM="$GREEDY_WASM" \
+  EF_TEST_HOSTILE_WASM="$HOSTILE_WASM" EF_TEST_GREEDY_WASM="$GREEDY_WASM" EF_TEST_TEMPLATE_WASM="$TEMPLATE_WASM" \
   EF_TEST_BIN="$BIN" EF_TEST_TESTENV="$TESTENV" EF_TEST_STATE="$STATE" PG_BIN
 export EF__DB_HOST EF__DB_PORT EF__DB_USER EF__DB_PASSWORD EF__DB_NAME
 

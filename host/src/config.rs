@@ -66,6 +66,8 @@ pub struct Config {
     pub backup_dir: PathBuf,
     /// None: use the default policy next to the binary or from the build.
     pub policy_path: Option<PathBuf>,
+    /// `EF__BACKUP_POLICY_CACHE_DIR`: compiled policies (default `~/.cache/ef-backup`; `off` disables).
+    pub policy_cache_dir: Option<PathBuf>,
     /// `EF__BACKUP_POLICY_SHA256`: the only policy file accepted (lower-case hex).
     pub policy_sha256: Option<String>,
     /// `EF__PG_BIN`: directory of the PostgreSQL client tools to prefer.
@@ -168,6 +170,11 @@ impl Config {
         let backup_dir = absolute(&v.string("EF__BACKUP_DIR", "backups"));
         let policy_path = v.get("EF__BACKUP_POLICY").map(|p| absolute(p.trim()));
         let pg_bin = v.get("EF__PG_BIN").map(|p| absolute(p.trim()));
+        let policy_cache_dir = match v.get("EF__BACKUP_POLICY_CACHE_DIR").map(str::trim) {
+            Some("off") => None,
+            Some(dir) => Some(absolute(dir)),
+            None => v.get("HOME").map(|h| Path::new(h.trim()).join(".cache/ef-backup")),
+        };
         let policy_sha256 = v.get("EF__BACKUP_POLICY_SHA256").map(|h| h.trim().to_ascii_lowercase());
         if let Some(h) = &policy_sha256 {
             if h.len() != 64 || !h.bytes().all(|c| c.is_ascii_hexdigit()) {
@@ -194,6 +201,7 @@ impl Config {
             db,
             backup_dir,
             policy_path,
+            policy_cache_dir,
             policy_sha256,
             pg_bin,
             s3,

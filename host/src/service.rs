@@ -289,7 +289,7 @@ impl Service {
 /// Loads a policy and runs `policy check` on it: a component that does not answer every
 /// call sensibly never becomes the running policy.
 pub fn load_checked(config: &Config, path: &std::path::Path) -> Result<Policy, crate::policy::PolicyError> {
-    let policy = Policy::load(path)?;
+    let policy = Policy::load_cached(path, config.policy_cache_dir.as_deref())?;
     if let Some(pinned) = &config.policy_sha256 {
         if !pinned.eq_ignore_ascii_case(&policy.info().sha256) {
             return Err(crate::policy::PolicyError::Pinned {

@@ -89,3 +89,42 @@ fn env_file_is_read_and_environment_wins() {
     let run = ef("unused", dir.path(), &[], &["--env-file", dir.path().join("nope.env").to_str().unwrap(), "policy", "check"]);
     assert_clean_failure(&run, "nope.env");
 }
+
+#[test]
+fn example_policies_pass_policy_check() {
+    let dir = tempdir();
+    for (var, schedule) in [("EF_TEST_GFS_WASM", "daily at 02:30 UTC"), ("EF_TEST_TEMPLATE_WASM", "daily at 04:00 UTC")] {
+        let wasm = std::env::var(var).unwrap_or_else(|_| panic!("{var} (scripts/test.sh builds it)"));
+        let run = ef("unused", dir.path(), &[], &["policy", "check", &wasm]);
+        assert!(run.ok(), "{var}: {}", run.all());
+        assert!(run.stdout.contains(schedule), "{}", run.stdout);
+    }
+}
+
+#[test]
+fn compiled_policies_are_cached_and_bad_cache_entries_replaced() {
+    let dir = tempdir();
+    let cache = dir.path().join("cache");
+    let vars = [("EF__BACKUP_POLICY_CACHE_DIR", cache.to_str().unwrap())];
+    let run = ef("unused", dir.path(), &vars, &["policy", "check"]);
+    assert!(run.ok(), "{}", run.all());
+    let entries: Vec<_> = std::fs::read_dir(&cache).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let artifact = &entries[0];
+    assert!(artifact.to_str().unwrap().ends_with(".cwasm"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777, 0o700);
+    let good_len = std::fs::metadata(artifact).unwrap().len();
+    // A damaged cache entry is not trusted: the policy is compiled again and the entry rewritten.
+    std::fs::write(artifact, b"garbage").unwrap();
+    let run = ef("unused", dir.path(), &vars, &["policy", "check"]);
+    assert!(run.ok(), "{}", run.all());
+    assert_eq!(std::fs::metadata(artifact).unwrap().len(), good_len);
+    // A cache directory others can write to is not used at all.
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::remove_file(artifact).unwrap();
+    let run = ef("unused", dir.path(), &vars, &["policy", "check"]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(run.stderr.contains("not using") && run.stderr.contains("as the policy cache"), "{}", run.stderr);
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0);
+}

@@ -109,3 +109,33 @@ pub fn run(policy: &Policy, config: &PolicyConfig, now: i64) -> Result<Report, P
     lines.push(format!("status:      {} ({} bytes of JSON)", r.status, r.body.len()));
     Ok(Report { lines })
 }
+
+/// Time per backup spent in the policy after load: the calls one backup makes (name,
+/// retention for both targets over `listing_len` entries, response), each in a fresh
+/// instance as in production. Returns (mean, max) per backup and the calls per backup.
+pub fn bench(policy: &Policy, config: &PolicyConfig, now: i64, rounds: usize, listing_len: usize) -> Result<(std::time::Duration, std::time::Duration, usize), PolicyError> {
+    let listing: Vec<BackupEntry> = (0..listing_len as i64)
+        .map(|i| Ok(BackupEntry { name: policy.backup_name(config, now - i * 12 * HOUR)?, size_bytes: 1 << 20, modified: now }))
+        .collect::<Result<_, PolicyError>>()?;
+    let mut total = std::time::Duration::ZERO;
+    let mut max = std::time::Duration::ZERO;
+    for _ in 0..rounds.max(1) {
+        let t = std::time::Instant::now();
+        let name = policy.backup_name(config, now)?;
+        policy.select_expired(&listing, now, Target::Local, config)?;
+        policy.select_expired(&listing, now, Target::S3, config)?;
+        let done = BackupOutcome::Done(BackupDone {
+            file_name: name.clone(),
+            path: name,
+            size_bytes: 1,
+            started_at: now,
+            finished_at: now,
+            s3: S3Outcome::Disabled,
+        });
+        policy.shape_backup_response(&done)?;
+        let took = t.elapsed();
+        total += took;
+        max = max.max(took);
+    }
+    Ok((total / rounds.max(1) as u32, max, 4))
+}

@@ -199,11 +199,23 @@ fn exported_version(engine: &Engine, component: &Component) -> Result<String, Ve
 
 impl Policy {
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        Policy::load_cached(path, None)
+    }
+
+    /// Like [`Policy::load`], reusing the machine code compiled for the same file by an
+    /// earlier start (in `cache_dir`, keyed by the file's SHA-256 and this build), so start-up
+    /// and reload skip Cranelift. The cache directory must be trusted: its files are loaded
+    /// as native code.
+    pub fn load_cached(path: &Path, cache_dir: Option<&Path>) -> Result<Policy, PolicyError> {
         let bytes = std::fs::read(path).map_err(|err| PolicyError::Read { path: path.to_path_buf(), err })?;
-        Policy::from_bytes(path, &bytes)
+        Policy::compile(path, &bytes, cache_dir)
     }
 
     pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Policy, PolicyError> {
+        Policy::compile(path, bytes, None)
+    }
+
+    fn compile(path: &Path, bytes: &[u8], cache_dir: Option<&Path>) -> Result<Policy, PolicyError> {
         let p = || path.to_path_buf();
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
             let magic = hex(&bytes[..bytes.len().min(8)]);
@@ -213,8 +225,26 @@ impl Policy {
             return Err(PolicyError::CoreModule { path: p() });
         }
         let engine = engine();
-        let component =
-            Component::new(engine, bytes).map_err(|e| PolicyError::Invalid { path: p(), reason: format!("{e:#}") })?;
+        let sha256 = hex(&Sha256::digest(bytes));
+        let cached = cache_dir
+            .filter(|d| private_dir(d))
+            .map(|d| d.join(format!("{sha256}-ef-backup-{}.cwasm", env!("CARGO_PKG_VERSION"))));
+        // SAFETY: the file was written by `serialize` of this very build (the name carries the
+        // source's hash and our version) into a directory only this user can write; wasmtime
+        // also refuses artifacts of another engine configuration.
+        let from_cache = cached.as_ref().filter(|c| c.is_file()).and_then(|c| unsafe { Component::deserialize_file(engine, c) }.ok());
+        let component = match from_cache {
+            Some(c) => c,
+            None => {
+                let c = Component::new(engine, bytes).map_err(|e| PolicyError::Invalid { path: p(), reason: format!("{e:#}") })?;
+                if let Some(file) = &cached {
+                    if let Err(e) = store_artifact(file, &c) {
+                        tracing::debug!("not caching the compiled policy in {}: {e}", file.display());
+                    }
+                }
+                c
+            }
+        };
         let wit_version = match exported_version(engine, &component) {
             Ok(v) if ACCEPTED_VERSIONS.contains(&v.as_str()) => v,
             Ok(found) => return Err(PolicyError::Version { path: p(), found, accepted: ACCEPTED_VERSIONS.join(", ") }),
@@ -233,7 +263,7 @@ impl Policy {
             .instantiate_pre(&component)
             .and_then(BackupPolicyPre::new)
             .map_err(|e| PolicyError::Link { path: p(), reason: format!("{e:#}") })?;
-        let info = PolicyInfo { path: p(), sha256: hex(&Sha256::digest(bytes)), wit_version, size_bytes: bytes.len() as u64 };
+        let info = PolicyInfo { path: p(), sha256, wit_version, size_bytes: bytes.len() as u64 };
         let label: Arc<str> = path.display().to_string().into();
         Ok(Policy { pre, info, label })
     }
@@ -403,6 +433,37 @@ pub fn fallback_backup_response(outcome: &BackupOutcome) -> HttpResponse {
         ),
     };
     HttpResponse { status, body: body.to_string() }
+}
+
+/// A cache directory is used only if it is missing (it will be created 0700) or belongs to
+/// this user and nobody else can write to it: its files are loaded as native code.
+fn private_dir(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(dir) {
+        Err(_) => true,
+        // SAFETY: geteuid has no preconditions.
+        Ok(m) => {
+            let mine = m.uid() == unsafe { libc::geteuid() };
+            let ok = m.is_dir() && mine && m.mode() & 0o022 == 0;
+            if !ok {
+                tracing::warn!("not using {} as the policy cache: it must be a directory of this user that others cannot write", dir.display());
+            }
+            ok
+        }
+    }
+}
+
+/// Writes a compiled component atomically into a private (0700) cache directory.
+fn store_artifact(file: &Path, component: &Component) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = file.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let bytes = component.serialize().map_err(|e| std::io::Error::other(e.to_string()))?;
+    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    std::io::Write::write_all(&mut f, &bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, file)
 }
 
 /// A backup name becomes a file name and an S3 key: a plain, printable file name.
