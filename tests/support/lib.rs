@@ -81,10 +81,15 @@ pub fn sample_db() -> &'static str {
 
 /// `pg-cluster.sh compare`: per-table counts and checksums, schema, sequences, large objects.
 pub fn compare_dbs(a: &str, b: &str) -> (bool, String) {
+    compare_dbs_on(&env().pg_port, a, b)
+}
+
+/// [`compare_dbs`] on the cluster listening on `port`.
+pub fn compare_dbs_on(port: &str, a: &str, b: &str) -> (bool, String) {
     let e = env();
     let out = Command::new("bash")
         .arg(e.testenv.join("pg-cluster.sh"))
-        .args(["compare", &e.pg_port, a, b])
+        .args(["compare", port, a, b])
         .env("PGPASSWORD", &e.db_password)
         .output()
         .unwrap();
@@ -320,6 +325,8 @@ struct ProxyState {
     upstream_bytes: std::sync::atomic::AtomicU64,
     /// Cut automatically once this many bytes went upstream (0: never).
     cut_after: std::sync::atomic::AtomicU64,
+    /// Forwarding rate limit per connection and direction, bytes per second (0: none).
+    throttle: std::sync::atomic::AtomicU64,
 }
 
 impl Proxy {
@@ -361,6 +368,10 @@ impl Proxy {
                                     break;
                                 }
                             }
+                            let bps = st.throttle.load(SeqCst);
+                            if bps > 0 {
+                                std::thread::sleep(std::time::Duration::from_secs_f64(n as f64 / bps as f64));
+                            }
                             if to.write_all(&buf[..n]).is_err() {
                                 break;
                             }
@@ -388,7 +399,18 @@ impl Proxy {
 
     pub fn restore(&self) {
         self.state.cut_after.store(0, std::sync::atomic::Ordering::SeqCst);
+        self.state.throttle.store(0, std::sync::atomic::Ordering::SeqCst);
         self.state.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Cuts every connection now and refuses new ones until [`Proxy::restore`].
+    pub fn cut(&self) {
+        self.state.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Slows forwarding to `bytes_per_sec` per connection and direction.
+    pub fn throttle(&self, bytes_per_sec: u64) {
+        self.state.throttle.store(bytes_per_sec, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -425,29 +447,38 @@ impl HttpReply {
 /// A plain HTTP/1.1 request (one connection, `Connection: close`): enough to talk to the
 /// service without an HTTP client library.
 pub fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpReply {
+    try_http(port, method, path, headers, body).unwrap_or_else(|e| panic!("{method} {path} on port {port}: {e}"))
+}
+
+/// [`http`] that reports a broken connection (the server was killed) instead of panicking.
+pub fn try_http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<HttpReply, String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect to port {port}: {e}"));
-    s.set_read_timeout(Some(std::time::Duration::from_secs(120))).unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(120))).map_err(|e| e.to_string())?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
     let _ = s.write_all(body);
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
+    s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP response: {text:?}"));
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no HTTP response: {text:?}"))?;
     let mut lines = head.lines();
-    let status = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status line: {head:?}"))?;
     let headers: Vec<(String, String)> =
         lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
     assert!(
         headers.iter().all(|(k, v)| !(k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))),
         "chunked responses are not expected"
     );
-    HttpReply { status, headers, body: body.to_string() }
+    Ok(HttpReply { status, headers, body: body.to_string() })
 }
 
 /// A running `ef-backup serve`; killed (SIGKILL) on drop if still running. Its log goes to

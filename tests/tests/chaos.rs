@@ -1,0 +1,564 @@
+//! Chaos: many backup cycles through the real `serve`, with faults injected at random points
+//! (seeded, reproducible), and the invariants of "nothing lost" checked after every cycle and
+//! at the end.
+//!
+//! `EF_CHAOS_CYCLES` (default 30) and `EF_CHAOS_SEED` (default: from the clock; printed, and
+//! printed again on failure) make soak runs and replays:
+//! `EF_CHAOS_CYCLES=300 EF_CHAOS_SEED=42 scripts/test.sh -p ef-backup-e2e --test chaos`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ef_backup_e2e::{compare_dbs_on, env, ef_command, files, free_port, http, tempdir, Mount, PrivateS3, Proxy, Serve};
+
+const MANUAL: &str = "/api/ef/v1/backup/manual";
+const STATUS: &str = "/api/ef/v1/backup/status";
+const FOOTER: &[u8] = b"-- PostgreSQL database dump complete\n--\n";
+
+/// xorshift64*: small, seeded, good enough to pick faults.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const FAULTS: &[&str] = &[
+    "none",
+    "kill pg_dump",
+    "restart PostgreSQL",
+    "S3 down",
+    "S3 slow",
+    "disk full",
+    "SIGKILL serve",
+    "swap policy (good)",
+    "swap policy (broken)",
+    "concurrent triggers",
+    "wrong tokens",
+];
+
+fn pg_cluster(args: &[&str]) -> String {
+    let e = env();
+    let out = Command::new("bash")
+        .arg(e.testenv.join("pg-cluster.sh"))
+        .args(args)
+        .env("PGPASSWORD", &e.db_password)
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg-cluster.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+struct World {
+    dir: PathBuf,
+    pg_dir: PathBuf,
+    pg_port: String,
+    backups: PathBuf,
+    policy_file: PathBuf,
+    good_policies: [PathBuf; 2],
+    current_policy: usize,
+    s3: PrivateS3,
+    proxy: Proxy,
+    serve: Option<Serve>,
+    pidfile: PathBuf,
+    overlaps: PathBuf,
+    // What happened.
+    faults: BTreeMap<&'static str, u32>,
+    good: Vec<String>,
+    failed: u32,
+    status_ok: u32,
+    rejected_tokens: u32,
+    checked: BTreeSet<String>,
+    foreign: Vec<(PathBuf, Vec<u8>)>,
+    violations: Vec<String>,
+}
+
+impl World {
+    fn vars(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = vec![
+            ("EF__DB_PORT".into(), self.pg_port.clone()),
+            ("EF__BACKUP_POLICY".into(), self.policy_file.display().to_string()),
+            ("EF__PG_BIN".into(), self.dir.join("fakebin").display().to_string()),
+            ("EF__BACKUP_TIMEOUT_SECS".into(), "30".into()),
+            ("EF__SHUTDOWN_GRACE_SECS".into(), "2".into()),
+            ("EF__S3_PART_SIZE_MB".into(), "5".into()),
+        ];
+        let via_proxy = ef_backup_e2e::S3 { endpoint: self.proxy.endpoint(), ..self.s3.s3.clone() };
+        v.extend(via_proxy.vars("chaos/").into_iter().map(|(k, v)| (k.to_string(), v)));
+        v
+    }
+
+    fn start_serve(&mut self) {
+        let vars = self.vars();
+        let borrowed: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.serve = Some(Serve::start("chaos", &self.dir, &borrowed));
+    }
+
+    fn serve(&self) -> &Serve {
+        self.serve.as_ref().expect("serve running")
+    }
+
+    fn logs(&self) -> String {
+        let mut all = String::new();
+        for f in files(&self.dir).iter().filter(|f| f.starts_with("serve-") && f.ends_with(".log")) {
+            all.push_str(&std::fs::read_to_string(self.dir.join(f)).unwrap_or_default());
+        }
+        all
+    }
+
+    fn violation(&mut self, what: String) {
+        eprintln!("INVARIANT VIOLATED: {what}");
+        self.violations.push(what);
+    }
+
+    /// One manual backup over HTTP; records the outcome and checks that a failure is visible.
+    fn backup(&mut self) -> (u16, serde_json::Value) {
+        let r = self.serve().post(MANUAL);
+        let v = r.json();
+        self.record(r.status, &v);
+        (r.status, v)
+    }
+
+    fn record(&mut self, status: u16, v: &serde_json::Value) {
+        match status {
+            200 if v["success"] == true => {
+                let name = v["data"]["backup_file"].as_str().unwrap().to_string();
+                if !self.backups.join(&name).is_file() {
+                    self.violation(format!("API said {name} succeeded, but the file is missing"));
+                }
+                self.good.push(name);
+            }
+            409 => {}
+            _ => {
+                self.failed += 1;
+                let message = v["message"].as_str().unwrap_or_default().to_string();
+                if v["success"] != false || message.is_empty() {
+                    self.violation(format!("a failed backup must say so: HTTP {status} {v}"));
+                }
+                // The same failure in an error log line, and in /metrics.
+                let cause = v["data"]["error"].as_str().unwrap_or(&message).to_string();
+                let head: String = cause.chars().take(40).collect();
+                if !self.logs().lines().any(|l| l.contains("ERROR") && l.contains(&head)) {
+                    self.violation(format!("no error log line names the cause {head:?}"));
+                }
+                let m = http(self.serve().port, "GET", "/metrics", &[], b"");
+                let failures = m.body.lines().find_map(|l| l.strip_prefix("ef_backup_failures_total ")).and_then(|v| v.parse::<f64>().ok());
+                if failures.unwrap_or(0.0) < 1.0 {
+                    self.violation(format!("/metrics does not count the failure: {:?}", failures));
+                }
+            }
+        }
+    }
+
+    fn status_checks(&mut self, n: usize) {
+        for _ in 0..n {
+            let r = self.serve().get(STATUS);
+            if r.status == 200 {
+                self.status_ok += 1;
+            } else {
+                self.violation(format!("authorized status answered {}: {}", r.status, r.body));
+            }
+        }
+    }
+
+    fn wrong_token(&mut self, path: &str, method: &str) {
+        let r = http(self.serve().port, method, path, &[("Authorization", "Bearer wrong-token-0123456789abcdef")], b"");
+        if r.status == 401 {
+            self.rejected_tokens += 1;
+        } else {
+            self.violation(format!("a wrong token got {} on {method} {path}", r.status));
+        }
+    }
+
+    fn wait_for_pidfile(&self, since: Instant) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(meta) = std::fs::metadata(&self.pidfile) {
+                if meta.modified().ok().is_some_and(|m| m.elapsed().unwrap_or_default() < since.elapsed()) {
+                    return std::fs::read_to_string(&self.pidfile).ok().map(|s| s.trim().to_string());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn install_policy(&mut self, src: &Path) {
+        let tmp = self.dir.join("policy.tmp");
+        std::fs::copy(src, &tmp).unwrap();
+        std::fs::rename(&tmp, &self.policy_file).unwrap();
+    }
+
+    fn wait_for_log(&self, needle: &str, at_least: usize) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.logs().matches(needle).count() >= at_least {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// Invariants 1, 3 and 4 on the backup directory, 2 (names) on the bucket, 5 (no overlap).
+    fn check(&mut self) {
+        let listing = files(&self.backups);
+        for name in listing.iter().filter(|n| n.ends_with(".sql.gz")) {
+            if name.starts_with("foreign") || self.checked.contains(name) {
+                continue;
+            }
+            match complete_dump(&self.backups.join(name)) {
+                Ok(()) => {
+                    self.checked.insert(name.clone());
+                }
+                Err(e) => self.violation(format!("{name} has a final name but {e}")),
+            }
+        }
+        for name in listing.iter().filter(|n| n.ends_with(".partial")) {
+            let age = std::fs::metadata(self.backups.join(name)).and_then(|m| m.modified()).map(|m| m.elapsed().unwrap_or_default());
+            if age.is_ok_and(|a| a > Duration::from_secs(86_400)) {
+                self.violation(format!("{name} is older than the clean-up rule"));
+            }
+        }
+        if let Some(newest) = self.good.last().cloned() {
+            if !listing.contains(&newest) {
+                self.violation(format!("the newest good backup {newest} was deleted"));
+            }
+        }
+        // The default policy keeps everything younger than 7 days: every good backup it named
+        // must still be there; the GFS policy keeps at least its 14 newest.
+        let default_named: Vec<&String> = self.good.iter().filter(|n| n.starts_with("euraflow_backup_")).collect();
+        let missing: Vec<&&String> = default_named.iter().filter(|n| !listing.contains(n)).collect();
+        if !missing.is_empty() {
+            self.violation(format!("good backups deleted: {missing:?}"));
+        }
+        let gfs_good = self.good.iter().filter(|n| n.starts_with("chaos_")).count();
+        let gfs_present = listing.iter().filter(|n| n.starts_with("chaos_") && n.ends_with(".sql.gz")).count();
+        if gfs_present < gfs_good.min(14) {
+            self.violation(format!("GFS minimum count broken: {gfs_present} of {gfs_good} present"));
+        }
+        for (path, content) in self.foreign.clone() {
+            if std::fs::read(&path).ok().as_ref() != Some(&content) {
+                self.violation(format!("foreign file {} was touched", path.display()));
+            }
+        }
+        let keys: Vec<String> = serde_json::from_value(self.s3.s3.probe_json(&["list", &self.s3.s3.bucket, "chaos/"])).unwrap();
+        for k in &keys {
+            if !k.ends_with(".sql.gz") {
+                self.violation(format!("S3 object {k} has no final name"));
+            }
+        }
+        let overlaps = std::fs::read_to_string(&self.overlaps).unwrap_or_default();
+        if !overlaps.is_empty() {
+            self.violation(format!("two pg_dumps ran at once: {overlaps}"));
+            std::fs::write(&self.overlaps, b"").unwrap();
+        }
+    }
+}
+
+/// gunzip -t and the footer: what a good backup must be.
+fn complete_dump(path: &Path) -> Result<(), String> {
+    let mut sql = Vec::new();
+    flate2::read::MultiGzDecoder::new(std::fs::File::open(path).map_err(|e| e.to_string())?)
+        .read_to_end(&mut sql)
+        .map_err(|e| format!("is not valid gzip ({e})"))?;
+    let tail = &sql[sql.len().saturating_sub(300)..];
+    if tail.windows(FOOTER.len()).any(|w| w == FOOTER) {
+        Ok(())
+    } else {
+        Err("does not end with the dump's footer".into())
+    }
+}
+
+fn free_bytes(dir: &Path) -> u64 {
+    let out = Command::new("df").args(["--output=avail", "-B1"]).arg(dir).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse().unwrap()
+}
+
+fn run_chaos(seed: u64, cycles: usize) {
+    let e = env();
+    let dir = tempdir();
+    let d = dir.path().to_path_buf();
+
+    // A cluster of its own: this test stops and starts it.
+    let pg_dir = d.join("pg");
+    let pg_port = free_port().to_string();
+    pg_cluster(&["start", pg_dir.to_str().unwrap(), &pg_port]);
+    pg_cluster(&["seed", pg_dir.to_str().unwrap(), &pg_port, "chaos", "5"]);
+
+    // S3 behind a proxy that the faults cut and slow; its clock a day behind, so uploads that
+    // a fault leaves incomplete count as stale and the next good run aborts them.
+    let s3 = PrivateS3::start(&d.join("s3"), free_port(), true);
+    s3.clock("-1d");
+    let proxy = Proxy::start(s3.s3.endpoint.trim_start_matches("http://").parse().unwrap());
+
+    // pg_dump that takes a second (so faults land mid-backup) and records overlaps.
+    let pidfile = d.join("pg_dump.pid");
+    let overlaps = d.join("overlaps");
+    let lock = d.join("pg_dump.lock");
+    std::fs::write(&overlaps, b"").unwrap();
+    ef_backup_e2e::fake_pg_bin(
+        &d,
+        &format!(
+            "exec 9>{lock}\nflock -n 9 || echo \"overlap at $(date +%T.%N)\" >> {ov}\necho $$ > {pid}.tmp && mv {pid}.tmp {pid}\nsleep 1\nexec \"$REAL\" \"$@\"",
+            lock = lock.display(),
+            ov = overlaps.display(),
+            pid = pidfile.display()
+        ),
+    );
+
+    let backups = d.join("backups");
+    let mount = Mount::tmpfs(&backups, "48m");
+    let mut foreign = Vec::new();
+    for (name, content) in [("foreign_manual.sql.gz", b"keep me".to_vec()), ("notes.txt", b"operator notes".to_vec())] {
+        std::fs::write(backups.join(name), &content).unwrap();
+        foreign.push((backups.join(name), content));
+    }
+
+    let policy_file = d.join("policy.wasm");
+    let gfs = PathBuf::from(std::env::var("EF_TEST_GFS_WASM").expect("EF_TEST_GFS_WASM"));
+    std::fs::copy(&e.wasm, &policy_file).unwrap();
+    let mut w = World {
+        dir: d.clone(),
+        pg_dir,
+        pg_port,
+        backups,
+        policy_file,
+        good_policies: [e.wasm.clone(), gfs],
+        current_policy: 0,
+        s3,
+        proxy,
+        serve: None,
+        pidfile,
+        overlaps,
+        faults: BTreeMap::new(),
+        good: Vec::new(),
+        failed: 0,
+        status_ok: 0,
+        rejected_tokens: 0,
+        checked: BTreeSet::new(),
+        foreign,
+        violations: Vec::new(),
+    };
+    w.start_serve();
+    let mut rng = Rng(seed | 1);
+    let started = Instant::now();
+
+    for cycle in 0..cycles {
+        let fault = FAULTS[rng.below(FAULTS.len() as u64) as usize];
+        *w.faults.entry(fault).or_default() += 1;
+        eprintln!("chaos cycle {cycle}: {fault}");
+        // Names have one-second resolution: one backup per second at most.
+        std::thread::sleep(Duration::from_millis(1100));
+        match fault {
+            "none" => {
+                w.backup();
+            }
+            "kill pg_dump" => {
+                let t = Instant::now();
+                let port = w.serve().port;
+                let auth = w.serve().auth();
+                let req = std::thread::spawn(move || http(port, "POST", MANUAL, &[("Authorization", &auth)], b""));
+                if let Some(pid) = w.wait_for_pidfile(t) {
+                    std::thread::sleep(Duration::from_millis(100 + rng.below(700)));
+                    let _ = Command::new("kill").args(["-9", &pid]).status();
+                }
+                let r = req.join().unwrap();
+                let v = r.json();
+                w.record(r.status, &v);
+            }
+            "restart PostgreSQL" => {
+                pg_cluster(&["stop", w.pg_dir.to_str().unwrap()]);
+                let (status, v) = w.backup();
+                if status == 200 {
+                    w.violation(format!("a backup with PostgreSQL down succeeded: {v}"));
+                }
+                pg_cluster(&["start", w.pg_dir.to_str().unwrap(), &w.pg_port.clone()]);
+            }
+            "S3 down" => {
+                w.proxy.cut();
+                let (status, v) = w.backup();
+                if status == 200 && v["data"]["s3_uploaded"] != false {
+                    w.violation(format!("S3 down, yet s3_uploaded is not false: {v}"));
+                }
+                w.proxy.restore();
+            }
+            "S3 slow" => {
+                w.proxy.throttle(1 << 20);
+                w.backup();
+                w.proxy.restore();
+            }
+            "disk full" => {
+                let free = free_bytes(&w.backups);
+                let filler = w.backups.join("filler.bin");
+                let _ = std::fs::write(&filler, vec![0u8; free.saturating_sub(64 * 1024) as usize]);
+                let (status, v) = w.backup();
+                if status == 200 {
+                    w.violation(format!("a backup on a full disk succeeded: {v}"));
+                }
+                std::fs::remove_file(&filler).unwrap();
+            }
+            "SIGKILL serve" => {
+                let t = Instant::now();
+                let port = w.serve().port;
+                let auth = w.serve().auth();
+                // The request dies with the server: its reply is not expected.
+                let req = std::thread::spawn(move || ef_backup_e2e::try_http(port, "POST", MANUAL, &[("Authorization", &auth)], b""));
+                w.wait_for_pidfile(t);
+                std::thread::sleep(Duration::from_millis(rng.below(1200)));
+                if let Some(mut s) = w.serve.take() {
+                    let _ = s.child.kill();
+                    let _ = s.child.wait();
+                }
+                let _ = req.join();
+                w.start_serve();
+            }
+            "swap policy (good)" => {
+                w.current_policy = 1 - w.current_policy;
+                let src = w.good_policies[w.current_policy].clone();
+                let reloads = w.logs().matches("policy reloaded").count();
+                w.install_policy(&src);
+                if !w.wait_for_log("policy reloaded", reloads + 1) {
+                    w.violation("a good policy file was not loaded".into());
+                }
+                w.backup();
+            }
+            "swap policy (broken)" => {
+                let rejected = w.logs().matches("policy reload rejected").count();
+                let broken = w.dir.join("broken.wasm");
+                std::fs::write(&broken, b"\0asm\x0d\0\x01\0garbage").unwrap();
+                w.install_policy(&broken);
+                if !w.wait_for_log("policy reload rejected", rejected + 1) {
+                    w.violation("a broken policy file was not rejected".into());
+                }
+                let (status, v) = w.backup();
+                if status != 200 {
+                    w.violation(format!("the last good policy should keep working: {v}"));
+                }
+                let src = w.good_policies[w.current_policy].clone();
+                w.install_policy(&src);
+            }
+            "concurrent triggers" => {
+                let port = w.serve().port;
+                let auth = w.serve().auth();
+                let replies: Vec<(u16, serde_json::Value)> = std::thread::scope(|s| {
+                    let hs: Vec<_> = (0..4)
+                        .map(|_| {
+                            let auth = auth.clone();
+                            s.spawn(move || {
+                                let r = http(port, "POST", MANUAL, &[("Authorization", &auth)], b"");
+                                (r.status, r.json())
+                            })
+                        })
+                        .collect();
+                    hs.into_iter().map(|h| h.join().unwrap()).collect()
+                });
+                let ran = replies.iter().filter(|(s, _)| *s != 409).count();
+                if ran != 1 {
+                    w.violation(format!("{ran} of 4 concurrent triggers ran a backup: {replies:?}"));
+                }
+                for (s, v) in &replies {
+                    w.record(*s, v);
+                }
+            }
+            "wrong tokens" => {
+                w.wrong_token(MANUAL, "POST");
+                w.wrong_token(STATUS, "GET");
+                w.status_checks(3);
+                w.wrong_token(STATUS, "GET");
+                w.backup();
+            }
+            _ => unreachable!(),
+        }
+        w.status_checks(2);
+        w.check();
+        assert!(started.elapsed() < Duration::from_secs(60 * 20), "chaos run out of time (seed {seed})");
+    }
+
+    // A last clean cycle: the aborts of uploads that faults left behind happen here.
+    std::thread::sleep(Duration::from_millis(1100));
+    let (status, v) = w.backup();
+    if status != 200 || v["data"]["s3_uploaded"] != true {
+        w.violation(format!("the final clean backup did not fully succeed: {v}"));
+    }
+    w.check();
+    let uploads = w.s3.s3.probe_json(&["uploads", &w.s3.s3.bucket]);
+    if !uploads.as_array().unwrap().is_empty() {
+        w.violation(format!("incomplete multipart uploads left: {uploads}"));
+    }
+    // Invariant 2: every object equals a local good backup or is itself a complete dump.
+    let keys: Vec<String> = serde_json::from_value(w.s3.s3.probe_json(&["list", &w.s3.s3.bucket, "chaos/"])).unwrap();
+    for key in &keys {
+        let copy = d.join("s3-object.sql.gz");
+        w.s3.s3.probe(&["get", &w.s3.s3.bucket, key, copy.to_str().unwrap()]);
+        let local = w.backups.join(key.trim_start_matches("chaos/"));
+        let same = std::fs::read(&local).ok() == std::fs::read(&copy).ok();
+        if !same {
+            if let Err(e) = complete_dump(&copy) {
+                w.violation(format!("S3 object {key} matches no local backup and {e}"));
+            }
+        }
+    }
+    // Invariant 1, restores: every backup on disk restores to the source database.
+    let mut restores = 0;
+    for name in files(&w.backups).iter().filter(|n| n.ends_with(".sql.gz") && !n.starts_with("foreign")) {
+        let vars = w.vars();
+        let borrowed: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let out = ef_command("chaos", &w.backups, &borrowed)
+            .args(["restore", name, "--target-db", "chaos_check", "--create", "--drop-existing"])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            w.violation(format!("{name} does not restore: {}", String::from_utf8_lossy(&out.stderr)));
+            continue;
+        }
+        let (same, report) = compare_dbs_on(&w.pg_port, "chaos", "chaos_check");
+        if !same {
+            w.violation(format!("{name} restores to something else: {report}"));
+        }
+        restores += 1;
+    }
+
+    let logs = w.logs();
+    eprintln!("\nchaos summary (seed {seed}):");
+    eprintln!("  cycles                {cycles} (+1 clean)");
+    for (f, n) in &w.faults {
+        eprintln!("  fault {f:<22} {n}");
+    }
+    eprintln!("  backups good          {}", w.good.len());
+    eprintln!("  backups failed        {}", w.failed);
+    eprintln!("  restores checked      {restores}");
+    eprintln!("  status requests ok    {}", w.status_ok);
+    eprintln!("  wrong tokens refused  {}", w.rejected_tokens);
+    eprintln!("  invariant violations  {}", w.violations.len());
+    assert!(!logs.contains("panicked"), "a panic in the service log (seed {seed})");
+    assert!(w.violations.is_empty(), "seed {seed}: {} invariant violations:\n{}", w.violations.len(), w.violations.join("\n"));
+    assert!(w.good.len() >= cycles / 4, "too few good backups to mean anything (seed {seed})");
+    drop(w.serve.take());
+    drop(mount);
+    pg_cluster(&["stop", w.pg_dir.to_str().unwrap()]);
+}
+
+#[test]
+fn nothing_is_lost_under_faults() {
+    let cycles = std::env::var("EF_CHAOS_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let seed = std::env::var("EF_CHAOS_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    eprintln!("chaos: seed {seed}, {cycles} cycles (replay with EF_CHAOS_SEED={seed})");
+    let result = std::panic::catch_unwind(|| run_chaos(seed, cycles));
+    if let Err(e) = result {
+        eprintln!("chaos FAILED with seed {seed}: replay with EF_CHAOS_SEED={seed} EF_CHAOS_CYCLES={cycles}");
+        std::panic::resume_unwind(e);
+    }
+}
