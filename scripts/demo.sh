@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# A guided tour of ef-backup on a fresh Debian 12 machine:
-#   scripts/demo.sh        install what is missing, build, start a throwaway PostgreSQL with a
-#                          sample database `demo` and a local S3 server, then back it up (to
-#                          disk and S3), list, verify, restore it into `demo_restored` (and from
-#                          S3 into `demo_from_s3`) and compare the databases
-#   scripts/demo.sh stop   stop that PostgreSQL and delete the demo state
-# Re-runnable: a second run reuses the running PostgreSQL, reseeds `demo` and starts with an
-# empty backup directory. Env: EF_DEMO_PG_PORT (first port to try, default 55442),
-# EF_DEMO_SCALE_MB (size of `demo`, default 30), PG_BIN (PostgreSQL binaries).
+# A guided tour of ef-backup on a fresh Debian 12 machine, in a couple of minutes:
+#   scripts/demo.sh          install what is missing, build, start a throwaway PostgreSQL with a
+#                            EuraFlow-like sample database and a local S3 server, run
+#                            `ef-backup serve`, back up through the API, show status and the
+#                            backups, restore and verify, swap the policy while the service
+#                            runs, then stop everything it started
+#   scripts/demo.sh --keep   the same, but leave the stack running and print how to use it
+#   scripts/demo.sh stop     stop what a --keep run left running and delete the demo state
+# Env: EF_DEMO_PG_PORT (first port to try, default 55442), EF_DEMO_SCALE_MB (size of the
+# sample database, default 30), PG_BIN (PostgreSQL binaries).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,129 +18,182 @@ die() { echo "demo.sh: error: $*" >&2; exit 1; }
 
 source "$ROOT/scripts/lib.sh"
 
-# ---- commands --------------------------------------------------------------------------------
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+# Shows a command the way a user would type it, then runs it.
+show() { printf '$ %s\n' "$*"; "$@"; }
+ef_backup() { printf '$ ef-backup %s\n' "$*"; "$BIN" "$@"; }
+pretty() { python3 -m json.tool --no-ensure-ascii; }
+
+STATE=""
+SERVE_PID=""
+KEEP=false
+
+stop_all() {
+  local d="$1"
+  if [ -f "$d/serve.pid" ]; then
+    local pid; pid="$(cat "$d/serve.pid")"
+    if kill -0 "$pid" 2>/dev/null && grep -qa ef-backup "/proc/$pid/cmdline" 2>/dev/null; then
+      kill -TERM "$pid"
+      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+    rm -f "$d/serve.pid"
+  fi
+  pg_cluster stop "$d/pg" >/dev/null 2>&1 || true
+  "$TESTENV/s3-server.sh" stop "$d-s3" >/dev/null 2>&1 || true
+}
 
 cmd_stop() {
   local d found=false
   for d in "$ROOT/.work/demo" "$(tmp_state demo)"; do
     [ -d "$d" ] || continue
     found=true
-    pg_cluster stop "$d/pg"
-    "$TESTENV/s3-server.sh" stop "$d-s3"
-    rm -rf "$d" "$d-s3"
-    log "removed $d"
+    stop_all "$d"
+    rm -rf "$d"
+    log "stopped the demo and removed $d (the S3 server's venv stays in $d-s3 for the next run)"
   done
   $found || log "no demo state found (looked in $ROOT/.work/demo and $(tmp_state demo)); nothing to stop"
 }
 
-heading() { printf '\n==> %s\n' "$*"; }
-# Shows the command the way a user would type it, then runs it.
-ef_backup() { printf '$ ef-backup %s\n' "$*"; "$BIN" "$@"; }
-
-# shellcheck disable=SC2317  # runs from the EXIT trap, which shellcheck does not follow
+# shellcheck disable=SC2317  # runs from the EXIT trap
 on_exit() {
   local rc=$?
-  [ "$rc" -eq 0 ] || log "failed at step '$STEP' (exit $rc); PostgreSQL may still be running: scripts/demo.sh stop cleans up"
+  if [ -n "$STATE" ] && { ! $KEEP || [ "$rc" -ne 0 ]; }; then
+    stop_all "$STATE"
+    [ "$rc" -eq 0 ] || log "failed at step '$STEP' (exit $rc); everything it started is stopped. Logs: $STATE/serve.log, $STATE/pg/postgresql.log"
+  fi
+}
+
+api() {  # METHOD PATH: curl with the admin token, JSON pretty-printed
+  # shellcheck disable=SC2016  # the $EF__ADMIN_TOKEN shown is for the reader to type
+  printf '$ curl -s -X %s -H "Authorization: Bearer $EF__ADMIN_TOKEN" http://%s%s\n' "$1" "$EF__HTTP_ADDR" "$2"
+  curl -s -X "$1" -H "Authorization: Bearer $EF__ADMIN_TOKEN" "http://$EF__HTTP_ADDR$2" | tee "$STATE/last.json" | pretty
+}
+
+wait_http() {
+  for _ in $(seq 1 200); do
+    curl -s -o /dev/null "http://$EF__HTTP_ADDR/healthz" && return 0
+    kill -0 "$SERVE_PID" 2>/dev/null || { tail -n 20 "$STATE/serve.log" >&2; die "ef-backup serve exited"; }
+    sleep 0.1
+  done
+  die "ef-backup serve did not answer on $EF__HTTP_ADDR (see $STATE/serve.log)"
+}
+
+json_field() {  # KEY... of the last API answer
+  python3 -c 'import json, sys
+v = json.load(open(sys.argv[1]))
+for k in sys.argv[2:]:
+    v = v[k]
+print(v)' "$STATE/last.json" "$@"
 }
 
 cmd_run() {
   STEP="setup"
   trap on_exit EXIT
+  say "Installing what is missing (PostgreSQL, the wasm toolchain...) and building ef-backup and two policies"
   "$ROOT/scripts/setup.sh"
-
-  STEP="build"
-  local wasm
+  local wasm gfs
   wasm="$("$ROOT/scripts/build-policy.sh")"
-  log "cargo build -p ef-backup"
-  cargo build -p ef-backup
+  gfs="$("$ROOT/scripts/build-policy.sh" "$ROOT/examples/policies/gfs")"
+  cargo build -q -p ef-backup
   BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/ef-backup"
   [ -x "$BIN" ] || die "cargo build succeeded but $BIN is missing"
 
   STEP="start PostgreSQL"
   find_pg_bin
   export PG_BIN
-  local state backups scale="${EF_DEMO_SCALE_MB:-30}"
-  state="$(state_dir demo)"
-  start_cluster "$state/pg" "${EF_DEMO_PG_PORT:-55442}"
-
-  STEP="seed"
-  log "creating database demo with ~$scale MB of sample data"
-  eval "$(pg_cluster seed "$state/pg" "$PG_PORT" demo "$scale")"
+  STATE="$(state_dir demo)"
+  stop_all "$STATE"
+  say "Starting a throwaway PostgreSQL with a EuraFlow-like database 'demo' (orders, customers in Chinese, jsonb, large objects...)"
+  start_cluster "$STATE/pg" "${EF_DEMO_PG_PORT:-55442}"
+  eval "$(pg_cluster seed "$STATE/pg" "$PG_PORT" demo "${EF_DEMO_SCALE_MB:-30}")"
 
   STEP="start the S3 server"
-  log "starting a local S3-compatible server (moto; the first run installs it, about a minute)"
-  local s3_out
-  s3_out="$(start_s3 "$state-s3" "${EF_DEMO_S3_PORT:-55920}" ef-demo-backups)"
-  eval "$s3_out"
+  say "Starting a local S3-compatible server (moto, with real authentication; the first run installs it, about a minute)"
+  eval "$(start_s3 "$STATE-s3" "${EF_DEMO_S3_PORT:-55920}" ef-demo-backups)"
   export EF__AWS_ENDPOINT_URL="$AWS_ENDPOINT_URL_S3"
 
-  # A fresh backup directory each run, so the listing and "the newest backup" are this run's.
-  backups="$state/backups"
+  STEP="start ef-backup serve"
+  local backups="$STATE/backups"
   rm -rf "$backups"; mkdir -p "$backups"
+  # The service runs the policy from this file; swapping the file swaps the policy.
+  cp "$wasm" "$STATE/policy.wasm"
   export EF__DB_HOST EF__DB_PORT EF__DB_USER EF__DB_PASSWORD EF__DB_NAME
-  export EF__BACKUP_DIR="$backups" EF__BACKUP_POLICY="$wasm"
-  # ef-backup reads ./.env: run it from the backup dir, where none can be, so only the settings
-  # shown here apply. It also lets `restore` take the bare file name.
-  cd "$backups"
+  export EF__BACKUP_DIR="$backups" EF__BACKUP_POLICY="$STATE/policy.wasm"
+  EF__ADMIN_TOKEN="$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
+  EF__HTTP_ADDR="127.0.0.1:$(free_port 58080)"
+  export EF__ADMIN_TOKEN EF__HTTP_ADDR
+  say "Starting the service with a freshly generated admin token (EF__ADMIN_TOKEN); its log goes to $STATE/serve.log"
+  (cd "$STATE" && exec "$BIN" serve) >"$STATE/serve.log" 2>&1 &
+  SERVE_PID=$!
+  echo "$SERVE_PID" > "$STATE/serve.pid"
+  wait_http
+  sed 's/^/    /' "$STATE/serve.log"
 
-  heading "Configuration (environment variables)"
-  printf '  %s\n' "EF__DB_HOST=$EF__DB_HOST" "EF__DB_PORT=$EF__DB_PORT" "EF__DB_NAME=$EF__DB_NAME" \
-    "EF__DB_USER=$EF__DB_USER" "EF__DB_PASSWORD=***" "EF__BACKUP_DIR=$EF__BACKUP_DIR" "EF__BACKUP_POLICY=$EF__BACKUP_POLICY" \
-    "EF__AWS_S3_BACKUP_BUCKET=$EF__AWS_S3_BACKUP_BUCKET" "EF__AWS_ACCESS_KEY_ID=$EF__AWS_ACCESS_KEY_ID" \
-    "EF__AWS_SECRET_ACCESS_KEY=***" "EF__AWS_ENDPOINT_URL=$EF__AWS_ENDPOINT_URL"
+  STEP="manual backup"
+  say "Asking the service for a backup, as the EuraFlow admin UI does: pg_dump → gzip on all cores → disk, streamed to S3 at the same time"
+  api POST /api/ef/v1/backup/manual
+  local first; first="$(json_field data backup_file)"
 
-  STEP="policy check"
-  heading "Check the backup policy component (schedule, names, retention, responses)"
-  ef_backup policy check
-
-  STEP="backup"
-  heading "Back up database demo (pg_dump, gzip) into EF__BACKUP_DIR and, streamed at the same time, to S3"
-  ef_backup backup
+  STEP="status"
+  say "The status endpoint: backups on disk, S3, the schedule (01:00 and 13:00 Beijing time), the last and next run"
+  api GET /api/ef/v1/backup/status
 
   STEP="list"
-  heading "List the backups, local and in the bucket"
+  say "The same backup, on disk and in the bucket"
   ef_backup list
 
-  STEP="verify"
-  heading "Verify the newest backup (restore it into a scratch database, compare every table with demo)"
-  ef_backup verify
-
   STEP="restore"
-  local f newest=""
-  for f in "$backups"/*.sql.gz; do
-    [ -f "$f" ] || continue
-    if [ -z "$newest" ] || [ "$f" -nt "$newest" ]; then newest="$f"; fi
+  say "Restoring it into a new database 'demo_restored' (into a scratch database first, renamed into place only when complete)"
+  PGPASSWORD="$EF__DB_PASSWORD" PGOPTIONS='-c client_min_messages=warning' "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U "$EF__DB_USER" -d postgres \
+    -c 'DROP DATABASE IF EXISTS demo_restored WITH (FORCE)' >/dev/null
+  ef_backup restore --from-s3 "$first" --target-db demo_restored --create
+
+  STEP="verify"
+  say "Proving the backup: restore into a scratch database and compare every table with the live one"
+  ef_backup verify "$first"
+
+  STEP="swap the policy"
+  say "Swapping in another policy while the service keeps running: grandfather-father-son retention, names with the database in them, English messages"
+  show cp "$gfs" "$STATE/policy.wasm.new"
+  show mv "$STATE/policy.wasm.new" "$STATE/policy.wasm"
+  local want; want="$(sha256sum "$gfs" | cut -d' ' -f1)"
+  for _ in $(seq 1 100); do
+    curl -s -H "Authorization: Bearer $EF__ADMIN_TOKEN" "http://$EF__HTTP_ADDR/api/ef/v1/backup/status" | grep -q "$want" && break
+    sleep 0.2
   done
-  [ -n "$newest" ] || die "ef-backup backup reported success but $backups has no *.sql.gz file"
-  heading "Restore the newest backup into a new database demo_restored"
-  # A re-run finds the previous run's copy; --create wants to make it itself.
-  PGPASSWORD="$EF__DB_PASSWORD" "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U "$EF__DB_USER" -d postgres \
-    -c 'DROP DATABASE IF EXISTS demo_restored WITH (FORCE)' -c 'DROP DATABASE IF EXISTS demo_from_s3 WITH (FORCE)' \
-    >/dev/null 2>&1 || die "could not drop the databases left by an earlier run (is PostgreSQL on port $PG_PORT up?)"
-  ef_backup restore "$(basename "$newest")" --target-db demo_restored --create
+  grep 'policy reloaded' "$STATE/serve.log" | tail -n 1 | sed 's/^/    /'
+  sleep 1  # names carry the second
+  api POST /api/ef/v1/backup/manual
+  echo "(before the swap the backup was called $first)"
 
-  STEP="compare"
-  heading "Compare demo and demo_restored (row counts and checksums per table, schema)"
-  printf '$ scripts/testenv/pg-cluster.sh compare %s demo demo_restored\n' "$PG_PORT"
-  pg_cluster compare "$PG_PORT" demo demo_restored
+  if $KEEP; then
+    cat <<EOF
 
-  STEP="restore from S3"
-  heading "Restore the same backup straight from S3 into demo_from_s3 (streamed, no temporary file)"
-  ef_backup restore --from-s3 "$(basename "$newest")" --target-db demo_from_s3 --create
-  pg_cluster compare "$PG_PORT" demo demo_from_s3
-
-  cat <<EOF
-
-Done. PostgreSQL is still running on 127.0.0.1:$PG_PORT (state in $state), and the S3 server on
-$EF__AWS_ENDPOINT_URL (bucket $EF__AWS_S3_BACKUP_BUCKET):
+The stack keeps running (scripts/demo.sh stop ends it):
+  export EF__ADMIN_TOKEN=$EF__ADMIN_TOKEN
+  curl -s -X POST -H "Authorization: Bearer \$EF__ADMIN_TOKEN" http://$EF__HTTP_ADDR/api/ef/v1/backup/manual
+  curl -s -H "Authorization: Bearer \$EF__ADMIN_TOKEN" http://$EF__HTTP_ADDR/api/ef/v1/backup/status
+  curl -s http://$EF__HTTP_ADDR/metrics
   PGPASSWORD=$EF__DB_PASSWORD $PG_BIN/psql -h 127.0.0.1 -p $PG_PORT -U $EF__DB_USER demo_restored
-Backups: $backups
-Stop both and delete the demo state: scripts/demo.sh stop
+Service log: $STATE/serve.log   Backups: $backups   Bucket: $EF__AWS_S3_BACKUP_BUCKET at $EF__AWS_ENDPOINT_URL
 EOF
+  else
+    say "Stopping the service (SIGTERM, a clean shutdown), PostgreSQL and the S3 server"
+    stop_all "$STATE"
+    tail -n 2 "$STATE/serve.log" | sed 's/^/    /'
+    cat <<EOF
+
+Done; nothing is left running. The files stay for you to look at:
+  backups:     $backups
+  service log: $STATE/serve.log
+Run 'scripts/demo.sh --keep' to keep the stack up and try the API yourself.
+EOF
+  fi
 }
 
-case "${1:-run}" in
-  run)  [ $# -le 1 ] || die "usage: scripts/demo.sh [run|stop]"; cmd_run ;;
-  stop) [ $# -eq 1 ] || die "usage: scripts/demo.sh [run|stop]"; cmd_stop ;;
-  *) die "unknown command '$1' (usage: scripts/demo.sh [run|stop])" ;;
+case "${1:-}" in
+  "") cmd_run ;;
+  --keep) KEEP=true; cmd_run ;;
+  stop) [ $# -eq 1 ] || die "usage: scripts/demo.sh [--keep|stop]"; cmd_stop ;;
+  *) die "unknown argument '$1' (usage: scripts/demo.sh [--keep|stop])" ;;
 esac

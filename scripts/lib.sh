@@ -49,6 +49,12 @@ pg_cluster() { (cd / && PGPASSWORD="$PG_CLUSTER_PASSWORD" "$TESTENV/pg-cluster.s
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+free_port() {  # the first port from $1 nobody listens on
+  local p
+  for p in $(seq "$1" $(( $1 + 20 ))); do port_busy "$p" || { echo "$p"; return 0; }; done
+  die "no free port in $1..$(( $1 + 20 ))"
+}
+
 # Starts the cluster in $1 and evals its EF__DB_* exports; sets PG_PORT. A cluster left running
 # by an earlier run keeps its port (pg-cluster.sh refuses to move it); otherwise the first free
 # port from $2 (10 tries). A port can be taken between the check and the bind, hence the retry

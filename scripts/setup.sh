@@ -37,7 +37,7 @@ fi
 need=()
 have_postgres || need+=(postgresql)
 # faketime: the S3 tests move the S3 server's clock (object and upload times cannot be set).
-for p in pigz python3-venv util-linux e2fsprogs faketime time; do installed "$p" || need+=("$p"); done
+for p in pigz python3-venv util-linux e2fsprogs faketime time curl; do installed "$p" || need+=("$p"); done
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 optional=()
 
