@@ -222,11 +222,12 @@ fn two_replicas_run_each_scheduled_slot_once() {
     let _turn = sample_db_turn();
     let dir = tempdir();
     let every = [("EF__POLICY_SCHEDULE_CRON", "*/3 * * * * *")];
-    let a = Serve::start(sample_db(), &dir.path().join("a"), &every);
-    let b = Serve::start(sample_db(), &dir.path().join("b"), &every);
+    let mut a = Serve::start(sample_db(), &dir.path().join("a"), &every);
+    let mut b = Serve::start(sample_db(), &dir.path().join("b"), &every);
     std::thread::sleep(Duration::from_secs(11));
-    drop(a);
-    drop(b);
+    // A clean stop: a slot that is running finishes (no partial file).
+    assert_eq!(a.terminate(Duration::from_secs(60)), Some(0), "{}", a.log_text());
+    assert_eq!(b.terminate(Duration::from_secs(60)), Some(0), "{}", b.log_text());
     let names_a = files(&dir.path().join("a/backups"));
     let names_b = files(&dir.path().join("b/backups"));
     let mut all: Vec<&String> = names_a.iter().chain(names_b.iter()).collect();
