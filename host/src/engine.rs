@@ -194,8 +194,9 @@ fn dump_to_file(
 pub fn apply_s3_retention(s3: &S3Store, policy: &Policy, config: &Config, now: i64) -> RetentionReport {
     let mut report = RetentionReport::default();
     // Uploads older than a backup can run are dead: abort them so their parts stop costing.
-    let pconfig = policy::policy_config(config);
-    let ours = |n: &str| policy.parse_name(&pconfig, n).ok().flatten().is_some();
+    // Any backup file name counts, not only the current policy's: an upload cut off before a
+    // policy swap carries the previous policy's name and is just as dead.
+    let ours = |n: &str| policy::validate_name(n).is_ok();
     match s3.abort_stale_uploads(Duration::from_secs(config.timeout_secs + 3600), ours) {
         Ok(0) => {}
         Ok(n) => tracing::info!("aborted {n} incomplete S3 upload(s) left by interrupted runs"),

@@ -172,8 +172,9 @@ impl S3Store {
         })
     }
 
-    /// Aborts incomplete multipart uploads of backups (names `is_ours` accepts) started more
-    /// than `older_than` ago: leftovers of runs whose abort could not reach the store.
+    /// Aborts incomplete multipart uploads of backups (keys directly under the prefix whose
+    /// names `is_ours` accepts) started more than `older_than` ago: leftovers of runs whose
+    /// abort could not reach the store.
     pub fn abort_stale_uploads(&self, older_than: Duration, is_ours: impl Fn(&str) -> bool) -> Result<usize, S3Error> {
         let cutoff = SystemTime::now() - older_than;
         let cutoff = cutoff.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
