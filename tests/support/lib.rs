@@ -481,6 +481,19 @@ pub fn try_http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], b
     Ok(HttpReply { status, headers, body: body.to_string() })
 }
 
+/// Fires `n` authorized POSTs to `path` at once; join the handles for (status, JSON body).
+pub fn post_concurrently(port: u16, auth: &str, path: &'static str, n: usize) -> Vec<std::thread::JoinHandle<(u16, serde_json::Value)>> {
+    (0..n)
+        .map(|_| {
+            let auth = auth.to_string();
+            std::thread::spawn(move || {
+                let r = http(port, "POST", path, &[("Authorization", &auth)], b"");
+                (r.status, r.json())
+            })
+        })
+        .collect()
+}
+
 /// A running `ef-backup serve`; killed (SIGKILL) on drop if still running. Its log goes to
 /// `log` in its directory.
 pub struct Serve {

@@ -449,20 +449,10 @@ fn run_chaos(seed: u64, cycles: usize) {
                 w.install_policy(&src);
             }
             "concurrent triggers" => {
-                let port = w.serve().port;
-                let auth = w.serve().auth();
-                let replies: Vec<(u16, serde_json::Value)> = std::thread::scope(|s| {
-                    let hs: Vec<_> = (0..4)
-                        .map(|_| {
-                            let auth = auth.clone();
-                            s.spawn(move || {
-                                let r = http(port, "POST", MANUAL, &[("Authorization", &auth)], b"");
-                                (r.status, r.json())
-                            })
-                        })
-                        .collect();
-                    hs.into_iter().map(|h| h.join().unwrap()).collect()
-                });
+                let replies: Vec<(u16, serde_json::Value)> = ef_backup_e2e::post_concurrently(w.serve().port, &w.serve().auth(), MANUAL, 4)
+                    .into_iter()
+                    .map(|h| h.join().unwrap())
+                    .collect();
                 let ran = replies.iter().filter(|(s, _)| *s != 409).count();
                 if ran != 1 {
                     w.violation(format!("{ran} of 4 concurrent triggers ran a backup: {replies:?}"));

@@ -146,15 +146,7 @@ fn concurrent_triggers_give_one_backup_and_409s() {
     let port = serve.port;
     let auth = serve.auth();
     let replies: Vec<(u16, serde_json::Value)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..6)
-            .map(|_| {
-                let auth = auth.clone();
-                s.spawn(move || {
-                    let r = http(port, "POST", MANUAL, &[("Authorization", &auth)], b"");
-                    (r.status, r.json())
-                })
-            })
-            .collect();
+        let handles = ef_backup_e2e::post_concurrently(port, &auth, MANUAL, 6);
         // While the backup runs: 200 status requests at once, all answered.
         std::thread::sleep(Duration::from_millis(800));
         let statuses: Vec<_> = (0..200)
