@@ -21,7 +21,10 @@ pub fn recognised(policy: &Policy, config: &Config, listing: &[StoredBackup]) ->
     let mut out: Vec<Recognised> = policy
         .recognise(&crate::policy::policy_config(config), &entries)?
         .into_iter()
-        .filter_map(|(e, created)| Some(Recognised { backup: listing.iter().find(|b| b.name == e.name)?.clone(), created }))
+        .map(|(e, created)| Recognised {
+            backup: StoredBackup { name: e.name, size_bytes: e.size_bytes, modified: e.modified },
+            created,
+        })
         .collect();
     out.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| b.backup.name.cmp(&a.backup.name)));
     Ok(out)

@@ -135,7 +135,6 @@ pub enum DumpError {
 #[derive(Debug, Clone, Copy)]
 pub struct DumpStats {
     pub bytes: u64,
-    pub elapsed: Duration,
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -147,8 +146,7 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// Streams a plain-format dump of `database` into `out`, calling `progress` with the byte
-/// count read so far. Succeeds only when pg_dump exited 0 within `timeout` and its output is
+/// Streams a plain-format dump of `database` into `out`. Succeeds only when pg_dump exited 0 within `timeout` and its output is
 /// complete; `out` has then received every byte. Setting `cancel` stops pg_dump.
 pub fn run(
     tools: &PgTools,
@@ -156,7 +154,6 @@ pub fn run(
     timeout: Duration,
     cancel: &Arc<AtomicBool>,
     out: &mut impl Write,
-    mut progress: impl FnMut(u64),
 ) -> Result<DumpStats, DumpError> {
     let started = Instant::now();
     let tool = tools.tool("pg_dump").display().to_string();
@@ -224,7 +221,6 @@ pub fn run(
             break Err(DumpError::Write(e));
         }
         bytes += n as u64;
-        progress(bytes);
     };
     if copied.is_err() {
         let _ = child.kill();
@@ -259,7 +255,7 @@ pub fn run(
         return Err(DumpError::Failed { status: describe(status), stderr: tail_lines(&stderr, 4) });
     }
     check.verify().map_err(DumpError::Incomplete)?;
-    Ok(DumpStats { bytes, elapsed: started.elapsed() })
+    Ok(DumpStats { bytes })
 }
 
 #[cfg(test)]

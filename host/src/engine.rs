@@ -155,7 +155,8 @@ fn dump_to_file(
     let bar = progress_bar(&progress, opts.progress);
     let mut gz = ParallelGzip::new(sinks, config.gzip_level, config.compression_threads(), Arc::clone(&progress));
     let timeout = Duration::from_secs(config.timeout_secs);
-    let dumped = dump::run(&tools, &config.db.name, timeout, &opts.cancel, &mut gz, |_| {});
+    // Progress is read from the compressor's counters (`progress_bar`), not from pg_dump.
+    let dumped = dump::run(&tools, &config.db.name, timeout, &opts.cancel, &mut gz);
     if let Some((bar, ticker)) = bar {
         bar.finish_and_clear();
         let _ = ticker.join();
