@@ -172,9 +172,13 @@ fn dump_to_file(
             });
         }
     };
-    let Sinks { file, s3: upload } = gz.finish().map_err(write_err)?;
-    // The local file first: if it cannot be committed, dropping the upload aborts it, so S3
-    // never holds a backup that failed here.
+    let Sinks { file, s3: mut upload } = gz.finish().map_err(write_err)?;
+    // The last part travels while the local file is fsynced; completing waits for the local
+    // commit: if that fails, dropping the upload aborts it, so S3 never holds a backup that
+    // failed here.
+    if let Some(upload) = &mut upload {
+        upload.seal();
+    }
     let (_, size) = file.commit()?;
     tracing::info!("本地数据库备份成功: {name} ({})", mb(size));
     let s3 = match upload.map(S3Upload::finish) {

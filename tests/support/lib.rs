@@ -327,6 +327,25 @@ struct ProxyState {
     cut_after: std::sync::atomic::AtomicU64,
     /// Forwarding rate limit per connection and direction, bytes per second (0: none).
     throttle: std::sync::atomic::AtomicU64,
+    /// Change the first hex digit of every `<ETag>` element in responses: a store that
+    /// reports an object other than the one uploaded.
+    corrupt_etags: std::sync::atomic::AtomicBool,
+}
+
+/// Flips the first hex digit after each `<ETag>` in `buf` (lengths stay the same, so the
+/// response's Content-Length stays right). The element sits in one small XML body, which
+/// arrives in one read.
+fn corrupt_etags(buf: &mut [u8]) {
+    const TAG: &[u8] = b"<ETag>";
+    let mut i = 0;
+    while let Some(at) = buf[i..].windows(TAG.len()).position(|w| w == TAG) {
+        i += at + TAG.len();
+        let quote = [&b"&quot;"[..], b"&#34;", b"&#x22;", b"\""].into_iter().find(|q| buf[i..].starts_with(q));
+        let j = i + quote.map_or(0, <[u8]>::len);
+        if let Some(c) = buf.get_mut(j).filter(|c| c.is_ascii_hexdigit()) {
+            *c = if *c == b'0' { b'1' } else { b'0' };
+        }
+    }
 }
 
 impl Proxy {
@@ -368,6 +387,9 @@ impl Proxy {
                                     break;
                                 }
                             }
+                            if !up && st.corrupt_etags.load(SeqCst) {
+                                corrupt_etags(&mut buf[..n]);
+                            }
                             let bps = st.throttle.load(SeqCst);
                             if bps > 0 {
                                 std::thread::sleep(std::time::Duration::from_secs_f64(n as f64 / bps as f64));
@@ -406,6 +428,11 @@ impl Proxy {
     /// Cuts every connection now and refuses new ones until [`Proxy::restore`].
     pub fn cut(&self) {
         self.state.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Makes every `<ETag>` in the store's XML answers wrong (see [`ProxyState`]).
+    pub fn corrupt_etags(&self) {
+        self.state.corrupt_etags.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Slows forwarding to `bytes_per_sec` per connection and direction.

@@ -177,6 +177,32 @@ fn restore_and_verify_straight_from_s3() {
 }
 
 #[test]
+fn an_object_that_fails_verification_is_deleted() {
+    // A store (here: a proxy in front of it) whose completion reports an ETag other than the
+    // one computed while streaming: the object must not stay under a backup's name.
+    let s3 = s3();
+    let dir = tempdir();
+    let addr: std::net::SocketAddr = s3.endpoint.trim_start_matches("http://").parse().unwrap();
+    let proxy = Proxy::start(addr);
+    proxy.corrupt_etags();
+    let via_proxy = S3 { endpoint: proxy.endpoint(), ..s3.clone() };
+    let list = via_proxy.vars("unverified/");
+    let backups = dir.path().join("backups");
+    let (run, v) = backup_json(sample_db(), &backups, &vars(&list, &[]), &[]);
+    assert!(run.ok(), "the local backup succeeds: {}", run.all());
+    assert_eq!(v["data"]["s3_uploaded"], false, "{v}");
+    let err = v["data"]["s3_error"].as_str().unwrap();
+    assert!(err.contains("does not match") && err.contains("the object was deleted"), "{err}");
+    let name = v["data"]["backup_file"].as_str().unwrap();
+    assert_eq!(files(&backups), [name.to_string()]);
+    assert_eq!(s3.probe_json(&["list", &s3.bucket, "unverified/"]), serde_json::json!([]), "the object is gone");
+    assert_eq!(
+        s3.probe_json(&["uploads", &s3.bucket]).as_array().unwrap().iter().filter(|u| u["key"].as_str().unwrap().starts_with("unverified/")).count(),
+        0
+    );
+}
+
+#[test]
 fn store_cut_off_mid_upload_leaves_no_incomplete_upload_behind() {
     let dir = tempdir();
     let private = PrivateS3::start(&dir.path().join("s3"), free_port(), true);

@@ -325,6 +325,7 @@ async fn upload_task(client: Client, bucket: String, key: String, mut rx: mpsc::
                             .send()
                             .await
                             .map_err(|e| describe(&format!("uploading part {number}"), &e))?;
+                        tracing::debug!("S3 part {number} uploaded");
                         Ok(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag().map(str::to_string)).build())
                     });
                 }
@@ -341,6 +342,7 @@ async fn upload_task(client: Client, bucket: String, key: String, mut rx: mpsc::
             return Err("the backup failed; upload abandoned".to_string());
         }
         parts.sort_by_key(|p| p.part_number());
+        tracing::debug!("S3 parts uploaded: completing the upload of {} parts", parts.len());
         let out = client
             .complete_multipart_upload()
             .bucket(&bucket)
@@ -419,12 +421,23 @@ impl S3Upload {
         format!("{hex}-{}", self.part_md5s.len())
     }
 
-    /// Completes the upload and verifies it (size, and the multipart ETag computed while
-    /// streaming). Returns the `s3://` URL, or the error.
-    pub fn finish(mut self) -> Result<String, String> {
+    /// Sends what is buffered as the last part, without completing: the caller can overlap
+    /// that upload with its own work (the local fsync) and still decide whether to complete.
+    pub fn seal(&mut self) {
         if !self.buf.is_empty() || self.parts == 0 {
             self.send_part();
         }
+    }
+
+    /// Completes the upload and verifies it against the multipart ETag computed while
+    /// streaming. Returns the `s3://` URL, or the error.
+    ///
+    /// The ETag check is the whole proof: S3 checked each part against its Content-MD5, and
+    /// the completed object's ETag is the md5 of exactly those parts' md5s in order, so a
+    /// match means the object holds our bytes. Only a store whose completion returns no ETag
+    /// costs an extra HEAD request.
+    pub fn finish(mut self) -> Result<String, String> {
+        self.seal();
         if self.error.is_none() {
             let _ = self.tx.as_ref().expect("open").blocking_send(Msg::Complete);
         }
@@ -438,21 +451,36 @@ impl S3Upload {
         if let Some(e) = self.error.take().filter(|e| !e.is_empty()) {
             return Err(e);
         }
-        let key = self.store.key(&self.name);
-        let head = self
-            .handle
-            .block_on(self.store.client.head_object().bucket(&self.store.bucket).key(&key).send())
-            .map_err(|e| describe("checking the uploaded object", &e))?;
-        let size = head.content_length().unwrap_or(-1);
-        if size != self.bytes as i64 {
-            return Err(format!("uploaded object has {size} bytes, the backup {}", self.bytes));
-        }
+        let got = match etag {
+            Some(etag) => etag,
+            None => {
+                let key = self.store.key(&self.name);
+                let head = self
+                    .handle
+                    .block_on(self.store.client.head_object().bucket(&self.store.bucket).key(&key).send())
+                    .map_err(|e| describe("checking the uploaded object", &e))?;
+                let size = head.content_length().unwrap_or(-1);
+                if size != self.bytes as i64 {
+                    return Err(self.discard(format!("the uploaded object has {size} bytes, the backup {}", self.bytes)));
+                }
+                head.e_tag().unwrap_or_default().to_string()
+            }
+        };
         let want = self.expected_etag();
-        let got = etag.or_else(|| head.e_tag().map(str::to_string)).unwrap_or_default();
         if got.trim_matches('"') != want {
-            return Err(format!("uploaded object's ETag {got} does not match the {want} computed while streaming"));
+            return Err(self.discard(format!("the uploaded object's ETag {got} does not match the {want} computed while streaming")));
         }
         Ok(self.store.url(&self.name))
+    }
+
+    /// A completed object that failed verification must not stay under a backup's name,
+    /// where it would look good to list, retention and restore.
+    fn discard(&self, why: String) -> String {
+        let key = self.store.key(&self.name);
+        match self.handle.block_on(self.store.client.delete_object().bucket(&self.store.bucket).key(&key).send()) {
+            Ok(_) => format!("{why}; the object was deleted"),
+            Err(e) => format!("{why}; deleting it also failed ({}): delete s3://{}/{key} by hand", describe("delete", &e), self.store.bucket),
+        }
     }
 }
 
@@ -490,6 +518,12 @@ impl Drop for S3Upload {
     }
 }
 
+/// Splits `s3://bucket/key`.
+pub fn parse_url(url: &str) -> Option<(&str, &str)> {
+    let (bucket, key) = url.strip_prefix("s3://")?.split_once('/')?;
+    (!bucket.is_empty() && !key.is_empty() && !key.ends_with('/')).then_some((bucket, key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,10 +548,4 @@ mod tests {
         assert!(total > 5 << 40, "10,000 parts hold more than S3's 5 TiB object limit: {total}");
         assert!((1..=MAX_PARTS).all(|n| part_size(base, n) >= 5 << 20 && part_size(base, n) <= MAX_PART));
     }
-}
-
-/// Splits `s3://bucket/key`.
-pub fn parse_url(url: &str) -> Option<(&str, &str)> {
-    let (bucket, key) = url.strip_prefix("s3://")?.split_once('/')?;
-    (!bucket.is_empty() && !key.is_empty() && !key.ends_with('/')).then_some((bucket, key))
 }
