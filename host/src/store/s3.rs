@@ -217,7 +217,6 @@ impl S3Store {
             buf: Vec::with_capacity(self.part_size),
             parts: 0,
             base_part: self.part_size,
-            part_md5s: Vec::new(),
             bytes: 0,
             task: Some(task),
             handle: self.handle.clone(),
@@ -279,12 +278,30 @@ impl Read for S3Reader {
 }
 
 enum Msg {
-    Part { number: i32, data: Vec<u8>, md5: [u8; 16] },
+    Part { number: i32, data: Vec<u8> },
     /// All parts sent: complete the upload. Dropping the sender without it aborts.
     Complete,
 }
 
-async fn upload_task(client: Client, bucket: String, key: String, mut rx: mpsc::Receiver<Msg>) -> Result<Option<String>, String> {
+/// A completed upload: the ETag the store reports (if any) and the one computed from the
+/// parts' MD5s.
+struct Completed {
+    etag: Option<String>,
+    expected: String,
+}
+
+/// The ETag S3 computes for a multipart upload: md5 of the parts' md5s (in part order), `-`
+/// part count.
+fn multipart_etag(part_md5s: &[[u8; 16]]) -> String {
+    let mut all = Md5::new();
+    for m in part_md5s {
+        all.update(m);
+    }
+    let hex: String = all.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}-{}", part_md5s.len())
+}
+
+async fn upload_task(client: Client, bucket: String, key: String, mut rx: mpsc::Receiver<Msg>) -> Result<Completed, String> {
     let created = client
         .create_multipart_upload()
         .bucket(&bucket)
@@ -298,24 +315,24 @@ async fn upload_task(client: Client, bucket: String, key: String, mut rx: mpsc::
     let upload_id = created.upload_id().ok_or("the store returned no upload id")?.to_string();
 
     let result = async {
-        let mut in_flight: JoinSet<Result<CompletedPart, String>> = JoinSet::new();
+        let mut in_flight: JoinSet<Result<(CompletedPart, [u8; 16]), String>> = JoinSet::new();
         let mut parts = Vec::new();
         let mut complete = false;
         while let Some(msg) = rx.recv().await {
             match msg {
-                Msg::Part { number, data, md5 } => {
+                Msg::Part { number, data } => {
                     while in_flight.len() >= PARTS_IN_FLIGHT {
                         parts.push(in_flight.join_next().await.expect("non-empty").map_err(|e| e.to_string())??);
                     }
-                    let req = client
-                        .upload_part()
-                        .bucket(&bucket)
-                        .key(&key)
-                        .upload_id(&upload_id)
-                        .part_number(number)
-                        .content_md5(base64::engine::general_purpose::STANDARD.encode(md5))
-                        .body(ByteStream::from(data));
+                    let req = client.upload_part().bucket(&bucket).key(&key).upload_id(&upload_id).part_number(number);
                     in_flight.spawn(async move {
+                        // Hashed here, not by the writer that feeds the upload: the writer is a
+                        // stage of the compression pipeline, and 10 ms of hashing per part
+                        // there holds up pg_dump.
+                        let (md5, data) = tokio::task::spawn_blocking(move || (<[u8; 16]>::from(Md5::digest(&data)), data))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let req = req.content_md5(base64::engine::general_purpose::STANDARD.encode(md5)).body(ByteStream::from(data));
                         // The part's integrity is checked by S3 against its Content-MD5 (which
                         // the signature covers), so hashing the whole body again for SigV4
                         // would only cost CPU while the dump is being compressed.
@@ -326,7 +343,7 @@ async fn upload_task(client: Client, bucket: String, key: String, mut rx: mpsc::
                             .await
                             .map_err(|e| describe(&format!("uploading part {number}"), &e))?;
                         tracing::debug!("S3 part {number} uploaded");
-                        Ok(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag().map(str::to_string)).build())
+                        Ok((CompletedPart::builder().part_number(number).set_e_tag(out.e_tag().map(str::to_string)).build(), md5))
                     });
                 }
                 Msg::Complete => {
@@ -339,9 +356,11 @@ async fn upload_task(client: Client, bucket: String, key: String, mut rx: mpsc::
             parts.push(done.map_err(|e| e.to_string())??);
         }
         if !complete {
-            return Err("the backup failed; upload abandoned".to_string());
+            return Err("upload abandoned".to_string());
         }
-        parts.sort_by_key(|p| p.part_number());
+        parts.sort_by_key(|(p, _)| p.part_number());
+        let expected = multipart_etag(&parts.iter().map(|(_, md5)| *md5).collect::<Vec<_>>());
+        let parts: Vec<CompletedPart> = parts.into_iter().map(|(p, _)| p).collect();
         tracing::debug!("S3 parts uploaded: completing the upload of {} parts", parts.len());
         let out = client
             .complete_multipart_upload()
@@ -352,7 +371,7 @@ async fn upload_task(client: Client, bucket: String, key: String, mut rx: mpsc::
             .send()
             .await
             .map_err(|e| describe("completing the upload", &e))?;
-        Ok(out.e_tag().map(str::to_string))
+        Ok(Completed { etag: out.e_tag().map(str::to_string), expected })
     }
     .await;
 
@@ -374,9 +393,8 @@ pub struct S3Upload {
     buf: Vec<u8>,
     parts: u32,
     base_part: usize,
-    part_md5s: Vec<[u8; 16]>,
     bytes: u64,
-    task: Option<tokio::task::JoinHandle<Result<Option<String>, String>>>,
+    task: Option<tokio::task::JoinHandle<Result<Completed, String>>>,
     handle: Handle,
     store: S3Store,
     name: String,
@@ -401,24 +419,12 @@ impl S3Upload {
             return;
         }
         let data = std::mem::take(&mut self.buf);
-        let md5: [u8; 16] = Md5::digest(&data).into();
-        self.part_md5s.push(md5);
         self.buf = Vec::with_capacity(part_size(self.base_part, self.parts + 1));
-        let msg = Msg::Part { number: self.parts as i32, data, md5 };
+        let msg = Msg::Part { number: self.parts as i32, data };
         if self.tx.as_ref().expect("open until finish").blocking_send(msg).is_err() {
             // The task stopped: its error is collected in finish.
             self.error = Some(String::new());
         }
-    }
-
-    /// The ETag S3 computes for a multipart upload: md5 of the parts' md5s, `-` part count.
-    fn expected_etag(&self) -> String {
-        let mut all = Md5::new();
-        for m in &self.part_md5s {
-            all.update(m);
-        }
-        let hex: String = all.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        format!("{hex}-{}", self.part_md5s.len())
     }
 
     /// Sends what is buffered as the last part, without completing: the caller can overlap
@@ -443,14 +449,19 @@ impl S3Upload {
         }
         self.tx = None;
         let task = self.task.take().expect("task present");
-        let etag = match self.handle.block_on(task) {
-            Ok(Ok(etag)) => etag,
+        let done = self.handle.block_on(task);
+        // Our own reason to stop (too many parts) comes first; the task then abandoned it.
+        if let Some(own) = self.error.take().filter(|e| !e.is_empty()) {
+            return Err(match done {
+                Ok(Err(e)) => format!("{own} ({e})"),
+                _ => own,
+            });
+        }
+        let Completed { etag, expected: want } = match done {
+            Ok(Ok(done)) => done,
             Ok(Err(e)) => return Err(e),
             Err(e) => return Err(format!("upload task failed: {e}")),
         };
-        if let Some(e) = self.error.take().filter(|e| !e.is_empty()) {
-            return Err(e);
-        }
         let got = match etag {
             Some(etag) => etag,
             None => {
@@ -466,7 +477,6 @@ impl S3Upload {
                 head.e_tag().unwrap_or_default().to_string()
             }
         };
-        let want = self.expected_etag();
         if got.trim_matches('"') != want {
             return Err(self.discard(format!("the uploaded object's ETag {got} does not match the {want} computed while streaming")));
         }
@@ -535,6 +545,13 @@ mod tests {
         for bad in ["s3://b", "s3://b/", "s3:///k", "http://b/k", "b/k", "s3://b/dir/"] {
             assert_eq!(parse_url(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn multipart_etag_is_the_md5_of_the_part_md5s() {
+        // Value from Python: hashlib.md5(md5(b"part one") + md5(b"part two")).hexdigest() + "-2"
+        let parts: Vec<[u8; 16]> = [&b"part one"[..], b"part two"].iter().map(|p| Md5::digest(p).into()).collect();
+        assert_eq!(multipart_etag(&parts), "0732917abc3288784e318ac0aab1757a-2");
     }
 
     #[test]
