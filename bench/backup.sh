@@ -63,6 +63,7 @@ s3_vars() {  # $1 = name of the array to fill, $2 = a server's export lines
 }
 if $S3; then
   trap '"$TESTENV/s3-server.sh" stop "$STATE-s3"; "$ROOT/bench/garage.sh" stop "$STATE-garage"' EXIT
+  "$TESTENV/s3-server.sh" stop "$STATE-s3"  # one left by an interrupted run: its state is ours
   out="$(start_s3 "$STATE-s3" "${EF_BENCH_S3_PORT:-55910}" ef-bench)"
   s3_vars MOTO_VARS "$out"
   out="$("$ROOT/bench/garage.sh" start "$STATE-garage" "$(free_port "${EF_BENCH_GARAGE_PORT:-55930}")" ef-bench)"
