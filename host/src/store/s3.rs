@@ -435,13 +435,10 @@ impl S3Upload {
         }
     }
 
-    /// Completes the upload and verifies it against the multipart ETag computed while
-    /// streaming. Returns the `s3://` URL, or the error.
-    ///
-    /// The ETag check is the whole proof: S3 checked each part against its Content-MD5, and
-    /// the completed object's ETag is the md5 of exactly those parts' md5s in order, so a
-    /// match means the object holds our bytes. Only a store whose completion returns no ETag
-    /// costs an extra HEAD request.
+    /// Completes the upload and verifies it: the object under the key has the backup's size,
+    /// and its ETag (as the completion and a HEAD report it) is the multipart ETag computed
+    /// from the parts' MD5s. S3 checked each part against its Content-MD5, so a match means
+    /// the object holds exactly our bytes. Returns the `s3://` URL, or the error.
     pub fn finish(mut self) -> Result<String, String> {
         self.seal();
         if self.error.is_none() {
@@ -457,28 +454,26 @@ impl S3Upload {
                 _ => own,
             });
         }
-        let Completed { etag, expected: want } = match done {
+        let Completed { etag, expected } = match done {
             Ok(Ok(done)) => done,
             Ok(Err(e)) => return Err(e),
             Err(e) => return Err(format!("upload task failed: {e}")),
         };
-        let got = match etag {
-            Some(etag) => etag,
-            None => {
-                let key = self.store.key(&self.name);
-                let head = self
-                    .handle
-                    .block_on(self.store.client.head_object().bucket(&self.store.bucket).key(&key).send())
-                    .map_err(|e| describe("checking the uploaded object", &e))?;
-                let size = head.content_length().unwrap_or(-1);
-                if size != self.bytes as i64 {
-                    return Err(self.discard(format!("the uploaded object has {size} bytes, the backup {}", self.bytes)));
-                }
-                head.e_tag().unwrap_or_default().to_string()
-            }
-        };
-        if got.trim_matches('"') != want {
-            return Err(self.discard(format!("the uploaded object's ETag {got} does not match the {want} computed while streaming")));
+        let key = self.store.key(&self.name);
+        let head = self
+            .handle
+            .block_on(self.store.client.head_object().bucket(&self.store.bucket).key(&key).send())
+            .map_err(|e| format!("{} (the upload completed but is unverified)", describe("checking the uploaded object", &e)))?;
+        let size = head.content_length().unwrap_or(-1);
+        if size != self.bytes as i64 {
+            return Err(self.discard(format!("the uploaded object has {size} bytes, the backup {}", self.bytes)));
+        }
+        let reported: Vec<&str> = etag.as_deref().into_iter().chain(head.e_tag()).collect();
+        if let Some(wrong) = reported.iter().find(|e| e.trim_matches('"') != expected) {
+            return Err(self.discard(format!("the uploaded object's ETag {wrong} does not match the {expected} computed while streaming")));
+        }
+        if reported.is_empty() {
+            return Err(self.discard("the store reported no ETag for the uploaded object, so it cannot be verified".to_string()));
         }
         Ok(self.store.url(&self.name))
     }
