@@ -200,6 +200,51 @@ fn pg_dump_failures_leave_no_file_that_looks_good() {
 }
 
 #[test]
+fn a_pg_dump_of_another_major_version_is_refused() {
+    // Only one PostgreSQL is installed here, so the other version is a pg_dump that reports
+    // 14, and the real ones are hidden: the run gets its own mount namespace with an empty
+    // /usr/lib/postgresql, and no PATH to search.
+    let src = sample_db();
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    let old = old_backup(&backups);
+    let bin = dir.path().join("pg14");
+    std::fs::create_dir_all(&bin).unwrap();
+    let pg_dump = bin.join("pg_dump");
+    std::fs::write(&pg_dump, "#!/bin/sh\necho 'pg_dump (PostgreSQL) 14.11'\n").unwrap();
+    std::fs::set_permissions(&pg_dump, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::copy(env().pg_bin.join("psql"), bin.join("psql")).unwrap();
+    let server_major = {
+        let out = std::process::Command::new(env().pg_bin.join("pg_dump")).arg("--version").output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.split_whitespace().nth(2).unwrap().split('.').next().unwrap().to_string()
+    };
+
+    let ef = ef_command(src, &backups, &[("EF__PG_BIN", bin.to_str().unwrap())]);
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("if [ -d /usr/lib/postgresql ]; then mount -t tmpfs -o size=1m tmpfs /usr/lib/postgresql || exit 99; fi; PATH=/nonexistent exec \"$0\" \"$@\"")
+        .arg(ef.get_program())
+        .arg("backup");
+    for (k, v) in ef.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd.current_dir(ef.get_current_dir().unwrap());
+    let run: Run = cmd.stdin(std::process::Stdio::null()).output().unwrap().into();
+    assert_ne!(run.code, Some(99), "hiding /usr/lib/postgresql needs root: {}", run.all());
+    assert_failed_cleanly(
+        &run,
+        &backups,
+        &old,
+        &format!("the server runs PostgreSQL {server_major}, but no pg_dump {server_major} was found (found: 14 in {})", bin.display()),
+    );
+    assert!(run.all().contains(&format!("install postgresql-client-{server_major} or point EF__PG_BIN")), "{}", run.all());
+}
+
+#[test]
 fn pg_dump_killed_mid_stream() {
     let src = sample_db();
     let dir = tempdir();
