@@ -241,7 +241,15 @@ impl PgTools {
             .spawn()
             .map_err(|err| DbError::Spawn { tool: "psql".into(), err })?;
         let mut stdin = child.stdin.take().expect("piped stdin");
-        let answer = writeln!(stdin, "SELECT pg_try_advisory_lock({key});").and_then(|()| {
+        // The session sits idle for as long as the lock is held (a whole backup): a server or
+        // database idle_session_timeout (PostgreSQL 14+) would end it and hand the lock to
+        // another replica mid-backup, so this session opts out.
+        let script = format!(
+            "SELECT current_setting('server_version_num')::int >= 140000 AS has_idle_timeout \\gset\n\
+             \\if :has_idle_timeout\nSET idle_session_timeout = 0;\n\\endif\n\
+             SELECT pg_try_advisory_lock({key});"
+        );
+        let answer = writeln!(stdin, "{script}").and_then(|()| {
             let mut line = String::new();
             std::io::BufReader::new(child.stdout.as_mut().expect("piped stdout")).read_line(&mut line)?;
             Ok(line)

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ef_backup_e2e::{fake_pg_bin, files, http, s3, sample_db, tempdir, ef, Serve, TOKEN};
+use ef_backup_e2e::{drop_db, fake_pg_bin, files, http, post_concurrently, psql, s3, sample_db, tempdir, ef, Serve, TOKEN};
 
 const MANUAL: &str = "/api/ef/v1/backup/manual";
 const STATUS: &str = "/api/ef/v1/backup/status";
@@ -244,6 +244,32 @@ fn two_replicas_run_each_scheduled_slot_once() {
             && std::fs::read_to_string(e.path()).unwrap().contains("another ef-backup instance is running the")
     });
     assert!(skipped("a") || skipped("b"), "a replica logged that it skipped a slot");
+}
+
+#[test]
+fn the_cross_replica_lock_outlives_idle_session_timeout() {
+    // The run lock lives in a psql session that sits idle while the backup runs: a database
+    // with idle_session_timeout must not end that session and hand the lock to a replica.
+    let db = "ef_e2e_idle_timeout";
+    drop_db(db);
+    psql("postgres", &format!("CREATE DATABASE {db}"));
+    psql(db, "CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    psql("postgres", &format!("ALTER DATABASE {db} SET idle_session_timeout = '1s'"));
+    let dir = tempdir();
+    let bin = slow_pg_dump(dir.path(), 4);
+    let a = Serve::start(db, &dir.path().join("a"), &[("EF__PG_BIN", bin.to_str().unwrap())]);
+    let b = Serve::start(db, &dir.path().join("b"), &[]);
+    let running = post_concurrently(a.port, &a.auth(), MANUAL, 1).pop().unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = b.post(MANUAL);
+    assert_eq!(r.status, 409, "replica b must not start while a runs: {}\n{}", r.body, a.log_text());
+    assert!(r.body.contains("another ef-backup instance"), "{}", r.body);
+    let (status, v) = running.join().unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["success"], true, "{v}");
+    drop(a);
+    drop(b);
+    drop_db(db);
 }
 
 #[test]
