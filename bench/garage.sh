@@ -26,7 +26,8 @@ stop() {
     for _ in $(seq 50); do kill -0 "$(cat "$dir/garage.pid")" 2>/dev/null || break; sleep 0.1; done
     log "stopped (pid $(cat "$dir/garage.pid"))"
   fi
-  rm -rf "$dir"
+  # Only a directory this script set up is deleted.
+  if [ -f "$dir/garage.toml" ]; then rm -rf "$dir"; fi
 }
 
 build() {
@@ -44,6 +45,7 @@ start() {
   mkdir -p "$ROOT/.work/tools"
   build
   stop "$dir"
+  [ ! -e "$dir" ] || [ -z "$(ls -A "$dir")" ] || die "$dir exists and is not a Garage state directory: choose another"
   mkdir -p "$dir/meta" "$dir/data"
   local cfg="$dir/garage.toml"
   (umask 077; cat >"$cfg" <<EOF
