@@ -18,6 +18,8 @@ TOOLS="$ROOT/.work/tools/garage-$GARAGE_VERSION"
 GARAGE="$TOOLS/bin/garage"
 die() { echo "garage.sh: error: $*" >&2; exit 1; }
 log() { echo "garage.sh: $*" >&2; }
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 
 stop() {
   local dir="$1"
@@ -88,7 +90,7 @@ EOF
   secret="$(sed -n 's/^Secret key: *//p' <<<"$info")"
   if [ -z "$key" ] || [ -z "$secret" ]; then die "could not read the access key back (garage key info changed?)"; fi
   for _ in $(seq 50); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    port_busy "$port" && break
     sleep 0.1
   done
   log "ready on 127.0.0.1:$port (bucket $bucket)"

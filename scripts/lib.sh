@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared by test.sh and demo.sh (sourced; expects ROOT, log and die to be defined).
+# Shared by scripts/test.sh, scripts/demo.sh and bench/ (sourced; expects ROOT, log and die to be defined).
 TESTENV="$ROOT/scripts/testenv"
 
 # rustup puts cargo in ~/.cargo/bin but only login shells see it.

@@ -250,6 +250,12 @@ impl S3 {
     pub fn probe_json(&self, args: &[&str]) -> serde_json::Value {
         serde_json::from_str(&self.probe(args)).unwrap()
     }
+
+    /// Keys of the incomplete multipart uploads in the bucket under `prefix`.
+    pub fn open_uploads(&self, prefix: &str) -> Vec<String> {
+        let uploads = self.probe_json(&["uploads", &self.bucket]);
+        uploads.as_array().unwrap().iter().map(|u| u["key"].as_str().unwrap().to_string()).filter(|k| k.starts_with(prefix)).collect()
+    }
 }
 
 /// A private moto server for tests that stop it or move its clock; stopped on drop.
