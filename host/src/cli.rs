@@ -151,3 +151,21 @@ pub fn print_verify(report: &VerifyReport, json: bool) {
         println!("verify: FAILED — {bad} of {} tables differ from {}", report.tables.len(), report.reference);
     }
 }
+
+/// How a dump was loaded, for the restore's summary line.
+pub fn load_summary(load: &crate::restore::parallel::LoadStats) -> String {
+    let mut parts = vec![format!(
+        "{} session{}: {} COPY batches, {} parallel builds",
+        load.sessions,
+        if load.sessions == 1 { "" } else { "s" },
+        load.copy_batches,
+        load.parallel_builds
+    )];
+    if load.owner_statements_skipped > 0 {
+        parts.push(format!("{} OWNER TO statements left out", load.owner_statements_skipped));
+    }
+    if load.privilege_statements_skipped > 0 {
+        parts.push(format!("{} GRANT/REVOKE statements left out", load.privilege_statements_skipped));
+    }
+    parts.join(", ")
+}

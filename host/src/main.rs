@@ -58,6 +58,8 @@ enum Command {
         /// Replace a non-empty target database (dropped only after the restore succeeded).
         #[arg(long)]
         drop_existing: bool,
+        #[command(flatten)]
+        load: LoadArgs,
     },
     /// Prove a backup restores: restore into a scratch database and compare every table.
     Verify {
@@ -72,6 +74,8 @@ enum Command {
         against_dump: bool,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        load: LoadArgs,
     },
     /// List the backups the policy recognises, local and in S3.
     List {
@@ -148,6 +152,32 @@ fn s3_store(config: &Config) -> Result<Option<(tokio::runtime::Runtime, S3Store)
     Ok(Some((rt, store)))
 }
 
+/// How a restore or verify loads the dump.
+#[derive(clap::Args, Debug)]
+struct LoadArgs {
+    /// psql sessions loading in parallel (table data in row batches, then index and key builds);
+    /// default: the number of CPUs. 1 loads the dump in order on one session.
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    jobs: Option<u16>,
+    /// Leave out the dump's `ALTER … OWNER TO` statements: everything restored belongs to the
+    /// restoring role (EF__DB_USER), which then needs no membership in the original owners.
+    #[arg(long)]
+    no_owner: bool,
+    /// Leave out the dump's GRANT/REVOKE statements (privileges stay the restoring role's defaults).
+    #[arg(long)]
+    no_privileges: bool,
+}
+
+impl LoadArgs {
+    fn options(&self) -> restore::parallel::LoadOptions {
+        restore::parallel::LoadOptions {
+            jobs: self.jobs.map(usize::from).unwrap_or_else(restore::parallel::default_jobs),
+            no_owner: self.no_owner,
+            no_privileges: self.no_privileges,
+        }
+    }
+}
+
 /// Where a restore/verify reads from: `s3://bucket/key`, a name in the configured bucket
 /// (`--from-s3`), or a local path or name.
 fn source(config: &Config, s3: Option<&S3Store>, backup: &str, from_s3: bool) -> Result<restore::Source> {
@@ -185,22 +215,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(if matches!(report.outcome, policy::BackupOutcome::Done(_)) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Restore { backup, from_s3, target_db, create, drop_existing } => {
+        Command::Restore { backup, from_s3, target_db, create, drop_existing, load } => {
             let s3 = s3_store(&config)?;
             let source = source(&config, s3.as_ref().map(|(_, s)| s), &backup, from_s3)?;
             let tools = PgTools::for_server(&config.db, config.pg_bin.as_deref())?;
-            let report = restore::restore(&tools, &source, &target_db, restore::RestoreOptions { create, drop_existing })?;
+            let report = restore::restore(&tools, &source, &target_db, restore::RestoreOptions { create, drop_existing, load: load.options() })?;
             println!(
-                "restored {} into database {} ({} of SQL, {:.1} s){}",
+                "restored {} into database {} ({} of SQL, {:.1} s; {}){}",
                 source.label(),
                 report.target,
                 cli::mb(report.check.dump_bytes),
                 report.elapsed.as_secs_f64(),
+                cli::load_summary(&report.check.load),
                 if report.replaced_existing { "; its previous contents were dropped" } else { "" }
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { backup, from_s3, against_dump, json } => {
+        Command::Verify { backup, from_s3, against_dump, json, load } => {
             let s3 = s3_store(&config)?;
             let s3 = s3.as_ref().map(|(_, s)| s);
             let backup = match backup {
@@ -218,7 +249,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let source = source(&config, s3, &backup, from_s3)?;
             let tools = PgTools::for_server(&config.db, config.pg_bin.as_deref())?;
-            let report = verify::verify(&tools, &config.db.name, &source, against_dump)?;
+            let report = verify::verify(&tools, &config.db.name, &source, against_dump, load.options())?;
             cli::print_verify(&report, json);
             Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::db::{quote_ident, DbError, PgTools};
+use crate::restore::parallel::LoadOptions;
 use crate::restore::{restore_into_new, scratch_name, RestoreError, Source};
 
 /// Per-table row count and an order-independent checksum: the sum of the first 60 bits of
@@ -78,10 +79,10 @@ impl VerifyReport {
 }
 
 /// Restores `path` into a scratch database (always dropped afterwards) and compares.
-pub fn verify(tools: &PgTools, live_db: &str, source: &Source, against_dump: bool) -> Result<VerifyReport, RestoreError> {
+pub fn verify(tools: &PgTools, live_db: &str, source: &Source, against_dump: bool, load: LoadOptions) -> Result<VerifyReport, RestoreError> {
     let scratch_db = scratch_name("verify");
     tracing::info!("verifying {}: restoring into scratch database {scratch_db}", source.label());
-    let (scratch, check) = restore_into_new(tools, source, &scratch_db)?;
+    let (scratch, check) = restore_into_new(tools, source, &scratch_db, load)?;
     let restored = table_stats(tools, &scratch.name)?;
     drop(scratch);
     let mut tables = Vec::new();

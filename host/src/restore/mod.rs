@@ -5,14 +5,17 @@
 //! into place. `psql --single-transaction` alone would not do: the large-object section of a
 //! plain dump carries its own BEGIN/COMMIT and ends the outer transaction early.
 
-use std::io::{self, Read, Write};
+pub mod parallel;
+pub mod sqlscan;
+
+use std::io::{self, Read};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flate2::read::MultiGzDecoder;
 
-use crate::db::{quote_ident, quote_literal, tail_lines, DbError, PgTools};
+use crate::db::{quote_ident, quote_literal, DbError, PgTools};
+use parallel::{LoadError, LoadOptions, LoadStats, Loader};
 use crate::dump::{Completeness, CopyCounts};
 use crate::store::s3::S3Store;
 
@@ -54,8 +57,8 @@ pub enum RestoreError {
     TargetNotEmpty { db: String },
     #[error("database {db} does not exist; pass --create to create it")]
     TargetMissing { db: String },
-    #[error("psql failed while restoring into {db} ({status}): {stderr}; the target was not touched")]
-    Psql { db: String, status: String, stderr: String },
+    #[error("restoring into {db} failed: {err}; the target was not touched (the scratch database is dropped) — if the message names an SQL error, the backup does not restore on this server: try another backup (ef-backup list)")]
+    Load { db: String, err: LoadError },
     #[error("restored into {scratch}, but cannot replace {db}: {err} — close the other connections to {db} (stop the application) and run the restore again")]
     Swap { db: String, scratch: String, err: DbError },
     #[error(transparent)]
@@ -69,6 +72,8 @@ pub struct BackupCheck {
     pub dump_bytes: u64,
     /// `COPY` row counts per table, in dump order.
     pub copy_counts: Vec<(String, u64)>,
+    /// How the dump was loaded (when it was).
+    pub load: LoadStats,
 }
 
 fn damaged(source: &Source, reason: impl Into<String>) -> RestoreError {
@@ -77,7 +82,7 @@ fn damaged(source: &Source, reason: impl Into<String>) -> RestoreError {
 
 /// Reads a whole backup: gzip integrity (every member's CRC and length), the dump's footer,
 /// and the rows of each COPY block. Calls `sink` with the SQL as it goes.
-pub fn scan(source: &Source, mut sink: impl FnMut(&[u8]) -> io::Result<()>) -> Result<BackupCheck, RestoreError> {
+pub fn scan(source: &Source, mut sink: impl FnMut(&[u8]) -> Result<(), RestoreError>) -> Result<BackupCheck, RestoreError> {
     let mut counted = Counted { inner: source.open()?, bytes: 0 };
     let mut gz = MultiGzDecoder::new(io::BufReader::with_capacity(256 * 1024, &mut counted));
     let mut complete = Completeness::default();
@@ -94,11 +99,11 @@ pub fn scan(source: &Source, mut sink: impl FnMut(&[u8]) -> io::Result<()>) -> R
         complete.update(&buf[..n]);
         counts.update(&buf[..n]);
         dump_bytes += n as u64;
-        sink(&buf[..n]).map_err(|e| damaged(source, format!("while streaming: {e}")))?;
+        sink(&buf[..n])?;
     }
     complete.verify().map_err(|r| damaged(source, r))?;
     drop(gz);
-    Ok(BackupCheck { compressed_bytes: counted.bytes, dump_bytes, copy_counts: counts.tables })
+    Ok(BackupCheck { compressed_bytes: counted.bytes, dump_bytes, copy_counts: counts.tables, load: LoadStats::default() })
 }
 
 struct Counted<R> {
@@ -151,55 +156,37 @@ impl Drop for Scratch<'_> {
     }
 }
 
-/// Creates `name` and restores the backup into it, checking the stream as it goes. On any
-/// failure the database is dropped again.
-pub fn restore_into_new<'a>(tools: &'a PgTools, source: &Source, name: &str) -> Result<(Scratch<'a>, BackupCheck), RestoreError> {
+/// Creates `name` and restores the backup into it, checking the stream as it goes: the file is
+/// read once, and a backup that turns out damaged (gzip, an incomplete dump) or an SQL error
+/// drops the database again, so nothing half-restored is left behind.
+pub fn restore_into_new<'a>(
+    tools: &'a PgTools,
+    source: &Source,
+    name: &str,
+    load: LoadOptions,
+) -> Result<(Scratch<'a>, BackupCheck), RestoreError> {
     tools.execute(MAINTENANCE_DB, &format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(name)))?;
     let scratch = Scratch { tools, name: name.to_string(), keep: false };
-    let mut child = tools
-        .command("psql", name)
-        .args(["-X", "-q", "-w", "-v", "ON_ERROR_STOP=1"])
-        .env("PGOPTIONS", "-c client_min_messages=warning")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|err| DbError::Spawn { tool: "psql".into(), err })?;
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let stderr_reader = std::thread::spawn(move || {
-        let mut all = Vec::new();
-        let _ = stderr.read_to_end(&mut all);
-        all
-    });
-    let mut psql_gone = false;
+    let load_err = |err| RestoreError::Load { db: name.to_string(), err };
+    let mut loader = Loader::start(tools, name, load).map_err(load_err)?;
+    // After a session fails, the rest is still read and checked: garbage from a corrupt gzip
+    // member reaches psql before the member's CRC does, and "the backup is damaged" is the
+    // truer report than psql's syntax error.
+    let mut failed = None;
     let scanned = scan(source, |data| {
-        if !psql_gone {
-            // psql stopping early (ON_ERROR_STOP) shows up as EPIPE; its stderr says why.
-            if let Err(e) = stdin.write_all(data) {
-                if e.kind() != io::ErrorKind::BrokenPipe {
-                    return Err(e);
-                }
-                psql_gone = true;
-            }
+        if failed.is_none() {
+            failed = loader.feed(data).err();
         }
         Ok(())
     });
-    if scanned.is_err() {
-        // Damaged backup: stop psql before it commits what it got.
-        let _ = child.kill();
-    }
-    drop(stdin);
-    let status = child.wait().map_err(|err| DbError::Spawn { tool: "psql".into(), err })?;
-    let stderr = stderr_reader.join().unwrap_or_default();
-    let check = scanned?;
-    if !status.success() || psql_gone {
-        return Err(RestoreError::Psql {
-            db: name.to_string(),
-            status: format!("exit status {}", status.code().map(|c| c.to_string()).unwrap_or_else(|| "by signal".into())),
-            stderr: tail_lines(&stderr, 4),
-        });
-    }
+    // A damaged stream is found before `finish`, which would hand psql the cut-off statement at
+    // the end; dropping the loader stops every session first.
+    let mut check = match (scanned, failed) {
+        (Err(e), _) => return Err(e),
+        (Ok(_), Some(e)) => return Err(load_err(e)),
+        (Ok(check), None) => check,
+    };
+    check.load = loader.finish().map_err(load_err)?;
     Ok((scratch, check))
 }
 
@@ -207,6 +194,7 @@ pub fn restore_into_new<'a>(tools: &'a PgTools, source: &Source, name: &str) -> 
 pub struct RestoreOptions {
     pub create: bool,
     pub drop_existing: bool,
+    pub load: LoadOptions,
 }
 
 #[derive(Debug)]
@@ -229,15 +217,9 @@ pub fn restore(tools: &PgTools, source: &Source, target: &str, opts: RestoreOpti
         }
         _ => {}
     }
-    // A local file is checked whole before anything is created. An S3 object is read once:
-    // the same checks run while it streams into the scratch database, which is dropped if
-    // they fail, so the target is just as safe.
-    if let Source::File(_) = source {
-        scan(source, |_| Ok(()))?;
-    }
     let scratch_db = scratch_name("restore");
     tracing::info!("restoring {} into scratch database {scratch_db}", source.label());
-    let (mut scratch, check) = restore_into_new(tools, source, &scratch_db)?;
+    let (mut scratch, check) = restore_into_new(tools, source, &scratch_db, opts.load)?;
     let swap_err = |err| RestoreError::Swap { db: target.into(), scratch: scratch_db.clone(), err };
     if exists {
         let old = scratch_name("replaced");

@@ -1,0 +1,652 @@
+//! Loading a plain dump into a database over several psql sessions, every one of them in psql's
+//! restricted mode.
+//!
+//! Safety: each session starts with `\restrict KEY` under a key chosen at random for this load,
+//! so psql refuses every backslash command that reaches it (`\!`, `\copy … from program`, `\o |cmd`,
+//! also mid-line), whatever the dump contains. The dump's own `\restrict`/`\unrestrict` lines are
+//! dropped here (under our key psql would reject them); the scanner keeps COPY data apart, so a row
+//! that reads `\restrict x` is data, not a command.
+//!
+//! Speed: a plain dump is one sequential stream, so handing out whole tables would leave a session
+//! idle while the reader feeds another one. Instead the stream is cut along pg_dump's own TOC:
+//! - everything is serial (session 0, in dump order) except
+//! - `TABLE DATA` COPY blocks, cut into row batches that any session loads, and
+//! - `INDEX` and `CONSTRAINT` entries (index and primary-key/unique builds), which any session runs.
+//! Switching between serial and parallel work waits for the other side to finish (a barrier), so
+//! the pre-data section is complete before data loads, all data before indexes are built, and
+//! foreign keys, triggers, matview refreshes and ACLs run afterwards in dump order. Comments met
+//! between index builds wait for the next barrier instead of forcing one. Every job carries the
+//! session settings in force where it was cut (`SET search_path`, `default_tablespace`, …), since
+//! it may run on a session that did not see them. Memory stays flat: at most one batch per session
+//! is queued.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, ChildStdin, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, select, Receiver, Sender};
+
+use super::sqlscan::{Event, Scanner, StatementKind, Toc};
+use crate::db::{tail_lines, DbError, PgTools};
+
+/// Rows of one table are handed out in batches of about this many bytes.
+const BATCH_BYTES: usize = 4 << 20;
+/// Serial statements are written in writes of about this size.
+const SERIAL_FLUSH_BYTES: usize = 256 << 10;
+
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Sessions to load with (1: one psql session, the dump in order).
+    pub jobs: usize,
+    /// Leave out `ALTER … OWNER TO` (restoring as a role that cannot take ownership).
+    pub no_owner: bool,
+    /// Leave out GRANT/REVOKE/ALTER DEFAULT PRIVILEGES.
+    pub no_privileges: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { jobs: default_jobs(), no_owner: false, no_privileges: false }
+    }
+}
+
+/// One session per CPU: the server's work dominates a restore, and it runs on the same machine
+/// in the common case.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct LoadStats {
+    pub sessions: usize,
+    /// COPY blocks, and the batches they were cut into.
+    pub copy_blocks: u64,
+    pub copy_batches: u64,
+    /// Index/constraint builds run in parallel.
+    pub parallel_builds: u64,
+    /// The dump's own `\restrict`/`\unrestrict` lines, dropped.
+    pub restrict_lines_dropped: u64,
+    pub owner_statements_skipped: u64,
+    pub privilege_statements_skipped: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("psql session {session} of {sessions} failed ({status}): {stderr}")]
+    Session { session: usize, sessions: usize, status: String, stderr: String },
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+enum Job {
+    /// Bytes for session 0, in order; no reply.
+    Serial(Vec<u8>),
+    /// Bytes any session may run; counted until the session has run them.
+    Parallel(Vec<u8>),
+    /// Reply once everything sent to this session before has run.
+    Sync(Sender<()>),
+}
+
+/// What the sessions share with the loader: how much parallel work is still running, and the
+/// first failure.
+#[derive(Default)]
+struct Shared {
+    state: Mutex<SharedState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct SharedState {
+    outstanding: usize,
+    failure: Option<LoadError>,
+}
+
+impl Shared {
+    fn fail(&self, err: LoadError) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.failure.get_or_insert(err);
+        self.changed.notify_all();
+    }
+
+    fn failure(&self) -> Option<LoadError> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.failure.take()
+    }
+}
+
+/// A random key of letters and digits (psql accepts only those).
+fn random_key() -> Result<String, DbError> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut raw = [0u8; 32];
+    getrandom::getrandom(&mut raw)
+        .map_err(|e| DbError::Tool { tool: "ef-backup".into(), detail: format!("no randomness for the restrict key: {e}") })?;
+    Ok(raw.iter().map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char).collect())
+}
+
+/// One psql session of a load.
+struct Session {
+    index: usize,
+    child: Arc<Mutex<Option<Child>>>,
+    /// None once closed: psql ends its session at end of input.
+    stdin: Option<std::io::BufWriter<ChildStdin>>,
+    /// Our sync markers as psql prints them; closed when psql's output ends.
+    markers: Receiver<String>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+    marker_prefix: String,
+    next_marker: u64,
+}
+
+impl Session {
+    fn start(tools: &PgTools, db: &str, index: usize, key: &str) -> Result<Session, DbError> {
+        let mut child = tools
+            .command("psql", db)
+            .args(["-X", "-q", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1"])
+            // A scratch database is the unit of atomicity: nothing in it counts before the swap,
+            // whose own commit flushes the WAL written before it.
+            .env("PGOPTIONS", "-c client_min_messages=warning -c synchronous_commit=off")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|err| DbError::Spawn { tool: tools.tool("psql").display().to_string(), err })?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let marker_prefix = format!("ef_sync_{key}_{index}_");
+        let (tx, markers) = bounded(16);
+        let prefix = marker_prefix.clone();
+        std::thread::spawn(move || {
+            // Statements print their results too (setval, lo_open…): only our markers matter.
+            let mut out = BufReader::new(stdout);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match out.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        if line.starts_with(prefix.as_bytes()) {
+                            let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                            if tx.send(text).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                all.extend_from_slice(&buf[..n]);
+                if all.len() > 64 * 1024 {
+                    all.drain(..all.len() - 32 * 1024);
+                }
+            }
+            all
+        });
+        let mut session = Session {
+            index,
+            child: Arc::new(Mutex::new(Some(child))),
+            stdin: Some(std::io::BufWriter::with_capacity(256 << 10, stdin)),
+            markers,
+            stderr: Some(stderr),
+            marker_prefix,
+            next_marker: 0,
+        };
+        // Restricted before the first byte of the dump: from here on psql runs no meta-command
+        // but `\unrestrict` with this key.
+        session.write(format!("\\restrict {key}\n").as_bytes());
+        Ok(session)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> bool {
+        self.stdin.as_mut().is_some_and(|w| w.write_all(bytes).is_ok())
+    }
+
+    fn flush(&mut self) -> bool {
+        self.stdin.as_mut().is_some_and(|w| w.flush().is_ok())
+    }
+
+    /// Writes a marker query and waits until psql has printed it, i.e. has run everything before.
+    fn sync(&mut self) -> bool {
+        self.next_marker += 1;
+        let marker = format!("{}{}", self.marker_prefix, self.next_marker);
+        if !(self.write(format!("SELECT '{marker}';\n").as_bytes()) && self.flush()) {
+            return false;
+        }
+        matches!(self.markers.recv(), Ok(m) if m == marker)
+    }
+
+    /// Ends the session (after `\unrestrict`) and tells how psql exited.
+    fn close(mut self, key: &str, sessions: usize) -> Result<(), LoadError> {
+        let wrote = self.write(format!("\\unrestrict {key}\n").as_bytes()) && self.flush();
+        self.failed(sessions, wrote)
+    }
+
+    /// psql's exit status and the end of its stderr, as an error (None: it exited 0 and `ok`).
+    fn failed(mut self, sessions: usize, ok: bool) -> Result<(), LoadError> {
+        drop(self.stdin.take());
+        let child = self.child.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let status = match child {
+            Some(mut c) => c.wait().map_err(|err| DbError::Spawn { tool: "psql".into(), err })?,
+            None => return Err(LoadError::Session { session: self.index, sessions, status: "killed".into(), stderr: String::new() }),
+        };
+        let stderr = self.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default();
+        if status.success() && ok {
+            return Ok(());
+        }
+        let status = match status.code() {
+            Some(3) => "exit status 3: an SQL statement or a meta-command failed".to_string(),
+            Some(c) => format!("exit status {c}"),
+            None => "killed by a signal".to_string(),
+        };
+        Err(LoadError::Session { session: self.index, sessions, status, stderr: tail_lines(&stderr, 4) })
+    }
+}
+
+/// Runs one session's jobs until the loader hangs up.
+fn work(mut session: Session, private: Receiver<Job>, shared_jobs: Receiver<Job>, shared: Arc<Shared>, key: String, sessions: usize) {
+    let mut shared_open = true;
+    loop {
+        let job = if shared_open {
+            select! {
+                recv(private) -> j => match j { Ok(j) => j, Err(_) => break },
+                recv(shared_jobs) -> j => match j { Ok(j) => j, Err(_) => { shared_open = false; continue } },
+            }
+        } else {
+            match private.recv() {
+                Ok(j) => j,
+                Err(_) => break,
+            }
+        };
+        let ok = match job {
+            Job::Serial(bytes) => session.write(&bytes),
+            Job::Parallel(bytes) => {
+                let ok = session.write(&bytes) && session.sync();
+                if ok {
+                    let mut s = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+                    s.outstanding -= 1;
+                    shared.changed.notify_all();
+                }
+                ok
+            }
+            Job::Sync(reply) => {
+                let ok = session.sync();
+                if ok {
+                    let _ = reply.send(());
+                }
+                ok
+            }
+        };
+        if !ok {
+            let err = session.failed(sessions, false).err().unwrap_or(LoadError::Session {
+                session: 0,
+                sessions,
+                status: "stopped answering".into(),
+                stderr: String::new(),
+            });
+            shared.fail(err);
+            return;
+        }
+    }
+    if let Err(e) = session.close(&key, sessions) {
+        shared.fail(e);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Serial,
+    /// COPY batches in flight.
+    Data,
+    /// Index and constraint builds in flight.
+    Builds,
+}
+
+/// A COPY block being read.
+struct Copy {
+    /// Settings and the COPY statement that start every batch.
+    head: Vec<u8>,
+    rows: Vec<u8>,
+    parallel: bool,
+}
+
+/// Feeds a dump to the sessions: `feed` the decompressed SQL as it arrives, then `finish`.
+/// Dropping a loader that has not finished kills its sessions.
+pub struct Loader {
+    scanner: Scanner,
+    d: Dispatch,
+}
+
+/// Where each scanned piece of the dump goes.
+struct Dispatch {
+    opts: LoadOptions,
+    serial_tx: Sender<Job>,
+    private_txs: Vec<Sender<Job>>,
+    shared_tx: Option<Sender<Job>>,
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    children: Vec<Arc<Mutex<Option<Child>>>>,
+    mode: Mode,
+    toc: Option<Toc>,
+    /// Session settings in force, in order of first appearance, and a version that changes with them.
+    settings: Vec<(String, Vec<u8>)>,
+    settings_version: u64,
+    serial_version: u64,
+    serial_buf: Vec<u8>,
+    copy: Option<Copy>,
+    /// An index/constraint entry being collected (it may hold several statements).
+    entry: Option<Vec<u8>>,
+    /// Comments met between builds, run at the next barrier.
+    deferred: Vec<u8>,
+    stats: LoadStats,
+    finished: bool,
+}
+
+impl Loader {
+    /// Starts `opts.jobs` psql sessions on `db`, each in restricted mode.
+    pub fn start(tools: &PgTools, db: &str, opts: LoadOptions) -> Result<Loader, LoadError> {
+        let jobs = opts.jobs.max(1);
+        let key = random_key()?;
+        let shared = Arc::new(Shared::default());
+        let (shared_tx, shared_rx) = bounded::<Job>(jobs);
+        let mut private_txs = Vec::new();
+        let mut workers = Vec::new();
+        let mut children = Vec::new();
+        for index in 0..jobs {
+            let session = Session::start(tools, db, index, &key)?;
+            children.push(Arc::clone(&session.child));
+            // Serial jobs are small and many: room for a burst without blocking the reader.
+            let (tx, rx) = bounded::<Job>(64);
+            private_txs.push(tx);
+            let (shared_rx, shared, key) = (shared_rx.clone(), Arc::clone(&shared), key.clone());
+            workers.push(std::thread::spawn(move || work(session, rx, shared_rx, shared, key, jobs)));
+        }
+        let d = Dispatch {
+            opts: LoadOptions { jobs, ..opts },
+            serial_tx: private_txs[0].clone(),
+            private_txs,
+            shared_tx: Some(shared_tx),
+            shared,
+            workers,
+            children,
+            mode: Mode::Serial,
+            toc: None,
+            settings: Vec::new(),
+            settings_version: 0,
+            serial_version: 0,
+            serial_buf: Vec::new(),
+            copy: None,
+            entry: None,
+            deferred: Vec::new(),
+            stats: LoadStats { sessions: jobs, ..LoadStats::default() },
+            finished: false,
+        };
+        Ok(Loader { scanner: Scanner::new(), d })
+    }
+
+    /// Scans and dispatches the next piece of the dump.
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), LoadError> {
+        let d = &mut self.d;
+        self.scanner.feed(data, &mut |ev| d.on_event(ev))
+    }
+
+    /// End of the dump: waits until every session has run everything and exited 0.
+    pub fn finish(mut self) -> Result<LoadStats, LoadError> {
+        let d = &mut self.d;
+        self.scanner.finish(&mut |ev| d.on_event(ev))?;
+        self.d.end()
+    }
+}
+
+impl Dispatch {
+    fn end(&mut self) -> Result<LoadStats, LoadError> {
+        self.enter(Mode::Serial)?;
+        self.flush_serial()?;
+        self.finished = true;
+        // Hanging up ends every session (each closes with `\unrestrict` and exits).
+        self.shared_tx = None;
+        self.private_txs.clear();
+        let (dummy, _) = bounded(0);
+        self.serial_tx = dummy;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        match self.shared.failure() {
+            Some(e) => Err(e),
+            None => Ok(std::mem::take(&mut self.stats)),
+        }
+    }
+
+    fn check(&self) -> Result<(), LoadError> {
+        match self.shared.failure() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn settings_text(&self) -> Vec<u8> {
+        self.settings.iter().flat_map(|(_, t)| t.iter().copied()).collect()
+    }
+
+    fn on_event(&mut self, ev: Event<'_>) -> Result<(), LoadError> {
+        match ev {
+            Event::Toc(toc) => {
+                self.flush_entry()?;
+                self.toc = Some(toc);
+            }
+            Event::Statement { text, kind } => self.statement(text, kind)?,
+            Event::Meta { text, command, .. } => {
+                if command == b"restrict" || command == b"unrestrict" {
+                    self.stats.restrict_lines_dropped += 1;
+                } else {
+                    // Any other meta-command goes to psql, which refuses it in restricted mode
+                    // and stops: a dump that carries one is not restored.
+                    self.serial(text)?;
+                }
+            }
+            Event::Incomplete { text } => self.serial(text)?,
+            Event::CopyData(rows) => match self.copy.as_mut() {
+                Some(c) if c.parallel => {
+                    c.rows.extend_from_slice(rows);
+                    if c.rows.len() >= BATCH_BYTES {
+                        self.dispatch_batch()?;
+                    }
+                }
+                _ => self.serial(rows)?,
+            },
+            Event::CopyEnd(line) => match self.copy.as_ref() {
+                Some(c) if c.parallel => {
+                    self.dispatch_batch()?;
+                    self.copy = None;
+                }
+                _ => {
+                    self.serial(line)?;
+                    self.copy = None;
+                }
+            },
+        }
+        Ok(())
+    }
+
+    fn toc_kind(&self) -> &str {
+        self.toc.as_ref().map(|t| t.kind.as_str()).unwrap_or("")
+    }
+
+    fn statement(&mut self, text: &[u8], kind: StatementKind) -> Result<(), LoadError> {
+        let parallel = self.opts.jobs > 1;
+        match kind {
+            StatementKind::SessionSetting { name } => {
+                // The entry collected so far ran under the previous settings.
+                self.flush_entry()?;
+                match self.settings.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, t)) => *t = text.to_vec(),
+                    None => self.settings.push((name, text.to_vec())),
+                }
+                self.settings_version += 1;
+            }
+            StatementKind::Owner if self.opts.no_owner => self.stats.owner_statements_skipped += 1,
+            StatementKind::Privilege if self.opts.no_privileges => self.stats.privilege_statements_skipped += 1,
+            StatementKind::CopyFromStdin { .. } => {
+                self.flush_entry()?;
+                self.stats.copy_blocks += 1;
+                if parallel && self.toc_kind() == "TABLE DATA" {
+                    self.enter(Mode::Data)?;
+                    let mut head = self.settings_text();
+                    head.extend_from_slice(text);
+                    self.copy = Some(Copy { head, rows: Vec::new(), parallel: true });
+                } else {
+                    self.serial(text)?;
+                    self.copy = Some(Copy { head: Vec::new(), rows: Vec::new(), parallel: false });
+                }
+            }
+            _ if parallel && matches!(self.toc_kind(), "INDEX" | "CONSTRAINT") => {
+                self.enter(Mode::Builds)?;
+                if self.entry.is_none() {
+                    self.entry = Some(self.settings_text());
+                }
+                self.entry.as_mut().expect("entry").extend_from_slice(text);
+            }
+            // A comment on an index only needs the index: it waits for the builds to finish.
+            _ if self.mode == Mode::Builds && self.toc_kind() == "COMMENT" => {
+                self.flush_entry()?;
+                self.deferred.extend_from_slice(text);
+            }
+            _ => self.serial(text)?,
+        }
+        Ok(())
+    }
+
+    /// Session 0, in order, after everything parallel before it.
+    fn serial(&mut self, text: &[u8]) -> Result<(), LoadError> {
+        self.flush_entry()?;
+        self.enter(Mode::Serial)?;
+        if self.serial_version != self.settings_version {
+            let settings = self.settings_text();
+            self.serial_buf.extend_from_slice(&settings);
+            self.serial_version = self.settings_version;
+        }
+        self.serial_buf.extend_from_slice(text);
+        if self.serial_buf.len() >= SERIAL_FLUSH_BYTES {
+            self.flush_serial()?;
+        }
+        Ok(())
+    }
+
+    fn flush_serial(&mut self) -> Result<(), LoadError> {
+        if self.serial_buf.is_empty() {
+            return Ok(());
+        }
+        let bytes = std::mem::take(&mut self.serial_buf);
+        self.check()?;
+        self.serial_tx.send(Job::Serial(bytes)).map_err(|_| self.gone())
+    }
+
+    fn gone(&self) -> LoadError {
+        self.shared.failure().unwrap_or(LoadError::Session {
+            session: 0,
+            sessions: self.opts.jobs,
+            status: "ended early".into(),
+            stderr: String::new(),
+        })
+    }
+
+    fn parallel(&mut self, bytes: Vec<u8>) -> Result<(), LoadError> {
+        self.check()?;
+        {
+            let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            s.outstanding += 1;
+        }
+        let tx = self.shared_tx.as_ref().expect("loader not finished");
+        tx.send(Job::Parallel(bytes)).map_err(|_| self.gone())
+    }
+
+    fn dispatch_batch(&mut self) -> Result<(), LoadError> {
+        let Some(c) = self.copy.as_mut() else { return Ok(()) };
+        if c.rows.is_empty() {
+            return Ok(());
+        }
+        let mut job = Vec::with_capacity(c.head.len() + c.rows.len() + 4);
+        job.extend_from_slice(&c.head);
+        job.append(&mut c.rows);
+        job.extend_from_slice(b"\\.\n");
+        self.stats.copy_batches += 1;
+        self.parallel(job)
+    }
+
+    fn flush_entry(&mut self) -> Result<(), LoadError> {
+        match self.entry.take() {
+            Some(job) => {
+                self.stats.parallel_builds += 1;
+                self.parallel(job)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the work of the current mode to finish before work of another mode starts.
+    fn enter(&mut self, mode: Mode) -> Result<(), LoadError> {
+        if self.mode == mode {
+            return Ok(());
+        }
+        if self.mode != Mode::Serial {
+            self.flush_entry()?;
+            self.wait_parallel()?;
+            self.mode = Mode::Serial;
+            if !self.deferred.is_empty() {
+                let deferred = std::mem::take(&mut self.deferred);
+                self.serial(&deferred)?;
+            }
+        }
+        if mode != Mode::Serial {
+            self.flush_serial()?;
+            self.sync_serial()?;
+        }
+        self.mode = mode;
+        Ok(())
+    }
+
+    fn wait_parallel(&self) -> Result<(), LoadError> {
+        let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        while s.outstanding > 0 && s.failure.is_none() {
+            s = self.shared.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        match s.failure.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn sync_serial(&self) -> Result<(), LoadError> {
+        let (tx, rx) = bounded(1);
+        self.check()?;
+        self.serial_tx.send(Job::Sync(tx)).map_err(|_| self.gone())?;
+        rx.recv().map_err(|_| self.gone())
+    }
+}
+
+impl Drop for Dispatch {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // Abandoned (a failed session, a damaged backup): stop every psql before it commits more.
+        for child in &self.children {
+            if let Some(c) = child.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                let _ = c.kill();
+            }
+        }
+        self.shared_tx = None;
+        self.private_txs.clear();
+        let (dummy, _) = bounded(0);
+        self.serial_tx = dummy;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! A backup file is untrusted input: nothing in it may run a command on the host that restores
+//! or verifies it. psql runs under a restrict key of ef-backup's own, so every meta-command from
+//! the file is refused — at the start of a line, mid-line, before the file's own `\restrict`, or
+//! in a file that has none — and the scratch database is dropped.
+//!
+//! Each of these restored and ran `\!` (as the user running ef-backup) before restricted mode:
+//! the marker file was created and restore exited 0.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ef_backup_e2e::{drop_db, ef, psql, s3, sample_db, tempdir};
+
+/// A complete-looking plain dump (head, footer, matching `\restrict` keys when `keyed`) around `body`.
+fn dump(body: &str, keyed: bool) -> String {
+    let (r, u) = if keyed { ("\\restrict abc\n", "\n\\unrestrict abc\n") } else { ("", "") };
+    format!(
+        "--\n-- PostgreSQL database dump\n--\n\n{r}\nSET statement_timeout = 0;\nSET client_encoding = 'UTF8';\n\
+         SET standard_conforming_strings = on;\n\n{body}\n--\n-- PostgreSQL database dump complete\n--\n{u}\n"
+    )
+}
+
+fn gz(dir: &Path, name: &str, sql: &str) -> PathBuf {
+    let path = dir.join(name);
+    let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&path).unwrap(), flate2::Compression::fast());
+    enc.write_all(sql.as_bytes()).unwrap();
+    enc.finish().unwrap();
+    path
+}
+
+/// The crafted files, each trying to create `marker` through psql.
+fn crafted(marker: &Path) -> Vec<(&'static str, String)> {
+    let m = marker.display();
+    vec![
+        // The issue's reproduction: `\!` ahead of the file's own `\restrict`.
+        (
+            "bang_before_restrict",
+            format!(
+                "--\n-- PostgreSQL database dump\n--\n\n\\! touch {m}\n\\restrict abc\nCREATE TABLE t(a int);\n\
+                 --\n-- PostgreSQL database dump complete\n--\n\n\\unrestrict abc\n"
+            ),
+        ),
+        // An older-style dump without any `\restrict` line.
+        ("no_restrict", dump(&format!("CREATE TABLE t(a int);\n\\! touch {m}\n"), false)),
+        // Mid-line: psql runs a backslash command wherever it meets one outside quotes.
+        ("bang_mid_line", dump(&format!("CREATE TABLE t(a int); \\! touch {m}\n"), true)),
+        ("copy_from_program", dump(&format!("CREATE TABLE t(a text);\n\\copy t from program 'touch {m}'\n"), true)),
+        ("output_to_pipe", dump(&format!("CREATE TABLE t(a int);\n\\o |touch {m}\nSELECT 1;\n"), true)),
+        // The file's own `\unrestrict` followed by a command: the key psql runs under is not the file's.
+        ("unrestrict_then_bang", dump(&format!("CREATE TABLE t(a int);\n\\unrestrict abc\n\\! touch {m}\n"), true)),
+    ]
+}
+
+fn scratch_dbs() -> String {
+    psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'ef\\_verify\\_%' OR datname LIKE 'ef\\_restore\\_%'")
+}
+
+#[test]
+fn crafted_backups_run_no_command_through_restore_or_verify() {
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    let marker = dir.path().join("pwned");
+    let src = sample_db();
+    for (name, sql) in crafted(&marker) {
+        let file = gz(&backups, &format!("{name}.sql.gz"), &sql);
+        let target = format!("ef_e2e_evil_{name}");
+        drop_db(&target);
+        for jobs in ["1", "2"] {
+            let run = ef(src, &backups, &[], &["restore", file.to_str().unwrap(), "--target-db", &target, "--create", "--jobs", jobs]);
+            assert!(!marker.exists(), "{name}: restore --jobs {jobs} ran the file's command: {}", run.all());
+            assert_eq!(run.code, Some(1), "{name}: restore --jobs {jobs} must fail: {}", run.all());
+            assert!(run.stderr.contains("restoring into"), "{name}: {}", run.stderr);
+            let exists = psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{target}'"));
+            assert_eq!(exists, "0", "{name}: nothing restored");
+        }
+        let run = ef(src, &backups, &[], &["verify", file.to_str().unwrap()]);
+        assert!(!marker.exists(), "{name}: verify ran the file's command: {}", run.all());
+        assert_eq!(run.code, Some(1), "{name}: {}", run.all());
+        assert_eq!(scratch_dbs(), "0", "{name}: scratch database dropped");
+    }
+}
+
+#[test]
+fn crafted_backup_in_s3_runs_no_command_through_verify() {
+    let s3 = s3();
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    let marker = dir.path().join("pwned");
+    let (name, sql) = crafted(&marker).swap_remove(0);
+    let file = gz(dir.path(), "evil.sql.gz", &sql);
+    let key = format!("evil-{name}/euraflow_backup_20250101_013000.sql.gz");
+    s3.probe(&["put", &s3.bucket, &key, file.to_str().unwrap()]);
+    let vars = s3.vars(&format!("evil-{name}/"));
+    let env: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for args in [vec!["verify", "--from-s3", "euraflow_backup_20250101_013000.sql.gz"], vec!["verify", "--from-s3"]] {
+        let run = ef(sample_db(), &backups, &env, &args);
+        assert!(!marker.exists(), "{args:?} ran the file's command: {}", run.all());
+        assert_eq!(run.code, Some(1), "{args:?}: {}", run.all());
+        assert_eq!(scratch_dbs(), "0");
+    }
+    let target = "ef_e2e_evil_s3";
+    drop_db(target);
+    let run = ef(sample_db(), &backups, &env, &["restore", "--from-s3", "euraflow_backup_20250101_013000.sql.gz", "--target-db", target, "--create"]);
+    assert!(!marker.exists(), "restore --from-s3 ran the file's command: {}", run.all());
+    assert_eq!(run.code, Some(1), "{}", run.all());
+}
+
+/// COPY data is data: a row that reads `\restrict x` or `\unrestrict x` must neither be taken
+/// for the file's restrict lines (and dropped) nor make psql stop.
+#[test]
+fn copy_rows_that_read_like_restrict_lines_restore_exactly() {
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    // `\r` in COPY text is a carriage return and `\u` an escaped `u`: pg_dump writes the first for
+    // a value starting with CR; the second is what a hand-edited dump may hold.
+    let body = "CREATE TABLE public.t (v text, n int);\n\n--\n-- Data for Name: t; Type: TABLE DATA; Schema: public; Owner: -\n--\n\n\
+                COPY public.t (v, n) FROM stdin;\nplain\t1\n\\restrict x\t2\n\\unrestrict x\t3\n\\\\restrict y\t4\n\\.\n";
+    let file = gz(&backups, "rows.sql.gz", &dump(body, true));
+    for jobs in ["1", "3"] {
+        let target = format!("ef_e2e_restrict_rows_{jobs}");
+        drop_db(&target);
+        let run = ef(sample_db(), &backups, &[], &["restore", file.to_str().unwrap(), "--target-db", &target, "--create", "--jobs", jobs]);
+        assert!(run.ok(), "--jobs {jobs}: {}", run.all());
+        assert_eq!(psql(&target, "SELECT count(*) FROM t"), "4");
+        assert_eq!(psql(&target, "SELECT v = E'\\restrict x' FROM t WHERE n = 2"), "t", "CR + 'estrict x'");
+        assert_eq!(psql(&target, "SELECT v FROM t WHERE n = 3"), "unrestrict x");
+        assert_eq!(psql(&target, "SELECT v FROM t WHERE n = 4"), "\\restrict y");
+        drop_db(&target);
+    }
+}
