@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use flate2::read::MultiGzDecoder;
 
 use crate::db::{quote_ident, quote_literal, tail_lines, DbError, PgTools};
-use crate::dump::{Completeness, CopyCounts};
+use crate::dump::{Completeness, DumpFacts};
 use crate::store::s3::S3Store;
 
 /// Where a backup is read from.
@@ -67,8 +67,8 @@ pub enum RestoreError {
 pub struct BackupCheck {
     pub compressed_bytes: u64,
     pub dump_bytes: u64,
-    /// `COPY` row counts per table, in dump order.
-    pub copy_counts: Vec<(String, u64)>,
+    /// What the dump says it holds: COPY row counts, sequence values, large objects.
+    pub facts: DumpFacts,
 }
 
 fn damaged(source: &Source, reason: impl Into<String>) -> RestoreError {
@@ -81,7 +81,7 @@ pub fn scan(source: &Source, mut sink: impl FnMut(&[u8]) -> io::Result<()>) -> R
     let mut counted = Counted { inner: source.open()?, bytes: 0 };
     let mut gz = MultiGzDecoder::new(io::BufReader::with_capacity(256 * 1024, &mut counted));
     let mut complete = Completeness::default();
-    let mut counts = CopyCounts::default();
+    let mut facts = DumpFacts::default();
     let mut buf = vec![0u8; 256 * 1024];
     let mut dump_bytes = 0u64;
     loop {
@@ -92,13 +92,13 @@ pub fn scan(source: &Source, mut sink: impl FnMut(&[u8]) -> io::Result<()>) -> R
             Err(e) => return Err(damaged(source, format!("gzip data is corrupt or truncated ({e})"))),
         };
         complete.update(&buf[..n]);
-        counts.update(&buf[..n]);
+        facts.update(&buf[..n]);
         dump_bytes += n as u64;
         sink(&buf[..n]).map_err(|e| damaged(source, format!("while streaming: {e}")))?;
     }
     complete.verify().map_err(|r| damaged(source, r))?;
     drop(gz);
-    Ok(BackupCheck { compressed_bytes: counted.bytes, dump_bytes, copy_counts: counts.tables })
+    Ok(BackupCheck { compressed_bytes: counted.bytes, dump_bytes, facts })
 }
 
 struct Counted<R> {
