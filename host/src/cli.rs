@@ -166,6 +166,6 @@ pub fn print_verify(report: &VerifyReport, json: bool) {
     } else if report.tables.is_empty() {
         println!("verify: FAILED — {} restored no tables", report.backup);
     } else {
-        println!("verify: FAILED — {} differ from {}", bad.join(", "), report.reference);
+        println!("verify: FAILED — MISMATCH in {} against {}", bad.join(", "), report.reference);
     }
 }
