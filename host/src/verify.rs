@@ -14,6 +14,8 @@ use crate::restore::{restore_into_new, scratch_name, RestoreError, Source};
 pub enum VerifyError {
     #[error(transparent)]
     Restore(#[from] RestoreError),
+    #[error(transparent)]
+    Db(#[from] DbError),
     #[error("reading the {what} of database {db} failed: {err} — verify must read every table, sequence and large object: run it as the database owner or a superuser")]
     Read { what: &'static str, db: String, err: DbError },
     #[error("pg_dump --schema-only of database {db} failed: {detail} — verify compares the schema through pg_dump: run it as a role that can dump the whole database (the owner of every object or a superuser)")]
@@ -34,11 +36,12 @@ const BATCH: usize = 200;
 const MAX_DIFFERENCES: usize = 10;
 
 fn names(rows: Vec<Vec<String>>) -> Vec<QualifiedName> {
-    rows.into_iter().filter_map(|r| match r.as_slice() {
-        [schema, name, ..] => Some(QualifiedName::new(schema, name)),
-        _ => None,
-    })
-    .collect()
+    rows.into_iter()
+        .filter_map(|r| match r.as_slice() {
+            [schema, name, ..] => Some(QualifiedName::new(schema, name)),
+            _ => None,
+        })
+        .collect()
 }
 
 fn relation(n: &QualifiedName) -> String {
@@ -178,7 +181,7 @@ fn schema_lines(tools: &PgTools, db: &str) -> Result<Vec<String>, VerifyError> {
         .command("pg_dump", db)
         .args(["--schema-only", "--no-password"])
         .output()
-        .map_err(|err| VerifyError::Read { what: "schema", db: db.to_string(), err: DbError::Spawn { tool: "pg_dump".into(), err } })?;
+        .map_err(|err| DbError::Spawn { tool: tools.tool("pg_dump").display().to_string(), err })?;
     if !out.status.success() {
         return Err(VerifyError::SchemaDump { db: db.to_string(), detail: tail_lines(&out.stderr, 4) });
     }
@@ -196,7 +199,14 @@ struct DbState {
 }
 
 fn read_state(tools: &PgTools, db: &str, with_schema: bool) -> Result<DbState, VerifyError> {
-    let read = |what| move |err| VerifyError::Read { what, db: db.to_string(), err };
+    // A connection failure says for itself what to check; an SQL error here is most likely a
+    // missing privilege.
+    let read = |what| {
+        move |err| match err {
+            DbError::Tool { .. } => VerifyError::Read { what, db: db.to_string(), err },
+            other => VerifyError::Db(other),
+        }
+    };
     Ok(DbState {
         tables: table_stats(tools, db).map_err(read("tables"))?,
         sequences: sequence_states(tools, db).map_err(read("sequences"))?,
