@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::engine::BackupReport;
 use crate::policy::{BackupEntry, BackupOutcome, HttpResponse, Policy, PolicyError, S3Outcome};
 use crate::store::StoredBackup;
-use crate::verify::VerifyReport;
+use crate::verify::{Kind, Outcome, VerifyReport};
 
 /// A listed backup the policy recognises, with the time its name carries.
 #[derive(Debug, Clone)]
@@ -129,7 +129,16 @@ pub fn print_verify(report: &VerifyReport, json: bool) {
             .map(|t| serde_json::json!({"table": t.table, "restored_rows": t.restored, "reference_rows": t.reference,
                 "checksum_equal": t.checksum_equal, "ok": t.ok()}))
             .collect();
-        println!("{}", serde_json::json!({"backup": report.backup, "reference": report.reference, "ok": report.ok(), "tables": tables}));
+        let kinds: Vec<serde_json::Value> = report
+            .kinds
+            .iter()
+            .map(|k| serde_json::json!({"kind": k.kind.key(), "result": k.outcome.label(), "ok": k.outcome != Outcome::Mismatch,
+                "restored": k.restored, "reference": k.reference, "summary": k.summary, "differences": k.differences}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"backup": report.backup, "reference": report.reference, "ok": report.ok(), "tables": tables, "kinds": kinds})
+        );
         return;
     }
     let n = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "missing".into());
@@ -142,13 +151,22 @@ pub fn print_verify(report: &VerifyReport, json: bool) {
         };
         println!("{:<44} {:>12} {:>12}  {:<9} {}", t.table, n(t.restored), n(t.reference), sum, if t.ok() { "ok" } else { "MISMATCH" });
     }
-    let bad = report.tables.iter().filter(|t| !t.ok()).count();
+    println!();
+    let count = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+    println!("{:<14} {:<12} {:>9} {:>10}  compared", "kind", "result", "restored", "reference");
+    for k in &report.kinds {
+        println!("{:<14} {:<12} {:>9} {:>10}  {}", k.kind.label(), k.outcome.label(), count(k.restored), count(k.reference), k.summary);
+        for d in &k.differences {
+            println!("    {d}");
+        }
+    }
+    let bad: Vec<&str> = report.mismatched().into_iter().map(Kind::label).collect();
     if report.ok() {
-        println!("verify: OK — {} restores; all {} tables match {}", report.backup, report.tables.len(), report.reference);
+        println!("verify: OK — {} restores; all {} tables and every other kind compared match {}", report.backup, report.tables.len(), report.reference);
     } else if report.tables.is_empty() {
         println!("verify: FAILED — {} restored no tables", report.backup);
     } else {
-        println!("verify: FAILED — {bad} of {} tables differ from {}", report.tables.len(), report.reference);
+        println!("verify: FAILED — MISMATCH in {} against {}", bad.join(", "), report.reference);
     }
 }
 

@@ -69,15 +69,111 @@ impl Completeness {
     }
 }
 
-/// Row counts of the `COPY ... FROM stdin;` blocks of a plain dump, in order of appearance.
-#[derive(Debug, Default)]
-pub struct CopyCounts {
-    partial: Vec<u8>,
-    current: Option<usize>,
-    pub tables: Vec<(String, u64)>,
+/// A schema-qualified name as PostgreSQL stores it (unquoted), so that a name read from a dump
+/// compares equal to the same name read from the catalog whatever quoting the dump used.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QualifiedName {
+    pub schema: String,
+    pub name: String,
 }
 
-impl CopyCounts {
+impl QualifiedName {
+    pub fn new(schema: &str, name: &str) -> QualifiedName {
+        QualifiedName { schema: schema.to_string(), name: name.to_string() }
+    }
+
+    /// Parses `schema.name` at the start of `s`, each part bare or `"quoted ""like this"""`;
+    /// returns the name and what follows it.
+    pub fn parse(s: &str) -> Option<(QualifiedName, &str)> {
+        let (schema, rest) = identifier(s)?;
+        let (name, rest) = identifier(rest.strip_prefix('.')?)?;
+        Some((QualifiedName { schema, name }, rest))
+    }
+}
+
+/// Shown the way `format('%I.%I')` would, except that keywords are not quoted.
+impl std::fmt::Display for QualifiedName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |part: &str| {
+            let bare = part.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+            if bare { part.to_string() } else { crate::db::quote_ident(part) }
+        };
+        write!(f, "{}.{}", show(&self.schema), show(&self.name))
+    }
+}
+
+/// One SQL identifier at the start of `s`: quoted (doubled quotes inside) or bare, which
+/// PostgreSQL folds to lower case.
+fn identifier(s: &str) -> Option<(String, &str)> {
+    if let Some(quoted) = s.strip_prefix('"') {
+        let mut out = String::new();
+        let mut rest = quoted;
+        loop {
+            let at = rest.find('"')?;
+            out.push_str(&rest[..at]);
+            rest = &rest[at + 1..];
+            match rest.strip_prefix('"') {
+                Some(after) => {
+                    out.push('"');
+                    rest = after;
+                }
+                None => return Some((out, rest)),
+            }
+        }
+    }
+    let end = s.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$')).unwrap_or(s.len());
+    (end > 0).then(|| (s[..end].to_lowercase(), &s[end..]))
+}
+
+/// A single-quoted SQL string literal at the start of `s` (pg_dump sets
+/// standard_conforming_strings, so only doubled quotes are escapes).
+fn string_literal(s: &str) -> Option<(String, &str)> {
+    let mut rest = s.strip_prefix('\'')?;
+    let mut out = String::new();
+    loop {
+        let at = rest.find('\'')?;
+        out.push_str(&rest[..at]);
+        rest = &rest[at + 1..];
+        match rest.strip_prefix('\'') {
+            Some(after) => {
+                out.push('\'');
+                rest = after;
+            }
+            None => return Some((out, rest)),
+        }
+    }
+}
+
+/// A sequence's state as `setval` sets it and the sequence reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SequenceState {
+    pub last_value: i64,
+    pub is_called: bool,
+}
+
+/// What a plain dump says about its own contents, read from the raw SQL stream as it goes by:
+/// the rows of each `COPY ... FROM stdin;` block, the `setval` of each sequence and the large
+/// objects it creates. Memory stays flat apart from one oid per large object.
+#[derive(Debug, Default)]
+pub struct DumpFacts {
+    partial: Vec<u8>,
+    current: Option<usize>,
+    /// Rows per COPY block, in dump order. A header whose name cannot be parsed keeps its raw
+    /// text as the name (empty schema), so it shows up as missing rather than vanishing.
+    pub tables: Vec<(QualifiedName, u64)>,
+    /// `SELECT pg_catalog.setval('name', value, is_called);` calls, in dump order.
+    pub sequences: Vec<(QualifiedName, SequenceState)>,
+    /// Oids of the large objects the dump creates (`lo_create`) or fills (`lo_open`): a dump
+    /// made with --data-only has only the latter.
+    pub large_objects: std::collections::BTreeSet<u32>,
+}
+
+/// Longest line start kept. COPY headers of wide tables and `lowrite` lines run long, and
+/// a header cut short would not be recognised as one.
+const LINE_START_LEN: usize = 64 * 1024;
+
+impl DumpFacts {
     pub fn update(&mut self, data: &[u8]) {
         let mut rest = data;
         while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
@@ -90,8 +186,7 @@ impl CopyCounts {
             }
             rest = &rest[nl + 1..];
         }
-        // Only the start of a long line matters (COPY header or the `\.` end marker).
-        let room = 4096usize.saturating_sub(self.partial.len());
+        let room = LINE_START_LEN.saturating_sub(self.partial.len());
         self.partial.extend_from_slice(&rest[..rest.len().min(room)]);
     }
 
@@ -100,16 +195,45 @@ impl CopyCounts {
             Some(_) if line == b"\\." => self.current = None,
             Some(i) => self.tables[i].1 += 1,
             None => {
-                if let Some(rest) = line.strip_prefix(b"COPY ") {
-                    if line.ends_with(b" FROM stdin;") {
-                        // `COPY schema.table (cols) FROM stdin;` -> `schema.table`
-                        let name = rest.split(|&b| b == b' ').next().unwrap_or_default();
-                        self.tables.push((String::from_utf8_lossy(name).into_owned(), 0));
+                let line = String::from_utf8_lossy(line);
+                if let Some(header) = line.strip_prefix("COPY ") {
+                    if line.ends_with(" FROM stdin;") {
+                        // `COPY schema.table (cols) FROM stdin;`
+                        let name = QualifiedName::parse(header).map(|(n, _)| n).unwrap_or_else(|| QualifiedName {
+                            schema: String::new(),
+                            name: header.trim_end_matches(" FROM stdin;").to_string(),
+                        });
+                        self.tables.push((name, 0));
                         self.current = Some(self.tables.len() - 1);
+                    }
+                } else if let Some(args) = line.strip_prefix("SELECT pg_catalog.setval(") {
+                    if let Some(seq) = Self::setval(args) {
+                        self.sequences.push(seq);
+                    }
+                } else if let Some(args) = line.strip_prefix("SELECT pg_catalog.lo_create('").or_else(|| line.strip_prefix("SELECT pg_catalog.lo_open('")) {
+                    if let Some(Ok(oid)) = args.split('\'').next().map(str::parse::<u32>) {
+                        self.large_objects.insert(oid);
                     }
                 }
             }
         }
+    }
+
+    /// `'public."Odd seq"', 5, true);` -> the sequence and its state.
+    fn setval(args: &str) -> Option<(QualifiedName, SequenceState)> {
+        let (literal, rest) = string_literal(args)?;
+        let (name, after) = QualifiedName::parse(&literal)?;
+        if !after.is_empty() {
+            return None;
+        }
+        let mut fields = rest.strip_prefix(", ")?.strip_suffix(");")?.split(", ");
+        let last_value = fields.next()?.parse().ok()?;
+        let is_called = match fields.next()? {
+            "true" => true,
+            "false" => false,
+            _ => return None,
+        };
+        fields.next().is_none().then_some((name, SequenceState { last_value, is_called }))
     }
 }
 
@@ -308,14 +432,74 @@ mod tests {
     }
 
     #[test]
-    fn copy_counts() {
+    fn dump_facts() {
         let text = format!("{HEAD}{BODY}{FOOT}");
         for piece in [1, 5, 4096] {
-            let mut c = CopyCounts::default();
+            let mut c = DumpFacts::default();
             for chunk in text.as_bytes().chunks(piece) {
                 c.update(chunk);
             }
-            assert_eq!(c.tables, vec![("public.t".to_string(), 2), ("app.\"Odd\"".to_string(), 0)], "piece {piece}");
+            assert_eq!(c.tables, vec![(QualifiedName::new("public", "t"), 2), (QualifiedName::new("app", "Odd"), 0)], "piece {piece}");
         }
+    }
+
+    /// Pins issue 13 item 11: the header `COPY "my schema"."my table" ...` used to yield the
+    /// name `"my`, a false MISMATCH in `verify --against-dump`.
+    #[test]
+    fn copy_headers_with_quoted_names() {
+        let text = "COPY \"my schema\".\"my \"\"odd\"\" Table\" (a, \"b c\") FROM stdin;\n1\t2\n\\.\n\
+                    COPY \"Upper\".plain FROM stdin;\n\\.\n\
+                    COPY public.\"a.b\" (x) FROM stdin;\nCOPY public.t FROM stdin;\n\\.\n";
+        let mut c = DumpFacts::default();
+        c.update(text.as_bytes());
+        assert_eq!(
+            c.tables,
+            vec![
+                (QualifiedName::new("my schema", "my \"odd\" Table"), 1),
+                (QualifiedName::new("Upper", "plain"), 0),
+                // A data row that reads like a header is data.
+                (QualifiedName::new("public", "a.b"), 1),
+            ]
+        );
+        assert_eq!(c.tables[0].0.to_string(), "\"my schema\".\"my \"\"odd\"\" Table\"");
+        assert_eq!(c.tables[2].0.to_string(), "public.\"a.b\"");
+    }
+
+    #[test]
+    fn sequences_and_large_objects_as_pg_dump_15_writes_them() {
+        let text = "SELECT pg_catalog.lo_create('16402');\nSELECT pg_catalog.lo_create('16403');\n\
+                    COPY public.t (a) FROM stdin;\nSELECT pg_catalog.setval('public.in_data', 1, true);\n\\.\n\
+                    SELECT pg_catalog.setval('public.\"Odd seq\"', 5, true);\n\
+                    SELECT pg_catalog.setval('sch.\"it''s\"', -9223372036854775808, false);\n\
+                    BEGIN;\nSELECT pg_catalog.lo_open('16402', 131072);\nSELECT pg_catalog.lowrite(0, '\\x68656c6c6f');\n\
+                    SELECT pg_catalog.lo_close(0);\nSELECT pg_catalog.lo_open('16404', 131072);\nCOMMIT;\n";
+        for piece in [1, 3, 4096] {
+            let mut c = DumpFacts::default();
+            for chunk in text.as_bytes().chunks(piece) {
+                c.update(chunk);
+            }
+            assert_eq!(
+                c.sequences,
+                vec![
+                    (QualifiedName::new("public", "Odd seq"), SequenceState { last_value: 5, is_called: true }),
+                    (QualifiedName::new("sch", "it's"), SequenceState { last_value: i64::MIN, is_called: false }),
+                ],
+                "piece {piece}"
+            );
+            assert_eq!(c.large_objects.iter().copied().collect::<Vec<_>>(), vec![16402, 16403, 16404], "piece {piece}");
+            assert_eq!(c.tables, vec![(QualifiedName::new("public", "t"), 1)]);
+        }
+    }
+
+    #[test]
+    fn long_copy_header_is_still_a_header() {
+        let cols: Vec<String> = (0..2000).map(|i| format!("\"column number {i}\"")).collect();
+        let text = format!("COPY public.wide ({}) FROM stdin;\n1\n\\.\n", cols.join(", "));
+        assert!(text.len() > 4096);
+        let mut c = DumpFacts::default();
+        for chunk in text.as_bytes().chunks(1000) {
+            c.update(chunk);
+        }
+        assert_eq!(c.tables, vec![(QualifiedName::new("public", "wide"), 1)]);
     }
 }

@@ -61,7 +61,8 @@ enum Command {
         #[command(flatten)]
         load: LoadArgs,
     },
-    /// Prove a backup restores: restore into a scratch database and compare every table.
+    /// Prove a backup restores: restore into a scratch database and compare tables, large
+    /// objects, sequences, the schema and matview state with the live database.
     Verify {
         /// Backup: a path, a name in EF__BACKUP_DIR, or s3://bucket/key (default: the newest
         /// local backup, or the newest in S3 with --from-s3).
@@ -69,7 +70,8 @@ enum Command {
         /// BACKUP is a name in the configured bucket.
         #[arg(long)]
         from_s3: bool,
-        /// Compare row counts with the dump's own COPY blocks instead of the live database.
+        /// Compare with what the dump itself says (COPY row counts, setval calls, large objects)
+        /// instead of the live database; the schema is then not compared.
         #[arg(long)]
         against_dump: bool,
         #[arg(long)]

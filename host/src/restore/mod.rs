@@ -15,8 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use flate2::read::MultiGzDecoder;
 
 use crate::db::{quote_ident, quote_literal, DbError, PgTools};
+use crate::dump::{Completeness, DumpFacts};
 use parallel::{LoadError, LoadOptions, LoadStats, Loader};
-use crate::dump::{Completeness, CopyCounts};
 use crate::store::s3::S3Store;
 
 /// Where a backup is read from.
@@ -70,8 +70,8 @@ pub enum RestoreError {
 pub struct BackupCheck {
     pub compressed_bytes: u64,
     pub dump_bytes: u64,
-    /// `COPY` row counts per table, in dump order.
-    pub copy_counts: Vec<(String, u64)>,
+    /// What the dump says it holds: COPY row counts, sequence values, large objects.
+    pub facts: DumpFacts,
     /// How the dump was loaded (when it was).
     pub load: LoadStats,
 }
@@ -86,7 +86,7 @@ pub fn scan(source: &Source, mut sink: impl FnMut(&[u8]) -> Result<(), RestoreEr
     let mut counted = Counted { inner: source.open()?, bytes: 0 };
     let mut gz = MultiGzDecoder::new(io::BufReader::with_capacity(256 * 1024, &mut counted));
     let mut complete = Completeness::default();
-    let mut counts = CopyCounts::default();
+    let mut facts = DumpFacts::default();
     let mut buf = vec![0u8; 256 * 1024];
     let mut dump_bytes = 0u64;
     loop {
@@ -97,13 +97,13 @@ pub fn scan(source: &Source, mut sink: impl FnMut(&[u8]) -> Result<(), RestoreEr
             Err(e) => return Err(damaged(source, format!("gzip data is corrupt or truncated ({e})"))),
         };
         complete.update(&buf[..n]);
-        counts.update(&buf[..n]);
+        facts.update(&buf[..n]);
         dump_bytes += n as u64;
         sink(&buf[..n])?;
     }
     complete.verify().map_err(|r| damaged(source, r))?;
     drop(gz);
-    Ok(BackupCheck { compressed_bytes: counted.bytes, dump_bytes, copy_counts: counts.tables, load: LoadStats::default() })
+    Ok(BackupCheck { compressed_bytes: counted.bytes, dump_bytes, facts, load: LoadStats::default() })
 }
 
 struct Counted<R> {
