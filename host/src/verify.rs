@@ -81,7 +81,8 @@ impl VerifyReport {
 pub fn verify(tools: &PgTools, live_db: &str, source: &Source, against_dump: bool) -> Result<VerifyReport, RestoreError> {
     let scratch_db = scratch_name("verify");
     tracing::info!("verifying {}: restoring into scratch database {scratch_db}", source.label());
-    let (scratch, check) = restore_into_new(tools, source, &scratch_db)?;
+    let create_sql = format!("CREATE DATABASE {} TEMPLATE template0", crate::db::quote_ident(&scratch_db));
+    let (scratch, check) = restore_into_new(tools, source, &scratch_db, &create_sql)?;
     let restored = table_stats(tools, &scratch.name)?;
     drop(scratch);
     let mut tables = Vec::new();
