@@ -15,6 +15,12 @@ pub enum DbError {
     Connect { host: String, port: u16, db: String, user: String, detail: String },
     #[error("the server runs PostgreSQL {server}, but no pg_dump {server} was found (found: {found}); install postgresql-client-{server} or point EF__PG_BIN at its bin directory — a pg_dump of another major version cannot be trusted with this server")]
     VersionMismatch { server: u32, found: String },
+    #[error("the server runs PostgreSQL {server}, but ef-backup needs PostgreSQL 13 or later (a restore replaces a database with DROP DATABASE ... WITH (FORCE), which 13 introduced) — upgrade the server")]
+    ServerTooOld { server: String },
+    #[error("{tool} is version {found}, which has no restricted mode (\\restrict); PostgreSQL {major} client tools must be {minimum} — without it a backup file can run shell commands on this host through psql meta-commands (CVE-2025-8714); install a current postgresql-client-{major} or point EF__PG_BIN at one")]
+    ClientTooOld { tool: String, found: String, major: u32, minimum: String },
+    #[error("cannot tell which version {tool} is (`{tool} --version` printed none), so cannot make sure it has restricted mode (\\restrict, CVE-2025-8714) — point EF__PG_BIN at the bin directory of PostgreSQL client tools 13.22, 14.19, 15.14, 16.10, 17.6 or later")]
+    ClientVersionUnknown { tool: String },
     #[error("{tool} failed: {detail}")]
     Tool { tool: String, detail: String },
     #[error("cannot run {tool}: {err}")]
@@ -58,12 +64,72 @@ fn candidate_dirs(configured: Option<&Path>) -> Vec<PathBuf> {
     dirs
 }
 
-/// The major version a client tool reports (`pg_dump (PostgreSQL) 15.18 (Debian ...)`).
-fn tool_major(tool: &Path) -> Option<u32> {
+/// A client tool's version, as `--version` prints it: `psql (PostgreSQL) 15.18 (Debian ...)`,
+/// `16beta1`, `17rc1`, `18devel`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientVersion {
+    pub major: u32,
+    /// `None` for a pre-release (devel, beta, rc), which comes before the major's `.0`.
+    pub minor: Option<u32>,
+    /// The version word as printed, for messages.
+    pub text: String,
+}
+
+/// The first minor release of each major that has psql's `\restrict` (the fix for
+/// CVE-2025-8714); every 18 has it.
+const RESTRICT_SINCE: [(u32, u32); 5] = [(13, 22), (14, 19), (15, 14), (16, 10), (17, 6)];
+
+impl ClientVersion {
+    pub fn parse(version_output: &str) -> Option<ClientVersion> {
+        let word = version_output.split_whitespace().find(|w| w.starts_with(|c: char| c.is_ascii_digit()))?;
+        let digits = word.find(|c: char| !c.is_ascii_digit()).unwrap_or(word.len());
+        let major = word[..digits].parse().ok()?;
+        let rest = &word[digits..];
+        let minor = match rest.strip_prefix('.') {
+            Some(m) => Some(m.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?),
+            None if rest.is_empty() => Some(0),
+            None => None,
+        };
+        Some(ClientVersion { major, minor, text: word.to_string() })
+    }
+
+    /// `Err(minimum)` when this version's psql cannot run a stream in restricted mode.
+    pub fn check_restrict(&self) -> Result<(), String> {
+        if self.major >= 18 {
+            return Ok(());
+        }
+        match RESTRICT_SINCE.iter().find(|(major, _)| *major == self.major) {
+            Some((_, since)) if self.minor.is_some_and(|m| m >= *since) => Ok(()),
+            Some((major, since)) => Err(format!("{major}.{since} or later")),
+            None => Err(format!(
+                "one of {} or later (no release of {} has it)",
+                RESTRICT_SINCE.iter().map(|(a, b)| format!("{a}.{b}")).collect::<Vec<_>>().join(", "),
+                self.major
+            )),
+        }
+    }
+}
+
+/// What a client tool's `--version` reports, `None` when it cannot be run or read.
+fn tool_version(tool: &Path) -> Option<ClientVersion> {
     let out = Command::new(tool).arg("--version").stdin(Stdio::null()).output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let version = text.split_whitespace().find(|w| w.starts_with(|c: char| c.is_ascii_digit()))?;
-    version.split('.').next()?.parse().ok()
+    ClientVersion::parse(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// `90624` → `9.6.24`, `150018` → `15.18`.
+fn server_version_text(num: u32) -> String {
+    if num >= 100_000 { format!("{}.{}", num / 10_000, num % 10_000) } else { format!("{}.{}.{}", num / 10_000, num / 100 % 100, num % 100) }
+}
+
+/// Refuses a psql without `\restrict`: restore and verify feed it backup files, and only
+/// restricted mode stops a meta-command in one from running. Checked for every command, so
+/// an old client is found at start-up, not on the day of a restore.
+fn check_psql(psql: &Path) -> Result<(), DbError> {
+    let tool = psql.display().to_string();
+    let Some(version) = tool_version(psql) else {
+        return Err(DbError::ClientVersionUnknown { tool });
+    };
+    version.check_restrict().map_err(|minimum| DbError::ClientTooOld { tool, found: version.text.clone(), major: version.major, minimum })
 }
 
 impl PgTools {
@@ -75,19 +141,24 @@ impl PgTools {
         })?;
         let probe = PgTools { bin_dir: psql.parent().unwrap_or(Path::new("/")).to_path_buf(), server_major: 0, db: db.clone() };
         let num = probe.query_value(&db.name, "SHOW server_version_num")?;
-        let server_major = num.trim().parse::<u32>().map(|n| n / 10_000).map_err(|_| DbError::Tool {
+        let server_num = num.trim().parse::<u32>().map_err(|_| DbError::Tool {
             tool: "psql".into(),
             detail: format!("unexpected server_version_num {num:?}"),
         })?;
+        if server_num < 130_000 {
+            return Err(DbError::ServerTooOld { server: server_version_text(server_num) });
+        }
+        let server_major = server_num / 10_000;
         let mut found = Vec::new();
         for dir in &dirs {
             let pg_dump = dir.join("pg_dump");
             if !pg_dump.is_file() {
                 continue;
             }
-            match tool_major(&pg_dump) {
+            match tool_version(&pg_dump).map(|v| v.major) {
                 Some(m) if m == server_major && dir.join("psql").is_file() => {
-                    return Ok(PgTools { bin_dir: dir.clone(), server_major, db: db.clone() })
+                    check_psql(&dir.join("psql"))?;
+                    return Ok(PgTools { bin_dir: dir.clone(), server_major, db: db.clone() });
                 }
                 Some(m) => found.push(format!("{m} in {}", dir.display())),
                 None => found.push(format!("unknown version in {}", dir.display())),
@@ -184,6 +255,51 @@ mod tests {
     fn quoting() {
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn client_versions_parse_and_restrict_support_is_decided_per_major() {
+        // (--version output, major, minor, accepted, minimum named when refused)
+        let table: &[(&str, u32, Option<u32>, bool, &str)] = &[
+            ("psql (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)", 15, Some(18), true, ""),
+            ("psql (PostgreSQL) 15.14", 15, Some(14), true, ""),
+            ("psql (PostgreSQL) 15.13", 15, Some(13), false, "15.14 or later"),
+            ("psql (PostgreSQL) 13.22", 13, Some(22), true, ""),
+            ("psql (PostgreSQL) 13.21", 13, Some(21), false, "13.22 or later"),
+            ("psql (PostgreSQL) 14.19", 14, Some(19), true, ""),
+            ("psql (PostgreSQL) 14.18", 14, Some(18), false, "14.19 or later"),
+            ("psql (PostgreSQL) 16.10", 16, Some(10), true, ""),
+            ("psql (PostgreSQL) 16.9", 16, Some(9), false, "16.10 or later"),
+            ("psql (PostgreSQL) 16beta1", 16, None, false, "16.10 or later"),
+            ("psql (PostgreSQL) 17.6", 17, Some(6), true, ""),
+            ("psql (PostgreSQL) 17rc1", 17, None, false, "17.6 or later"),
+            ("psql (PostgreSQL) 18devel", 18, None, true, ""),
+            ("psql (PostgreSQL) 18.0", 18, Some(0), true, ""),
+            ("psql (PostgreSQL) 19beta2", 19, None, true, ""),
+            ("pg_dump (PostgreSQL) 14.11", 14, Some(11), false, "14.19 or later"),
+            ("psql (PostgreSQL) 12.22", 12, Some(22), false, "no release of 12 has it"),
+            ("psql (PostgreSQL) 9.6.24", 9, Some(6), false, "13.22, 14.19, 15.14, 16.10, 17.6 or later"),
+        ];
+        for (text, major, minor, accepted, minimum) in table {
+            let v = ClientVersion::parse(text).unwrap_or_else(|| panic!("{text}: not parsed"));
+            assert_eq!((v.major, v.minor), (*major, *minor), "{text}");
+            match v.check_restrict() {
+                Ok(()) => assert!(accepted, "{text} accepted"),
+                Err(m) => {
+                    assert!(!accepted, "{text} refused ({m})");
+                    assert!(m.contains(minimum), "{text}: {m}");
+                }
+            }
+        }
+        assert_eq!(ClientVersion::parse("psql (PostgreSQL)"), None);
+        assert_eq!(ClientVersion::parse(""), None);
+    }
+
+    #[test]
+    fn server_versions_print_as_postgresql_does() {
+        assert_eq!(server_version_text(150018), "15.18");
+        assert_eq!(server_version_text(120022), "12.22");
+        assert_eq!(server_version_text(90624), "9.6.24");
     }
 
     #[test]

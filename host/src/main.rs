@@ -56,8 +56,14 @@ enum Command {
         #[arg(long)]
         create: bool,
         /// Replace a non-empty target database (dropped only after the restore succeeded).
+        /// The database-level properties (owner, ACL, settings, comment, locale...) are kept.
         #[arg(long)]
         drop_existing: bool,
+        /// Allow template0, template1 or postgres as the target.
+        #[arg(long)]
+        allow_system_db: bool,
+        #[command(flatten)]
+        props: PropsArgs,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -91,6 +97,27 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+}
+
+/// Properties of the restored database; each wins over the replaced database's (default: the
+/// replaced database's, or for --create the connecting role and template0's).
+#[derive(clap::Args)]
+struct PropsArgs {
+    /// Owner of the restored database.
+    #[arg(long, value_name = "ROLE")]
+    owner: Option<String>,
+    /// Encoding of the restored database, e.g. UTF8.
+    #[arg(long, value_name = "ENCODING")]
+    encoding: Option<String>,
+    /// libc locale (LC_COLLATE and LC_CTYPE) of the restored database.
+    #[arg(long, value_name = "LOCALE")]
+    locale: Option<String>,
+    /// Tablespace of the restored database.
+    #[arg(long, value_name = "NAME")]
+    tablespace: Option<String>,
+    /// Connection limit of the restored database (-1: none).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    connection_limit: Option<i32>,
 }
 
 #[derive(Subcommand)]
@@ -217,11 +244,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(if matches!(report.outcome, policy::BackupOutcome::Done(_)) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Restore { backup, from_s3, target_db, create, drop_existing, load } => {
+        Command::Restore { backup, from_s3, target_db, create, drop_existing, allow_system_db, props, load } => {
             let s3 = s3_store(&config)?;
             let source = source(&config, s3.as_ref().map(|(_, s)| s), &backup, from_s3)?;
             let tools = PgTools::for_server(&config.db, config.pg_bin.as_deref())?;
-            let report = restore::restore(&tools, &source, &target_db, restore::RestoreOptions { create, drop_existing, load: load.options() })?;
+            let create_with = restore::props::CreateOptions {
+                owner: props.owner,
+                encoding: props.encoding,
+                locale: props.locale,
+                tablespace: props.tablespace,
+                connection_limit: props.connection_limit,
+            };
+            let opts = restore::RestoreOptions { create, drop_existing, allow_system_db, create_with, load: load.options() };
+            let report = restore::restore(&tools, &source, &target_db, &opts)?;
             println!(
                 "restored {} into database {} ({} of SQL, {:.1} s; {}){}",
                 source.label(),
@@ -231,6 +266,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 cli::load_summary(&report.check.load),
                 if report.replaced_existing { "; its previous contents were dropped" } else { "" }
             );
+            for p in &report.properties {
+                println!("  {}: {} ({})", p.name, p.value, p.from);
+            }
+            if let Some(left) = &report.leftover {
+                println!("warning: the previous contents of {} are still there as database {}: {} — drop it by hand", report.target, left.name, left.err);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { backup, from_s3, against_dump, json, load } => {

@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use crate::db::{quote_ident, quote_literal, tail_lines, DbError, PgTools};
 use crate::dump::{DumpFacts, QualifiedName, SequenceState};
 use crate::restore::parallel::LoadOptions;
-use crate::restore::{restore_into_new, scratch_name, RestoreError, Source};
+use crate::restore::props::{self, CreateOptions};
+use crate::restore::{restore_into_new, scratch_name, RestoreError, Source, MAINTENANCE_DB};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -517,7 +518,15 @@ fn compare_dump(restored: &DbState, dump: &DumpFacts) -> (Vec<TableResult>, Vec<
 pub fn verify(tools: &PgTools, live_db: &str, source: &Source, against_dump: bool, load: LoadOptions) -> Result<VerifyReport, VerifyError> {
     let scratch_db = scratch_name("verify");
     tracing::info!("verifying {}: restoring into scratch database {scratch_db}", source.label());
-    let (scratch, check) = restore_into_new(tools, source, &scratch_db, load)?;
+    // The scratch database takes the live database's encoding and locale, so that text renders
+    // to the same bytes on both sides; the verifying role owns it.
+    let create_sql = if against_dump {
+        format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(&scratch_db))
+    } else {
+        let me = tools.query_value(MAINTENANCE_DB, "SELECT current_user")?;
+        props::plan(tools, MAINTENANCE_DB, live_db, true, &CreateOptions { owner: Some(me), ..CreateOptions::default() })?.create_sql(&scratch_db)
+    };
+    let (scratch, check) = restore_into_new(tools, source, &scratch_db, &create_sql, load)?;
     let restored = read_state(tools, &scratch.name, !against_dump)?;
     drop(scratch);
     let (reference, (tables, kinds)) = if against_dump {

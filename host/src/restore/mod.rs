@@ -19,6 +19,9 @@ use crate::dump::{Completeness, DumpFacts};
 use parallel::{LoadError, LoadOptions, LoadStats, Loader};
 use crate::store::s3::S3Store;
 
+pub mod props;
+pub mod swap;
+
 /// Where a backup is read from.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -59,8 +62,12 @@ pub enum RestoreError {
     TargetMissing { db: String },
     #[error("restoring into {db} failed: {err}; the target was not touched (the scratch database is dropped) — if the message names an SQL error, the backup does not restore on this server: try another backup (ef-backup list)")]
     Load { db: String, err: LoadError },
-    #[error("restored into {scratch}, but cannot replace {db}: {err} — close the other connections to {db} (stop the application) and run the restore again")]
-    Swap { db: String, scratch: String, err: DbError },
+    #[error("refusing to restore into {db}: it is a system database ({why}) — restore into another database, or pass --allow-system-db if you really mean to replace it")]
+    SystemDb { db: String, why: &'static str },
+    #[error(transparent)]
+    Properties(#[from] props::ApplyError),
+    #[error(transparent)]
+    Swap(#[from] swap::SwapError),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -156,16 +163,17 @@ impl Drop for Scratch<'_> {
     }
 }
 
-/// Creates `name` and restores the backup into it, checking the stream as it goes: the file is
-/// read once, and a backup that turns out damaged (gzip, an incomplete dump) or an SQL error
-/// drops the database again, so nothing half-restored is left behind.
+/// Creates `name` with `create_sql` and restores the backup into it, checking the stream as it
+/// goes: the file is read once, and a backup that turns out damaged (gzip, an incomplete dump)
+/// or an SQL error drops the database again, so nothing half-restored is left behind.
 pub fn restore_into_new<'a>(
     tools: &'a PgTools,
     source: &Source,
     name: &str,
+    create_sql: &str,
     load: LoadOptions,
 ) -> Result<(Scratch<'a>, BackupCheck), RestoreError> {
-    tools.execute(MAINTENANCE_DB, &format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(name)))?;
+    tools.execute(MAINTENANCE_DB, create_sql)?;
     let scratch = Scratch { tools, name: name.to_string(), keep: false };
     let load_err = |err| RestoreError::Load { db: name.to_string(), err };
     let mut loader = Loader::start(tools, name, load).map_err(load_err)?;
@@ -190,10 +198,14 @@ pub fn restore_into_new<'a>(
     Ok((scratch, check))
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
     pub create: bool,
     pub drop_existing: bool,
+    /// Allow `template0`, `template1` or `postgres` as the target.
+    pub allow_system_db: bool,
+    /// Properties for the restored database; they win over the replaced database's.
+    pub create_with: props::CreateOptions,
     pub load: LoadOptions,
 }
 
@@ -203,12 +215,33 @@ pub struct RestoreReport {
     pub replaced_existing: bool,
     pub check: BackupCheck,
     pub elapsed: Duration,
+    /// The restored database's owner, encoding, locale, tablespace and connection limit, and
+    /// where each came from.
+    pub properties: Vec<props::PropertyUsed>,
+    /// The replaced database, when it could not be dropped after the swap.
+    pub leftover: Option<swap::Leftover>,
+}
+
+/// Why a database is refused as a target without `--allow-system-db`.
+fn system_database(db: &str) -> Option<&'static str> {
+    match db {
+        "template0" => Some("the pristine template that pg_dump and CREATE DATABASE ... TEMPLATE template0 rely on"),
+        "template1" => Some("every new database is copied from template1, so all of them would carry the backup's tables"),
+        "postgres" => Some("the default database that tools and ef-backup itself connect to"),
+        _ => None,
+    }
 }
 
 /// Restores `source` into database `target`: refuses up front when the target's state does not
-/// match the options, restores into a scratch database, then swaps it into place.
-pub fn restore(tools: &PgTools, source: &Source, target: &str, opts: RestoreOptions) -> Result<RestoreReport, RestoreError> {
+/// match the options, restores into a scratch database created with the target's properties
+/// (or the options'), applies the rest of them, then swaps it into place.
+pub fn restore(tools: &PgTools, source: &Source, target: &str, opts: &RestoreOptions) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
+    if let Some(why) = system_database(target).filter(|_| !opts.allow_system_db) {
+        return Err(RestoreError::SystemDb { db: target.into(), why });
+    }
+    // A database cannot be renamed by a session connected to it.
+    let admin_db = if target == MAINTENANCE_DB { "template1" } else { MAINTENANCE_DB };
     let exists = database_exists(tools, target)?;
     match exists {
         false if !opts.create => return Err(RestoreError::TargetMissing { db: target.into() }),
@@ -217,29 +250,16 @@ pub fn restore(tools: &PgTools, source: &Source, target: &str, opts: RestoreOpti
         }
         _ => {}
     }
+    let plan = props::plan(tools, admin_db, target, exists, &opts.create_with)?;
     let scratch_db = scratch_name("restore");
     tracing::info!("restoring {} into scratch database {scratch_db}", source.label());
-    let (mut scratch, check) = restore_into_new(tools, source, &scratch_db, opts.load)?;
-    let swap_err = |err| RestoreError::Swap { db: target.into(), scratch: scratch_db.clone(), err };
-    if exists {
-        let old = scratch_name("replaced");
-        tools
-            .execute(MAINTENANCE_DB, &format!("ALTER DATABASE {} RENAME TO {}", quote_ident(target), quote_ident(&old)))
-            .map_err(swap_err)?;
-        if let Err(e) = tools.execute(MAINTENANCE_DB, &format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&scratch_db), quote_ident(target))) {
-            // Put the original back; the scratch copy is dropped.
-            let _ = tools.execute(MAINTENANCE_DB, &format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&old), quote_ident(target)));
-            return Err(swap_err(e));
-        }
-        scratch.keep = true;
-        if let Err(e) = tools.execute(MAINTENANCE_DB, &format!("DROP DATABASE {} WITH (FORCE)", quote_ident(&old))) {
-            tracing::warn!("restored {target}, but could not drop its previous contents, now named {old}: {e}");
-        }
-    } else {
-        tools
-            .execute(MAINTENANCE_DB, &format!("ALTER DATABASE {} RENAME TO {}", quote_ident(&scratch_db), quote_ident(target)))
-            .map_err(swap_err)?;
-        scratch.keep = true;
-    }
-    Ok(RestoreReport { target: target.into(), replaced_existing: exists, check, elapsed: started.elapsed() })
+    let (mut scratch, check) = restore_into_new(tools, source, &scratch_db, &plan.create_sql(&scratch_db), opts.load)?;
+    plan.apply_after_load(tools, admin_db, &scratch_db, target)?;
+    let old = scratch_name("replaced");
+    let leftover = swap::swap(
+        &swap::Swap { target, scratch: &scratch_db, old: exists.then_some(old.as_str()), old_is_template: plan.props.is_template },
+        |sql| tools.execute(admin_db, sql),
+    )?;
+    scratch.keep = true;
+    Ok(RestoreReport { target: target.into(), replaced_existing: exists, check, elapsed: started.elapsed(), properties: plan.used, leftover })
 }

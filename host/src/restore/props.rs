@@ -1,0 +1,673 @@
+//! Database-level properties: what a database carries outside its own contents (owner, ACL,
+//! `ALTER DATABASE … SET` and `ALTER ROLE … IN DATABASE … SET` settings, comment, encoding,
+//! locale, connection limit, tablespace, template flags). A plain `pg_dump` holds none of them,
+//! so `restore --drop-existing` reads them from the database it replaces and gives them to the
+//! scratch database; `--create` takes them from options or defaults.
+//!
+//! Reading is a thin layer over [`PgTools::query`]; turning them into SQL is pure, so every
+//! quoting rule is unit-tested.
+
+use crate::db::{quote_ident, quote_literal, DbError, PgTools};
+
+/// A database's properties, as the catalogs hold them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DbProps {
+    pub owner: String,
+    pub encoding: String,
+    pub collate: String,
+    pub ctype: String,
+    /// `datlocprovider`: `c` (libc), `i` (ICU), `b` (builtin, 17+); `None` before 15, which
+    /// has no providers.
+    pub provider: Option<String>,
+    /// The ICU or builtin locale (`daticulocale`, `datlocale` from 17).
+    pub locale: Option<String>,
+    /// `daticurules` (16+).
+    pub icu_rules: Option<String>,
+    pub connection_limit: i32,
+    pub tablespace: String,
+    pub is_template: bool,
+    pub allow_connections: bool,
+    /// `None`: the default ACL (owner all, PUBLIC CONNECT and TEMPORARY).
+    pub acl: Option<Vec<Grant>>,
+    pub comment: Option<String>,
+    /// In `pg_db_role_setting` order.
+    pub settings: Vec<Setting>,
+}
+
+/// One privilege of a database's ACL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grant {
+    /// `None`: PUBLIC.
+    pub grantee: Option<String>,
+    /// As `aclexplode` names it: `CONNECT`, `CREATE`, `TEMPORARY`.
+    pub privilege: String,
+    pub grantable: bool,
+}
+
+/// One `name=value` item of `pg_db_role_setting.setconfig`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Setting {
+    /// `None`: for every role (`ALTER DATABASE … SET`).
+    pub role: Option<String>,
+    pub item: String,
+}
+
+/// `restore` options for a database that is created rather than kept.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    pub owner: Option<String>,
+    pub encoding: Option<String>,
+    /// A libc locale, for LC_COLLATE and LC_CTYPE.
+    pub locale: Option<String>,
+    pub tablespace: Option<String>,
+    pub connection_limit: Option<i32>,
+}
+
+/// One property the restored database got, and where it came from (for the report).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PropertyUsed {
+    pub name: &'static str,
+    pub value: String,
+    pub from: String,
+}
+
+/// What the new database starts from.
+#[derive(Debug, Clone)]
+pub enum Base {
+    /// The database being replaced: everything is kept.
+    Existing(DbProps),
+    /// A new database: template0's encoding, locale and tablespace, the connecting role as
+    /// owner, the defaults for the rest.
+    New { template0: DbProps, current_user: String },
+}
+
+/// The properties the restored database gets.
+#[derive(Debug, Clone)]
+pub struct DbPlan {
+    pub props: DbProps,
+    pub used: Vec<PropertyUsed>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot give the restored database {db} the properties of {target}: `{sql}` failed: {err} — {target} was not touched and {db} is dropped; restore as a role that may run it (see README, \"What role a restore needs\") or change it on {target} first")]
+pub struct ApplyError {
+    pub db: String,
+    pub target: String,
+    pub sql: String,
+    pub err: DbError,
+}
+
+/// The catalog query for one database's main properties; the version-dependent columns
+/// (providers from 15, ICU rules from 16, `datlocale` from 17) read as empty before them.
+pub fn props_query(server_major: u32, db: &str) -> String {
+    let provider = if server_major >= 15 { "d.datlocprovider::text" } else { "''" };
+    let locale = match server_major {
+        17.. => "coalesce(d.datlocale, '')",
+        15 | 16 => "coalesce(d.daticulocale, '')",
+        _ => "''",
+    };
+    let rules = if server_major >= 16 { "coalesce(d.daticurules, '')" } else { "''" };
+    format!(
+        "SELECT pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding), d.datcollate, d.datctype, {provider}, {locale}, {rules}, \
+         d.datconnlimit, t.spcname, d.datistemplate, d.datallowconn, d.datacl IS NULL, coalesce(shobj_description(d.oid, 'pg_database'), '') \
+         FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace WHERE d.datname = {}",
+        quote_literal(db)
+    )
+}
+
+fn acl_query(db: &str) -> String {
+    format!(
+        "SELECT a.grantee = 0, coalesce(r.rolname, ''), a.privilege_type, a.is_grantable \
+         FROM pg_database d, aclexplode(d.datacl) WITH ORDINALITY a(grantor, grantee, privilege_type, is_grantable, n) \
+         LEFT JOIN pg_roles r ON r.oid = a.grantee WHERE d.datname = {} AND (a.grantee = 0 OR r.oid IS NOT NULL) ORDER BY a.n",
+        quote_literal(db)
+    )
+}
+
+fn settings_query(db: &str) -> String {
+    format!(
+        "SELECT s.setrole = 0, coalesce(r.rolname, ''), c.v \
+         FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase LEFT JOIN pg_roles r ON r.oid = s.setrole, \
+         unnest(s.setconfig) WITH ORDINALITY c(v, n) WHERE d.datname = {} AND (s.setrole = 0 OR r.oid IS NOT NULL) ORDER BY s.setrole, c.n",
+        quote_literal(db)
+    )
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// Turns the rows of [`props_query`], [`acl_query`] and [`settings_query`] into properties;
+/// `None` when the database does not exist.
+fn parse_props(main: &[Vec<String>], acl: &[Vec<String>], settings: &[Vec<String>]) -> Option<DbProps> {
+    let row = main.first()?;
+    let col = |i: usize| row.get(i).map(String::as_str).unwrap_or("");
+    let everyone = |row: &[String]| row.first().map(String::as_str) == Some("t");
+    let role = |row: &[String]| if everyone(row) { None } else { row.get(1).cloned() };
+    Some(DbProps {
+        owner: col(0).into(),
+        encoding: col(1).into(),
+        collate: col(2).into(),
+        ctype: col(3).into(),
+        provider: non_empty(col(4)),
+        locale: non_empty(col(5)),
+        icu_rules: non_empty(col(6)),
+        connection_limit: col(7).parse().unwrap_or(-1),
+        tablespace: col(8).into(),
+        is_template: col(9) == "t",
+        allow_connections: col(10) == "t",
+        acl: (col(11) != "t").then(|| {
+            acl.iter()
+                .map(|r| Grant {
+                    grantee: role(r),
+                    privilege: r.get(2).cloned().unwrap_or_default(),
+                    grantable: r.get(3).map(String::as_str) == Some("t"),
+                })
+                .collect()
+        }),
+        comment: non_empty(col(12)),
+        settings: settings.iter().map(|r| Setting { role: role(r), item: r.get(2).cloned().unwrap_or_default() }).collect(),
+    })
+}
+
+/// Reads `db`'s properties; `None` when it does not exist.
+pub fn read(tools: &PgTools, admin_db: &str, db: &str) -> Result<Option<DbProps>, DbError> {
+    let main = tools.query(admin_db, &props_query(tools.server_major, db))?;
+    if main.is_empty() {
+        return Ok(None);
+    }
+    let acl = tools.query(admin_db, &acl_query(db))?;
+    let settings = tools.query(admin_db, &settings_query(db))?;
+    Ok(parse_props(&main, &acl, &settings))
+}
+
+/// What the restored database of `target` gets: the existing target's properties, or
+/// template0's and the connecting role's for a new one; `opts` win either way.
+pub fn plan(tools: &PgTools, admin_db: &str, target: &str, exists: bool, opts: &CreateOptions) -> Result<DbPlan, DbError> {
+    let gone = |db: &str| DbError::Tool { tool: "psql".into(), detail: format!("database {db} is not in pg_database (dropped meanwhile?); run the restore again") };
+    let base = if exists {
+        Base::Existing(read(tools, admin_db, target)?.ok_or_else(|| gone(target))?)
+    } else {
+        let template0 = read(tools, admin_db, "template0")?.ok_or_else(|| gone("template0"))?;
+        Base::New { template0, current_user: tools.query_value(admin_db, "SELECT current_user")? }
+    };
+    Ok(choose(base, opts))
+}
+
+/// The properties the restored database gets, and where each came from.
+pub fn choose(base: Base, opts: &CreateOptions) -> DbPlan {
+    let (mut props, owner_from, locale_from, limit_from) = match base {
+        Base::Existing(p) => {
+            let kept = "kept from the replaced database";
+            (p, kept, kept, kept)
+        }
+        Base::New { template0, current_user } => {
+            // Only what a new database inherits from template0; its comment, ACL and
+            // template flags are template0's own.
+            let p = DbProps {
+                owner: current_user,
+                connection_limit: -1,
+                is_template: false,
+                allow_connections: true,
+                acl: None,
+                comment: None,
+                settings: Vec::new(),
+                ..template0
+            };
+            (p, "the connecting role", "template0's", "default")
+        }
+    };
+    let mut from = [owner_from, locale_from, locale_from, locale_from, limit_from].map(String::from);
+    if let Some(o) = &opts.owner {
+        props.owner = o.clone();
+        from[0] = "--owner".into();
+    }
+    if let Some(e) = &opts.encoding {
+        props.encoding = e.clone();
+        from[1] = "--encoding".into();
+    }
+    if let Some(l) = &opts.locale {
+        props.collate = l.clone();
+        props.ctype = l.clone();
+        // A libc locale: the ICU/builtin settings would contradict it.
+        props.provider = props.provider.as_ref().map(|_| "c".to_string());
+        props.locale = None;
+        props.icu_rules = None;
+        from[2] = "--locale".into();
+    }
+    if let Some(t) = &opts.tablespace {
+        props.tablespace = t.clone();
+        from[3] = "--tablespace".into();
+    }
+    if let Some(n) = opts.connection_limit {
+        props.connection_limit = n;
+        from[4] = "--connection-limit".into();
+    }
+    let provider = match (props.provider.as_deref(), &props.locale) {
+        (Some("i"), Some(l)) => format!(", ICU locale {l}"),
+        (Some("b"), Some(l)) => format!(", builtin locale {l}"),
+        _ => String::new(),
+    };
+    let [owner, encoding, locale, tablespace, limit] = from;
+    let used = vec![
+        PropertyUsed { name: "owner", value: props.owner.clone(), from: owner },
+        PropertyUsed { name: "encoding", value: props.encoding.clone(), from: encoding },
+        PropertyUsed { name: "locale", value: format!("LC_COLLATE {}, LC_CTYPE {}{provider}", props.collate, props.ctype), from: locale },
+        PropertyUsed { name: "tablespace", value: props.tablespace.clone(), from: tablespace },
+        PropertyUsed {
+            name: "connection limit",
+            value: if props.connection_limit < 0 { "none".into() } else { props.connection_limit.to_string() },
+            from: limit,
+        },
+    ];
+    DbPlan { props, used }
+}
+
+/// The list variables whose values PostgreSQL stores element by element quoted (pg_dump's
+/// `variable_is_guc_list_quote`).
+const LIST_QUOTE_GUCS: [&str; 6] =
+    ["local_preload_libraries", "search_path", "session_preload_libraries", "shared_preload_libraries", "temp_tablespaces", "unix_socket_directories"];
+
+/// Splits a stored list value (`"$user", public`) into its elements the way pg_dump's
+/// `SplitGUCList` does: double-quoted elements keep their case and collapse `""`, unquoted
+/// ones end at a comma or space. `None` on a syntax error.
+pub fn split_guc_list(value: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    let mut rest = value.trim_start();
+    if rest.is_empty() {
+        return Some(out);
+    }
+    loop {
+        let element;
+        if let Some(quoted) = rest.strip_prefix('"') {
+            let mut name = String::new();
+            let mut chars = quoted.char_indices();
+            let end = loop {
+                match chars.next()? {
+                    (i, '"') if quoted[i + 1..].starts_with('"') => {
+                        name.push('"');
+                        chars.next();
+                    }
+                    (i, '"') => break i + 1,
+                    (_, c) => name.push(c),
+                }
+            };
+            element = name;
+            rest = &quoted[end..];
+        } else {
+            let end = rest.find(|c: char| c == ',' || c.is_whitespace()).unwrap_or(rest.len());
+            if end == 0 {
+                return None;
+            }
+            element = rest[..end].to_string();
+            rest = &rest[end..];
+        }
+        out.push(element);
+        rest = rest.trim_start();
+        match rest.strip_prefix(',') {
+            Some(next) => rest = next.trim_start(),
+            None if rest.is_empty() => return Some(out),
+            None => return None,
+        }
+    }
+}
+
+/// `{prefix} SET name TO value` for one `name=value` setting item, quoted the way pg_dump's
+/// `makeAlterConfigCommand` does; `None` for an item without `=`, which pg_dump skips too.
+pub fn alter_config_sql(prefix: &str, item: &str) -> Option<String> {
+    let (name, value) = item.split_once('=')?;
+    let list = LIST_QUOTE_GUCS.iter().any(|g| g.eq_ignore_ascii_case(name));
+    let elements = if list { split_guc_list(value).filter(|v| !v.is_empty()) } else { None };
+    let value = match elements {
+        Some(elements) => elements.iter().map(|e| quote_literal(e)).collect::<Vec<_>>().join(", "),
+        None => quote_literal(value),
+    };
+    Some(format!("{prefix} SET {} TO {value}", quote_ident(name)))
+}
+
+/// The privileges `aclexplode` reports for a database; anything else is not emitted into SQL.
+const DATABASE_PRIVILEGES: [&str; 3] = ["CONNECT", "CREATE", "TEMPORARY"];
+
+impl DbPlan {
+    /// `CREATE DATABASE name …` with the properties that can only be set at creation.
+    pub fn create_sql(&self, name: &str) -> String {
+        let p = &self.props;
+        let mut sql = format!(
+            "CREATE DATABASE {} TEMPLATE template0 OWNER {} ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+            quote_ident(name),
+            quote_ident(&p.owner),
+            quote_literal(&p.encoding),
+            quote_literal(&p.collate),
+            quote_literal(&p.ctype)
+        );
+        // From 15 the provider defaults to template0's, which may differ: always say it.
+        match (p.provider.as_deref(), &p.locale) {
+            (Some("i"), locale) => {
+                sql += " LOCALE_PROVIDER icu";
+                if let Some(l) = locale {
+                    sql += &format!(" ICU_LOCALE {}", quote_literal(l));
+                }
+                if let Some(r) = &p.icu_rules {
+                    sql += &format!(" ICU_RULES {}", quote_literal(r));
+                }
+            }
+            (Some("b"), locale) => {
+                sql += " LOCALE_PROVIDER builtin";
+                if let Some(l) = locale {
+                    sql += &format!(" BUILTIN_LOCALE {}", quote_literal(l));
+                }
+            }
+            (Some(_), _) => sql += " LOCALE_PROVIDER libc",
+            (None, _) => {}
+        }
+        sql + &format!(" TABLESPACE {}", quote_ident(&p.tablespace))
+    }
+
+    /// The statements that give the loaded database `name` the rest of its properties. They
+    /// run after the load because some would break it: `default_transaction_read_only`, a
+    /// connection limit the load's sessions exceed, ALLOW_CONNECTIONS false.
+    pub fn after_load_sql(&self, name: &str) -> Vec<String> {
+        let p = &self.props;
+        let db = quote_ident(name);
+        let mut sql: Vec<String> = p
+            .settings
+            .iter()
+            .filter_map(|s| {
+                let prefix = match &s.role {
+                    None => format!("ALTER DATABASE {db}"),
+                    Some(r) => format!("ALTER ROLE {} IN DATABASE {db}", quote_ident(r)),
+                };
+                alter_config_sql(&prefix, &s.item)
+            })
+            .collect();
+        if let Some(c) = &p.comment {
+            sql.push(format!("COMMENT ON DATABASE {db} IS {}", quote_literal(c)));
+        }
+        if let Some(acl) = &p.acl {
+            sql.push(format!("REVOKE ALL ON DATABASE {db} FROM PUBLIC"));
+            sql.push(format!("REVOKE ALL ON DATABASE {db} FROM {}", quote_ident(&p.owner)));
+            // One GRANT per grantee and grant option, in ACL order.
+            let mut groups: Vec<(&Option<String>, bool, Vec<&str>)> = Vec::new();
+            for g in acl.iter().filter(|g| DATABASE_PRIVILEGES.contains(&g.privilege.as_str())) {
+                match groups.iter_mut().find(|(who, opt, _)| *who == &g.grantee && *opt == g.grantable) {
+                    Some((_, _, privileges)) => privileges.push(&g.privilege),
+                    None => groups.push((&g.grantee, g.grantable, vec![&g.privilege])),
+                }
+            }
+            for (who, grantable, privileges) in groups {
+                let who = who.as_deref().map(quote_ident).unwrap_or_else(|| "PUBLIC".into());
+                let option = if grantable { " WITH GRANT OPTION" } else { "" };
+                sql.push(format!("GRANT {} ON DATABASE {db} TO {who}{option}", privileges.join(", ")));
+            }
+        }
+        if p.connection_limit != -1 {
+            sql.push(format!("ALTER DATABASE {db} CONNECTION LIMIT {}", p.connection_limit));
+        }
+        if !p.allow_connections {
+            sql.push(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"));
+        }
+        if p.is_template {
+            sql.push(format!("ALTER DATABASE {db} IS_TEMPLATE true"));
+        }
+        sql
+    }
+
+    /// Runs [`DbPlan::after_load_sql`] for the loaded database `name`, from `admin_db`.
+    pub fn apply_after_load(&self, tools: &PgTools, admin_db: &str, name: &str, target: &str) -> Result<(), ApplyError> {
+        for sql in self.after_load_sql(name) {
+            tools.execute(admin_db, &sql).map_err(|err| ApplyError { db: name.into(), target: target.into(), sql: sql.clone(), err })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(text: &[&[&str]]) -> Vec<Vec<String>> {
+        text.iter().map(|r| r.iter().map(|s| s.to_string()).collect()).collect()
+    }
+
+    fn libc_utf8() -> DbProps {
+        DbProps {
+            owner: "postgres".into(),
+            encoding: "UTF8".into(),
+            collate: "C".into(),
+            ctype: "C".into(),
+            provider: Some("c".into()),
+            connection_limit: -1,
+            tablespace: "pg_default".into(),
+            allow_connections: true,
+            ..DbProps::default()
+        }
+    }
+
+    #[test]
+    fn the_catalog_query_follows_the_server_version() {
+        // (server major, column expected, column that must not appear)
+        let table = [
+            (13, "''", "datlocprovider"),
+            (14, "''", "daticulocale"),
+            (15, "d.datlocprovider::text, coalesce(d.daticulocale, ''), ''", "datlocale,"),
+            (16, "coalesce(d.daticulocale, ''), coalesce(d.daticurules, '')", "datlocale,"),
+            (17, "coalesce(d.datlocale, ''), coalesce(d.daticurules, '')", "daticulocale"),
+            (18, "coalesce(d.datlocale, '')", "daticulocale"),
+        ];
+        for (major, has, lacks) in table {
+            let q = props_query(major, "it's");
+            assert!(q.contains(has), "{major}: {q}");
+            assert!(!q.contains(lacks), "{major}: {q}");
+            assert!(q.ends_with("WHERE d.datname = 'it''s'"), "{q}");
+        }
+    }
+
+    #[test]
+    fn catalog_rows_become_properties() {
+        let main = rows(&[&["app owner", "LATIN1", "C", "C", "c", "", "", "7", "ts one", "f", "t", "f", "the app's db"]]);
+        let acl = rows(&[&["f", "app owner", "CONNECT", "f"], &["f", "app owner", "CREATE", "t"], &["f", "reader", "CONNECT", "f"]]);
+        let settings = rows(&[&["t", "", "search_path=\"$user\", public"], &["f", "reader", "work_mem=64MB"]]);
+        let p = parse_props(&main, &acl, &settings).unwrap();
+        assert_eq!(p.owner, "app owner");
+        assert_eq!((p.encoding.as_str(), p.provider.as_deref(), p.locale.as_deref()), ("LATIN1", Some("c"), None));
+        assert_eq!((p.connection_limit, p.tablespace.as_str(), p.is_template, p.allow_connections), (7, "ts one", false, true));
+        assert_eq!(p.comment.as_deref(), Some("the app's db"));
+        let acl = p.acl.unwrap();
+        assert_eq!(acl[1], Grant { grantee: Some("app owner".into()), privilege: "CREATE".into(), grantable: true });
+        assert_eq!(p.settings[0], Setting { role: None, item: "search_path=\"$user\", public".into() });
+        assert_eq!(p.settings[1].role.as_deref(), Some("reader"));
+
+        let default_acl = rows(&[&["o", "UTF8", "C", "C", "", "", "", "-1", "pg_default", "t", "f", "t", ""]]);
+        let p = parse_props(&default_acl, &[], &[]).unwrap();
+        assert_eq!((p.acl, p.provider, p.comment, p.is_template, p.allow_connections), (None, None, None, true, false));
+        assert!(parse_props(&[], &[], &[]).is_none());
+    }
+
+    #[test]
+    fn guc_lists_split_like_pg_dump() {
+        let table: &[(&str, Option<&[&str]>)] = &[
+            ("\"$user\", public", Some(&["$user", "public"])),
+            ("a,b , c", Some(&["a", "b", "c"])),
+            ("\"My Schema\", \"q\"\"uote\"", Some(&["My Schema", "q\"uote"])),
+            ("\"\"", Some(&[""])),
+            ("", Some(&[])),
+            ("  ", Some(&[])),
+            ("Upper", Some(&["Upper"])),
+            ("\"unterminated", None),
+            ("a,,b", None),
+            ("a b", None),
+            ("a,", None),
+        ];
+        for (value, expected) in table {
+            let got = split_guc_list(value);
+            assert_eq!(got.as_deref().map(|v| v.iter().map(String::as_str).collect::<Vec<_>>()), expected.map(|e| e.to_vec()), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn settings_are_quoted_like_pg_dump() {
+        let p = "ALTER DATABASE \"d\"";
+        let table = [
+            ("search_path=\"$user\", public", "ALTER DATABASE \"d\" SET \"search_path\" TO '$user', 'public'"),
+            ("search_path=\"My Schema\"", "ALTER DATABASE \"d\" SET \"search_path\" TO 'My Schema'"),
+            ("search_path=\"\"", "ALTER DATABASE \"d\" SET \"search_path\" TO ''"),
+            ("SEARCH_PATH=a", "ALTER DATABASE \"d\" SET \"SEARCH_PATH\" TO 'a'"),
+            ("temp_tablespaces=ts1, \"ts 2\"", "ALTER DATABASE \"d\" SET \"temp_tablespaces\" TO 'ts1', 'ts 2'"),
+            ("session_preload_libraries=auto_explain", "ALTER DATABASE \"d\" SET \"session_preload_libraries\" TO 'auto_explain'"),
+            ("default_transaction_read_only=on", "ALTER DATABASE \"d\" SET \"default_transaction_read_only\" TO 'on'"),
+            // Not a list variable: the whole value is one literal, commas and all.
+            ("DateStyle=ISO, MDY", "ALTER DATABASE \"d\" SET \"DateStyle\" TO 'ISO, MDY'"),
+            ("app.note=it's = fine", "ALTER DATABASE \"d\" SET \"app.note\" TO 'it''s = fine'"),
+            ("statement_timeout=5s", "ALTER DATABASE \"d\" SET \"statement_timeout\" TO '5s'"),
+            // A list value that does not parse is kept whole rather than lost.
+            ("search_path=\"broken", "ALTER DATABASE \"d\" SET \"search_path\" TO '\"broken'"),
+        ];
+        for (item, sql) in table {
+            assert_eq!(alter_config_sql(p, item).as_deref(), Some(sql), "{item}");
+        }
+        assert_eq!(alter_config_sql(p, "no equals sign"), None);
+    }
+
+    #[test]
+    fn create_statements_carry_the_create_time_properties() {
+        let plan = |props: DbProps| DbPlan { props, used: Vec::new() };
+        let base = "CREATE DATABASE \"s\" TEMPLATE template0 OWNER \"postgres\" ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'";
+        let table = [
+            (libc_utf8(), format!("{base} LOCALE_PROVIDER libc TABLESPACE \"pg_default\"")),
+            (DbProps { provider: None, ..libc_utf8() }, format!("{base} TABLESPACE \"pg_default\"")),
+            (
+                DbProps { provider: Some("i".into()), locale: Some("de-DE".into()), icu_rules: Some("&a < b".into()), ..libc_utf8() },
+                format!("{base} LOCALE_PROVIDER icu ICU_LOCALE 'de-DE' ICU_RULES '&a < b' TABLESPACE \"pg_default\""),
+            ),
+            (
+                DbProps { provider: Some("b".into()), locale: Some("C.UTF-8".into()), ..libc_utf8() },
+                format!("{base} LOCALE_PROVIDER builtin BUILTIN_LOCALE 'C.UTF-8' TABLESPACE \"pg_default\""),
+            ),
+            (
+                DbProps {
+                    owner: "o\"wner".into(),
+                    encoding: "LATIN1".into(),
+                    collate: "de_DE'x".into(),
+                    ctype: "C".into(),
+                    tablespace: "my ts".into(),
+                    connection_limit: 3,
+                    ..libc_utf8()
+                },
+                "CREATE DATABASE \"s\" TEMPLATE template0 OWNER \"o\"\"wner\" ENCODING 'LATIN1' LC_COLLATE 'de_DE''x' LC_CTYPE 'C' \
+                 LOCALE_PROVIDER libc TABLESPACE \"my ts\""
+                    .to_string(),
+            ),
+        ];
+        for (props, sql) in table {
+            assert_eq!(plan(props).create_sql("s"), sql);
+        }
+    }
+
+    #[test]
+    fn after_load_statements_restore_settings_comment_acl_and_limits() {
+        let grant = |who: Option<&str>, privilege: &str, grantable| Grant { grantee: who.map(String::from), privilege: privilege.into(), grantable };
+        let props = DbProps {
+            owner: "app".into(),
+            settings: vec![
+                Setting { role: None, item: "search_path=\"$user\", public".into() },
+                Setting { role: Some("rep\"orter".into()), item: "work_mem=64MB".into() },
+                Setting { role: None, item: "default_transaction_read_only=on".into() },
+            ],
+            comment: Some("it's ours".into()),
+            acl: Some(vec![
+                grant(Some("app"), "CREATE", false),
+                grant(Some("app"), "TEMPORARY", false),
+                grant(Some("app"), "CONNECT", false),
+                grant(Some("reader"), "CONNECT", false),
+                grant(Some("reader"), "CREATE", true),
+                grant(None, "TEMPORARY", false),
+                grant(None, "DROP TABLE x; --", false),
+            ]),
+            connection_limit: 5,
+            allow_connections: false,
+            is_template: true,
+            ..libc_utf8()
+        };
+        let sql = DbPlan { props, used: Vec::new() }.after_load_sql("s");
+        assert_eq!(
+            sql,
+            [
+                "ALTER DATABASE \"s\" SET \"search_path\" TO '$user', 'public'",
+                "ALTER ROLE \"rep\"\"orter\" IN DATABASE \"s\" SET \"work_mem\" TO '64MB'",
+                "ALTER DATABASE \"s\" SET \"default_transaction_read_only\" TO 'on'",
+                "COMMENT ON DATABASE \"s\" IS 'it''s ours'",
+                "REVOKE ALL ON DATABASE \"s\" FROM PUBLIC",
+                "REVOKE ALL ON DATABASE \"s\" FROM \"app\"",
+                "GRANT CREATE, TEMPORARY, CONNECT ON DATABASE \"s\" TO \"app\"",
+                "GRANT CONNECT ON DATABASE \"s\" TO \"reader\"",
+                "GRANT CREATE ON DATABASE \"s\" TO \"reader\" WITH GRANT OPTION",
+                "GRANT TEMPORARY ON DATABASE \"s\" TO PUBLIC",
+                "ALTER DATABASE \"s\" CONNECTION LIMIT 5",
+                "ALTER DATABASE \"s\" ALLOW_CONNECTIONS false",
+                "ALTER DATABASE \"s\" IS_TEMPLATE true",
+            ]
+        );
+        // The defaults need nothing; an empty ACL (everything revoked) only revokes.
+        assert!(DbPlan { props: libc_utf8(), used: Vec::new() }.after_load_sql("s").is_empty());
+        let revoked = DbPlan { props: DbProps { acl: Some(Vec::new()), ..libc_utf8() }, used: Vec::new() }.after_load_sql("s");
+        assert_eq!(revoked, ["REVOKE ALL ON DATABASE \"s\" FROM PUBLIC", "REVOKE ALL ON DATABASE \"s\" FROM \"postgres\""]);
+    }
+
+    #[test]
+    fn a_new_database_takes_options_then_template0_and_says_which() {
+        let template0 = DbProps {
+            is_template: true,
+            allow_connections: false,
+            comment: Some("unmodifiable empty database".into()),
+            acl: Some(vec![]),
+            ..libc_utf8()
+        };
+        let new = || Base::New { template0: template0.clone(), current_user: "restorer".into() };
+        let plan = choose(new(), &CreateOptions::default());
+        assert_eq!(
+            plan.props,
+            DbProps { owner: "restorer".into(), ..libc_utf8() },
+            "template0's comment, ACL and flags are not a new database's"
+        );
+        let from: Vec<(&str, &str)> = plan.used.iter().map(|u| (u.name, u.from.as_str())).collect();
+        assert_eq!(
+            from,
+            [
+                ("owner", "the connecting role"),
+                ("encoding", "template0's"),
+                ("locale", "template0's"),
+                ("tablespace", "template0's"),
+                ("connection limit", "default")
+            ]
+        );
+
+        let opts = CreateOptions {
+            owner: Some("app".into()),
+            encoding: Some("LATIN1".into()),
+            locale: Some("C".into()),
+            tablespace: Some("fast".into()),
+            connection_limit: Some(4),
+        };
+        let icu = Base::New { template0: DbProps { provider: Some("i".into()), locale: Some("und".into()), ..template0.clone() }, current_user: "r".into() };
+        let plan = choose(icu, &opts);
+        assert_eq!((plan.props.provider.as_deref(), plan.props.locale.as_deref()), (Some("c"), None), "--locale is a libc locale");
+        assert_eq!((plan.props.owner.as_str(), plan.props.encoding.as_str(), plan.props.connection_limit), ("app", "LATIN1", 4));
+        let used: Vec<String> = plan.used.iter().map(|u| format!("{} {} ({})", u.name, u.value, u.from)).collect();
+        assert_eq!(
+            used,
+            [
+                "owner app (--owner)",
+                "encoding LATIN1 (--encoding)",
+                "locale LC_COLLATE C, LC_CTYPE C (--locale)",
+                "tablespace fast (--tablespace)",
+                "connection limit 4 (--connection-limit)"
+            ]
+        );
+
+        let existing = DbProps { comment: Some("kept".into()), connection_limit: 9, ..libc_utf8() };
+        let plan = choose(Base::Existing(existing.clone()), &CreateOptions { owner: Some("new".into()), ..CreateOptions::default() });
+        assert_eq!(plan.props, DbProps { owner: "new".into(), ..existing });
+        assert_eq!(plan.used[0].from, "--owner");
+        assert!(plan.used[1..].iter().all(|u| u.from == "kept from the replaced database"), "{:?}", plan.used);
+    }
+}
