@@ -20,8 +20,13 @@ fn gunzip(path: &Path) -> Vec<u8> {
     out
 }
 
+/// Tests that count scratch databases left behind run one at a time: one would see another's
+/// scratch database mid-run.
+static SCRATCH_COUNTERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn round_trip_restores_every_table_equal() {
+    let _serial = SCRATCH_COUNTERS.lock().unwrap_or_else(|e| e.into_inner());
     let src = sample_db();
     let dir = tempdir();
     let backups = dir.path().join("backups");
@@ -84,6 +89,7 @@ fn round_trip_restores_every_table_equal() {
 
 #[test]
 fn restore_refuses_to_clobber_and_leaves_target_unchanged_on_failure() {
+    let _serial = SCRATCH_COUNTERS.lock().unwrap_or_else(|e| e.into_inner());
     let src = sample_db();
     let dir = tempdir();
     let backups = dir.path().join("backups");

@@ -51,12 +51,21 @@ fn crafted(marker: &Path) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The tests here count scratch databases left behind: one at a time, or one would see another's
+/// scratch database mid-run.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn scratch_dbs() -> String {
     psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'ef\\_verify\\_%' OR datname LIKE 'ef\\_restore\\_%'")
 }
 
 #[test]
 fn crafted_backups_run_no_command_through_restore_or_verify() {
+    let _serial = serial();
     let dir = tempdir();
     let backups = dir.path().join("backups");
     std::fs::create_dir_all(&backups).unwrap();
@@ -83,6 +92,7 @@ fn crafted_backups_run_no_command_through_restore_or_verify() {
 
 #[test]
 fn crafted_backup_in_s3_runs_no_command_through_verify() {
+    let _serial = serial();
     let s3 = s3();
     let dir = tempdir();
     let backups = dir.path().join("backups");
@@ -111,6 +121,7 @@ fn crafted_backup_in_s3_runs_no_command_through_verify() {
 /// for the file's restrict lines (and dropped) nor make psql stop.
 #[test]
 fn copy_rows_that_read_like_restrict_lines_restore_exactly() {
+    let _serial = serial();
     let dir = tempdir();
     let backups = dir.path().join("backups");
     std::fs::create_dir_all(&backups).unwrap();
