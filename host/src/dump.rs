@@ -176,7 +176,7 @@ const LINE_START_LEN: usize = 64 * 1024;
 impl DumpFacts {
     pub fn update(&mut self, data: &[u8]) {
         let mut rest = data;
-        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+        while let Some(nl) = memchr::memchr(b'\n', rest) {
             if self.partial.is_empty() {
                 self.line(&rest[..nl]);
             } else {

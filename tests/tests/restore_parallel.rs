@@ -154,6 +154,23 @@ fn no_owner_and_no_privileges_leave_those_statements_out() {
     assert_eq!(psql(target, "SELECT has_table_privilege('ef_e2e_reader', 't', 'SELECT')"), "f");
     assert_eq!(psql(target, "SELECT x FROM t"), "1");
     drop_db(target);
+
+    // A dump made with --use-set-session-authorization switches to each owner: --no-owner
+    // leaves those switches out as pg_dump's own --no-owner does.
+    let sql = "--\n-- PostgreSQL database dump\n--\n\nSET client_encoding = 'UTF8';\nGRANT CREATE ON SCHEMA public TO ef_e2e_owner;\nSET SESSION AUTHORIZATION 'ef_e2e_owner';\n\
+               CREATE TABLE public.s (x int);\nRESET SESSION AUTHORIZATION;\n\n--\n-- PostgreSQL database dump complete\n--\n\n";
+    let file = dir.path().join("ssa.sql.gz");
+    let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&file).unwrap(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut enc, sql.as_bytes()).unwrap();
+    enc.finish().unwrap();
+    for (flags, owner) in [(&[][..], "ef_e2e_owner".to_string()), (&["--no-owner"][..], me.clone())] {
+        let mut args = vec!["restore", file.to_str().unwrap(), "--target-db", target, "--create"];
+        args.extend_from_slice(flags);
+        let run = ef(src, &backups, &[], &args);
+        assert!(run.ok(), "{flags:?}: {}", run.all());
+        assert_eq!(psql(target, "SELECT tableowner FROM pg_tables WHERE tablename = 's'"), owner, "{flags:?}");
+        drop_db(target);
+    }
     drop_db(src);
 }
 

@@ -79,7 +79,7 @@ fn crafted_backups_run_no_command_through_restore_or_verify() {
             let run = ef(src, &backups, &[], &["restore", file.to_str().unwrap(), "--target-db", &target, "--create", "--jobs", jobs]);
             assert!(!marker.exists(), "{name}: restore --jobs {jobs} ran the file's command: {}", run.all());
             assert_eq!(run.code, Some(1), "{name}: restore --jobs {jobs} must fail: {}", run.all());
-            assert!(run.stderr.contains("restoring into"), "{name}: {}", run.stderr);
+            assert!(run.stderr.contains("the target was not touched"), "{name}: {}", run.stderr);
             let exists = psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{target}'"));
             assert_eq!(exists, "0", "{name}: nothing restored");
         }
@@ -141,4 +141,103 @@ fn copy_rows_that_read_like_restrict_lines_restore_exactly() {
         assert_eq!(psql(&target, "SELECT v FROM t WHERE n = 4"), "\\restrict y");
         drop_db(&target);
     }
+}
+
+/// Files that would make psql read the stream differently from ef-backup's scanner: refused
+/// before psql sees them, instead of COPY data being run as SQL, SQL swallowed as COPY data, or
+/// a parallel restore hanging on a sync marker that psql took for data.
+#[test]
+fn files_psql_would_read_differently_are_refused() {
+    let _serial = serial();
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    let data_entry = "\n--\n-- Data for Name: v; Type: TABLE DATA; Schema: public; Owner: -\n--\n\nCOPY public.v (a) FROM stdin;\n1\n\\.\n";
+    let cases = [
+        // `\;` joins the COPY to the SELECT: the server enters COPY mode where the scanner saw SQL.
+        ("joined_copy", dump(&format!("CREATE TABLE public.t (a text);\nCREATE TABLE public.v (a int);\nSELECT 1\\; COPY public.t (a) FROM stdin;\n{data_entry}"), true), "meta-command"),
+        // Binary COPY data runs to the end of the input in psql.
+        ("binary_copy", dump(&format!("CREATE TABLE public.t (a text);\nCREATE TABLE public.v (a int);\nCOPY BINARY public.t FROM stdin;\n{data_entry}"), true), "not pg_dump's"),
+        ("csv_copy", dump("CREATE TABLE public.t (a text);\nCOPY public.t FROM stdin (FORMAT csv);\nx\n\\.\n", true), "not pg_dump's"),
+    ];
+    for (name, sql, want) in cases {
+        let file = gz(&backups, &format!("{name}.sql.gz"), &sql);
+        let target = format!("ef_e2e_desync_{name}");
+        drop_db(&target);
+        for jobs in ["1", "2"] {
+            let run = ef(sample_db(), &backups, &[], &["restore", file.to_str().unwrap(), "--target-db", &target, "--create", "--jobs", jobs]);
+            assert_eq!(run.code, Some(1), "{name} --jobs {jobs}: {}", run.all());
+            assert!(run.stderr.contains("which pg_dump never writes") && run.stderr.contains(want), "{name} --jobs {jobs}: {}", run.stderr);
+            assert_eq!(psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{target}'")), "0");
+            assert_eq!(scratch_dbs(), "0", "{name}");
+        }
+    }
+    // A NUL byte: psql would cut the line there and miss the `\.` that ends the COPY data.
+    let nul = dump("CREATE TABLE public.t (a text);\nCREATE TABLE public.u (a int);\nCOPY public.t (a) FROM stdin;\nx\0zz\n\\.\nINSERT INTO public.u VALUES (1);\n", true);
+    let file = gz(&backups, "nul.sql.gz", &nul);
+    let run = ef(sample_db(), &backups, &[], &["restore", file.to_str().unwrap(), "--target-db", "ef_e2e_desync_nul", "--create"]);
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    assert!(run.stderr.contains("is damaged") && run.stderr.contains("NUL byte"), "{}", run.stderr);
+    assert_eq!(scratch_dbs(), "0");
+}
+
+/// The reason an SQL statement failed reaches the operator with any number of sessions (a race
+/// once reported "ended early" instead), and a dump that marks its own database a template
+/// still leaves no scratch database behind.
+#[test]
+fn sql_errors_are_named_and_leave_nothing() {
+    let _serial = serial();
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    let body = "CREATE TABLE public.t (a int);\nSELECT 1/0;\n\n--\n-- Data for Name: t; Type: TABLE DATA; Schema: public; Owner: -\n--\n\nCOPY public.t (a) FROM stdin;\n1\n\\.\n";
+    let file = gz(&backups, "err.sql.gz", &dump(body, true));
+    for round in 0..3 {
+        let run = ef(sample_db(), &backups, &[], &["restore", file.to_str().unwrap(), "--target-db", "ef_e2e_err", "--create", "--jobs", "2"]);
+        assert_eq!(run.code, Some(1), "round {round}: {}", run.all());
+        assert!(run.stderr.contains("division by zero"), "round {round}: {}", run.stderr);
+        assert_eq!(scratch_dbs(), "0");
+    }
+    let body = "DO $$BEGIN EXECUTE format($f$ALTER DATABASE %I IS_TEMPLATE true$f$, current_database()); END$$;\nSELECT 1/0;\n";
+    let file = gz(&backups, "template.sql.gz", &dump(body, true));
+    let run = ef(sample_db(), &backups, &[], &["restore", file.to_str().unwrap(), "--target-db", "ef_e2e_err", "--create"]);
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    assert_eq!(scratch_dbs(), "0", "the template-marked scratch database is dropped: {}", run.stderr);
+}
+
+/// The README's advice — restore an untrusted file as a role that is not a superuser — must be
+/// possible: such a role (CREATEDB, owning the target) once failed with "permission denied for
+/// tablespace pg_default".
+#[test]
+fn a_role_that_is_not_a_superuser_restores_and_verifies() {
+    let _serial = serial();
+    let role = "ef_e2e_restorer";
+    let password = "ef-e2e-Restorer-7";
+    psql("postgres", &format!("DO $$ BEGIN CREATE ROLE {role} LOGIN CREATEDB PASSWORD '{password}'; EXCEPTION WHEN duplicate_object THEN NULL; END $$"));
+    let src = "ef_e2e_restorer_src";
+    let target = "ef_e2e_restorer_tgt";
+    drop_db(src);
+    drop_db(target);
+    psql("postgres", &format!("CREATE DATABASE {src} OWNER {role}"));
+    psql("postgres", &format!("CREATE DATABASE {target} OWNER {role}"));
+    psql(src, &format!("SET ROLE {role}; CREATE TABLE t (x int); INSERT INTO t SELECT generate_series(1, 1000); CREATE INDEX t_x ON t (x)"));
+    psql(target, &format!("SET ROLE {role}; CREATE TABLE old (x int)"));
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    let as_role = [("EF__DB_USER", role), ("EF__DB_PASSWORD", password)];
+    let run = ef(src, &backups, &as_role, &["backup", "--json"]);
+    assert!(run.ok(), "{}", run.all());
+    let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    let name = v["data"]["backup_file"].as_str().unwrap().to_string();
+    let run = ef(src, &backups, &as_role, &["restore", &name, "--target-db", target, "--drop-existing"]);
+    assert!(run.ok(), "{}", run.all());
+    assert_eq!(psql(target, "SELECT count(*) FROM t"), "1000");
+    assert_eq!(psql("postgres", &format!("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{target}'")), role);
+    drop_db(target);
+    let run = ef(src, &backups, &as_role, &["restore", &name, "--target-db", target, "--create"]);
+    assert!(run.ok(), "{}", run.all());
+    let run = ef(src, &backups, &as_role, &["verify", &name]);
+    assert!(run.ok(), "{}", run.all());
+    drop_db(target);
+    drop_db(src);
 }

@@ -60,7 +60,7 @@ pub enum RestoreError {
     TargetNotEmpty { db: String },
     #[error("database {db} does not exist; pass --create to create it")]
     TargetMissing { db: String },
-    #[error("restoring into {db} failed: {err}; the target was not touched (the scratch database is dropped) — if the message names an SQL error, the backup does not restore on this server: try another backup (ef-backup list)")]
+    #[error("loading the backup into scratch database {db} failed, the target was not touched: {err}")]
     Load { db: String, err: LoadError },
     #[error("refusing to restore into {db}: it is a system database ({why}) — restore into another database, or pass --allow-system-db if you really mean to replace it")]
     SystemDb { db: String, why: &'static str },
@@ -103,6 +103,11 @@ pub fn scan(source: &Source, mut sink: impl FnMut(&[u8]) -> Result<(), RestoreEr
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(damaged(source, format!("gzip data is corrupt or truncated ({e})"))),
         };
+        // No pg_dump output holds a NUL byte, and psql would cut the line there — reading COPY
+        // data differently from the scanner.
+        if memchr::memchr(0, &buf[..n]).is_some() {
+            return Err(damaged(source, "it contains a NUL byte, which no pg_dump output does"));
+        }
         complete.update(&buf[..n]);
         facts.update(&buf[..n]);
         dump_bytes += n as u64;
@@ -155,6 +160,8 @@ pub struct Scratch<'a> {
 impl Drop for Scratch<'_> {
     fn drop(&mut self) {
         if !self.keep {
+            // The dump's own SQL may have marked its database a template, which DROP refuses.
+            let _ = self.tools.execute(MAINTENANCE_DB, &format!("ALTER DATABASE {} IS_TEMPLATE false", quote_ident(&self.name)));
             let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&self.name));
             if let Err(e) = self.tools.execute(MAINTENANCE_DB, &sql) {
                 tracing::warn!("could not drop scratch database {}: {e} (drop it by hand)", self.name);

@@ -71,10 +71,17 @@ pub struct LoadStats {
     pub privilege_statements_skipped: u64,
 }
 
+/// The longest statement or COPY row held in memory: PostgreSQL refuses more (1 GB) anyway,
+/// and a small gzip file could otherwise expand into one line that fills the memory.
+const MAX_PENDING_BYTES: usize = 1 << 30;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("psql session {session} of {sessions} failed ({status}): {stderr}")]
+    #[error("psql session {session} of {sessions} failed ({status}): {stderr} — an SQL statement of the backup failed on this server: if it names a missing role, create it or restore with --no-owner --no-privileges; otherwise try another backup (ef-backup list)")]
     Session { session: usize, sessions: usize, status: String, stderr: String },
+    /// Something pg_dump never writes; nothing of it reached psql.
+    #[error("the backup holds {what}, which pg_dump never writes: the file was not made by pg_dump or was changed since — nothing of it was run; check where it came from and restore another backup (ef-backup list)")]
+    Refused { what: String },
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -138,7 +145,7 @@ struct Session {
 }
 
 impl Session {
-    fn start(tools: &PgTools, db: &str, index: usize, key: &str) -> Result<Session, DbError> {
+    fn start(tools: &PgTools, db: &str, index: usize, key: &str, nonce: &str) -> Result<Session, DbError> {
         let mut child = tools
             .command("psql", db)
             .args(["-X", "-q", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1"])
@@ -153,7 +160,8 @@ impl Session {
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut stderr = child.stderr.take().expect("piped stderr");
-        let marker_prefix = format!("ef_sync_{key}_{index}_");
+        // Not the restrict key: the markers go to the server, where the dump's SQL can see them.
+        let marker_prefix = format!("ef_sync_{nonce}_{index}_");
         let (tx, markers) = bounded(16);
         let prefix = marker_prefix.clone();
         std::thread::spawn(move || {
@@ -240,12 +248,16 @@ impl Session {
         if status.success() && ok {
             return Ok(());
         }
+        let stderr = tail_lines(&stderr, 4);
+        if stderr.contains("backslash commands are restricted") {
+            return Err(LoadError::Refused { what: format!("a psql meta-command (psql refused it: {stderr})") });
+        }
         let status = match status.code() {
-            Some(3) => "exit status 3: an SQL statement or a meta-command failed".to_string(),
+            Some(3) => "exit status 3: an SQL statement failed".to_string(),
             Some(c) => format!("exit status {c}"),
             None => "killed by a signal".to_string(),
         };
-        Err(LoadError::Session { session: self.index, sessions, status, stderr: tail_lines(&stderr, 4) })
+        Err(LoadError::Session { session: self.index, sessions, status, stderr })
     }
 }
 
@@ -264,6 +276,9 @@ fn work(mut session: Session, private: Receiver<Job>, shared_jobs: Receiver<Job>
                 Err(_) => break,
             }
         };
+        // A Sync's reply is held until a failure is recorded, so the loader, woken by the
+        // dropped reply, finds psql's own reason instead of a bare "ended early".
+        let mut reply = None;
         let ok = match job {
             Job::Serial(bytes) => session.write(&bytes),
             Job::Parallel(bytes) => {
@@ -275,10 +290,12 @@ fn work(mut session: Session, private: Receiver<Job>, shared_jobs: Receiver<Job>
                 }
                 ok
             }
-            Job::Sync(reply) => {
+            Job::Sync(r) => {
                 let ok = session.sync();
                 if ok {
-                    let _ = reply.send(());
+                    let _ = r.send(());
+                } else {
+                    reply = Some(r);
                 }
                 ok
             }
@@ -291,6 +308,7 @@ fn work(mut session: Session, private: Receiver<Job>, shared_jobs: Receiver<Job>
                 stderr: String::new(),
             });
             shared.fail(err);
+            drop(reply);
             return;
         }
     }
@@ -346,6 +364,7 @@ struct Dispatch {
     deferred: Vec<u8>,
     stats: LoadStats,
     finished: bool,
+    started: std::time::Instant,
 }
 
 impl Loader {
@@ -353,13 +372,14 @@ impl Loader {
     pub fn start(tools: &PgTools, db: &str, opts: LoadOptions) -> Result<Loader, LoadError> {
         let jobs = opts.jobs.max(1);
         let key = random_key()?;
+        let nonce = random_key()?;
         let shared = Arc::new(Shared::default());
         let (shared_tx, shared_rx) = bounded::<Job>(jobs);
         let mut private_txs = Vec::new();
         let mut workers = Vec::new();
         let mut children = Vec::new();
         for index in 0..jobs {
-            let session = Session::start(tools, db, index, &key)?;
+            let session = Session::start(tools, db, index, &key, &nonce)?;
             children.push(Arc::clone(&session.child));
             // Serial jobs are small and many: room for a burst without blocking the reader.
             let (tx, rx) = bounded::<Job>(64);
@@ -386,6 +406,7 @@ impl Loader {
             deferred: Vec::new(),
             stats: LoadStats { sessions: jobs, ..LoadStats::default() },
             finished: false,
+            started: std::time::Instant::now(),
         };
         Ok(Loader { scanner: Scanner::new(), d })
     }
@@ -393,7 +414,11 @@ impl Loader {
     /// Scans and dispatches the next piece of the dump.
     pub fn feed(&mut self, data: &[u8]) -> Result<(), LoadError> {
         let d = &mut self.d;
-        self.scanner.feed(data, &mut |ev| d.on_event(ev))
+        self.scanner.feed(data, &mut |ev| d.on_event(ev))?;
+        if self.scanner.buffered() > MAX_PENDING_BYTES {
+            return Err(LoadError::Refused { what: format!("a statement or COPY row longer than {} MiB", MAX_PENDING_BYTES >> 20) });
+        }
+        Ok(())
     }
 
     /// End of the dump: waits until every session has run everything and exited 0.
@@ -441,13 +466,17 @@ impl Dispatch {
                 self.toc = Some(toc);
             }
             Event::Statement { text, kind } => self.statement(text, kind)?,
-            Event::Meta { text, command, .. } => {
+            Event::Meta { command, arg, .. } => {
                 if command == b"restrict" || command == b"unrestrict" {
                     self.stats.restrict_lines_dropped += 1;
                 } else {
-                    // Any other meta-command goes to psql, which refuses it in restricted mode
-                    // and stops: a dump that carries one is not restored.
-                    self.serial(text)?;
+                    // Never passed on: psql would refuse it in restricted mode anyway, but `\;`
+                    // is no meta-command to psql, and joins a COPY to a statement this loader
+                    // would not expect data after.
+                    let arg: String = String::from_utf8_lossy(arg).chars().take(60).collect();
+                    return Err(LoadError::Refused {
+                        what: format!("the psql meta-command \\{} {arg}", String::from_utf8_lossy(command)),
+                    });
                 }
             }
             Event::Incomplete { text } => self.serial(text)?,
@@ -481,6 +510,10 @@ impl Dispatch {
     fn statement(&mut self, text: &[u8], kind: StatementKind) -> Result<(), LoadError> {
         let parallel = self.opts.jobs > 1;
         match kind {
+            // pg_dump --no-owner leaves these out too: they switch to the object's owner.
+            StatementKind::SessionSetting { name } if self.opts.no_owner && name == "session_authorization" => {
+                self.stats.owner_statements_skipped += 1;
+            }
             StatementKind::SessionSetting { name } => {
                 // The entry collected so far ran under the previous settings.
                 self.flush_entry()?;
@@ -492,7 +525,15 @@ impl Dispatch {
             }
             StatementKind::Owner if self.opts.no_owner => self.stats.owner_statements_skipped += 1,
             StatementKind::Privilege if self.opts.no_privileges => self.stats.privilege_statements_skipped += 1,
+            StatementKind::OtherCopy => {
+                let shown: String = String::from_utf8_lossy(text.trim_ascii()).chars().rev().take(80).collect::<Vec<_>>().into_iter().rev().collect();
+                return Err(LoadError::Refused { what: format!("a COPY that is not pg_dump's `COPY … FROM stdin;` (…{shown})") });
+            }
             StatementKind::CopyFromStdin { .. } => {
+                if !is_text_copy(text) {
+                    let shown: String = String::from_utf8_lossy(text.trim_ascii()).chars().rev().take(80).collect::<Vec<_>>().into_iter().rev().collect();
+                    return Err(LoadError::Refused { what: format!("a COPY that is not pg_dump's `COPY … FROM stdin;` (…{shown})") });
+                }
                 self.flush_entry()?;
                 self.stats.copy_blocks += 1;
                 if parallel && self.toc_kind() == "TABLE DATA" {
@@ -531,6 +572,11 @@ impl Dispatch {
             self.serial_buf.extend_from_slice(&settings);
             self.serial_version = self.settings_version;
         }
+        if text.len() >= SERIAL_FLUSH_BYTES {
+            self.flush_serial()?;
+            self.check()?;
+            return self.serial_tx.send(Job::Serial(text.to_vec())).map_err(|_| self.gone());
+        }
         self.serial_buf.extend_from_slice(text);
         if self.serial_buf.len() >= SERIAL_FLUSH_BYTES {
             self.flush_serial()?;
@@ -547,8 +593,15 @@ impl Dispatch {
         self.serial_tx.send(Job::Serial(bytes)).map_err(|_| self.gone())
     }
 
+    /// The reason a session went away: the worker records it right after it hangs up.
     fn gone(&self) -> LoadError {
-        self.shared.failure().unwrap_or(LoadError::Session {
+        let s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut s, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(s, std::time::Duration::from_secs(30), |s| s.failure.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        s.failure.take().unwrap_or(LoadError::Session {
             session: 0,
             sessions: self.opts.jobs,
             status: "ended early".into(),
@@ -607,6 +660,7 @@ impl Dispatch {
             self.flush_serial()?;
             self.sync_serial()?;
         }
+        tracing::debug!("load: {:?} -> {mode:?} after {:.2} s", self.mode, self.started.elapsed().as_secs_f64());
         self.mode = mode;
         Ok(())
     }
@@ -647,6 +701,47 @@ impl Drop for Dispatch {
         self.serial_tx = dummy;
         for w in self.workers.drain(..) {
             let _ = w.join();
+        }
+    }
+}
+
+/// pg_dump's COPY is always `COPY name [(columns)] FROM stdin;` in text format. Any other form
+/// (BINARY, CSV, options) makes psql read the data differently from the scanner — binary data
+/// runs to the end of the input — so it is refused rather than guessed at.
+fn is_text_copy(statement: &[u8]) -> bool {
+    // pg_dump's TOC comment lines come first.
+    let mut text = statement.trim_ascii_start();
+    while text.starts_with(b"--") {
+        text = match memchr::memchr(b'\n', text) {
+            Some(nl) => text[nl + 1..].trim_ascii_start(),
+            None => return false,
+        };
+    }
+    let Some(rest) = text.strip_prefix(b"COPY ") else { return false };
+    let binary = rest.len() >= 7 && rest[..7].eq_ignore_ascii_case(b"BINARY ");
+    !binary && text.trim_ascii_end().ends_with(b" FROM stdin;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_text_copy;
+
+    #[test]
+    fn only_pg_dumps_copy_form_is_text_copy() {
+        let table = [
+            ("COPY public.t (a, b) FROM stdin;\n", true),
+            ("\n--\n-- Data for Name: t; Type: TABLE DATA; Schema: public; Owner: o\n--\n\nCOPY \"s p\".\"t\" (a) FROM stdin;\n", true),
+            ("COPY public.t FROM stdin;", true),
+            ("COPY BINARY public.t FROM stdin;\n", false),
+            ("copy binary t from stdin;\n", false),
+            ("COPY public.t FROM stdin WITH (FORMAT binary);\n", false),
+            ("COPY public.t FROM stdin (FORMAT csv);\n", false),
+            ("COPY public.t FROM STDIN;\n", false),
+            ("/* c */ COPY public.t FROM stdin;\n", false),
+            ("COPY public.t FROM stdin DELIMITER ',';\n", false),
+        ];
+        for (sql, want) in table {
+            assert_eq!(is_text_copy(sql.as_bytes()), want, "{sql:?}");
         }
     }
 }

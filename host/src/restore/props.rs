@@ -360,7 +360,12 @@ impl DbPlan {
             (Some(_), _) => sql += " LOCALE_PROVIDER libc",
             (None, _) => {}
         }
-        sql + &format!(" TABLESPACE {}", quote_ident(&p.tablespace))
+        // pg_default is where template0 lives, so the new database lands there anyway; naming it
+        // would need CREATE on it, which a non-superuser with CREATEDB lacks.
+        if p.tablespace != "pg_default" {
+            sql += &format!(" TABLESPACE {}", quote_ident(&p.tablespace));
+        }
+        sql
     }
 
     /// The statements that give the loaded database `name` the rest of its properties. They
@@ -533,15 +538,16 @@ mod tests {
         let plan = |props: DbProps| DbPlan { props, used: Vec::new() };
         let base = "CREATE DATABASE \"s\" TEMPLATE template0 OWNER \"postgres\" ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'";
         let table = [
-            (libc_utf8(), format!("{base} LOCALE_PROVIDER libc TABLESPACE \"pg_default\"")),
-            (DbProps { provider: None, ..libc_utf8() }, format!("{base} TABLESPACE \"pg_default\"")),
+            // pg_default is left out: naming it needs CREATE on it, which CREATEDB alone lacks.
+            (libc_utf8(), format!("{base} LOCALE_PROVIDER libc")),
+            (DbProps { provider: None, ..libc_utf8() }, base.to_string()),
             (
                 DbProps { provider: Some("i".into()), locale: Some("de-DE".into()), icu_rules: Some("&a < b".into()), ..libc_utf8() },
-                format!("{base} LOCALE_PROVIDER icu ICU_LOCALE 'de-DE' ICU_RULES '&a < b' TABLESPACE \"pg_default\""),
+                format!("{base} LOCALE_PROVIDER icu ICU_LOCALE 'de-DE' ICU_RULES '&a < b'"),
             ),
             (
                 DbProps { provider: Some("b".into()), locale: Some("C.UTF-8".into()), ..libc_utf8() },
-                format!("{base} LOCALE_PROVIDER builtin BUILTIN_LOCALE 'C.UTF-8' TABLESPACE \"pg_default\""),
+                format!("{base} LOCALE_PROVIDER builtin BUILTIN_LOCALE 'C.UTF-8'"),
             ),
             (
                 DbProps {

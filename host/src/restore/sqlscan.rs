@@ -26,6 +26,9 @@ pub enum StatementKind {
     /// written, unquoted: `"My Schema"."t ""x"""` gives `My Schema.t "x"`; `public.t` gives
     /// `public.t` (schema and name joined by '.', the way `format('%s.%s')` would show them).
     CopyFromStdin { table: String },
+    /// Any other COPY (`COPY BINARY t FROM stdin`, `COPY (query) TO stdout`, …): pg_dump never
+    /// writes one, and psql may read what follows it as data where this scanner sees SQL.
+    OtherCopy,
     /// A session setting every session of a restore must share: `SET [SESSION] name {=|TO} ...`,
     /// `RESET name`, `SET SESSION AUTHORIZATION ...` / `RESET SESSION AUTHORIZATION`
     /// (name `session_authorization`), `SET ROLE ...` (name `role`), and
@@ -170,6 +173,11 @@ impl Scanner {
         self.pending.clear();
         self.lex.scan = 0;
         Ok(())
+    }
+
+    /// Bytes held back: a statement or COPY row not complete yet.
+    pub fn buffered(&self) -> usize {
+        self.pending.len()
     }
 
     /// True while inside COPY data (the input ended there if this is true after `finish`...
@@ -534,11 +542,11 @@ impl Lex {
                                 break 'outer;
                             }
                             match text.get(i + 1) {
-                                Some(b';') | Some(b':') => {
-                                    // psql puts a bare `;` / `:` into the query buffer.
-                                    if text[i + 1] == b';' {
-                                        self.ident_count = 0;
-                                    }
+                                // psql puts a bare `:` into the query buffer. (`\;` too, joining
+                                // two statements into one query; pg_dump never writes it, and a
+                                // COPY joined that way would read data this scanner takes for SQL,
+                                // so it is reported as a meta-command, which restore refuses.)
+                                Some(b':') => {
                                     self.significant(i - start);
                                     i += 2;
                                 }
@@ -987,7 +995,10 @@ fn classify(text: &[u8], std_strings: bool) -> (StatementKind, Option<bool>) {
     if is("grant") || is("revoke") {
         (StatementKind::Privilege, None)
     } else if is("copy") {
-        (copy_kind(text, &toks.collect::<Vec<_>>()), None)
+        match copy_kind(text, &toks.collect::<Vec<_>>()) {
+            StatementKind::Other => (StatementKind::OtherCopy, None),
+            kind => (kind, None),
+        }
     } else if is("set") {
         setting(text, &toks.take(12).collect::<Vec<_>>(), false)
     } else if is("reset") {
@@ -1371,6 +1382,7 @@ mod tests {
             StatementKind::SessionSetting { name } => format!("set:{name}"),
             StatementKind::Owner => "owner".into(),
             StatementKind::Privilege => "priv".into(),
+            StatementKind::OtherCopy => "othercopy".into(),
             StatementKind::Other => "other".into(),
         }
     }
@@ -1412,7 +1424,7 @@ mod tests {
         check("select 1;\n\n  -- bye\n", &["other|select 1;\n", "inc|\n  -- bye\n"]);
         check("select 1", &["inc|select 1"]);
         check("", &[]);
-        check("select 1\\; select 2;\n", &["other|select 1\\; select 2;\n"]);
+        check("select 1\\; select 2;\n", &["inc|select 1", "meta:;:select 2;|\\; select 2;\n"]);
         check("select x::text, :'v', :\"w\" ; select 2;", &["other|select x::text, :'v', :\"w\" ;", "other| select 2;"]);
     }
 
@@ -1529,7 +1541,7 @@ mod tests {
         check("Copy T (a) From Stdin With (format text);\n1\n\\.", &["copy:T|Copy T (a) From Stdin With (format text);\n", "data|1\n", "end|\\."]);
         // Rest of the COPY line is not data: the data starts on the next line.
         check("COPY t FROM stdin; -- x\n1\n\\.\n", &["copy:t|COPY t FROM stdin; -- x\n", "data|1\n", "end|\\.\n"]);
-        check("COPY t TO stdout;\nCOPY t FROM '/f';\n", &["other|COPY t TO stdout;\n", "other|COPY t FROM '/f';\n"]);
+        check("COPY t TO stdout;\nCOPY t FROM '/f';\n", &["othercopy|COPY t TO stdout;\n", "othercopy|COPY t FROM '/f';\n"]);
         check("COPY t FROM stdin;\n\n\\.\n", &["copy:t|COPY t FROM stdin;\n", "data|\n", "end|\\.\n"]);
     }
 
