@@ -75,7 +75,9 @@ SMALL="$(ls "$STATE"/backups/small/*.sql.gz)"
 CUSTOM="$STATE/backups/bench.dump"
 rm -rf "$OUT"; mkdir -p "$OUT"
 
-fresh() { "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS restored WITH (FORCE)"; }
+# Every run starts from the same server state: no database from the last run, and no checkpoint
+# of its writes pending (one landing mid-run costs that run a second here).
+fresh() { "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS restored WITH (FORCE)" -c "CHECKPOINT"; }
 
 # One measurement of a command: prints "wall cpu rss_kb".
 measure() {

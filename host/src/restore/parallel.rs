@@ -330,7 +330,8 @@ enum Mode {
 struct Copy {
     /// Settings and the COPY statement that start every batch.
     head: Vec<u8>,
-    rows: Vec<u8>,
+    /// The batch being filled: `head`, then rows.
+    batch: Vec<u8>,
     parallel: bool,
 }
 
@@ -482,8 +483,8 @@ impl Dispatch {
             Event::Incomplete { text } => self.serial(text)?,
             Event::CopyData(rows) => match self.copy.as_mut() {
                 Some(c) if c.parallel => {
-                    c.rows.extend_from_slice(rows);
-                    if c.rows.len() >= BATCH_BYTES {
+                    c.batch.extend_from_slice(rows);
+                    if c.batch.len() - c.head.len() >= BATCH_BYTES {
                         self.dispatch_batch()?;
                     }
                 }
@@ -540,10 +541,10 @@ impl Dispatch {
                     self.enter(Mode::Data)?;
                     let mut head = self.settings_text();
                     head.extend_from_slice(text);
-                    self.copy = Some(Copy { head, rows: Vec::new(), parallel: true });
+                    self.copy = Some(Copy { batch: head.clone(), head, parallel: true });
                 } else {
                     self.serial(text)?;
-                    self.copy = Some(Copy { head: Vec::new(), rows: Vec::new(), parallel: false });
+                    self.copy = Some(Copy { head: Vec::new(), batch: Vec::new(), parallel: false });
                 }
             }
             _ if parallel && matches!(self.toc_kind(), "INDEX" | "CONSTRAINT") => {
@@ -621,12 +622,12 @@ impl Dispatch {
 
     fn dispatch_batch(&mut self) -> Result<(), LoadError> {
         let Some(c) = self.copy.as_mut() else { return Ok(()) };
-        if c.rows.is_empty() {
+        if c.batch.len() == c.head.len() {
             return Ok(());
         }
-        let mut job = Vec::with_capacity(c.head.len() + c.rows.len() + 4);
-        job.extend_from_slice(&c.head);
-        job.append(&mut c.rows);
+        let mut next = Vec::with_capacity(c.head.len() + BATCH_BYTES + (64 << 10));
+        next.extend_from_slice(&c.head);
+        let mut job = std::mem::replace(&mut c.batch, next);
         job.extend_from_slice(b"\\.\n");
         self.stats.copy_batches += 1;
         self.parallel(job)
