@@ -97,10 +97,12 @@ enum Job {
 
 /// What the sessions share with the loader: how much parallel work is still running, and the
 /// first failure.
-#[derive(Default)]
 struct Shared {
     state: Mutex<SharedState>,
     changed: Condvar,
+    /// Batch buffers written out, for the next batches: the same few buffers go round, so
+    /// memory stays flat however big the database (fresh 4 MiB buffers fragment the heap).
+    spare: Mutex<Vec<Vec<u8>>>,
 }
 
 #[derive(Default)]
@@ -281,8 +283,11 @@ fn work(mut session: Session, private: Receiver<Job>, shared_jobs: Receiver<Job>
         let mut reply = None;
         let ok = match job {
             Job::Serial(bytes) => session.write(&bytes),
-            Job::Parallel(bytes) => {
-                let ok = session.write(&bytes) && session.sync();
+            Job::Parallel(mut bytes) => {
+                let written = session.write(&bytes);
+                bytes.clear();
+                shared.spare.lock().unwrap_or_else(|e| e.into_inner()).push(bytes);
+                let ok = written && session.sync();
                 if ok {
                     let mut s = shared.state.lock().unwrap_or_else(|e| e.into_inner());
                     s.outstanding -= 1;
@@ -374,7 +379,7 @@ impl Loader {
         let jobs = opts.jobs.max(1);
         let key = random_key()?;
         let nonce = random_key()?;
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared { state: Mutex::default(), changed: Condvar::new(), spare: Mutex::default() });
         let (shared_tx, shared_rx) = bounded::<Job>(jobs);
         let mut private_txs = Vec::new();
         let mut workers = Vec::new();
@@ -541,7 +546,7 @@ impl Dispatch {
                     self.enter(Mode::Data)?;
                     let mut head = self.settings_text();
                     head.extend_from_slice(text);
-                    self.copy = Some(Copy { batch: head.clone(), head, parallel: true });
+                    self.copy = Some(Copy { batch: self.fresh_batch(&head), head, parallel: true });
                 } else {
                     self.serial(text)?;
                     self.copy = Some(Copy { head: Vec::new(), batch: Vec::new(), parallel: false });
@@ -625,12 +630,23 @@ impl Dispatch {
         if c.batch.len() == c.head.len() {
             return Ok(());
         }
-        let mut next = Vec::with_capacity(c.head.len() + BATCH_BYTES + (64 << 10));
-        next.extend_from_slice(&c.head);
+        let next = Self::spare_or_new(&self.shared, &c.head);
         let mut job = std::mem::replace(&mut c.batch, next);
         job.extend_from_slice(b"\\.\n");
         self.stats.copy_batches += 1;
         self.parallel(job)
+    }
+
+    fn fresh_batch(&self, head: &[u8]) -> Vec<u8> {
+        Self::spare_or_new(&self.shared, head)
+    }
+
+    /// A batch buffer that starts with `head`: a spare one when there is one.
+    fn spare_or_new(shared: &Shared, head: &[u8]) -> Vec<u8> {
+        let spare = shared.spare.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut batch = spare.unwrap_or_else(|| Vec::with_capacity(head.len() + BATCH_BYTES + (1 << 20)));
+        batch.extend_from_slice(head);
+        batch
     }
 
     fn flush_entry(&mut self) -> Result<(), LoadError> {
