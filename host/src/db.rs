@@ -43,6 +43,25 @@ pub fn tail_lines(stderr: &[u8], lines: usize) -> String {
     if tail.is_empty() { "(no error output)".to_string() } else { tail }
 }
 
+/// Reads a child's stderr on a thread of its own, keeping the end (where a tool says what went
+/// wrong) and at most 64 KiB.
+pub fn stderr_tail(mut stderr: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            if all.len() > 64 * 1024 {
+                all.drain(..all.len() - 32 * 1024);
+            }
+        }
+        all
+    })
+}
+
 /// Candidate bin directories, best first: the configured one, then Debian's per-version
 /// directories (newest first), then whatever is on PATH.
 fn candidate_dirs(configured: Option<&Path>) -> Vec<PathBuf> {

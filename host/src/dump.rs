@@ -290,22 +290,8 @@ pub fn run(
         .map_err(|err| DumpError::Spawn { tool, err })?;
     let pid = child.id() as libc::pid_t;
     let mut stdout = child.stdout.take().expect("piped stdout");
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    let stderr_reader = std::thread::spawn(move || {
-        // Keep the end: that is where pg_dump says what went wrong.
-        let mut all = Vec::new();
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = stderr.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            all.extend_from_slice(&buf[..n]);
-            if all.len() > 64 * 1024 {
-                all.drain(..all.len() - 32 * 1024);
-            }
-        }
-        all
-    });
+    let stderr = child.stderr.take().expect("piped stderr");
+    let stderr_reader = crate::db::stderr_tail(stderr);
 
     // The watchdog kills a hung or cancelled pg_dump. It only runs while the child is
     // unreaped, so the pid cannot have been reused.

@@ -83,10 +83,7 @@ fn parallel_restore_equals_serial_restore_table_by_table() {
     let src = tricky_db();
     let dir = tempdir();
     let backups = dir.path().join("backups");
-    let run = ef(src, &backups, &[], &["backup", "--json"]);
-    assert!(run.ok(), "{}", run.all());
-    let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
-    let name = v["data"]["backup_file"].as_str().unwrap().to_string();
+    let name = backup(src, &backups);
 
     let mut targets = Vec::new();
     for jobs in ["1", "2", "4"] {
@@ -134,10 +131,7 @@ fn no_owner_and_no_privileges_leave_those_statements_out() {
     psql(src, "CREATE TABLE t (x int); INSERT INTO t VALUES (1); ALTER TABLE t OWNER TO ef_e2e_owner; GRANT SELECT ON t TO ef_e2e_reader");
     let dir = tempdir();
     let backups = dir.path().join("backups");
-    let run = ef(src, &backups, &[], &["backup", "--json"]);
-    assert!(run.ok(), "{}", run.all());
-    let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
-    let name = v["data"]["backup_file"].as_str().unwrap().to_string();
+    let name = backup(src, &backups);
 
     let target = "ef_e2e_owned_plain";
     drop_db(target);
@@ -172,6 +166,14 @@ fn no_owner_and_no_privileges_leave_those_statements_out() {
         drop_db(target);
     }
     drop_db(src);
+}
+
+/// Backs `db` up into `dir` with the real binary; the new backup's file name.
+fn backup(db: &str, dir: &std::path::Path) -> String {
+    let run = ef(db, dir, &[], &["backup", "--json"]);
+    assert!(run.ok(), "{}", run.all());
+    let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    v["data"]["backup_file"].as_str().unwrap().to_string()
 }
 
 /// A number from the restore's summary line, e.g. "12 COPY batches".

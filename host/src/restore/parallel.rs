@@ -12,6 +12,7 @@
 //! - everything is serial (session 0, in dump order) except
 //! - `TABLE DATA` COPY blocks, cut into row batches that any session loads, and
 //! - `INDEX` and `CONSTRAINT` entries (index and primary-key/unique builds), which any session runs.
+//!
 //! Switching between serial and parallel work waits for the other side to finish (a barrier), so
 //! the pre-data section is complete before data loads, all data before indexes are built, and
 //! foreign keys, triggers, matview refreshes and ACLs run afterwards in dump order. Comments met
@@ -20,7 +21,7 @@
 //! it may run on a session that did not see them. Memory stays flat: at most one batch per session
 //! is queued.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -28,7 +29,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 
 use super::sqlscan::{Event, Scanner, StatementKind, Toc};
-use crate::db::{tail_lines, DbError, PgTools};
+use crate::db::{stderr_tail, tail_lines, DbError, PgTools};
 
 /// Rows of one table are handed out in batches of about this many bytes.
 const BATCH_BYTES: usize = 4 << 20;
@@ -161,7 +162,7 @@ impl Session {
             .map_err(|err| DbError::Spawn { tool: tools.tool("psql").display().to_string(), err })?;
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = child.stdout.take().expect("piped stdout");
-        let mut stderr = child.stderr.take().expect("piped stderr");
+        let stderr = child.stderr.take().expect("piped stderr");
         // Not the restrict key: the markers go to the server, where the dump's SQL can see them.
         let marker_prefix = format!("ef_sync_{nonce}_{index}_");
         let (tx, markers) = bounded(16);
@@ -185,20 +186,7 @@ impl Session {
                 }
             }
         });
-        let stderr = std::thread::spawn(move || {
-            let mut all = Vec::new();
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                all.extend_from_slice(&buf[..n]);
-                if all.len() > 64 * 1024 {
-                    all.drain(..all.len() - 32 * 1024);
-                }
-            }
-            all
-        });
+        let stderr = stderr_tail(stderr);
         let mut session = Session {
             index,
             child: Arc::new(Mutex::new(Some(child))),
@@ -440,17 +428,22 @@ impl Dispatch {
         self.enter(Mode::Serial)?;
         self.flush_serial()?;
         self.finished = true;
-        // Hanging up ends every session (each closes with `\unrestrict` and exits).
+        self.hang_up();
+        match self.shared.failure() {
+            Some(e) => Err(e),
+            None => Ok(std::mem::take(&mut self.stats)),
+        }
+    }
+
+    /// Drops every sender, which ends every session (each closes with `\unrestrict` and
+    /// exits), and waits for the workers.
+    fn hang_up(&mut self) {
         self.shared_tx = None;
         self.private_txs.clear();
         let (dummy, _) = bounded(0);
         self.serial_tx = dummy;
         for w in self.workers.drain(..) {
             let _ = w.join();
-        }
-        match self.shared.failure() {
-            Some(e) => Err(e),
-            None => Ok(std::mem::take(&mut self.stats)),
         }
     }
 
@@ -712,13 +705,7 @@ impl Drop for Dispatch {
                 let _ = c.kill();
             }
         }
-        self.shared_tx = None;
-        self.private_txs.clear();
-        let (dummy, _) = bounded(0);
-        self.serial_tx = dummy;
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
+        self.hang_up();
     }
 }
 
