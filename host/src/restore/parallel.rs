@@ -294,8 +294,9 @@ fn work(mut session: Session, private: Receiver<Job>, shared_jobs: Receiver<Job>
             }
         };
         if !ok {
+            let index = session.index;
             let err = session.failed(sessions, false).err().unwrap_or(LoadError::Session {
-                session: 0,
+                session: index,
                 sessions,
                 status: "stopped answering".into(),
                 stderr: String::new(),
