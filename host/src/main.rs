@@ -245,6 +245,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(if matches!(report.outcome, policy::BackupOutcome::Done(_)) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Restore { backup, from_s3, target_db, create, drop_existing, allow_system_db, props, load } => {
+            restore::drop_scratch_on_signal();
             let s3 = s3_store(&config)?;
             let source = source(&config, s3.as_ref().map(|(_, s)| s), &backup, from_s3)?;
             let tools = PgTools::for_server(&config.db, config.pg_bin.as_deref())?;
@@ -275,6 +276,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { backup, from_s3, against_dump, json, load } => {
+            restore::drop_scratch_on_signal();
             let s3 = s3_store(&config)?;
             let s3 = s3.as_ref().map(|(_, s)| s);
             let backup = match backup {
@@ -355,7 +357,13 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line, the whole cause chain; never a backtrace.
             eprintln!("ef-backup: error: {e:#}");
-            ExitCode::FAILURE
+            match restore::interrupted_by() {
+                Some(sig) => {
+                    eprintln!("ef-backup: interrupted by signal {sig}; the scratch database was dropped, the target is as it was");
+                    ExitCode::from(128 + sig as u8)
+                }
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

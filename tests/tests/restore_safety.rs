@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ef_backup_e2e::{drop_db, ef, psql, s3, sample_db, tempdir};
+use ef_backup_e2e::{drop_db, ef, ef_command, psql, s3, sample_db, tempdir};
 
 /// A complete-looking plain dump (head, footer, matching `\restrict` keys when `keyed`) around `body`.
 fn dump(body: &str, keyed: bool) -> String {
@@ -240,4 +240,46 @@ fn a_role_that_is_not_a_superuser_restores_and_verifies() {
     assert!(run.ok(), "{}", run.all());
     drop_db(target);
     drop_db(src);
+}
+
+/// Ctrl-C or SIGTERM during a restore or verify used to kill ef-backup where it stood and
+/// leave its scratch database behind; now the scratch database is dropped (which also ends a
+/// file that sleeps) and the command exits 128 + the signal.
+#[test]
+fn an_interrupted_restore_or_verify_leaves_no_scratch_database() {
+    let _serial = serial();
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    let file = gz(&backups, "slow.sql.gz", &dump("CREATE TABLE public.t (a int);\nSELECT pg_sleep(120);\n", true));
+    let target = "ef_e2e_interrupted";
+    drop_db(target);
+    for (args, signal, code) in [
+        (vec!["restore", file.to_str().unwrap(), "--target-db", target, "--create"], "-INT", 130),
+        (vec!["verify", file.to_str().unwrap()], "-TERM", 143),
+    ] {
+        let child = ef_command(sample_db(), &backups, &[])
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until the load is under way (the scratch database exists), then interrupt.
+        let started = std::time::Instant::now();
+        while scratch_dbs() == "0" {
+            assert!(started.elapsed() < std::time::Duration::from_secs(20), "{args:?}: no scratch database appeared");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let sent = std::process::Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "{args:?}: pg_sleep was not cut short");
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains("interrupted"), "{args:?}: {stderr}");
+        assert_eq!(scratch_dbs(), "0", "{args:?}: scratch database left: {stderr}");
+        assert_eq!(psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{target}'")), "0");
+    }
 }

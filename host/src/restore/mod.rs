@@ -157,16 +157,77 @@ pub struct Scratch<'a> {
     keep: bool,
 }
 
+impl<'a> Scratch<'a> {
+    fn new(tools: &'a PgTools, name: &str) -> Scratch<'a> {
+        *LIVE_SCRATCH.lock().unwrap_or_else(|e| e.into_inner()) = Some((tools.clone(), name.to_string()));
+        Scratch { tools, name: name.to_string(), keep: false }
+    }
+}
+
+/// Drops `name` even when the dump's own SQL marked it a template, which DROP refuses.
+fn drop_scratch(tools: &PgTools, name: &str) -> Result<(), DbError> {
+    let _ = tools.execute(MAINTENANCE_DB, &format!("ALTER DATABASE {} IS_TEMPLATE false", quote_ident(name)));
+    tools.execute(MAINTENANCE_DB, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name)))
+}
+
 impl Drop for Scratch<'_> {
     fn drop(&mut self) {
+        LIVE_SCRATCH.lock().unwrap_or_else(|e| e.into_inner()).take();
         if !self.keep {
-            // The dump's own SQL may have marked its database a template, which DROP refuses.
-            let _ = self.tools.execute(MAINTENANCE_DB, &format!("ALTER DATABASE {} IS_TEMPLATE false", quote_ident(&self.name)));
-            let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&self.name));
-            if let Err(e) = self.tools.execute(MAINTENANCE_DB, &sql) {
+            if let Err(e) = drop_scratch(self.tools, &self.name) {
                 tracing::warn!("could not drop scratch database {}: {e} (drop it by hand)", self.name);
             }
         }
+    }
+}
+
+/// The scratch database being loaded, for the signal watcher. (Once renamed into place it no
+/// longer exists under this name, so dropping it by name can never hit the restored target.)
+static LIVE_SCRATCH: std::sync::Mutex<Option<(PgTools, String)>> = std::sync::Mutex::new(None);
+
+/// Set once SIGINT or SIGTERM stopped a restore or verify.
+static INTERRUPTED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// The signal that interrupted a restore or verify, if one did.
+pub fn interrupted_by() -> Option<i32> {
+    match INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    }
+}
+
+/// For `restore` and `verify`: SIGINT and SIGTERM drop the scratch database being loaded
+/// (which ends its psql sessions, so the command fails and exits) instead of killing the
+/// process and leaving the database behind. Call before any thread is started: the signals
+/// are blocked in this thread, and so in every thread started after, and taken by a watcher.
+/// A second signal ends the process at once.
+pub fn drop_scratch_on_signal() {
+    // SAFETY: plain sigset/sigmask calls on a local set; the watcher thread only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        std::thread::spawn(move || {
+            let mut sig: libc::c_int = 0;
+            if libc::sigwait(&set, &mut sig) != 0 {
+                return;
+            }
+            INTERRUPTED.store(sig, std::sync::atomic::Ordering::SeqCst);
+            let live = LIVE_SCRATCH.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some((tools, name)) = live {
+                eprintln!("ef-backup: interrupted: dropping scratch database {name}");
+                if let Err(e) = drop_scratch(&tools, &name) {
+                    eprintln!("ef-backup: could not drop scratch database {name}: {e} (drop it by hand)");
+                }
+            } else {
+                std::process::exit(128 + sig);
+            }
+            if libc::sigwait(&set, &mut sig) == 0 {
+                std::process::exit(128 + sig);
+            }
+        });
     }
 }
 
@@ -181,7 +242,7 @@ pub fn restore_into_new<'a>(
     load: LoadOptions,
 ) -> Result<(Scratch<'a>, BackupCheck), RestoreError> {
     tools.execute(MAINTENANCE_DB, create_sql)?;
-    let scratch = Scratch { tools, name: name.to_string(), keep: false };
+    let scratch = Scratch::new(tools, name);
     let load_err = |err| RestoreError::Load { db: name.to_string(), err };
     let mut loader = Loader::start(tools, name, load).map_err(load_err)?;
     // After a session fails, the rest is still read and checked: garbage from a corrupt gzip
