@@ -253,6 +253,10 @@ pub fn restore_into_new<'a>(
         if failed.is_none() {
             failed = loader.feed(data).err();
         }
+        // A refusal is final, and an interrupted run must not first read the rest of a big file.
+        if matches!(failed, Some(LoadError::Refused { .. })) || (failed.is_some() && interrupted_by().is_some()) {
+            return Err(load_err(failed.take().expect("a failure")));
+        }
         Ok(())
     });
     // A damaged stream is found before `finish`, which would hand psql the cut-off statement at
