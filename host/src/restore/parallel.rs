@@ -525,14 +525,10 @@ impl Dispatch {
             }
             StatementKind::Owner if self.opts.no_owner => self.stats.owner_statements_skipped += 1,
             StatementKind::Privilege if self.opts.no_privileges => self.stats.privilege_statements_skipped += 1,
-            StatementKind::OtherCopy => {
-                let shown: String = String::from_utf8_lossy(text.trim_ascii()).chars().rev().take(80).collect::<Vec<_>>().into_iter().rev().collect();
-                return Err(LoadError::Refused { what: format!("a COPY that is not pg_dump's `COPY … FROM stdin;` (…{shown})") });
-            }
+            StatementKind::OtherCopy => return Err(foreign_copy(text)),
             StatementKind::CopyFromStdin { .. } => {
                 if !is_text_copy(text) {
-                    let shown: String = String::from_utf8_lossy(text.trim_ascii()).chars().rev().take(80).collect::<Vec<_>>().into_iter().rev().collect();
-                    return Err(LoadError::Refused { what: format!("a COPY that is not pg_dump's `COPY … FROM stdin;` (…{shown})") });
+                    return Err(foreign_copy(text));
                 }
                 self.flush_entry()?;
                 self.stats.copy_blocks += 1;
@@ -708,6 +704,13 @@ impl Drop for Dispatch {
         }
         self.hang_up();
     }
+}
+
+/// The refusal of a COPY pg_dump would not write, showing its end (where the options are).
+fn foreign_copy(statement: &[u8]) -> LoadError {
+    let text = String::from_utf8_lossy(statement.trim_ascii());
+    let tail: String = text.chars().rev().take(80).collect::<Vec<_>>().into_iter().rev().collect();
+    LoadError::Refused { what: format!("a COPY that is not pg_dump's `COPY … FROM stdin;` (…{tail})") }
 }
 
 /// pg_dump's COPY is always `COPY name [(columns)] FROM stdin;` in text format. Any other form
