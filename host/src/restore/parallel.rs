@@ -80,8 +80,8 @@ const MAX_PENDING_BYTES: usize = 1 << 30;
 pub enum LoadError {
     #[error("psql session {session} of {sessions} failed ({status}): {stderr} — an SQL statement of the backup failed on this server: if it names a missing role, create it or restore with --no-owner --no-privileges; otherwise try another backup (ef-backup list)")]
     Session { session: usize, sessions: usize, status: String, stderr: String },
-    /// Something pg_dump never writes; nothing of it reached psql.
-    #[error("the backup holds {what}, which pg_dump never writes: the file was not made by pg_dump or was changed since — nothing of it was run; check where it came from and restore another backup (ef-backup list)")]
+    /// Something pg_dump never writes; it never reaches psql.
+    #[error("the backup holds {what}, which pg_dump never writes: the file was not made by pg_dump or was changed since — that part never reached psql, and what ran before it went with the scratch database; check where the file came from and restore another backup (ef-backup list)")]
     Refused { what: String },
     #[error(transparent)]
     Db(#[from] DbError),
