@@ -266,6 +266,26 @@ pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// The inverse of [`quote_ident`] and [`quote_literal`]: the `quote`-delimited token at the start
+/// of `s` (doubled quotes inside stand for one), and what follows it; `None` when `s` does not
+/// start with `quote` or the token is not closed.
+pub fn unquote(s: &str, quote: char) -> Option<(String, &str)> {
+    let mut rest = s.strip_prefix(quote)?;
+    let mut out = String::new();
+    loop {
+        let at = rest.find(quote)?;
+        out.push_str(&rest[..at]);
+        rest = &rest[at + quote.len_utf8()..];
+        match rest.strip_prefix(quote) {
+            Some(after) => {
+                out.push(quote);
+                rest = after;
+            }
+            None => return Some((out, rest)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,6 +294,18 @@ mod tests {
     fn quoting() {
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn unquoting_inverts_quoting() {
+        for text in ["", "a", "a\"b", "it's", "\"\"", "''", "x y.z"] {
+            let ident = format!("{} rest", quote_ident(text));
+            assert_eq!(unquote(&ident, '"'), Some((text.to_string(), " rest")), "{text:?}");
+            let literal = format!("{}, 1", quote_literal(text));
+            assert_eq!(unquote(&literal, '\''), Some((text.to_string(), ", 1")), "{text:?}");
+        }
+        assert_eq!(unquote("\"open", '"'), None);
+        assert_eq!(unquote("bare", '"'), None);
     }
 
     #[test]

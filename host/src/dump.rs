@@ -106,43 +106,11 @@ impl std::fmt::Display for QualifiedName {
 /// One SQL identifier at the start of `s`: quoted (doubled quotes inside) or bare, which
 /// PostgreSQL folds to lower case.
 fn identifier(s: &str) -> Option<(String, &str)> {
-    if let Some(quoted) = s.strip_prefix('"') {
-        let mut out = String::new();
-        let mut rest = quoted;
-        loop {
-            let at = rest.find('"')?;
-            out.push_str(&rest[..at]);
-            rest = &rest[at + 1..];
-            match rest.strip_prefix('"') {
-                Some(after) => {
-                    out.push('"');
-                    rest = after;
-                }
-                None => return Some((out, rest)),
-            }
-        }
+    if s.starts_with('"') {
+        return crate::db::unquote(s, '"');
     }
     let end = s.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$')).unwrap_or(s.len());
     (end > 0).then(|| (s[..end].to_lowercase(), &s[end..]))
-}
-
-/// A single-quoted SQL string literal at the start of `s` (pg_dump sets
-/// standard_conforming_strings, so only doubled quotes are escapes).
-fn string_literal(s: &str) -> Option<(String, &str)> {
-    let mut rest = s.strip_prefix('\'')?;
-    let mut out = String::new();
-    loop {
-        let at = rest.find('\'')?;
-        out.push_str(&rest[..at]);
-        rest = &rest[at + 1..];
-        match rest.strip_prefix('\'') {
-            Some(after) => {
-                out.push('\'');
-                rest = after;
-            }
-            None => return Some((out, rest)),
-        }
-    }
 }
 
 /// A sequence's state as `setval` sets it and the sequence reports it.
@@ -221,7 +189,8 @@ impl DumpFacts {
 
     /// `'public."Odd seq"', 5, true);` -> the sequence and its state.
     fn setval(args: &str) -> Option<(QualifiedName, SequenceState)> {
-        let (literal, rest) = string_literal(args)?;
+        // pg_dump sets standard_conforming_strings: only doubled quotes are escapes.
+        let (literal, rest) = crate::db::unquote(args, '\'')?;
         let (name, after) = QualifiedName::parse(&literal)?;
         if !after.is_empty() {
             return None;

@@ -279,21 +279,8 @@ pub fn split_guc_list(value: &str) -> Option<Vec<String>> {
     }
     loop {
         let element;
-        if let Some(quoted) = rest.strip_prefix('"') {
-            let mut name = String::new();
-            let mut chars = quoted.char_indices();
-            let end = loop {
-                match chars.next()? {
-                    (i, '"') if quoted[i + 1..].starts_with('"') => {
-                        name.push('"');
-                        chars.next();
-                    }
-                    (i, '"') => break i + 1,
-                    (_, c) => name.push(c),
-                }
-            };
-            element = name;
-            rest = &quoted[end..];
+        if rest.starts_with('"') {
+            (element, rest) = crate::db::unquote(rest, '"')?;
         } else {
             let end = rest.find(|c: char| c == ',' || c.is_whitespace()).unwrap_or(rest.len());
             if end == 0 {
