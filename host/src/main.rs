@@ -224,6 +224,9 @@ fn source(config: &Config, s3: Option<&S3Store>, backup: &str, from_s3: bool) ->
 fn run(cli: Cli) -> Result<ExitCode> {
     let config = Config::load(cli.env_file.as_deref()).context("invalid configuration")?;
     init_logging(config.log_format);
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
     match cli.command {
         Command::Backup { json, no_s3, now: at } => {
             let policy = load_policy(cli.policy, &config)?;

@@ -25,6 +25,11 @@ fn check_token(config: &Config) -> Result<()> {
         None => bail!(
             "EF__ADMIN_TOKEN is not set: the admin API needs a token of at least {MIN_TOKEN_LEN} characters; generate one with `openssl rand -hex 32` and set EF__ADMIN_TOKEN (environment or .env)"
         ),
+        // A token is sent in a header: a non-ASCII or whitespace character would be mangled
+        // by some client or proxy, and a copy-paste accident is better found now.
+        Some(t) if t.expose().chars().any(|c| !c.is_ascii_graphic()) => bail!(
+            "EF__ADMIN_TOKEN contains a space, a control or a non-ASCII character: use printable ASCII only (e.g. `openssl rand -hex 32`)"
+        ),
         Some(t) if t.expose().chars().count() < MIN_TOKEN_LEN => bail!(
             "EF__ADMIN_TOKEN is too short ({} characters, at least {MIN_TOKEN_LEN} needed); generate one with `openssl rand -hex 32`",
             t.expose().chars().count()
@@ -140,4 +145,26 @@ pub fn run(config: Config, policy_path: &Path) -> Result<()> {
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_token(token: &str) -> Result<()> {
+        let vars = [("EF__ADMIN_TOKEN".to_string(), token.to_string())].into_iter().collect();
+        check_token(&Config::from_vars(&vars, Path::new("/")).unwrap())
+    }
+
+    /// Pins issue 12: a token with a space or a non-ASCII character was accepted at start-up
+    /// and then never matched what clients could send.
+    #[test]
+    fn tokens_must_be_printable_ascii() {
+        assert!(with_token("0123456789abcdef0123").is_ok());
+        for bad in ["0123456789 abcdef0123", "0123456789abcdef012é", "0123456789\tabcdef0123"] {
+            let err = with_token(bad).unwrap_err().to_string();
+            assert!(err.contains("printable ASCII"), "{bad:?}: {err}");
+        }
+        assert!(with_token("short").unwrap_err().to_string().contains("too short"));
+    }
 }

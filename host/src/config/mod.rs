@@ -1,6 +1,8 @@
 //! Configuration: read once from the environment (and an optional `.env` file) into a typed
 //! [`Config`]. Nothing else in the program reads environment variables.
 
+pub mod envfile;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -29,7 +31,9 @@ pub enum ConfigError {
     #[error("{var}: {reason}")]
     Invalid { var: &'static str, reason: String },
     #[error("cannot read {path}: {err} (fix the file or pass --env-file with another path)")]
-    EnvFile { path: PathBuf, err: dotenvy::Error },
+    EnvFile { path: PathBuf, err: std::io::Error },
+    #[error("{path}, {err} (the file is read as systemd's EnvironmentFile= reads it; fix it or pass --env-file with another path)")]
+    EnvSyntax { path: PathBuf, err: envfile::EnvFileError },
     #[error("cannot determine the current directory: {0}")]
     Cwd(std::io::Error),
 }
@@ -88,6 +92,20 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `EF__POLICY_<KEY>` as (key in lower case, value), sorted by key.
     pub policy_settings: Vec<(String, String)>,
+    /// `EF__STATE_DIR`: run history, counters and the last outcome survive restarts here.
+    pub state_dir: PathBuf,
+    /// `EF__BACKUP_MIN_KEEP`: retention never leaves fewer recognised backups than this in a
+    /// place, whatever the policy answers.
+    pub min_keep: u32,
+    /// `EF__PG_LOCK_WAIT_TIMEOUT_SECS`: pg_dump's `--lock-wait-timeout`.
+    pub lock_wait_timeout_secs: u64,
+    /// `EF__BACKUP_RETRY_DELAY_SECS`: a failed scheduled backup is retried once after this
+    /// long; 0 disables the retry.
+    pub retry_delay_secs: u64,
+    /// `EF__HTTP_MAX_CONNECTIONS`: admin API connections served at once.
+    pub http_max_connections: usize,
+    /// Things an operator should fix that do not stop the program (logged at start-up).
+    pub warnings: Vec<String>,
 }
 
 /// Measured with bench/backup.sh (README, "Performance"): zlib-rs level 4 is the fastest level
@@ -95,6 +113,10 @@ pub struct Config {
 /// app schema); levels 1-2 are larger than `gzip -9`, 3 is close, 9 is larger again.
 pub const DEFAULT_GZIP_LEVEL: u32 = 4;
 pub const DEFAULT_TIMEOUT_SECS: u64 = 4 * 3600;
+pub const DEFAULT_MIN_KEEP: u32 = 3;
+pub const DEFAULT_LOCK_WAIT_TIMEOUT_SECS: u64 = 300;
+pub const DEFAULT_RETRY_DELAY_SECS: u64 = 600;
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 64;
 
 struct Vars<'a>(&'a BTreeMap<String, String>);
 
@@ -136,11 +158,9 @@ impl Config {
             None => (PathBuf::from(".env"), false),
         };
         if required || path.exists() {
-            let iter = dotenvy::from_path_iter(&path).map_err(|err| ConfigError::EnvFile { path: path.clone(), err })?;
-            for item in iter {
-                let (k, v) = item.map_err(|err| ConfigError::EnvFile { path: path.clone(), err })?;
-                vars.insert(k, v);
-            }
+            let text = std::fs::read_to_string(&path).map_err(|err| ConfigError::EnvFile { path: path.clone(), err })?;
+            let pairs = envfile::parse(&text).map_err(|err| ConfigError::EnvSyntax { path: path.clone(), err })?;
+            vars.extend(pairs);
         }
         vars.extend(std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))));
         let cwd = std::env::current_dir().map_err(ConfigError::Cwd)?;
@@ -191,11 +211,30 @@ impl Config {
                 return Err(ConfigError::Invalid { var: "EF__LOG_FORMAT", reason: format!("{other:?} is not `text` or `json`") })
             }
         };
+        // An empty value means "use the policy's default": it is not passed at all.
         let policy_settings = vars
             .iter()
-            .filter_map(|(k, val)| Some((k.strip_prefix("EF__POLICY_")?.to_ascii_lowercase(), val.clone())))
-            .filter(|(k, _)| !k.is_empty())
+            .filter_map(|(k, val)| Some((k.strip_prefix("EF__POLICY_")?.to_ascii_lowercase(), val.trim().to_string())))
+            .filter(|(k, val)| !k.is_empty() && !val.is_empty())
             .collect();
+        let state_dir = match v.get("EF__STATE_DIR") {
+            Some(dir) => absolute(dir.trim()),
+            None => default_state_dir(&v, &cwd.join(".ef-backup-state")),
+        };
+        let mut warnings = Vec::new();
+        if let Some(s3) = &s3 {
+            if !s3.prefix.is_empty() && !s3.prefix.ends_with('/') {
+                warnings.push(format!(
+                    "EF__S3_PREFIX={p:?} has no trailing slash, so keys are `{p}<name>` (e.g. {p}{db}_backup_…), not a folder; \
+                     ef-backup keeps using exactly this layout. To use a folder instead, set EF__S3_PREFIX={p}/ and move the \
+                     existing objects first, e.g. `aws s3 mv s3://{b}/ s3://{b}/{p}/ --recursive --exclude '*' --include '{p}*'` \
+                     (and strip the old prefix from each name), or older backups will no longer be listed or expired",
+                    p = s3.prefix,
+                    b = s3.bucket,
+                    db = db.name,
+                ));
+            }
+        }
 
         Ok(Config {
             db,
@@ -215,6 +254,12 @@ impl Config {
             http_addr: v.string("EF__HTTP_ADDR", "127.0.0.1:8080"),
             log_format,
             policy_settings,
+            state_dir,
+            min_keep: v.number("EF__BACKUP_MIN_KEEP", DEFAULT_MIN_KEEP, 1, 100_000)?,
+            lock_wait_timeout_secs: v.number("EF__PG_LOCK_WAIT_TIMEOUT_SECS", DEFAULT_LOCK_WAIT_TIMEOUT_SECS, 1, 86_400)?,
+            retry_delay_secs: v.number("EF__BACKUP_RETRY_DELAY_SECS", DEFAULT_RETRY_DELAY_SECS, 0, 86_400)?,
+            http_max_connections: v.number("EF__HTTP_MAX_CONNECTIONS", DEFAULT_HTTP_MAX_CONNECTIONS, 1, 10_000)?,
+            warnings,
         })
     }
 
@@ -226,6 +271,33 @@ impl Config {
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
         }
     }
+}
+
+/// Where state lives when `EF__STATE_DIR` is not set: the directory systemd made for the unit
+/// (`StateDirectory=` sets `STATE_DIRECTORY`), `/var/lib/ef-backup` when this user may write
+/// there, else the user's XDG state directory; `fallback` when none of those is known.
+fn default_state_dir(v: &Vars, fallback: &Path) -> PathBuf {
+    if let Some(dir) = v.get("STATE_DIRECTORY").and_then(|d| d.split(':').next()) {
+        return PathBuf::from(dir.trim());
+    }
+    let system = Path::new("/var/lib/ef-backup");
+    if writable_dir(system) {
+        return system.to_path_buf();
+    }
+    if let Some(x) = v.get("XDG_STATE_HOME").filter(|x| Path::new(x.trim()).is_absolute()) {
+        return Path::new(x.trim()).join("ef-backup");
+    }
+    if let Some(home) = v.get("HOME").filter(|h| Path::new(h.trim()).is_absolute()) {
+        return Path::new(home.trim()).join(".local/state/ef-backup");
+    }
+    fallback.to_path_buf()
+}
+
+fn writable_dir(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    // SAFETY: access(2) on a NUL-terminated path.
+    dir.is_dir() && unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0
 }
 
 const S3_REQUIRED: [&str; 3] = ["EF__AWS_ACCESS_KEY_ID", "EF__AWS_SECRET_ACCESS_KEY", "EF__AWS_S3_BACKUP_BUCKET"];
@@ -338,8 +410,36 @@ mod tests {
     }
 
     #[test]
+    fn state_dir_defaults() {
+        let c = load(&[("STATE_DIRECTORY", "/var/lib/ef-backup-unit:/other")]).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/ef-backup-unit"));
+        let c = load(&[("EF__STATE_DIR", "st"), ("STATE_DIRECTORY", "/x")]).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/srv/app/st"));
+        if !writable_dir(Path::new("/var/lib/ef-backup")) {
+            let c = load(&[("XDG_STATE_HOME", "/home/u/.st"), ("HOME", "/home/u")]).unwrap();
+            assert_eq!(c.state_dir, PathBuf::from("/home/u/.st/ef-backup"));
+            let c = load(&[("HOME", "/home/u")]).unwrap();
+            assert_eq!(c.state_dir, PathBuf::from("/home/u/.local/state/ef-backup"));
+        }
+    }
+
+    /// Pins issue 12: `EF__S3_PREFIX=prod` silently meant keys `prod<name>`.
+    #[test]
+    fn s3_prefix_without_slash_is_warned_about() {
+        let s3 = [("EF__AWS_ACCESS_KEY_ID", "AK"), ("EF__AWS_SECRET_ACCESS_KEY", "s"), ("EF__AWS_S3_BACKUP_BUCKET", "bkt")];
+        let mut vars = s3.to_vec();
+        vars.push(("EF__S3_PREFIX", "prod"));
+        let c = load(&vars).unwrap();
+        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0].contains("EF__S3_PREFIX=\"prod\"") && c.warnings[0].contains("aws s3 mv"), "{}", c.warnings[0]);
+        vars.pop();
+        vars.push(("EF__S3_PREFIX", "prod/"));
+        assert!(load(&vars).unwrap().warnings.is_empty());
+    }
+
+    #[test]
     fn policy_settings_and_paths() {
-        let c = load(&[("EF__POLICY_LOCAL_KEEP_LAST", "3"), ("EF__POLICY_", "x"), ("EF__BACKUP_POLICY", "p/x.wasm"), ("EF__BACKUP_DIR", "/abs")]).unwrap();
+        let c = load(&[("EF__POLICY_EMPTY", " "), ("EF__POLICY_LOCAL_KEEP_LAST", "3"), ("EF__POLICY_", "x"), ("EF__BACKUP_POLICY", "p/x.wasm"), ("EF__BACKUP_DIR", "/abs")]).unwrap();
         assert_eq!(c.policy_settings, vec![("local_keep_last".to_string(), "3".to_string())]);
         assert_eq!(c.policy_path, Some(PathBuf::from("/srv/app/p/x.wasm")));
         assert_eq!(c.backup_dir, PathBuf::from("/abs"));
