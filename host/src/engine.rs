@@ -61,6 +61,8 @@ pub struct RetentionReport {
     pub deleted: Vec<String>,
     /// Set when retention was skipped or partly failed; the backup itself is still good.
     pub error: Option<String>,
+    /// Retention was skipped because the clock is earlier than the last recorded run.
+    pub clock_behind: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +82,9 @@ pub struct BackupOptions {
     pub progress: bool,
     /// Set to stop the backup (pg_dump is killed, nothing is kept).
     pub cancel: Arc<std::sync::atomic::AtomicBool>,
+    /// When the last run recorded in the state store started (Unix seconds): a `now` earlier
+    /// than this means the clock went backwards.
+    pub last_recorded_run: Option<i64>,
 }
 
 struct Done {

@@ -177,7 +177,7 @@ impl Service {
                     None
                 }
             };
-            let opts = BackupOptions { now: started, progress: false, cancel: Arc::clone(&svc.cancel) };
+            let opts = BackupOptions { now: started, progress: false, cancel: Arc::clone(&svc.cancel), last_recorded_run: None };
             Some(engine::run_named(&svc.config, &policy_for_run, svc.s3.as_ref(), name, opts))
         })
         .await;
