@@ -138,6 +138,7 @@ pub fn ef_command(db: &str, backup_dir: &Path, extra: &[(&str, &str)]) -> Comman
         .env("EF__DB_NAME", db)
         .env("EF__BACKUP_DIR", backup_dir)
         .env("EF__BACKUP_POLICY", &e.wasm)
+        .env("EF__STATE_DIR", state_dir_of(backup_dir))
         .env("EF__LOG", "info")
         // No .env from wherever the tests run.
         .current_dir(backup_dir.parent().unwrap_or(Path::new("/")));
@@ -145,6 +146,13 @@ pub fn ef_command(db: &str, backup_dir: &Path, extra: &[(&str, &str)]) -> Comman
         cmd.env(k, v);
     }
     cmd
+}
+
+/// The state directory `ef_command` gives a deployment backing up into `backup_dir`: beside it,
+/// so each test's deployment has its own history and nothing lands in the user's home.
+pub fn state_dir_of(backup_dir: &Path) -> PathBuf {
+    let name = backup_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    backup_dir.with_file_name(format!("{name}.state"))
 }
 
 pub fn ef(db: &str, backup_dir: &Path, extra: &[(&str, &str)], args: &[&str]) -> Run {
