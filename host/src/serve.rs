@@ -72,7 +72,7 @@ async fn shutdown_signal(service: Arc<Service>, grace: Duration) {
 /// a new policy that passes `policy check` and whose schedule is valid; the new schedule's
 /// timer starts before the old one stops. A rejected file leaves the running policy and
 /// schedule alone.
-async fn watch_policy(service: Arc<Service>, scheduler: Arc<Mutex<Scheduler>>, path: PathBuf) {
+async fn watch_policy(service: Arc<Service>, scheduler: Arc<Mutex<Option<Scheduler>>>, path: PathBuf) {
     let stamp = |p: &PathBuf| std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok()));
     let mut last = stamp(&path);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("SIGHUP handler");
@@ -96,43 +96,67 @@ async fn watch_policy(service: Arc<Service>, scheduler: Arc<Mutex<Scheduler>>, p
             Ok(Ok(Some(schedule))) => {
                 tracing::info!("schedule: {}", schedule.description);
                 let new = schedule::start(Arc::clone(&service), schedule);
-                let old = std::mem::replace(&mut *scheduler.lock().unwrap_or_else(|e| e.into_inner()), new);
-                old.stop();
+                let old = scheduler.lock().unwrap_or_else(|e| e.into_inner()).replace(new);
+                if let Some(old) = old {
+                    old.stop();
+                }
             }
-            Ok(Err(e)) => tracing::error!("policy reload rejected, the running policy and schedule stay: {e}"),
-            Err(e) => tracing::error!("policy reload failed, the running policy and schedule stay: {e}"),
+            Ok(Err(e)) => tracing::error!("policy reload rejected, the running policy stays (and its schedule): {e}"),
+            Err(e) => tracing::error!("policy reload failed, the running policy stays (and its schedule): {e}"),
         }
     }
 }
 
 /// A client has this long to send a request's headers (also the idle limit between requests).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new connection may wait for its request before it can be closed to make room
+/// (a legitimate client sends its request right after connecting).
+const IDLE_GRACE: Duration = Duration::from_millis(200);
 /// Pause after a failed accept (e.g. EMFILE), so that the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// At most one warning per this long about refused or dropped connections.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Connections that have not sent a request yet, oldest first, with the switch that closes
-/// each: when the cap is reached they make room for a new one, so idle or half-open
-/// connections can never lock the API out.
+/// each: when the cap is reached, those idle for longer than [`IDLE_GRACE`] make room for new
+/// ones, so idle or half-open connections can never lock the API out.
 #[derive(Default)]
-struct Waiting(Mutex<VecDeque<(u64, oneshot::Sender<()>)>>);
+struct Waiting(Mutex<VecDeque<(u64, Instant, oneshot::Sender<()>)>>);
+
+enum Room {
+    /// An idle connection was closed: its slot is free in a moment.
+    Made,
+    /// The oldest waiting connection is younger than the grace: look again after this.
+    Later(Duration),
+    /// Every open connection is serving a request.
+    None,
+}
 
 impl Waiting {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, oneshot::Sender<()>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, Instant, oneshot::Sender<()>)>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
-    /// Closes the oldest waiting connection; false when there is none.
-    fn close_oldest(&self) -> bool {
-        while let Some((_, close)) = self.lock().pop_front() {
+    /// Closes the oldest connection that has waited at least `grace` for its request.
+    fn make_room(&self, grace: Duration) -> Room {
+        let mut waiting = self.lock();
+        while let Some((_, since, close)) = waiting.front() {
+            if close.is_closed() {
+                waiting.pop_front();
+                continue;
+            }
+            let age = since.elapsed();
+            if age < grace {
+                return Room::Later(grace - age);
+            }
+            let (_, _, close) = waiting.pop_front().expect("front exists");
             if close.send(()).is_ok() {
-                return true;
+                return Room::Made;
             }
         }
-        false
+        Room::None
     }
     fn remove(&self, id: u64) {
-        self.lock().retain(|(i, _)| *i != id);
+        self.lock().retain(|(i, _, _)| *i != id);
     }
 }
 
@@ -161,7 +185,7 @@ pub async fn serve_http(listener: TcpListener, router: axum::Router, max_connect
     let mut accept_warn = RateLimitedWarn(None);
     let mut cap_warn = RateLimitedWarn(None);
     tokio::pin!(shutdown);
-    for id in 0u64.. {
+    'accept: for id in 0u64.. {
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = &mut shutdown => break,
@@ -170,7 +194,7 @@ pub async fn serve_http(listener: TcpListener, router: axum::Router, max_connect
             Ok((stream, _)) => stream,
             Err(e) => {
                 // Out of file descriptors: an idle connection gives its one back.
-                waiting.close_oldest();
+                waiting.make_room(Duration::ZERO);
                 if accept_warn.due() {
                     tracing::error!("cannot accept admin API connections: {e}; retrying (raise LimitNOFILE, or lower EF__HTTP_MAX_CONNECTIONS)");
                 }
@@ -178,24 +202,29 @@ pub async fn serve_http(listener: TcpListener, router: axum::Router, max_connect
                 continue;
             }
         };
-        let permit = match Arc::clone(&slots).try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                let closed = waiting.close_oldest();
-                if cap_warn.due() {
-                    tracing::warn!(
-                        "{max_connections} admin API connections open (EF__HTTP_MAX_CONNECTIONS){}",
-                        if closed { "; closing the ones idle longest to make room" } else { "; new connections wait" }
-                    );
-                }
-                tokio::select! {
-                    p = Arc::clone(&slots).acquire_owned() => p.expect("the semaphore is never closed"),
-                    _ = &mut shutdown => break,
-                }
+        let permit = loop {
+            if let Ok(p) = Arc::clone(&slots).try_acquire_owned() {
+                break p;
+            }
+            let room = waiting.make_room(IDLE_GRACE);
+            if cap_warn.due() {
+                tracing::warn!(
+                    "{max_connections} admin API connections open (EF__HTTP_MAX_CONNECTIONS); new ones wait, and connections idle for {}ms or more are closed to make room",
+                    IDLE_GRACE.as_millis()
+                );
+            }
+            let look_again = match room {
+                Room::Later(after) => after,
+                Room::Made | Room::None => Duration::MAX,
+            };
+            tokio::select! {
+                p = Arc::clone(&slots).acquire_owned() => break p.expect("the semaphore is never closed"),
+                _ = tokio::time::sleep(look_again), if look_again != Duration::MAX => {}
+                _ = &mut shutdown => break 'accept,
             }
         };
         let (close, mut closed) = oneshot::channel();
-        waiting.lock().push_back((id, close));
+        waiting.lock().push_back((id, Instant::now(), close));
         let (w, tower) = (Arc::clone(&waiting), TowerToHyperService::new(router.clone()));
         let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             w.remove(id);
@@ -240,7 +269,7 @@ pub fn run(config: Config, policy_path: &Path) -> Result<()> {
             .with_context(|| format!("cannot listen on {addr} (EF__HTTP_ADDR): is another process using it?"))?;
         let zone = schedule.zone;
         let description = schedule.description.clone();
-        let scheduler = Arc::new(Mutex::new(schedule::start(Arc::clone(&service), schedule)));
+        let scheduler = Arc::new(Mutex::new(Some(schedule::start(Arc::clone(&service), schedule))));
         let watcher = tokio::spawn(watch_policy(Arc::clone(&service), Arc::clone(&scheduler), policy_path.to_path_buf()));
         let next = service.status_next_run();
         match next.and_then(|t| chrono::DateTime::from_timestamp(t, 0)) {
@@ -255,8 +284,8 @@ pub fn run(config: Config, policy_path: &Path) -> Result<()> {
         serve_http(listener, api::router(Arc::clone(&service)), max_connections, shutdown_signal(Arc::clone(&service), grace)).await;
         // No new scheduled runs, then let the running one end (or be cancelled).
         watcher.abort();
-        let scheduler = Arc::try_unwrap(scheduler).ok().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()));
-        if let Some(s) = scheduler {
+        let stopped = scheduler.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(s) = stopped {
             s.stop();
         }
         let was_running = service.running();
