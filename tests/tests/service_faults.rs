@@ -128,7 +128,8 @@ fn state_survives_sigkill_and_sigterm() {
 fn a_run_cut_by_kill_9_is_reported_as_interrupted() {
     let _turn = sample_db_turn();
     let dir = tempdir();
-    let bin = fake_pg_bin(dir.path(), "exec sleep 30");
+    // Long enough to be killed mid-run; short, as it outlives the killed service.
+    let bin = fake_pg_bin(dir.path(), "exec sleep 10");
     let mut serve = Serve::start(sample_db(), dir.path(), &[("EF__PG_BIN", bin.to_str().unwrap())]);
     let (port, auth) = (serve.port, serve.auth());
     let request = std::thread::spawn(move || try_http(port, "POST", MANUAL, &[("Authorization", &auth)], b""));
