@@ -3,6 +3,7 @@
 //! plugin itself: `app.merge(ef_backup::api::router(service))`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -16,11 +17,16 @@ use sha2::{Digest, Sha256};
 
 use crate::policy::HttpResponse;
 use crate::service::Service;
+use crate::state::Trigger;
 
 /// Request bodies are tiny (the manual trigger takes none); anything larger is refused.
 pub const BODY_LIMIT: usize = 16 * 1024;
 /// The OpenAPI document, checked in beside this crate and served as is.
 pub const OPENAPI: &str = include_str!("../openapi.json");
+/// A request other than the manual trigger is answered within this, or gets a 503.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request body must arrive within this (a client trickling its body holds a connection).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Route {
     pub method: &'static str,
@@ -33,11 +39,27 @@ pub struct Route {
 /// OpenAPI document.
 pub const ROUTES: &[Route] = &[
     Route { method: "post", path: "/api/ef/v1/backup/manual", auth: true, make: || post(manual) },
-    Route { method: "get", path: "/api/ef/v1/backup/status", auth: true, make: || get(status) },
-    Route { method: "get", path: "/api/ef/v1/backup/openapi.json", auth: false, make: || get(openapi) },
-    Route { method: "get", path: "/healthz", auth: false, make: || get(healthz) },
-    Route { method: "get", path: "/metrics", auth: false, make: || get(metrics) },
+    Route { method: "get", path: "/api/ef/v1/backup/status", auth: true, make: || timed(get(status)) },
+    Route { method: "get", path: "/api/ef/v1/backup/openapi.json", auth: false, make: || timed(get(openapi)) },
+    Route { method: "get", path: "/healthz", auth: false, make: || timed(get(healthz)) },
+    Route { method: "get", path: "/metrics", auth: false, make: || timed(get(metrics)) },
 ];
+
+/// Bounds a route's handling time by [`REQUEST_TIMEOUT`]. Not the manual trigger: its answer
+/// waits for the backup, which its own timeout (EF__BACKUP_TIMEOUT_SECS) bounds, and which goes
+/// on if the client leaves.
+fn timed(route: MethodRouter<Arc<Service>>) -> MethodRouter<Arc<Service>> {
+    route.layer(middleware::from_fn(|req: Request, next: Next| async move {
+        let path = req.uri().path().to_string();
+        match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!("{path} took longer than {}s and was answered 503", REQUEST_TIMEOUT.as_secs());
+                error(StatusCode::SERVICE_UNAVAILABLE, format!("{path} took longer than {}s; try again", REQUEST_TIMEOUT.as_secs()))
+            }
+        }
+    }))
+}
 
 fn json(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
@@ -86,8 +108,8 @@ async fn manual(State(svc): State<Arc<Service>>, body: Result<Bytes, BytesReject
     if !body.iter().all(u8::is_ascii_whitespace) && serde_json::from_slice::<serde_json::Value>(&body).is_err() {
         return error(StatusCode::BAD_REQUEST, "the request body must be empty or JSON");
     }
-    let run = svc.backup().await;
-    respond(svc.shape_backup(&run.outcome))
+    let run = svc.backup(Trigger::Manual).await;
+    respond(svc.shape_backup(run.outcome).await)
 }
 
 async fn status(State(svc): State<Arc<Service>>) -> Response {
@@ -136,6 +158,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .with_state(service)
 }

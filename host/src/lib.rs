@@ -17,5 +17,6 @@ pub mod restore;
 pub mod schedule;
 pub mod serve;
 pub mod service;
+pub mod state;
 pub mod store;
 pub mod verify;

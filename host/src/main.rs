@@ -234,8 +234,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if !no_s3 {
                 engine::log_s3_state(&config);
             }
-            let opts = engine::BackupOptions { now: at.unwrap_or_else(now), progress: !json, ..Default::default() };
+            let started = at.unwrap_or_else(now);
+            let recording = ef_backup::state::Recording::begin(&config, ef_backup::state::Trigger::Cli, started);
+            let last_recorded_run = recording.last_recorded_run();
+            let opts = engine::BackupOptions { now: started, progress: !json, last_recorded_run, ..Default::default() };
             let report = engine::run(&config, &policy, s3.as_ref().map(|(_, s)| s), opts);
+            recording.finish(&report);
             let response = policy.shape_backup_response(&report.outcome).unwrap_or_else(|e| {
                 tracing::error!("{e}");
                 policy::fallback_backup_response(&report.outcome)

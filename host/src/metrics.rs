@@ -4,6 +4,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use crate::state::{Finished, Loaded, RunOutcome};
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub last_success_timestamp: AtomicI64,
@@ -13,6 +15,7 @@ pub struct Metrics {
     pub failures_total: AtomicU64,
     pub s3_upload_failures_total: AtomicU64,
     pub busy_rejections_total: AtomicU64,
+    pub retention_clock_skips_total: AtomicU64,
 }
 
 /// Values read at scrape time rather than kept as counters.
@@ -24,6 +27,36 @@ pub struct Gauges {
 }
 
 impl Metrics {
+    /// Starts from what the state store recorded, so a restart resets nothing.
+    pub fn load(&self, loaded: &Loaded) {
+        let t = &loaded.totals;
+        self.successes_total.store(t.successes, Ordering::Relaxed);
+        self.failures_total.store(t.failures, Ordering::Relaxed);
+        self.s3_upload_failures_total.store(t.s3_upload_failures, Ordering::Relaxed);
+        self.retention_clock_skips_total.store(t.retention_clock_skips, Ordering::Relaxed);
+        if let Some(s) = &loaded.last_success {
+            self.last_success_timestamp.store(s.finished_at, Ordering::Relaxed);
+            self.last_size_bytes.store(s.size_bytes, Ordering::Relaxed);
+            self.last_duration_ms.store(s.duration_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a finished run.
+    pub fn count(&self, f: &Finished) {
+        if f.outcome == RunOutcome::Ok {
+            self.successes_total.fetch_add(1, Ordering::Relaxed);
+            self.last_success_timestamp.store(f.finished_at, Ordering::Relaxed);
+            self.last_size_bytes.store(f.size_bytes.unwrap_or(0), Ordering::Relaxed);
+            self.last_duration_ms.store(f.duration_ms, Ordering::Relaxed);
+        } else {
+            self.failures_total.fetch_add(1, Ordering::Relaxed);
+        }
+        if f.s3 == Some("failed") {
+            self.s3_upload_failures_total.fetch_add(1, Ordering::Relaxed);
+        }
+        self.retention_clock_skips_total.fetch_add(u64::from(f.clock_skips), Ordering::Relaxed);
+    }
+
     pub fn render(&self, g: &Gauges) -> String {
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: String| {
@@ -33,7 +66,7 @@ impl Metrics {
         metric(
             "ef_backup_last_success_timestamp_seconds",
             "gauge",
-            "Unix time of the last successful backup (0: none since start).",
+            "Unix time of the last successful backup (0: none recorded in EF__STATE_DIR).",
             self.last_success_timestamp.load(Ordering::Relaxed).to_string(),
         );
         metric(
@@ -56,6 +89,12 @@ impl Metrics {
             "counter",
             "Backup requests refused because a backup was running.",
             load(&self.busy_rejections_total),
+        );
+        metric(
+            "ef_backup_retention_clock_skips_total",
+            "counter",
+            "Retention passes skipped because the clock was earlier than the last recorded run.",
+            load(&self.retention_clock_skips_total),
         );
         metric("ef_backup_backups_on_disk", "gauge", "Backups in the backup directory that the policy recognises.", g.backups_on_disk.to_string());
         metric("ef_backup_running", "gauge", "1 while a backup runs.", u8::from(g.running).to_string());

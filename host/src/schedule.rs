@@ -1,6 +1,11 @@
 //! Runs backups on the policy's schedule, in the time zone it names (whatever the machine's
-//! zone), with tokio-cron-scheduler. Several replicas may share a database: each scheduled
-//! slot is claimed with a PostgreSQL advisory lock, so it produces one backup.
+//! zone). Several replicas may share a database: each scheduled slot is claimed with a
+//! PostgreSQL advisory lock, so it produces one backup. A failed scheduled backup is retried
+//! once after EF__BACKUP_RETRY_DELAY_SECS.
+//!
+//! The timer is ours rather than a cron crate's scheduler: the crons are parsed once, here,
+//! with standard cron's day rule (day-of-month OR day-of-week when both are restricted), and
+//! exactly what was validated is what runs.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -9,10 +14,16 @@ use chrono::{DateTime, Duration, SubsecRound, Utc};
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds};
 use croner::Cron;
-use tokio_cron_scheduler::{Job, JobScheduler};
 
-use crate::policy::BackupSchedule;
+use crate::policy::{BackupOutcome, BackupSchedule};
 use crate::service::Service;
+use crate::state::Trigger;
+
+/// A cron expression must fire within this (from now) to be accepted.
+pub const MUST_FIRE_WITHIN_DAYS: i64 = 366;
+
+/// The longest the timer sleeps before looking at the wall clock again (it may be stepped).
+const CLOCK_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
@@ -20,8 +31,8 @@ pub enum ScheduleError {
     Zone(String),
     #[error("the policy's cron expression {expr:?} is invalid: {reason}")]
     Cron { expr: String, reason: String },
-    #[error("the scheduler failed: {0}")]
-    Scheduler(String),
+    #[error("the policy's cron expression {expr:?} never fires in the next {MUST_FIRE_WITHIN_DAYS} days (in {zone}); fix the policy's schedule")]
+    Never { expr: String, zone: String },
 }
 
 /// A parsed schedule: six-field crons (seconds first) in one zone.
@@ -34,8 +45,8 @@ pub struct Schedule {
 }
 
 fn parser() -> CronParser {
-    // The same settings as tokio-cron-scheduler, so what is validated here is what runs.
-    CronParser::builder().seconds(Seconds::Required).dom_and_dow(true).build()
+    // dom_and_dow(false): standard cron ("either matches"), as the WIT promises.
+    CronParser::builder().seconds(Seconds::Required).dom_and_dow(false).build()
 }
 
 impl Schedule {
@@ -44,7 +55,7 @@ impl Schedule {
         let mut exprs = Vec::new();
         let mut crons = Vec::new();
         for expr in &s.crons {
-            // Five fields are standard cron; the scheduler wants seconds first.
+            // Five fields are standard cron; the parser wants seconds first.
             let six = if expr.split_whitespace().count() == 5 { format!("0 {expr}") } else { expr.clone() };
             let cron = parser().parse(&six).map_err(|e| ScheduleError::Cron { expr: expr.clone(), reason: e.to_string() })?;
             exprs.push(six);
@@ -53,53 +64,112 @@ impl Schedule {
         Ok(Schedule { exprs, zone, description: s.description.clone(), crons })
     }
 
+    /// Every cron fires at least once in the [`MUST_FIRE_WITHIN_DAYS`] after `now`: a
+    /// schedule such as "0 0 31 2 *" parses, but would silently never back up.
+    pub fn validate(&self, now: DateTime<Utc>) -> Result<(), ScheduleError> {
+        let local = now.trunc_subsecs(0).with_timezone(&self.zone);
+        let horizon = now + Duration::days(MUST_FIRE_WITHIN_DAYS);
+        for (cron, expr) in self.crons.iter().zip(&self.exprs) {
+            let next = cron.find_next_occurrence(&local, false).ok().map(|d| d.with_timezone(&Utc));
+            if !next.is_some_and(|t| t <= horizon) {
+                return Err(ScheduleError::Never { expr: expr.clone(), zone: self.zone.to_string() });
+            }
+        }
+        Ok(())
+    }
+
     /// The next run strictly after `t`.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let local = t.trunc_subsecs(0).with_timezone(&self.zone);
         self.crons.iter().filter_map(|c| c.find_next_occurrence(&local, false).ok()).min().map(|d| d.with_timezone(&Utc))
     }
+}
 
-    /// The slot a tick at `t` belongs to: the latest scheduled time not after `t` (plus a
-    /// second of slack for timers that fire early). Every replica computes the same slot.
-    pub fn slot_at(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let local = (t + Duration::seconds(1)).trunc_subsecs(0).with_timezone(&self.zone);
-        self.crons.iter().filter_map(|c| c.find_previous_occurrence(&local, true).ok()).max().map(|d| d.with_timezone(&Utc))
+/// When a scheduled run that ended with `outcome` at `now` is tried again: once, after
+/// `delay_secs` (0: never), and only when that is before the next slot (which will run anyway).
+pub fn retry_at(outcome: &BackupOutcome, delay_secs: u64, now: DateTime<Utc>, next_slot: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    if !matches!(outcome, BackupOutcome::Failed(_)) || delay_secs == 0 {
+        return None;
+    }
+    let at = now + Duration::seconds(delay_secs as i64);
+    match next_slot {
+        Some(next) if next <= at => None,
+        _ => Some(at),
     }
 }
 
-async fn tick(service: Arc<Service>, schedule: Arc<Schedule>) {
-    let now = Utc::now();
-    service.set_next_run(schedule.next_after(now + Duration::seconds(1)).map(|t| t.timestamp()));
-    let Some(slot) = schedule.slot_at(now) else { return };
+/// Sleeps until the wall clock reaches `t`.
+async fn sleep_until(t: DateTime<Utc>) {
+    loop {
+        let left = t - Utc::now();
+        let Ok(left) = left.to_std() else { return };
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.min(CLOCK_CHECK)).await;
+    }
+}
+
+async fn tick(service: Arc<Service>, schedule: Arc<Schedule>, slot: DateTime<Utc>) {
     let slot_label = slot.with_timezone(&schedule.zone).format("%Y-%m-%d %H:%M:%S %Z");
     if !service.claim_slot(slot.timestamp()).await {
         tracing::info!("another ef-backup instance is running the {slot_label} backup; this one skips it");
         return;
     }
     tracing::info!("scheduled backup for {slot_label}");
-    let run = service.backup().await;
-    if let crate::policy::BackupOutcome::Busy(name) = run.outcome {
-        tracing::info!("skipping the {slot_label} backup: {name} is still running");
+    let run = service.backup(Trigger::Scheduled).await;
+    if let BackupOutcome::Busy(name) = &run.outcome {
+        tracing::warn!("skipping the {slot_label} backup: {name} is still running");
+        return;
+    }
+    let delay = service.config().retry_delay_secs;
+    let now = Utc::now();
+    let Some(at) = retry_at(&run.outcome, delay, now, schedule.next_after(now)) else {
+        if matches!(run.outcome, BackupOutcome::Failed(_)) {
+            tracing::error!("the {slot_label} backup failed and is not retried (EF__BACKUP_RETRY_DELAY_SECS={delay}, or the next slot comes first)");
+        }
+        return;
+    };
+    tracing::warn!("the {slot_label} backup failed; retrying once in {delay}s (EF__BACKUP_RETRY_DELAY_SECS)");
+    sleep_until(at).await;
+    let retry = service.backup(Trigger::Retry).await;
+    match &retry.outcome {
+        BackupOutcome::Done(d) => tracing::info!("the retry of the {slot_label} backup succeeded: {}", d.file_name),
+        BackupOutcome::Failed(f) => tracing::error!("the retry of the {slot_label} backup failed too: {}", f.message),
+        BackupOutcome::Busy(name) => tracing::info!("the retry of the {slot_label} backup was not needed: {name} is running"),
     }
 }
 
-/// Starts one job per cron expression; returns the running scheduler (shut it down on exit).
-pub async fn start(service: Arc<Service>, schedule: Schedule) -> Result<JobScheduler, ScheduleError> {
-    let err = |e: tokio_cron_scheduler::JobSchedulerError| ScheduleError::Scheduler(e.to_string());
-    let sched = JobScheduler::new().await.map_err(err)?;
-    let schedule = Arc::new(schedule);
-    for expr in &schedule.exprs {
-        let (svc, sch) = (Arc::clone(&service), Arc::clone(&schedule));
-        let job = Job::new_async_tz(expr.as_str(), schedule.zone, move |_id, _sched| {
-            let (svc, sch) = (Arc::clone(&svc), Arc::clone(&sch));
-            Box::pin(async move { tick(svc, sch).await })
-        })
-        .map_err(err)?;
-        sched.add(job).await.map_err(err)?;
+/// The running timer of a schedule. Each slot runs in a task of its own, so stopping the
+/// timer (a policy reload, shutdown) never cuts a running backup or its retry.
+pub struct Scheduler {
+    timer: tokio::task::JoinHandle<()>,
+}
+
+impl Scheduler {
+    pub fn stop(self) {
+        self.timer.abort();
     }
+}
+
+async fn timer(service: Arc<Service>, schedule: Arc<Schedule>) {
+    let mut after = Utc::now();
+    loop {
+        let next = schedule.next_after(after);
+        service.set_next_run(next.map(|t| t.timestamp()));
+        let Some(slot) = next else { return };
+        sleep_until(slot).await;
+        tokio::spawn(tick(Arc::clone(&service), Arc::clone(&schedule), slot));
+        // After a forward clock step, the missed slots are not run in a burst: one run now,
+        // then the schedule from the present on.
+        after = slot.max(Utc::now());
+    }
+}
+
+/// Starts the timer of `schedule`.
+pub fn start(service: Arc<Service>, schedule: Schedule) -> Scheduler {
     service.set_next_run(schedule.next_after(Utc::now()).map(|t| t.timestamp()));
-    sched.start().await.map_err(err)?;
-    Ok(sched)
+    Scheduler { timer: tokio::spawn(timer(service, Arc::new(schedule))) }
 }
 
 #[cfg(test)]
@@ -123,11 +193,71 @@ mod tests {
         assert_eq!(s.next_after(t), Some(Utc.with_ymd_and_hms(2025, 11, 4, 5, 0, 0).unwrap()));
         let t = Utc.with_ymd_and_hms(2025, 11, 4, 5, 0, 0).unwrap();
         assert_eq!(s.next_after(t), Some(Utc.with_ymd_and_hms(2025, 11, 4, 17, 0, 0).unwrap()));
-        assert_eq!(s.slot_at(Utc.with_ymd_and_hms(2025, 11, 4, 17, 0, 0).unwrap() + Duration::milliseconds(300)),
-            Some(Utc.with_ymd_and_hms(2025, 11, 4, 17, 0, 0).unwrap()));
-        // A timer firing a little early still lands in its slot.
-        assert_eq!(s.slot_at(Utc.with_ymd_and_hms(2025, 11, 4, 16, 59, 59).unwrap() + Duration::milliseconds(500)),
-            Some(Utc.with_ymd_and_hms(2025, 11, 4, 17, 0, 0).unwrap()));
+    }
+
+    fn utc(crons: &[&str]) -> Schedule {
+        let crons = crons.iter().map(|c| c.to_string()).collect();
+        Schedule::from_policy(&BackupSchedule { crons, timezone: "UTC".into(), description: String::new() }).unwrap()
+    }
+
+    /// Every firing of `s` in [from, from + days), as (day of month, weekday number 0=Sunday).
+    fn firings(s: &Schedule, from: DateTime<Utc>, days: i64) -> Vec<(u32, u32)> {
+        use chrono::Datelike;
+        let mut out = Vec::new();
+        let mut t = from - Duration::seconds(1);
+        while let Some(next) = s.next_after(t).filter(|n| *n < from + Duration::days(days)) {
+            out.push((next.day(), next.weekday().num_days_from_sunday()));
+            t = next;
+        }
+        out
+    }
+
+    /// Pins issue 12 (cron): day-of-month and day-of-week follow standard cron — when both
+    /// are restricted either one matches; when one is `*`, only the other counts.
+    #[test]
+    fn day_of_month_or_day_of_week_as_standard_cron() {
+        // March 2025: Fridays are the 7th, 14th, 21st, 28th; the 13th is a Thursday.
+        let march = Utc.with_ymd_and_hms(2025, 3, 1, 0, 0, 0).unwrap();
+        let table: &[(&str, Vec<u32>)] = &[
+            ("0 1 13 * 5", vec![7, 13, 14, 21, 28]),
+            ("0 1 13 * *", vec![13]),
+            ("0 1 * * 5", vec![7, 14, 21, 28]),
+            ("0 1 1,15 * 1", vec![1, 3, 10, 15, 17, 24, 31]),
+        ];
+        for (expr, days) in table {
+            let got: Vec<u32> = firings(&utc(&[expr]), march, 31).into_iter().map(|(d, _)| d).collect();
+            assert_eq!(&got, days, "{expr}");
+        }
+        // Friday the 13th fires once, not twice.
+        let june = Utc.with_ymd_and_hms(2025, 6, 1, 0, 0, 0).unwrap();
+        assert_eq!(firings(&utc(&["0 1 13 * 5"]), june, 30).iter().filter(|(d, _)| *d == 13).count(), 1);
+    }
+
+    /// Pins issue 12 item 16: a schedule that parses but never fires is refused, so a reload
+    /// cannot silently stop the backups.
+    #[test]
+    fn a_cron_that_never_fires_within_a_year_is_invalid() {
+        let now = Utc.with_ymd_and_hms(2025, 3, 1, 0, 0, 0).unwrap();
+        assert!(utc(&["0 1 * * *", "0 0 29 2 *"]).validate(now).is_err(), "29 February is more than 366 days away");
+        assert!(matches!(utc(&["0 0 31 2 *"]).validate(now), Err(ScheduleError::Never { .. })));
+        assert!(utc(&["0 1,13 * * *"]).validate(now).is_ok());
+        assert!(utc(&["0 0 29 2 *"]).validate(Utc.with_ymd_and_hms(2027, 3, 1, 0, 0, 0).unwrap()).is_ok(), "2028 is a leap year");
+    }
+
+    /// Pins issue 12 (retry): a failed scheduled run is retried once after the delay, unless
+    /// the retry is off or the next slot comes first; success and busy are never retried.
+    #[test]
+    fn retry_decision() {
+        use crate::policy::{BackupFailed, ErrorKind};
+        let failed = BackupOutcome::Failed(BackupFailed { kind: ErrorKind::Dump, message: "x".into(), file_name: None });
+        let busy = BackupOutcome::Busy("b".into());
+        let now = Utc.with_ymd_and_hms(2025, 3, 1, 1, 0, 0).unwrap();
+        let next = Some(now + Duration::hours(12));
+        assert_eq!(retry_at(&failed, 600, now, next), Some(now + Duration::seconds(600)));
+        assert_eq!(retry_at(&failed, 600, now, None), Some(now + Duration::seconds(600)));
+        assert_eq!(retry_at(&failed, 0, now, next), None, "0 disables the retry");
+        assert_eq!(retry_at(&failed, 600, now, Some(now + Duration::seconds(600))), None, "the next slot comes first");
+        assert_eq!(retry_at(&busy, 600, now, next), None);
     }
 
     #[test]

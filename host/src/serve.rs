@@ -1,16 +1,25 @@
 //! `ef-backup serve`: start-up checks, the HTTP server, the scheduler and graceful shutdown.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use hyper::server::conn::http1;
+use hyper::service::Service as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Semaphore};
 
 use crate::config::Config;
 use crate::policy;
-use crate::schedule::{self, Schedule};
+use crate::schedule::{self, Schedule, Scheduler};
 use crate::service::{load_checked, Service};
-use tokio_cron_scheduler::JobScheduler;
+use crate::state::StateStore;
 use crate::store::s3::S3Store;
 use crate::{api, engine};
 
@@ -60,8 +69,10 @@ async fn shutdown_signal(service: Arc<Service>, grace: Duration) {
 }
 
 /// Watches the policy file (polling its size and mtime; SIGHUP forces a check) and swaps in
-/// a new policy that passes `policy check`; a rejected file leaves the running policy alone.
-async fn watch_policy(service: Arc<Service>, scheduler: Arc<tokio::sync::Mutex<JobScheduler>>, path: PathBuf) {
+/// a new policy that passes `policy check` and whose schedule is valid; the new schedule's
+/// timer starts before the old one stops. A rejected file leaves the running policy and
+/// schedule alone.
+async fn watch_policy(service: Arc<Service>, scheduler: Arc<Mutex<Option<Scheduler>>>, path: PathBuf) {
     let stamp = |p: &PathBuf| std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok()));
     let mut last = stamp(&path);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("SIGHUP handler");
@@ -82,21 +93,156 @@ async fn watch_policy(service: Arc<Service>, scheduler: Arc<tokio::sync::Mutex<J
         let reloaded = tokio::task::spawn_blocking(move || svc.reload()).await;
         match reloaded {
             Ok(Ok(None)) => {}
-            Ok(Ok(Some(new))) => match Schedule::from_policy(&new) {
-                Ok(schedule) => {
-                    let mut sched = scheduler.lock().await;
-                    let _ = sched.shutdown().await;
-                    match schedule::start(Arc::clone(&service), schedule).await {
-                        Ok(s) => *sched = s,
-                        Err(e) => tracing::error!("the new policy's schedule could not be started: {e}"),
-                    }
+            Ok(Ok(Some(schedule))) => {
+                tracing::info!("schedule: {}", schedule.description);
+                let new = schedule::start(Arc::clone(&service), schedule);
+                let old = scheduler.lock().unwrap_or_else(|e| e.into_inner()).replace(new);
+                if let Some(old) = old {
+                    old.stop();
                 }
-                Err(e) => tracing::error!("the new policy's schedule is invalid ({e}); backups keep the old schedule"),
-            },
-            Ok(Err(e)) => tracing::error!("policy reload rejected, the running policy stays: {e}"),
-            Err(e) => tracing::error!("policy reload failed: {e}"),
+            }
+            Ok(Err(e)) => tracing::error!("policy reload rejected, the running policy stays (and its schedule): {e}"),
+            Err(e) => tracing::error!("policy reload failed, the running policy stays (and its schedule): {e}"),
         }
     }
+}
+
+/// A client has this long to send a request's headers (also the idle limit between requests).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new connection may wait for its request before it can be closed to make room
+/// (a legitimate client sends its request right after connecting).
+const IDLE_GRACE: Duration = Duration::from_millis(200);
+/// Pause after a failed accept (e.g. EMFILE), so that the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one warning per this long about refused or dropped connections.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Connections that have not sent a request yet, oldest first, with the switch that closes
+/// each: when the cap is reached, those idle for longer than [`IDLE_GRACE`] make room for new
+/// ones, so idle or half-open connections can never lock the API out.
+#[derive(Default)]
+struct Waiting(Mutex<VecDeque<(u64, Instant, oneshot::Sender<()>)>>);
+
+enum Room {
+    /// An idle connection was closed: its slot is free in a moment.
+    Made,
+    /// The oldest waiting connection is younger than the grace: look again after this.
+    Later(Duration),
+    /// Every open connection is serving a request.
+    None,
+}
+
+impl Waiting {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, Instant, oneshot::Sender<()>)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    /// Closes the oldest connection that has waited at least `grace` for its request.
+    fn make_room(&self, grace: Duration) -> Room {
+        let mut waiting = self.lock();
+        while let Some((_, since, close)) = waiting.front() {
+            if close.is_closed() {
+                waiting.pop_front();
+                continue;
+            }
+            let age = since.elapsed();
+            if age < grace {
+                return Room::Later(grace - age);
+            }
+            let (_, _, close) = waiting.pop_front().expect("front exists");
+            if close.send(()).is_ok() {
+                return Room::Made;
+            }
+        }
+        Room::None
+    }
+    fn remove(&self, id: u64) {
+        self.lock().retain(|(i, _, _)| *i != id);
+    }
+}
+
+struct RateLimitedWarn(Option<Instant>);
+
+impl RateLimitedWarn {
+    fn due(&mut self) -> bool {
+        let due = self.0.is_none_or(|t| t.elapsed() >= WARN_EVERY);
+        if due {
+            self.0 = Some(Instant::now());
+        }
+        due
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets the requests in flight
+/// finish. At most `max_connections` connections are open at once; a client must send its
+/// headers within [`HEADER_READ_TIMEOUT`]; an accept error (EMFILE...) is logged and retried
+/// after a pause.
+pub async fn serve_http(listener: TcpListener, router: axum::Router, max_connections: usize, shutdown: impl Future<Output = ()>) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let waiting = Arc::new(Waiting::default());
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    let mut accept_warn = RateLimitedWarn(None);
+    let mut cap_warn = RateLimitedWarn(None);
+    tokio::pin!(shutdown);
+    'accept: for id in 0u64.. {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors: an idle connection gives its one back.
+                waiting.make_room(Duration::ZERO);
+                if accept_warn.due() {
+                    tracing::error!("cannot accept admin API connections: {e}; retrying (raise LimitNOFILE, or lower EF__HTTP_MAX_CONNECTIONS)");
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let permit = loop {
+            if let Ok(p) = Arc::clone(&slots).try_acquire_owned() {
+                break p;
+            }
+            let room = waiting.make_room(IDLE_GRACE);
+            if cap_warn.due() {
+                tracing::warn!(
+                    "{max_connections} admin API connections open (EF__HTTP_MAX_CONNECTIONS); new ones wait, and connections idle for {}ms or more are closed to make room",
+                    IDLE_GRACE.as_millis()
+                );
+            }
+            let look_again = match room {
+                Room::Later(after) => after,
+                Room::Made | Room::None => Duration::MAX,
+            };
+            tokio::select! {
+                p = Arc::clone(&slots).acquire_owned() => break p.expect("the semaphore is never closed"),
+                _ = tokio::time::sleep(look_again), if look_again != Duration::MAX => {}
+                _ = &mut shutdown => break 'accept,
+            }
+        };
+        let (close, mut closed) = oneshot::channel();
+        waiting.lock().push_back((id, Instant::now(), close));
+        let (w, tower) = (Arc::clone(&waiting), TowerToHyperService::new(router.clone()));
+        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            w.remove(id);
+            tower.call(req)
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let w = Arc::clone(&waiting);
+        tokio::spawn(async move {
+            tokio::select! {
+                r = conn => if let Err(e) = r { tracing::debug!("admin API connection ended: {e}") },
+                Ok(()) = &mut closed => tracing::debug!("closed an idle admin API connection to make room"),
+            }
+            w.remove(id);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 pub fn run(config: Config, policy_path: &Path) -> Result<()> {
@@ -106,19 +252,24 @@ pub fn run(config: Config, policy_path: &Path) -> Result<()> {
     let info = policy.info().clone();
     tracing::info!("policy {} (euraflow:backup@{}, sha256 {})", info.path.display(), info.wit_version, info.sha256);
     let schedule = Schedule::from_policy(&policy.schedule(&policy::policy_config(&config))?)?;
+    schedule.validate(chrono::Utc::now())?;
+    let state = StateStore::open(&config)
+        .with_context(|| format!("cannot use the state directory {} (EF__STATE_DIR)", config.state_dir.display()))?;
+    tracing::info!("state: {}", state.path().display());
     engine::log_s3_state(&config);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     rt.block_on(async move {
         let s3 = config.s3.as_ref().map(|c| S3Store::new(c, config.s3_part_size, tokio::runtime::Handle::current()));
         let addr = config.http_addr.clone();
         let grace = Duration::from_secs(config.shutdown_grace_secs);
-        let service = Service::new(config, policy, s3);
+        let max_connections = config.http_max_connections;
+        let service = Service::new(config, policy, s3, state);
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .with_context(|| format!("cannot listen on {addr} (EF__HTTP_ADDR): is another process using it?"))?;
         let zone = schedule.zone;
         let description = schedule.description.clone();
-        let scheduler = Arc::new(tokio::sync::Mutex::new(schedule::start(Arc::clone(&service), schedule).await?));
+        let scheduler = Arc::new(Mutex::new(Some(schedule::start(Arc::clone(&service), schedule))));
         let watcher = tokio::spawn(watch_policy(Arc::clone(&service), Arc::clone(&scheduler), policy_path.to_path_buf()));
         let next = service.status_next_run();
         match next.and_then(|t| chrono::DateTime::from_timestamp(t, 0)) {
@@ -130,13 +281,13 @@ pub fn run(config: Config, policy_path: &Path) -> Result<()> {
             None => tracing::warn!("schedule: {description}; it never fires"),
         }
         tracing::info!("admin API listening on http://{addr}");
-        axum::serve(listener, api::router(Arc::clone(&service)))
-            .with_graceful_shutdown(shutdown_signal(Arc::clone(&service), grace))
-            .await
-            .context("the HTTP server failed")?;
+        serve_http(listener, api::router(Arc::clone(&service)), max_connections, shutdown_signal(Arc::clone(&service), grace)).await;
         // No new scheduled runs, then let the running one end (or be cancelled).
         watcher.abort();
-        let _ = scheduler.lock().await.shutdown().await;
+        let stopped = scheduler.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(s) = stopped {
+            s.stop();
+        }
         let was_running = service.running();
         service.wait_idle().await;
         match was_running {

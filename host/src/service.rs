@@ -2,16 +2,24 @@
 //! advisory lock, across replicas), the last run's outcome, metrics, and status. The HTTP
 //! layer (`api`) and the scheduler (`schedule`) both go through here.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::db::{lock_key, AdvisoryLock, PgTools};
 use crate::engine::{self, BackupOptions, BackupReport};
 use crate::metrics::{Gauges, Metrics};
-use crate::policy::{self, BackupEntry, BackupOutcome, HttpResponse, LastRun, Policy, S3Outcome, Status};
+use crate::policy::{self, BackupEntry, BackupOutcome, HttpResponse, LastRun, Policy, PolicyError, Status};
+use crate::schedule::{Schedule, ScheduleError};
+use crate::state::{Finished, StateStore, Trigger};
 use crate::store::local::LocalStore;
 use crate::store::s3::S3Store;
+
+/// How long a listing of the backup directory and the policy's recognition of it serve
+/// status and `/metrics` before they are computed again (a finished run refreshes it at once).
+pub const LISTING_TTL: Duration = Duration::from_secs(2);
 
 /// What the service answers for a backup request.
 #[derive(Debug, Clone)]
@@ -21,20 +29,43 @@ pub struct BackupRun {
     pub report: Option<BackupReport>,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("the new policy's schedule is invalid: {0}")]
+    Schedule(#[from] ScheduleError),
+}
+
+/// The backup directory as status and `/metrics` last saw it.
+struct Listing {
+    at: Instant,
+    entries: Vec<BackupEntry>,
+    recognised: u64,
+}
+
 pub struct Service {
     config: Config,
     policy: RwLock<Arc<Policy>>,
     s3: Option<S3Store>,
-    /// Held for the whole of a run, so shutdown can wait for it.
-    run_lock: tokio::sync::Mutex<()>,
+    state: StateStore,
     /// The running backup's name: set means busy. Never two pg_dumps at once from here.
+    /// Cleared by [`RunningGuard`] however the run ends.
     running: Mutex<Option<String>>,
+    /// Woken when `running` is cleared (shutdown waits on it).
+    idle: tokio::sync::Notify,
+    /// Set by shutdown: no run starts any more.
+    closing: AtomicBool,
     last_run: Mutex<Option<LastRun>>,
     next_run: Mutex<Option<i64>>,
     /// The lock of the last scheduled slot this replica ran, held until the next slot so a
     /// replica whose timer fires late cannot run the same slot again.
     slot_lock: Mutex<Option<AdvisoryLock>>,
     cancel: Arc<AtomicBool>,
+    listing: Mutex<Option<Arc<Listing>>>,
+    /// One listing computation at a time; callers arriving meanwhile wait (without a thread)
+    /// and share its result.
+    listing_refresh: tokio::sync::Mutex<()>,
     pub metrics: Metrics,
 }
 
@@ -46,19 +77,61 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn busy(what: impl Into<String>) -> BackupRun {
+    BackupRun { outcome: BackupOutcome::Busy(what.into()), report: None }
+}
+
+fn internal_failure(message: String, file_name: Option<String>) -> BackupOutcome {
+    BackupOutcome::Failed(policy::BackupFailed { kind: policy::ErrorKind::Internal, message, file_name })
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default()
+}
+
+/// Clears `running` when dropped: on success, failure, panic, or a task that is dropped.
+struct RunningGuard(Arc<Service>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        *lock(&self.0.running) = None;
+        self.0.idle.notify_waiters();
+    }
+}
+
 impl Service {
-    pub fn new(config: Config, policy: Policy, s3: Option<S3Store>) -> Arc<Service> {
+    /// The service, starting from what `state` recorded (last run, counters).
+    pub fn new(config: Config, policy: Policy, s3: Option<S3Store>, state: StateStore) -> Arc<Service> {
+        let metrics = Metrics::default();
+        let mut last_run = None;
+        match state.load() {
+            Ok(loaded) => {
+                metrics.load(&loaded);
+                last_run = loaded.last_run;
+            }
+            Err(e) => tracing::error!("{e}; status and metrics start from zero"),
+        }
+        if state.interrupted_at_open() > 0 {
+            tracing::error!(
+                "{} backup run(s) were cut by the end of the previous process (crash, kill -9, power loss); recorded as failed",
+                state.interrupted_at_open()
+            );
+        }
         Arc::new(Service {
             config,
             policy: RwLock::new(Arc::new(policy)),
             s3,
-            run_lock: tokio::sync::Mutex::new(()),
+            state,
             running: Mutex::new(None),
-            last_run: Mutex::new(None),
+            idle: tokio::sync::Notify::new(),
+            closing: AtomicBool::new(false),
+            last_run: Mutex::new(last_run),
             next_run: Mutex::new(None),
             slot_lock: Mutex::new(None),
             cancel: Arc::new(AtomicBool::new(false)),
-            metrics: Metrics::default(),
+            listing: Mutex::new(None),
+            listing_refresh: tokio::sync::Mutex::new(()),
+            metrics,
         })
     }
 
@@ -70,17 +143,19 @@ impl Service {
         self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Loads the policy file again and, when it passes `policy check` (and the pin, if any),
-    /// makes it the running policy; otherwise the current one stays and the error is returned.
-    /// Returns the new policy's schedule when the policy changed.
-    pub fn reload(&self) -> Result<Option<crate::policy::BackupSchedule>, crate::policy::PolicyError> {
+    /// Loads the policy file again and, when it passes `policy check` (and the pin, if any)
+    /// and its schedule is valid (known zone, every cron fires within a year), makes it the
+    /// running policy; otherwise the current one stays and the error is returned. Returns the
+    /// new policy's schedule when the policy changed. Blocking: call it off the async threads.
+    pub fn reload(&self) -> Result<Option<Schedule>, ReloadError> {
         let current = self.policy();
         let path = current.info().path.clone();
         let fresh = load_checked(&self.config, &path)?;
         if fresh.info().sha256 == current.info().sha256 {
             return Ok(None);
         }
-        let schedule = fresh.schedule(&policy::policy_config(&self.config))?;
+        let schedule = Schedule::from_policy(&fresh.schedule(&policy::policy_config(&self.config))?)?;
+        schedule.validate(chrono::Utc::now())?;
         tracing::info!(
             "policy reloaded: {} (euraflow:backup@{}, sha256 {}, was {})",
             path.display(),
@@ -89,6 +164,7 @@ impl Service {
             current.info().sha256
         );
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        *lock(&self.listing) = None;
         Ok(Some(schedule))
     }
 
@@ -115,9 +191,19 @@ impl Service {
         self.cancel.store(true, Ordering::SeqCst);
     }
 
-    /// Waits until no backup runs (and none can start).
+    /// From now on no backup starts; waits until the running one (if any) has ended and
+    /// been recorded, including one whose HTTP client went away.
     pub async fn wait_idle(&self) {
-        let _guard = self.run_lock.lock().await;
+        self.closing.store(true, Ordering::SeqCst);
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.running().is_none() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     fn tools(&self) -> Result<PgTools, crate::db::DbError> {
@@ -147,123 +233,176 @@ impl Service {
     }
 
     /// Runs a backup now, unless one is running here or on another replica (then `busy`).
-    pub async fn backup(self: &Arc<Self>) -> BackupRun {
-        let policy = self.policy();
-        let started = now();
-        // `running` is the in-process lock: checked and set in one step, with the name the
-        // policy chose, so a refused request can always say which backup is running.
-        let name = {
-            let mut running = lock(&self.running);
-            if let Some(current) = running.as_ref() {
-                self.metrics.busy_rejections_total.fetch_add(1, Ordering::Relaxed);
-                return BackupRun { outcome: BackupOutcome::Busy(current.clone()), report: None };
-            }
-            let name = policy.backup_name(&policy::policy_config(&self.config), started);
-            *running = Some(name.as_ref().map(String::clone).unwrap_or_else(|_| "a backup".into()));
-            name
-        };
-        // Free whenever `running` was empty; held so that shutdown can wait for the run.
-        let guard = self.run_lock.lock().await;
+    /// The run is a task of its own: when the caller goes away (an HTTP client that gave up,
+    /// a proxy timeout), the run goes on to the end and is recorded; only the answer is lost.
+    pub async fn backup(self: &Arc<Self>, trigger: Trigger) -> BackupRun {
         let svc = Arc::clone(self);
-        let policy_for_run = Arc::clone(&policy);
-        let joined = tokio::task::spawn_blocking(move || {
-            // Across replicas: one backup of this database at a time.
-            let run_key = lock_key(&format!("ef-backup:run:{}", svc.config.db.name));
-            let _run_lock = match svc.tools().and_then(|t| t.try_advisory_lock(&svc.config.db.name, run_key)) {
-                Ok(Some(l)) => Some(l),
-                Ok(None) => return None,
-                Err(e) => {
-                    tracing::warn!("cannot take the cross-replica lock ({e})");
-                    None
-                }
-            };
-            let opts = BackupOptions { now: started, progress: false, cancel: Arc::clone(&svc.cancel), last_recorded_run: None };
-            Some(engine::run_named(&svc.config, &policy_for_run, svc.s3.as_ref(), name, opts))
-        })
-        .await;
-        drop(guard);
-        *lock(&self.running) = None;
-        let report = match joined {
-            Ok(Some(report)) => report,
-            Ok(None) => {
-                tracing::info!("another ef-backup instance is running a backup of this database; not starting a second one");
-                self.metrics.busy_rejections_total.fetch_add(1, Ordering::Relaxed);
-                return BackupRun { outcome: BackupOutcome::Busy("another ef-backup instance".into()), report: None };
-            }
+        match tokio::spawn(svc.run(trigger)).await {
+            Ok(run) => run,
             Err(e) => {
                 let message = format!("the backup task failed: {e}");
                 tracing::error!("{message}");
-                let outcome = BackupOutcome::Failed(policy::BackupFailed { kind: policy::ErrorKind::Internal, message, file_name: None });
-                self.record(&outcome, started, None);
-                return BackupRun { outcome, report: None };
+                BackupRun { outcome: internal_failure(message, None), report: None }
             }
-        };
-        self.record(&report.outcome, started, Some(&report));
-        BackupRun { outcome: report.outcome.clone(), report: Some(report) }
+        }
     }
 
-    fn record(&self, outcome: &BackupOutcome, started: i64, report: Option<&BackupReport>) {
-        let finished = now();
-        let m = &self.metrics;
-        let last = match outcome {
-            BackupOutcome::Done(d) => {
-                m.successes_total.fetch_add(1, Ordering::Relaxed);
-                m.last_success_timestamp.store(finished, Ordering::Relaxed);
-                m.last_size_bytes.store(d.size_bytes, Ordering::Relaxed);
-                m.last_duration_ms.store(report.map(|r| r.elapsed.as_millis() as u64).unwrap_or(0), Ordering::Relaxed);
-                let message = match &d.s3 {
-                    S3Outcome::Failed(e) => {
-                        m.s3_upload_failures_total.fetch_add(1, Ordering::Relaxed);
-                        format!("local backup ok; S3 upload failed: {e}")
-                    }
-                    S3Outcome::Uploaded(url) => format!("ok, uploaded to {url}"),
-                    S3Outcome::Disabled => "ok (S3 disabled)".into(),
-                };
-                LastRun { started_at: started, finished_at: finished, succeeded: true, file_name: Some(d.file_name.clone()), message }
+    async fn run(self: Arc<Self>, trigger: Trigger) -> BackupRun {
+        if self.closing.load(Ordering::SeqCst) {
+            return busy("none (ef-backup is shutting down)");
+        }
+        if let Some(current) = self.running() {
+            self.metrics.busy_rejections_total.fetch_add(1, Ordering::Relaxed);
+            return busy(current);
+        }
+        let started = now();
+        // The policy names the run before it is claimed, so that a refused request can say
+        // which backup is running; the call runs on a blocking thread, under no lock.
+        let policy = self.policy();
+        let (p, config) = (Arc::clone(&policy), policy::policy_config(&self.config));
+        let path = policy.info().path.clone();
+        let name = tokio::task::spawn_blocking(move || p.backup_name(&config, started))
+            .await
+            .unwrap_or_else(|e| Err(PolicyError::Trap { path, call: "backup-name", reason: format!("the naming task failed: {e}") }));
+        let guard = {
+            let mut running = lock(&self.running);
+            if self.closing.load(Ordering::SeqCst) {
+                return busy("none (ef-backup is shutting down)");
             }
-            BackupOutcome::Failed(f) => {
-                m.failures_total.fetch_add(1, Ordering::Relaxed);
-                LastRun { started_at: started, finished_at: finished, succeeded: false, file_name: f.file_name.clone(), message: f.message.clone() }
+            if let Some(current) = running.as_ref() {
+                self.metrics.busy_rejections_total.fetch_add(1, Ordering::Relaxed);
+                return busy(current.clone());
             }
-            BackupOutcome::Busy(_) => return,
+            *running = Some(name.as_ref().map(String::clone).unwrap_or_else(|_| "a backup".into()));
+            RunningGuard(Arc::clone(&self))
         };
-        *lock(&self.last_run) = Some(last);
-    }
-
-    /// The response for a backup run, shaped by the policy (or by the host when the policy
-    /// cannot).
-    pub fn shape_backup(&self, outcome: &BackupOutcome) -> HttpResponse {
-        self.policy().shape_backup_response(outcome).unwrap_or_else(|e| {
-            tracing::error!("{e}");
-            policy::fallback_backup_response(outcome)
+        let svc = Arc::clone(&self);
+        let joined = tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            svc.run_blocking(&policy, name, started, trigger)
+        })
+        .await;
+        joined.unwrap_or_else(|e| {
+            // run_blocking catches the engine's panics; this is the recording itself failing.
+            let message = format!("the backup task failed: {e}");
+            tracing::error!("{message}");
+            BackupRun { outcome: internal_failure(message, None), report: None }
         })
     }
 
-    fn local_listing(&self) -> Vec<BackupEntry> {
-        match LocalStore::new(&self.config.backup_dir).list() {
+    fn run_blocking(&self, policy: &Policy, name: Result<String, PolicyError>, started: i64, trigger: Trigger) -> BackupRun {
+        // Across replicas: one backup of this database at a time.
+        let run_key = lock_key(&format!("ef-backup:run:{}", self.config.db.name));
+        let _run_lock = match self.tools().and_then(|t| t.try_advisory_lock(&self.config.db.name, run_key)) {
+            Ok(Some(l)) => Some(l),
+            Ok(None) => {
+                tracing::info!("another ef-backup instance is running a backup of this database; not starting a second one");
+                self.metrics.busy_rejections_total.fetch_add(1, Ordering::Relaxed);
+                return busy("another ef-backup instance");
+            }
+            Err(e) => {
+                tracing::warn!("cannot take the cross-replica lock ({e})");
+                None
+            }
+        };
+        let last_recorded_run = self.state.latest_start().unwrap_or_else(|e| {
+            tracing::error!("{e}; the backup runs without the clock check");
+            None
+        });
+        let id = self.state.begin(trigger, started).map_err(|e| tracing::error!("{e}; the backup runs anyway")).ok();
+        let opts = BackupOptions { now: started, progress: false, cancel: Arc::clone(&self.cancel), last_recorded_run };
+        let file_name = name.as_ref().ok().cloned();
+        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| engine::run_named(&self.config, policy, self.s3.as_ref(), name, opts)));
+        let run = match ran {
+            Ok(report) => BackupRun { outcome: report.outcome.clone(), report: Some(report) },
+            Err(panic) => {
+                let message = format!("the backup stopped on an internal error: {}", panic_message(&*panic));
+                tracing::error!("{message}");
+                BackupRun { outcome: internal_failure(message, file_name), report: None }
+            }
+        };
+        self.record(trigger, id, started, &run.outcome, run.report.as_ref());
+        run
+    }
+
+    /// Counts the run, makes it the last run and writes it to the state store. A store that
+    /// fails is logged; the run's result stands.
+    fn record(&self, trigger: Trigger, id: Option<i64>, started: i64, outcome: &BackupOutcome, report: Option<&BackupReport>) {
+        let Some(finished) = Finished::of(outcome, report, now()) else { return };
+        self.metrics.count(&finished);
+        tracing::info!("{} backup run recorded: {}", trigger.as_str(), finished.message);
+        *lock(&self.last_run) = Some(finished.last_run(started));
+        *lock(&self.listing) = None;
+        if let Err(e) = self.state.finish(id, trigger, started, &finished) {
+            tracing::error!("{e}; this run will be missing from the history after a restart");
+        }
+    }
+
+    /// The response for a backup run, shaped by the policy (or by the host when the policy
+    /// cannot), on a blocking thread.
+    pub async fn shape_backup(&self, outcome: BackupOutcome) -> HttpResponse {
+        let policy = self.policy();
+        let shaped = tokio::task::spawn_blocking(move || {
+            policy.shape_backup_response(&outcome).unwrap_or_else(|e| {
+                tracing::error!("{e}");
+                policy::fallback_backup_response(&outcome)
+            })
+        })
+        .await;
+        shaped.unwrap_or_else(|e| HttpResponse {
+            status: 500,
+            body: serde_json::json!({"success": false, "message": format!("the response could not be shaped: {e}")}).to_string(),
+        })
+    }
+
+    fn compute_listing(&self) -> Listing {
+        let entries: Vec<BackupEntry> = match LocalStore::new(&self.config.backup_dir).list() {
             Ok(l) => l.iter().map(BackupEntry::from).collect(),
             Err(e) => {
                 tracing::warn!("{e}");
                 Vec::new()
             }
+        };
+        let recognised =
+            self.policy().recognise(&policy::policy_config(&self.config), &entries).map(|r| r.len() as u64).unwrap_or(0);
+        tracing::debug!("backup directory listed for status and metrics: {} files, {recognised} recognised", entries.len());
+        Listing { at: Instant::now(), entries, recognised }
+    }
+
+    /// The backup directory and its recognised count, at most [`LISTING_TTL`] old. However
+    /// many callers come at once, one computes (on one blocking thread) and all share it.
+    async fn listing(self: &Arc<Self>) -> Arc<Listing> {
+        let fresh = |l: &Option<Arc<Listing>>| l.as_ref().filter(|l| l.at.elapsed() < LISTING_TTL).cloned();
+        if let Some(l) = fresh(&lock(&self.listing)) {
+            return l;
         }
+        let _turn = self.listing_refresh.lock().await;
+        if let Some(l) = fresh(&lock(&self.listing)) {
+            return l;
+        }
+        let svc = Arc::clone(self);
+        let computed = tokio::task::spawn_blocking(move || svc.compute_listing()).await;
+        let listing = Arc::new(computed.unwrap_or_else(|_| Listing { at: Instant::now(), entries: Vec::new(), recognised: 0 }));
+        *lock(&self.listing) = Some(Arc::clone(&listing));
+        listing
     }
 
     /// The status response, shaped by the policy.
     pub async fn status(self: &Arc<Self>) -> HttpResponse {
-        let svc = Arc::clone(self);
-        let listing = tokio::task::spawn_blocking(move || svc.local_listing()).await.unwrap_or_default();
+        let listing = self.listing().await;
         let policy = self.policy();
         let status = Status {
             now: now(),
             config: policy::policy_config(&self.config),
             policy: policy.loaded(),
-            local_backups: listing,
+            local_backups: listing.entries.clone(),
             last_run: lock(&self.last_run).clone(),
             next_run: *lock(&self.next_run),
             running: self.running(),
         };
-        policy.shape_status(&status).unwrap_or_else(|e| {
+        let shaped = tokio::task::spawn_blocking(move || policy.shape_status(&status)).await;
+        let shaped = shaped.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
+        shaped.unwrap_or_else(|e| {
             tracing::error!("{e}");
             HttpResponse {
                 status: 500,
@@ -275,14 +414,8 @@ impl Service {
 
     /// Prometheus text.
     pub async fn metrics_text(self: &Arc<Self>) -> String {
-        let svc = Arc::clone(self);
-        let on_disk = tokio::task::spawn_blocking(move || {
-            let listing = svc.local_listing();
-            svc.policy().recognise(&policy::policy_config(&svc.config), &listing).map(|r| r.len() as u64).unwrap_or(0)
-        })
-        .await
-        .unwrap_or(0);
-        self.metrics.render(&Gauges { backups_on_disk: on_disk, running: self.running().is_some(), next_run: *lock(&self.next_run) })
+        let listing = self.listing().await;
+        self.metrics.render(&Gauges { backups_on_disk: listing.recognised, running: self.running().is_some(), next_run: *lock(&self.next_run) })
     }
 }
 
