@@ -151,5 +151,5 @@ fn serve_rejects_a_hostile_replacement_and_keeps_serving() {
     assert_eq!(st.json()["policy"]["sha256"], before, "the last good policy keeps running");
     let r = serve.post("/api/ef/v1/backup/manual");
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(r.json()["data"]["backup_file"].as_str().unwrap().starts_with("euraflow_backup_"));
+    assert!(r.json()["data"]["backup_file"].as_str().unwrap().starts_with("ef_e2e_hostile_backup_"));
 }
