@@ -408,9 +408,9 @@ impl Policy {
         tracing::warn!("{err} on the name {name:?}; that file is treated as not this policy's (not listed, counted or deleted)");
     }
 
-    /// What to delete. The answer is checked against the listing: only listed names the policy
-    /// recognises, never the newest backup. Any violation rejects the whole answer (the caller
-    /// skips retention rather than guess).
+    /// What to delete, as `policy check` judges it: only listed names the policy recognises,
+    /// and never the newest backup (the newest recognised name not dated more than a day in
+    /// the future). Any violation rejects the whole answer.
     pub fn select_expired(
         &self,
         backups: &[BackupEntry],
@@ -418,12 +418,25 @@ impl Policy {
         target: Target,
         config: &PolicyConfig,
     ) -> Result<Vec<String>, PolicyError> {
+        let call = "select-expired";
         let ours = self.recognise(config, backups)?;
-        self.select_expired_among(backups, &ours, now, target, config)
+        let names = self.select_expired_among(backups, &ours, now, target, config)?;
+        let newest = ours
+            .iter()
+            .filter(|(_, t)| *t <= now.saturating_add(crate::retention::FUTURE_SLACK_SECS))
+            .max_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.name.cmp(&b.0.name)))
+            .map(|(b, _)| b.name.as_str());
+        if let Some(name) = names.iter().find(|n| Some(n.as_str()) == newest) {
+            return Err(self.bad(call, format!("{name:?} is the newest backup, which must never be deleted")));
+        }
+        Ok(names)
     }
 
-    /// [`Policy::select_expired`] with the listing already recognised ([`Policy::recognise`]).
-    /// "The newest" is the newest recognised name not dated more than a day in the future.
+    /// The policy's selection among a listing already recognised ([`Policy::recognise`]),
+    /// for retention. A name that is not listed or not recognised rejects the whole answer
+    /// (the policy is confused; the caller skips retention rather than guess). Which of the
+    /// selected names may really go is the host's call (`retention::Guard`), so a selected
+    /// newest backup is kept there without throwing the rest of the answer away.
     pub fn select_expired_among(
         &self,
         backups: &[BackupEntry],
@@ -434,11 +447,6 @@ impl Policy {
     ) -> Result<Vec<String>, PolicyError> {
         let call = "select-expired";
         let names = self.call(call, |p, s| p.euraflow_backup_policy().call_select_expired(&mut *s, backups, now, target, config))?;
-        let newest = ours
-            .iter()
-            .filter(|(_, t)| *t <= now.saturating_add(crate::retention::FUTURE_SLACK_SECS))
-            .max_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.name.cmp(&b.0.name)))
-            .map(|(b, _)| b.name.as_str());
         let mut out: Vec<String> = Vec::with_capacity(names.len());
         for name in names {
             if !backups.iter().any(|b| b.name == name) {
@@ -446,9 +454,6 @@ impl Policy {
             }
             if !ours.iter().any(|(b, _)| b.name == name) {
                 return Err(self.bad(call, format!("{name:?} is not a name the policy produces (parse-name rejects it)")));
-            }
-            if Some(name.as_str()) == newest {
-                return Err(self.bad(call, format!("{name:?} is the newest backup, which must never be deleted")));
             }
             if !out.contains(&name) {
                 out.push(name);
