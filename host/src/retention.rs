@@ -126,7 +126,12 @@ impl Guard {
         dated.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(a.0)));
         let newest_by_name = dated.first().map(|(n, _)| *n);
         let protected_by_count: Vec<&str> = dated.iter().take(self.min_keep as usize).map(|(n, _)| *n).collect();
-        let newest_modified = recognised.iter().map(|(b, _)| b.modified).max();
+        // One backup, not every one sharing the newest mtime: files copied in one go (a restore
+        // from tape, `cp` without `-p`) share a second, and would all be kept for ever.
+        let newest_modified = recognised
+            .iter()
+            .max_by(|(a, ta), (b, tb)| a.modified.cmp(&b.modified).then(ta.cmp(tb)).then_with(|| a.name.cmp(&b.name)))
+            .map(|(b, _)| b.name.as_str());
         let time_of = |name: &str| recognised.iter().find(|(b, _)| b.name == name).map(|(_, t)| *t);
 
         let decisions = listing
@@ -141,7 +146,7 @@ impl Guard {
                     Decision::Keep(KeepReason::NotSelected)
                 } else if Some(name) == newest_by_name {
                     Decision::Keep(KeepReason::NewestByName)
-                } else if Some(b.modified) == newest_modified {
+                } else if Some(name) == newest_modified {
                     Decision::Keep(KeepReason::NewestByModified)
                 } else if protected_by_count.contains(&name) {
                     Decision::Keep(KeepReason::MinKeep)
@@ -245,6 +250,9 @@ mod tests {
             (0, &[B("a", Some(0), 0), B("b", Some(5), 5)], &["a", "b"], None, &[Keep(NewestByName), DEL]),
             // ... and the newest by mtime, even when its name is older.
             (0, &[B("a", Some(0), 3), B("b", Some(5), 1), B("c", Some(9), 9)], &["a", "b", "c"], None, &[Keep(NewestByName), Keep(NewestByModified), DEL]),
+            // Copied in one go, all share an mtime: one of them (the newest by name) is the newest by mtime, not all.
+            (0, &[B("a", Some(1), 0), B("b", Some(2), 0), B("c", Some(3), 0)], &["a", "b", "c"], None, &[Keep(NewestByName), DEL, DEL]),
+            (0, &[B("a", Some(1), 0), B("b", Some(2), 0), B("n", Some(0), 1)], &["a", "b", "n"], None, &[Keep(NewestByModified), DEL, Keep(NewestByName)]),
             // The backup just written is kept even if the policy does not recognise it.
             (0, &[B("new", None, 0), B("b", Some(5), 5)], &["new"], Some("new"), &[Keep(JustWritten), Keep(NotSelected)]),
             // min_keep: the three newest by name stay, whatever is selected.

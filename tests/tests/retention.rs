@@ -42,8 +42,9 @@ fn backup(db: &str, dir: &Path, extra: &[(&str, &str)]) -> (Run, String) {
     (run, name)
 }
 
+/// Our well-formed backups in `dir` (not the odd names the tests plant).
 fn ours(dir: &Path, prefix: &str) -> Vec<String> {
-    files(dir).into_iter().filter(|f| f.starts_with(prefix) && f.ends_with(".sql.gz")).collect()
+    files(dir).into_iter().filter(|f| f.starts_with(prefix) && f.ends_with(".sql.gz") && f.is_ascii()).collect()
 }
 
 fn metric(port: u16, name: &str) -> f64 {
@@ -154,7 +155,7 @@ fn s3_retention_keeps_the_minimum_and_logs_each_deleted_name() {
     s3.probe(&["put", &s3.bucket, &foreign, body.to_str().unwrap()]);
     let vars = s3.vars(&prefix);
     let mut env: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    env.extend([("EF__POLICY_S3_KEEP_LAST", "1"), ("EF__BACKUP_RETENTION_DAYS", "0")]);
+    env.extend([("EF__POLICY_S3_KEEP_LAST", "1"), ("EF__BACKUP_RETENTION_DAYS", "1")]);
     let (run, _) = backup(db, &backups, &env);
     // Policy: keep 1 (the new one). Host: keep 3 (the new one and the 2 newest old ones).
     for n in &old[..3] {
@@ -249,20 +250,25 @@ fn legacy_names_are_announced_and_can_be_adopted() {
 /// ENOSPC); partials that are not ours stay.
 #[test]
 fn a_stale_partial_on_a_full_disk_is_removed_before_the_backup() {
-    let db = small_db("ef_e2e_ret_partial", 60_000);
+    let db = small_db("ef_e2e_ret_partial", 20_000);
     let dir = tempdir();
-    let backups = dir.path().join("backups");
-    let _mount = Mount::tmpfs(&backups, "8M");
-    let stale = backups.join(format!("{db}_backup_20200101_010000.sql.gz.partial"));
-    std::fs::write(&stale, vec![1u8; 7 << 20]).unwrap();
-    let f = std::fs::File::options().write(true).open(&stale).unwrap();
-    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(3 * 86_400)).unwrap();
+    // The disk: room for two backups; the stale partial leaves room for half of one.
+    let (_, probe) = backup(db, &dir.path().join("probe"), &[]);
+    let size = std::fs::metadata(dir.path().join("probe").join(&probe)).unwrap().len();
+    let disk = 2 * size + (1 << 20);
     let foreign = ["euraflow_backup_20200101_010000.sql.gz.partial", "notes.partial"];
+    let backups = dir.path().join("backups");
+    let _mount = Mount::tmpfs(&backups, &format!("{}k", disk / 1024));
+    let stale = backups.join(format!("{db}_backup_20200101_010000.sql.gz.partial"));
+    std::fs::write(&stale, vec![1u8; (disk - 2 * (100 << 10) - 64 * 1024 - size / 2) as usize]).unwrap();
+    // Closed at once: an open descriptor would keep the space after the unlink (a crashed writer holds none).
+    std::fs::File::options().write(true).open(&stale).unwrap().set_modified(std::time::SystemTime::now() - Duration::from_secs(3 * 86_400)).unwrap();
     for n in foreign {
         std::fs::write(backups.join(n), vec![7u8; 100 << 10]).unwrap();
     }
     let run = ef(db, &backups, &[], &["backup", "--json"]);
-    assert!(run.ok(), "the backup fits once the stale partial is gone: {}", run.all());
+    let ls = std::process::Command::new("ls").arg("-la").arg(&backups).output().unwrap();
+    assert!(run.ok(), "the backup fits once the stale partial is gone: {}\n{}", run.all(), String::from_utf8_lossy(&ls.stdout));
     assert!(!stale.exists());
     assert!(run.stderr.contains("left over by an interrupted backup"), "{}", run.stderr);
     assert!(foreign.iter().all(|n| backups.join(n).exists()), "{:?}", files(&backups));
