@@ -138,12 +138,13 @@ impl Guard {
             .iter()
             .map(|b| {
                 let name = b.name.as_str();
-                let decision = if Some(name) == just_written {
-                    Decision::Keep(KeepReason::JustWritten)
-                } else if time_of(name).is_none() {
+                // The policy's own keeps first, so a safety rule is named only when it overrules.
+                let decision = if time_of(name).is_none() {
                     Decision::Keep(KeepReason::Foreign)
                 } else if !selected.iter().any(|s| s == name) {
                     Decision::Keep(KeepReason::NotSelected)
+                } else if Some(name) == just_written {
+                    Decision::Keep(KeepReason::JustWritten)
                 } else if Some(name) == newest_by_name {
                     Decision::Keep(KeepReason::NewestByName)
                 } else if Some(name) == newest_modified {
@@ -245,7 +246,7 @@ mod tests {
         // (min_keep, backups, policy's selection, just written, expected decision per backup)
         let table: &[(u32, &[B], &[&str], Option<&str>, &[Decision])] = &[
             // The policy's selection is carried out when no rule objects.
-            (1, &[B("a", Some(0), 0), B("b", Some(5), 5), B("c", Some(9), 9)], &["b", "c"], Some("a"), &[Keep(JustWritten), DEL, DEL]),
+            (1, &[B("a", Some(0), 0), B("b", Some(5), 5), B("c", Some(9), 9)], &["b", "c"], Some("a"), &[Keep(NotSelected), DEL, DEL]),
             // A policy that selects everything: the newest by name stays.
             (0, &[B("a", Some(0), 0), B("b", Some(5), 5)], &["a", "b"], None, &[Keep(NewestByName), DEL]),
             // ... and the newest by mtime, even when its name is older.
@@ -253,8 +254,12 @@ mod tests {
             // Copied in one go, all share an mtime: one of them (the newest by name) is the newest by mtime, not all.
             (0, &[B("a", Some(1), 0), B("b", Some(2), 0), B("c", Some(3), 0)], &["a", "b", "c"], None, &[Keep(NewestByName), DEL, DEL]),
             (0, &[B("a", Some(1), 0), B("b", Some(2), 0), B("n", Some(0), 1)], &["a", "b", "n"], None, &[Keep(NewestByModified), DEL, Keep(NewestByName)]),
-            // The backup just written is kept even if the policy does not recognise it.
-            (0, &[B("new", None, 0), B("b", Some(5), 5)], &["new"], Some("new"), &[Keep(JustWritten), Keep(NotSelected)]),
+            // The backup just written is kept even if it is older by name and mtime (a clock that
+            // went back within the guard); one the policy does not recognise is foreign, kept too.
+            (0, &[B("new", Some(3), 3), B("b", Some(1), 1), B("c", Some(5), 5)], &["new", "c"], Some("new"), &[Keep(JustWritten), Keep(NotSelected), DEL]),
+            (0, &[B("new", None, 0), B("b", Some(5), 5)], &["new"], Some("new"), &[Keep(Foreign), Keep(NotSelected)]),
+            // Not selected stays "not selected" even when it is also the one just written.
+            (0, &[B("new", Some(0), 0)], &[], Some("new"), &[Keep(NotSelected)]),
             // min_keep: the three newest by name stay, whatever is selected.
             (3, &[B("a", Some(1), 1), B("b", Some(2), 2), B("c", Some(3), 3), B("d", Some(4), 4)], &["a", "b", "c", "d"], None,
                 &[Keep(NewestByName), Keep(MinKeep), Keep(MinKeep), DEL]),
