@@ -78,25 +78,17 @@ impl DateTime {
         )
     }
 
-    /// Parses exactly `YYYYMMDD_HHMMSS` (ASCII digits only), validating the date.
+    /// Parses exactly `YYYYMMDD_HHMMSS` (ASCII digits only), validating the date. Works on
+    /// bytes: a `str` slice inside a multi-byte character would panic, and a panic is a trap
+    /// that ends every call of the policy that meets such a name.
     pub fn parse_compact(s: &str, offset_secs: i64) -> Option<i64> {
         let b = s.as_bytes();
-        if b.len() != 15 || b[8] != b'_' {
+        if b.len() != 15 || b[8] != b'_' || b.iter().enumerate().any(|(i, c)| i != 8 && !c.is_ascii_digit()) {
             return None;
         }
-        let digits = |r: std::ops::Range<usize>| -> Option<u32> {
-            let part = &s[r];
-            part.bytes().all(|c| c.is_ascii_digit()).then(|| part.parse().ok()).flatten()
-        };
-        DateTime {
-            year: digits(0..4)? as i64,
-            month: digits(4..6)?,
-            day: digits(6..8)?,
-            hour: digits(9..11)?,
-            minute: digits(11..13)?,
-            second: digits(13..15)?,
-        }
-        .to_unix(offset_secs)
+        let num = |r: std::ops::Range<usize>| b[r].iter().fold(0u32, |n, c| n * 10 + u32::from(c - b'0'));
+        DateTime { year: num(0..4) as i64, month: num(4..6), day: num(6..8), hour: num(9..11), minute: num(11..13), second: num(13..15) }
+            .to_unix(offset_secs)
     }
 }
 
@@ -152,6 +144,9 @@ mod tests {
             "2025110401300000",
             "+0251104_013000",
             "２0251104_013000",
+            "2025年1_013000", // 15 bytes with `_` at byte 8, but `年` spans bytes 4..7
+            "20251104_01300é",
+            "é0251104_01300",
             "",
         ] {
             assert_eq!(DateTime::parse_compact(bad, 0), None, "{bad:?}");

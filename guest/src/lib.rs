@@ -33,18 +33,20 @@ mod component {
             policy::schedule(&settings)
         }
 
-        fn backup_name(_config: Config, now: i64) -> String {
-            policy::backup_name(now)
+        fn backup_name(config: Config, now: i64) -> String {
+            policy::Names::of(&config).backup_name(now)
         }
 
-        fn parse_name(_config: Config, name: String) -> Option<i64> {
-            policy::parse_name(&name)
+        // Setting warnings are not logged here: the host calls this once per listed file.
+        fn parse_name(config: Config, name: String) -> Option<i64> {
+            policy::Names::of(&config).parse(&name)
         }
 
         fn select_expired(backups: Vec<BackupEntry>, now: i64, target: Target, config: Config) -> Vec<String> {
             let (settings, warnings) = policy::Settings::parse(&config);
             warn_all(warnings);
-            let expired = policy::select_expired(&backups, now, target, &settings);
+            let names = policy::Names::new(&config.database, settings.legacy_prefix.as_deref());
+            let expired = policy::select_expired(&backups, now, target, &settings, &names);
             log(
                 Level::Debug,
                 &format!("retention ({target:?}): {} listed, {} expired", backups.len(), expired.len()),

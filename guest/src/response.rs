@@ -170,8 +170,9 @@ struct LastRun {
 }
 
 pub fn status(s: &Status, settings: &Settings) -> HttpResponse {
+    let names = policy::Names::new(&s.config.database, settings.legacy_prefix.as_deref());
     let mut ours: Vec<(&crate::types::BackupEntry, i64)> =
-        s.local_backups.iter().filter_map(|b| policy::parse_name(&b.name).map(|t| (b, t))).collect();
+        s.local_backups.iter().filter_map(|b| names.parse(&b.name).map(|t| (b, t))).collect();
     ours.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.name.cmp(&a.0.name)));
     let total: u64 = ours.iter().map(|(b, _)| b.size_bytes).sum();
     let body = StatusBody {

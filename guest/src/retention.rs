@@ -2,7 +2,11 @@
 
 /// Keep every backup younger than `within_secs`, and the `last` newest ones whatever their
 /// age. Everything else expires. `last` is at least 1: the newest backup never expires, so a
-/// run of failing backups cannot age out the last good one.
+/// run of failing backups cannot age out the last good one. A name dated more than
+/// [`FUTURE_SLACK_SECS`] ahead is kept but takes none of the `last` places: otherwise one
+/// such file (a wrong clock, a file put there by hand) would age out the real newest.
+pub const FUTURE_SLACK_SECS: i64 = 86_400;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keep {
     pub within_secs: i64,
@@ -17,7 +21,8 @@ impl Keep {
     /// `backups` holds (name, creation time) of recognised backups only. Returns the names
     /// that expire at `now`, oldest first.
     pub fn expired<'a>(&self, backups: &'a [(String, i64)], now: i64) -> Vec<&'a str> {
-        let mut sorted: Vec<&(String, i64)> = backups.iter().collect();
+        let future = now.saturating_add(FUTURE_SLACK_SECS);
+        let mut sorted: Vec<&(String, i64)> = backups.iter().filter(|(_, t)| *t <= future).collect();
         // Newest first; the name breaks ties so the outcome never depends on listing order.
         sorted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
         let cutoff = now.saturating_sub(self.within_secs);
@@ -60,6 +65,9 @@ mod tests {
             (Keep::days(7, 1), &[0, 7, 8], &[8]),
             // Backups "from the future" (clock skew) are kept, never expired.
             (Keep::days(7, 1), &[-1, 9], &[9]),
+            // ... but more than a day ahead takes no `last` place: the real newest stays.
+            (Keep::days(0, 1), &[-30, 9, 10], &[10]),
+            (Keep::days(0, 2), &[-2, -30, 9, 10, 11], &[11]),
             (Keep::days(0, 2), &[1, 2, 3, 4], &[3, 4]),
         ];
         for (keep, ages, want) in table {

@@ -11,12 +11,15 @@ use crate::config::Config;
 use crate::db::{DbError, PgTools};
 use crate::dump::{self, DumpError};
 use crate::policy::{self, BackupDone, BackupEntry, BackupFailed, BackupOutcome, ErrorKind, Policy, PolicyError, S3Outcome, Target};
+use crate::retention::{Guard, Plan};
 use crate::store::local::{LocalError, LocalStore, PartialFile};
 use crate::store::s3::{S3Store, S3Upload};
 use crate::store::StoredBackup;
 
-/// Partial files older than this are leftovers of crashed runs.
-pub const STALE_PARTIAL: Duration = Duration::from_secs(86_400);
+/// A `.partial` of ours that no writer holds is removed once it has not been written to for
+/// this long: the grace covers the instants a live writer does not hold its lock (between
+/// creating the file and locking it, and between closing it and the rename of the commit).
+pub const PARTIAL_MIN_IDLE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -63,6 +66,8 @@ pub struct RetentionReport {
     pub error: Option<String>,
     /// Retention was skipped because the clock is earlier than the last recorded run.
     pub clock_behind: bool,
+    /// Recognised names dated more than a day in the future (never counted as the newest).
+    pub future_dated: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -201,8 +206,7 @@ fn dump_to_file(
 }
 
 /// S3 retention: the same contract as local, against the bucket listing under the prefix.
-pub fn apply_s3_retention(s3: &S3Store, policy: &Policy, config: &Config, now: i64) -> RetentionReport {
-    let mut report = RetentionReport::default();
+pub fn apply_s3_retention(s3: &S3Store, policy: &Policy, config: &Config, guard: &Guard, just_written: &str) -> RetentionReport {
     // Uploads older than a backup can run are dead: abort them so their parts stop costing.
     // Any backup file name counts, not only the current policy's: an upload cut off before a
     // policy swap carries the previous policy's name and is just as dead.
@@ -212,18 +216,24 @@ pub fn apply_s3_retention(s3: &S3Store, policy: &Policy, config: &Config, now: i
         Ok(n) => tracing::info!("aborted {n} incomplete S3 upload(s) left by interrupted runs"),
         Err(e) => tracing::warn!("could not check for incomplete S3 uploads: {e}"),
     }
-    let result = s3.list().map_err(|e| e.to_string()).and_then(|listing: Vec<StoredBackup>| {
-        let entries: Vec<BackupEntry> = listing.iter().map(BackupEntry::from).collect();
-        policy.select_expired(&entries, now, Target::S3, &policy::policy_config(config)).map_err(|e| e.to_string())
-    });
-    let expired = match result {
-        Ok(e) => e,
+    if guard.clock_behind() {
+        return clock_behind_report(guard, "S3");
+    }
+    let mut report = RetentionReport::default();
+    let result = s3
+        .list()
+        .map_err(|e| e.to_string())
+        .and_then(|listing: Vec<StoredBackup>| retention_plan(policy, config, guard, &listing, Target::S3, just_written).map_err(|e| e.to_string()));
+    let plan = match result {
+        Ok(p) => p,
         Err(e) => {
             tracing::error!("S3 备份清理已跳过 (retention skipped, nothing deleted): {e}");
             report.error = Some(e);
             return report;
         }
     };
+    report.future_dated = plan.future_dated.clone();
+    let expired = plan.to_delete();
     if expired.is_empty() {
         return report;
     }
@@ -235,8 +245,54 @@ pub fn apply_s3_retention(s3: &S3Store, policy: &Policy, config: &Config, now: i
             report.error = Some(e.to_string());
         }
     }
+    for name in &report.deleted {
+        tracing::info!("S3 retention deleted: {name}");
+    }
     tracing::info!("✓ S3 备份清理完成，删除了 {} 个旧备份", report.deleted.len());
     report
+}
+
+/// Retention skipped because the clock went backwards (see [`Guard::clock_behind`]).
+fn clock_behind_report(guard: &Guard, place: &str) -> RetentionReport {
+    let message = format!(
+        "{place} retention skipped, nothing deleted: the clock says {} but a run was already recorded at {}; the clock went \
+         backwards (check NTP / the system clock). Retention resumes once the clock has caught up",
+        crate::cli::format_time(guard.now),
+        guard.last_recorded_run.map(crate::cli::format_time).unwrap_or_default()
+    );
+    tracing::error!("{message}");
+    RetentionReport { error: Some(message), clock_behind: true, ..RetentionReport::default() }
+}
+
+/// The policy's selection for one place, passed through the host's safety rules. Recognition
+/// is per name ([`Policy::recognise`]): an odd name is only "not ours", it never stops retention.
+fn retention_plan(
+    policy: &Policy,
+    config: &Config,
+    guard: &Guard,
+    listing: &[StoredBackup],
+    target: Target,
+    just_written: &str,
+) -> Result<Plan, PolicyError> {
+    let entries: Vec<BackupEntry> = listing.iter().map(BackupEntry::from).collect();
+    let pc = policy::policy_config(config);
+    let ours = policy.recognise(&pc, &entries)?;
+    let selected = policy.select_expired_among(&entries, &ours, guard.now, target, &pc)?;
+    let plan = guard.decide(&entries, &ours, &selected, Some(just_written));
+    let place = match target {
+        Target::Local => "local",
+        Target::S3 => "S3",
+    };
+    for name in &plan.future_dated {
+        tracing::warn!(
+            "{place} backup {name:?} is dated more than a day in the future (a wrong clock when it was written?); it never counts \
+             as the newest backup, and deleting it is the policy's call"
+        );
+    }
+    for (name, reason) in plan.overruled() {
+        tracing::warn!("{place} retention keeps {name:?}, which the policy selected: {reason}");
+    }
+    Ok(plan)
 }
 
 /// The original's start-up line about S3.
@@ -247,9 +303,12 @@ pub fn log_s3_state(config: &Config) {
     }
 }
 
-/// Deletes exactly what the policy selects among the listed local backups. Never fails the
-/// backup: problems are logged and reported.
-pub fn apply_local_retention(store: &LocalStore, policy: &Policy, config: &Config, now: i64) -> RetentionReport {
+/// Deletes what the policy selects among the listed local backups, unless a safety rule of
+/// the host keeps it ([`Guard::decide`]). Never fails the backup: problems are logged and reported.
+pub fn apply_local_retention(store: &LocalStore, policy: &Policy, config: &Config, guard: &Guard, just_written: &str) -> RetentionReport {
+    if guard.clock_behind() {
+        return clock_behind_report(guard, "local");
+    }
     let mut report = RetentionReport::default();
     let listing = match store.list() {
         Ok(l) => l,
@@ -259,16 +318,16 @@ pub fn apply_local_retention(store: &LocalStore, policy: &Policy, config: &Confi
             return report;
         }
     };
-    let entries: Vec<BackupEntry> = listing.iter().map(BackupEntry::from).collect();
-    let expired = match policy.select_expired(&entries, now, Target::Local, &policy::policy_config(config)) {
-        Ok(e) => e,
+    let plan = match retention_plan(policy, config, guard, &listing, Target::Local, just_written) {
+        Ok(p) => p,
         Err(e) => {
             tracing::error!("本地备份清理已跳过 (retention skipped, nothing deleted): {e}");
             report.error = Some(e.to_string());
             return report;
         }
     };
-    for name in expired {
+    report.future_dated = plan.future_dated.clone();
+    for name in plan.to_delete() {
         match store.delete(&name) {
             Ok(()) => {
                 tracing::info!("已删除过期本地备份: {name}");
@@ -283,13 +342,32 @@ pub fn apply_local_retention(store: &LocalStore, policy: &Policy, config: &Confi
     if !report.deleted.is_empty() {
         tracing::info!("✓ 本地备份清理完成，删除了 {} 个旧备份", report.deleted.len());
     }
-    for cleaned in store.clean_partials(STALE_PARTIAL) {
-        match cleaned {
-            Ok(name) => tracing::info!("removed {name}, left over by an interrupted backup"),
+    report
+}
+
+/// Removes the `.partial` files of this deployment's names that no live writer holds: a
+/// crashed run's leftover on a nearly full disk would otherwise make every later backup fail
+/// with ENOSPC. Other partials (another deployment's, a foreign tool's) are left alone.
+pub fn remove_abandoned_partials(store: &LocalStore, policy: &Policy, config: &Config) {
+    let partials = store.list_partials();
+    if partials.is_empty() {
+        return;
+    }
+    let entries: Vec<BackupEntry> = partials.iter().map(BackupEntry::from).collect();
+    let ours = match policy.recognise(&policy::policy_config(config), &entries) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!("left partial files in {} alone: {e}", store.dir().display());
+            return;
+        }
+    };
+    for (b, _) in ours {
+        match store.remove_abandoned_partial(&b.name, PARTIAL_MIN_IDLE) {
+            Ok(true) => tracing::info!("removed {}{}, left over by an interrupted backup ({})", b.name, crate::store::local::PARTIAL_SUFFIX, mb(b.size_bytes)),
+            Ok(false) => {}
             Err(e) => tracing::warn!("{e}"),
         }
     }
-    report
 }
 
 /// Runs one backup, named by the policy. Always returns an outcome (done or failed) for the
@@ -312,6 +390,7 @@ pub fn run_named(
     let store = LocalStore::new(&config.backup_dir);
     let (name, result) = match name {
         Ok(name) => {
+            remove_abandoned_partials(&store, policy, config);
             let result = dump_to_file(config, &store, s3, &name, &opts);
             (Some(name), result)
         }
@@ -320,10 +399,11 @@ pub fn run_named(
     let finished_at = opts.now + started.elapsed().as_secs() as i64;
     match result {
         Ok(done) => {
-            let retention = apply_local_retention(&store, policy, config, opts.now);
+            let guard = Guard { now: opts.now, min_keep: config.min_keep, last_recorded_run: opts.last_recorded_run };
+            let retention = apply_local_retention(&store, policy, config, &guard, &done.name);
             // Old S3 copies go only after a new one arrived.
             let s3_retention = match (&done.s3, s3) {
-                (S3Outcome::Uploaded(_), Some(s3)) => apply_s3_retention(s3, policy, config, opts.now),
+                (S3Outcome::Uploaded(_), Some(s3)) => apply_s3_retention(s3, policy, config, &guard, &done.name),
                 _ => RetentionReport::default(),
             };
             BackupReport {

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod metrics;
 pub mod policy;
 pub mod restore;
+pub mod retention;
 pub mod schedule;
 pub mod serve;
 pub mod service;

@@ -308,11 +308,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::List { json } => {
             let policy = load_policy(cli.policy, &config)?;
             let listing = LocalStore::new(&config.backup_dir).list()?;
+            ef_backup::retention::warn_legacy_names(&policy, &config, &config.backup_dir.display().to_string(), &listing);
             let local = cli::recognised(&policy, &config, &listing)?;
             let mut foreign = listing.len() - local.len();
             let mut places = vec![cli::Place { location: config.backup_dir.display().to_string(), s3: false, backups: local }];
             if let Some((_rt, s3)) = s3_store(&config)? {
                 let listing = s3.list()?;
+                ef_backup::retention::warn_legacy_names(&policy, &config, &s3.url(""), &listing);
                 let ours = cli::recognised(&policy, &config, &listing)?;
                 foreign += listing.len() - ours.len();
                 places.push(cli::Place { location: s3.url(""), s3: true, backups: ours });

@@ -257,6 +257,9 @@ pub fn run(config: Config, policy_path: &Path) -> Result<()> {
         .with_context(|| format!("cannot use the state directory {} (EF__STATE_DIR)", config.state_dir.display()))?;
     tracing::info!("state: {}", state.path().display());
     engine::log_s3_state(&config);
+    if let Ok(listing) = crate::store::local::LocalStore::new(&config.backup_dir).list() {
+        crate::retention::warn_legacy_names(&policy, &config, &config.backup_dir.display().to_string(), &listing);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     rt.block_on(async move {
         let s3 = config.s3.as_ref().map(|c| S3Store::new(c, config.s3_part_size, tokio::runtime::Handle::current()));

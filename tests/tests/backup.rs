@@ -45,8 +45,10 @@ fn round_trip_restores_every_table_equal() {
     let path = backups.join(&name);
     assert_eq!(data["backup_path"], path.to_str().unwrap());
     assert_eq!(data["file_size_bytes"], std::fs::metadata(&path).unwrap().len());
-    assert!(name.starts_with("euraflow_backup_") && name.ends_with(".sql.gz"), "{name}");
-    assert_eq!(data["timestamp"].as_str().unwrap(), &name["euraflow_backup_".len()..name.len() - ".sql.gz".len()]);
+    // Names carry the database (issue 12 item 7).
+    let prefix = format!("{src}_backup_");
+    assert!(name.starts_with(&prefix) && name.ends_with(".sql.gz"), "{name}");
+    assert_eq!(data["timestamp"].as_str().unwrap(), &name[prefix.len()..name.len() - ".sql.gz".len()]);
     assert_eq!(data["s3_uploaded"], false);
     assert_eq!(files(&backups), [name.clone()], "only the backup, no partial file");
 
@@ -143,7 +145,7 @@ fn restore_refuses_to_clobber_and_leaves_target_unchanged_on_failure() {
 /// An older good backup that every failing run must leave alone.
 fn old_backup(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
     std::fs::create_dir_all(dir).unwrap();
-    let p = dir.join("euraflow_backup_20200101_010000.sql.gz");
+    let p = dir.join(format!("{}_backup_20200101_010000.sql.gz", sample_db()));
     let content = b"older good backup".to_vec();
     std::fs::write(&p, &content).unwrap();
     (p, content)
@@ -305,11 +307,18 @@ fn retention_deletes_only_what_the_policy_selects() {
     let backups = dir.path().join("backups");
     std::fs::create_dir_all(&backups).unwrap();
     // Ten old backups (all far outside the 7-day window) and files that are not ours.
-    let old: Vec<String> = (1..=10).map(|d| format!("euraflow_backup_202001{d:02}_010000.sql.gz")).collect();
+    let old: Vec<String> = (1..=10).map(|d| format!("{src}_backup_202001{d:02}_010000.sql.gz")).collect();
     for n in &old {
         std::fs::write(backups.join(n), b"old").unwrap();
     }
-    let foreign = ["notes.txt", "manual_dump.sql.gz", "euraflow_backup_latest.sql.gz", "euraflow_backup_20200101_010000.sql"];
+    // Another database's backup (the original's name) is as foreign as a note.
+    let foreign = [
+        "notes.txt",
+        "manual_dump.sql.gz",
+        "ef_e2e_sample_backup_latest.sql.gz",
+        "ef_e2e_sample_backup_20200101_010000.sql",
+        "euraflow_backup_20200101_010000.sql.gz",
+    ];
     for n in foreign {
         std::fs::write(backups.join(n), b"not ours").unwrap();
     }

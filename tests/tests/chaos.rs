@@ -237,13 +237,15 @@ impl World {
         }
         // The default policy keeps everything younger than 7 days: every good backup it named
         // must still be there; the GFS policy keeps at least its 14 newest.
-        let default_named: Vec<&String> = self.good.iter().filter(|n| n.starts_with("euraflow_backup_")).collect();
+        let default_named: Vec<&String> = self.good.iter().filter(|n| n.starts_with("chaos_backup_")).collect();
         let missing: Vec<&&String> = default_named.iter().filter(|n| !listing.contains(n)).collect();
         if !missing.is_empty() {
             self.violation(format!("good backups deleted: {missing:?}"));
         }
-        let gfs_good = self.good.iter().filter(|n| n.starts_with("chaos_")).count();
-        let gfs_present = listing.iter().filter(|n| n.starts_with("chaos_") && n.ends_with(".sql.gz")).count();
+        // Both name the database `chaos`: the default policy `chaos_backup_…`, GFS `chaos_…`.
+        let gfs = |n: &String| n.starts_with("chaos_") && !n.starts_with("chaos_backup_");
+        let gfs_good = self.good.iter().filter(|n| gfs(n)).count();
+        let gfs_present = listing.iter().filter(|n| gfs(n) && n.ends_with(".sql.gz")).count();
         if gfs_present < gfs_good.min(14) {
             self.violation(format!("GFS minimum count broken: {gfs_present} of {gfs_good} present"));
         }

@@ -111,8 +111,13 @@ fn bad_retention_answers_are_skipped_and_nothing_is_deleted() {
         let before = files(&backups);
         let (run, _) = run_with(mode, &backups, &["backup", "--json"]);
         assert!(run.ok(), "{mode}: the backup itself is good: {}", run.all());
-        assert!(run.stderr.contains("retention skipped, nothing deleted"), "{mode}: {}", run.stderr);
-        assert!(run.stderr.contains("select-expired"), "{mode}: {}", run.stderr);
+        if mode == "select-expired:newest" {
+            // Issue 12 item 6: the host's safety rules keep it; the rest of an answer would stand.
+            assert!(run.stderr.contains("which the policy selected: it is the backup just written"), "{mode}: {}", run.stderr);
+        } else {
+            assert!(run.stderr.contains("retention skipped, nothing deleted"), "{mode}: {}", run.stderr);
+            assert!(run.stderr.contains("select-expired"), "{mode}: {}", run.stderr);
+        }
         let after = files(&backups);
         assert!(before.iter().all(|f| after.contains(f)), "{mode}: something was deleted");
         assert_eq!(after.len(), before.len() + 1, "{mode}");
@@ -151,5 +156,5 @@ fn serve_rejects_a_hostile_replacement_and_keeps_serving() {
     assert_eq!(st.json()["policy"]["sha256"], before, "the last good policy keeps running");
     let r = serve.post("/api/ef/v1/backup/manual");
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(r.json()["data"]["backup_file"].as_str().unwrap().starts_with("euraflow_backup_"));
+    assert!(r.json()["data"]["backup_file"].as_str().unwrap().starts_with("ef_e2e_hostile_backup_"));
 }

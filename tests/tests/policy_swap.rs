@@ -46,7 +46,9 @@ fn swap_to_gfs_and_back_without_restarting() {
     let backups = dir.path().join("backups");
     std::fs::create_dir_all(&backups).unwrap();
     // Old backups under both naming schemes: each policy must delete only its own.
-    let old_default: Vec<String> = (1..=20).map(|d| format!("euraflow_backup_202001{d:02}_010000.sql.gz")).collect();
+    let old_default: Vec<String> = (1..=20).map(|d| format!("{db}_backup_202001{d:02}_010000.sql.gz")).collect();
+    let default_named = |f: &&String| f.starts_with(&format!("{db}_backup_"));
+    let gfs_named = |f: &&String| f.starts_with(&format!("{db}_")) && !default_named(f);
     let old_gfs: Vec<String> = (1..=20).map(|d| format!("{db}_202001{d:02}_010000.sql.gz")).collect();
     for n in old_default.iter().chain(&old_gfs) {
         std::fs::write(backups.join(n), b"old").unwrap();
@@ -59,10 +61,10 @@ fn swap_to_gfs_and_back_without_restarting() {
     let r = serve.post("/api/ef/v1/backup/manual").json();
     assert_eq!(r["message"], "数据库备份成功（仅本地，S3 未启用）");
     let first = r["data"]["backup_file"].as_str().unwrap().to_string();
-    assert!(first.starts_with("euraflow_backup_"), "{first}");
+    assert!(default_named(&&first), "{first}");
     // Default retention: 14 newest of its own kept; all GFS-named files untouched.
     let now_files = files(&backups);
-    assert_eq!(now_files.iter().filter(|f| f.starts_with("euraflow_backup_")).count(), 14, "{now_files:?}");
+    assert_eq!(now_files.iter().filter(default_named).count(), 14, "{now_files:?}");
     assert!(old_gfs.iter().all(|n| now_files.contains(n)));
 
     install(&gfs, &policy);
@@ -73,13 +75,13 @@ fn swap_to_gfs_and_back_without_restarting() {
     let r = serve.post("/api/ef/v1/backup/manual").json();
     assert_eq!(r["message"], "Backup succeeded (local only: S3 is not configured)");
     let second = r["data"]["backup_file"].as_str().unwrap().to_string();
-    assert!(second.starts_with(&format!("{db}_")), "{second}");
+    assert!(gfs_named(&&second), "{second}");
     let after = files(&backups);
     // GFS keeps the 14 newest of its names (plus daily/weekly/monthly among them); it never
     // touches the default policy's files.
-    assert!(after.iter().filter(|f| f.starts_with(&format!("{db}_"))).count() < 21, "{after:?}");
+    assert!(after.iter().filter(gfs_named).count() < 21, "{after:?}");
     assert!(after.contains(&second) && after.contains(&first));
-    assert_eq!(after.iter().filter(|f| f.starts_with("euraflow_backup_")).count(), 14);
+    assert_eq!(after.iter().filter(default_named).count(), 14);
 
     // A broken file is rejected; GFS keeps running.
     std::fs::write(dir.path().join("broken"), b"not a component").unwrap();

@@ -100,11 +100,12 @@ fn crafted_backup_in_s3_runs_no_command_through_verify() {
     let marker = dir.path().join("pwned");
     let (name, sql) = crafted(&marker).swap_remove(0);
     let file = gz(dir.path(), "evil.sql.gz", &sql);
-    let key = format!("evil-{name}/euraflow_backup_20250101_013000.sql.gz");
+    let object = format!("{}_backup_20250101_013000.sql.gz", sample_db());
+    let key = format!("evil-{name}/{object}");
     s3.probe(&["put", &s3.bucket, &key, file.to_str().unwrap()]);
     let vars = s3.vars(&format!("evil-{name}/"));
     let env: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    for args in [vec!["verify", "--from-s3", "euraflow_backup_20250101_013000.sql.gz"], vec!["verify", "--from-s3"]] {
+    for args in [vec!["verify", "--from-s3", object.as_str()], vec!["verify", "--from-s3"]] {
         let run = ef(sample_db(), &backups, &env, &args);
         assert!(!marker.exists(), "{args:?} ran the file's command: {}", run.all());
         assert_eq!(run.code, Some(1), "{args:?}: {}", run.all());
@@ -112,7 +113,7 @@ fn crafted_backup_in_s3_runs_no_command_through_verify() {
     }
     let target = "ef_e2e_evil_s3";
     drop_db(target);
-    let run = ef(sample_db(), &backups, &env, &["restore", "--from-s3", "euraflow_backup_20250101_013000.sql.gz", "--target-db", target, "--create"]);
+    let run = ef(sample_db(), &backups, &env, &["restore", "--from-s3", object.as_str(), "--target-db", target, "--create"]);
     assert!(!marker.exists(), "restore --from-s3 ran the file's command: {}", run.all());
     assert_eq!(run.code, Some(1), "{}", run.all());
 }

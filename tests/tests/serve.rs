@@ -229,7 +229,7 @@ fn two_replicas_run_each_scheduled_slot_once() {
     let stamps: Vec<i64> = all
         .iter()
         .map(|n| {
-            let t = &n["euraflow_backup_".len()..n.len() - ".sql.gz".len()];
+            let t = &n[format!("{}_backup_", sample_db()).len()..n.len() - ".sql.gz".len()];
             let (d, hms) = t.split_once('_').unwrap();
             let secs = |s: &str| s.parse::<i64>().unwrap();
             secs(d) * 86_400 + secs(&hms[..2]) * 3600 + secs(&hms[2..4]) * 60 + secs(&hms[4..])

@@ -6,8 +6,9 @@ mod bindings;
 pub mod check;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -26,6 +27,13 @@ use bindings::{BackupPolicy, BackupPolicyPre};
 pub const MEMORY_LIMIT: usize = 64 << 20;
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Recognising a listing (one parse-name per name) may take this long in total, plus
+/// [`RECOGNISE_PER_NAME`] for each name: a guest that hangs on one name costs at most the base,
+/// and the others still get their share.
+pub const RECOGNISE_BASE: Duration = Duration::from_secs(1);
+pub const RECOGNISE_PER_NAME: Duration = Duration::from_millis(10);
+/// Names whose parse-name failure was already logged are remembered up to this many.
+const WARNED_NAMES_MAX: usize = 10_000;
 /// Log lines a single call may emit; more are dropped (a guest must not flood the host's log).
 const LOG_LINES_PER_CALL: u32 = 100;
 const LOG_LINE_MAX: usize = 4096;
@@ -174,6 +182,8 @@ pub struct Policy {
     pre: BackupPolicyPre<State>,
     info: PolicyInfo,
     label: Arc<str>,
+    /// Names parse-name failed on, so each is logged once and not on every listing.
+    warned_names: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Policy {
@@ -265,7 +275,7 @@ impl Policy {
             .map_err(|e| PolicyError::Link { path: p(), reason: format!("{e:#}") })?;
         let info = PolicyInfo { path: p(), sha256, wit_version, size_bytes: bytes.len() as u64 };
         let label: Arc<str> = path.display().to_string().into();
-        Ok(Policy { pre, info, label })
+        Ok(Policy { pre, info, label, warned_names: Mutex::new(HashSet::new()) })
     }
 
     pub fn info(&self) -> &PolicyInfo {
@@ -338,22 +348,69 @@ impl Policy {
     }
 
     /// The names among `backups` that the policy recognises, with the time each name carries.
+    ///
+    /// Each name is judged on its own: a trap or a timeout on one name means "not recognised"
+    /// (logged once per name) and the others still count, so one odd file cannot stop listing,
+    /// counting or retention. The whole listing gets [`RECOGNISE_BASE`] plus
+    /// [`RECOGNISE_PER_NAME`] per name; names left when it runs out are not recognised this time.
+    /// Fails only when the policy cannot be instantiated at all.
     pub fn recognise(&self, config: &PolicyConfig, backups: &[BackupEntry]) -> Result<Vec<(BackupEntry, i64)>, PolicyError> {
-        // One instance for the whole listing: a call per file would instantiate per file.
-        self.call("parse-name", |p, s| {
-            let mut out = Vec::new();
-            for b in backups {
-                if let Some(t) = p.euraflow_backup_policy().call_parse_name(&mut *s, config, &b.name)? {
-                    out.push((b.clone(), t));
+        let call = "parse-name";
+        let budget = RECOGNISE_BASE + RECOGNISE_PER_NAME * backups.len().min(u32::MAX as usize) as u32;
+        let deadline = Instant::now() + budget;
+        // One instance for the whole listing (a call per file would instantiate per file); a
+        // trapped instance cannot be entered again, so a trap means a fresh one for the next name.
+        let mut session: Option<(Store<State>, BackupPolicy)> = None;
+        let mut out = Vec::new();
+        for (i, b) in backups.iter().enumerate() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(
+                    "policy {}: parse-name used up its time budget of {budget:?} after {i} of {} names; the other {} are not \
+                     recognised this time (not listed, counted or deleted). Is the policy slow on every name?",
+                    self.label,
+                    backups.len(),
+                    backups.len() - i
+                );
+                break;
+            }
+            let (store, instance) = match &mut session {
+                Some(s) => s,
+                None => {
+                    let mut store = self.store();
+                    let instance = self.pre.instantiate(&mut store).map_err(|e| PolicyError::call(&self.info.path, call, e))?;
+                    session.insert((store, instance))
+                }
+            };
+            let ticks = left.min(CALL_TIMEOUT).as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1);
+            store.set_epoch_deadline(ticks as u64);
+            match instance.euraflow_backup_policy().call_parse_name(&mut *store, config, &b.name) {
+                Ok(Some(t)) => out.push((b.clone(), t)),
+                Ok(None) => {}
+                Err(e) => {
+                    self.warn_unrecognisable(&b.name, &PolicyError::call(&self.info.path, call, e));
+                    session = None;
                 }
             }
-            Ok(out)
-        })
+        }
+        Ok(out)
     }
 
-    /// What to delete. The answer is checked against the listing: only listed names the policy
-    /// recognises, never the newest backup. Any violation rejects the whole answer (the caller
-    /// skips retention rather than guess).
+    fn warn_unrecognisable(&self, name: &str, err: &PolicyError) {
+        let mut warned = self.warned_names.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.contains(name) {
+            return;
+        }
+        if warned.len() >= WARNED_NAMES_MAX {
+            warned.clear();
+        }
+        warned.insert(name.to_string());
+        tracing::warn!("{err} on the name {name:?}; that file is treated as not this policy's (not listed, counted or deleted)");
+    }
+
+    /// What to delete, as `policy check` judges it: only listed names the policy recognises,
+    /// and never the newest backup (the newest recognised name not dated more than a day in
+    /// the future). Any violation rejects the whole answer.
     pub fn select_expired(
         &self,
         backups: &[BackupEntry],
@@ -362,27 +419,41 @@ impl Policy {
         config: &PolicyConfig,
     ) -> Result<Vec<String>, PolicyError> {
         let call = "select-expired";
-        let (names, ours) = self.call(call, |p, s| {
-            let names = p.euraflow_backup_policy().call_select_expired(&mut *s, backups, now, target, config)?;
-            let mut ours = Vec::new();
-            for b in backups {
-                if let Some(t) = p.euraflow_backup_policy().call_parse_name(&mut *s, config, &b.name)? {
-                    ours.push((b.name.clone(), t));
-                }
-            }
-            Ok((names, ours))
-        })?;
-        let newest = ours.iter().max_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0))).map(|(n, _)| n.as_str());
+        let ours = self.recognise(config, backups)?;
+        let names = self.select_expired_among(backups, &ours, now, target, config)?;
+        let newest = ours
+            .iter()
+            .filter(|(_, t)| *t <= now.saturating_add(crate::retention::FUTURE_SLACK_SECS))
+            .max_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.name.cmp(&b.0.name)))
+            .map(|(b, _)| b.name.as_str());
+        if let Some(name) = names.iter().find(|n| Some(n.as_str()) == newest) {
+            return Err(self.bad(call, format!("{name:?} is the newest backup, which must never be deleted")));
+        }
+        Ok(names)
+    }
+
+    /// The policy's selection among a listing already recognised ([`Policy::recognise`]),
+    /// for retention. A name that is not listed or not recognised rejects the whole answer
+    /// (the policy is confused; the caller skips retention rather than guess). Which of the
+    /// selected names may really go is the host's call (`retention::Guard`), so a selected
+    /// newest backup is kept there without throwing the rest of the answer away.
+    pub fn select_expired_among(
+        &self,
+        backups: &[BackupEntry],
+        ours: &[(BackupEntry, i64)],
+        now: i64,
+        target: Target,
+        config: &PolicyConfig,
+    ) -> Result<Vec<String>, PolicyError> {
+        let call = "select-expired";
+        let names = self.call(call, |p, s| p.euraflow_backup_policy().call_select_expired(&mut *s, backups, now, target, config))?;
         let mut out: Vec<String> = Vec::with_capacity(names.len());
         for name in names {
             if !backups.iter().any(|b| b.name == name) {
                 return Err(self.bad(call, format!("{name:?} is not in the listing it was given")));
             }
-            if !ours.iter().any(|(n, _)| *n == name) {
+            if !ours.iter().any(|(b, _)| b.name == name) {
                 return Err(self.bad(call, format!("{name:?} is not a name the policy produces (parse-name rejects it)")));
-            }
-            if Some(name.as_str()) == newest {
-                return Err(self.bad(call, format!("{name:?} is the newest backup, which must never be deleted")));
             }
             if !out.contains(&name) {
                 out.push(name);
@@ -468,8 +539,10 @@ fn store_artifact(file: &Path, component: &Component) -> std::io::Result<()> {
 
 /// A backup name becomes a file name and an S3 key: a plain, printable file name.
 pub fn validate_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() || name.len() > 200 {
-        return Err("must be 1 to 200 bytes long");
+    // 240 leaves room for `.partial` under the usual 255-byte file name limit, and for the
+    // default policy's longest name (a 63-byte database name, percent-encoded: 189 + 30).
+    if name.is_empty() || name.len() > 240 {
+        return Err("must be 1 to 240 bytes long");
     }
     if name.contains('/') || name.contains('\\') {
         return Err("must not contain a path separator");
@@ -537,7 +610,10 @@ mod tests {
         for bad in ["", "a/b.sql.gz", "..sql.gz", "../x.sql.gz", ".hidden.sql.gz", "a b.sql.gz", "a\n.sql.gz", "x.sql", "a\\b.sql.gz"] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
-        assert!(validate_name(&format!("{}.sql.gz", "a".repeat(200))).is_err());
+        assert!(validate_name(&format!("{}.sql.gz", "a".repeat(240))).is_err());
+        // The default policy's name for the longest database name PostgreSQL allows, all multi-byte.
+        assert!(validate_name(&format!("{}_backup_20251104_013000.sql.gz", "%E6%95%B0".repeat(21))).is_ok());
+        assert!(validate_name("my%2Edb_backup_20251104_013000.sql.gz").is_ok());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -96,6 +97,10 @@ impl LocalStore {
             .mode(0o600)
             .open(&partial)
             .map_err(|err| LocalError::Create { path: partial.clone(), err })?;
+        // Held until the file is closed: tells `remove_abandoned_partial` in any process that this
+        // partial has a live writer. Best effort: where flock is unsupported, the age rule applies.
+        // SAFETY: flock on a descriptor owned by `file`.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         Ok(PartialFile { file: Some(file), partial, path, dir: self.dir.clone(), bytes: 0 })
     }
 
@@ -106,21 +111,50 @@ impl LocalStore {
         fs::remove_file(&path).map_err(|err| LocalError::Delete { path, err })
     }
 
-    /// Removes `*.sql.gz.partial` files older than `max_age`: leftovers of crashed runs (a
-    /// younger one may belong to a backup running in another process).
-    pub fn clean_partials(&self, max_age: Duration) -> Vec<Result<String, LocalError>> {
+    /// `*.sql.gz.partial` regular files, each under the backup name it would become.
+    pub fn list_partials(&self) -> Vec<StoredBackup> {
         let Ok(entries) = fs::read_dir(&self.dir) else { return Vec::new() };
-        let now = SystemTime::now();
-        entries
+        let mut out: Vec<StoredBackup> = entries
             .flatten()
             .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
+                let name = e.file_name().into_string().ok()?.strip_suffix(PARTIAL_SUFFIX)?.to_string();
                 let meta = e.metadata().ok()?;
-                let stale = now.duration_since(meta.modified().ok()?).map(|age| age > max_age).unwrap_or(false);
-                (name.ends_with(&format!("{SUFFIX}{PARTIAL_SUFFIX}")) && meta.is_file() && stale).then_some(name)
+                (name.ends_with(SUFFIX) && meta.is_file())
+                    .then(|| StoredBackup { name, size_bytes: meta.len(), modified: meta.modified().map(unix_secs).unwrap_or(0) })
             })
-            .map(|name| self.delete(&name).map(|()| name))
-            .collect()
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Removes `name.partial` when no live writer holds it and it has not been written to for
+    /// `min_idle`. A writer holds an exclusive `flock` on its partial file from [`LocalStore::create`]
+    /// until the file is closed, and the kernel drops it when the writer dies, so "unlocked" means
+    /// "abandoned" whatever its age. On a file system without `flock` it falls back to age: a
+    /// day untouched. Ok(true) when it was removed.
+    pub fn remove_abandoned_partial(&self, name: &str, min_idle: Duration) -> Result<bool, LocalError> {
+        let path = self.path_of(&format!("{name}{PARTIAL_SUFFIX}"));
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(err) => return Err(LocalError::Delete { path, err }),
+        };
+        let meta = file.metadata().map_err(|err| LocalError::Delete { path: path.clone(), err })?;
+        let idle = meta.modified().ok().and_then(|m| SystemTime::now().duration_since(m).ok()).unwrap_or_default();
+        if !meta.is_file() || idle < min_idle {
+            return Ok(false);
+        }
+        // SAFETY: flock on a descriptor owned by `file`, which outlives the call.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        if !locked {
+            let err = io::Error::last_os_error();
+            let unsupported = matches!(err.raw_os_error(), Some(libc::ENOLCK) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL));
+            if !(unsupported && idle > Duration::from_secs(86_400)) {
+                return Ok(false);
+            }
+        }
+        fs::remove_file(&path).map_err(|err| LocalError::Delete { path, err })?;
+        Ok(true)
     }
 }
 
@@ -217,19 +251,34 @@ mod tests {
         assert!(LocalStore::new(dir.path().join("missing")).list().unwrap().is_empty());
     }
 
+    /// Pins issue 12 item 8: a partial nobody writes any more is removed whatever its age; one
+    /// a live writer holds, or written to within the grace, is not.
     #[test]
-    fn stale_partials_are_cleaned_fresh_ones_kept() {
+    fn abandoned_partials_go_live_ones_stay() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path());
-        fs::write(dir.path().join("old.sql.gz.partial"), b"1").unwrap();
-        fs::write(dir.path().join("new.sql.gz.partial"), b"1").unwrap();
+        let age = |name: &str, secs: u64| {
+            let f = File::options().write(true).open(dir.path().join(name)).unwrap();
+            f.set_modified(SystemTime::now() - Duration::from_secs(secs)).unwrap();
+        };
+        fs::write(dir.path().join("crashed.sql.gz.partial"), b"1").unwrap();
+        age("crashed.sql.gz.partial", 120);
+        fs::write(dir.path().join("fresh.sql.gz.partial"), b"1").unwrap();
+        let live = store.create("live.sql.gz").unwrap();
+        age("live.sql.gz.partial", 3 * 86_400);
         fs::write(dir.path().join("other.partial"), b"1").unwrap();
-        let old = File::options().write(true).open(dir.path().join("old.sql.gz.partial")).unwrap();
-        old.set_modified(SystemTime::now() - Duration::from_secs(2 * 86_400)).unwrap();
-        let other = File::options().write(true).open(dir.path().join("other.partial")).unwrap();
-        other.set_modified(SystemTime::now() - Duration::from_secs(2 * 86_400)).unwrap();
-        let cleaned: Vec<String> = store.clean_partials(Duration::from_secs(86_400)).into_iter().map(Result::unwrap).collect();
-        assert_eq!(cleaned, ["old.sql.gz.partial"]);
-        assert!(dir.path().join("new.sql.gz.partial").exists() && dir.path().join("other.partial").exists());
+        fs::write(dir.path().join("x.sql.gz"), b"1").unwrap();
+
+        let listed: Vec<String> = store.list_partials().into_iter().map(|b| b.name).collect();
+        assert_eq!(listed, ["crashed.sql.gz", "fresh.sql.gz", "live.sql.gz"]);
+        let idle = Duration::from_secs(60);
+        assert!(store.remove_abandoned_partial("crashed.sql.gz", idle).unwrap());
+        assert!(!store.remove_abandoned_partial("fresh.sql.gz", idle).unwrap(), "written within the grace");
+        assert!(!store.remove_abandoned_partial("live.sql.gz", idle).unwrap(), "its writer holds the lock");
+        assert!(!store.remove_abandoned_partial("missing.sql.gz", idle).unwrap());
+        assert!(!dir.path().join("crashed.sql.gz.partial").exists());
+        assert!(dir.path().join("fresh.sql.gz.partial").exists() && dir.path().join("live.sql.gz.partial").exists());
+        drop(live);
+        assert!(dir.path().join("other.partial").exists() && dir.path().join("x.sql.gz").exists());
     }
 }

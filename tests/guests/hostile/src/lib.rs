@@ -5,7 +5,8 @@
 //! `slash` / `dots` (a name with `/` or `..`), `foreign` (selects a name it was not given),
 //! `newest` (selects the newest backup), `json` (a body that is not JSON), `status` (HTTP 999),
 //! `snoop` (tries the filesystem, the environment and the network; reports what it saw in the
-//! name it returns).
+//! name it returns). For `parse-name`, `<behaviour>-non-ascii` misbehaves only on names with a
+//! non-ASCII character and behaves on the others (one odd file among good ones).
 
 // A component only: built for wasm32-wasip2 by scripts/test.sh, empty elsewhere.
 #![cfg(target_arch = "wasm32")]
@@ -80,7 +81,18 @@ impl Guest for Hostile {
     }
 
     fn parse_name(config: Config, name: String) -> Option<i64> {
-        act(Some(&config), "parse-name");
+        let (call, what) = mode(&config);
+        match what.strip_suffix("-non-ascii") {
+            Some(only) if call == "parse-name" => {
+                if !name.is_ascii() {
+                    let settings = vec![("hostile".to_string(), format!("parse-name:{only}"))];
+                    act(Some(&Config { settings, ..config }), "parse-name");
+                }
+            }
+            _ => {
+                act(Some(&config), "parse-name");
+            }
+        }
         parse(&name)
     }
 

@@ -1,0 +1,328 @@
+//! The safety rules the host enforces on every retention decision, whatever the policy answers
+//! (in the spirit of rustic_core's `KeepOptions`: every listed backup gets a decision and the
+//! reason for it, so a log line can say why a file was kept).
+//!
+//! The policy proposes (`select-expired`); these rules dispose. They only ever turn a proposed
+//! deletion into a keep, never the other way round.
+
+use crate::config::Config;
+use crate::policy::{self, BackupEntry, Policy};
+use crate::store::StoredBackup;
+
+/// A recognised name dated more than this after `now` is "future-dated": a clock that was
+/// wrong when it was written, or a file put there by hand. It never counts as the newest
+/// backup (that would let it shield nothing while the real newest ages out).
+pub const FUTURE_SLACK_SECS: i64 = 86_400;
+
+/// Why a listed backup stays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepReason {
+    /// The policy did not select it.
+    NotSelected,
+    /// The policy does not recognise the name: another deployment's file, or no backup at all.
+    Foreign,
+    /// The backup this run has just written.
+    JustWritten,
+    /// The newest recognised backup by the time its name carries (future-dated names excluded).
+    NewestByName,
+    /// The most recently modified recognised backup (file mtime, S3 LastModified).
+    NewestByModified,
+    /// Among the newest `EF__BACKUP_MIN_KEEP` recognised backups.
+    MinKeep,
+    /// The clock is earlier than the last recorded run: nothing is deleted until it catches up.
+    ClockBehind,
+}
+
+impl KeepReason {
+    /// A rule of the host overruled the policy's selection (as opposed to the policy keeping it).
+    pub fn is_safety_rule(self) -> bool {
+        !matches!(self, KeepReason::NotSelected | KeepReason::Foreign)
+    }
+}
+
+impl std::fmt::Display for KeepReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeepReason::NotSelected => "not selected by the policy",
+            KeepReason::Foreign => "not a name of this deployment",
+            KeepReason::JustWritten => "it is the backup just written",
+            KeepReason::NewestByName => "it is the newest backup by the time in its name",
+            KeepReason::NewestByModified => "it is the most recently modified backup",
+            KeepReason::MinKeep => "it is among the newest EF__BACKUP_MIN_KEEP backups",
+            KeepReason::ClockBehind => "the clock is behind the last recorded run",
+        })
+    }
+}
+
+/// Why a listed backup goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteReason {
+    /// The policy selected it and no safety rule keeps it.
+    Expired,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Keep(KeepReason),
+    Delete(DeleteReason),
+}
+
+/// What the rules decided for one place (the backup directory or the bucket).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// One decision per listed backup, in listing order.
+    pub decisions: Vec<(String, Decision)>,
+    /// Recognised names dated more than [`FUTURE_SLACK_SECS`] after `now`.
+    pub future_dated: Vec<String>,
+    /// `now` is earlier than the last recorded run: everything is kept.
+    pub clock_behind: bool,
+}
+
+impl Plan {
+    pub fn to_delete(&self) -> Vec<String> {
+        self.decisions.iter().filter(|(_, d)| matches!(d, Decision::Delete(_))).map(|(n, _)| n.clone()).collect()
+    }
+
+    /// Names the policy selected that a safety rule keeps, with the rule.
+    pub fn overruled(&self) -> Vec<(&str, KeepReason)> {
+        self.decisions
+            .iter()
+            .filter_map(|(n, d)| match d {
+                Decision::Keep(r) if r.is_safety_rule() && *r != KeepReason::ClockBehind => Some((n.as_str(), *r)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// The host's side of a retention run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Guard {
+    pub now: i64,
+    /// `EF__BACKUP_MIN_KEEP`.
+    pub min_keep: u32,
+    /// When the last run recorded in the state store started.
+    pub last_recorded_run: Option<i64>,
+}
+
+impl Guard {
+    /// The clock went backwards: `now` is earlier than a run already recorded. A jump forward
+    /// cannot be told from time passing; `min_keep` bounds what it can cost.
+    pub fn clock_behind(&self) -> bool {
+        self.last_recorded_run.is_some_and(|last| self.now < last)
+    }
+
+    /// Decides every listed backup. `recognised` holds the listed names the policy recognises
+    /// with the time each carries; `selected` is the policy's answer; `just_written` the name
+    /// this run wrote, if any.
+    pub fn decide(&self, listing: &[BackupEntry], recognised: &[(BackupEntry, i64)], selected: &[String], just_written: Option<&str>) -> Plan {
+        if self.clock_behind() {
+            let decisions = listing.iter().map(|b| (b.name.clone(), Decision::Keep(KeepReason::ClockBehind))).collect();
+            return Plan { decisions, future_dated: Vec::new(), clock_behind: true };
+        }
+        let future = |t: i64| t > self.now.saturating_add(FUTURE_SLACK_SECS);
+        let mut dated: Vec<(&str, i64)> = recognised.iter().filter(|(_, t)| !future(*t)).map(|(b, t)| (b.name.as_str(), *t)).collect();
+        // Newest first; the name breaks ties so the outcome never depends on listing order.
+        dated.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(a.0)));
+        let newest_by_name = dated.first().map(|(n, _)| *n);
+        let protected_by_count: Vec<&str> = dated.iter().take(self.min_keep as usize).map(|(n, _)| *n).collect();
+        // One backup, not every one sharing the newest mtime: files copied in one go (a restore
+        // from tape, `cp` without `-p`) share a second, and would all be kept for ever.
+        let newest_modified = recognised
+            .iter()
+            .max_by(|(a, ta), (b, tb)| a.modified.cmp(&b.modified).then(ta.cmp(tb)).then_with(|| a.name.cmp(&b.name)))
+            .map(|(b, _)| b.name.as_str());
+        let time_of = |name: &str| recognised.iter().find(|(b, _)| b.name == name).map(|(_, t)| *t);
+
+        let decisions = listing
+            .iter()
+            .map(|b| {
+                let name = b.name.as_str();
+                // The policy's own keeps first, so a safety rule is named only when it overrules.
+                let decision = if time_of(name).is_none() {
+                    Decision::Keep(KeepReason::Foreign)
+                } else if !selected.iter().any(|s| s == name) {
+                    Decision::Keep(KeepReason::NotSelected)
+                } else if Some(name) == just_written {
+                    Decision::Keep(KeepReason::JustWritten)
+                } else if Some(name) == newest_by_name {
+                    Decision::Keep(KeepReason::NewestByName)
+                } else if Some(name) == newest_modified {
+                    Decision::Keep(KeepReason::NewestByModified)
+                } else if protected_by_count.contains(&name) {
+                    Decision::Keep(KeepReason::MinKeep)
+                } else {
+                    Decision::Delete(DeleteReason::Expired)
+                };
+                (b.name.clone(), decision)
+            })
+            .collect();
+        let future_dated = recognised.iter().filter(|(_, t)| future(*t)).map(|(b, _)| b.name.clone()).collect();
+        Plan { decisions, future_dated, clock_behind: false }
+    }
+}
+
+/// The original service named every backup `euraflow_backup_…`, whatever its database.
+pub const LEGACY_PREFIX: &str = "euraflow_backup_";
+
+/// What to tell the operator when `listing` holds files with the original's names that the
+/// policy does not recognise: since names carry the database, a deployment of another database
+/// no longer manages them, and they must not be orphaned silently. None when there are none.
+pub fn legacy_notice(policy: &Policy, config: &Config, place: &str, listing: &[StoredBackup]) -> Option<String> {
+    let legacy: Vec<BackupEntry> =
+        listing.iter().filter(|b| b.name.starts_with(LEGACY_PREFIX) && b.name.ends_with(".sql.gz")).map(BackupEntry::from).collect();
+    if legacy.is_empty() {
+        return None;
+    }
+    let pc = policy::policy_config(config);
+    let recognised = policy.recognise(&pc, &legacy).map(|r| r.len()).unwrap_or(0);
+    let unmanaged = legacy.len() - recognised;
+    if unmanaged == 0 {
+        return None;
+    }
+    // The rename target: the policy's own name, less its `YYYYMMDD_HHMMSS.sql.gz`.
+    let rename = policy
+        .backup_name(&pc, 0)
+        .ok()
+        .filter(|_| !place.starts_with("s3://"))
+        .and_then(|n| {
+            let cut = n.len().checked_sub("YYYYMMDD_HHMMSS.sql.gz".len())?;
+            let stamp = n.get(cut..)?;
+            stamp.bytes().take(15).all(|c| c.is_ascii_digit() || c == b'_').then(|| n[..cut].to_string())
+        })
+        .filter(|prefix| prefix.ends_with("_backup_") && prefix != LEGACY_PREFIX)
+        .map(|prefix| {
+            format!(
+                ", or rename them to this deployment's names: `cd {place} && for f in {LEGACY_PREFIX}*.sql.gz; do mv -n \"$f\" \
+                 \"{prefix}${{f#{LEGACY_PREFIX}}}\"; done`"
+            )
+        })
+        .unwrap_or_default();
+    Some(format!(
+        "{unmanaged} backup(s) named {LEGACY_PREFIX}*.sql.gz in {place} are not managed by this deployment (database {db:?}): \
+         backup names now carry the database, so they are not listed, counted, verified or deleted here. If they are backups \
+         of {db:?} made before the rename, set EF__POLICY_LEGACY_PREFIX=euraflow so this deployment manages them again{rename}. \
+         If they belong to a deployment of the database \"euraflow\", leave them: that one manages them",
+        db = config.db.name
+    ))
+}
+
+/// Logs [`legacy_notice`] for the backup directory (start-up of `serve`, `list`).
+pub fn warn_legacy_names(policy: &Policy, config: &Config, place: &str, listing: &[StoredBackup]) {
+    if let Some(notice) = legacy_notice(policy, config, place, listing) {
+        tracing::warn!("{notice}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Decision::{Delete, Keep};
+    use KeepReason::*;
+
+    const NOW: i64 = 1_762_191_000;
+    const DAY: i64 = 86_400;
+    const DEL: Decision = Delete(DeleteReason::Expired);
+
+    /// A backup `age` days old by name (None: not recognised), modified `mtime_age` days ago.
+    struct B(&'static str, Option<i64>, i64);
+
+    fn run(guard: Guard, backups: &[B], selected: &[&str], just_written: Option<&str>) -> Plan {
+        let listing: Vec<BackupEntry> =
+            backups.iter().map(|B(n, _, m)| BackupEntry { name: n.to_string(), size_bytes: 1, modified: NOW - m * DAY }).collect();
+        let recognised: Vec<(BackupEntry, i64)> =
+            backups.iter().zip(&listing).filter_map(|(B(_, age, _), e)| Some((e.clone(), NOW - (*age)? * DAY))).collect();
+        let selected: Vec<String> = selected.iter().map(|s| s.to_string()).collect();
+        guard.decide(&listing, &recognised, &selected, just_written)
+    }
+
+    fn guard(min_keep: u32) -> Guard {
+        Guard { now: NOW, min_keep, last_recorded_run: Some(NOW - DAY) }
+    }
+
+    /// Pins issue 12 item 6: the host's rules hold whatever the policy selects.
+    #[test]
+    fn table() {
+        // (min_keep, backups, policy's selection, just written, expected decision per backup)
+        let table: &[(u32, &[B], &[&str], Option<&str>, &[Decision])] = &[
+            // The policy's selection is carried out when no rule objects.
+            (1, &[B("a", Some(0), 0), B("b", Some(5), 5), B("c", Some(9), 9)], &["b", "c"], Some("a"), &[Keep(NotSelected), DEL, DEL]),
+            // A policy that selects everything: the newest by name stays.
+            (0, &[B("a", Some(0), 0), B("b", Some(5), 5)], &["a", "b"], None, &[Keep(NewestByName), DEL]),
+            // ... and the newest by mtime, even when its name is older.
+            (0, &[B("a", Some(0), 3), B("b", Some(5), 1), B("c", Some(9), 9)], &["a", "b", "c"], None, &[Keep(NewestByName), Keep(NewestByModified), DEL]),
+            // Copied in one go, all share an mtime: one of them (the newest by name) is the newest by mtime, not all.
+            (0, &[B("a", Some(1), 0), B("b", Some(2), 0), B("c", Some(3), 0)], &["a", "b", "c"], None, &[Keep(NewestByName), DEL, DEL]),
+            (0, &[B("a", Some(1), 0), B("b", Some(2), 0), B("n", Some(0), 1)], &["a", "b", "n"], None, &[Keep(NewestByModified), DEL, Keep(NewestByName)]),
+            // The backup just written is kept even if it is older by name and mtime (a clock that
+            // went back within the guard); one the policy does not recognise is foreign, kept too.
+            (0, &[B("new", Some(3), 3), B("b", Some(1), 1), B("c", Some(5), 5)], &["new", "c"], Some("new"), &[Keep(JustWritten), Keep(NotSelected), DEL]),
+            (0, &[B("new", None, 0), B("b", Some(5), 5)], &["new"], Some("new"), &[Keep(Foreign), Keep(NotSelected)]),
+            // Not selected stays "not selected" even when it is also the one just written.
+            (0, &[B("new", Some(0), 0)], &[], Some("new"), &[Keep(NotSelected)]),
+            // min_keep: the three newest by name stay, whatever is selected.
+            (3, &[B("a", Some(1), 1), B("b", Some(2), 2), B("c", Some(3), 3), B("d", Some(4), 4)], &["a", "b", "c", "d"], None,
+                &[Keep(NewestByName), Keep(MinKeep), Keep(MinKeep), DEL]),
+            // A future-dated name never counts as newest nor fills the minimum: the real ones are kept.
+            (2, &[B("future", Some(-30), 0), B("a", Some(1), 1), B("b", Some(2), 2), B("c", Some(3), 3)], &["a", "b", "c"], None,
+                &[Keep(NotSelected), Keep(NewestByName), Keep(MinKeep), DEL]),
+            // Deleting a future-dated name stays the policy's call (mtime is not the newest here).
+            (1, &[B("future", Some(-30), 2), B("a", Some(1), 1)], &["future"], None, &[DEL, Keep(NotSelected)]),
+            // Less than a day ahead is not future-dated: it is the newest.
+            (0, &[B("soon", Some(0), 2), B("a", Some(1), 1)], &["soon"], None, &[Keep(NewestByName), Keep(NotSelected)]),
+            // Foreign names are never deleted, even if a policy named them.
+            (0, &[B("x", None, 9), B("a", Some(0), 0)], &["x"], None, &[Keep(Foreign), Keep(NotSelected)]),
+            (3, &[], &[], None, &[]),
+        ];
+        for (i, (min_keep, backups, selected, written, want)) in table.iter().enumerate() {
+            let plan = run(guard(*min_keep), backups, selected, *written);
+            let got: Vec<Decision> = plan.decisions.iter().map(|(_, d)| *d).collect();
+            assert_eq!(&got, want, "row {i}");
+            assert!(!plan.clock_behind);
+        }
+    }
+
+    #[test]
+    fn future_dated_names_are_reported() {
+        let plan = run(guard(1), &[B("f", Some(-2), 0), B("a", Some(0), 0), B("x", None, 0)], &[], None);
+        assert_eq!(plan.future_dated, ["f"]);
+        let plan = run(guard(1), &[B("soon", Some(0), 0)], &[], None);
+        assert!(plan.future_dated.is_empty());
+    }
+
+    /// Pins issue 12 item 6: a clock earlier than the last recorded run deletes nothing.
+    #[test]
+    fn clock_behind_keeps_everything() {
+        let g = Guard { now: NOW, min_keep: 0, last_recorded_run: Some(NOW + 1) };
+        let plan = run(g, &[B("a", Some(0), 0), B("b", Some(90), 90)], &["b"], None);
+        assert!(plan.clock_behind);
+        assert!(plan.decisions.iter().all(|(_, d)| *d == Keep(ClockBehind)), "{plan:?}");
+        assert!(plan.to_delete().is_empty() && plan.overruled().is_empty());
+        // Equal or no record: not behind.
+        assert!(!Guard { last_recorded_run: Some(NOW), ..g }.clock_behind());
+        assert!(!Guard { last_recorded_run: None, ..g }.clock_behind());
+    }
+
+    /// A clock a month ahead makes every backup look old: the policy may select them all, the
+    /// minimum count still stands.
+    #[test]
+    fn clock_forward_never_leaves_fewer_than_min_keep() {
+        let backups: Vec<B> = (0..10).map(|d| B(["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"][d], Some(30 + d as i64), 30 + d as i64)).collect();
+        let all: Vec<&str> = backups.iter().map(|b| b.0).collect();
+        for min_keep in 0..=12u32 {
+            let plan = run(guard(min_keep), &backups, &all, None);
+            let kept = plan.decisions.len() - plan.to_delete().len();
+            assert_eq!(kept, (min_keep as usize).clamp(1, 10), "min_keep {min_keep}");
+        }
+    }
+
+    #[test]
+    fn overruled_names_say_why_and_listing_order_does_not_matter() {
+        let backups = [B("b", Some(2), 2), B("a", Some(1), 1), B("c", Some(3), 3)];
+        let plan = run(guard(2), &backups, &["a", "b", "c"], None);
+        assert_eq!(plan.overruled(), [("b", MinKeep), ("a", NewestByName)]);
+        assert_eq!(plan.to_delete(), ["c"]);
+        let reversed = [B("c", Some(3), 3), B("a", Some(1), 1), B("b", Some(2), 2)];
+        assert_eq!(run(guard(2), &reversed, &["a", "b", "c"], None).to_delete(), ["c"]);
+    }
+}
