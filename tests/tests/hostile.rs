@@ -52,6 +52,10 @@ fn policy_check_refuses_every_misbehaviour() {
         ("shape-status:json", vec!["shape-status returned an invalid value", "not JSON"]),
         ("shape-status:status", vec!["shape-status returned an invalid value", "999"]),
         ("parse-name:loop", vec!["parse-name ran longer than 1s"]),
+        // Issue 12 item 15: waits in WASI imports are bounded too, and so are host handles.
+        ("backup-name:sleep", vec!["backup-name ran longer than 1s and was stopped"]),
+        ("backup-name:pollable", vec!["backup-name ran longer than 1s and was stopped"]),
+        ("backup-name:handles", vec!["backup-name trapped", "host handles"]),
     ] {
         let (run, took) = run_with(mode, dir.path(), &["policy", "check", &hostile()]);
         assert_one_clean_line(&run, &needles);

@@ -5,13 +5,15 @@
 mod bindings;
 pub mod check;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable, ResourceTableError};
+use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use bindings::types::{
@@ -19,12 +21,19 @@ pub use bindings::types::{
     HttpResponse, LastRun, Level, LoadedPolicy, S3Config as PolicyS3Config, S3Outcome, Status, Target,
 };
 pub use bindings::ACCEPTED_VERSIONS;
+use bindings::exports::euraflow::backup::policy::Guest as Exports;
 use bindings::{BackupPolicy, BackupPolicyPre};
 
 /// Per-call limits. Generous for a policy (the default one needs about 1 MiB and well under a
-/// millisecond), small enough that a runaway guest cannot hurt the host.
+/// millisecond), small enough that a runaway guest cannot hurt the host. The memory limit is
+/// the sum over every linear memory of the call's store (a component may have several), the
+/// time limit covers guest code (epoch deadline) and waits in WASI imports alike.
 pub const MEMORY_LIMIT: usize = 64 << 20;
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Table elements summed over all tables of a call's store.
+const TABLE_ELEMENTS_LIMIT: usize = 1 << 16;
+/// Host handles (streams, pollables...) a call may hold at once; the default policy needs a few.
+pub const RESOURCE_LIMIT: usize = 1024;
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Log lines a single call may emit; more are dropped (a guest must not flood the host's log).
 const LOG_LINES_PER_CALL: u32 = 100;
@@ -70,8 +79,10 @@ impl PolicyError {
             None => err.root_cause().to_string(),
         };
         let mut reason = reason.lines().next().unwrap_or_default().to_string();
-        if reason.contains("growing memory") {
-            reason = format!("it exceeded the memory limit of {} MiB ({reason})", MEMORY_LIMIT >> 20);
+        if let Some(limit) = err.chain().find_map(|e| e.downcast_ref::<LimitExceeded>()) {
+            reason = limit.to_string();
+        } else if matches!(err.chain().find_map(|e| e.downcast_ref::<ResourceTableError>()), Some(ResourceTableError::Full)) {
+            reason = format!("it held more than {RESOURCE_LIMIT} host handles (streams, pollables...) at once");
         }
         PolicyError::Trap { path, call, reason }
     }
@@ -91,9 +102,59 @@ pub struct PolicyInfo {
 struct State {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: Limits,
     label: Arc<str>,
     log_lines: u32,
+}
+
+/// A limit of [`Limits`] a guest ran into; the trap's cause.
+#[derive(Debug, thiserror::Error)]
+enum LimitExceeded {
+    #[error("it exceeded the memory limit of {} MiB summed over all its memories (it asked for {} MiB)", MEMORY_LIMIT >> 20, .0 >> 20)]
+    Memory(usize),
+    #[error("it exceeded the limit of {TABLE_ELEMENTS_LIMIT} table elements summed over all its tables")]
+    Table,
+}
+
+/// Limits what the whole store of a call holds. wasmtime's `StoreLimits` bounds each memory
+/// and table on its own, so a component with 16 core instances could take 16 × the limit.
+#[derive(Default)]
+struct Limits {
+    memory_bytes: usize,
+    table_elements: usize,
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        // `current` is already counted: creating a memory is growing it from 0.
+        let total = self.memory_bytes.saturating_sub(current).saturating_add(desired);
+        if total > MEMORY_LIMIT {
+            return Err(LimitExceeded::Memory(total).into());
+        }
+        self.memory_bytes = total;
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.table_elements.saturating_sub(current).saturating_add(desired);
+        if total > TABLE_ELEMENTS_LIMIT {
+            return Err(LimitExceeded::Table.into());
+        }
+        self.table_elements = total;
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        64
+    }
+
+    fn tables(&self) -> usize {
+        64
+    }
+
+    fn memories(&self) -> usize {
+        16
+    }
 }
 
 impl WasiView for State {
@@ -166,6 +227,114 @@ fn engine() -> &'static Engine {
             .expect("spawn the epoch thread");
         engine
     })
+}
+
+/// The timers and I/O of WASI imports (a guest's sleep is a tokio timer), driven by a thread
+/// of its own, so a policy call works from any thread: plain, blocking pool or async worker.
+fn wasi_runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("policy-wasi")
+            .enable_all()
+            .build()
+            .expect("start the policy's WASI runtime")
+    })
+}
+
+/// Runs `call` on this thread until it finishes or `deadline` passes. Past the deadline the
+/// call is dropped wherever it waits, in guest code (the epoch deadline traps it first) or in
+/// a WASI import, and it fails with [`Trap::Interrupt`], as an epoch timeout does.
+fn run_until<R>(deadline: Instant, call: impl Future<Output = wasmtime::Result<R>>) -> wasmtime::Result<R> {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let _runtime = wasi_runtime().enter();
+    let mut bounded = std::pin::pin!(tokio::time::timeout_at(deadline.into(), call));
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        match bounded.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(result)) => return result,
+            Poll::Ready(Err(_elapsed)) => return Err(Trap::Interrupt.into()),
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+/// One instance of the policy whose exports are called like plain functions: each call blocks
+/// until the guest answers, traps or the deadline of the whole policy call passes.
+struct Instance {
+    exports: BackupPolicy,
+    deadline: Instant,
+}
+
+impl Instance {
+    fn euraflow_backup_policy(&self) -> SyncExports<'_> {
+        SyncExports { exports: self.exports.euraflow_backup_policy(), deadline: self.deadline }
+    }
+}
+
+/// The exports of an [`Instance`], with the generated (async) bindings' names and arguments.
+struct SyncExports<'a> {
+    exports: &'a Exports,
+    deadline: Instant,
+}
+
+impl SyncExports<'_> {
+    fn call_schedule(&self, store: &mut Store<State>, config: &PolicyConfig) -> wasmtime::Result<BackupSchedule> {
+        run_until(self.deadline, self.exports.call_schedule(store, config))
+    }
+
+    fn call_backup_name(&self, store: &mut Store<State>, config: &PolicyConfig, now: i64) -> wasmtime::Result<String> {
+        run_until(self.deadline, self.exports.call_backup_name(store, config, now))
+    }
+
+    fn call_parse_name(&self, store: &mut Store<State>, config: &PolicyConfig, name: &str) -> wasmtime::Result<Option<i64>> {
+        run_until(self.deadline, self.exports.call_parse_name(store, config, name))
+    }
+
+    fn call_select_expired(
+        &self,
+        store: &mut Store<State>,
+        backups: &[BackupEntry],
+        now: i64,
+        target: Target,
+        config: &PolicyConfig,
+    ) -> wasmtime::Result<Vec<String>> {
+        run_until(self.deadline, self.exports.call_select_expired(store, backups, now, target, config))
+    }
+
+    fn call_shape_backup_response(&self, store: &mut Store<State>, outcome: &BackupOutcome) -> wasmtime::Result<HttpResponse> {
+        run_until(self.deadline, self.exports.call_shape_backup_response(store, outcome))
+    }
+
+    fn call_shape_status(&self, store: &mut Store<State>, status: &Status) -> wasmtime::Result<HttpResponse> {
+        run_until(self.deadline, self.exports.call_shape_status(store, status))
+    }
+}
+
+/// A store with the sandbox's limits: an empty WASI context with frozen clocks, [`Limits`], a
+/// bounded resource table and the epoch deadline of [`CALL_TIMEOUT`].
+fn new_store(engine: &Engine, label: Arc<str>) -> Store<State> {
+    let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+        .wall_clock(FrozenClock)
+        .monotonic_clock(FrozenClock)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .build();
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(RESOURCE_LIMIT);
+    let state = State { wasi, table, limits: Limits::default(), label, log_lines: 0 };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limits);
+    store.set_epoch_deadline((CALL_TIMEOUT.as_millis() / EPOCH_TICK.as_millis()) as u64);
+    store.epoch_deadline_trap();
+    store
 }
 
 /// A loaded, linked and version-checked policy component. Each call runs in a fresh instance:
@@ -256,7 +425,7 @@ impl Policy {
         let mut linker = Linker::<State>::new(engine);
         // The component model's WASI adapter imports wasi:cli, wasi:io, wasi:filesystem... even
         // for pure functions; they are linked against an empty context (see `store`).
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .and_then(|()| BackupPolicy::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s))
             .map_err(|e| PolicyError::Link { path: p(), reason: format!("{e:#}") })?;
         let pre = linker
@@ -282,32 +451,23 @@ impl Policy {
     }
 
     fn store(&self) -> Store<State> {
-        let wasi = wasmtime_wasi::WasiCtxBuilder::new().wall_clock(FrozenClock).monotonic_clock(FrozenClock).build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(MEMORY_LIMIT)
-            .instances(64)
-            .tables(64)
-            .memories(16)
-            .table_elements(1 << 16)
-            .trap_on_grow_failure(true)
-            .build();
-        let state = State { wasi, table: ResourceTable::new(), limits, label: self.label.clone(), log_lines: 0 };
-        let mut store = Store::new(self.pre.engine(), state);
-        store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline((CALL_TIMEOUT.as_millis() / EPOCH_TICK.as_millis()) as u64);
-        store.epoch_deadline_trap();
-        store
+        new_store(self.pre.engine(), self.label.clone())
     }
 
+    /// Runs `f` on a fresh instance; instantiation and every export `f` calls share one
+    /// [`CALL_TIMEOUT`].
     fn call<R>(
         &self,
         call: &'static str,
-        f: impl FnOnce(&BackupPolicy, &mut Store<State>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Instance, &mut Store<State>) -> wasmtime::Result<R>,
     ) -> Result<R, PolicyError> {
         let mut store = self.store();
-        let result = self.pre.instantiate(&mut store).and_then(|instance| f(&instance, &mut store));
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let result = run_until(deadline, self.pre.instantiate_async(&mut store))
+            .and_then(|exports| f(&Instance { exports, deadline }, &mut store));
         result.map_err(|e| PolicyError::call(&self.info.path, call, e))
     }
+
 
     fn bad(&self, call: &'static str, reason: impl Into<String>) -> PolicyError {
         PolicyError::BadOutput { path: self.info.path.clone(), call, reason: reason.into() }
@@ -548,6 +708,54 @@ mod tests {
         for bad in ["", "0 1 * *", "0 0 1 * * * *", "0 1 * * MON", "@daily", "0 1 * * ?"] {
             assert!(validate_cron(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Instantiates a component made of core instances of `modules` in a store with the
+    /// sandbox's limits.
+    fn instantiate(modules: &[&str]) -> Result<(), PolicyError> {
+        // `$fixed` holds 30 MiB from the start; `$grows` starts at 64 KiB and grows by 30 MiB
+        // in its start function, i.e. while running.
+        let mut wat = String::from(
+            "(component
+               (core module $fixed (memory 480))
+               (core module $grows (memory 1) (func $grow (drop (memory.grow (i32.const 480)))) (start $grow))",
+        );
+        for m in modules {
+            wat.push_str(&format!(" (core instance (instantiate ${m}))"));
+        }
+        wat.push(')');
+        let component = Component::new(engine(), wat::parse_str(&wat).unwrap()).unwrap();
+        let mut store = new_store(engine(), "sample.wasm".into());
+        let linker = Linker::<State>::new(engine());
+        run_until(Instant::now() + CALL_TIMEOUT, linker.instantiate_async(&mut store, &component))
+            .map(drop)
+            .map_err(|e| PolicyError::call(Path::new("sample.wasm"), "instantiate", e))
+    }
+
+    /// Pins issue 12 item 15: 64 MiB per call in total, over all the memories of a component
+    /// (wasmtime's `StoreLimits` allowed 64 MiB for each of 16 memories).
+    #[test]
+    fn memory_limit_is_the_sum_over_all_memories() {
+        instantiate(&["fixed", "grows"]).expect("60 MiB in two memories is within 64 MiB");
+        for over in [&["fixed", "fixed", "fixed"][..], &["fixed", "fixed", "grows"], &["grows", "grows", "grows"]] {
+            let err = instantiate(over).unwrap_err();
+            let text = err.to_string();
+            assert!(matches!(err, PolicyError::Trap { .. }), "{over:?}: {text}");
+            assert!(text.contains("exceeded the memory limit of 64 MiB summed over all its memories"), "{over:?}: {text}");
+        }
+    }
+
+    /// Pins issue 12 item 15: a guest's sleep in a WASI import ends with the call's deadline
+    /// (the epoch deadline only interrupts guest code).
+    #[test]
+    fn a_wait_in_the_host_ends_at_the_deadline() {
+        let never = std::future::pending::<wasmtime::Result<()>>();
+        let err = run_until(Instant::now() + Duration::from_millis(50), never).unwrap_err();
+        assert!(matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)), "{err}");
+        // From inside a tokio runtime too, where the callers' blocking threads live.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let err = rt.block_on(async { run_until(Instant::now() + Duration::from_millis(50), std::future::pending::<wasmtime::Result<()>>()) });
+        assert!(matches!(err.unwrap_err().downcast_ref::<Trap>(), Some(Trap::Interrupt)));
     }
 
     #[test]
