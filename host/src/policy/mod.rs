@@ -5,6 +5,7 @@
 mod bindings;
 pub mod check;
 
+use std::fmt::Write as _;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -180,6 +181,7 @@ impl bindings::BackupPolicyImports for State {
             message.truncate(cut);
             message.push('…');
         }
+        let message = escape_log(&message);
         let policy = &*self.label;
         match level {
             Level::Trace => tracing::trace!(target: "policy", policy, "{message}"),
@@ -189,6 +191,28 @@ impl bindings::BackupPolicyImports for State {
             Level::Error => tracing::error!(target: "policy", policy, "{message}"),
         }
     }
+}
+
+/// A guest's message as one line of the host's log: line breaks, terminal escapes and the
+/// other control characters (C0, C1, U+2028/U+2029, bidi overrides) are shown escaped, so a
+/// guest can neither forge log lines nor hide text.
+fn escape_log(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for c in message.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => {
+                let _ = write!(out, "\\u{{{:04x}}}", c as u32);
+            }
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:04x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A clock stuck at the Unix epoch: the guest must take time from its arguments.
@@ -743,6 +767,20 @@ mod tests {
             assert!(matches!(err, PolicyError::Trap { .. }), "{over:?}: {text}");
             assert!(text.contains("exceeded the memory limit of 64 MiB summed over all its memories"), "{over:?}: {text}");
         }
+    }
+
+    /// Pins issue 12 (guest log lines cannot forge log lines): control characters of a
+    /// guest's message are escaped, so one `log` call is one line of the host's log.
+    #[test]
+    fn log_messages_are_escaped() {
+        assert_eq!(escape_log("plain: ünïcode 北京 ok"), "plain: ünïcode 北京 ok");
+        assert_eq!(escape_log("a\nERROR forged\r\tb"), "a\\nERROR forged\\r\\tb");
+        assert_eq!(escape_log("\u{1b}[31mred\u{7}\u{0}"), "\\u{001b}[31mred\\u{0007}\\u{0000}");
+        assert_eq!(escape_log("c1\u{85}\u{9b}"), "c1\\u{0085}\\u{009b}");
+        assert_eq!(escape_log("ls\u{2028}ps\u{2029}rlo\u{202e}x"), "ls\\u{2028}ps\\u{2029}rlo\\u{202e}x");
+        let all: String = (0u32..0x110000).filter_map(char::from_u32).collect();
+        let escaped = escape_log(&all);
+        assert!(!escaped.chars().any(|c| c.is_control() || ('\u{2028}'..='\u{2029}').contains(&c)), "nothing breaks a line");
     }
 
     /// Pins issue 12 item 15: a guest's sleep in a WASI import ends with the call's deadline
