@@ -250,3 +250,17 @@ fn a_guest_hoarding_host_handles_is_stopped() {
     assert!(matches!(err, PolicyError::Trap { call: "backup-name", .. }), "{err}");
     assert!(err.to_string().contains(&format!("more than {} host handles", policy::RESOURCE_LIMIT)), "{err}");
 }
+
+/// Pins issue 12 (invalid `EF__POLICY_*` values reach the operator): the default policy logs an
+/// invalid value at error level, and `policy check` fails naming the variable; an unknown key
+/// (maybe meant for another policy) only warns.
+#[test]
+fn policy_check_fails_on_an_invalid_setting() {
+    let p = load();
+    let err = policy::check::run(p, &config(None, &[("local_keep_last", "abc")]), NOW).unwrap_err();
+    assert!(matches!(err, PolicyError::ErrorLogged { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("EF__POLICY_LOCAL_KEEP_LAST=\"abc\""), "{text}");
+    assert_eq!(text.matches("EF__POLICY_LOCAL_KEEP_LAST=").count(), 1, "once, not once per call: {text}");
+    policy::check::run(p, &config(None, &[("some_other_policys_key", "1")]), NOW).expect("an unknown key only warns");
+}

@@ -8,7 +8,7 @@ pub mod check;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,8 @@ pub enum PolicyError {
     Timeout { path: PathBuf, call: &'static str, limit: Duration },
     #[error("policy {path}: {call} returned an invalid value: {reason}")]
     BadOutput { path: PathBuf, call: &'static str, reason: String },
+    #[error("policy {path} logged errors while it was checked, so it refuses this configuration: {messages}; fix what it names (an empty EF__POLICY_* value means the policy's default) and start again")]
+    ErrorLogged { path: PathBuf, messages: String },
     #[error("policy {path} has SHA-256 {found}, but EF__BACKUP_POLICY_SHA256 pins {pinned}; refusing it")]
     Pinned { path: PathBuf, found: String, pinned: String },
 }
@@ -106,6 +108,8 @@ struct State {
     limits: Limits,
     label: Arc<str>,
     log_lines: u32,
+    /// The error-level log messages of this call (see [`Policy::collect_error_logs`]).
+    errors: Vec<String>,
 }
 
 /// A limit of [`Limits`] a guest ran into; the trap's cause.
@@ -182,6 +186,9 @@ impl bindings::BackupPolicyImports for State {
             message.push('…');
         }
         let message = escape_log(&message);
+        if matches!(level, Level::Error) {
+            self.errors.push(message.clone());
+        }
         let policy = &*self.label;
         match level {
             Level::Trace => tracing::trace!(target: "policy", policy, "{message}"),
@@ -353,7 +360,7 @@ fn new_store(engine: &Engine, label: Arc<str>) -> Store<State> {
         .build();
     let mut table = ResourceTable::new();
     table.set_max_capacity(RESOURCE_LIMIT);
-    let state = State { wasi, table, limits: Limits::default(), label, log_lines: 0 };
+    let state = State { wasi, table, limits: Limits::default(), label, log_lines: 0, errors: Vec::new() };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limits);
     store.set_epoch_deadline((CALL_TIMEOUT.as_millis() / EPOCH_TICK.as_millis()) as u64);
@@ -367,6 +374,8 @@ pub struct Policy {
     pre: BackupPolicyPre<State>,
     info: PolicyInfo,
     label: Arc<str>,
+    /// While [`Policy::collect_error_logs`] runs: the error-level messages of every call.
+    error_logs: Mutex<Option<Vec<String>>>,
 }
 
 impl std::fmt::Debug for Policy {
@@ -458,7 +467,7 @@ impl Policy {
             .map_err(|e| PolicyError::Link { path: p(), reason: format!("{e:#}") })?;
         let info = PolicyInfo { path: p(), sha256, wit_version, size_bytes: bytes.len() as u64 };
         let label: Arc<str> = path.display().to_string().into();
-        Ok(Policy { pre, info, label })
+        Ok(Policy { pre, info, label, error_logs: Mutex::new(None) })
     }
 
     pub fn info(&self) -> &PolicyInfo {
@@ -489,9 +498,24 @@ impl Policy {
         let deadline = Instant::now() + CALL_TIMEOUT;
         let result = run_until(deadline, self.pre.instantiate_async(&mut store))
             .and_then(|exports| f(&Instance { exports, deadline }, &mut store));
+        let errors = std::mem::take(&mut store.data_mut().errors);
+        if !errors.is_empty() {
+            if let Some(collected) = self.error_logs.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                collected.extend(errors);
+            }
+        }
         result.map_err(|e| PolicyError::call(&self.info.path, call, e))
     }
 
+    /// Runs `f` and returns, with its result, the error-level messages the policy logged in the
+    /// calls `f` made: how `policy check` learns that the policy refuses its settings (WIT 0.1.0
+    /// has no other channel for that).
+    fn collect_error_logs<R>(&self, f: impl FnOnce() -> R) -> (R, Vec<String>) {
+        *self.error_logs.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+        let result = f();
+        let errors = self.error_logs.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+        (result, errors)
+    }
 
     fn bad(&self, call: &'static str, reason: impl Into<String>) -> PolicyError {
         PolicyError::BadOutput { path: self.info.path.clone(), call, reason: reason.into() }
