@@ -8,7 +8,7 @@ pub mod check;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -70,10 +70,10 @@ pub enum PolicyError {
 
 impl PolicyError {
     /// The call-level errors (as opposed to load errors).
-    fn call(path: &Path, call: &'static str, err: wasmtime::Error) -> PolicyError {
+    fn call(path: &Path, call: &'static str, limit: Duration, err: wasmtime::Error) -> PolicyError {
         let path = path.to_path_buf();
         if matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
-            return PolicyError::Timeout { path, call, limit: CALL_TIMEOUT };
+            return PolicyError::Timeout { path, call, limit };
         }
         // The root cause names the trap ("wasm `unreachable` instruction executed": a panic,
         // or the memory limit); the outer layers are a wasm backtrace.
@@ -350,8 +350,8 @@ impl SyncExports<'_> {
 }
 
 /// A store with the sandbox's limits: an empty WASI context with frozen clocks, [`Limits`], a
-/// bounded resource table and the epoch deadline of [`CALL_TIMEOUT`].
-fn new_store(engine: &Engine, label: Arc<str>) -> Store<State> {
+/// bounded resource table and an epoch deadline `limit` from now.
+fn new_store(engine: &Engine, label: Arc<str>, limit: Duration) -> Store<State> {
     let wasi = wasmtime_wasi::WasiCtxBuilder::new()
         .wall_clock(FrozenClock)
         .monotonic_clock(FrozenClock)
@@ -363,9 +363,14 @@ fn new_store(engine: &Engine, label: Arc<str>) -> Store<State> {
     let state = State { wasi, table, limits: Limits::default(), label, log_lines: 0, errors: Vec::new() };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limits);
-    store.set_epoch_deadline((CALL_TIMEOUT.as_millis() / EPOCH_TICK.as_millis()) as u64);
+    store.set_epoch_deadline((limit.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64);
     store.epoch_deadline_trap();
     store
+}
+
+thread_local! {
+    /// While [`Policy::collect_error_logs`] runs on this thread: what the calls logged as errors.
+    static ERROR_LOGS: std::cell::RefCell<Option<Vec<String>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// A loaded, linked and version-checked policy component. Each call runs in a fresh instance:
@@ -374,8 +379,6 @@ pub struct Policy {
     pre: BackupPolicyPre<State>,
     info: PolicyInfo,
     label: Arc<str>,
-    /// While [`Policy::collect_error_logs`] runs: the error-level messages of every call.
-    error_logs: Mutex<Option<Vec<String>>>,
 }
 
 impl std::fmt::Debug for Policy {
@@ -467,7 +470,7 @@ impl Policy {
             .map_err(|e| PolicyError::Link { path: p(), reason: format!("{e:#}") })?;
         let info = PolicyInfo { path: p(), sha256, wit_version, size_bytes: bytes.len() as u64 };
         let label: Arc<str> = path.display().to_string().into();
-        Ok(Policy { pre, info, label, error_logs: Mutex::new(None) })
+        Ok(Policy { pre, info, label })
     }
 
     pub fn info(&self) -> &PolicyInfo {
@@ -483,10 +486,6 @@ impl Policy {
         }
     }
 
-    fn store(&self) -> Store<State> {
-        new_store(self.pre.engine(), self.label.clone())
-    }
-
     /// Runs `f` on a fresh instance; instantiation and every export `f` calls share one
     /// [`CALL_TIMEOUT`].
     fn call<R>(
@@ -494,26 +493,38 @@ impl Policy {
         call: &'static str,
         f: impl FnOnce(&Instance, &mut Store<State>) -> wasmtime::Result<R>,
     ) -> Result<R, PolicyError> {
-        let mut store = self.store();
-        let deadline = Instant::now() + CALL_TIMEOUT;
+        self.call_within(call, CALL_TIMEOUT, f)
+    }
+
+    /// [`Policy::call`] with another time budget. Both halves of the deadline take it: the
+    /// epoch deadline (guest code) and the deadline of [`run_until`] (waits in WASI imports).
+    fn call_within<R>(
+        &self,
+        call: &'static str,
+        limit: Duration,
+        f: impl FnOnce(&Instance, &mut Store<State>) -> wasmtime::Result<R>,
+    ) -> Result<R, PolicyError> {
+        let mut store = new_store(self.pre.engine(), self.label.clone(), limit);
+        let deadline = Instant::now() + limit;
         let result = run_until(deadline, self.pre.instantiate_async(&mut store))
             .and_then(|exports| f(&Instance { exports, deadline }, &mut store));
         let errors = std::mem::take(&mut store.data_mut().errors);
-        if !errors.is_empty() {
-            if let Some(collected) = self.error_logs.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        ERROR_LOGS.with_borrow_mut(|collected| {
+            if let Some(collected) = collected {
                 collected.extend(errors);
             }
-        }
-        result.map_err(|e| PolicyError::call(&self.info.path, call, e))
+        });
+        result.map_err(|e| PolicyError::call(&self.info.path, call, limit, e))
     }
 
     /// Runs `f` and returns, with its result, the error-level messages the policy logged in the
     /// calls `f` made: how `policy check` learns that the policy refuses its settings (WIT 0.1.0
-    /// has no other channel for that).
+    /// has no other channel for that). Per thread, as the calls run on the caller's thread:
+    /// calls of other threads, a concurrent check of the same policy included, do not mix in.
     fn collect_error_logs<R>(&self, f: impl FnOnce() -> R) -> (R, Vec<String>) {
-        *self.error_logs.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+        let outer = ERROR_LOGS.replace(Some(Vec::new()));
         let result = f();
-        let errors = self.error_logs.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+        let errors = ERROR_LOGS.replace(outer).unwrap_or_default();
         (result, errors)
     }
 
@@ -773,11 +784,11 @@ mod tests {
         }
         wat.push(')');
         let component = Component::new(engine(), wat::parse_str(&wat).unwrap()).unwrap();
-        let mut store = new_store(engine(), "sample.wasm".into());
+        let mut store = new_store(engine(), "sample.wasm".into(), CALL_TIMEOUT);
         let linker = Linker::<State>::new(engine());
         run_until(Instant::now() + CALL_TIMEOUT, linker.instantiate_async(&mut store, &component))
             .map(drop)
-            .map_err(|e| PolicyError::call(Path::new("sample.wasm"), "instantiate", e))
+            .map_err(|e| PolicyError::call(Path::new("sample.wasm"), "instantiate", CALL_TIMEOUT, e))
     }
 
     /// Pins issue 12 item 15: 64 MiB per call in total, over all the memories of a component
