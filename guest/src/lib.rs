@@ -20,9 +20,12 @@ mod component {
 
     struct DefaultPolicy;
 
+    /// An invalid value is an error: the host's start-up `policy check` refuses to run with it.
+    /// An unknown key only warns: it may be meant for another policy.
     fn warn_all(warnings: Vec<String>) {
         for w in warnings {
-            log(Level::Warn, &w);
+            let level = if w.contains("not a setting of the default policy") { Level::Warn } else { Level::Error };
+            log(level, &w);
         }
     }
 

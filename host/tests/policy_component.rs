@@ -198,3 +198,69 @@ fn truncated_component_is_a_clean_error() {
         assert!(err.to_string().starts_with("policy cut.wasm is not a valid component"), "{err}");
     }
 }
+
+/// The hostile test guest (tests/guests/hostile, built by scripts/test.sh), compiled once.
+fn hostile() -> &'static Policy {
+    static POLICY: std::sync::OnceLock<Policy> = std::sync::OnceLock::new();
+    POLICY.get_or_init(|| {
+        let path = std::env::var_os("EF_TEST_HOSTILE_WASM").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm/wasm32-wasip2/wasm-release/ef_test_hostile_policy.wasm")
+        });
+        assert!(path.is_file(), "{} missing: build it with scripts/build-policy.sh tests/guests/hostile", path.display());
+        Policy::load(&path).expect("the hostile policy loads")
+    })
+}
+
+/// `backup-name` of the hostile guest told to misbehave with `mode`, on a thread of its own:
+/// a host that let the guest hold its thread would hang the test, so it gives up after 20 s
+/// (compiling the guest, once, takes a few seconds of that).
+fn hostile_backup_name(mode: &'static str) -> (Result<String, PolicyError>, std::time::Duration) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let policy = hostile();
+        let started = std::time::Instant::now();
+        let r = policy.backup_name(&config(None, &[("hostile", mode)]), NOW);
+        let _ = tx.send((r, started.elapsed()));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap_or_else(|_| panic!("{mode}: the guest held the host thread for 20 s"))
+}
+
+/// Pins issue 12 item 15: the 1 s per call covers waits in WASI imports, not only guest code:
+/// a `std::thread::sleep` (a monotonic-clock pollable) and a pollable that is never ready end
+/// as a timeout after about a second, and the same policy answers the next call.
+#[test]
+fn a_guest_blocked_in_wasi_times_out_and_the_host_stays_usable() {
+    for mode in ["backup-name:sleep", "backup-name:pollable", "backup-name:loop"] {
+        let (result, took) = hostile_backup_name(mode);
+        let err = result.unwrap_err();
+        assert!(matches!(err, PolicyError::Timeout { call: "backup-name", .. }), "{mode}: {err}");
+        assert!(err.to_string().contains("backup-name ran longer than 1s and was stopped"), "{err}");
+        assert!(took < std::time::Duration::from_secs(5), "{mode}: stopped only after {took:?}");
+        let (fine, _) = hostile_backup_name("none:none");
+        assert_eq!(fine.unwrap(), format!("hostile_{NOW}.sql.gz"), "after {mode}");
+    }
+}
+
+/// Pins issue 12 item 15: the host's resource table of a call is bounded; a guest that opens
+/// handles (here pollables) without end traps instead of growing the host's memory.
+#[test]
+fn a_guest_hoarding_host_handles_is_stopped() {
+    let (result, _) = hostile_backup_name("backup-name:handles");
+    let err = result.unwrap_err();
+    assert!(matches!(err, PolicyError::Trap { call: "backup-name", .. }), "{err}");
+    assert!(err.to_string().contains(&format!("more than {} host handles", policy::RESOURCE_LIMIT)), "{err}");
+}
+
+/// Pins issue 12 (invalid `EF__POLICY_*` values reach the operator): the default policy logs an
+/// invalid value at error level, and `policy check` fails naming the variable; an unknown key
+/// (maybe meant for another policy) only warns.
+#[test]
+fn policy_check_fails_on_an_invalid_setting() {
+    let p = load();
+    let err = policy::check::run(p, &config(None, &[("local_keep_last", "abc")]), NOW).unwrap_err();
+    assert!(matches!(err, PolicyError::ErrorLogged { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("EF__POLICY_LOCAL_KEEP_LAST=\"abc\""), "{text}");
+    assert_eq!(text.matches("EF__POLICY_LOCAL_KEEP_LAST=").count(), 1, "once, not once per call: {text}");
+    policy::check::run(p, &config(None, &[("some_other_policys_key", "1")]), NOW).expect("an unknown key only warns");
+}

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use ef_backup_e2e::{ef, files, psql, tempdir, Run, Serve};
+use ef_backup_e2e::{ef, ef_command, files, free_port, psql, tempdir, Run, Serve, TOKEN};
 
 fn hostile() -> String {
     std::env::var("EF_TEST_HOSTILE_WASM").expect("EF_TEST_HOSTILE_WASM (scripts/test.sh builds it)")
@@ -52,6 +52,10 @@ fn policy_check_refuses_every_misbehaviour() {
         ("shape-status:json", vec!["shape-status returned an invalid value", "not JSON"]),
         ("shape-status:status", vec!["shape-status returned an invalid value", "999"]),
         ("parse-name:loop", vec!["parse-name ran longer than 1s"]),
+        // Issue 12 item 15: waits in WASI imports are bounded too, and so are host handles.
+        ("backup-name:sleep", vec!["backup-name ran longer than 1s and was stopped"]),
+        ("backup-name:pollable", vec!["backup-name ran longer than 1s and was stopped"]),
+        ("backup-name:handles", vec!["backup-name trapped", "host handles"]),
     ] {
         let (run, took) = run_with(mode, dir.path(), &["policy", "check", &hostile()]);
         assert_one_clean_line(&run, &needles);
@@ -157,4 +161,46 @@ fn serve_rejects_a_hostile_replacement_and_keeps_serving() {
     let r = serve.post("/api/ef/v1/backup/manual");
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.json()["data"]["backup_file"].as_str().unwrap().starts_with("ef_e2e_hostile_backup_"));
+}
+
+/// Pins issue 12 (invalid `EF__POLICY_*` values reach the operator): the default policy logs an
+/// invalid value at error level, and both `policy check` and `serve` refuse to start, naming
+/// the variable; an empty value means the policy's default.
+#[test]
+fn an_invalid_policy_setting_stops_policy_check_and_serve() {
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    let bad = [("EF__POLICY_LOCAL_KEEP_LAST", "abc")];
+    let run = ef(small_db(), &backups, &bad, &["policy", "check"]);
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    let last = run.stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("ef-backup: error: policy ") && last.contains("EF__POLICY_LOCAL_KEEP_LAST=\"abc\""), "{last}");
+
+    let port = free_port().to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = ef_command(small_db(), &backups, &[bad[0], ("EF__ADMIN_TOKEN", TOKEN), ("EF__HTTP_ADDR", &addr)])
+        .arg("serve")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("serve started with EF__POLICY_LOCAL_KEEP_LAST=abc");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("EF__POLICY_LOCAL_KEEP_LAST=\"abc\""), "{stderr}");
+
+    let run = ef(small_db(), &backups, &[("EF__POLICY_LOCAL_KEEP_LAST", "")], &["policy", "check"]);
+    assert!(run.ok(), "an empty value is the default: {}", run.all());
 }

@@ -17,7 +17,25 @@ pub struct Report {
 }
 
 /// Runs every export once (retention for both targets) and checks the answers for consistency.
+/// An error-level log of the policy fails the check: it is how a policy says it refuses its
+/// settings (an invalid `EF__POLICY_*` value).
 pub fn run(policy: &Policy, config: &PolicyConfig, now: i64) -> Result<Report, PolicyError> {
+    let (report, errors) = policy.collect_error_logs(|| exercise(policy, config, now));
+    if errors.is_empty() {
+        return report;
+    }
+    // Each call parses the settings again, so the same message comes several times.
+    let mut messages: Vec<String> = Vec::new();
+    for m in errors {
+        let m = if m.contains("EF__POLICY_") { m } else { format!("an EF__POLICY_* setting was rejected by the policy: {m}") };
+        if !messages.contains(&m) {
+            messages.push(m);
+        }
+    }
+    Err(PolicyError::ErrorLogged { path: policy.info().path.clone(), messages: messages.join("; ") })
+}
+
+fn exercise(policy: &Policy, config: &PolicyConfig, now: i64) -> Result<Report, PolicyError> {
     let info = policy.info();
     let mut lines = vec![
         format!("policy:      {}", info.path.display()),

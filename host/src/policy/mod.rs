@@ -5,14 +5,17 @@
 mod bindings;
 pub mod check;
 
+use std::fmt::Write as _;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable, ResourceTableError};
+use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 pub use bindings::types::{
@@ -20,12 +23,19 @@ pub use bindings::types::{
     HttpResponse, LastRun, Level, LoadedPolicy, S3Config as PolicyS3Config, S3Outcome, Status, Target,
 };
 pub use bindings::ACCEPTED_VERSIONS;
+use bindings::exports::euraflow::backup::policy::Guest as Exports;
 use bindings::{BackupPolicy, BackupPolicyPre};
 
 /// Per-call limits. Generous for a policy (the default one needs about 1 MiB and well under a
-/// millisecond), small enough that a runaway guest cannot hurt the host.
+/// millisecond), small enough that a runaway guest cannot hurt the host. The memory limit is
+/// the sum over every linear memory of the call's store (a component may have several), the
+/// time limit covers guest code (epoch deadline) and waits in WASI imports alike.
 pub const MEMORY_LIMIT: usize = 64 << 20;
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Table elements summed over all tables of a call's store.
+const TABLE_ELEMENTS_LIMIT: usize = 1 << 16;
+/// Host handles (streams, pollables...) a call may hold at once; the default policy needs a few.
+pub const RESOURCE_LIMIT: usize = 1024;
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Recognising a listing (one parse-name per name) may take this long in total, plus
 /// [`RECOGNISE_PER_NAME`] for each name: a guest that hangs on one name costs at most the base,
@@ -60,16 +70,18 @@ pub enum PolicyError {
     Timeout { path: PathBuf, call: &'static str, limit: Duration },
     #[error("policy {path}: {call} returned an invalid value: {reason}")]
     BadOutput { path: PathBuf, call: &'static str, reason: String },
+    #[error("policy {path} logged errors while it was checked, so it refuses this configuration: {messages}; fix what it names (an empty EF__POLICY_* value means the policy's default) and start again")]
+    ErrorLogged { path: PathBuf, messages: String },
     #[error("policy {path} has SHA-256 {found}, but EF__BACKUP_POLICY_SHA256 pins {pinned}; refusing it")]
     Pinned { path: PathBuf, found: String, pinned: String },
 }
 
 impl PolicyError {
     /// The call-level errors (as opposed to load errors).
-    fn call(path: &Path, call: &'static str, err: wasmtime::Error) -> PolicyError {
+    fn call(path: &Path, call: &'static str, limit: Duration, err: wasmtime::Error) -> PolicyError {
         let path = path.to_path_buf();
         if matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
-            return PolicyError::Timeout { path, call, limit: CALL_TIMEOUT };
+            return PolicyError::Timeout { path, call, limit };
         }
         // The root cause names the trap ("wasm `unreachable` instruction executed": a panic,
         // or the memory limit); the outer layers are a wasm backtrace.
@@ -78,8 +90,10 @@ impl PolicyError {
             None => err.root_cause().to_string(),
         };
         let mut reason = reason.lines().next().unwrap_or_default().to_string();
-        if reason.contains("growing memory") {
-            reason = format!("it exceeded the memory limit of {} MiB ({reason})", MEMORY_LIMIT >> 20);
+        if let Some(limit) = err.chain().find_map(|e| e.downcast_ref::<LimitExceeded>()) {
+            reason = limit.to_string();
+        } else if matches!(err.chain().find_map(|e| e.downcast_ref::<ResourceTableError>()), Some(ResourceTableError::Full)) {
+            reason = format!("it held more than {RESOURCE_LIMIT} host handles (streams, pollables...) at once");
         }
         PolicyError::Trap { path, call, reason }
     }
@@ -99,9 +113,61 @@ pub struct PolicyInfo {
 struct State {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: Limits,
     label: Arc<str>,
     log_lines: u32,
+    /// The error-level log messages of this call (see [`Policy::collect_error_logs`]).
+    errors: Vec<String>,
+}
+
+/// A limit of [`Limits`] a guest ran into; the trap's cause.
+#[derive(Debug, thiserror::Error)]
+enum LimitExceeded {
+    #[error("it exceeded the memory limit of {} MiB summed over all its memories (it asked for {} MiB)", MEMORY_LIMIT >> 20, .0 >> 20)]
+    Memory(usize),
+    #[error("it exceeded the limit of {TABLE_ELEMENTS_LIMIT} table elements summed over all its tables")]
+    Table,
+}
+
+/// Limits what the whole store of a call holds. wasmtime's `StoreLimits` bounds each memory
+/// and table on its own, so a component with 16 core instances could take 16 × the limit.
+#[derive(Default)]
+struct Limits {
+    memory_bytes: usize,
+    table_elements: usize,
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        // `current` is already counted: creating a memory is growing it from 0.
+        let total = self.memory_bytes.saturating_sub(current).saturating_add(desired);
+        if total > MEMORY_LIMIT {
+            return Err(LimitExceeded::Memory(total).into());
+        }
+        self.memory_bytes = total;
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.table_elements.saturating_sub(current).saturating_add(desired);
+        if total > TABLE_ELEMENTS_LIMIT {
+            return Err(LimitExceeded::Table.into());
+        }
+        self.table_elements = total;
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        64
+    }
+
+    fn tables(&self) -> usize {
+        64
+    }
+
+    fn memories(&self) -> usize {
+        16
+    }
 }
 
 impl WasiView for State {
@@ -127,6 +193,10 @@ impl bindings::BackupPolicyImports for State {
             message.truncate(cut);
             message.push('…');
         }
+        let message = escape_log(&message);
+        if matches!(level, Level::Error) {
+            self.errors.push(message.clone());
+        }
         let policy = &*self.label;
         match level {
             Level::Trace => tracing::trace!(target: "policy", policy, "{message}"),
@@ -136,6 +206,28 @@ impl bindings::BackupPolicyImports for State {
             Level::Error => tracing::error!(target: "policy", policy, "{message}"),
         }
     }
+}
+
+/// A guest's message as one line of the host's log: line breaks, terminal escapes and the
+/// other control characters (C0, C1, U+2028/U+2029, bidi overrides) are shown escaped, so a
+/// guest can neither forge log lines nor hide text.
+fn escape_log(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for c in message.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => {
+                let _ = write!(out, "\\u{{{:04x}}}", c as u32);
+            }
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:04x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A clock stuck at the Unix epoch: the guest must take time from its arguments.
@@ -174,6 +266,119 @@ fn engine() -> &'static Engine {
             .expect("spawn the epoch thread");
         engine
     })
+}
+
+/// The timers and I/O of WASI imports (a guest's sleep is a tokio timer), driven by a thread
+/// of its own, so a policy call works from any thread: plain, blocking pool or async worker.
+fn wasi_runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("policy-wasi")
+            .enable_all()
+            .build()
+            .expect("start the policy's WASI runtime")
+    })
+}
+
+/// Runs `call` on this thread until it finishes or `deadline` passes. Past the deadline the
+/// call is dropped wherever it waits, in guest code (the epoch deadline traps it first) or in
+/// a WASI import, and it fails with [`Trap::Interrupt`], as an epoch timeout does.
+fn run_until<R>(deadline: Instant, call: impl Future<Output = wasmtime::Result<R>>) -> wasmtime::Result<R> {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let _runtime = wasi_runtime().enter();
+    let mut bounded = std::pin::pin!(tokio::time::timeout_at(deadline.into(), call));
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        match bounded.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(result)) => return result,
+            Poll::Ready(Err(_elapsed)) => return Err(Trap::Interrupt.into()),
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+/// One instance of the policy whose exports are called like plain functions: each call blocks
+/// until the guest answers, traps or the deadline of the whole policy call passes.
+struct Instance {
+    exports: BackupPolicy,
+    deadline: Instant,
+}
+
+impl Instance {
+    fn euraflow_backup_policy(&self) -> SyncExports<'_> {
+        SyncExports { exports: self.exports.euraflow_backup_policy(), deadline: self.deadline }
+    }
+}
+
+/// The exports of an [`Instance`], with the generated (async) bindings' names and arguments.
+struct SyncExports<'a> {
+    exports: &'a Exports,
+    deadline: Instant,
+}
+
+impl SyncExports<'_> {
+    fn call_schedule(&self, store: &mut Store<State>, config: &PolicyConfig) -> wasmtime::Result<BackupSchedule> {
+        run_until(self.deadline, self.exports.call_schedule(store, config))
+    }
+
+    fn call_backup_name(&self, store: &mut Store<State>, config: &PolicyConfig, now: i64) -> wasmtime::Result<String> {
+        run_until(self.deadline, self.exports.call_backup_name(store, config, now))
+    }
+
+    fn call_parse_name(&self, store: &mut Store<State>, config: &PolicyConfig, name: &str) -> wasmtime::Result<Option<i64>> {
+        run_until(self.deadline, self.exports.call_parse_name(store, config, name))
+    }
+
+    fn call_select_expired(
+        &self,
+        store: &mut Store<State>,
+        backups: &[BackupEntry],
+        now: i64,
+        target: Target,
+        config: &PolicyConfig,
+    ) -> wasmtime::Result<Vec<String>> {
+        run_until(self.deadline, self.exports.call_select_expired(store, backups, now, target, config))
+    }
+
+    fn call_shape_backup_response(&self, store: &mut Store<State>, outcome: &BackupOutcome) -> wasmtime::Result<HttpResponse> {
+        run_until(self.deadline, self.exports.call_shape_backup_response(store, outcome))
+    }
+
+    fn call_shape_status(&self, store: &mut Store<State>, status: &Status) -> wasmtime::Result<HttpResponse> {
+        run_until(self.deadline, self.exports.call_shape_status(store, status))
+    }
+}
+
+/// A store with the sandbox's limits: an empty WASI context with frozen clocks, [`Limits`], a
+/// bounded resource table and an epoch deadline `limit` from now.
+fn new_store(engine: &Engine, label: Arc<str>, limit: Duration) -> Store<State> {
+    let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+        .wall_clock(FrozenClock)
+        .monotonic_clock(FrozenClock)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .build();
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(RESOURCE_LIMIT);
+    let state = State { wasi, table, limits: Limits::default(), label, log_lines: 0, errors: Vec::new() };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limits);
+    store.set_epoch_deadline((limit.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64);
+    store.epoch_deadline_trap();
+    store
+}
+
+thread_local! {
+    /// While [`Policy::collect_error_logs`] runs on this thread: what the calls logged as errors.
+    static ERROR_LOGS: std::cell::RefCell<Option<Vec<String>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// A loaded, linked and version-checked policy component. Each call runs in a fresh instance:
@@ -266,7 +471,7 @@ impl Policy {
         let mut linker = Linker::<State>::new(engine);
         // The component model's WASI adapter imports wasi:cli, wasi:io, wasi:filesystem... even
         // for pure functions; they are linked against an empty context (see `store`).
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .and_then(|()| BackupPolicy::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s))
             .map_err(|e| PolicyError::Link { path: p(), reason: format!("{e:#}") })?;
         let pre = linker
@@ -291,32 +496,46 @@ impl Policy {
         }
     }
 
-    fn store(&self) -> Store<State> {
-        let wasi = wasmtime_wasi::WasiCtxBuilder::new().wall_clock(FrozenClock).monotonic_clock(FrozenClock).build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(MEMORY_LIMIT)
-            .instances(64)
-            .tables(64)
-            .memories(16)
-            .table_elements(1 << 16)
-            .trap_on_grow_failure(true)
-            .build();
-        let state = State { wasi, table: ResourceTable::new(), limits, label: self.label.clone(), log_lines: 0 };
-        let mut store = Store::new(self.pre.engine(), state);
-        store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline((CALL_TIMEOUT.as_millis() / EPOCH_TICK.as_millis()) as u64);
-        store.epoch_deadline_trap();
-        store
-    }
-
+    /// Runs `f` on a fresh instance; instantiation and every export `f` calls share one
+    /// [`CALL_TIMEOUT`].
     fn call<R>(
         &self,
         call: &'static str,
-        f: impl FnOnce(&BackupPolicy, &mut Store<State>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Instance, &mut Store<State>) -> wasmtime::Result<R>,
     ) -> Result<R, PolicyError> {
-        let mut store = self.store();
-        let result = self.pre.instantiate(&mut store).and_then(|instance| f(&instance, &mut store));
-        result.map_err(|e| PolicyError::call(&self.info.path, call, e))
+        self.call_within(call, CALL_TIMEOUT, f)
+    }
+
+    /// [`Policy::call`] with another time budget. Both halves of the deadline take it: the
+    /// epoch deadline (guest code) and the deadline of [`run_until`] (waits in WASI imports).
+    fn call_within<R>(
+        &self,
+        call: &'static str,
+        limit: Duration,
+        f: impl FnOnce(&Instance, &mut Store<State>) -> wasmtime::Result<R>,
+    ) -> Result<R, PolicyError> {
+        let mut store = new_store(self.pre.engine(), self.label.clone(), limit);
+        let deadline = Instant::now() + limit;
+        let result = run_until(deadline, self.pre.instantiate_async(&mut store))
+            .and_then(|exports| f(&Instance { exports, deadline }, &mut store));
+        let errors = std::mem::take(&mut store.data_mut().errors);
+        ERROR_LOGS.with_borrow_mut(|collected| {
+            if let Some(collected) = collected {
+                collected.extend(errors);
+            }
+        });
+        result.map_err(|e| PolicyError::call(&self.info.path, call, limit, e))
+    }
+
+    /// Runs `f` and returns, with its result, the error-level messages the policy logged in the
+    /// calls `f` made: how `policy check` learns that the policy refuses its settings (WIT 0.1.0
+    /// has no other channel for that). Per thread, as the calls run on the caller's thread:
+    /// calls of other threads, a concurrent check of the same policy included, do not mix in.
+    fn collect_error_logs<R>(&self, f: impl FnOnce() -> R) -> (R, Vec<String>) {
+        let outer = ERROR_LOGS.replace(Some(Vec::new()));
+        let result = f();
+        let errors = ERROR_LOGS.replace(outer).unwrap_or_default();
+        (result, errors)
     }
 
     fn bad(&self, call: &'static str, reason: impl Into<String>) -> PolicyError {
@@ -362,6 +581,7 @@ impl Policy {
         // trapped instance cannot be entered again, so a trap means a fresh one for the next name.
         let mut session: Option<(Store<State>, BackupPolicy)> = None;
         let mut out = Vec::new();
+        let mut errors = Vec::new();
         for (i, b) in backups.iter().enumerate() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -374,25 +594,35 @@ impl Policy {
                 );
                 break;
             }
-            let (store, instance) = match &mut session {
+            // Each name gets at most one call's time, waits in WASI imports included.
+            let limit = left.min(CALL_TIMEOUT);
+            let name_deadline = Instant::now() + limit;
+            let (store, exports) = match &mut session {
                 Some(s) => s,
                 None => {
-                    let mut store = self.store();
-                    let instance = self.pre.instantiate(&mut store).map_err(|e| PolicyError::call(&self.info.path, call, e))?;
-                    session.insert((store, instance))
+                    let mut store = new_store(self.pre.engine(), self.label.clone(), limit);
+                    let exports = run_until(name_deadline, self.pre.instantiate_async(&mut store))
+                        .map_err(|e| PolicyError::call(&self.info.path, call, limit, e))?;
+                    session.insert((store, exports))
                 }
             };
-            let ticks = left.min(CALL_TIMEOUT).as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1);
-            store.set_epoch_deadline(ticks as u64);
-            match instance.euraflow_backup_policy().call_parse_name(&mut *store, config, &b.name) {
+            store.set_epoch_deadline((limit.as_millis().div_ceil(EPOCH_TICK.as_millis())).max(1) as u64);
+            let parsed = run_until(name_deadline, exports.euraflow_backup_policy().call_parse_name(&mut *store, config, &b.name));
+            errors.append(&mut store.data_mut().errors);
+            match parsed {
                 Ok(Some(t)) => out.push((b.clone(), t)),
                 Ok(None) => {}
                 Err(e) => {
-                    self.warn_unrecognisable(&b.name, &PolicyError::call(&self.info.path, call, e));
+                    self.warn_unrecognisable(&b.name, &PolicyError::call(&self.info.path, call, limit, e));
                     session = None;
                 }
             }
         }
+        ERROR_LOGS.with_borrow_mut(|collected| {
+            if let Some(collected) = collected {
+                collected.extend(errors);
+            }
+        });
         Ok(out)
     }
 
@@ -624,6 +854,68 @@ mod tests {
         for bad in ["", "0 1 * *", "0 0 1 * * * *", "0 1 * * MON", "@daily", "0 1 * * ?"] {
             assert!(validate_cron(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Instantiates a component made of core instances of `modules` in a store with the
+    /// sandbox's limits.
+    fn instantiate(modules: &[&str]) -> Result<(), PolicyError> {
+        // `$fixed` holds 30 MiB from the start; `$grows` starts at 64 KiB and grows by 30 MiB
+        // in its start function, i.e. while running.
+        let mut wat = String::from(
+            "(component
+               (core module $fixed (memory 480))
+               (core module $grows (memory 1) (func $grow (drop (memory.grow (i32.const 480)))) (start $grow))",
+        );
+        for m in modules {
+            wat.push_str(&format!(" (core instance (instantiate ${m}))"));
+        }
+        wat.push(')');
+        let component = Component::new(engine(), wat::parse_str(&wat).unwrap()).unwrap();
+        let mut store = new_store(engine(), "sample.wasm".into(), CALL_TIMEOUT);
+        let linker = Linker::<State>::new(engine());
+        run_until(Instant::now() + CALL_TIMEOUT, linker.instantiate_async(&mut store, &component))
+            .map(drop)
+            .map_err(|e| PolicyError::call(Path::new("sample.wasm"), "instantiate", CALL_TIMEOUT, e))
+    }
+
+    /// Pins issue 12 item 15: 64 MiB per call in total, over all the memories of a component
+    /// (wasmtime's `StoreLimits` allowed 64 MiB for each of 16 memories).
+    #[test]
+    fn memory_limit_is_the_sum_over_all_memories() {
+        instantiate(&["fixed", "grows"]).expect("60 MiB in two memories is within 64 MiB");
+        for over in [&["fixed", "fixed", "fixed"][..], &["fixed", "fixed", "grows"], &["grows", "grows", "grows"]] {
+            let err = instantiate(over).unwrap_err();
+            let text = err.to_string();
+            assert!(matches!(err, PolicyError::Trap { .. }), "{over:?}: {text}");
+            assert!(text.contains("exceeded the memory limit of 64 MiB summed over all its memories"), "{over:?}: {text}");
+        }
+    }
+
+    /// Pins issue 12 (guest log lines cannot forge log lines): control characters of a
+    /// guest's message are escaped, so one `log` call is one line of the host's log.
+    #[test]
+    fn log_messages_are_escaped() {
+        assert_eq!(escape_log("plain: ünïcode 北京 ok"), "plain: ünïcode 北京 ok");
+        assert_eq!(escape_log("a\nERROR forged\r\tb"), "a\\nERROR forged\\r\\tb");
+        assert_eq!(escape_log("\u{1b}[31mred\u{7}\u{0}"), "\\u{001b}[31mred\\u{0007}\\u{0000}");
+        assert_eq!(escape_log("c1\u{85}\u{9b}"), "c1\\u{0085}\\u{009b}");
+        assert_eq!(escape_log("ls\u{2028}ps\u{2029}rlo\u{202e}x"), "ls\\u{2028}ps\\u{2029}rlo\\u{202e}x");
+        let all: String = (0u32..0x110000).filter_map(char::from_u32).collect();
+        let escaped = escape_log(&all);
+        assert!(!escaped.chars().any(|c| c.is_control() || ('\u{2028}'..='\u{2029}').contains(&c)), "nothing breaks a line");
+    }
+
+    /// Pins issue 12 item 15: a guest's sleep in a WASI import ends with the call's deadline
+    /// (the epoch deadline only interrupts guest code).
+    #[test]
+    fn a_wait_in_the_host_ends_at_the_deadline() {
+        let never = std::future::pending::<wasmtime::Result<()>>();
+        let err = run_until(Instant::now() + Duration::from_millis(50), never).unwrap_err();
+        assert!(matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt)), "{err}");
+        // From inside a tokio runtime too, where the callers' blocking threads live.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let err = rt.block_on(async { run_until(Instant::now() + Duration::from_millis(50), std::future::pending::<wasmtime::Result<()>>()) });
+        assert!(matches!(err.unwrap_err().downcast_ref::<Trap>(), Some(Trap::Interrupt)));
     }
 
     #[test]

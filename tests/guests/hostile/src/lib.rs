@@ -5,13 +5,29 @@
 //! `slash` / `dots` (a name with `/` or `..`), `foreign` (selects a name it was not given),
 //! `newest` (selects the newest backup), `json` (a body that is not JSON), `status` (HTTP 999),
 //! `snoop` (tries the filesystem, the environment and the network; reports what it saw in the
-//! name it returns). For `parse-name`, `<behaviour>-non-ascii` misbehaves only on names with a
-//! non-ASCII character and behaves on the others (one odd file among good ones).
+//! name it returns), `sleep` (`std::thread::sleep` for 20 s: a WASI clock pollable),
+//! `pollable` (blocks on a monotonic-clock instant that never comes), `handles` (creates
+//! 100,000 pollables and never drops them). For `parse-name`, `<behaviour>-non-ascii`
+//! misbehaves only on names with a non-ASCII character and behaves on the others (one odd file
+//! among good ones).
 
 // A component only: built for wasm32-wasip2 by scripts/test.sh, empty elsewhere.
 #![cfg(target_arch = "wasm32")]
 
-wit_bindgen::generate!({ world: "backup-policy", path: "../../../wit" });
+// The policy world plus the WASI clock and poll interfaces every component may import anyway
+// (the host links all of wasi:cli), called directly for the blocking behaviours.
+wit_bindgen::generate!({
+    inline: r#"
+        package test:hostile;
+        world hostile {
+            include euraflow:backup/backup-policy@0.1.0;
+            import wasi:clocks/monotonic-clock@0.2.0;
+        }
+    "#,
+    path: ["../../../wit", "wit/io.wit", "wit/clocks.wit"],
+    world: "hostile",
+    generate_all,
+});
 
 use exports::euraflow::backup::policy::Guest;
 use euraflow::backup::types::{BackupEntry, BackupOutcome, BackupSchedule, Config, HttpResponse, Status, Target};
@@ -44,6 +60,20 @@ fn act(config: Option<&Config>, call: &str) -> Option<String> {
             }
         }
         "trap" => panic!("hostile policy: trap in {call}"),
+        "sleep" => {
+            std::thread::sleep(std::time::Duration::from_secs(20));
+            None
+        }
+        "pollable" => {
+            wasi::clocks::monotonic_clock::subscribe_instant(u64::MAX).block();
+            None
+        }
+        "handles" => {
+            for _ in 0..100_000 {
+                std::mem::forget(wasi::clocks::monotonic_clock::subscribe_duration(0));
+            }
+            None
+        }
         "snoop" => {
             let dirs = std::fs::read_dir("/").map(|d| d.count()).unwrap_or(0);
             let env = std::env::vars().count();
