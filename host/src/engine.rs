@@ -146,6 +146,8 @@ fn dump_to_file(
     name: &str,
     opts: &BackupOptions,
 ) -> Result<Done, BackupError> {
+    // The whole run, upload included, ends by the backup timeout.
+    let deadline = Instant::now() + Duration::from_secs(config.timeout_secs);
     let tools = PgTools::for_server(&config.db, config.pg_bin.as_deref())?;
     store.ensure_dir()?;
     let file = store.create(name)?;
@@ -180,13 +182,13 @@ fn dump_to_file(
     let Sinks { file, s3: mut upload } = gz.finish().map_err(write_err)?;
     // The last part travels while the local file is fsynced; completing waits for the local
     // commit: if that fails, dropping the upload aborts it, so S3 never holds a backup that
-    // failed here.
+    // failed here. An upload that fell behind sends its rest from the committed file.
     if let Some(upload) = &mut upload {
         upload.seal();
     }
-    let (_, size) = file.commit()?;
+    let (committed, size) = file.commit()?;
     tracing::info!("本地数据库备份成功: {name} ({})", mb(size));
-    let s3 = match upload.map(S3Upload::finish) {
+    let s3 = match upload.map(|u| u.finish(&committed, deadline, &opts.cancel)) {
         None => S3Outcome::Disabled,
         Some(Ok(url)) => {
             tracing::info!("✓ S3 上传成功: {name}");
