@@ -706,31 +706,33 @@ impl S3Upload {
     }
 
     /// Stops the upload task wherever it is and aborts the upload, waiting at most
-    /// [`ABORT_WAIT`] for the store: a stalled store cannot hold the run. Returns why the
-    /// abort did not get through, if it did not.
-    fn abandon(&mut self) -> Option<String> {
+    /// [`ABORT_WAIT`] for the store: a stalled store cannot hold the run. Says what became of
+    /// the upload, or why the abort did not get through.
+    fn abandon(&mut self) -> Result<&'static str, String> {
         self.tx = None;
-        let task = self.task.take()?;
+        let Some(task) = self.task.take() else { return Ok("nothing was left to abort") };
         if task.is_finished() {
             // It completed nothing (completion needs `finish`) and aborted on its own error.
-            return None;
+            return Ok("the incomplete upload was aborted");
         }
         task.abort();
-        // No id yet: the store never answered the start; a later run aborts what it may create.
-        let id = self.shared.upload_id.get()?;
+        let Some(id) = self.shared.upload_id.get() else {
+            // The store never answered the start; a later run aborts what it may still create.
+            return Ok("the store had not started the upload yet");
+        };
         let key = self.store.key(&self.name);
         let abort = self.store.client.abort_multipart_upload().bucket(&self.store.bucket).key(&key).upload_id(id).send();
         match self.handle.block_on(tokio::time::timeout(ABORT_WAIT, abort)) {
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(describe("abort", &e)),
-            Err(_) => Some(format!("no answer within {} s", ABORT_WAIT.as_secs())),
+            Ok(Ok(_)) => Ok("the incomplete upload was aborted"),
+            Ok(Err(e)) => Err(describe("abort", &e)),
+            Err(_) => Err(format!("no answer within {} s", ABORT_WAIT.as_secs())),
         }
     }
 
     fn stopped(&mut self, stop: Stop) -> String {
         match self.abandon() {
-            None => format!("{}; the incomplete upload was aborted", stop.describe()),
-            Some(e) => format!("{}; aborting the incomplete upload failed ({e}), a later backup run will abort it", stop.describe()),
+            Ok(what) => format!("{}; {what}", stop.describe()),
+            Err(e) => format!("{}; aborting the incomplete upload failed ({e}), a later backup run will abort it", stop.describe()),
         }
     }
 
@@ -836,7 +838,7 @@ impl Drop for S3Upload {
     fn drop(&mut self) {
         // Not finished (the local backup failed or was cancelled): nothing may stay behind
         // half-uploaded, but a stalled store must not hold the run's end either.
-        if let Some(e) = self.abandon() {
+        if let Err(e) = self.abandon() {
             tracing::warn!("aborting the incomplete S3 upload of {} failed ({e}); a later backup run will abort it", self.name);
         }
     }
