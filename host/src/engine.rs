@@ -151,6 +151,8 @@ fn dump_to_file(
     name: &str,
     opts: &BackupOptions,
 ) -> Result<Done, BackupError> {
+    // The whole run, upload included, ends by the backup timeout.
+    let deadline = Instant::now() + Duration::from_secs(config.timeout_secs);
     let tools = PgTools::for_server(&config.db, config.pg_bin.as_deref())?;
     store.ensure_dir()?;
     let file = store.create(name)?;
@@ -185,13 +187,13 @@ fn dump_to_file(
     let Sinks { file, s3: mut upload } = gz.finish().map_err(write_err)?;
     // The last part travels while the local file is fsynced; completing waits for the local
     // commit: if that fails, dropping the upload aborts it, so S3 never holds a backup that
-    // failed here.
+    // failed here. An upload that fell behind sends its rest from the committed file.
     if let Some(upload) = &mut upload {
         upload.seal();
     }
-    let (_, size) = file.commit()?;
+    let (committed, size) = file.commit()?;
     tracing::info!("本地数据库备份成功: {name} ({})", mb(size));
-    let s3 = match upload.map(S3Upload::finish) {
+    let s3 = match upload.map(|u| u.finish(&committed, deadline, &opts.cancel)) {
         None => S3Outcome::Disabled,
         Some(Ok(url)) => {
             tracing::info!("✓ S3 上传成功: {name}");
@@ -208,9 +210,11 @@ fn dump_to_file(
 /// S3 retention: the same contract as local, against the bucket listing under the prefix.
 pub fn apply_s3_retention(s3: &S3Store, policy: &Policy, config: &Config, guard: &Guard, just_written: &str) -> RetentionReport {
     // Uploads older than a backup can run are dead: abort them so their parts stop costing.
-    // Any backup file name counts, not only the current policy's: an upload cut off before a
-    // policy swap carries the previous policy's name and is just as dead.
-    let ours = |n: &str| policy::validate_name(n).is_ok();
+    // Only names this deployment's policy recognises: another database's deployment under the
+    // same prefix may have a live upload. (An upload cut off under a previous policy's names is
+    // left to the bucket's AbortIncompleteMultipartUpload lifecycle rule; see README, S3.)
+    let cfg = policy::policy_config(config);
+    let ours = |n: &str| matches!(policy.parse_name(&cfg, n), Ok(Some(_)));
     match s3.abort_stale_uploads(Duration::from_secs(config.timeout_secs + 3600), ours) {
         Ok(0) => {}
         Ok(n) => tracing::info!("aborted {n} incomplete S3 upload(s) left by interrupted runs"),

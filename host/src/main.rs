@@ -312,15 +312,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let local = cli::recognised(&policy, &config, &listing)?;
             let mut foreign = listing.len() - local.len();
             let mut places = vec![cli::Place { location: config.backup_dir.display().to_string(), s3: false, backups: local }];
+            // An unreachable store must not hide the local backups: they are listed, the S3
+            // error follows, and the exit code (1) says the listing is incomplete.
+            let mut s3_error = None;
             if let Some((_rt, s3)) = s3_store(&config)? {
-                let listing = s3.list()?;
-                ef_backup::retention::warn_legacy_names(&policy, &config, &s3.url(""), &listing);
-                let ours = cli::recognised(&policy, &config, &listing)?;
-                foreign += listing.len() - ours.len();
-                places.push(cli::Place { location: s3.url(""), s3: true, backups: ours });
+                match s3.list() {
+                    Ok(listing) => {
+                        ef_backup::retention::warn_legacy_names(&policy, &config, &s3.url(""), &listing);
+                        let ours = cli::recognised(&policy, &config, &listing)?;
+                        foreign += listing.len() - ours.len();
+                        places.push(cli::Place { location: s3.url(""), s3: true, backups: ours });
+                    }
+                    Err(e) => s3_error = Some(format!("S3 {}: could not be listed: {e}", s3.url(""))),
+                }
             }
             cli::print_list(&places, foreign, json);
-            Ok(ExitCode::SUCCESS)
+            match s3_error {
+                None => Ok(ExitCode::SUCCESS),
+                Some(e) => {
+                    // With --json, stdout stays one JSON document (the local rows).
+                    if json {
+                        eprintln!("ef-backup: {e}");
+                    } else {
+                        println!("{e}");
+                    }
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Serve => {
             let path = policy_path(cli.policy, &config);

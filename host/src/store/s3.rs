@@ -2,17 +2,24 @@
 //! compressed, listing, batch deletion and streamed download.
 //!
 //! The upload is a side copy: an S3 failure is recorded and reported, never raised into the
-//! local backup. Every upload either completes (and is verified) or is aborted, so no
-//! incomplete multipart upload keeps costing money; uploads that could not even be aborted
-//! (the store was unreachable) are aborted by a later run.
+//! local backup, and a slow store never slows it: the stream feeds the upload only while it
+//! keeps up, and the rest is sent from the committed local file. Every upload either completes
+//! (and is verified) or is aborted, so no incomplete multipart upload keeps costing money;
+//! uploads that could not even be aborted (the store was unreachable) are aborted by a later
+//! run. A completed upload never replaces an existing object.
 
+use std::future::Future;
 use std::io::{self, Read, Write};
-use std::time::{Duration, SystemTime};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation, StalledStreamProtectionConfig,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier, ServerSideEncryption, StorageClass};
 use aws_sdk_s3::Client;
@@ -25,9 +32,18 @@ use tokio::task::JoinSet;
 use super::StoredBackup;
 use crate::config::S3Config;
 
-/// Parts uploading at once; with the part being filled and one queued, memory stays at a
-/// few parts whatever the backup size.
+/// Parts uploading at once.
 const PARTS_IN_FLIGHT: usize = 2;
+/// Parts the stream may hand over that are not stored yet (uploading or waiting). Past that
+/// the upload is behind by more than it may hold in memory (these plus the part being
+/// filled: 4 parts): the stream stops feeding it, so the compressor and pg_dump never wait
+/// for the store, and the rest is sent from the committed local file.
+const MAX_QUEUED_PARTS: usize = 3;
+/// How long the run waits for the store to confirm an abort (or a clean-up delete) before it
+/// ends without it; a later run aborts leftovers.
+const ABORT_WAIT: Duration = Duration::from_secs(2);
+/// How often a wait for the store looks at the cancel flag and the deadline.
+const STOP_POLL: Duration = Duration::from_millis(100);
 /// S3 allows 10,000 parts of at most 5 GiB.
 const MAX_PARTS: u32 = 10_000;
 const MAX_PART: usize = 5 << 30;
@@ -50,9 +66,34 @@ fn describe<E: ProvideErrorMetadata + std::error::Error + 'static>(
         _ => "",
     };
     match err.as_service_error().and_then(|e| e.code().map(|c| (c.to_string(), e.message().unwrap_or_default().to_string()))) {
-        Some((code, msg)) => format!("{what}: {code}: {msg}{}", hint(&code)),
-        None => format!("{what}: {}", DisplayErrorContext(err)),
+        Some((code, msg)) => one_line(&format!("{what}: {code}: {msg}{}", hint(&code))),
+        None => format!("{what}: {}", error_chain(err)),
     }
+}
+
+/// An error and its sources as one line, each cause once. (The SDK's `DisplayErrorContext`
+/// appends a Debug dump of the whole error, which is neither one line nor readable.)
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        let text = one_line(&e.to_string());
+        // Wrappers often repeat their source's text; keep each cause once.
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = e.source();
+    }
+    if parts.is_empty() {
+        "unknown error".to_string()
+    } else {
+        parts.join(": ")
+    }
+}
+
+/// Line breaks and runs of blanks become one space: an error is one log line.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn unix(t: &aws_sdk_s3::primitives::DateTime) -> i64 {
@@ -172,52 +213,66 @@ impl S3Store {
         })
     }
 
-    /// Aborts incomplete multipart uploads of backups (keys directly under the prefix whose
-    /// names `is_ours` accepts) started more than `older_than` ago: leftovers of runs whose
-    /// abort could not reach the store.
-    pub fn abort_stale_uploads(&self, older_than: Duration, is_ours: impl Fn(&str) -> bool) -> Result<usize, S3Error> {
+    /// Aborts incomplete multipart uploads of backups started more than `older_than` ago:
+    /// leftovers of runs whose abort could not reach the store. Only uploads this deployment
+    /// could have started are touched: keys directly under the prefix whose names `ours`
+    /// accepts (the caller builds it from the policy's recognition); an upload younger than
+    /// `older_than` may belong to a run still going (here or in another process) and is left
+    /// alone. Every page of the listing is looked at.
+    pub fn abort_stale_uploads(&self, older_than: Duration, ours: impl Fn(&str) -> bool) -> Result<usize, S3Error> {
         let cutoff = SystemTime::now() - older_than;
         let cutoff = cutoff.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         self.handle.block_on(async {
-            let mut aborted = 0;
-            let out = self
-                .client
-                .list_multipart_uploads()
-                .bucket(&self.bucket)
-                .prefix(&self.prefix)
-                .send()
-                .await
-                .map_err(|e| S3Error(describe("listing incomplete uploads", &e)))?;
-            for u in out.uploads() {
-                let (Some(key), Some(id)) = (u.key(), u.upload_id()) else { continue };
-                let Some(name) = key.strip_prefix(&self.prefix) else { continue };
-                let old = u.initiated().map(unix).is_some_and(|t| t < cutoff);
-                if old && !name.contains('/') && is_ours(name) {
-                    self.client
-                        .abort_multipart_upload()
-                        .bucket(&self.bucket)
-                        .key(key)
-                        .upload_id(id)
-                        .send()
-                        .await
-                        .map_err(|e| S3Error(describe("aborting an incomplete upload", &e)))?;
-                    aborted += 1;
+            let list_page = |after: Option<(String, String)>| {
+                let mut req = self.client.list_multipart_uploads().bucket(&self.bucket).prefix(&self.prefix).max_uploads(UPLOADS_PAGE);
+                if let Some((key, id)) = after {
+                    req = req.key_marker(key).upload_id_marker(id);
                 }
+                async move {
+                    let out = req.send().await.map_err(|e| S3Error(describe("listing incomplete uploads", &e)))?;
+                    let uploads = out
+                        .uploads()
+                        .iter()
+                        .filter_map(|u| Some(OpenUpload { key: u.key()?.to_string(), id: u.upload_id()?.to_string(), initiated: u.initiated().map(unix) }))
+                        .collect();
+                    let next = match (out.is_truncated(), out.next_key_marker(), out.next_upload_id_marker()) {
+                        (Some(true), Some(k), id) => Some((k.to_string(), id.unwrap_or_default().to_string())),
+                        _ => None,
+                    };
+                    Ok(UploadPage { uploads, next })
+                }
+            };
+            let stale = stale_uploads(list_page, &self.prefix, cutoff, ours).await?;
+            for u in &stale {
+                self.client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&u.key)
+                    .upload_id(&u.id)
+                    .send()
+                    .await
+                    .map_err(|e| S3Error(describe(&format!("aborting the incomplete upload of {}", u.key), &e)))?;
+                tracing::info!("aborted the incomplete S3 upload of {} (started {}, by an interrupted run)", u.key, u.initiated.unwrap_or(0));
             }
-            Ok(aborted)
+            Ok(stale.len())
         })
     }
 
     /// Starts a multipart upload of `name`; bytes written to the returned sink go to S3.
     pub fn upload(&self, name: &str) -> S3Upload {
-        let (tx, rx) = mpsc::channel::<Msg>(1);
-        let task = self.handle.spawn(upload_task(self.client.clone(), self.bucket.clone(), self.key(name), rx));
+        // Unbounded as a channel, bounded by `Shared::queued`: a send never waits.
+        let (tx, rx) = mpsc::unbounded_channel::<Msg>();
+        let shared = Arc::new(Shared::default());
+        let task = self.handle.spawn(upload_task(self.client.clone(), self.bucket.clone(), self.key(name), rx, Arc::clone(&shared)));
         S3Upload {
             tx: Some(tx),
             buf: Vec::with_capacity(self.part_size),
             parts: 0,
+            sent: 0,
             base_part: self.part_size,
             bytes: 0,
+            behind: false,
+            shared,
             task: Some(task),
             handle: self.handle.clone(),
             store: self.clone(),
@@ -245,13 +300,56 @@ impl S3Store {
                     }
                     Ok(None) => return,
                     Err(e) => {
-                        let _ = tx.send(Err(io::Error::other(format!("download interrupted: {e}"))));
+                        let _ = tx.send(Err(io::Error::other(format!("download interrupted: {}", error_chain(&e)))));
                         return;
                     }
                 }
             }
         });
         Ok(S3Reader { rx, chunk: bytes::Bytes::new() })
+    }
+}
+
+/// ListMultipartUploads page size (the API's maximum).
+const UPLOADS_PAGE: i32 = 1000;
+
+/// An incomplete multipart upload as the listing shows it.
+#[derive(Debug, Clone, PartialEq)]
+struct OpenUpload {
+    key: String,
+    id: String,
+    initiated: Option<i64>,
+}
+
+/// One page of ListMultipartUploads, and the (key, upload id) markers of the next one.
+struct UploadPage {
+    uploads: Vec<OpenUpload>,
+    next: Option<(String, String)>,
+}
+
+/// Walks every page that `list_page(markers)` returns and keeps the uploads that are ours
+/// (directly under `prefix`, accepted by `ours`) and started before `cutoff`. A store that
+/// answers with the markers it was given would loop for ever: that ends the walk.
+async fn stale_uploads<F, Fut>(mut list_page: F, prefix: &str, cutoff: i64, ours: impl Fn(&str) -> bool) -> Result<Vec<OpenUpload>, S3Error>
+where
+    F: FnMut(Option<(String, String)>) -> Fut,
+    Fut: Future<Output = Result<UploadPage, S3Error>>,
+{
+    let mut stale = Vec::new();
+    let mut after = None;
+    loop {
+        let page = list_page(after.clone()).await?;
+        for u in page.uploads {
+            let Some(name) = u.key.strip_prefix(prefix) else { continue };
+            let old = u.initiated.is_some_and(|t| t < cutoff);
+            if old && !name.contains('/') && ours(name) {
+                stale.push(u);
+            }
+        }
+        match page.next {
+            Some(next) if Some(&next) != after.as_ref() => after = Some(next),
+            _ => return Ok(stale),
+        }
     }
 }
 
@@ -279,8 +377,46 @@ impl Read for S3Reader {
 
 enum Msg {
     Part { number: i32, data: Vec<u8> },
-    /// All parts sent: complete the upload. Dropping the sender without it aborts.
-    Complete,
+    /// Everything was handed over: upload what the stream could not send from the committed
+    /// local file (if anything), then complete. Without it the upload is never completed.
+    Finish(Option<CatchUp>),
+}
+
+/// The tail of the backup that the stream did not send because the upload fell behind: bytes
+/// `offset..offset + len` of the committed local file, as parts `first_part` onwards.
+struct CatchUp {
+    path: PathBuf,
+    offset: u64,
+    len: u64,
+    first_part: u32,
+    base_part: usize,
+}
+
+impl CatchUp {
+    /// (part number, offset in the file, length) of each part.
+    fn parts(&self) -> Result<Vec<(u32, u64, usize)>, String> {
+        let mut out = Vec::new();
+        let (mut at, end, mut n) = (self.offset, self.offset + self.len, self.first_part);
+        while at < end {
+            if n > MAX_PARTS {
+                return Err("the backup needs more than 10,000 parts".into());
+            }
+            let len = (part_size(self.base_part, n) as u64).min(end - at) as usize;
+            out.push((n, at, len));
+            at += len as u64;
+            n += 1;
+        }
+        Ok(out)
+    }
+}
+
+/// What the stream and the upload task share: how many parts were handed over and are not yet
+/// stored (the measure of "behind"), and the upload's id once the store gave it (so an
+/// abandoned upload can be aborted without waiting for the task).
+#[derive(Default)]
+struct Shared {
+    queued: AtomicUsize,
+    upload_id: OnceLock<String>,
 }
 
 /// A completed upload: the ETag the store reports (if any) and the one computed from the
@@ -301,7 +437,97 @@ fn multipart_etag(part_md5s: &[[u8; 16]]) -> String {
     format!("{hex}-{}", part_md5s.len())
 }
 
-async fn upload_task(client: Client, bucket: String, key: String, mut rx: mpsc::Receiver<Msg>) -> Result<Completed, String> {
+fn already_exists(bucket: &str, key: &str) -> String {
+    format!(
+        "an object named s3://{bucket}/{key} already exists in the bucket; it belongs to someone else or an earlier run — not overwritten \
+         (check that no other deployment writes under EF__S3_PREFIX, then move or delete that object if it is not needed)"
+    )
+}
+
+/// Where a part's bytes are: handed over by the stream, or in the committed local file.
+enum PartData {
+    Bytes(Vec<u8>),
+    File { path: PathBuf, offset: u64, len: usize },
+}
+
+type PartResult = Result<(CompletedPart, [u8; 16]), String>;
+
+/// The parts of one upload: at most [`PARTS_IN_FLIGHT`] uploading at once.
+struct Parts<'a> {
+    client: &'a Client,
+    bucket: &'a str,
+    key: &'a str,
+    upload_id: &'a str,
+    shared: &'a Arc<Shared>,
+    in_flight: JoinSet<PartResult>,
+    done: Vec<(CompletedPart, [u8; 16])>,
+}
+
+impl Parts<'_> {
+    async fn join_one(&mut self) -> Result<(), String> {
+        if let Some(done) = self.in_flight.join_next().await {
+            self.done.push(done.map_err(|e| format!("an upload task failed: {e}"))??);
+        }
+        Ok(())
+    }
+
+    async fn add(&mut self, number: u32, data: PartData, from_stream: bool) -> Result<(), String> {
+        while self.in_flight.len() >= PARTS_IN_FLIGHT {
+            self.join_one().await?;
+        }
+        let req = self.client.upload_part().bucket(self.bucket).key(self.key).upload_id(self.upload_id).part_number(number as i32);
+        let shared = Arc::clone(self.shared);
+        self.in_flight.spawn(async move {
+            // Read and hashed here, not by the writer that feeds the upload: that writer is a
+            // stage of the compression pipeline, where hashing a part (about 10 ms per 8 MiB)
+            // would delay every compressed chunk queued behind it.
+            let prepared = tokio::task::spawn_blocking(move || -> io::Result<([u8; 16], Vec<u8>)> {
+                let data = match data {
+                    PartData::Bytes(d) => d,
+                    PartData::File { path, offset, len } => {
+                        let mut d = vec![0u8; len];
+                        std::fs::File::open(&path)?.read_exact_at(&mut d, offset)?;
+                        d
+                    }
+                };
+                Ok((<[u8; 16]>::from(Md5::digest(&data)), data))
+            })
+            .await;
+            let result = async {
+                let (md5, data) = prepared
+                    .map_err(|e| format!("hashing part {number} failed: {e}"))?
+                    .map_err(|e| format!("reading part {number} from the local backup failed: {e}"))?;
+                let req = req.content_md5(base64::engine::general_purpose::STANDARD.encode(md5)).body(ByteStream::from(data));
+                // The part's integrity is checked by S3 against its Content-MD5 (which the
+                // signature covers), so hashing the whole body again for SigV4 would only cost
+                // CPU while the dump is being compressed.
+                let out = req
+                    .customize()
+                    .disable_payload_signing()
+                    .send()
+                    .await
+                    .map_err(|e| describe(&format!("uploading part {number}"), &e))?;
+                tracing::debug!("S3 part {number} uploaded");
+                Ok((CompletedPart::builder().part_number(number as i32).set_e_tag(out.e_tag().map(str::to_string)).build(), md5))
+            }
+            .await;
+            if from_stream {
+                shared.queued.fetch_sub(1, Ordering::AcqRel);
+            }
+            result
+        });
+        Ok(())
+    }
+}
+
+async fn upload_task(client: Client, bucket: String, key: String, mut rx: mpsc::UnboundedReceiver<Msg>, shared: Arc<Shared>) -> Result<Completed, String> {
+    // The completion below refuses to replace an object (If-None-Match), but not every
+    // S3-compatible store honours that header: looking first keeps those from overwriting too.
+    match client.head_object().bucket(&bucket).key(&key).send().await {
+        Ok(_) => return Err(already_exists(&bucket, &key)),
+        Err(e) if e.as_service_error().is_some_and(|e| e.is_not_found()) => {}
+        Err(e) => return Err(describe("checking that the key is free", &e)),
+    }
     let created = client
         .create_multipart_upload()
         .bucket(&bucket)
@@ -313,87 +539,99 @@ async fn upload_task(client: Client, bucket: String, key: String, mut rx: mpsc::
         .await
         .map_err(|e| describe("starting the upload", &e))?;
     let upload_id = created.upload_id().ok_or("the store returned no upload id")?.to_string();
+    let _ = shared.upload_id.set(upload_id.clone());
 
     let result = async {
-        let mut in_flight: JoinSet<Result<(CompletedPart, [u8; 16]), String>> = JoinSet::new();
-        let mut parts = Vec::new();
-        let mut complete = false;
-        while let Some(msg) = rx.recv().await {
-            match msg {
-                Msg::Part { number, data } => {
-                    while in_flight.len() >= PARTS_IN_FLIGHT {
-                        parts.push(in_flight.join_next().await.expect("non-empty").map_err(|e| e.to_string())??);
-                    }
-                    let req = client.upload_part().bucket(&bucket).key(&key).upload_id(&upload_id).part_number(number);
-                    in_flight.spawn(async move {
-                        // Hashed here, not by the writer that feeds the upload: that writer is a
-                        // stage of the compression pipeline, where hashing a part (about 10 ms
-                        // per 8 MiB) would delay every compressed chunk queued behind it.
-                        let (md5, data) = tokio::task::spawn_blocking(move || (<[u8; 16]>::from(Md5::digest(&data)), data))
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        let req = req.content_md5(base64::engine::general_purpose::STANDARD.encode(md5)).body(ByteStream::from(data));
-                        // The part's integrity is checked by S3 against its Content-MD5 (which
-                        // the signature covers), so hashing the whole body again for SigV4
-                        // would only cost CPU while the dump is being compressed.
-                        let out = req
-                            .customize()
-                            .disable_payload_signing()
-                            .send()
-                            .await
-                            .map_err(|e| describe(&format!("uploading part {number}"), &e))?;
-                        tracing::debug!("S3 part {number} uploaded");
-                        Ok((CompletedPart::builder().part_number(number).set_e_tag(out.e_tag().map(str::to_string)).build(), md5))
-                    });
-                }
-                Msg::Complete => {
-                    complete = true;
-                    break;
-                }
+        let mut parts = Parts { client: &client, bucket: &bucket, key: &key, upload_id: &upload_id, shared: &shared, in_flight: JoinSet::new(), done: Vec::new() };
+        let catch_up = loop {
+            match rx.recv().await {
+                Some(Msg::Part { number, data }) => parts.add(number as u32, PartData::Bytes(data), true).await?,
+                Some(Msg::Finish(catch_up)) => break catch_up,
+                None => return Err("upload abandoned".to_string()),
+            }
+        };
+        if let Some(c) = catch_up {
+            let list = c.parts()?;
+            tracing::info!("S3 upload catching up from the local backup: {} part(s) from byte {}", list.len(), c.offset);
+            for (number, offset, len) in list {
+                parts.add(number, PartData::File { path: c.path.clone(), offset, len }, false).await?;
             }
         }
-        while let Some(done) = in_flight.join_next().await {
-            parts.push(done.map_err(|e| e.to_string())??);
+        while !parts.in_flight.is_empty() {
+            parts.join_one().await?;
         }
-        if !complete {
-            return Err("upload abandoned".to_string());
-        }
-        parts.sort_by_key(|(p, _)| p.part_number());
-        let expected = multipart_etag(&parts.iter().map(|(_, md5)| *md5).collect::<Vec<_>>());
-        let parts: Vec<CompletedPart> = parts.into_iter().map(|(p, _)| p).collect();
-        tracing::debug!("S3 parts uploaded: completing the upload of {} parts", parts.len());
+        let mut done = parts.done;
+        done.sort_by_key(|(p, _)| p.part_number());
+        let expected = multipart_etag(&done.iter().map(|(_, md5)| *md5).collect::<Vec<_>>());
+        let done: Vec<CompletedPart> = done.into_iter().map(|(p, _)| p).collect();
+        tracing::debug!("S3 parts uploaded: completing the upload of {} parts", done.len());
         let out = client
             .complete_multipart_upload()
             .bucket(&bucket)
             .key(&key)
             .upload_id(&upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .if_none_match("*")
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
             .send()
             .await
-            .map_err(|e| describe("completing the upload", &e))?;
+            .map_err(|e| {
+                // 412: an object appeared under the key while we uploaded. It is someone
+                // else's: report it, and never let the verification path delete it.
+                if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) {
+                    already_exists(&bucket, &key)
+                } else {
+                    describe("completing the upload", &e)
+                }
+            })?;
         Ok(Completed { etag: out.e_tag().map(str::to_string), expected })
     }
     .await;
 
     if let Err(e) = &result {
-        if let Err(abort) = client.abort_multipart_upload().bucket(&bucket).key(&key).upload_id(&upload_id).send().await {
-            return Err(format!(
-                "{e}; aborting the incomplete upload also failed ({}), a later backup run will abort it",
-                describe("abort", &abort)
-            ));
+        let abort = client.abort_multipart_upload().bucket(&bucket).key(&key).upload_id(&upload_id).send();
+        let failed = match tokio::time::timeout(ABORT_WAIT, abort).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(abort)) => Some(describe("abort", &abort)),
+            Err(_) => Some(format!("no answer within {} s", ABORT_WAIT.as_secs())),
+        };
+        if let Some(failed) = failed {
+            return Err(format!("{e}; aborting the incomplete upload also failed ({failed}), a later backup run will abort it"));
         }
     }
     result
 }
 
-/// The sink side of an upload. Writes never fail: after an S3 error the rest is discarded and
-/// the error is reported by [`S3Upload::finish`].
+/// Why waiting for the store stopped before it answered.
+enum Stop {
+    Cancelled,
+    Deadline,
+}
+
+impl Stop {
+    fn describe(&self) -> &'static str {
+        match self {
+            Stop::Cancelled => "the upload was stopped because the backup was cancelled",
+            Stop::Deadline => "the upload did not finish within the backup's time limit (EF__BACKUP_TIMEOUT_SECS): the store is too slow or unreachable",
+        }
+    }
+}
+
+/// The sink side of an upload. Writes never fail and never wait for the store: parts are
+/// handed to the upload task while it keeps up; once [`MAX_QUEUED_PARTS`] are waiting, the
+/// stream stops feeding it and [`S3Upload::finish`] sends the rest from the committed local
+/// file. After an S3 error the rest is discarded and the error is reported by `finish`.
 pub struct S3Upload {
-    tx: Option<mpsc::Sender<Msg>>,
+    tx: Option<mpsc::UnboundedSender<Msg>>,
     buf: Vec<u8>,
+    /// Parts handed to the task.
     parts: u32,
+    /// Bytes in those parts: where a catch-up starts.
+    sent: u64,
     base_part: usize,
     bytes: u64,
+    /// The upload fell behind: the stream no longer feeds it.
+    behind: bool,
+    shared: Arc<Shared>,
     task: Option<tokio::task::JoinHandle<Result<Completed, String>>>,
     handle: Handle,
     store: S3Store,
@@ -409,8 +647,19 @@ pub fn part_size(base: usize, n: u32) -> usize {
 
 impl S3Upload {
     fn send_part(&mut self) {
-        if self.error.is_some() {
-            self.buf.clear();
+        if self.error.is_some() || self.behind {
+            self.buf = Vec::new();
+            return;
+        }
+        if self.shared.queued.load(Ordering::Acquire) >= MAX_QUEUED_PARTS {
+            // Waiting here would hold the compressor, and through it pg_dump and its
+            // snapshot: the local backup goes on, the upload catches up after the commit.
+            self.behind = true;
+            self.buf = Vec::new();
+            tracing::info!(
+                "S3 upload fell behind the local backup ({MAX_QUEUED_PARTS} parts waiting at byte {}): the local backup goes on at local speed; the rest is uploaded from the local file once it is committed",
+                self.sent
+            );
             return;
         }
         self.parts += 1;
@@ -419,9 +668,10 @@ impl S3Upload {
             return;
         }
         let data = std::mem::take(&mut self.buf);
+        self.sent += data.len() as u64;
         self.buf = Vec::with_capacity(part_size(self.base_part, self.parts + 1));
-        let msg = Msg::Part { number: self.parts as i32, data };
-        if self.tx.as_ref().expect("open until finish").blocking_send(msg).is_err() {
+        self.shared.queued.fetch_add(1, Ordering::AcqRel);
+        if self.tx.as_ref().expect("open until finish").send(Msg::Part { number: self.parts as i32, data }).is_err() {
             // The task stopped: its error is collected in finish.
             self.error = Some(String::new());
         }
@@ -435,18 +685,85 @@ impl S3Upload {
         }
     }
 
+    /// Runs `fut` on the runtime until it is done, `cancel` is set or `deadline` passes.
+    fn bounded<F: Future>(&self, fut: F, deadline: Instant, cancel: &AtomicBool) -> Result<F::Output, Stop> {
+        self.handle.block_on(async {
+            let mut fut = std::pin::pin!(fut);
+            loop {
+                tokio::select! {
+                    out = &mut fut => return Ok(out),
+                    _ = tokio::time::sleep(STOP_POLL) => {
+                        if cancel.load(Ordering::SeqCst) {
+                            return Err(Stop::Cancelled);
+                        }
+                        if Instant::now() >= deadline {
+                            return Err(Stop::Deadline);
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// Stops the upload task wherever it is and aborts the upload, waiting at most
+    /// [`ABORT_WAIT`] for the store: a stalled store cannot hold the run. Says what became of
+    /// the upload, or why the abort did not get through.
+    fn abandon(&mut self) -> Result<&'static str, String> {
+        self.tx = None;
+        let Some(task) = self.task.take() else { return Ok("nothing was left to abort") };
+        if task.is_finished() {
+            // It completed nothing (completion needs `finish`) and aborted on its own error.
+            return Ok("the incomplete upload was aborted");
+        }
+        task.abort();
+        let Some(id) = self.shared.upload_id.get() else {
+            // The store never answered the start; a later run aborts what it may still create.
+            return Ok("the store had not started the upload yet");
+        };
+        let key = self.store.key(&self.name);
+        let abort = self.store.client.abort_multipart_upload().bucket(&self.store.bucket).key(&key).upload_id(id).send();
+        match self.handle.block_on(tokio::time::timeout(ABORT_WAIT, abort)) {
+            Ok(Ok(_)) => Ok("the incomplete upload was aborted"),
+            Ok(Err(e)) => Err(describe("abort", &e)),
+            Err(_) => Err(format!("no answer within {} s", ABORT_WAIT.as_secs())),
+        }
+    }
+
+    fn stopped(&mut self, stop: Stop) -> String {
+        match self.abandon() {
+            Ok(what) => format!("{}; {what}", stop.describe()),
+            Err(e) => format!("{}; aborting the incomplete upload failed ({e}), a later backup run will abort it", stop.describe()),
+        }
+    }
+
     /// Completes the upload and verifies it: the object under the key has the backup's size,
     /// and its ETag (as the completion and a HEAD report it) is the multipart ETag computed
     /// from the parts' MD5s. S3 checked each part against its Content-MD5, so a match means
-    /// the object holds exactly our bytes. Returns the `s3://` URL, or the error.
-    pub fn finish(mut self) -> Result<String, String> {
+    /// the object holds exactly our bytes. What the stream could not send is read from
+    /// `committed`, the local backup file. Gives up (and aborts) when `cancel` is set or at
+    /// `deadline`. Returns the `s3://` URL, or the error.
+    pub fn finish(mut self, committed: &Path, deadline: Instant, cancel: &AtomicBool) -> Result<String, String> {
         self.seal();
         if self.error.is_none() {
-            let _ = self.tx.as_ref().expect("open").blocking_send(Msg::Complete);
+            let catch_up = self.behind.then(|| CatchUp {
+                path: committed.to_path_buf(),
+                offset: self.sent,
+                len: self.bytes - self.sent,
+                first_part: self.parts + 1,
+                base_part: self.base_part,
+            });
+            // A closed channel means the task ended: its error is collected below.
+            let _ = self.tx.as_ref().expect("open").send(Msg::Finish(catch_up));
         }
         self.tx = None;
-        let task = self.task.take().expect("task present");
-        let done = self.handle.block_on(task);
+        let mut task = self.task.take().expect("task present");
+        let done = match self.bounded(&mut task, deadline, cancel) {
+            Ok(done) => done,
+            Err(stop) => {
+                self.task = Some(task);
+                return Err(self.stopped(stop));
+            }
+        };
         // Our own reason to stop (too many parts) comes first; the task then abandoned it.
         if let Some(own) = self.error.take().filter(|e| !e.is_empty()) {
             return Err(match done {
@@ -457,13 +774,15 @@ impl S3Upload {
         let Completed { etag, expected } = match done {
             Ok(Ok(done)) => done,
             Ok(Err(e)) => return Err(e),
-            Err(e) => return Err(format!("upload task failed: {e}")),
+            Err(e) => return Err(format!("the upload task failed: {e}")),
         };
         let key = self.store.key(&self.name);
-        let head = self
-            .handle
-            .block_on(self.store.client.head_object().bucket(&self.store.bucket).key(&key).send())
-            .map_err(|e| format!("{} (the upload completed but is unverified)", describe("checking the uploaded object", &e)))?;
+        let head = self.bounded(self.store.client.head_object().bucket(&self.store.bucket).key(&key).send(), deadline, cancel);
+        let head = match head {
+            Ok(Ok(head)) => head,
+            Ok(Err(e)) => return Err(format!("{} (the upload completed but is unverified)", describe("checking the uploaded object", &e))),
+            Err(stop) => return Err(format!("{} (the upload completed but is unverified)", stop.describe())),
+        };
         let size = head.content_length().unwrap_or(-1);
         if size != self.bytes as i64 {
             return Err(self.discard(format!("the uploaded object has {size} bytes, the backup {}", self.bytes)));
@@ -479,12 +798,15 @@ impl S3Upload {
     }
 
     /// A completed object that failed verification must not stay under a backup's name,
-    /// where it would look good to list, retention and restore.
+    /// where it would look good to list, retention and restore. Only ever called for an
+    /// object this upload completed: the completion refuses to replace another's.
     fn discard(&self, why: String) -> String {
         let key = self.store.key(&self.name);
-        match self.handle.block_on(self.store.client.delete_object().bucket(&self.store.bucket).key(&key).send()) {
-            Ok(_) => format!("{why}; the object was deleted"),
-            Err(e) => format!("{why}; deleting it also failed ({}): delete s3://{}/{key} by hand", describe("delete", &e), self.store.bucket),
+        let delete = self.store.client.delete_object().bucket(&self.store.bucket).key(&key).send();
+        match self.handle.block_on(tokio::time::timeout(ABORT_WAIT, delete)) {
+            Ok(Ok(_)) => format!("{why}; the object was deleted"),
+            Ok(Err(e)) => format!("{why}; deleting it also failed ({}): delete s3://{}/{key} by hand", describe("delete", &e), self.store.bucket),
+            Err(_) => format!("{why}; deleting it got no answer: delete s3://{}/{key} by hand", self.store.bucket),
         }
     }
 }
@@ -492,11 +814,11 @@ impl S3Upload {
 impl Write for S3Upload {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.bytes += data.len() as u64;
-        if self.error.is_some() {
+        if self.error.is_some() || self.behind {
             return Ok(data.len());
         }
         let mut rest = data;
-        while !rest.is_empty() {
+        while !rest.is_empty() && !self.behind && self.error.is_none() {
             let want = part_size(self.base_part, self.parts + 1);
             let n = rest.len().min(want - self.buf.len());
             self.buf.extend_from_slice(&rest[..n]);
@@ -514,11 +836,10 @@ impl Write for S3Upload {
 
 impl Drop for S3Upload {
     fn drop(&mut self) {
-        // Not finished: closing the channel without `Complete` makes the task abort the
-        // upload; wait for it so nothing is left behind when the process exits.
-        self.tx = None;
-        if let Some(task) = self.task.take() {
-            let _ = self.handle.block_on(task);
+        // Not finished (the local backup failed or was cancelled): nothing may stay behind
+        // half-uploaded, but a stalled store must not hold the run's end either.
+        if let Err(e) = self.abandon() {
+            tracing::warn!("aborting the incomplete S3 upload of {} failed ({e}); a later backup run will abort it", self.name);
         }
     }
 }
@@ -547,6 +868,74 @@ mod tests {
         // Value from Python: hashlib.md5(md5(b"part one") + md5(b"part two")).hexdigest() + "-2"
         let parts: Vec<[u8; 16]> = [&b"part one"[..], b"part two"].iter().map(|p| Md5::digest(p).into()).collect();
         assert_eq!(multipart_etag(&parts), "0732917abc3288784e318ac0aab1757a-2");
+    }
+
+    fn upload(key: &str, id: &str, initiated: i64) -> OpenUpload {
+        OpenUpload { key: key.into(), id: id.into(), initiated: Some(initiated) }
+    }
+
+    /// Pins issue 12 item 9: the clean-up read only the first page of ListMultipartUploads
+    /// (1,000 uploads), and it must touch only this deployment's old uploads.
+    #[test]
+    fn stale_uploads_walks_every_page_and_keeps_only_old_uploads_of_ours() {
+        let pages = vec![
+            vec![upload("p/a_backup_1.sql.gz", "1", 10), upload("p/other_backup_1.sql.gz", "2", 10)],
+            vec![upload("p/a_backup_2.sql.gz", "3", 10), upload("p/sub/a_backup_3.sql.gz", "4", 10)],
+            // Started after the cutoff: maybe a live run of another process.
+            vec![upload("p/a_backup_4.sql.gz", "5", 500), upload("p/a_backup_5.sql.gz", "6", 99)],
+        ];
+        let mut asked = Vec::new();
+        let list_page = |after: Option<(String, String)>| {
+            asked.push(after.clone());
+            let i = after.map_or(0, |(_, id)| id.parse::<usize>().unwrap());
+            let next = (i + 1 < pages.len()).then(|| (format!("k{i}"), (i + 1).to_string()));
+            let page = UploadPage { uploads: pages[i].clone(), next };
+            async move { Ok(page) }
+        };
+        let ours = |n: &str| n.starts_with("a_backup_");
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let stale = rt.block_on(stale_uploads(list_page, "p/", 100, ours)).unwrap();
+        let ids: Vec<&str> = stale.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(ids, ["1", "3", "6"]);
+        assert_eq!(asked, [None, Some(("k0".into(), "1".into())), Some(("k1".into(), "2".into()))]);
+    }
+
+    #[test]
+    fn a_store_repeating_its_markers_does_not_loop() {
+        let list_page = |_after: Option<(String, String)>| async {
+            Ok(UploadPage { uploads: vec![upload("a_backup_1.sql.gz", "1", 1)], next: Some(("k".into(), "i".into())) })
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let stale = rt.block_on(stale_uploads(list_page, "", 100, |_: &str| true)).unwrap();
+        assert_eq!(stale.len(), 2, "the first page and the one that repeated the markers");
+    }
+
+    /// Pins issue 12 (smaller things): transport errors were shown through the SDK's
+    /// `DisplayErrorContext`, which appends a multi-line Debug dump of the error.
+    #[test]
+    fn transport_errors_are_one_readable_line() {
+        use aws_sdk_s3::config::http::HttpResponse;
+        use aws_sdk_s3::error::SdkError;
+        use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error;
+        let io = io::Error::new(io::ErrorKind::ConnectionRefused, "tcp connect error:\n  Connection refused (os error 111)");
+        let err: SdkError<ListObjectsV2Error, HttpResponse> =
+            SdkError::dispatch_failure(aws_sdk_s3::error::ConnectorError::io(Box::new(io)));
+        let text = describe("listing s3://b/p/", &err);
+        assert!(!text.contains('\n'), "{text}");
+        assert!(!text.contains("DispatchFailure") && !text.contains('{'), "no Debug dump: {text}");
+        assert!(text.starts_with("listing s3://b/p/: ") && text.contains("Connection refused (os error 111)"), "{text}");
+    }
+
+    #[test]
+    fn catch_up_continues_the_part_numbers_and_sizes() {
+        let base = 5 << 20;
+        let c = CatchUp { path: PathBuf::new(), offset: 3 * base as u64, len: 2 * base as u64 + 7, first_part: 4, base_part: base };
+        let o = 3 * base as u64;
+        assert_eq!(c.parts().unwrap(), [(4, o, base), (5, o + base as u64, base), (6, o + 2 * base as u64, 7)]);
+        let none = CatchUp { len: 0, ..c };
+        assert_eq!(none.parts().unwrap(), []);
+        let too_many = CatchUp { path: PathBuf::new(), offset: 0, len: part_size(base, MAX_PARTS) as u64 + 1, first_part: MAX_PARTS, base_part: base };
+        assert!(too_many.parts().unwrap_err().contains("10,000 parts"));
     }
 
     #[test]
