@@ -70,7 +70,11 @@ fn a_client_that_hangs_up_does_not_wedge_the_service() {
 
     wait_for("the backup file", Duration::from_secs(60), || !backups(dir.path()).is_empty());
     let name = backups(dir.path()).pop().unwrap();
-    wait_for("the run to be recorded", Duration::from_secs(30), || serve.get(STATUS).json()["last_run"]["success"] == true);
+    // The run is recorded first, then its lock session ends and `running` clears.
+    wait_for("the run to be recorded and over", Duration::from_secs(30), || {
+        let st = serve.get(STATUS).json();
+        st["last_run"]["success"] == true && st["running_backup"].is_null()
+    });
     let st = serve.get(STATUS).json();
     assert_eq!(st["last_run"]["backup_file"], name.as_str(), "{st}");
     assert!(st["running_backup"].is_null(), "{st}");
