@@ -46,9 +46,14 @@ pub fn tempdir() -> tempfile::TempDir {
 
 /// Runs SQL as the test superuser and returns psql's unaligned output.
 pub fn psql(db: &str, sql: &str) -> String {
+    psql_on(&env().pg_port, db, sql)
+}
+
+/// [`psql`] on the cluster at `port` (a test's own cluster).
+pub fn psql_on(port: &str, db: &str, sql: &str) -> String {
     let e = env();
     let out = Command::new(e.pg_bin.join("psql"))
-        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &e.pg_port, "-U", &e.db_user, "-d", db, "-c", sql])
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", port, "-U", &e.db_user, "-d", db, "-c", sql])
         .env("PGPASSWORD", &e.db_password)
         .output()
         .unwrap();

@@ -2,6 +2,14 @@
 //! (seeded, reproducible), and the invariants of "nothing lost" checked after every cycle and
 //! at the end.
 //!
+//! Invariants, checked after every cycle: (1) every file with a final name is a complete dump
+//! and restores; (2) every S3 object is a complete dump; (3) a failure is visible (response,
+//! error log, /metrics); (4) the newest good backup and the policy's minimum are never
+//! deleted, foreign files never touched; (5) two pg_dumps never overlap; (6) no `.partial`
+//! outlives the clean-up rule; (7) a backup is attempted at every scheduled slot while serve
+//! runs (the default policy, the clock right); (8) no run is lost from history: the state
+//! store holds every finished run, as many as /metrics counts, across restarts and kills.
+//!
 //! `EF_CHAOS_CYCLES` (default 30) and `EF_CHAOS_SEED` (default: from the clock; printed, and
 //! printed again on failure) make soak runs and replays:
 //! `EF_CHAOS_CYCLES=300 EF_CHAOS_SEED=42 scripts/test.sh -p ef-backup-e2e --test chaos`.
@@ -44,7 +52,51 @@ const FAULTS: &[&str] = &[
     "swap policy (broken)",
     "concurrent triggers",
     "wrong tokens",
+    "client hangs up",
+    "S3 throttled",
+    "odd names appear",
+    "clock back a day",
+    "clock forward a month",
+    "lock session terminated",
+    "concurrent CLI backup",
+    "restart serve",
 ];
+
+/// Every scheduled slot, in the default policy's zone (Beijing, UTC+8).
+const SLOT_EVERY: i64 = 30;
+const ZONE_OFFSET: i64 = 8 * 3600;
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// `YYYYMMDD_HHMMSS` of Unix time `t` in UTC+8 (the default policy's names).
+fn compact(t: i64) -> String {
+    let local = t + ZONE_OFFSET;
+    let (days, secs) = (local.div_euclid(86_400), local.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}_{:02}{:02}{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+/// `HH:MM:SS` of a slot as the scheduler's log line shows it.
+fn slot_label(t: i64) -> String {
+    let secs = (t + ZONE_OFFSET).rem_euclid(86_400);
+    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+fn metric(port: u16, name: &str) -> f64 {
+    let m = http(port, "GET", "/metrics", &[], b"");
+    m.body.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+}
 
 fn pg_cluster(args: &[&str]) -> String {
     let e = env();
@@ -81,6 +133,14 @@ struct World {
     checked: BTreeSet<String>,
     foreign: Vec<(PathBuf, Vec<u8>)>,
     violations: Vec<String>,
+    /// The libfaketime clock file `serve` reads (`+0`, `-1d`, `+30d`).
+    clock_file: PathBuf,
+    /// Windows (Unix seconds) in which every slot must have been attempted; the last may be open.
+    slot_windows: Vec<(i64, Option<i64>)>,
+    /// After a jump forward, retention is off until the clock catches up (by design), and the
+    /// default policy's "younger than 7 days" no longer protects the rest.
+    jumped_forward: bool,
+    cli_busy: u32,
 }
 
 impl World {
@@ -92,6 +152,13 @@ impl World {
             ("EF__BACKUP_TIMEOUT_SECS".into(), "30".into()),
             ("EF__SHUTDOWN_GRACE_SECS".into(), "2".into()),
             ("EF__S3_PART_SIZE_MB".into(), "5".into()),
+            ("EF__POLICY_SCHEDULE_CRON".into(), format!("*/{SLOT_EVERY} * * * * *")),
+            ("EF__BACKUP_RETRY_DELAY_SECS".into(), "0".into()),
+            // The clock faults move serve's wall clock (not its monotonic one, which drives timers).
+            ("LD_PRELOAD".into(), libfaketime()),
+            ("FAKETIME_TIMESTAMP_FILE".into(), self.clock_file.display().to_string()),
+            ("FAKETIME_NO_CACHE".into(), "1".into()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
         ];
         let via_proxy = ef_backup_e2e::S3 { endpoint: self.proxy.endpoint(), ..self.s3.s3.clone() };
         v.extend(via_proxy.vars("chaos/").into_iter().map(|(k, v)| (k.to_string(), v)));
@@ -102,6 +169,60 @@ impl World {
         let vars = self.vars();
         let borrowed: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         self.serve = Some(Serve::start("chaos", &self.dir, &borrowed));
+        if self.current_policy == 0 {
+            self.open_slots(3);
+        }
+    }
+
+    /// Slots from `delay` seconds on must be attempted (the default policy runs, the clock is right).
+    fn open_slots(&mut self, delay: i64) {
+        if !matches!(self.slot_windows.last(), Some((_, None))) {
+            self.slot_windows.push((unix_now() + delay, None));
+        }
+    }
+
+    fn close_slots(&mut self) {
+        if let Some((_, end @ None)) = self.slot_windows.last_mut() {
+            *end = Some(unix_now());
+        }
+    }
+
+    fn set_clock(&mut self, offset: &str) {
+        let tmp = self.clock_file.with_extension("new");
+        std::fs::write(&tmp, format!("{offset}\n")).unwrap();
+        std::fs::rename(&tmp, &self.clock_file).unwrap();
+    }
+
+    /// (successes, failures) as /metrics counts them.
+    fn counted(&self) -> (f64, f64) {
+        let port = self.serve().port;
+        (metric(port, "ef_backup_successes_total"), metric(port, "ef_backup_failures_total"))
+    }
+
+    /// Waits until no backup runs and `before` + 1 runs were counted; returns the new counts.
+    fn wait_for_run_counted(&self, before: (f64, f64)) -> Option<(f64, f64)> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < deadline {
+            let now = self.counted();
+            if metric(self.serve().port, "ef_backup_running") == 0.0 && now.0 + now.1 > before.0 + before.1 {
+                return Some(now);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        None
+    }
+
+    /// The state store's (finished runs, good file names), through python3's sqlite3.
+    fn history(&self) -> Option<(u64, BTreeSet<String>)> {
+        let state = ef_backup_e2e::state_dir_of(&self.backups);
+        let db = files(&state).into_iter().find(|f| f.starts_with("state-chaos-") && f.ends_with(".sqlite"))?;
+        let script = "import sqlite3,sys,json\nc=sqlite3.connect('file:'+sys.argv[1]+'?mode=ro',uri=True)\n\
+            n=c.execute('SELECT count(*) FROM runs WHERE finished_at IS NOT NULL').fetchone()[0]\n\
+            ok=[r[0] for r in c.execute(\"SELECT file_name FROM runs WHERE outcome='ok'\")]\nprint(json.dumps([n,ok]))";
+        let out = Command::new("python3").args(["-c", script]).arg(state.join(db)).output().ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let names = v[1].as_array()?.iter().filter_map(|n| n.as_str().map(str::to_string)).collect();
+        Some((v[0].as_u64()?, names))
     }
 
     fn serve(&self) -> &Serve {
@@ -237,7 +358,8 @@ impl World {
         }
         // The default policy keeps everything younger than 7 days: every good backup it named
         // must still be there; the GFS policy keeps at least its 14 newest.
-        let default_named: Vec<&String> = self.good.iter().filter(|n| n.starts_with("chaos_backup_")).collect();
+        let default_named: Vec<&String> =
+            if self.jumped_forward { Vec::new() } else { self.good.iter().filter(|n| n.starts_with("chaos_backup_")).collect() };
         let missing: Vec<&&String> = default_named.iter().filter(|n| !listing.contains(n)).collect();
         if !missing.is_empty() {
             self.violation(format!("good backups deleted: {missing:?}"));
@@ -260,12 +382,83 @@ impl World {
                 self.violation(format!("S3 object {k} has no final name"));
             }
         }
+        // Never fewer than the minimum count of this deployment's backups (EF__BACKUP_MIN_KEEP 3).
+        let ours = listing.iter().filter(|n| n.starts_with("chaos_") && n.ends_with(".sql.gz") && !n.contains('年')).count();
+        if ours < self.good.len().min(3) {
+            self.violation(format!("fewer than the minimum of 3 backups kept: {ours}"));
+        }
+        // Invariant 8: every finished run is in the history, as many as /metrics counts (a
+        // scheduled run may finish between the two reads: a few tries).
+        let mut last = String::new();
+        let consistent = (0..5).any(|_| {
+            let counted = self.counted();
+            match self.history() {
+                Some((rows, ok)) if rows as f64 == counted.0 + counted.1 => {
+                    let missing: Vec<&String> = self.good.iter().filter(|g| !ok.contains(*g)).collect();
+                    if missing.is_empty() {
+                        return true;
+                    }
+                    last = format!("good backups missing from the history: {missing:?}");
+                }
+                other => last = format!("history {:?} vs /metrics {counted:?}", other.map(|(n, ok)| (n, ok.len()))),
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            false
+        });
+        if !consistent {
+            self.violation(format!("a run is lost from history: {last}"));
+        }
         let overlaps = std::fs::read_to_string(&self.overlaps).unwrap_or_default();
         if !overlaps.is_empty() {
             self.violation(format!("two pg_dumps ran at once: {overlaps}"));
             std::fs::write(&self.overlaps, b"").unwrap();
         }
     }
+}
+
+fn libfaketime() -> String {
+    ["/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("libfaketime (scripts/setup.sh installs the faketime package)")
+        .to_string()
+}
+
+/// Sends an authorized manual trigger on a raw connection and hangs up after `after`.
+fn post_and_hang_up(port: u16, auth: &str, after: Duration) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let req = format!("POST {MANUAL} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\nContent-Length: 0\r\n\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    std::thread::sleep(after);
+    let _ = s.shutdown(std::net::Shutdown::Both);
+}
+
+/// Invariant 7: every slot of every window has a log line saying it was attempted (run, or
+/// skipped because a backup ran or another instance had it).
+fn missed_slots(windows: &[(i64, Option<i64>)], logs: &str, end: i64) -> Vec<String> {
+    let seen: BTreeSet<String> = logs
+        .lines()
+        .filter_map(|l| {
+            let at = l.find("scheduled backup for ").map(|i| i + "scheduled backup for ".len()).or_else(|| {
+                l.find(" backup; this one skips it").or_else(|| l.find(" backup: ")).and_then(|_| l.find(" the ").map(|i| i + 5))
+            })?;
+            // `YYYY-MM-DD HH:MM:SS ZONE`: the time of day identifies a slot within one run.
+            l.get(at + 11..at + 19).map(str::to_string)
+        })
+        .collect();
+    let mut missed = Vec::new();
+    for (start, stop) in windows {
+        let stop = stop.unwrap_or(end) - 2;
+        let mut t = start.div_euclid(SLOT_EVERY) * SLOT_EVERY + SLOT_EVERY;
+        while t <= stop {
+            if !seen.contains(&slot_label(t)) {
+                missed.push(slot_label(t));
+            }
+            t += SLOT_EVERY;
+        }
+    }
+    missed
 }
 
 /// gunzip -t and the footer: what a good backup must be.
@@ -351,7 +544,12 @@ fn run_chaos(seed: u64, cycles: usize) {
         checked: BTreeSet::new(),
         foreign,
         violations: Vec::new(),
+        clock_file: d.join("serve-clock"),
+        slot_windows: Vec::new(),
+        jumped_forward: false,
+        cli_busy: 0,
     };
+    w.set_clock("+0");
     w.start_serve();
     let mut rng = Rng(seed | 1);
     let started = Instant::now();
@@ -418,6 +616,7 @@ fn run_chaos(seed: u64, cycles: usize) {
                 let req = std::thread::spawn(move || ef_backup_e2e::try_http(port, "POST", MANUAL, &[("Authorization", &auth)], b""));
                 w.wait_for_pidfile(t);
                 std::thread::sleep(Duration::from_millis(rng.below(1200)));
+                w.close_slots();
                 if let Some(mut s) = w.serve.take() {
                     let _ = s.child.kill();
                     let _ = s.child.wait();
@@ -429,9 +628,13 @@ fn run_chaos(seed: u64, cycles: usize) {
                 w.current_policy = 1 - w.current_policy;
                 let src = w.good_policies[w.current_policy].clone();
                 let reloads = w.logs().matches("policy reloaded").count();
+                w.close_slots();
                 w.install_policy(&src);
                 if !w.wait_for_log("policy reloaded", reloads + 1) {
                     w.violation("a good policy file was not loaded".into());
+                }
+                if w.current_policy == 0 {
+                    w.open_slots(3);
                 }
                 w.backup();
             }
@@ -469,6 +672,151 @@ fn run_chaos(seed: u64, cycles: usize) {
                 w.status_checks(3);
                 w.wrong_token(STATUS, "GET");
                 w.backup();
+            }
+            "client hangs up" => {
+                let before = w.counted();
+                let listing: BTreeSet<String> = files(&w.backups).into_iter().collect();
+                post_and_hang_up(w.serve().port, &w.serve().auth(), Duration::from_millis(100 + rng.below(900)));
+                match w.wait_for_run_counted(before) {
+                    None => w.violation("a manual run whose client hung up was never recorded (or never ended)".into()),
+                    Some(after) if after.0 > before.0 => {
+                        let new: Vec<String> = files(&w.backups)
+                            .into_iter()
+                            .filter(|n| n.ends_with(".sql.gz") && n.starts_with("chaos_") && !listing.contains(n))
+                            .collect();
+                        w.good.extend(new);
+                    }
+                    Some(_) => w.failed += 1,
+                }
+                // The service is not wedged: the next request runs.
+                let (status, v) = w.backup();
+                if status == 409 {
+                    w.violation(format!("after a client hung up, the next request was refused as busy: {v}"));
+                }
+            }
+            "S3 throttled" => {
+                // Far below the dump rate: the local backup must not wait for the store.
+                w.proxy.throttle(32 * 1024);
+                let t = Instant::now();
+                let (status, v) = w.backup();
+                if status != 200 {
+                    w.violation(format!("a throttled store failed the local backup: HTTP {status} {v}"));
+                }
+                if t.elapsed() > Duration::from_secs(40) {
+                    w.violation(format!("a throttled store held the run for {:?}", t.elapsed()));
+                }
+                w.proxy.restore();
+            }
+            "odd names appear" => {
+                // A foreign name the default policy once trapped on, and a recognised name dated 40
+                // days ahead (a valid dump): neither may stop retention, and the future one must not
+                // count as the newest backup.
+                let odd = w.backups.join("chaos_backup_2025年1_013000.sql.gz");
+                if !odd.exists() {
+                    std::fs::write(&odd, b"not a backup").unwrap();
+                    w.foreign.push((odd, b"not a backup".to_vec()));
+                }
+                if let Some(newest) = w.good.last().cloned().filter(|n| w.backups.join(n).exists()) {
+                    let future = format!("chaos_backup_{}.sql.gz", compact(unix_now() + 40 * 86_400));
+                    let _ = std::fs::copy(w.backups.join(&newest), w.backups.join(future));
+                }
+                let (status, v) = w.backup();
+                if status != 200 {
+                    w.violation(format!("a backup beside odd names failed: HTTP {status} {v}"));
+                }
+                if w.serve().get(STATUS).status != 200 {
+                    w.violation("status fails beside odd names".into());
+                }
+                if !(metric(w.serve().port, "ef_backup_backups_on_disk") >= 1.0) {
+                    w.violation("/metrics counts no backups beside odd names".into());
+                }
+            }
+            "clock back a day" => {
+                w.close_slots();
+                let before: Vec<String> = files(&w.backups).into_iter().filter(|n| n.ends_with(".sql.gz")).collect();
+                let skips = metric(w.serve().port, "ef_backup_retention_clock_skips_total");
+                w.set_clock("-1d");
+                let (status, _) = w.backup();
+                w.set_clock("+0");
+                if status == 200 {
+                    let after = files(&w.backups);
+                    let gone: Vec<&String> = before.iter().filter(|n| !after.contains(n)).collect();
+                    if !gone.is_empty() {
+                        w.violation(format!("retention ran with the clock a day back and deleted {gone:?}"));
+                    }
+                    if !(metric(w.serve().port, "ef_backup_retention_clock_skips_total") > skips) {
+                        w.violation("retention skipped for a clock behind the history was not counted in /metrics".into());
+                    }
+                }
+                // The timer reads the wall clock at least every 30 s.
+                w.open_slots(31);
+            }
+            "clock forward a month" => {
+                w.close_slots();
+                w.set_clock("+30d");
+                w.backup();
+                w.set_clock("+0");
+                w.jumped_forward = true;
+                w.open_slots(31);
+            }
+            "lock session terminated" => {
+                let t = Instant::now();
+                let port = w.serve().port;
+                let auth = w.serve().auth();
+                let req = std::thread::spawn(move || http(port, "POST", MANUAL, &[("Authorization", &auth)], b""));
+                if w.wait_for_pidfile(t).is_some() {
+                    std::thread::sleep(Duration::from_millis(rng.below(800)));
+                    let sql = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'ef-backup-lock'";
+                    let _ = ef_backup_e2e::psql_on(&w.pg_port, "postgres", sql);
+                }
+                let r = req.join().unwrap();
+                let v = r.json();
+                w.record(r.status, &v);
+            }
+            "concurrent CLI backup" => {
+                let t = Instant::now();
+                let port = w.serve().port;
+                let auth = w.serve().auth();
+                let req = std::thread::spawn(move || http(port, "POST", MANUAL, &[("Authorization", &auth)], b""));
+                if w.wait_for_pidfile(t).is_some() {
+                    let vars = w.vars();
+                    let borrowed: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                    let out = ef_command("chaos", &w.backups, &borrowed).args(["backup", "--json"]).output().unwrap();
+                    match out.status.code() {
+                        Some(3) => w.cli_busy += 1,
+                        // The serve run may have ended just before: then the CLI ran on its own.
+                        Some(0) | Some(4) => {
+                            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                            if let Some(name) = v["data"]["backup_file"].as_str() {
+                                w.good.push(name.to_string());
+                            }
+                        }
+                        other => w.violation(format!(
+                            "a CLI backup during a serve backup exited {other:?}: {}",
+                            String::from_utf8_lossy(&out.stderr)
+                        )),
+                    }
+                }
+                let r = req.join().unwrap();
+                let v = r.json();
+                w.record(r.status, &v);
+            }
+            "restart serve" => {
+                let remembered = |w: &World| {
+                    let p = w.serve().port;
+                    (metric(p, "ef_backup_successes_total"), metric(p, "ef_backup_failures_total"), metric(p, "ef_backup_last_success_timestamp_seconds"))
+                };
+                let before = remembered(&w);
+                w.close_slots();
+                if let Some(mut s) = w.serve.take() {
+                    s.terminate(Duration::from_secs(60));
+                }
+                w.start_serve();
+                let after = remembered(&w);
+                // A scheduled slot may have run in between; the counts may only grow by it.
+                if after.0 < before.0 || after.1 < before.1 || after.2 < before.2 || after.0 + after.1 > before.0 + before.1 + 1.0 {
+                    w.violation(format!("state did not survive a restart: before {before:?}, after {after:?}"));
+                }
             }
             _ => unreachable!(),
         }
@@ -522,6 +870,12 @@ fn run_chaos(seed: u64, cycles: usize) {
     }
 
     let logs = w.logs();
+    w.close_slots();
+    let missed = missed_slots(&w.slot_windows, &logs, unix_now());
+    let slots_checked: i64 = w.slot_windows.iter().map(|(a, b)| (b.unwrap_or(*a) - a).max(0) / SLOT_EVERY).sum();
+    if !missed.is_empty() {
+        w.violation(format!("scheduled slots with no attempt while serve ran: {missed:?}"));
+    }
     eprintln!("\nchaos summary (seed {seed}):");
     eprintln!("  cycles                {cycles} (+1 clean)");
     for (f, n) in &w.faults {
@@ -532,6 +886,8 @@ fn run_chaos(seed: u64, cycles: usize) {
     eprintln!("  restores checked      {restores}");
     eprintln!("  status requests ok    {}", w.status_ok);
     eprintln!("  wrong tokens refused  {}", w.rejected_tokens);
+    eprintln!("  CLI backups refused   {}", w.cli_busy);
+    eprintln!("  slots checked         {slots_checked}");
     eprintln!("  invariant violations  {}", w.violations.len());
     assert!(!logs.contains("panicked"), "a panic in the service log (seed {seed})");
     assert!(w.violations.is_empty(), "seed {seed}: {} invariant violations:\n{}", w.violations.len(), w.violations.join("\n"));
