@@ -722,7 +722,7 @@ impl S3Upload {
         };
         let key = self.store.key(&self.name);
         let abort = self.store.client.abort_multipart_upload().bucket(&self.store.bucket).key(&key).upload_id(id).send();
-        match self.handle.block_on(tokio::time::timeout(ABORT_WAIT, abort)) {
+        match self.handle.block_on(async { tokio::time::timeout(ABORT_WAIT, abort).await }) {
             Ok(Ok(_)) => Ok("the incomplete upload was aborted"),
             Ok(Err(e)) => Err(describe("abort", &e)),
             Err(_) => Err(format!("no answer within {} s", ABORT_WAIT.as_secs())),
@@ -803,7 +803,7 @@ impl S3Upload {
     fn discard(&self, why: String) -> String {
         let key = self.store.key(&self.name);
         let delete = self.store.client.delete_object().bucket(&self.store.bucket).key(&key).send();
-        match self.handle.block_on(tokio::time::timeout(ABORT_WAIT, delete)) {
+        match self.handle.block_on(async { tokio::time::timeout(ABORT_WAIT, delete).await }) {
             Ok(Ok(_)) => format!("{why}; the object was deleted"),
             Ok(Err(e)) => format!("{why}; deleting it also failed ({}): delete s3://{}/{key} by hand", describe("delete", &e), self.store.bucket),
             Err(_) => format!("{why}; deleting it got no answer: delete s3://{}/{key} by hand", self.store.bucket),
