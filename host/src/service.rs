@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::config::Config;
-use crate::db::{lock_key, AdvisoryLock, PgTools};
+use crate::lock::{self, LockError, SlotLock};
 use crate::engine::{self, BackupOptions, BackupReport};
 use crate::metrics::{Gauges, Metrics};
 use crate::policy::{self, BackupEntry, BackupOutcome, HttpResponse, LastRun, Policy, S3Outcome, Status};
@@ -33,7 +33,7 @@ pub struct Service {
     next_run: Mutex<Option<i64>>,
     /// The lock of the last scheduled slot this replica ran, held until the next slot so a
     /// replica whose timer fires late cannot run the same slot again.
-    slot_lock: Mutex<Option<AdvisoryLock>>,
+    slot_lock: Mutex<Option<SlotLock>>,
     cancel: Arc<AtomicBool>,
     pub metrics: Metrics,
 }
@@ -120,24 +120,21 @@ impl Service {
         let _guard = self.run_lock.lock().await;
     }
 
-    fn tools(&self) -> Result<PgTools, crate::db::DbError> {
-        PgTools::for_server(&self.config.db, self.config.pg_bin.as_deref())
-    }
-
     /// Takes the advisory lock of a scheduled slot; false when another replica holds it.
-    /// A database that cannot be reached does not block the run (it will fail and say why).
+    /// When the lock cannot be taken, the slot goes on to the run lock, which cannot be taken
+    /// either: the slot is then recorded as a failed run (visible in status, metrics and alerts)
+    /// rather than skipped with only a log line, and no pg_dump runs without the run lock.
     pub async fn claim_slot(self: &Arc<Self>, slot: i64) -> bool {
         let svc = Arc::clone(self);
         let claimed = tokio::task::spawn_blocking(move || {
-            let key = lock_key(&format!("ef-backup:slot:{}:{slot}", svc.config.db.name));
-            match svc.tools().and_then(|t| t.try_advisory_lock(&svc.config.db.name, key)) {
-                Ok(Some(l)) => {
+            match lock::claim_slot(&svc.config, slot) {
+                Ok(l) => {
                     *lock(&svc.slot_lock) = Some(l);
                     true
                 }
-                Ok(None) => false,
+                Err(LockError::Busy { .. }) => false,
                 Err(e) => {
-                    tracing::warn!("cannot take the slot lock ({e}); running the slot without it");
+                    tracing::error!("{e}");
                     true
                 }
             }
@@ -167,17 +164,22 @@ impl Service {
         let svc = Arc::clone(self);
         let policy_for_run = Arc::clone(&policy);
         let joined = tokio::task::spawn_blocking(move || {
-            // Across replicas: one backup of this database at a time.
-            let run_key = lock_key(&format!("ef-backup:run:{}", svc.config.db.name));
-            let _run_lock = match svc.tools().and_then(|t| t.try_advisory_lock(&svc.config.db.name, run_key)) {
-                Ok(Some(l)) => Some(l),
-                Ok(None) => return None,
+            // Across replicas and the CLI: one backup of this database at a time.
+            let run_lock = match lock::acquire(&svc.config) {
+                Ok(l) => Arc::new(l),
+                Err(LockError::Busy { .. }) => return None,
                 Err(e) => {
-                    tracing::warn!("cannot take the cross-replica lock ({e})");
-                    None
+                    tracing::error!("数据库备份失败: {e}");
+                    return Some(e.into_report(name.ok()));
                 }
             };
-            let opts = BackupOptions { now: started, progress: false, cancel: Arc::clone(&svc.cancel), last_recorded_run: None };
+            let opts = BackupOptions {
+                now: started,
+                progress: false,
+                cancel: Arc::clone(&svc.cancel),
+                last_recorded_run: None,
+                run_lock: Some(run_lock),
+            };
             Some(engine::run_named(&svc.config, &policy_for_run, svc.s3.as_ref(), name, opts))
         })
         .await;
