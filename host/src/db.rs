@@ -138,9 +138,22 @@ impl ClientVersion {
     }
 }
 
+/// `cmd` without ef-backup's own settings (`EF__*`: the database password, the admin token...;
+/// `AWS_*`: S3 keys) in its environment; everything else, the operator's `PG*` variables
+/// included, is inherited.
+fn without_our_settings(mut cmd: Command) -> Command {
+    for (key, _) in std::env::vars_os() {
+        let k = std::os::unix::ffi::OsStrExt::as_bytes(key.as_os_str());
+        if k.starts_with(b"EF__") || k.starts_with(b"AWS_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
+}
+
 /// What a client tool's `--version` reports, `None` when it cannot be run or read.
 fn tool_version(tool: &Path) -> Option<ClientVersion> {
-    let out = Command::new(tool).arg("--version").stdin(Stdio::null()).output().ok()?;
+    let out = without_our_settings(Command::new(tool)).arg("--version").stdin(Stdio::null()).output().ok()?;
     ClientVersion::parse(&String::from_utf8_lossy(&out.stdout))
 }
 
@@ -209,13 +222,7 @@ impl PgTools {
     /// parameters (keepalives...). None of these is a secret: they go in argv (`-d`), where they
     /// win over a service file; the password goes in the environment.
     pub fn command_as(&self, name: &str, database: &str, application_name: &str, extra: &[(&str, &str)]) -> Command {
-        let mut cmd = Command::new(self.tool(name));
-        for (key, _) in std::env::vars_os() {
-            let k = std::os::unix::ffi::OsStrExt::as_bytes(key.as_os_str());
-            if k.starts_with(b"EF__") || k.starts_with(b"AWS_") {
-                cmd.env_remove(&key);
-            }
-        }
+        let mut cmd = without_our_settings(Command::new(self.tool(name)));
         let port = self.db.port.to_string();
         let mut params = vec![
             ("host", self.db.host.as_str()),

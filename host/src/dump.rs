@@ -364,7 +364,8 @@ pub fn run(
     let status = status.ok_or_else(|| DumpError::Failed { status: "ended abnormally".into(), stderr: tail_lines(&stderr, 4) })?;
     if !status.success() {
         let stderr = tail_lines(&stderr, 4);
-        if stderr.contains("due to lock timeout") {
+        // pg_dump enforces --lock-wait-timeout with a statement_timeout around its LOCK TABLEs.
+        if stderr.contains("Query was: LOCK TABLE") && stderr.contains("timeout") {
             return Err(DumpError::LockWait(lock_wait, stderr));
         }
         return Err(DumpError::Failed { status: describe(status), stderr });
