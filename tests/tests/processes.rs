@@ -3,6 +3,7 @@
 //! a real PostgreSQL.
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,20 @@ impl Drop for TableLock {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `ef-backup backup`, failing the test when it has not ended within `limit` (killed then).
+fn backup_within(db: &str, backups: &Path, extra: &[(&str, &str)], limit: Duration) -> Run {
+    let mut child = ef_command(db, backups, extra).arg("backup").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the backup was still running after {limit:?}: {}", Run::from(child.wait_with_output().unwrap()).all());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap().into()
 }
 
 /// Processes whose command line contains every one of `parts`.
@@ -133,7 +148,7 @@ fn a_locked_table_fails_the_backup_after_the_lock_wait_timeout() {
     let backups = dir.path().join("backups");
     let held = TableLock::hold(db);
     let started = Instant::now();
-    let run = ef(db, &backups, &[("EF__PG_LOCK_WAIT_TIMEOUT_SECS", "2"), ("EF__BACKUP_TIMEOUT_SECS", "60")], &["backup"]);
+    let run = backup_within(db, &backups, &[("EF__PG_LOCK_WAIT_TIMEOUT_SECS", "2"), ("EF__BACKUP_TIMEOUT_SECS", "60")], Duration::from_secs(90));
     assert_eq!(run.code, Some(1), "{}", run.all());
     for part in ["a table is locked by another session", "EF__PG_LOCK_WAIT_TIMEOUT_SECS", "LOCK TABLE public.t"] {
         assert!(run.stderr.contains(part), "{part:?} not in {}", run.all());
@@ -156,7 +171,9 @@ fn a_timed_out_pg_dump_leaves_no_process_and_no_server_session() {
     // Not `exec`: the real pg_dump is the wrapper's child.
     let bin = fake_pg_bin(dir.path(), "\"$REAL\" \"$@\"");
     let held = TableLock::hold(db);
-    let run = ef(db, &backups, &[("EF__PG_BIN", bin.to_str().unwrap()), ("EF__BACKUP_TIMEOUT_SECS", "2")], &["backup"]);
+    // Before, killing the wrapper alone left the real pg_dump holding the output pipe: the
+    // backup hung.
+    let run = backup_within(db, &backups, &[("EF__PG_BIN", bin.to_str().unwrap()), ("EF__BACKUP_TIMEOUT_SECS", "2")], Duration::from_secs(60));
     assert_eq!(run.code, Some(1), "{}", run.all());
     assert!(run.stderr.contains("EF__BACKUP_TIMEOUT_SECS"), "{}", run.all());
     assert_eq!(other_sessions(db, &held.pid, Duration::from_secs(5)), "", "a backend of the stopped pg_dump is still there");
