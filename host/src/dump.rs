@@ -219,7 +219,7 @@ pub enum DumpError {
     Incomplete(String),
     #[error("pg_dump ran longer than {0:?} (EF__BACKUP_TIMEOUT_SECS) and was killed")]
     Timeout(Duration),
-    #[error("the backup was cancelled (ef-backup is shutting down or was interrupted); pg_dump was stopped")]
+    #[error("the backup was cancelled because ef-backup is shutting down; pg_dump was stopped")]
     Cancelled,
     #[error("reading pg_dump's output failed: {0}")]
     Read(io::Error),
