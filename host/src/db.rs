@@ -1,6 +1,8 @@
 //! The PostgreSQL client tools: finding a `pg_dump`/`psql` that matches the server, and running
-//! them with the connection settings in their environment (never in argv, where `ps` shows
-//! them to every user).
+//! them. The password travels in their environment (never in argv, where `ps` shows it to every
+//! user); host, port, user and database travel in a conninfo string in argv, where they win over a
+//! service file (`PGSERVICE`) the operator may use for TLS settings. ef-backup's own settings
+//! (`EF__*`, `AWS_*`) never reach a client tool; the operator's `PG*` variables do.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -35,12 +37,19 @@ pub struct PgTools {
     db: DbConfig,
 }
 
-/// The last lines of a tool's stderr, trimmed, for error messages.
+/// The last lines of a tool's stderr, trimmed, for error messages. Control characters are
+/// escaped, so a tool's output (which may quote data or server messages) cannot forge log lines
+/// or terminal escapes in ours.
 pub fn tail_lines(stderr: &[u8], lines: usize) -> String {
     let text = String::from_utf8_lossy(stderr);
     let all: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    let tail = all[all.len().saturating_sub(lines)..].join(" | ");
+    let tail = all[all.len().saturating_sub(lines)..].iter().map(|l| escape_controls(l)).collect::<Vec<_>>().join(" | ");
     if tail.is_empty() { "(no error output)".to_string() } else { tail }
+}
+
+/// `text` with every control character (CR, ESC, NUL, ...; tabs too) written as an escape.
+pub fn escape_controls(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 /// Reads a child's stderr on a thread of its own, keeping the end (where a tool says what went
@@ -129,9 +138,22 @@ impl ClientVersion {
     }
 }
 
+/// `cmd` without ef-backup's own settings (`EF__*`: the database password, the admin token...;
+/// `AWS_*`: S3 keys) in its environment; everything else, the operator's `PG*` variables
+/// included, is inherited.
+fn without_our_settings(mut cmd: Command) -> Command {
+    for (key, _) in std::env::vars_os() {
+        let k = std::os::unix::ffi::OsStrExt::as_bytes(key.as_os_str());
+        if k.starts_with(b"EF__") || k.starts_with(b"AWS_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
+}
+
 /// What a client tool's `--version` reports, `None` when it cannot be run or read.
 fn tool_version(tool: &Path) -> Option<ClientVersion> {
-    let out = Command::new(tool).arg("--version").stdin(Stdio::null()).output().ok()?;
+    let out = without_our_settings(Command::new(tool)).arg("--version").stdin(Stdio::null()).output().ok()?;
     ClientVersion::parse(&String::from_utf8_lossy(&out.stdout))
 }
 
@@ -191,16 +213,26 @@ impl PgTools {
         self.bin_dir.join(name)
     }
 
-    /// A client tool with the connection in its environment, connecting to `database`.
+    /// A client tool connecting to `database` as application `ef-backup`.
     pub fn command(&self, name: &str, database: &str) -> Command {
-        let mut cmd = Command::new(self.tool(name));
-        cmd.env("PGHOST", &self.db.host)
-            .env("PGPORT", self.db.port.to_string())
-            .env("PGUSER", &self.db.user)
-            .env("PGDATABASE", database)
-            .env("PGAPPNAME", "ef-backup")
-            .env_remove("PGSERVICE")
-            .stdin(Stdio::null());
+        self.command_as(name, database, "ef-backup", &[])
+    }
+
+    /// A client tool connecting to `database` as `application_name`, with `extra` conninfo
+    /// parameters (keepalives...). None of these is a secret: they go in argv (`-d`), where they
+    /// win over a service file; the password goes in the environment.
+    pub fn command_as(&self, name: &str, database: &str, application_name: &str, extra: &[(&str, &str)]) -> Command {
+        let mut cmd = without_our_settings(Command::new(self.tool(name)));
+        let port = self.db.port.to_string();
+        let mut params = vec![
+            ("host", self.db.host.as_str()),
+            ("port", port.as_str()),
+            ("user", self.db.user.as_str()),
+            ("dbname", database),
+            ("application_name", application_name),
+        ];
+        params.extend_from_slice(extra);
+        cmd.arg("-d").arg(conninfo(&params)).stdin(Stdio::null());
         if std::env::var_os("PGCONNECT_TIMEOUT").is_none() {
             cmd.env("PGCONNECT_TIMEOUT", "10");
         }
@@ -225,13 +257,7 @@ impl PgTools {
             let detail = tail_lines(&out.stderr, 3);
             // psql exits 2 when the connection fails, 1/3 for SQL errors.
             if out.status.code() == Some(2) {
-                return Err(DbError::Connect {
-                    host: self.db.host.clone(),
-                    port: self.db.port,
-                    db: database.to_string(),
-                    user: self.db.user.clone(),
-                    detail,
-                });
+                return Err(self.connect_error(database, detail));
             }
             return Err(DbError::Tool { tool: "psql".into(), detail });
         }
@@ -244,6 +270,11 @@ impl PgTools {
             .collect())
     }
 
+    /// "Cannot connect to `database`" with psql's reason.
+    pub fn connect_error(&self, database: &str, detail: String) -> DbError {
+        DbError::Connect { host: self.db.host.clone(), port: self.db.port, db: database.to_string(), user: self.db.user.clone(), detail }
+    }
+
     /// One value of a one-row, one-column query.
     pub fn query_value(&self, database: &str, sql: &str) -> Result<String, DbError> {
         let rows = self.query(database, sql)?;
@@ -254,6 +285,11 @@ impl PgTools {
     pub fn execute(&self, database: &str, sql: &str) -> Result<(), DbError> {
         self.query(database, sql).map(drop)
     }
+}
+
+/// A libpq conninfo string: `key='value'` pairs, quotes and backslashes escaped.
+pub fn conninfo(params: &[(&str, &str)]) -> String {
+    params.iter().map(|(k, v)| format!("{k}='{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))).collect::<Vec<_>>().join(" ")
 }
 
 /// `"name"` with embedded quotes doubled: a safe SQL identifier.
@@ -358,87 +394,21 @@ mod tests {
         assert_eq!(tail_lines(b"a\n\n b \nc\nd\n", 2), "c | d");
         assert_eq!(tail_lines(b"", 2), "(no error output)");
     }
-}
 
-/// A PostgreSQL session-level advisory lock, held by a `psql` session kept open for as long
-/// as this value lives (psql, not a driver, so the connection honours the same libpq settings
-/// as pg_dump: TLS, service files...). Dropping it ends the session, which releases the lock;
-/// so does the process dying.
-pub struct AdvisoryLock {
-    child: std::process::Child,
-    /// Open for as long as the lock is held: psql ends its session at end of input.
-    _stdin: std::process::ChildStdin,
-    pub key: i64,
-}
-
-impl std::fmt::Debug for AdvisoryLock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdvisoryLock").field("key", &self.key).finish()
+    /// Pins issue 12 item "pg_dump stderr cannot forge log lines": a carriage return or an escape
+    /// sequence in a tool's stderr used to reach the log as is, so it could overwrite the line on
+    /// a terminal or fake a log line of its own.
+    #[test]
+    fn stderr_tail_escapes_control_characters() {
+        let forged = b"pg_dump: error: x\r2026-01-01T00:00:00Z  INFO backup ok\x1b[2K\x00\x07";
+        let tail = tail_lines(forged, 2);
+        assert_eq!(tail, "pg_dump: error: x\\r2026-01-01T00:00:00Z  INFO backup ok\\u{1b}[2K\\u{0}\\u{7}");
+        assert!(!tail.chars().any(char::is_control), "{tail:?}");
+        assert_eq!(tail_lines("ERROR:  relation «表» \t locked".as_bytes(), 1), "ERROR:  relation «表» \\t locked");
     }
-}
 
-impl Drop for AdvisoryLock {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A stable 64-bit key for a lock name (FNV-1a): every replica derives the same key.
-pub fn lock_key(name: &str) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h as i64
-}
-
-impl PgTools {
-    /// `pg_try_advisory_lock(key)` in `database` on a session of its own: the lock when it was
-    /// free, `None` when another session holds it.
-    pub fn try_advisory_lock(&self, database: &str, key: i64) -> Result<Option<AdvisoryLock>, DbError> {
-        use std::io::{BufRead, Write};
-        let mut child = self
-            .command("psql", database)
-            .args(["-X", "-q", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|err| DbError::Spawn { tool: "psql".into(), err })?;
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        // The session sits idle for as long as the lock is held (a whole backup): a server or
-        // database idle_session_timeout (PostgreSQL 14+) would end it and hand the lock to
-        // another replica mid-backup, so this session opts out.
-        let script = format!(
-            "SELECT current_setting('server_version_num')::int >= 140000 AS has_idle_timeout \\gset\n\
-             \\if :has_idle_timeout\nSET idle_session_timeout = 0;\n\\endif\n\
-             SELECT pg_try_advisory_lock({key});"
-        );
-        let answer = writeln!(stdin, "{script}").and_then(|()| {
-            let mut line = String::new();
-            std::io::BufReader::new(child.stdout.as_mut().expect("piped stdout")).read_line(&mut line)?;
-            Ok(line)
-        });
-        match answer.as_deref().map(str::trim) {
-            Ok("t") => Ok(Some(AdvisoryLock { child, _stdin: stdin, key })),
-            Ok("f") => {
-                drop(AdvisoryLock { child, _stdin: stdin, key });
-                Ok(None)
-            }
-            _ => {
-                drop(stdin);
-                let _ = child.kill();
-                let out = child.wait_with_output().map_err(|err| DbError::Spawn { tool: "psql".into(), err })?;
-                Err(DbError::Connect {
-                    host: self.db.host.clone(),
-                    port: self.db.port,
-                    db: database.to_string(),
-                    user: self.db.user.clone(),
-                    detail: tail_lines(&out.stderr, 3),
-                })
-            }
-        }
+    #[test]
+    fn conninfo_values_are_quoted() {
+        assert_eq!(conninfo(&[("host", "db"), ("dbname", "it's a \\ name")]), "host='db' dbname='it\\'s a \\\\ name'");
     }
 }

@@ -5,9 +5,10 @@
 //! pg_dump writes last, and the `\unrestrict` key matching the `\restrict` key of the head.
 
 use std::io::{self, Read, Write};
-use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::db::{tail_lines, PgTools};
@@ -212,6 +213,8 @@ pub enum DumpError {
     Spawn { tool: String, err: io::Error },
     #[error("pg_dump {status}: {stderr}")]
     Failed { status: String, stderr: String },
+    #[error("a table is locked by another session: pg_dump waited {0:?} for its lock (EF__PG_LOCK_WAIT_TIMEOUT_SECS) and gave up ({1}) — find the session holding it (pg_locks, pg_stat_activity; typically a migration or a long ALTER/VACUUM FULL), let it finish or end it, or raise EF__PG_LOCK_WAIT_TIMEOUT_SECS")]
+    LockWait(Duration, String),
     #[error("pg_dump exited successfully but its output is incomplete: {0}")]
     Incomplete(String),
     #[error("pg_dump ran longer than {0:?} (EF__BACKUP_TIMEOUT_SECS) and was killed")]
@@ -239,44 +242,68 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
+/// Kills pg_dump's process group, unless pg_dump was already reaped: only an unreaped child
+/// keeps its pid (and so the group id) from being reused, and reaping happens under the same
+/// lock (`wait_briefly`), so this never signals a stranger.
+fn kill_group(child: &Mutex<Child>) {
+    let mut child = child.lock().unwrap_or_else(|e| e.into_inner());
+    if let Ok(None) = child.try_wait() {
+        // SAFETY: kill(2) on the process group of our own unreaped child.
+        unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+    }
+}
+
+/// Ends the server session of a pg_dump that was killed: its backend would otherwise go on
+/// waiting for a table lock (holding its place in the lock queue) until the lock comes free.
+fn end_server_session(tools: &PgTools, database: &str, application_name: &str) {
+    let sql = format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = {}", crate::db::quote_literal(application_name));
+    if let Err(e) = tools.execute(database, &sql) {
+        tracing::warn!("could not end the server session of the stopped pg_dump ({application_name}): {e}");
+    }
+}
+
 /// Streams a plain-format dump of `database` into `out`. Succeeds only when pg_dump exited 0 within `timeout` and its output is
-/// complete; `out` has then received every byte. Setting `cancel` stops pg_dump.
+/// complete; `out` has then received every byte. A table lock not granted within `lock_wait`
+/// fails the dump. Setting `cancel` stops pg_dump.
 pub fn run(
     tools: &PgTools,
     database: &str,
     timeout: Duration,
+    lock_wait: Duration,
     cancel: &Arc<AtomicBool>,
     out: &mut impl Write,
 ) -> Result<DumpStats, DumpError> {
+    static RUNS: AtomicU64 = AtomicU64::new(0);
     let started = Instant::now();
     let tool = tools.tool("pg_dump").display().to_string();
+    // Unique per run, so a stopped pg_dump's server session can be found and ended.
+    let application_name = format!("ef-backup-dump-{}-{}", std::process::id(), RUNS.fetch_add(1, Ordering::Relaxed));
     let mut child = tools
-        .command("pg_dump", database)
-        .args(["--format=plain", "--no-password"])
+        .command_as("pg_dump", database, &application_name, &[])
+        .args(["--format=plain", "--no-password", &format!("--lock-wait-timeout={}ms", lock_wait.as_millis())])
+        // Its own process group: a stop reaches whatever pg_dump (or a wrapper script) started.
+        .process_group(0)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|err| DumpError::Spawn { tool, err })?;
-    let pid = child.id() as libc::pid_t;
     let mut stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
     let stderr_reader = crate::db::stderr_tail(stderr);
+    let child = Arc::new(Mutex::new(child));
 
-    // The watchdog kills a hung or cancelled pg_dump. It only runs while the child is
-    // unreaped, so the pid cannot have been reused.
+    // The watchdog kills a hung or cancelled pg_dump.
     let timed_out = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let watchdog = {
-        let timed_out = Arc::clone(&timed_out);
-        let cancel = Arc::clone(cancel);
+        let (timed_out, cancel, child) = (Arc::clone(&timed_out), Arc::clone(cancel), Arc::clone(&child));
         std::thread::spawn(move || loop {
             match stop_rx.recv_timeout(Duration::from_millis(50)) {
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     let expired = started.elapsed() >= timeout;
                     if expired || cancel.load(Ordering::SeqCst) {
                         timed_out.store(expired, Ordering::SeqCst);
-                        // SAFETY: plain kill(2) on our own unreaped child.
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                        kill_group(&child);
                         return;
                     }
                 }
@@ -302,18 +329,19 @@ pub fn run(
         bytes += n as u64;
     };
     if copied.is_err() {
-        let _ = child.kill();
+        kill_group(&child);
     }
     drop(stdout);
     // pg_dump closes stdout as its last act; give it the rest of the time budget to exit.
     let status = loop {
-        match child.try_wait() {
+        let polled = child.lock().unwrap_or_else(|e| e.into_inner()).try_wait();
+        match polled {
             Ok(Some(s)) => break Some(s),
             Ok(None) if started.elapsed() < timeout => std::thread::sleep(Duration::from_millis(20)),
             Ok(None) => {
                 timed_out.store(true, Ordering::SeqCst);
-                let _ = child.kill();
-                break child.wait().ok();
+                kill_group(&child);
+                break child.lock().unwrap_or_else(|e| e.into_inner()).wait().ok();
             }
             Err(_) => break None,
         }
@@ -322,6 +350,10 @@ pub fn run(
     let _ = watchdog.join();
     let stderr = stderr_reader.join().unwrap_or_default();
 
+    let stopped = timed_out.load(Ordering::SeqCst) || cancel.load(Ordering::SeqCst) || copied.is_err();
+    if stopped {
+        end_server_session(tools, database, &application_name);
+    }
     if timed_out.load(Ordering::SeqCst) {
         return Err(DumpError::Timeout(timeout));
     }
@@ -331,7 +363,12 @@ pub fn run(
     copied?;
     let status = status.ok_or_else(|| DumpError::Failed { status: "ended abnormally".into(), stderr: tail_lines(&stderr, 4) })?;
     if !status.success() {
-        return Err(DumpError::Failed { status: describe(status), stderr: tail_lines(&stderr, 4) });
+        let stderr = tail_lines(&stderr, 4);
+        // pg_dump enforces --lock-wait-timeout with a statement_timeout around its LOCK TABLEs.
+        if stderr.contains("Query was: LOCK TABLE") && stderr.contains("timeout") {
+            return Err(DumpError::LockWait(lock_wait, stderr));
+        }
+        return Err(DumpError::Failed { status: describe(status), stderr });
     }
     check.verify().map_err(DumpError::Incomplete)?;
     Ok(DumpStats { bytes })

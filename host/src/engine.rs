@@ -32,7 +32,11 @@ pub enum BackupError {
     #[error("backup of database {db} failed: {err}")]
     Dump { db: String, err: DumpError },
     #[error("writing the backup {path} failed: {err}{hint}")]
-    Write { path: String, err: std::io::Error, hint: &'static str },
+    Write { path: String, err: std::io::Error, hint: String },
+    #[error(transparent)]
+    LockLost(#[from] crate::lock::LockLost),
+    #[error(transparent)]
+    NoRoom(#[from] crate::space::NoRoom),
 }
 
 impl BackupError {
@@ -41,7 +45,8 @@ impl BackupError {
             BackupError::Policy(_) => ErrorKind::Policy,
             BackupError::Db(DbError::Connect { .. } | DbError::Tool { .. }) => ErrorKind::Dump,
             BackupError::Db(_) => ErrorKind::Config,
-            BackupError::Local(_) | BackupError::Write { .. } => ErrorKind::Storage,
+            BackupError::Local(_) | BackupError::Write { .. } | BackupError::NoRoom(_) => ErrorKind::Storage,
+            BackupError::LockLost(_) => ErrorKind::Dump,
             BackupError::Dump { err: DumpError::Timeout(_), .. } => ErrorKind::Timeout,
             BackupError::Dump { err: DumpError::Cancelled, .. } => ErrorKind::Internal,
             BackupError::Dump { .. } => ErrorKind::Dump,
@@ -49,12 +54,15 @@ impl BackupError {
     }
 }
 
-fn write_hint(err: &std::io::Error) -> &'static str {
+fn write_hint(err: &std::io::Error, dir: &std::path::Path) -> String {
     match err.raw_os_error() {
-        Some(libc::ENOSPC) | Some(libc::EDQUOT) => " — the backup file system is full: free space in EF__BACKUP_DIR or point it at a larger disk",
-        Some(libc::EROFS) => " — the backup file system is read-only: point EF__BACKUP_DIR at a writable directory",
-        Some(libc::EACCES) | Some(libc::EPERM) => " — permission denied: make EF__BACKUP_DIR writable for this user",
-        _ => "",
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => format!(
+            " — the backup file system is full (the backup directory holds {}): free space in EF__BACKUP_DIR or point it at a larger disk",
+            crate::space::occupancy(dir)
+        ),
+        Some(libc::EROFS) => " — the backup file system is read-only: point EF__BACKUP_DIR at a writable directory".into(),
+        Some(libc::EACCES) | Some(libc::EPERM) => " — permission denied: make EF__BACKUP_DIR writable for this user".into(),
+        _ => String::new(),
     }
 }
 
@@ -90,6 +98,8 @@ pub struct BackupOptions {
     /// When the last run recorded in the state store started (Unix seconds): a `now` earlier
     /// than this means the clock went backwards.
     pub last_recorded_run: Option<i64>,
+    /// The run lock this run holds: re-checked before the commit and before retention.
+    pub run_lock: Option<Arc<crate::lock::RunLock>>,
 }
 
 struct Done {
@@ -146,6 +156,7 @@ fn progress_bar(progress: &Arc<Progress>, enabled: bool) -> Option<(indicatif::P
 
 fn dump_to_file(
     config: &Config,
+    policy: &Policy,
     store: &LocalStore,
     s3: Option<&S3Store>,
     name: &str,
@@ -155,6 +166,8 @@ fn dump_to_file(
     let deadline = Instant::now() + Duration::from_secs(config.timeout_secs);
     let tools = PgTools::for_server(&config.db, config.pg_bin.as_deref())?;
     store.ensure_dir()?;
+    let newest = store.list().ok().and_then(|l| crate::cli::recognised(policy, config, &l).ok()).and_then(|r| r.into_iter().next());
+    crate::space::check_room(store.dir(), newest.map_or(0, |r| r.backup.size_bytes))?;
     let file = store.create(name)?;
     let path = store.path_of(name).display().to_string();
     tracing::info!("开始备份数据库到: {path}");
@@ -168,12 +181,13 @@ fn dump_to_file(
     let mut gz = ParallelGzip::new(sinks, config.gzip_level, config.compression_threads(), Arc::clone(&progress));
     let timeout = Duration::from_secs(config.timeout_secs);
     // Progress is read from the compressor's counters (`progress_bar`), not from pg_dump.
-    let dumped = dump::run(&tools, &config.db.name, timeout, &opts.cancel, &mut gz);
+    let lock_wait = Duration::from_secs(config.lock_wait_timeout_secs);
+    let dumped = dump::run(&tools, &config.db.name, timeout, lock_wait, &opts.cancel, &mut gz);
     if let Some((bar, ticker)) = bar {
         bar.finish_and_clear();
         let _ = ticker.join();
     }
-    let write_err = |err: std::io::Error| BackupError::Write { path: path.clone(), hint: write_hint(&err), err };
+    let write_err = |err: std::io::Error| BackupError::Write { path: path.clone(), hint: write_hint(&err, store.dir()), err };
     let stats = match dumped {
         Ok(stats) => stats,
         Err(err) => {
@@ -185,6 +199,9 @@ fn dump_to_file(
         }
     };
     let Sinks { file, s3: mut upload } = gz.finish().map_err(write_err)?;
+    if let Some(lock) = &opts.run_lock {
+        lock.still_held()?;
+    }
     // The last part travels while the local file is fsynced; completing waits for the local
     // commit: if that fails, dropping the upload aborts it, so S3 never holds a backup that
     // failed here. An upload that fell behind sends its rest from the committed file.
@@ -395,7 +412,7 @@ pub fn run_named(
     let (name, result) = match name {
         Ok(name) => {
             remove_abandoned_partials(&store, policy, config);
-            let result = dump_to_file(config, &store, s3, &name, &opts);
+            let result = dump_to_file(config, policy, &store, s3, &name, &opts);
             (Some(name), result)
         }
         Err(e) => (None, Err(e.into())),
@@ -404,10 +421,17 @@ pub fn run_named(
     match result {
         Ok(done) => {
             let guard = Guard { now: opts.now, min_keep: config.min_keep, last_recorded_run: opts.last_recorded_run };
-            let retention = apply_local_retention(&store, policy, config, &guard, &done.name);
+            // A lost run lock means another process may be running retention right now.
+            let lost = opts.run_lock.as_ref().and_then(|l| l.still_held().err()).map(|e| e.to_string());
+            if let Some(e) = &lost {
+                tracing::error!("retention skipped, nothing deleted: {e}");
+            }
+            let skipped = |e: &String| RetentionReport { error: Some(e.clone()), ..Default::default() };
+            let retention = lost.as_ref().map_or_else(|| apply_local_retention(&store, policy, config, &guard, &done.name), skipped);
             // Old S3 copies go only after a new one arrived.
-            let s3_retention = match (&done.s3, s3) {
-                (S3Outcome::Uploaded(_), Some(s3)) => apply_s3_retention(s3, policy, config, &guard, &done.name),
+            let s3_retention = match (&done.s3, s3, &lost) {
+                (_, _, Some(e)) => skipped(e),
+                (S3Outcome::Uploaded(_), Some(s3), None) => apply_s3_retention(s3, policy, config, &guard, &done.name),
                 _ => RetentionReport::default(),
             };
             BackupReport {

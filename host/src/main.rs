@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -12,7 +14,7 @@ use ef_backup::policy::{self, Policy};
 use ef_backup::store::local::LocalStore;
 use ef_backup::store::s3::{self, S3Store};
 use ef_backup::db::PgTools;
-use ef_backup::{cli, engine, restore, serve, verify};
+use ef_backup::{cli, engine, exit, lock, restore, serve, verify};
 
 #[derive(Parser)]
 #[command(name = "ef-backup", version, about = "PostgreSQL backups to gzip files and S3; the backup policy is a WebAssembly component")]
@@ -229,17 +231,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
     match cli.command {
         Command::Backup { json, no_s3, now: at } => {
+            let cancel = cancel_backup_on_signal();
             let policy = load_policy(cli.policy, &config)?;
             let s3 = if no_s3 { None } else { s3_store(&config)? };
             if !no_s3 {
                 engine::log_s3_state(&config);
             }
             let started = at.unwrap_or_else(now);
-            let recording = ef_backup::state::Recording::begin(&config, ef_backup::state::Trigger::Cli, started);
-            let last_recorded_run = recording.last_recorded_run();
-            let opts = engine::BackupOptions { now: started, progress: !json, last_recorded_run, ..Default::default() };
-            let report = engine::run(&config, &policy, s3.as_ref().map(|(_, s)| s), opts);
-            recording.finish(&report);
+            // The same run lock as `serve`: never a second pg_dump of this database. Busy is not
+            // a run (nothing is recorded); a lock that cannot be taken is a failed run.
+            let report = match lock::acquire(&config) {
+                Ok(run_lock) => {
+                    let recording = ef_backup::state::Recording::begin(&config, ef_backup::state::Trigger::Cli, started);
+                    let last_recorded_run = recording.last_recorded_run();
+                    let run_lock = Some(Arc::new(run_lock));
+                    let opts = engine::BackupOptions { now: started, progress: !json, cancel, run_lock, last_recorded_run, ..Default::default() };
+                    let report = engine::run(&config, &policy, s3.as_ref().map(|(_, s)| s), opts);
+                    recording.finish(&report);
+                    report
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    let report = e.into_report(None);
+                    if matches!(report.outcome, policy::BackupOutcome::Failed(_)) {
+                        ef_backup::state::Recording::begin(&config, ef_backup::state::Trigger::Cli, started).finish(&report);
+                    }
+                    report
+                }
+            };
             let response = policy.shape_backup_response(&report.outcome).unwrap_or_else(|e| {
                 tracing::error!("{e}");
                 policy::fallback_backup_response(&report.outcome)
@@ -249,7 +268,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 cli::print_backup_summary(&report, &response);
             }
-            Ok(if matches!(report.outcome, policy::BackupOutcome::Done(_)) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            if let Some(sig) = backup_interrupted_by().filter(|_| !matches!(report.outcome, policy::BackupOutcome::Done(_))) {
+                eprintln!("ef-backup: interrupted by signal {sig}; pg_dump was stopped and the partial backup file removed");
+                return Ok(ExitCode::from(exit::signalled(sig)));
+            }
+            Ok(ExitCode::from(exit::of_backup(&report)))
         }
         Command::Restore { backup, from_s3, target_db, create, drop_existing, allow_system_db, props, load } => {
             restore::drop_scratch_on_signal();
@@ -376,6 +399,47 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The signal that stopped a `backup`, if one did.
+static BACKUP_INTERRUPTED: AtomicI32 = AtomicI32::new(0);
+
+fn backup_interrupted_by() -> Option<i32> {
+    match BACKUP_INTERRUPTED.load(Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    }
+}
+
+/// For `backup`: SIGINT and SIGTERM cancel the run (pg_dump's process group is killed, the
+/// `.partial` file removed, the S3 upload aborted) instead of killing the process mid-write and
+/// leaving the partial file behind. A signal after the dump finished lets the run complete. Call
+/// before any thread is started: the signals are blocked in this thread, and so in every thread
+/// started after, and taken by a watcher. A second signal ends the process at once.
+fn cancel_backup_on_signal() -> Arc<AtomicBool> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&cancel);
+    // SAFETY: plain sigset/sigmask calls on a local set; the watcher thread only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        std::thread::spawn(move || {
+            let mut sig: libc::c_int = 0;
+            if libc::sigwait(&set, &mut sig) != 0 {
+                return;
+            }
+            BACKUP_INTERRUPTED.store(sig, Ordering::SeqCst);
+            flag.store(true, Ordering::SeqCst);
+            eprintln!("ef-backup: interrupted by signal {sig}: stopping the backup (a second signal ends ef-backup at once)");
+            if libc::sigwait(&set, &mut sig) == 0 {
+                std::process::exit(exit::signalled(sig).into());
+            }
+        });
+    }
+    cancel
 }
 
 fn main() -> ExitCode {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::db::{lock_key, AdvisoryLock, PgTools};
+use crate::lock::{self, LockError, SlotLock};
 use crate::engine::{self, BackupOptions, BackupReport};
 use crate::metrics::{Gauges, Metrics};
 use crate::policy::{self, BackupEntry, BackupOutcome, HttpResponse, LastRun, Policy, PolicyError, Status};
@@ -60,7 +60,7 @@ pub struct Service {
     next_run: Mutex<Option<i64>>,
     /// The lock of the last scheduled slot this replica ran, held until the next slot so a
     /// replica whose timer fires late cannot run the same slot again.
-    slot_lock: Mutex<Option<AdvisoryLock>>,
+    slot_lock: Mutex<Option<SlotLock>>,
     cancel: Arc<AtomicBool>,
     listing: Mutex<Option<Arc<Listing>>>,
     /// One listing computation at a time; callers arriving meanwhile wait (without a thread)
@@ -206,24 +206,21 @@ impl Service {
         }
     }
 
-    fn tools(&self) -> Result<PgTools, crate::db::DbError> {
-        PgTools::for_server(&self.config.db, self.config.pg_bin.as_deref())
-    }
-
     /// Takes the advisory lock of a scheduled slot; false when another replica holds it.
-    /// A database that cannot be reached does not block the run (it will fail and say why).
+    /// When the lock cannot be taken, the slot goes on to the run lock, which cannot be taken
+    /// either: the slot is then recorded as a failed run (visible in status, metrics and alerts)
+    /// rather than skipped with only a log line, and no pg_dump runs without the run lock.
     pub async fn claim_slot(self: &Arc<Self>, slot: i64) -> bool {
         let svc = Arc::clone(self);
         let claimed = tokio::task::spawn_blocking(move || {
-            let key = lock_key(&format!("ef-backup:slot:{}:{slot}", svc.config.db.name));
-            match svc.tools().and_then(|t| t.try_advisory_lock(&svc.config.db.name, key)) {
-                Ok(Some(l)) => {
+            match lock::claim_slot(&svc.config, slot) {
+                Ok(l) => {
                     *lock(&svc.slot_lock) = Some(l);
                     true
                 }
-                Ok(None) => false,
+                Err(LockError::Busy { .. }) => false,
                 Err(e) => {
-                    tracing::warn!("cannot take the slot lock ({e}); running the slot without it");
+                    tracing::error!("{e}");
                     true
                 }
             }
@@ -291,18 +288,21 @@ impl Service {
     }
 
     fn run_blocking(&self, policy: &Policy, name: Result<String, PolicyError>, started: i64, trigger: Trigger) -> BackupRun {
-        // Across replicas: one backup of this database at a time.
-        let run_key = lock_key(&format!("ef-backup:run:{}", self.config.db.name));
-        let _run_lock = match self.tools().and_then(|t| t.try_advisory_lock(&self.config.db.name, run_key)) {
-            Ok(Some(l)) => Some(l),
-            Ok(None) => {
+        // Across replicas and the CLI: one backup of this database at a time. A lock that cannot
+        // be taken fails the run (fail closed): it is recorded and alerted on, and no pg_dump runs.
+        let run_lock = match lock::acquire(&self.config) {
+            Ok(l) => Arc::new(l),
+            Err(LockError::Busy { .. }) => {
                 tracing::info!("another ef-backup instance is running a backup of this database; not starting a second one");
                 self.metrics.busy_rejections_total.fetch_add(1, Ordering::Relaxed);
                 return busy("another ef-backup instance");
             }
             Err(e) => {
-                tracing::warn!("cannot take the cross-replica lock ({e})");
-                None
+                tracing::error!("数据库备份失败: {e}");
+                let report = e.into_report(name.ok());
+                let id = self.state.begin(trigger, started).map_err(|e| tracing::error!("{e}")).ok();
+                self.record(trigger, id, started, &report.outcome, Some(&report));
+                return BackupRun { outcome: report.outcome.clone(), report: Some(report) };
             }
         };
         let last_recorded_run = self.state.latest_start().unwrap_or_else(|e| {
@@ -310,7 +310,8 @@ impl Service {
             None
         });
         let id = self.state.begin(trigger, started).map_err(|e| tracing::error!("{e}; the backup runs anyway")).ok();
-        let opts = BackupOptions { now: started, progress: false, cancel: Arc::clone(&self.cancel), last_recorded_run };
+        let opts =
+            BackupOptions { now: started, progress: false, cancel: Arc::clone(&self.cancel), last_recorded_run, run_lock: Some(run_lock) };
         let file_name = name.as_ref().ok().cloned();
         let ran = std::panic::catch_unwind(AssertUnwindSafe(|| engine::run_named(&self.config, policy, self.s3.as_ref(), name, opts)));
         let run = match ran {

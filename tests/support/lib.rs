@@ -160,8 +160,18 @@ pub fn state_dir_of(backup_dir: &Path) -> PathBuf {
     backup_dir.with_file_name(format!("{name}.state"))
 }
 
+/// Runs `ef-backup`. One backup of a database runs at a time (a second one exits 3, busy), so a
+/// `backup` of a database another test is backing up waits for its turn, as an operator's retry
+/// would; tests of the busy answer itself use `ef_command`.
 pub fn ef(db: &str, backup_dir: &Path, extra: &[(&str, &str)], args: &[&str]) -> Run {
-    ef_command(db, backup_dir, extra).args(args).stdin(Stdio::null()).output().unwrap().into()
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let run: Run = ef_command(db, backup_dir, extra).args(args).stdin(Stdio::null()).output().unwrap().into();
+        if run.code != Some(3) || args.first() != Some(&"backup") || std::time::Instant::now() > deadline {
+            return run;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// Files in a directory, sorted.

@@ -263,15 +263,22 @@ fn pg_dump_killed_mid_stream() {
         dir.path(),
         &format!("\"$REAL\" \"$@\" | head -c 300000\necho $$ > {}.tmp && mv {0}.tmp {0}\nexec sleep 120", pidfile.display()),
     );
-    let child = ef_command(src, &backups, &[("EF__PG_BIN", bin.to_str().unwrap())])
-        .arg("backup")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let spawn = || {
+        ef_command(src, &backups, &[("EF__PG_BIN", bin.to_str().unwrap())])
+            .arg("backup")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !pidfile.exists() {
         assert!(std::time::Instant::now() < deadline, "fake pg_dump never started");
+        // Exit 3: another test is backing up the sample database; take the next turn.
+        if child.try_wait().unwrap().is_some_and(|st| st.code() == Some(3)) {
+            child = spawn();
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     // The .partial file exists while the dump is in progress...

@@ -85,7 +85,7 @@ fn s3_failures_keep_the_local_backup_and_say_why() {
         let backups = dir.path().join(label.replace(' ', "-"));
         let list = s3.vars("failures/");
         let (run, v) = backup_json(db, &backups, &vars(&list, &overrides), &[]);
-        assert!(run.ok(), "{label}: the local backup succeeds: {}", run.all());
+        assert_eq!(run.code, Some(4), "{label}: the local backup succeeds, S3 failed (exit 4): {}", run.all());
         assert_eq!(v["success"], true, "{label}");
         assert_eq!(v["message"], "数据库备份成功（仅本地，S3 上传失败）", "{label}");
         assert_eq!(v["data"]["s3_uploaded"], false, "{label}");
@@ -190,7 +190,7 @@ fn an_object_that_fails_verification_is_deleted() {
     let list = via_proxy.vars("unverified/");
     let backups = dir.path().join("backups");
     let (run, v) = backup_json(sample_db(), &backups, &vars(&list, &[]), &[]);
-    assert!(run.ok(), "the local backup succeeds: {}", run.all());
+    assert_eq!(run.code, Some(4), "the local backup succeeds, S3 failed (exit 4): {}", run.all());
     assert_eq!(v["data"]["s3_uploaded"], false, "{v}");
     let err = v["data"]["s3_error"].as_str().unwrap();
     assert!(err.contains("does not match") && err.contains("the object was deleted"), "{err}");
@@ -217,7 +217,7 @@ fn store_cut_off_mid_upload_leaves_no_incomplete_upload_behind() {
 
     let (run, v) = backup_json(big_db(), &backups, &env, &[]);
     assert!(proxy.is_cut(), "the proxy was cut during the upload");
-    assert!(run.ok(), "the local backup succeeds: {}", run.all());
+    assert_eq!(run.code, Some(4), "the local backup succeeds, S3 failed (exit 4): {}", run.all());
     assert_eq!(v["data"]["s3_uploaded"], false);
     let err = v["data"]["s3_error"].as_str().unwrap().to_string();
     let name = v["data"]["backup_file"].as_str().unwrap().to_string();

@@ -25,6 +25,8 @@ pub enum LocalError {
     Exists { path: PathBuf },
     #[error("cannot finish {path}: {err}")]
     Commit { path: PathBuf, err: io::Error },
+    #[error("the backup file {path} is in place but its directory entry may not be durable: syncing the directory failed ({err}) — a power loss now could lose it; check the disk (dmesg) and run a backup again")]
+    NotDurable { path: PathBuf, err: io::Error },
     #[error("cannot delete {path}: {err}")]
     Delete { path: PathBuf, err: io::Error },
 }
@@ -174,21 +176,43 @@ impl PartialFile {
         &self.partial
     }
 
-    /// Flushes the data and the directory entry to disk, then renames into place.
+    /// Flushes the data to disk, renames into place (never over an existing file, even one
+    /// that appeared while this backup ran), then flushes the directory entry.
     pub fn commit(mut self) -> Result<(PathBuf, u64), LocalError> {
         let file = self.file.take().expect("file present until commit");
         let err = |err| LocalError::Commit { path: self.path.clone(), err };
         file.sync_all().map_err(err)?;
         drop(file);
-        if self.path.exists() {
-            return Err(LocalError::Exists { path: self.path.clone() });
+        match rename_noreplace(&self.partial, &self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(LocalError::Exists { path: self.path.clone() }),
+            Err(e) => return Err(err(e)),
         }
-        fs::rename(&self.partial, &self.path).map_err(err)?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(err)?;
-        let done = (std::mem::take(&mut self.path), self.bytes);
+        // From here the file is under its final name: the drop must not remove anything.
         self.partial = PathBuf::new();
-        Ok(done)
+        let path = std::mem::take(&mut self.path);
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|err| LocalError::NotDurable { path: path.clone(), err })?;
+        Ok((path, self.bytes))
     }
+}
+
+/// `rename(from, to)` that fails with `AlreadyExists` instead of replacing `to`: renameat2's
+/// RENAME_NOREPLACE, or where the file system lacks it, link + unlink (link never replaces).
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (cfrom, cto) = (c(from)?, c(to)?);
+    // SAFETY: two valid C strings, both relative to the working directory or absolute.
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, cfrom.as_ptr(), libc::AT_FDCWD, cto.as_ptr(), libc::RENAME_NOREPLACE) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if !matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::ENOTSUP)) {
+        return Err(e);
+    }
+    fs::hard_link(from, to)?;
+    fs::remove_file(from)
 }
 
 impl Write for PartialFile {
@@ -236,6 +260,28 @@ mod tests {
         assert!(!dir.path().join("b.sql.gz.partial").exists() && !dir.path().join("b.sql.gz").exists());
 
         assert!(matches!(store.create("a.sql.gz"), Err(LocalError::Exists { .. })));
+    }
+
+    /// Pins issue 12 item "the local commit never replaces an existing file": a file that
+    /// appears under the final name while the backup runs (another deployment's backup of the
+    /// same name) is kept, and the commit fails instead of renaming over it.
+    #[test]
+    fn commit_never_replaces_a_file_that_appeared_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        let mut p = store.create("a.sql.gz").unwrap();
+        p.write_all(b"ours").unwrap();
+        fs::write(dir.path().join("a.sql.gz"), b"theirs").unwrap();
+        assert!(matches!(p.commit(), Err(LocalError::Exists { .. })));
+        assert_eq!(fs::read(dir.path().join("a.sql.gz")).unwrap(), b"theirs");
+        assert!(!dir.path().join("a.sql.gz.partial").exists());
+
+        fs::write(dir.path().join("x"), b"x").unwrap();
+        fs::write(dir.path().join("y"), b"y").unwrap();
+        assert_eq!(rename_noreplace(&dir.path().join("x"), &dir.path().join("y")).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(dir.path().join("y")).unwrap(), b"y");
+        rename_noreplace(&dir.path().join("x"), &dir.path().join("z")).unwrap();
+        assert!(!dir.path().join("x").exists() && dir.path().join("z").exists());
     }
 
     #[test]
