@@ -20,6 +20,7 @@ pub mod retention;
 pub mod schedule;
 pub mod serve;
 pub mod service;
+pub mod signals;
 pub mod space;
 pub mod state;
 pub mod store;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -268,7 +268,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 cli::print_backup_summary(&report, &response);
             }
-            if let Some(sig) = backup_interrupted_by().filter(|_| !matches!(report.outcome, policy::BackupOutcome::Done(_))) {
+            if let Some(sig) = ef_backup::signals::received().filter(|_| !matches!(report.outcome, policy::BackupOutcome::Done(_))) {
                 eprintln!("ef-backup: interrupted by signal {sig}; pg_dump was stopped and the partial backup file removed");
                 return Ok(ExitCode::from(exit::signalled(sig)));
             }
@@ -402,43 +402,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// The signal that stopped a `backup`, if one did.
-static BACKUP_INTERRUPTED: AtomicI32 = AtomicI32::new(0);
-
-fn backup_interrupted_by() -> Option<i32> {
-    match BACKUP_INTERRUPTED.load(Ordering::SeqCst) {
-        0 => None,
-        s => Some(s),
-    }
-}
-
 /// For `backup`: SIGINT and SIGTERM cancel the run (pg_dump's process group is killed, the
 /// `.partial` file removed, the S3 upload aborted) instead of killing the process mid-write and
-/// leaving the partial file behind. A signal after the dump finished lets the run complete. Call
-/// before any thread is started: the signals are blocked in this thread, and so in every thread
-/// started after, and taken by a watcher. A second signal ends the process at once.
+/// leaving the partial file behind. A signal after the dump finished lets the run complete.
 fn cancel_backup_on_signal() -> Arc<AtomicBool> {
     let cancel = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&cancel);
-    // SAFETY: plain sigset/sigmask calls on a local set; the watcher thread only reads it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        std::thread::spawn(move || {
-            let mut sig: libc::c_int = 0;
-            if libc::sigwait(&set, &mut sig) != 0 {
-                return;
-            }
-            BACKUP_INTERRUPTED.store(sig, Ordering::SeqCst);
-            flag.store(true, Ordering::SeqCst);
-            eprintln!("ef-backup: interrupted by signal {sig}: stopping the backup (a second signal ends ef-backup at once)");
-            if libc::sigwait(&set, &mut sig) == 0 {
-                std::process::exit(exit::signalled(sig).into());
-            }
-        });
-    }
+    ef_backup::signals::on_first(move |sig| {
+        flag.store(true, Ordering::SeqCst);
+        eprintln!("ef-backup: interrupted by signal {sig}: stopping the backup (a second signal ends ef-backup at once)");
+    });
     cancel
 }
 

@@ -185,50 +185,27 @@ impl Drop for Scratch<'_> {
 /// longer exists under this name, so dropping it by name can never hit the restored target.)
 static LIVE_SCRATCH: std::sync::Mutex<Option<(PgTools, String)>> = std::sync::Mutex::new(None);
 
-/// Set once SIGINT or SIGTERM stopped a restore or verify.
-static INTERRUPTED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
-
 /// The signal that interrupted a restore or verify, if one did.
 pub fn interrupted_by() -> Option<i32> {
-    match INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
-        0 => None,
-        s => Some(s),
-    }
+    crate::signals::received()
 }
 
 /// For `restore` and `verify`: SIGINT and SIGTERM drop the scratch database being loaded
 /// (which ends its psql sessions, so the command fails and exits) instead of killing the
-/// process and leaving the database behind. Call before any thread is started: the signals
-/// are blocked in this thread, and so in every thread started after, and taken by a watcher.
-/// A second signal ends the process at once.
+/// process and leaving the database behind. Call before any thread is started.
 pub fn drop_scratch_on_signal() {
-    // SAFETY: plain sigset/sigmask calls on a local set; the watcher thread only reads it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        std::thread::spawn(move || {
-            let mut sig: libc::c_int = 0;
-            if libc::sigwait(&set, &mut sig) != 0 {
-                return;
-            }
-            INTERRUPTED.store(sig, std::sync::atomic::Ordering::SeqCst);
-            let live = LIVE_SCRATCH.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            if let Some((tools, name)) = live {
+    crate::signals::on_first(|sig| {
+        let live = LIVE_SCRATCH.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match live {
+            Some((tools, name)) => {
                 eprintln!("ef-backup: interrupted: dropping scratch database {name}");
                 if let Err(e) = drop_scratch(&tools, &name) {
                     eprintln!("ef-backup: could not drop scratch database {name}: {e} (drop it by hand)");
                 }
-            } else {
-                std::process::exit(128 + sig);
             }
-            if libc::sigwait(&set, &mut sig) == 0 {
-                std::process::exit(128 + sig);
-            }
-        });
-    }
+            None => std::process::exit(128 + sig),
+        }
+    });
 }
 
 /// Creates `name` with `create_sql` and restores the backup into it, checking the stream as it
