@@ -232,7 +232,8 @@ fn store_cut_off_mid_upload_leaves_no_incomplete_upload_behind() {
     proxy.restore();
     private.clock("+0");
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let (run, v) = backup_json(sample_db(), &backups, &vars(&list, &[]), &[]);
+    // The same deployment (database) as the cut run: only its own uploads are its to abort.
+    let (run, v) = backup_json(big_db(), &backups, &vars(&list, &[]), &[]);
     assert!(run.ok() && v["data"]["s3_uploaded"] == true, "{}", run.all());
     assert!(run.stderr.contains("aborted 1 incomplete S3 upload(s)"), "{}", run.stderr);
     assert_eq!(private.s3.probe_json(&["uploads", &private.s3.bucket]), serde_json::json!([]));
