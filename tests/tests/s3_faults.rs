@@ -13,6 +13,10 @@ use ef_backup_e2e::{big_db, ef, ef_command, fake_pg_bin, files, http, s3, sample
 const MANUAL: &str = "/api/ef/v1/backup/manual";
 const LOCAL_DONE: &str = "本地数据库备份成功";
 
+/// The tests back up the same databases, whose run lock lets one backup run at a time (a
+/// `serve` run would answer busy): one test at a time.
+static ONE_BACKUP: Mutex<()> = Mutex::new(());
+
 fn vars<'a>(list: &'a [(&'static str, String)], more: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut v: Vec<(&str, &str)> = list.iter().map(|(k, v)| (*k, v.as_str())).collect();
     v.extend_from_slice(more);
@@ -101,6 +105,7 @@ impl Watched {
 /// upload: the object is complete and verified.
 #[test]
 fn a_throttled_store_does_not_slow_the_local_backup() {
+    let _one = ONE_BACKUP.lock().unwrap_or_else(|e| e.into_inner());
     let s3 = s3();
     let dir = tempdir();
     let db = big_db();
@@ -138,8 +143,6 @@ fn a_throttled_store_does_not_slow_the_local_backup() {
     assert_eq!(s3.open_uploads("throttled/"), Vec::<String>::new());
 }
 
-/// The `serve` tests back up the same database, whose run lock lets one run at a time.
-static ONE_SERVE: Mutex<()> = Mutex::new(());
 
 /// Starts `serve` on `db` with S3 through `via`, shutdown grace 0 (SIGTERM cancels the run).
 fn serve_with(db: &str, dir: &Path, via: &S3, prefix: &str, more: &[(&str, &str)]) -> Serve {
@@ -162,7 +165,7 @@ fn wait_log(serve: &Serve, needle: &str, limit: Duration) {
 /// end. Cancelled mid-dump, the run ends (and `serve` exits) within 5 s.
 #[test]
 fn a_stalled_store_does_not_hold_a_run_cancelled_mid_dump() {
-    let _one = ONE_SERVE.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_BACKUP.lock().unwrap_or_else(|e| e.into_inner());
     let s3 = s3();
     let dir = tempdir();
     let (proxy, via) = proxied(&s3);
@@ -194,7 +197,7 @@ fn a_stalled_store_does_not_hold_a_run_cancelled_mid_dump() {
 /// local backup and reports the upload as failed.
 #[test]
 fn a_stalled_store_does_not_hold_a_run_cancelled_after_the_local_commit() {
-    let _one = ONE_SERVE.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_BACKUP.lock().unwrap_or_else(|e| e.into_inner());
     let s3 = s3();
     let dir = tempdir();
     let (proxy, via) = proxied(&s3);
@@ -230,6 +233,7 @@ fn name_at(db: &str, dir: &Path, now: &str) -> String {
 /// stays as it was.
 #[test]
 fn an_existing_object_is_never_replaced() {
+    let _one = ONE_BACKUP.lock().unwrap_or_else(|e| e.into_inner());
     let s3 = s3();
     let dir = tempdir();
     let db = sample_db();
@@ -243,7 +247,7 @@ fn an_existing_object_is_never_replaced() {
     let list = s3.vars("exists/");
     let backups = dir.path().join("backups");
     let (run, v) = backup_json(db, &backups, &vars(&list, &[]), &["--now", now]);
-    assert!(run.ok(), "the local backup succeeds: {}", run.all());
+    assert_eq!(run.code, Some(4), "the local backup succeeds, S3 failed (exit 4): {}", run.all());
     assert_eq!(v["data"]["backup_file"], name.as_str());
     assert_eq!(v["data"]["s3_uploaded"], false, "{v}");
     let err = v["data"]["s3_error"].as_str().unwrap();
@@ -258,6 +262,7 @@ fn an_existing_object_is_never_replaced() {
 /// refuses (412), the upload fails, and the other object is neither replaced nor deleted.
 #[test]
 fn an_object_created_during_the_upload_is_neither_replaced_nor_deleted() {
+    let _one = ONE_BACKUP.lock().unwrap_or_else(|e| e.into_inner());
     let s3 = s3();
     let dir = tempdir();
     let (proxy, via) = proxied(&s3);
@@ -286,6 +291,7 @@ fn an_object_created_during_the_upload_is_neither_replaced_nor_deleted() {
 /// local backups. Now it lists them, says in one line why S3 could not be listed, and exits 1.
 #[test]
 fn list_shows_local_backups_when_s3_is_unreachable() {
+    let _one = ONE_BACKUP.lock().unwrap_or_else(|e| e.into_inner());
     let s3 = s3();
     let dir = tempdir();
     let backups = dir.path().join("backups");
