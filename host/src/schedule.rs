@@ -23,7 +23,7 @@ use crate::state::Trigger;
 pub const MUST_FIRE_WITHIN_DAYS: i64 = 366;
 
 /// The longest the timer sleeps before looking at the wall clock again (it may be stepped).
-const CLOCK_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
+const CLOCK_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
@@ -76,6 +76,18 @@ impl Schedule {
             }
         }
         Ok(())
+    }
+
+    /// The latest slot not after `t`.
+    pub fn latest_at(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = t.trunc_subsecs(0).with_timezone(&self.zone);
+        self.crons.iter().filter_map(|c| c.find_previous_occurrence(&local, true).ok()).max().map(|d| d.with_timezone(&Utc))
+    }
+
+    /// The slot to run when the wall clock reads `now` and `last` ran last: the latest slot not
+    /// after `now`, unless that one ran already.
+    pub fn due(&self, now: DateTime<Utc>, last: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+        self.latest_at(now).filter(|slot| Some(*slot) != last)
     }
 
     /// The next run strictly after `t`.
@@ -153,16 +165,22 @@ impl Scheduler {
 }
 
 async fn timer(service: Arc<Service>, schedule: Arc<Schedule>) {
-    let mut after = Utc::now();
+    // The slot last run; the one before start-up is not run at start.
+    let mut last = schedule.latest_at(Utc::now());
     loop {
-        let next = schedule.next_after(after);
+        let now = Utc::now();
+        // The latest slot not after now. Re-derived from the wall clock at every look, so a
+        // clock stepped either way (NTP, a resumed VM) is followed within a second: after a step
+        // the latest slot of the new time runs once — never a burst of missed ones — and a
+        // timer never sleeps towards a slot of a time the clock stepped away from.
+        if let Some(slot) = schedule.due(now, last) {
+            tokio::spawn(tick(Arc::clone(&service), Arc::clone(&schedule), slot));
+            last = Some(slot);
+        }
+        let next = schedule.next_after(now);
         service.set_next_run(next.map(|t| t.timestamp()));
-        let Some(slot) = next else { return };
-        sleep_until(slot).await;
-        tokio::spawn(tick(Arc::clone(&service), Arc::clone(&schedule), slot));
-        // After a forward clock step, the missed slots are not run in a burst: one run now,
-        // then the schedule from the present on.
-        after = slot.max(Utc::now());
+        let until_next = next.and_then(|t| (t - now).to_std().ok()).unwrap_or(CLOCK_CHECK);
+        tokio::time::sleep(until_next.min(CLOCK_CHECK)).await;
     }
 }
 
@@ -184,6 +202,26 @@ mod tests {
             description: "每天北京时间 01:00 和 13:00".into(),
         })
         .unwrap()
+    }
+
+    /// Pins a defect the chaos run found: after the clock stepped a month ahead and back, the
+    /// timer slept towards the slot of the future time and every slot was skipped until real
+    /// time caught up (or serve restarted). Each look at the clock now decides afresh.
+    #[test]
+    fn slots_follow_a_clock_stepped_ahead_and_back() {
+        let s = utc(&["*/15 * * * * *"]);
+        let t = |secs: i64| Utc.with_ymd_and_hms(2026, 11, 30, 2, 0, 0).unwrap() + Duration::seconds(secs);
+        let month = 30 * 86_400;
+        let mut last = s.latest_at(t(5));
+        let mut fired = Vec::new();
+        // Clock readings, one per look: steady, then a month ahead for a while, then back.
+        for now in [t(5), t(14), t(15), t(16), t(month + 2), t(month + 3), t(20), t(29), t(30), t(44), t(45)] {
+            if let Some(slot) = s.due(now, last) {
+                fired.push(slot);
+                last = Some(slot);
+            }
+        }
+        assert_eq!(fired, vec![t(15), t(month), t(15), t(30), t(45)]);
     }
 
     #[test]
