@@ -278,11 +278,26 @@ pub fn run(
     let tool = tools.tool("pg_dump").display().to_string();
     // Unique per run, so a stopped pg_dump's server session can be found and ended.
     let application_name = format!("ef-backup-dump-{}-{}", std::process::id(), RUNS.fetch_add(1, Ordering::Relaxed));
-    let mut child = tools
-        .command_as("pg_dump", database, &application_name, &[])
+    let mut command = tools.command_as("pg_dump", database, &application_name, &[]);
+    command
         .args(["--format=plain", "--no-password", &format!("--lock-wait-timeout={}ms", lock_wait.as_millis())])
         // Its own process group: a stop reaches whatever pg_dump (or a wrapper script) started.
-        .process_group(0)
+        .process_group(0);
+    // Dies with ef-backup: a `kill -9` of ef-backup (the OOM killer, a careless operator) must
+    // not leave a pg_dump running beside the next run's. The signal comes when the spawning
+    // thread ends, and this thread waits for pg_dump to the end.
+    // SAFETY: prctl and getppid are async-signal-safe, and nothing is allocated between fork and
+    // exec (the error, ESRCH: the parent is gone, is a plain code).
+    let parent = std::process::id() as libc::pid_t;
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -517,7 +517,9 @@ fn run_chaos(seed: u64, cycles: usize) {
     s3.clock("-1d");
     let proxy = Proxy::start(s3.s3.endpoint.trim_start_matches("http://").parse().unwrap());
 
-    // pg_dump that takes a second (so faults land mid-backup) and records overlaps.
+    // pg_dump that takes a second (so faults land mid-backup) and records overlaps. The lock is
+    // held by the wrapper and the pg_dump it becomes, not by its `sleep` (which would outlive a
+    // wrapper killed with ef-backup and count as an overlap that no pg_dump made).
     let pidfile = d.join("pg_dump.pid");
     let overlaps = d.join("overlaps");
     let lock = d.join("pg_dump.lock");
@@ -525,7 +527,7 @@ fn run_chaos(seed: u64, cycles: usize) {
     ef_backup_e2e::fake_pg_bin(
         &d,
         &format!(
-            "exec 9>{lock}\nflock -n 9 || echo \"overlap at $(date +%T.%N)\" >> {ov}\necho $$ > {pid}.tmp && mv {pid}.tmp {pid}\nsleep 1\nexec \"$REAL\" \"$@\"",
+            "exec 9>{lock}\nflock -n 9 || echo \"overlap at $(date +%T.%N)\" >> {ov}\necho $$ > {pid}.tmp && mv {pid}.tmp {pid}\nsleep 1 9>&-\nexec \"$REAL\" \"$@\"",
             lock = lock.display(),
             ov = overlaps.display(),
             pid = pidfile.display()

@@ -216,3 +216,34 @@ fn a_signal_ends_a_cli_backup_without_leaving_its_partial_file() {
     }
     drop_db(db);
 }
+
+/// Pins a defect the 300-cycle chaos run found: `kill -9` of ef-backup left its pg_dump (here
+/// the wrapper script pg_dump runs as) alive, beside the next run's pg_dump. pg_dump now gets
+/// SIGKILL when ef-backup dies.
+#[test]
+fn pg_dump_dies_with_a_killed_ef_backup() {
+    let db = own_db("ef_proc_orphan");
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    // `exec`: the wrapper is the process ef-backup started; no other test sleeps 41 s.
+    let bin = fake_pg_bin(dir.path(), "exec sleep 41");
+    let mut child = ef_command(db, &backups, &[("EF__PG_BIN", bin.to_str().unwrap())])
+        .arg("backup")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while processes_with(&["sleep 41"]).is_empty() {
+        assert!(Instant::now() < deadline, "the fake pg_dump never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_with(&["sleep 41"]).is_empty() {
+        assert!(Instant::now() < deadline, "pg_dump outlived the ef-backup that ran it: {:?}", processes_with(&["sleep 41"]));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop_db(db);
+}
