@@ -174,6 +174,31 @@ pub fn ef(db: &str, backup_dir: &Path, extra: &[(&str, &str)], args: &[&str]) ->
     }
 }
 
+/// `list` (e.g. [`S3::vars`]) as borrowed pairs, with `more` after it (later ones win).
+pub fn vars<'a>(list: &'a [(&'static str, String)], more: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut v: Vec<(&str, &str)> = list.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    v.extend_from_slice(more);
+    v
+}
+
+/// `ef-backup backup --json` (plus `extra_args`) and its response body.
+pub fn backup_json(db: &str, dir: &Path, env: &[(&str, &str)], extra_args: &[&str]) -> (Run, serde_json::Value) {
+    let mut args = vec!["backup", "--json"];
+    args.extend_from_slice(extra_args);
+    let run = ef(db, dir, env, &args);
+    let v = serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", run.all()));
+    (run, v)
+}
+
+/// A small database of a test's own (dropped and created afresh), so its locks and sessions
+/// meet no other test's.
+pub fn own_db(name: &str) -> &str {
+    drop_db(name);
+    psql("postgres", &format!("CREATE DATABASE \"{name}\""));
+    psql(name, "CREATE TABLE t AS SELECT i, md5(i::text) AS v FROM generate_series(1, 2000) i");
+    name
+}
+
 /// Files in a directory, sorted.
 pub fn files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)

@@ -6,17 +6,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use ef_backup_e2e::{drop_db, ef, ef_command, env, fake_pg_bin, files, free_port, psql, s3, tempdir, Run, Serve};
+use ef_backup_e2e::{own_db, drop_db, ef, ef_command, env, fake_pg_bin, files, free_port, psql, s3, tempdir, Run, Serve};
 
 const MANUAL: &str = "/api/ef/v1/backup/manual";
-
-/// A small database of this test's own, so its locks meet no other test's.
-fn own_db(name: &str) -> &str {
-    drop_db(name);
-    psql("postgres", &format!("CREATE DATABASE \"{name}\""));
-    psql(name, "CREATE TABLE t AS SELECT i, md5(i::text) AS v FROM generate_series(1, 2000) i");
-    name
-}
 
 /// ef-backup's run-lock key for `db` (FNV-1a of its lock name), as pg_locks shows it.
 fn run_key(db: &str) -> (u64, u64) {

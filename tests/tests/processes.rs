@@ -7,15 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ef_backup_e2e::{drop_db, ef, ef_command, env, fake_pg_bin, files, psql, tempdir, Run};
-
-/// A small database of this test's own.
-fn own_db(name: &str) -> &str {
-    drop_db(name);
-    psql("postgres", &format!("CREATE DATABASE \"{name}\""));
-    psql(name, "CREATE TABLE t AS SELECT i, md5(i::text) AS v FROM generate_series(1, 2000) i");
-    name
-}
+use ef_backup_e2e::{own_db, drop_db, ef, ef_command, env, fake_pg_bin, files, psql, tempdir, Run};
 
 /// A psql session holding `LOCK TABLE t IN ACCESS EXCLUSIVE MODE` in `db` (as a migration
 /// would) until dropped; its backend pid.

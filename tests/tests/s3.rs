@@ -2,21 +2,7 @@
 
 use std::path::Path;
 
-use ef_backup_e2e::{big_db, compare_dbs, drop_db, ef, files, free_port, s3, sample_db, tempdir, PrivateS3, Proxy, Run, S3};
-
-fn vars<'a>(list: &'a [(&'static str, String)], more: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
-    let mut v: Vec<(&str, &str)> = list.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    v.extend_from_slice(more);
-    v
-}
-
-fn backup_json(db: &str, dir: &Path, env: &[(&str, &str)], extra_args: &[&str]) -> (Run, serde_json::Value) {
-    let mut args = vec!["backup", "--json"];
-    args.extend_from_slice(extra_args);
-    let run = ef(db, dir, env, &args);
-    let v = serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", run.all()));
-    (run, v)
-}
+use ef_backup_e2e::{backup_json, vars, big_db, compare_dbs, drop_db, ef, files, free_port, s3, sample_db, tempdir, PrivateS3, Proxy, S3};
 
 fn assert_same_bytes(s3: &S3, key: &str, local: &Path, scratch: &Path) {
     let copy = scratch.join("downloaded.sql.gz");

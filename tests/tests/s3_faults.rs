@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ef_backup_e2e::{big_db, ef, ef_command, fake_pg_bin, files, http, s3, sample_db, tempdir, Proxy, Run, Serve, S3};
+use ef_backup_e2e::{backup_json, vars, big_db, ef, ef_command, fake_pg_bin, files, http, s3, sample_db, tempdir, Proxy, Serve, S3};
 
 const MANUAL: &str = "/api/ef/v1/backup/manual";
 const LOCAL_DONE: &str = "本地数据库备份成功";
@@ -16,20 +16,6 @@ const LOCAL_DONE: &str = "本地数据库备份成功";
 /// The tests back up the same databases, whose run lock lets one backup run at a time (a
 /// `serve` run would answer busy): one test at a time.
 static ONE_BACKUP: Mutex<()> = Mutex::new(());
-
-fn vars<'a>(list: &'a [(&'static str, String)], more: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
-    let mut v: Vec<(&str, &str)> = list.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    v.extend_from_slice(more);
-    v
-}
-
-fn backup_json(db: &str, dir: &Path, env: &[(&str, &str)], extra_args: &[&str]) -> (Run, serde_json::Value) {
-    let mut args = vec!["backup", "--json"];
-    args.extend_from_slice(extra_args);
-    let run = ef(db, dir, env, &args);
-    let v = serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", run.all()));
-    (run, v)
-}
 
 fn proxied(s3: &S3) -> (Proxy, S3) {
     let addr: std::net::SocketAddr = s3.endpoint.trim_start_matches("http://").parse().unwrap();
