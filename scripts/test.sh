@@ -5,7 +5,9 @@
 # Installs what is missing (setup.sh), builds the policy component and the workspace, starts a
 # throwaway PostgreSQL, runs `cargo test` against it and always stops it again.
 # Env: EF_TEST_PG_PORT (first port to try, default 55432), EF_TEST_THREADS (default 2),
-#      EF_TEST_KEEP=1 (keep the state dir after a successful run), PG_BIN (PostgreSQL binaries).
+#      EF_TEST_KEEP=1 (keep the state dir after a successful run), PG_BIN (PostgreSQL binaries),
+#      EF_TEST_BIN_OVERRIDE (run the tests against another ef-backup binary, e.g. one built from
+#      an older commit, to check that a new test fails without its fix).
 # The tests get: EF_TEST_PG_PORT, EF_TEST_PG_DIR, EF_TEST_POLICY_WASM, EF_TEST_BIN,
 #      EF_TEST_TESTENV, EF_TEST_STATE, PG_BIN and EF__DB_HOST/PORT/USER/PASSWORD/NAME.
 # Exit code: cargo test's (or 1 when a step before it fails).
@@ -96,7 +98,7 @@ export EF_TEST_S3_ENDPOINT EF_TEST_S3_ACCESS_KEY EF_TEST_S3_SECRET_KEY EF_TEST_S
 
 export EF_TEST_PG_PORT="$PG_PORT" EF_TEST_PG_DIR="$STATE/pg" EF_TEST_POLICY_WASM="$WASM" EF_TEST_GFS_WASM="$GFS_WASM" \
   EF_TEST_HOSTILE_WASM="$HOSTILE_WASM" EF_TEST_GREEDY_WASM="$GREEDY_WASM" EF_TEST_TEMPLATE_WASM="$TEMPLATE_WASM" \
-  EF_TEST_BIN="$BIN" EF_TEST_TESTENV="$TESTENV" EF_TEST_STATE="$STATE" PG_BIN
+  EF_TEST_BIN="${EF_TEST_BIN_OVERRIDE:-$BIN}" EF_TEST_TESTENV="$TESTENV" EF_TEST_STATE="$STATE" PG_BIN
 export EF__DB_HOST EF__DB_PORT EF__DB_USER EF__DB_PASSWORD EF__DB_NAME
 
 # Extra arguments: cargo's before `--`, the test binaries' after it. `-p` narrows the run,

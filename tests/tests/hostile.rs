@@ -204,3 +204,44 @@ fn an_invalid_policy_setting_stops_policy_check_and_serve() {
     let run = ef(small_db(), &backups, &[("EF__POLICY_LOCAL_KEEP_LAST", "")], &["policy", "check"]);
     assert!(run.ok(), "an empty value is the default: {}", run.all());
 }
+
+/// Pins issue 12 item 2 (policy calls never run on async worker threads, nor under a lock that
+/// status or metrics need). A policy whose status shaping spins until the 1 s deadline traps it
+/// is asked for the status by 8 clients at once; meanwhile `/healthz` and `/metrics` must keep
+/// answering at once. Before the fix `shape-status` ran on the async workers (as many as
+/// cores): 8 spinning calls held every worker for seconds and both endpoints waited with them.
+#[test]
+fn slow_policy_calls_do_not_hold_the_api() {
+    let dir = tempdir();
+    let policy = hostile();
+    let serve = Serve::start(
+        small_db(),
+        dir.path(),
+        &[("EF__BACKUP_POLICY", policy.as_str()), ("EF__POLICY_HOSTILE", "shape-status:loop-if-empty")],
+    );
+    let port = serve.port;
+    let auth = serve.auth();
+    let started = Instant::now();
+    let slow: Vec<_> = (0..8)
+        .map(|_| {
+            let auth = auth.clone();
+            std::thread::spawn(move || ef_backup_e2e::http(port, "GET", "/api/ef/v1/backup/status", &[("Authorization", &auth)], b"").status)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut worst = Duration::ZERO;
+    while started.elapsed() < Duration::from_millis(1500) {
+        for path in ["/healthz", "/metrics"] {
+            let t = Instant::now();
+            let r = ef_backup_e2e::http(port, "GET", path, &[], b"");
+            assert_eq!(r.status, 200, "{path}: {}", r.body);
+            worst = worst.max(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let statuses: Vec<u16> = slow.into_iter().map(|h| h.join().unwrap()).collect();
+    // The guard did stop each spinning call: the host answered for the policy.
+    assert!(statuses.iter().all(|s| *s == 500), "{statuses:?}");
+    assert!(serve.log_text().contains("shape-status ran longer than 1s"), "{}", serve.log_text());
+    assert!(worst < Duration::from_millis(500), "/healthz or /metrics waited {worst:?} behind the policy's calls");
+}

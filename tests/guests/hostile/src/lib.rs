@@ -9,7 +9,8 @@
 //! `pollable` (blocks on a monotonic-clock instant that never comes), `handles` (creates
 //! 100,000 pollables and never drops them). For `parse-name`, `<behaviour>-non-ascii`
 //! misbehaves only on names with a non-ASCII character and behaves on the others (one odd file
-//! among good ones).
+//! among good ones); for `shape-status`, `<behaviour>-if-empty` misbehaves only when the status
+//! lists no backup (so `policy check` passes and a serve over an empty directory misbehaves).
 
 // A component only: built for wasm32-wasip2 by scripts/test.sh, empty elsewhere.
 #![cfg(target_arch = "wasm32")]
@@ -146,7 +147,17 @@ impl Guest for Hostile {
     }
 
     fn shape_status(status: Status) -> HttpResponse {
-        match act(Some(&status.config), "shape-status").as_deref() {
+        // `<behaviour>-if-empty` misbehaves only when no backup is listed: `policy check`
+        // (14 sample backups) passes, a serve over an empty directory sees the misbehaviour.
+        let (call, what) = mode(&status.config);
+        let config = match what.strip_suffix("-if-empty") {
+            Some(only) if call == "shape-status" => {
+                let what = if status.local_backups.is_empty() { only.to_string() } else { "none".into() };
+                Config { settings: vec![("hostile".to_string(), format!("shape-status:{what}"))], ..status.config.clone() }
+            }
+            _ => status.config.clone(),
+        };
+        match act(Some(&config), "shape-status").as_deref() {
             Some("json") => HttpResponse { status: 200, body: "{not json".into() },
             Some("status") => HttpResponse { status: 999, body: "{}".into() },
             _ => HttpResponse { status: 200, body: r#"{"hostile":"status"}"#.into() },
