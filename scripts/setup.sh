@@ -7,6 +7,7 @@
 #   faketime                     S3 tests move the S3 server's clock
 #   util-linux, e2fsprogs        runuser and flock (test scripts), mke2fs (tests)
 #   a C compiler (gcc)           the linker cargo calls for the host binary
+#   libpq-dev, pkg-config        the host links libpq (restore loads table data over it)
 # then the wasm32-wasip2 toolchain for the policy component (scripts/wasm-toolchain.sh).
 # Prints nothing on stdout: progress goes to stderr as `setup: ...`.
 set -euo pipefail
@@ -31,7 +32,7 @@ have_postgres() {
 }
 
 if ! command -v dpkg-query >/dev/null || ! command -v apt-get >/dev/null; then
-  die "this script installs packages with apt-get (Debian 12); on another system install PostgreSQL (server + client), pigz, python3-venv, faketime and gcc yourself, then run scripts/wasm-toolchain.sh"
+  die "this script installs packages with apt-get (Debian 12); on another system install PostgreSQL (server + client), libpq (development files), pkg-config, pigz, python3-venv, faketime and gcc yourself, then run scripts/wasm-toolchain.sh"
 fi
 
 need=()
@@ -39,6 +40,7 @@ have_postgres || need+=(postgresql)
 # faketime: the S3 tests move the S3 server's clock (object and upload times cannot be set).
 for p in pigz python3-venv util-linux e2fsprogs faketime time curl; do installed "$p" || need+=("$p"); done
 command -v cc >/dev/null || need+=(gcc libc6-dev)
+for p in libpq-dev pkg-config; do installed "$p" || need+=("$p"); done
 optional=()
 
 SUDO=()
@@ -67,7 +69,7 @@ if [ $((${#need[@]} + ${#optional[@]})) -gt 0 ]; then
   fi
   have_postgres || die "PostgreSQL installed but no /usr/lib/postgresql/*/bin has initdb, psql, pg_dump and pgbench"
 else
-  log "system packages present (PostgreSQL, pigz, python3-venv, faketime, util-linux, e2fsprogs, cc)"
+  log "system packages present (PostgreSQL, libpq-dev, pkg-config, pigz, python3-venv, faketime, util-linux, e2fsprogs, cc)"
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -243,6 +243,29 @@ impl PgTools {
         cmd
     }
 
+    /// A libpq connection in this process to `database`, with the parameters psql gets from
+    /// [`PgTools::command`] plus `options` (server settings, as in PGOPTIONS); the password goes
+    /// in memory. (`main` removes PGPASSWORD from the environment, so libpq cannot fall back to
+    /// it: the password comes only from EF__DB_PASSWORD, as for the client tools.)
+    pub fn connect(&self, database: &str, options: &str) -> Result<crate::libpq::Conn, DbError> {
+        let port = self.db.port.to_string();
+        let mut params = vec![
+            ("host", self.db.host.as_str()),
+            ("port", port.as_str()),
+            ("user", self.db.user.as_str()),
+            ("dbname", database),
+            ("application_name", "ef-backup"),
+            ("options", options),
+        ];
+        if std::env::var_os("PGCONNECT_TIMEOUT").is_none() {
+            params.push(("connect_timeout", "10"));
+        }
+        if let Some(p) = &self.db.password {
+            params.push(("password", p.expose()));
+        }
+        crate::libpq::Conn::connect(&params).map_err(|e| self.connect_error(database, e.to_string()))
+    }
+
     /// Runs SQL through psql and returns the rows (fields split). A connection failure is
     /// reported as [`DbError::Connect`] with psql's reason.
     pub fn query(&self, database: &str, sql: &str) -> Result<Vec<Vec<String>>, DbError> {

@@ -12,6 +12,7 @@ pub mod db;
 pub mod dump;
 pub mod engine;
 pub mod exit;
+pub mod libpq;
 pub mod lock;
 pub mod metrics;
 pub mod policy;

@@ -414,6 +414,10 @@ fn cancel_backup_on_signal() -> Arc<AtomicBool> {
 }
 
 fn main() -> ExitCode {
+    // The password comes only from EF__DB_PASSWORD: child tools get PGPASSWORD removed, and
+    // the in-process libpq (restore's COPY path) must not fall back to a stray one either.
+    // Done first, while this is the only thread.
+    std::env::remove_var("PGPASSWORD");
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {

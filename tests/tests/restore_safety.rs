@@ -206,6 +206,33 @@ fn sql_errors_are_named_and_leave_nothing() {
     assert_eq!(scratch_dbs(), "0", "the template-marked scratch database is dropped: {}", run.stderr);
 }
 
+/// Rows that do not fit their table fail the restore with the server's reason and the table's
+/// name, whether they went through psql (`--jobs 1`) or over a session's own COPY connection
+/// (`--jobs 2`), and the scratch database goes.
+#[test]
+fn bad_copy_rows_are_named_and_leave_nothing() {
+    let _serial = serial();
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    let mut rows = String::new();
+    for i in 0..50_000 {
+        rows.push_str(&format!("{i}\n"));
+    }
+    let body = format!("CREATE TABLE public.\"odd t\" (a int);\n\n--\n-- Data for Name: odd t; Type: TABLE DATA; Schema: public; Owner: -\n--\n\nCOPY public.\"odd t\" (a) FROM stdin;\n{rows}not-a-number\n\\.\n");
+    let file = gz(&backups, "badrow.sql.gz", &dump(&body, true));
+    for jobs in ["1", "2"] {
+        let run = ef(sample_db(), &backups, &[], &["restore", file.to_str().unwrap(), "--target-db", "ef_e2e_badrow", "--create", "--jobs", jobs]);
+        assert_eq!(run.code, Some(1), "--jobs {jobs}: {}", run.all());
+        assert!(run.stderr.contains("invalid input syntax for type integer: \"not-a-number\""), "--jobs {jobs}: {}", run.stderr);
+        if jobs == "2" {
+            assert!(run.stderr.contains("loading rows of public.\"odd t\""), "{}", run.stderr);
+        }
+        assert_eq!(scratch_dbs(), "0");
+        assert_eq!(psql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'ef_e2e_badrow'"), "0");
+    }
+}
+
 /// The README's advice — restore an untrusted file as a role that is not a superuser — must be
 /// possible: such a role (CREATEDB, owning the target) once failed with "permission denied for
 /// tablespace pg_default".

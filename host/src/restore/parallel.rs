@@ -1,11 +1,14 @@
-//! Loading a plain dump into a database over several psql sessions, every one of them in psql's
-//! restricted mode.
+//! Loading a plain dump into a database over several sessions: each is a psql process in psql's
+//! restricted mode for the dump's statements, plus (with more than one session) a libpq
+//! connection of its own that loads table data (COPY rows) without passing them through psql.
 //!
-//! Safety: each session starts with `\restrict KEY` under a key chosen at random for this load,
+//! Safety: each psql starts with `\restrict KEY` under a key chosen at random for this load,
 //! so psql refuses every backslash command that reaches it (`\!`, `\copy … from program`, `\o |cmd`,
 //! also mid-line), whatever the dump contains. The dump's own `\restrict`/`\unrestrict` lines are
 //! dropped here (under our key psql would reject them); the scanner keeps COPY data apart, so a row
-//! that reads `\restrict x` is data, not a command.
+//! that reads `\restrict x` is data, not a command. The COPY connection runs only the session
+//! settings and pg_dump's own `COPY … FROM stdin` form (anything else is refused before), and
+//! sends the rows as protocol data: libpq has no meta-commands to run.
 //!
 //! Speed: a plain dump is one sequential stream, so handing out whole tables would leave a session
 //! idle while the reader feeds another one. Instead the stream is cut along pg_dump's own TOC:
@@ -30,6 +33,7 @@ use crossbeam_channel::{bounded, select, Receiver, Sender};
 
 use super::sqlscan::{Event, Scanner, StatementKind, Toc};
 use crate::db::{stderr_tail, tail_lines, DbError, PgTools};
+use crate::libpq::Conn;
 
 /// Rows of one table are handed out in batches of about this many bytes.
 const BATCH_BYTES: usize = 4 << 20;
@@ -80,6 +84,8 @@ const MAX_PENDING_BYTES: usize = 1 << 30;
 pub enum LoadError {
     #[error("psql session {session} of {sessions} failed ({status}): {stderr} — an SQL statement of the backup failed on this server: if it names a missing role, create it or restore with --no-owner --no-privileges; otherwise try another backup (ef-backup list)")]
     Session { session: usize, sessions: usize, status: String, stderr: String },
+    #[error("loading rows of {table} (session {session} of {sessions}) failed: {err} — the backup's data does not fit the table this server created from it; try another backup (ef-backup list)")]
+    Copy { table: String, session: usize, sessions: usize, err: String },
     /// Something pg_dump never writes; it never reaches psql.
     #[error("the backup holds {what}, which pg_dump never writes: the file was not made by pg_dump or was changed since — that part never reached psql, and what ran before it went with the scratch database; check where the file came from and restore another backup (ef-backup list)")]
     Refused { what: String },
@@ -92,6 +98,9 @@ enum Job {
     Serial(Vec<u8>),
     /// Bytes any session may run; counted until the session has run them.
     Parallel(Vec<u8>),
+    /// A batch of COPY rows any session may load, over its libpq connection: `buf` holds the
+    /// session settings, then the COPY statement, then the rows. Counted like `Parallel`.
+    Copy { buf: Vec<u8>, settings_len: usize, statement_len: usize },
     /// Reply once everything sent to this session before has run.
     Sync(Sender<()>),
 }
@@ -152,9 +161,7 @@ impl Session {
         let mut child = tools
             .command("psql", db)
             .args(["-X", "-q", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1"])
-            // A scratch database is the unit of atomicity: nothing in it counts before the swap,
-            // whose own commit flushes the WAL written before it.
-            .env("PGOPTIONS", "-c client_min_messages=warning -c synchronous_commit=off")
+            .env("PGOPTIONS", SESSION_OPTIONS)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -251,9 +258,42 @@ impl Session {
     }
 }
 
+/// Where a session's COPY connection goes: made on its first batch.
+struct CopyTarget {
+    tools: PgTools,
+    db: String,
+}
+
+/// The table a COPY statement loads, for error messages.
+fn copy_table(statement: &[u8]) -> String {
+    let text = String::from_utf8_lossy(statement);
+    let line = text.lines().map(str::trim).find(|l| l.starts_with("COPY ")).unwrap_or("");
+    let name = line.trim_start_matches("COPY ").split(" (").next().unwrap_or("").trim_end_matches(" FROM stdin;");
+    crate::db::escape_controls(&name.chars().take(120).collect::<String>())
+}
+
+/// Loads one batch over the session's libpq connection (connecting first if needed).
+fn copy_batch(conn: &mut Option<Conn>, target: &CopyTarget, buf: &[u8], settings_len: usize, statement_len: usize) -> Result<(), String> {
+    if conn.is_none() {
+        *conn = Some(target.tools.connect(&target.db, SESSION_OPTIONS).map_err(|e| e.to_string())?);
+    }
+    let c = conn.as_mut().expect("connected");
+    let (settings, rest) = buf.split_at(settings_len);
+    let (statement, rows) = rest.split_at(statement_len);
+    if !settings.is_empty() {
+        c.execute(settings).map_err(|e| e.to_string())?;
+    }
+    c.copy_in(statement, rows).map_err(|e| e.to_string())
+}
+
+/// Server settings of every session: a scratch database is the unit of atomicity, nothing in it
+/// counts before the swap, whose own commit flushes the WAL written before it.
+const SESSION_OPTIONS: &str = "-c client_min_messages=warning -c synchronous_commit=off";
+
 /// Runs one session's jobs until the loader hangs up.
-fn work(mut session: Session, private: Receiver<Job>, shared_jobs: Receiver<Job>, shared: Arc<Shared>, key: String, sessions: usize) {
+fn work(mut session: Session, private: Receiver<Job>, shared_jobs: Receiver<Job>, shared: Arc<Shared>, key: String, sessions: usize, target: CopyTarget) {
     let mut shared_open = true;
+    let mut conn: Option<Conn> = None;
     loop {
         let job = if shared_open {
             select! {
@@ -271,6 +311,25 @@ fn work(mut session: Session, private: Receiver<Job>, shared_jobs: Receiver<Job>
         let mut reply = None;
         let ok = match job {
             Job::Serial(bytes) => session.write(&bytes),
+            Job::Copy { mut buf, settings_len, statement_len } => {
+                let loaded = copy_batch(&mut conn, &target, &buf, settings_len, statement_len);
+                let table = copy_table(&buf[settings_len..settings_len + statement_len]);
+                buf.clear();
+                shared.spare.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
+                match loaded {
+                    Ok(()) => {
+                        let mut s = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+                        s.outstanding -= 1;
+                        shared.changed.notify_all();
+                    }
+                    Err(err) => {
+                        shared.fail(LoadError::Copy { table, session: session.index, sessions, err });
+                        drop(session.failed(sessions, false));
+                        return;
+                    }
+                }
+                true
+            }
             Job::Parallel(mut bytes) => {
                 let written = session.write(&bytes);
                 bytes.clear();
@@ -324,6 +383,7 @@ enum Mode {
 struct Copy {
     /// Settings and the COPY statement that start every batch.
     head: Vec<u8>,
+    settings_len: usize,
     /// The batch being filled: `head`, then rows.
     batch: Vec<u8>,
     parallel: bool,
@@ -380,7 +440,8 @@ impl Loader {
             let (tx, rx) = bounded::<Job>(64);
             private_txs.push(tx);
             let (shared_rx, shared, key) = (shared_rx.clone(), Arc::clone(&shared), key.clone());
-            workers.push(std::thread::spawn(move || work(session, rx, shared_rx, shared, key, jobs)));
+            let target = CopyTarget { tools: tools.clone(), db: db.to_string() };
+            workers.push(std::thread::spawn(move || work(session, rx, shared_rx, shared, key, jobs, target)));
         }
         let d = Dispatch {
             opts: LoadOptions { jobs, ..opts },
@@ -535,11 +596,12 @@ impl Dispatch {
                 if parallel && self.toc_kind() == "TABLE DATA" {
                     self.enter(Mode::Data)?;
                     let mut head = self.settings_text();
+                    let settings_len = head.len();
                     head.extend_from_slice(text);
-                    self.copy = Some(Copy { batch: self.fresh_batch(&head), head, parallel: true });
+                    self.copy = Some(Copy { batch: self.fresh_batch(&head), head, settings_len, parallel: true });
                 } else {
                     self.serial(text)?;
-                    self.copy = Some(Copy { head: Vec::new(), batch: Vec::new(), parallel: false });
+                    self.copy = Some(Copy { head: Vec::new(), batch: Vec::new(), settings_len: 0, parallel: false });
                 }
             }
             _ if parallel && matches!(self.toc_kind(), "INDEX" | "CONSTRAINT") => {
@@ -606,13 +668,17 @@ impl Dispatch {
     }
 
     fn parallel(&mut self, bytes: Vec<u8>) -> Result<(), LoadError> {
+        self.send_parallel(Job::Parallel(bytes))
+    }
+
+    fn send_parallel(&mut self, job: Job) -> Result<(), LoadError> {
         self.check()?;
         {
             let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
             s.outstanding += 1;
         }
         let tx = self.shared_tx.as_ref().expect("loader not finished");
-        tx.send(Job::Parallel(bytes)).map_err(|_| self.gone())
+        tx.send(job).map_err(|_| self.gone())
     }
 
     fn dispatch_batch(&mut self) -> Result<(), LoadError> {
@@ -621,10 +687,10 @@ impl Dispatch {
             return Ok(());
         }
         let next = Self::spare_or_new(&self.shared, &c.head);
-        let mut job = std::mem::replace(&mut c.batch, next);
-        job.extend_from_slice(b"\\.\n");
+        let buf = std::mem::replace(&mut c.batch, next);
+        let (settings_len, statement_len) = (c.settings_len, c.head.len() - c.settings_len);
         self.stats.copy_batches += 1;
-        self.parallel(job)
+        self.send_parallel(Job::Copy { buf, settings_len, statement_len })
     }
 
     fn fresh_batch(&self, head: &[u8]) -> Vec<u8> {

@@ -1,0 +1,146 @@
+//! A libpq connection in this process, for the one job psql is slow at: streaming COPY rows.
+//!
+//! A restore's table data is most of its bytes. Through psql every byte crosses a pipe, is
+//! read line by line and written again to the server: about half the client CPU of a restore,
+//! on the same cores the server needs. Here the rows go from our buffer to the socket.
+//!
+//! Safety is not weakened: libpq has no meta-commands at all (the COPY rows are data in the
+//! protocol, never read as commands), and the connection is made with the very parameters psql
+//! gets (host, port, user, database, application name; the operator's `PG*` variables — TLS
+//! mode, root certificate, service file — are read by the same libpq), the password given in
+//! memory, never through the environment.
+
+use std::ffi::{CStr, CString};
+use std::os::raw::c_char;
+
+use pq_sys as ffi;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PqError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("{0}")]
+    Server(String),
+    #[error("the connection broke while sending: {0}")]
+    Send(String),
+}
+
+/// One open connection. Used by one thread at a time (libpq's rule), never shared.
+pub struct Conn {
+    raw: *mut ffi::PGconn,
+}
+
+// A PGconn may move between threads as long as one thread uses it at a time: `&mut self` on
+// every call enforces that.
+unsafe impl Send for Conn {}
+
+fn text(ptr: *const c_char) -> String {
+    if ptr.is_null() {
+        return String::new();
+    }
+    // SAFETY: libpq returns NUL-terminated strings that live as long as the object they
+    // belong to; copied out at once.
+    let s = unsafe { CStr::from_ptr(ptr) }.to_string_lossy();
+    crate::db::escape_controls(s.trim_end())
+}
+
+impl Conn {
+    /// Connects with these conninfo parameters (keyword, value); values may not hold NUL.
+    pub fn connect(params: &[(&str, &str)]) -> Result<Conn, PqError> {
+        let owned: Vec<(CString, CString)> = params
+            .iter()
+            .map(|(k, v)| Ok((CString::new(*k)?, CString::new(*v)?)))
+            .collect::<Result<_, std::ffi::NulError>>()
+            .map_err(|_| PqError::Connect("a connection parameter holds a NUL byte".into()))?;
+        let mut keys: Vec<*const c_char> = owned.iter().map(|(k, _)| k.as_ptr()).collect();
+        let mut values: Vec<*const c_char> = owned.iter().map(|(_, v)| v.as_ptr()).collect();
+        keys.push(std::ptr::null());
+        values.push(std::ptr::null());
+        // SAFETY: both arrays are NULL-terminated and point into `owned`, alive for the call;
+        // expand_dbname 0: `dbname` is a name, never a conninfo string.
+        let raw = unsafe { ffi::PQconnectdbParams(keys.as_ptr(), values.as_ptr(), 0) };
+        if raw.is_null() {
+            return Err(PqError::Connect("libpq could not allocate a connection".into()));
+        }
+        let conn = Conn { raw };
+        // SAFETY: raw is a live connection until Drop.
+        if unsafe { ffi::PQstatus(conn.raw) } != ffi::ConnStatusType::CONNECTION_OK {
+            return Err(PqError::Connect(conn.error()));
+        }
+        Ok(conn)
+    }
+
+    fn error(&self) -> String {
+        // SAFETY: raw is live; the message is copied out.
+        text(unsafe { ffi::PQerrorMessage(self.raw) })
+    }
+
+    /// Runs SQL (one or more statements) and fails on the first error.
+    pub fn execute(&mut self, sql: &[u8]) -> Result<(), PqError> {
+        let sql = CString::new(sql).map_err(|_| PqError::Server("the SQL holds a NUL byte".into()))?;
+        // SAFETY: raw is live; sql is NUL-terminated and outlives the call.
+        let res = unsafe { ffi::PQexec(self.raw, sql.as_ptr()) };
+        self.finish_result(res, &[ffi::ExecStatusType::PGRES_COMMAND_OK, ffi::ExecStatusType::PGRES_TUPLES_OK, ffi::ExecStatusType::PGRES_EMPTY_QUERY])
+    }
+
+    /// Runs `statement` (a `COPY … FROM stdin`) with `rows` as its data (text format, without
+    /// the `\.` line) and waits until the server has stored them.
+    pub fn copy_in(&mut self, statement: &[u8], rows: &[u8]) -> Result<(), PqError> {
+        let sql = CString::new(statement).map_err(|_| PqError::Server("the COPY statement holds a NUL byte".into()))?;
+        // SAFETY: as in execute.
+        let res = unsafe { ffi::PQexec(self.raw, sql.as_ptr()) };
+        self.finish_result(res, &[ffi::ExecStatusType::PGRES_COPY_IN])?;
+        // libpq keeps what it cannot send at once; chunks bound the copies it makes.
+        for chunk in rows.chunks(1 << 20) {
+            // SAFETY: raw is live; the chunk is valid for its length (< 2^31).
+            let sent = unsafe { ffi::PQputCopyData(self.raw, chunk.as_ptr().cast(), chunk.len() as i32) };
+            if sent != 1 {
+                return Err(PqError::Send(self.error()));
+            }
+        }
+        // SAFETY: raw is live; a null message ends the COPY normally.
+        if unsafe { ffi::PQputCopyEnd(self.raw, std::ptr::null()) } != 1 {
+            return Err(PqError::Send(self.error()));
+        }
+        // SAFETY: raw is live.
+        let res = unsafe { ffi::PQgetResult(self.raw) };
+        self.finish_result(res, &[ffi::ExecStatusType::PGRES_COMMAND_OK])
+    }
+
+    /// Checks a result's status, frees it, and drains any results after it (libpq requires
+    /// that before the next command).
+    fn finish_result(&mut self, res: *mut ffi::PGresult, ok: &[ffi::ExecStatusType]) -> Result<(), PqError> {
+        if res.is_null() {
+            return Err(PqError::Server(self.error()));
+        }
+        // SAFETY: res is a live result until PQclear.
+        let status = unsafe { ffi::PQresultStatus(res) };
+        let outcome = if ok.contains(&status) {
+            Ok(())
+        } else {
+            // SAFETY: as above; the message is copied out before PQclear.
+            let msg = text(unsafe { ffi::PQresultErrorMessage(res) });
+            Err(PqError::Server(if msg.is_empty() { self.error() } else { msg }))
+        };
+        // SAFETY: res is not used after this.
+        unsafe { ffi::PQclear(res) };
+        if status != ffi::ExecStatusType::PGRES_COPY_IN {
+            loop {
+                // SAFETY: raw is live; each result is cleared at once.
+                let more = unsafe { ffi::PQgetResult(self.raw) };
+                if more.is_null() {
+                    break;
+                }
+                unsafe { ffi::PQclear(more) };
+            }
+        }
+        outcome
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // SAFETY: raw is live and not used after this.
+        unsafe { ffi::PQfinish(self.raw) };
+    }
+}
