@@ -43,7 +43,7 @@ impl BackupError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             BackupError::Policy(_) => ErrorKind::Policy,
-            BackupError::Db(DbError::Connect { .. } | DbError::Tool { .. }) => ErrorKind::Dump,
+            BackupError::Db(DbError::Connect { .. } | DbError::Tool { .. } | DbError::Sql { .. }) => ErrorKind::Dump,
             BackupError::Db(_) => ErrorKind::Config,
             BackupError::Local(_) | BackupError::Write { .. } | BackupError::NoRoom(_) => ErrorKind::Storage,
             BackupError::LockLost(_) => ErrorKind::Dump,

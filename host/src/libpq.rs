@@ -83,6 +83,31 @@ impl Conn {
         self.finish_result(res, &[ffi::ExecStatusType::PGRES_COMMAND_OK, ffi::ExecStatusType::PGRES_TUPLES_OK, ffi::ExecStatusType::PGRES_EMPTY_QUERY])
     }
 
+    /// Runs SQL (one or more statements) and returns the rows of the last one as text (NULL as
+    /// an empty string).
+    pub fn query(&mut self, sql: &str) -> Result<Vec<Vec<String>>, PqError> {
+        let sql = CString::new(sql).map_err(|_| PqError::Server("the SQL holds a NUL byte".into()))?;
+        // SAFETY: raw is live; sql is NUL-terminated and outlives the call.
+        let res = unsafe { ffi::PQexec(self.raw, sql.as_ptr()) };
+        let mut rows = Vec::new();
+        if !res.is_null() && unsafe { ffi::PQresultStatus(res) } == ffi::ExecStatusType::PGRES_TUPLES_OK {
+            // SAFETY: res is a live result until finish_result clears it; every index is in range.
+            let (n, m) = unsafe { (ffi::PQntuples(res), ffi::PQnfields(res)) };
+            for r in 0..n {
+                let row = (0..m)
+                    .map(|f| {
+                        // SAFETY: as above; the value is NUL-terminated text (text-format result).
+                        let v = unsafe { ffi::PQgetvalue(res, r, f) };
+                        if v.is_null() { String::new() } else { unsafe { CStr::from_ptr(v) }.to_string_lossy().into_owned() }
+                    })
+                    .collect();
+                rows.push(row);
+            }
+        }
+        self.finish_result(res, &[ffi::ExecStatusType::PGRES_COMMAND_OK, ffi::ExecStatusType::PGRES_TUPLES_OK, ffi::ExecStatusType::PGRES_EMPTY_QUERY])?;
+        Ok(rows)
+    }
+
     /// Runs `statement` (a `COPY … FROM stdin`) with `rows` as its data (text format, without
     /// the `\.` line) and waits until the server has stored them.
     pub fn copy_in(&mut self, statement: &[u8], rows: &[u8]) -> Result<(), PqError> {

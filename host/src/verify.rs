@@ -205,7 +205,7 @@ fn read_state(tools: &PgTools, db: &str, with_schema: bool) -> Result<DbState, V
     // missing privilege.
     let read = |what| {
         move |err| match err {
-            DbError::Tool { .. } => VerifyError::Read { what, db: db.to_string(), err },
+            DbError::Tool { .. } | DbError::Sql { .. } => VerifyError::Read { what, db: db.to_string(), err },
             other => VerifyError::Db(other),
         }
     };

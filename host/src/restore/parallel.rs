@@ -275,7 +275,7 @@ fn copy_table(statement: &[u8]) -> String {
 /// Loads one batch over the session's libpq connection (connecting first if needed).
 fn copy_batch(conn: &mut Option<Conn>, target: &CopyTarget, buf: &[u8], settings_len: usize, statement_len: usize) -> Result<(), String> {
     if conn.is_none() {
-        *conn = Some(target.tools.connect(&target.db, SESSION_OPTIONS).map_err(|e| e.to_string())?);
+        *conn = Some(target.tools.connect(&target.db, Some(SESSION_OPTIONS)).map_err(|e| e.to_string())?);
     }
     let c = conn.as_mut().expect("connected");
     let (settings, rest) = buf.split_at(settings_len);
