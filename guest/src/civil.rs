@@ -72,10 +72,7 @@ impl DateTime {
 
     /// `YYYYMMDD_HHMMSS`.
     pub fn compact(&self) -> String {
-        format!(
-            "{:04}{:02}{:02}_{:02}{:02}{:02}",
-            self.year, self.month, self.day, self.hour, self.minute, self.second
-        )
+        format!("{:04}{:02}{:02}_{:02}{:02}{:02}", self.year, self.month, self.day, self.hour, self.minute, self.second)
     }
 
     /// Parses exactly `YYYYMMDD_HHMMSS` (ASCII digits only), validating the date. Works on
@@ -105,7 +102,7 @@ mod tests {
             (0, 0, "19700101_000000"),
             (0, SHANGHAI, "19700101_080000"),
             (1_762_191_000, SHANGHAI, "20251104_013000"), // the original README's example name
-            (951_782_400, 0, "20000229_000000"),           // leap day of a century leap year
+            (951_782_400, 0, "20000229_000000"),          // leap day of a century leap year
             (4_102_444_799, 0, "20991231_235959"),
             (-1, 0, "19691231_235959"),
             (1_709_251_199, SHANGHAI, "20240301_075959"),

@@ -15,7 +15,7 @@ pub use euraflow::backup::types;
 #[cfg(target_arch = "wasm32")]
 mod component {
     use super::exports::euraflow::backup::policy::Guest;
-    use super::types::{BackupEntry, BackupOutcome, Config, HttpResponse, Level, BackupSchedule, Status, Target};
+    use super::types::{BackupEntry, BackupOutcome, BackupSchedule, Config, HttpResponse, Level, Status, Target};
     use super::{log, policy, response};
 
     struct DefaultPolicy;
@@ -50,10 +50,7 @@ mod component {
             warn_all(warnings);
             let names = policy::Names::new(&config.database, settings.legacy_prefix.as_deref());
             let expired = policy::select_expired(&backups, now, target, &settings, &names);
-            log(
-                Level::Debug,
-                &format!("retention ({target:?}): {} listed, {} expired", backups.len(), expired.len()),
-            );
+            log(Level::Debug, &format!("retention ({target:?}): {} listed, {} expired", backups.len(), expired.len()));
             expired
         }
 

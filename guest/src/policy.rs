@@ -2,7 +2,7 @@
 
 use crate::civil::DateTime;
 use crate::retention::Keep;
-use crate::types::{BackupEntry, Config, BackupSchedule, Target};
+use crate::types::{BackupEntry, BackupSchedule, Config, Target};
 
 /// Asia/Shanghai is UTC+8 all year (see `civil`).
 pub const ZONE: &str = "Asia/Shanghai";
@@ -75,11 +75,7 @@ impl Settings {
             };
             match value.trim().parse::<u32>() {
                 Ok(v) if v <= 36_500 => *slot = v,
-                _ => warnings.push(format!(
-                    "EF__POLICY_{}={value:?}: expected a whole number from 0 to 36500; using {}",
-                    key.to_uppercase(),
-                    slot
-                )),
+                _ => warnings.push(format!("EF__POLICY_{}={value:?}: expected a whole number from 0 to 36500; using {}", key.to_uppercase(), slot)),
             }
         }
         (s, warnings)
@@ -90,11 +86,7 @@ impl Settings {
 /// operator's `EF__POLICY_SCHEDULE_CRON` in the same zone.
 pub fn schedule(settings: &Settings) -> BackupSchedule {
     match &settings.schedule_cron {
-        Some(cron) => BackupSchedule {
-            crons: vec![cron.clone()],
-            timezone: ZONE.to_string(),
-            description: format!("按北京时间 cron `{cron}`"),
-        },
+        Some(cron) => BackupSchedule { crons: vec![cron.clone()], timezone: ZONE.to_string(), description: format!("按北京时间 cron `{cron}`") },
         None => BackupSchedule {
             crons: vec!["0 1,13 * * *".to_string()],
             timezone: ZONE.to_string(),
@@ -130,10 +122,7 @@ pub struct Names {
 
 impl Names {
     pub fn new(database: &str, legacy_prefix: Option<&str>) -> Names {
-        Names {
-            prefix: format!("{}{NAME_INFIX}", encode_database(database)),
-            legacy: legacy_prefix.map(|p| format!("{p}{NAME_INFIX}")),
-        }
+        Names { prefix: format!("{}{NAME_INFIX}", encode_database(database)), legacy: legacy_prefix.map(|p| format!("{p}{NAME_INFIX}")) }
     }
 
     pub fn of(config: &Config) -> Names {
@@ -150,9 +139,8 @@ impl Names {
     /// The creation time one of our names carries. Only this database's prefix (and the
     /// adopted legacy one) counts: another deployment's backups in the same place are foreign.
     pub fn parse(&self, name: &str) -> Option<i64> {
-        let stamp = std::iter::once(&self.prefix)
-            .chain(self.legacy.as_ref())
-            .find_map(|p| name.strip_prefix(p.as_str())?.strip_suffix(NAME_SUFFIX))?;
+        let stamp =
+            std::iter::once(&self.prefix).chain(self.legacy.as_ref()).find_map(|p| name.strip_prefix(p.as_str())?.strip_suffix(NAME_SUFFIX))?;
         DateTime::parse_compact(stamp, ZONE_OFFSET_SECS)
     }
 }
@@ -192,12 +180,7 @@ pub(crate) mod tests {
         Config {
             database: "euraflow".into(),
             backup_dir: "/var/backups".into(),
-            s3: s3_days.map(|d| S3Config {
-                bucket: "b".into(),
-                region: "us-east-1".into(),
-                prefix: String::new(),
-                retention_days: d,
-            }),
+            s3: s3_days.map(|d| S3Config { bucket: "b".into(), region: "us-east-1".into(), prefix: String::new(), retention_days: d }),
             settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         }
     }
@@ -392,7 +375,14 @@ pub(crate) mod tests {
         ));
         assert_eq!(
             s,
-            Settings { local_retention_days: 3, local_keep_last: 14, s3_keep_last: 14, s3_retention_days: 10, schedule_cron: None, legacy_prefix: None }
+            Settings {
+                local_retention_days: 3,
+                local_keep_last: 14,
+                s3_keep_last: 14,
+                s3_retention_days: 10,
+                schedule_cron: None,
+                legacy_prefix: None
+            }
         );
         assert_eq!(w.len(), 3, "{w:?}");
         assert!(w[0].contains("EF__POLICY_LOCAL_KEEP_LAST") && w[0].contains("using 14"), "{}", w[0]);

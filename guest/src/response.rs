@@ -109,9 +109,7 @@ pub fn backup(outcome: &BackupOutcome) -> HttpResponse {
         BackupOutcome::Busy(running) => json(
             409,
             &Envelope {
-                success: false,
-                message: format!("已有备份正在进行: {running}，请稍后再试"),
-                data: Busy { running_backup: running.clone() },
+                success: false, message: format!("已有备份正在进行: {running}，请稍后再试"), data: Busy { running_backup: running.clone() }
             },
         ),
     }
@@ -171,8 +169,7 @@ struct LastRun {
 
 pub fn status(s: &Status, settings: &Settings) -> HttpResponse {
     let names = policy::Names::new(&s.config.database, settings.legacy_prefix.as_deref());
-    let mut ours: Vec<(&crate::types::BackupEntry, i64)> =
-        s.local_backups.iter().filter_map(|b| names.parse(&b.name).map(|t| (b, t))).collect();
+    let mut ours: Vec<(&crate::types::BackupEntry, i64)> = s.local_backups.iter().filter_map(|b| names.parse(&b.name).map(|t| (b, t))).collect();
     ours.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.name.cmp(&a.0.name)));
     let total: u64 = ours.iter().map(|(b, _)| b.size_bytes).sum();
     let body = StatusBody {
@@ -194,11 +191,7 @@ pub fn status(s: &Status, settings: &Settings) -> HttpResponse {
             retention_days: settings.s3_retention_days,
         },
         schedule: policy::schedule(settings).description,
-        policy: PolicyInfo {
-            path: s.policy.path.clone(),
-            sha256: s.policy.sha256.clone(),
-            wit_version: s.policy.wit_version.clone(),
-        },
+        policy: PolicyInfo { path: s.policy.path.clone(), sha256: s.policy.sha256.clone(), wit_version: s.policy.wit_version.clone() },
         last_run: s.last_run.as_ref().map(|r| LastRun {
             success: r.succeeded,
             backup_file: r.file_name.clone(),
@@ -253,21 +246,14 @@ mod tests {
         let failed = backup(&done_with(S3Outcome::Failed("NoSuchBucket: the bucket does not exist".into())));
         assert_eq!(failed.status, 200);
         assert!(failed.body.contains("S3 上传失败"), "{}", failed.body);
-        assert!(
-            failed.body.contains(r#""s3_uploaded":false,"s3_error":"NoSuchBucket: the bucket does not exist""#),
-            "{}",
-            failed.body
-        );
+        assert!(failed.body.contains(r#""s3_uploaded":false,"s3_error":"NoSuchBucket: the bucket does not exist""#), "{}", failed.body);
     }
 
     #[test]
     fn failures_are_not_2xx() {
         for (kind, code) in [(ErrorKind::Dump, 500), (ErrorKind::Timeout, 504), (ErrorKind::Config, 503), (ErrorKind::Storage, 500)] {
-            let r = backup(&BackupOutcome::Failed(BackupFailed {
-                kind,
-                message: "pg_dump exited with status 1: \"quoted\"".into(),
-                file_name: None,
-            }));
+            let r =
+                backup(&BackupOutcome::Failed(BackupFailed { kind, message: "pg_dump exited with status 1: \"quoted\"".into(), file_name: None }));
             assert_eq!(r.status, code);
             let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
             assert_eq!(v["success"], false);

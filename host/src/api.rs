@@ -190,12 +190,7 @@ mod tests {
             }
         }
         for r in ROUTES {
-            assert!(
-                documented.contains(&(r.method.to_string(), r.path.to_string())),
-                "{} {} is not in host/openapi.json",
-                r.method,
-                r.path
-            );
+            assert!(documented.contains(&(r.method.to_string(), r.path.to_string())), "{} {} is not in host/openapi.json", r.method, r.path);
         }
     }
 }

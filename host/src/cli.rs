@@ -21,10 +21,7 @@ pub fn recognised(policy: &Policy, config: &Config, listing: &[StoredBackup]) ->
     let mut out: Vec<Recognised> = policy
         .recognise(&crate::policy::policy_config(config), &entries)?
         .into_iter()
-        .map(|(e, created)| Recognised {
-            backup: StoredBackup { name: e.name, size_bytes: e.size_bytes, modified: e.modified },
-            created,
-        })
+        .map(|(e, created)| Recognised { backup: StoredBackup { name: e.name, size_bytes: e.size_bytes, modified: e.modified }, created })
         .collect();
     out.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| b.backup.name.cmp(&a.backup.name)));
     Ok(out)
@@ -126,14 +123,18 @@ pub fn print_verify(report: &VerifyReport, json: bool) {
         let tables: Vec<serde_json::Value> = report
             .tables
             .iter()
-            .map(|t| serde_json::json!({"table": t.table, "restored_rows": t.restored, "reference_rows": t.reference,
-                "checksum_equal": t.checksum_equal, "ok": t.ok()}))
+            .map(|t| {
+                serde_json::json!({"table": t.table, "restored_rows": t.restored, "reference_rows": t.reference,
+                "checksum_equal": t.checksum_equal, "ok": t.ok()})
+            })
             .collect();
         let kinds: Vec<serde_json::Value> = report
             .kinds
             .iter()
-            .map(|k| serde_json::json!({"kind": k.kind.key(), "result": k.outcome.label(), "ok": k.outcome != Outcome::Mismatch,
-                "restored": k.restored, "reference": k.reference, "summary": k.summary, "differences": k.differences}))
+            .map(|k| {
+                serde_json::json!({"kind": k.kind.key(), "result": k.outcome.label(), "ok": k.outcome != Outcome::Mismatch,
+                "restored": k.restored, "reference": k.reference, "summary": k.summary, "differences": k.differences})
+            })
             .collect();
         println!(
             "{}",
@@ -162,7 +163,12 @@ pub fn print_verify(report: &VerifyReport, json: bool) {
     }
     let bad: Vec<&str> = report.mismatched().into_iter().map(Kind::label).collect();
     if report.ok() {
-        println!("verify: OK — {} restores; all {} tables and every other kind compared match {}", report.backup, report.tables.len(), report.reference);
+        println!(
+            "verify: OK — {} restores; all {} tables and every other kind compared match {}",
+            report.backup,
+            report.tables.len(),
+            report.reference
+        );
     } else if report.tables.is_empty() {
         println!("verify: FAILED — {} restored no tables", report.backup);
     } else {

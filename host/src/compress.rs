@@ -102,16 +102,7 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
                 .spawn(move || write_in_order(sink, done_rx, &permits, &failed, &progress))
                 .expect("spawn the gzip writer thread")
         };
-        ParallelGzip {
-            buf: Vec::with_capacity(CHUNK_SIZE),
-            seq: 0,
-            jobs: Some(job_tx),
-            workers,
-            writer: Some(writer),
-            permits,
-            failed,
-            progress,
-        }
+        ParallelGzip { buf: Vec::with_capacity(CHUNK_SIZE), seq: 0, jobs: Some(job_tx), workers, writer: Some(writer), permits, failed, progress }
     }
 
     fn submit(&mut self) -> io::Result<()> {

@@ -46,7 +46,11 @@ pub fn tail_lines(stderr: &[u8], lines: usize) -> String {
     let text = String::from_utf8_lossy(stderr);
     let all: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     let tail = all[all.len().saturating_sub(lines)..].iter().map(|l| escape_controls(l)).collect::<Vec<_>>().join(" | ");
-    if tail.is_empty() { "(no error output)".to_string() } else { tail }
+    if tail.is_empty() {
+        "(no error output)".to_string()
+    } else {
+        tail
+    }
 }
 
 /// `text` with every control character (CR, ESC, NUL, ...; tabs too) written as an escape.
@@ -161,7 +165,11 @@ fn tool_version(tool: &Path) -> Option<ClientVersion> {
 
 /// `90624` → `9.6.24`, `150018` → `15.18`.
 fn server_version_text(num: u32) -> String {
-    if num >= 100_000 { format!("{}.{}", num / 10_000, num % 10_000) } else { format!("{}.{}.{}", num / 10_000, num / 100 % 100, num % 100) }
+    if num >= 100_000 {
+        format!("{}.{}", num / 10_000, num % 10_000)
+    } else {
+        format!("{}.{}.{}", num / 10_000, num / 100 % 100, num % 100)
+    }
 }
 
 /// Refuses a psql without `\restrict`: restore and verify feed it backup files, and only
@@ -179,15 +187,15 @@ impl PgTools {
     /// Asks the server for its version, then picks the client tools of the same major version.
     pub fn for_server(db: &DbConfig, configured_bin: Option<&Path>) -> Result<PgTools, DbError> {
         let dirs = candidate_dirs(configured_bin);
-        let psql = dirs.iter().map(|d| d.join("psql")).find(|p| p.is_file()).ok_or_else(|| DbError::NoClient {
-            looked: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
-        })?;
+        let psql = dirs
+            .iter()
+            .map(|d| d.join("psql"))
+            .find(|p| p.is_file())
+            .ok_or_else(|| DbError::NoClient { looked: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ") })?;
         let probe = PgTools { bin_dir: psql.parent().unwrap_or(Path::new("/")).to_path_buf(), server_major: 0, db: db.clone() };
         let num = probe.query_value(&db.name, "SHOW server_version_num")?;
-        let server_num = num.trim().parse::<u32>().map_err(|_| DbError::Tool {
-            tool: "psql".into(),
-            detail: format!("unexpected server_version_num {num:?}"),
-        })?;
+        let server_num =
+            num.trim().parse::<u32>().map_err(|_| DbError::Tool { tool: "psql".into(), detail: format!("unexpected server_version_num {num:?}") })?;
         if server_num < 130_000 {
             return Err(DbError::ServerTooOld { server: server_version_text(server_num) });
         }

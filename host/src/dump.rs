@@ -98,7 +98,11 @@ impl std::fmt::Display for QualifiedName {
         let show = |part: &str| {
             let bare = part.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
                 && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
-            if bare { part.to_string() } else { crate::db::quote_ident(part) }
+            if bare {
+                part.to_string()
+            } else {
+                crate::db::quote_ident(part)
+            }
         };
         write!(f, "{}.{}", show(&self.schema), show(&self.name))
     }
@@ -168,10 +172,9 @@ impl DumpFacts {
                 if let Some(header) = line.strip_prefix("COPY ") {
                     if line.ends_with(" FROM stdin;") {
                         // `COPY schema.table (cols) FROM stdin;`
-                        let name = QualifiedName::parse(header).map(|(n, _)| n).unwrap_or_else(|| QualifiedName {
-                            schema: String::new(),
-                            name: header.trim_end_matches(" FROM stdin;").to_string(),
-                        });
+                        let name = QualifiedName::parse(header)
+                            .map(|(n, _)| n)
+                            .unwrap_or_else(|| QualifiedName { schema: String::new(), name: header.trim_end_matches(" FROM stdin;").to_string() });
                         self.tables.push((name, 0));
                         self.current = Some(self.tables.len() - 1);
                     }
@@ -179,7 +182,9 @@ impl DumpFacts {
                     if let Some(seq) = Self::setval(args) {
                         self.sequences.push(seq);
                     }
-                } else if let Some(args) = line.strip_prefix("SELECT pg_catalog.lo_create('").or_else(|| line.strip_prefix("SELECT pg_catalog.lo_open('")) {
+                } else if let Some(args) =
+                    line.strip_prefix("SELECT pg_catalog.lo_create('").or_else(|| line.strip_prefix("SELECT pg_catalog.lo_open('"))
+                {
                     if let Some(Ok(oid)) = args.split('\'').next().map(str::parse::<u32>) {
                         self.large_objects.insert(oid);
                     }
@@ -256,7 +261,8 @@ fn kill_group(child: &Mutex<Child>) {
 /// Ends the server session of a pg_dump that was killed: its backend would otherwise go on
 /// waiting for a table lock (holding its place in the lock queue) until the lock comes free.
 fn end_server_session(tools: &PgTools, database: &str, application_name: &str) {
-    let sql = format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = {}", crate::db::quote_literal(application_name));
+    let sql =
+        format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = {}", crate::db::quote_literal(application_name));
     if let Err(e) = tools.execute(database, &sql) {
         tracing::warn!("could not end the server session of the stopped pg_dump ({application_name}): {e}");
     }
@@ -297,11 +303,7 @@ pub fn run(
             Ok(())
         });
     }
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|err| DumpError::Spawn { tool, err })?;
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|err| DumpError::Spawn { tool, err })?;
     let mut stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
     let stderr_reader = crate::db::stderr_tail(stderr);

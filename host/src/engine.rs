@@ -384,7 +384,9 @@ pub fn remove_abandoned_partials(store: &LocalStore, policy: &Policy, config: &C
     };
     for (b, _) in ours {
         match store.remove_abandoned_partial(&b.name, PARTIAL_MIN_IDLE) {
-            Ok(true) => tracing::info!("removed {}{}, left over by an interrupted backup ({})", b.name, crate::store::local::PARTIAL_SUFFIX, mb(b.size_bytes)),
+            Ok(true) => {
+                tracing::info!("removed {}{}, left over by an interrupted backup ({})", b.name, crate::store::local::PARTIAL_SUFFIX, mb(b.size_bytes))
+            }
             Ok(false) => {}
             Err(e) => tracing::warn!("{e}"),
         }
@@ -400,13 +402,7 @@ pub fn run(config: &Config, policy: &Policy, s3: Option<&S3Store>, opts: BackupO
 
 /// [`run`] with the policy's naming decision already taken (the service needs the name
 /// before the run, to answer "busy").
-pub fn run_named(
-    config: &Config,
-    policy: &Policy,
-    s3: Option<&S3Store>,
-    name: Result<String, PolicyError>,
-    opts: BackupOptions,
-) -> BackupReport {
+pub fn run_named(config: &Config, policy: &Policy, s3: Option<&S3Store>, name: Result<String, PolicyError>, opts: BackupOptions) -> BackupReport {
     let started = Instant::now();
     let store = LocalStore::new(&config.backup_dir);
     let (name, result) = match name {

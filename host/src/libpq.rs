@@ -80,7 +80,10 @@ impl Conn {
         let sql = CString::new(sql).map_err(|_| PqError::Server("the SQL holds a NUL byte".into()))?;
         // SAFETY: raw is live; sql is NUL-terminated and outlives the call.
         let res = unsafe { ffi::PQexec(self.raw, sql.as_ptr()) };
-        self.finish_result(res, &[ffi::ExecStatusType::PGRES_COMMAND_OK, ffi::ExecStatusType::PGRES_TUPLES_OK, ffi::ExecStatusType::PGRES_EMPTY_QUERY])
+        self.finish_result(
+            res,
+            &[ffi::ExecStatusType::PGRES_COMMAND_OK, ffi::ExecStatusType::PGRES_TUPLES_OK, ffi::ExecStatusType::PGRES_EMPTY_QUERY],
+        )
     }
 
     /// Runs SQL (one or more statements) and returns the rows of the last one as text (NULL as
@@ -98,13 +101,20 @@ impl Conn {
                     .map(|f| {
                         // SAFETY: as above; the value is NUL-terminated text (text-format result).
                         let v = unsafe { ffi::PQgetvalue(res, r, f) };
-                        if v.is_null() { String::new() } else { unsafe { CStr::from_ptr(v) }.to_string_lossy().into_owned() }
+                        if v.is_null() {
+                            String::new()
+                        } else {
+                            unsafe { CStr::from_ptr(v) }.to_string_lossy().into_owned()
+                        }
                     })
                     .collect();
                 rows.push(row);
             }
         }
-        self.finish_result(res, &[ffi::ExecStatusType::PGRES_COMMAND_OK, ffi::ExecStatusType::PGRES_TUPLES_OK, ffi::ExecStatusType::PGRES_EMPTY_QUERY])?;
+        self.finish_result(
+            res,
+            &[ffi::ExecStatusType::PGRES_COMMAND_OK, ffi::ExecStatusType::PGRES_TUPLES_OK, ffi::ExecStatusType::PGRES_EMPTY_QUERY],
+        )?;
         Ok(rows)
     }
 

@@ -10,10 +10,10 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use ef_backup::config::{Config, LogFormat};
+use ef_backup::db::PgTools;
 use ef_backup::policy::{self, Policy};
 use ef_backup::store::local::LocalStore;
 use ef_backup::store::s3::{self, S3Store};
-use ef_backup::db::PgTools;
 use ef_backup::{cli, engine, exit, lock, restore, serve, verify};
 
 #[derive(Parser)]
@@ -299,7 +299,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("  {}: {} ({})", p.name, p.value, p.from);
             }
             if let Some(left) = &report.leftover {
-                println!("warning: the previous contents of {} are still there as database {}: {} — drop it by hand", report.target, left.name, left.err);
+                println!(
+                    "warning: the previous contents of {} are still there as database {}: {} — drop it by hand",
+                    report.target, left.name, left.err
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

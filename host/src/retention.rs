@@ -250,22 +250,50 @@ mod tests {
             // A policy that selects everything: the newest by name stays.
             (0, &[B("a", Some(0), 0), B("b", Some(5), 5)], &["a", "b"], None, &[Keep(NewestByName), DEL]),
             // ... and the newest by mtime, even when its name is older.
-            (0, &[B("a", Some(0), 3), B("b", Some(5), 1), B("c", Some(9), 9)], &["a", "b", "c"], None, &[Keep(NewestByName), Keep(NewestByModified), DEL]),
+            (
+                0,
+                &[B("a", Some(0), 3), B("b", Some(5), 1), B("c", Some(9), 9)],
+                &["a", "b", "c"],
+                None,
+                &[Keep(NewestByName), Keep(NewestByModified), DEL],
+            ),
             // Copied in one go, all share an mtime: one of them (the newest by name) is the newest by mtime, not all.
             (0, &[B("a", Some(1), 0), B("b", Some(2), 0), B("c", Some(3), 0)], &["a", "b", "c"], None, &[Keep(NewestByName), DEL, DEL]),
-            (0, &[B("a", Some(1), 0), B("b", Some(2), 0), B("n", Some(0), 1)], &["a", "b", "n"], None, &[Keep(NewestByModified), DEL, Keep(NewestByName)]),
+            (
+                0,
+                &[B("a", Some(1), 0), B("b", Some(2), 0), B("n", Some(0), 1)],
+                &["a", "b", "n"],
+                None,
+                &[Keep(NewestByModified), DEL, Keep(NewestByName)],
+            ),
             // The backup just written is kept even if it is older by name and mtime (a clock that
             // went back within the guard); one the policy does not recognise is foreign, kept too.
-            (0, &[B("new", Some(3), 3), B("b", Some(1), 1), B("c", Some(5), 5)], &["new", "c"], Some("new"), &[Keep(JustWritten), Keep(NotSelected), DEL]),
+            (
+                0,
+                &[B("new", Some(3), 3), B("b", Some(1), 1), B("c", Some(5), 5)],
+                &["new", "c"],
+                Some("new"),
+                &[Keep(JustWritten), Keep(NotSelected), DEL],
+            ),
             (0, &[B("new", None, 0), B("b", Some(5), 5)], &["new"], Some("new"), &[Keep(Foreign), Keep(NotSelected)]),
             // Not selected stays "not selected" even when it is also the one just written.
             (0, &[B("new", Some(0), 0)], &[], Some("new"), &[Keep(NotSelected)]),
             // min_keep: the three newest by name stay, whatever is selected.
-            (3, &[B("a", Some(1), 1), B("b", Some(2), 2), B("c", Some(3), 3), B("d", Some(4), 4)], &["a", "b", "c", "d"], None,
-                &[Keep(NewestByName), Keep(MinKeep), Keep(MinKeep), DEL]),
+            (
+                3,
+                &[B("a", Some(1), 1), B("b", Some(2), 2), B("c", Some(3), 3), B("d", Some(4), 4)],
+                &["a", "b", "c", "d"],
+                None,
+                &[Keep(NewestByName), Keep(MinKeep), Keep(MinKeep), DEL],
+            ),
             // A future-dated name never counts as newest nor fills the minimum: the real ones are kept.
-            (2, &[B("future", Some(-30), 0), B("a", Some(1), 1), B("b", Some(2), 2), B("c", Some(3), 3)], &["a", "b", "c"], None,
-                &[Keep(NotSelected), Keep(NewestByName), Keep(MinKeep), DEL]),
+            (
+                2,
+                &[B("future", Some(-30), 0), B("a", Some(1), 1), B("b", Some(2), 2), B("c", Some(3), 3)],
+                &["a", "b", "c"],
+                None,
+                &[Keep(NotSelected), Keep(NewestByName), Keep(MinKeep), DEL],
+            ),
             // Deleting a future-dated name stays the policy's call (mtime is not the newest here).
             (1, &[B("future", Some(-30), 2), B("a", Some(1), 1)], &["future"], None, &[DEL, Keep(NotSelected)]),
             // Less than a day ahead is not future-dated: it is the newest.

@@ -253,8 +253,8 @@ pub fn run(config: Config, policy_path: &Path) -> Result<()> {
     tracing::info!("policy {} (euraflow:backup@{}, sha256 {})", info.path.display(), info.wit_version, info.sha256);
     let schedule = Schedule::from_policy(&policy.schedule(&policy::policy_config(&config))?)?;
     schedule.validate(chrono::Utc::now())?;
-    let state = StateStore::open(&config)
-        .with_context(|| format!("cannot use the state directory {} (EF__STATE_DIR)", config.state_dir.display()))?;
+    let state =
+        StateStore::open(&config).with_context(|| format!("cannot use the state directory {} (EF__STATE_DIR)", config.state_dir.display()))?;
     tracing::info!("state: {}", state.path().display());
     engine::log_s3_state(&config);
     if let Ok(listing) = crate::store::local::LocalStore::new(&config.backup_dir).list() {

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::lock::{self, LockError, SlotLock};
 use crate::engine::{self, BackupOptions, BackupReport};
+use crate::lock::{self, LockError, SlotLock};
 use crate::metrics::{Gauges, Metrics};
 use crate::policy::{self, BackupEntry, BackupOutcome, HttpResponse, LastRun, Policy, PolicyError, Status};
 use crate::schedule::{Schedule, ScheduleError};
@@ -212,17 +212,15 @@ impl Service {
     /// rather than skipped with only a log line, and no pg_dump runs without the run lock.
     pub async fn claim_slot(self: &Arc<Self>, slot: i64) -> bool {
         let svc = Arc::clone(self);
-        let claimed = tokio::task::spawn_blocking(move || {
-            match lock::claim_slot(&svc.config, slot) {
-                Ok(l) => {
-                    *lock(&svc.slot_lock) = Some(l);
-                    true
-                }
-                Err(LockError::Busy { .. }) => false,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    true
-                }
+        let claimed = tokio::task::spawn_blocking(move || match lock::claim_slot(&svc.config, slot) {
+            Ok(l) => {
+                *lock(&svc.slot_lock) = Some(l);
+                true
+            }
+            Err(LockError::Busy { .. }) => false,
+            Err(e) => {
+                tracing::error!("{e}");
+                true
             }
         })
         .await;
@@ -310,8 +308,7 @@ impl Service {
             None
         });
         let id = self.state.begin(trigger, started).map_err(|e| tracing::error!("{e}; the backup runs anyway")).ok();
-        let opts =
-            BackupOptions { now: started, progress: false, cancel: Arc::clone(&self.cancel), last_recorded_run, run_lock: Some(run_lock) };
+        let opts = BackupOptions { now: started, progress: false, cancel: Arc::clone(&self.cancel), last_recorded_run, run_lock: Some(run_lock) };
         let file_name = name.as_ref().ok().cloned();
         let ran = std::panic::catch_unwind(AssertUnwindSafe(|| engine::run_named(&self.config, policy, self.s3.as_ref(), name, opts)));
         let run = match ran {
@@ -364,8 +361,7 @@ impl Service {
                 Vec::new()
             }
         };
-        let recognised =
-            self.policy().recognise(&policy::policy_config(&self.config), &entries).map(|r| r.len() as u64).unwrap_or(0);
+        let recognised = self.policy().recognise(&policy::policy_config(&self.config), &entries).map(|r| r.len() as u64).unwrap_or(0);
         tracing::debug!("backup directory listed for status and metrics: {} files, {recognised} recognised", entries.len());
         Listing { at: Instant::now(), entries, recognised }
     }
@@ -407,8 +403,7 @@ impl Service {
             tracing::error!("{e}");
             HttpResponse {
                 status: 500,
-                body: serde_json::json!({"success": false, "message": format!("the backup policy could not shape the status: {e}")})
-                    .to_string(),
+                body: serde_json::json!({"success": false, "message": format!("the backup policy could not shape the status: {e}")}).to_string(),
             }
         })
     }
@@ -426,11 +421,7 @@ pub fn load_checked(config: &Config, path: &std::path::Path) -> Result<Policy, c
     let policy = Policy::load_cached(path, config.policy_cache_dir.as_deref())?;
     if let Some(pinned) = &config.policy_sha256 {
         if !pinned.eq_ignore_ascii_case(&policy.info().sha256) {
-            return Err(crate::policy::PolicyError::Pinned {
-                path: path.to_path_buf(),
-                found: policy.info().sha256.clone(),
-                pinned: pinned.clone(),
-            });
+            return Err(crate::policy::PolicyError::Pinned { path: path.to_path_buf(), found: policy.info().sha256.clone(), pinned: pinned.clone() });
         }
     }
     crate::policy::check::run(&policy, &policy::policy_config(config), now())?;

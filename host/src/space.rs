@@ -89,7 +89,8 @@ mod tests {
         let free = free_bytes(dir.path()).unwrap();
         assert!(check_room(dir.path(), 0).is_ok());
         let err = check_room(dir.path(), free).unwrap_err().to_string();
-        for part in ["not enough free space", "3 file(s), 4.00 MB in total", "largest: big.sql.gz (3.00 MB)", "1 .partial file(s)", "EF__BACKUP_DIR"] {
+        for part in ["not enough free space", "3 file(s), 4.00 MB in total", "largest: big.sql.gz (3.00 MB)", "1 .partial file(s)", "EF__BACKUP_DIR"]
+        {
             assert!(err.contains(part), "{part:?} not in {err}");
         }
         assert!(occupancy(&dir.path().join("missing")).contains("no files"));

@@ -29,7 +29,9 @@ pub const INTERRUPTED: &str = "interrupted: the process ended during the run";
 pub enum StateError {
     #[error("cannot create the state directory {dir}: {err} (set EF__STATE_DIR to a directory this user can write)")]
     Dir { dir: PathBuf, err: std::io::Error },
-    #[error("cannot open the state database {path}: {err} (check that EF__STATE_DIR is writable by this user; move the file away to start a new history)")]
+    #[error(
+        "cannot open the state database {path}: {err} (check that EF__STATE_DIR is writable by this user; move the file away to start a new history)"
+    )]
     Open { path: PathBuf, err: String },
     #[error("the state database {path} has schema version {found}, newer than this ef-backup understands ({SCHEMA_VERSION}): run the newer ef-backup, or point EF__STATE_DIR elsewhere")]
     Newer { path: PathBuf, found: i32 },
@@ -182,12 +184,7 @@ pub struct StateStore {
 /// server, database and backup directory so that deployments sharing a state directory
 /// (several databases, or one database backed up to two places) never share a history.
 pub fn file_name(db: &DbConfig, backup_dir: &Path) -> String {
-    let label: String = db
-        .name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
-        .take(48)
-        .collect();
+    let label: String = db.name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).take(48).collect();
     let key = format!("{}:{}/{}\n{}", db.host, db.port, db.name, backup_dir.display());
     let hash = Sha256::digest(key.as_bytes());
     let short: String = hash.iter().take(6).map(|b| format!("{b:02x}")).collect();
@@ -221,19 +218,10 @@ impl StateStore {
     /// Opens `dir/name`; the directory is created 0700 and the file 0600 (they hold backup
     /// names and error messages, which may name hosts and users).
     pub fn open_in(dir: &Path, name: &str) -> Result<StateStore, StateError> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|err| StateError::Dir { dir: dir.to_path_buf(), err })?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|err| StateError::Dir { dir: dir.to_path_buf(), err })?;
         let path = dir.join(name);
         let open_err = |err: String| StateError::Open { path: path.clone(), err };
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| open_err(e.to_string()))?;
+        std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path).map_err(|e| open_err(e.to_string()))?;
         let meta = std::fs::metadata(&path).map_err(|e| open_err(e.to_string()))?;
         if meta.permissions().mode() & 0o077 != 0 {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| open_err(e.to_string()))?;
@@ -310,10 +298,9 @@ impl StateStore {
         };
         let cut: Vec<i64> = open.into_iter().filter(|(_, owner)| !owner.as_deref().is_some_and(owner_alive)).map(|(id, _)| id).collect();
         for id in &cut {
-            self.sql(tx.execute(
-                "UPDATE runs SET finished_at = ?2, outcome = 'interrupted', message = ?3 WHERE id = ?1",
-                params![id, now(), INTERRUPTED],
-            ))?;
+            self.sql(
+                tx.execute("UPDATE runs SET finished_at = ?2, outcome = 'interrupted', message = ?3 WHERE id = ?1", params![id, now(), INTERRUPTED]),
+            )?;
         }
         if !cut.is_empty() {
             self.sql(bump(&tx, "failures", cut.len() as u64))?;
@@ -358,8 +345,7 @@ impl StateStore {
             .optional(),
         )?;
         let counter = |name: &str| -> Result<u64, StateError> {
-            let v: Option<i64> =
-                self.sql(conn.query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| r.get(0)).optional())?;
+            let v: Option<i64> = self.sql(conn.query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| r.get(0)).optional())?;
             Ok(v.unwrap_or(0) as u64)
         };
         let totals = Totals {

@@ -61,10 +61,8 @@ fn per_relation(
     mut take: impl FnMut(QualifiedName, &[String]),
 ) -> Result<(), DbError> {
     for batch in list.chunks(BATCH) {
-        let selects: Vec<String> = batch
-            .iter()
-            .map(|n| format!("SELECT {}, {}, {}", quote_literal(&n.schema), quote_literal(&n.name), select(n)))
-            .collect();
+        let selects: Vec<String> =
+            batch.iter().map(|n| format!("SELECT {}, {}, {}", quote_literal(&n.schema), quote_literal(&n.name), select(n))).collect();
         for row in tools.query(db, &format!("{prelude}{}", selects.join(" UNION ALL ")))? {
             if let [schema, name, rest @ ..] = row.as_slice() {
                 take(QualifiedName::new(schema, name), rest);
@@ -505,7 +503,11 @@ fn compare_dump(restored: &DbState, dump: &DumpFacts) -> (Vec<TableResult>, Vec<
         map_diff(&restored.sequences, &set, show_sequence),
         "last_value and is_called match the dump's setval calls".into(),
     );
-    let schema = KindCheck::not_compared(Kind::Schema, None, "not compared against the dump: the restored schema is the dump's own (compare with the live database for that)");
+    let schema = KindCheck::not_compared(
+        Kind::Schema,
+        None,
+        "not compared against the dump: the restored schema is the dump's own (compare with the live database for that)",
+    );
     let matviews = KindCheck::not_compared(
         Kind::MatviewState,
         Some(restored.matviews.len() as u64),
@@ -569,7 +571,10 @@ mod tests {
         let (tables, kinds) = compare_live(&state(), &state());
         assert_eq!(tables.len(), 2);
         assert!(kinds.iter().all(|k| k.outcome == Outcome::Ok), "{kinds:?}");
-        assert_eq!(kinds.iter().map(|k| k.kind).collect::<Vec<_>>(), [Kind::Tables, Kind::LargeObjects, Kind::Sequences, Kind::Schema, Kind::MatviewState]);
+        assert_eq!(
+            kinds.iter().map(|k| k.kind).collect::<Vec<_>>(),
+            [Kind::Tables, Kind::LargeObjects, Kind::Sequences, Kind::Schema, Kind::MatviewState]
+        );
     }
 
     /// Pins issue 13 item 10: large objects, sequences, schema and matview state used not to be

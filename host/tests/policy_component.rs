@@ -4,8 +4,7 @@
 use std::path::PathBuf;
 
 use ef_backup::policy::{
-    self, BackupDone, BackupEntry, BackupFailed, BackupOutcome, ErrorKind, Policy, PolicyConfig, PolicyError, S3Outcome,
-    Status, Target,
+    self, BackupDone, BackupEntry, BackupFailed, BackupOutcome, ErrorKind, Policy, PolicyConfig, PolicyError, S3Outcome, Status, Target,
 };
 
 const NOW: i64 = 1_762_191_000; // 2025-11-04 01:30:00 in Beijing
@@ -127,7 +126,11 @@ fn backup_response_variants() {
     let failed_s3 = p.shape_backup_response(&done(S3Outcome::Failed("AccessDenied".into()))).unwrap();
     assert!(failed_s3.body.contains(r#""s3_uploaded":false,"s3_error":"AccessDenied""#), "{}", failed_s3.body);
     let failed = p
-        .shape_backup_response(&BackupOutcome::Failed(BackupFailed { kind: ErrorKind::Dump, message: "pg_dump exited with status 1".into(), file_name: None }))
+        .shape_backup_response(&BackupOutcome::Failed(BackupFailed {
+            kind: ErrorKind::Dump,
+            message: "pg_dump exited with status 1".into(),
+            file_name: None,
+        }))
         .unwrap();
     assert_eq!(failed.status, 500);
     assert_eq!(

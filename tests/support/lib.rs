@@ -92,12 +92,8 @@ pub fn compare_dbs(a: &str, b: &str) -> (bool, String) {
 /// [`compare_dbs`] on the cluster listening on `port`.
 pub fn compare_dbs_on(port: &str, a: &str, b: &str) -> (bool, String) {
     let e = env();
-    let out = Command::new("bash")
-        .arg(e.testenv.join("pg-cluster.sh"))
-        .args(["compare", port, a, b])
-        .env("PGPASSWORD", &e.db_password)
-        .output()
-        .unwrap();
+    let out =
+        Command::new("bash").arg(e.testenv.join("pg-cluster.sh")).args(["compare", port, a, b]).env("PGPASSWORD", &e.db_password).output().unwrap();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
@@ -201,9 +197,8 @@ pub fn own_db(name: &str) -> &str {
 
 /// Files in a directory, sorted.
 pub fn files(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
     v.sort();
     v
 }
@@ -214,10 +209,7 @@ pub fn fake_pg_bin(dir: &Path, body: &str) -> PathBuf {
     let bin = dir.join("fakebin");
     std::fs::create_dir_all(&bin).unwrap();
     let real = env().pg_bin.join("pg_dump");
-    let script = format!(
-        "#!/bin/sh\nREAL={real}\nif [ \"$1\" = --version ]; then exec \"$REAL\" --version; fi\n{body}\n",
-        real = real.display()
-    );
+    let script = format!("#!/bin/sh\nREAL={real}\nif [ \"$1\" = --version ]; then exec \"$REAL\" --version; fi\n{body}\n", real = real.display());
     let path = bin.join("pg_dump");
     std::fs::write(&path, script).unwrap();
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -333,9 +325,7 @@ impl PrivateS3 {
             .unwrap();
         assert!(out.status.success(), "private S3 server: {}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8(out.stdout).unwrap();
-        let get = |k: &str| {
-            text.lines().find_map(|l| l.strip_prefix(&format!("export {k}="))).unwrap_or_else(|| panic!("{k} in {text}")).to_string()
-        };
+        let get = |k: &str| text.lines().find_map(|l| l.strip_prefix(&format!("export {k}="))).unwrap_or_else(|| panic!("{k} in {text}")).to_string();
         PrivateS3 {
             s3: S3 {
                 endpoint: get("AWS_ENDPOINT_URL_S3"),
@@ -418,10 +408,7 @@ impl Proxy {
                     continue;
                 }
                 let Ok(server) = std::net::TcpStream::connect(target) else { continue };
-                for (mut from, mut to, up) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap(), true),
-                    (server, client, false),
-                ] {
+                for (mut from, mut to, up) in [(client.try_clone().unwrap(), server.try_clone().unwrap(), true), (server, client, false)] {
                     let st = st.clone();
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 16 * 1024];
@@ -548,13 +535,9 @@ pub fn try_http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], b
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no HTTP response: {text:?}"))?;
     let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status line: {head:?}"))?;
-    let headers: Vec<(String, String)> =
-        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
+    let status =
+        lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).ok_or_else(|| format!("no status line: {head:?}"))?;
+    let headers: Vec<(String, String)> = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
     assert!(
         headers.iter().all(|(k, v)| !(k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))),
         "chunked responses are not expected"

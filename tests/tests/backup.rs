@@ -259,10 +259,8 @@ fn pg_dump_killed_mid_stream() {
     let backups = dir.path().join("backups");
     let old = old_backup(&backups);
     let pidfile = dir.path().join("pg_dump.pid");
-    let bin = fake_pg_bin(
-        dir.path(),
-        &format!("\"$REAL\" \"$@\" | head -c 300000\necho $$ > {}.tmp && mv {0}.tmp {0}\nexec sleep 120", pidfile.display()),
-    );
+    let bin =
+        fake_pg_bin(dir.path(), &format!("\"$REAL\" \"$@\" | head -c 300000\necho $$ > {}.tmp && mv {0}.tmp {0}\nexec sleep 120", pidfile.display()));
     let spawn = || {
         ef_command(src, &backups, &[("EF__PG_BIN", bin.to_str().unwrap())])
             .arg("backup")

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ef_backup_e2e::{compare_dbs_on, env, ef_command, files, free_port, http, tempdir, Mount, PrivateS3, Proxy, Serve};
+use ef_backup_e2e::{compare_dbs_on, ef_command, env, files, free_port, http, tempdir, Mount, PrivateS3, Proxy, Serve};
 
 const MANUAL: &str = "/api/ef/v1/backup/manual";
 const STATUS: &str = "/api/ef/v1/backup/status";
@@ -100,13 +100,8 @@ fn metric(port: u16, name: &str) -> f64 {
 
 fn pg_cluster(args: &[&str]) -> String {
     let e = env();
-    let out = Command::new("bash")
-        .arg(e.testenv.join("pg-cluster.sh"))
-        .args(args)
-        .env("PGPASSWORD", &e.db_password)
-        .current_dir("/")
-        .output()
-        .unwrap();
+    let out =
+        Command::new("bash").arg(e.testenv.join("pg-cluster.sh")).args(args).env("PGPASSWORD", &e.db_password).current_dir("/").output().unwrap();
     assert!(out.status.success(), "pg-cluster.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -460,9 +455,10 @@ fn missed_slots(windows: &[(i64, Option<i64>)], logs: &str, end: i64) -> Vec<Str
     let seen: BTreeSet<String> = logs
         .lines()
         .filter_map(|l| {
-            let at = l.find("scheduled backup for ").map(|i| i + "scheduled backup for ".len()).or_else(|| {
-                l.find(" backup; this one skips it").or_else(|| l.find(" backup: ")).and_then(|_| l.find(" the ").map(|i| i + 5))
-            })?;
+            let at = l
+                .find("scheduled backup for ")
+                .map(|i| i + "scheduled backup for ".len())
+                .or_else(|| l.find(" backup; this one skips it").or_else(|| l.find(" backup: ")).and_then(|_| l.find(" the ").map(|i| i + 5)))?;
             // `YYYY-MM-DD HH:MM:SS ZONE`: the time of day identifies a slot within one run.
             l.get(at + 11..at + 19).map(str::to_string)
         })
@@ -681,10 +677,8 @@ fn run_chaos(seed: u64, cycles: usize) {
                 w.install_policy(&src);
             }
             "concurrent triggers" => {
-                let replies: Vec<(u16, serde_json::Value)> = ef_backup_e2e::post_concurrently(w.serve().port, &w.serve().auth(), MANUAL, 4)
-                    .into_iter()
-                    .map(|h| h.join().unwrap())
-                    .collect();
+                let replies: Vec<(u16, serde_json::Value)> =
+                    ef_backup_e2e::post_concurrently(w.serve().port, &w.serve().auth(), MANUAL, 4).into_iter().map(|h| h.join().unwrap()).collect();
                 let ran = replies.iter().filter(|(s, _)| *s != 409).count();
                 // None runs when a scheduled slot took the run lock first: all four are refused.
                 if ran > 1 {
@@ -817,10 +811,9 @@ fn run_chaos(seed: u64, cycles: usize) {
                                 w.good.push(name.to_string());
                             }
                         }
-                        other => w.violation(format!(
-                            "a CLI backup during a serve backup exited {other:?}: {}",
-                            String::from_utf8_lossy(&out.stderr)
-                        )),
+                        other => {
+                            w.violation(format!("a CLI backup during a serve backup exited {other:?}: {}", String::from_utf8_lossy(&out.stderr)))
+                        }
                     }
                 }
                 let r = req.join().unwrap();
@@ -830,7 +823,11 @@ fn run_chaos(seed: u64, cycles: usize) {
             "restart serve" => {
                 let remembered = |w: &World| {
                     let p = w.serve().port;
-                    (metric(p, "ef_backup_successes_total"), metric(p, "ef_backup_failures_total"), metric(p, "ef_backup_last_success_timestamp_seconds"))
+                    (
+                        metric(p, "ef_backup_successes_total"),
+                        metric(p, "ef_backup_failures_total"),
+                        metric(p, "ef_backup_last_success_timestamp_seconds"),
+                    )
                 };
                 let before = remembered(&w);
                 w.close_slots();
@@ -928,9 +925,10 @@ fn run_chaos(seed: u64, cycles: usize) {
 #[test]
 fn nothing_is_lost_under_faults() {
     let cycles = std::env::var("EF_CHAOS_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
-    let seed = std::env::var("EF_CHAOS_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    });
+    let seed = std::env::var("EF_CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
     eprintln!("chaos: seed {seed}, {cycles} cycles (replay with EF_CHAOS_SEED={seed})");
     let result = std::panic::catch_unwind(|| run_chaos(seed, cycles));
     if let Err(e) = result {

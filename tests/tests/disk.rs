@@ -25,7 +25,9 @@ fn a_backup_without_room_for_the_last_backups_size_does_not_start() {
 
     let run = ef(db, &backups, &[], &["backup"]);
     assert_eq!(run.code, Some(1), "{}", run.all());
-    for part in ["not enough free space in", "the last one was 3.00 MB", "about 3.30 MB is needed", &format!("largest: {last} (3.00 MB)"), "EF__BACKUP_DIR"] {
+    for part in
+        ["not enough free space in", "the last one was 3.00 MB", "about 3.30 MB is needed", &format!("largest: {last} (3.00 MB)"), "EF__BACKUP_DIR"]
+    {
         assert!(run.stderr.contains(part), "{part:?} not in {}", run.all());
     }
     assert_eq!(files(&backups), [last], "nothing started, nothing deleted");

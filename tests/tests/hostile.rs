@@ -140,11 +140,7 @@ fn serve_rejects_a_hostile_replacement_and_keeps_serving() {
     let dir = tempdir();
     let policy = dir.path().join("policy.wasm");
     std::fs::copy(&ef_backup_e2e::env().wasm, &policy).unwrap();
-    let serve = Serve::start(
-        small_db(),
-        dir.path(),
-        &[("EF__BACKUP_POLICY", policy.to_str().unwrap()), ("EF__POLICY_HOSTILE", "backup-name:loop")],
-    );
+    let serve = Serve::start(small_db(), dir.path(), &[("EF__BACKUP_POLICY", policy.to_str().unwrap()), ("EF__POLICY_HOSTILE", "backup-name:loop")]);
     let before = serve.get("/api/ef/v1/backup/status").json()["policy"]["sha256"].clone();
     let tmp = dir.path().join("new.wasm");
     std::fs::copy(hostile(), &tmp).unwrap();
@@ -214,11 +210,7 @@ fn an_invalid_policy_setting_stops_policy_check_and_serve() {
 fn slow_policy_calls_do_not_hold_the_api() {
     let dir = tempdir();
     let policy = hostile();
-    let serve = Serve::start(
-        small_db(),
-        dir.path(),
-        &[("EF__BACKUP_POLICY", policy.as_str()), ("EF__POLICY_HOSTILE", "shape-status:loop-if-empty")],
-    );
+    let serve = Serve::start(small_db(), dir.path(), &[("EF__BACKUP_POLICY", policy.as_str()), ("EF__POLICY_HOSTILE", "shape-status:loop-if-empty")]);
     let port = serve.port;
     let auth = serve.auth();
     let started = Instant::now();

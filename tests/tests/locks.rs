@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use ef_backup_e2e::{own_db, drop_db, ef, ef_command, env, fake_pg_bin, files, free_port, psql, s3, tempdir, Run, Serve};
+use ef_backup_e2e::{drop_db, ef, ef_command, env, fake_pg_bin, files, free_port, own_db, psql, s3, tempdir, Run, Serve};
 
 const MANUAL: &str = "/api/ef/v1/backup/manual";
 
@@ -23,7 +23,8 @@ fn run_key(db: &str) -> (u64, u64) {
 /// The backend holding `db`'s run lock, once one does (waits up to `limit`).
 fn run_lock_holder(db: &str, limit: Duration) -> Option<String> {
     let (high, low) = run_key(db);
-    let sql = format!("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = {high}::oid AND objid = {low}::oid AND objsubid = 1");
+    let sql =
+        format!("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = {high}::oid AND objid = {low}::oid AND objsubid = 1");
     let deadline = Instant::now() + limit;
     loop {
         let pid = psql("postgres", &sql);

@@ -114,11 +114,7 @@ fn pinned_policy_refuses_other_files() {
     let run = ef_backup_e2e::ef(
         "postgres",
         &dir.path().join("b"),
-        &[
-            ("EF__ADMIN_TOKEN", ef_backup_e2e::TOKEN),
-            ("EF__HTTP_ADDR", "127.0.0.1:1"),
-            ("EF__BACKUP_POLICY_SHA256", &"0".repeat(64)),
-        ],
+        &[("EF__ADMIN_TOKEN", ef_backup_e2e::TOKEN), ("EF__HTTP_ADDR", "127.0.0.1:1"), ("EF__BACKUP_POLICY_SHA256", &"0".repeat(64))],
         &["serve"],
     );
     assert_eq!(run.code, Some(1), "{}", run.all());

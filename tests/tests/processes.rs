@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ef_backup_e2e::{own_db, drop_db, ef, ef_command, env, fake_pg_bin, files, psql, tempdir, Run};
+use ef_backup_e2e::{drop_db, ef, ef_command, env, fake_pg_bin, files, own_db, psql, tempdir, Run};
 
 /// A psql session holding `LOCK TABLE t IN ACCESS EXCLUSIVE MODE` in `db` (as a migration
 /// would) until dropped; its backend pid.
@@ -67,7 +67,9 @@ fn processes_with(parts: &[&str]) -> Vec<String> {
 
 /// Server sessions in `db` other than `except`, waiting up to `limit` for them to go.
 fn other_sessions(db: &str, except: &str, limit: Duration) -> String {
-    let sql = format!("SELECT string_agg(pid || ' ' || application_name || ' ' || state, ', ') FROM pg_stat_activity WHERE datname = '{db}' AND pid <> {except}");
+    let sql = format!(
+        "SELECT string_agg(pid || ' ' || application_name || ' ' || state, ', ') FROM pg_stat_activity WHERE datname = '{db}' AND pid <> {except}"
+    );
     let deadline = Instant::now() + limit;
     loop {
         let left = psql("postgres", &sql);
@@ -219,12 +221,8 @@ fn pg_dump_dies_with_a_killed_ef_backup() {
     let backups = dir.path().join("backups");
     // `exec`: the wrapper is the process ef-backup started; no other test sleeps 41 s.
     let bin = fake_pg_bin(dir.path(), "exec sleep 41");
-    let mut child = ef_command(db, &backups, &[("EF__PG_BIN", bin.to_str().unwrap())])
-        .arg("backup")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child =
+        ef_command(db, &backups, &[("EF__PG_BIN", bin.to_str().unwrap())]).arg("backup").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while processes_with(&["sleep 41"]).is_empty() {
         assert!(Instant::now() < deadline, "the fake pg_dump never started");

@@ -105,11 +105,11 @@ fn parallel_restore_equals_serial_restore_table_by_table() {
         assert_eq!(psql(&target, "SELECT count(*) FROM public.audit"), psql(src, "SELECT count(*) FROM public.audit"));
         assert_eq!(psql(&target, "SELECT relispopulated FROM pg_class WHERE relname = 'mv_empty'"), "f");
         assert_eq!(psql(&target, "SELECT relispopulated FROM pg_class WHERE relname = 'mv'"), "t");
+        assert_eq!(psql(&target, "SELECT i.indisclustered FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 'child_p'"), "t");
         assert_eq!(
-            psql(&target, "SELECT i.indisclustered FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 'child_p'"),
-            "t"
+            psql(&target, "SELECT obj_description('public.big_h'::regclass, 'pg_class')"),
+            "comment; -- Name: x; Type: INDEX; Schema: public; Owner: y"
         );
-        assert_eq!(psql(&target, "SELECT obj_description('public.big_h'::regclass, 'pg_class')"), "comment; -- Name: x; Type: INDEX; Schema: public; Owner: y");
         targets.push(target);
     }
     let (same, report) = compare_dbs(&targets[0], &targets[2]);

@@ -195,7 +195,11 @@ fn create_takes_its_options_and_says_which_it_used() {
     assert!(run.ok(), "restore: {}", run.all());
     let template0 = properties("template0");
     let encoding = template0.lines().find_map(|l| l.strip_prefix("encoding ")).unwrap().to_string();
-    for line in [format!("owner: {} (the connecting role)", env().db_user), format!("encoding: {encoding} (template0's)"), "connection limit: none (default)".into()] {
+    for line in [
+        format!("owner: {} (the connecting role)", env().db_user),
+        format!("encoding: {encoding} (template0's)"),
+        "connection limit: none (default)".into(),
+    ] {
         assert!(run.stdout.contains(&line), "{line:?} in {}", run.stdout);
     }
     let props = properties(target);
@@ -257,7 +261,10 @@ fn a_psql_without_restrict_is_refused_at_start_up() {
     // version check can stop it.
     let (old_major, old_minor) = minimum.split_once('.').unwrap();
     let old = format!("{old_major}.{}", old_minor.parse::<u32>().unwrap() - 1);
-    let script = format!("#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'psql (PostgreSQL) {old}'; exit 0; fi\nexec {} \"$@\"\n", real.join("psql").display());
+    let script = format!(
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'psql (PostgreSQL) {old}'; exit 0; fi\nexec {} \"$@\"\n",
+        real.join("psql").display()
+    );
     std::fs::write(bin.join("psql"), script).unwrap();
     std::fs::set_permissions(bin.join("psql"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 

@@ -156,9 +156,20 @@ fn files_psql_would_read_differently_are_refused() {
     let data_entry = "\n--\n-- Data for Name: v; Type: TABLE DATA; Schema: public; Owner: -\n--\n\nCOPY public.v (a) FROM stdin;\n1\n\\.\n";
     let cases = [
         // `\;` joins the COPY to the SELECT: the server enters COPY mode where the scanner saw SQL.
-        ("joined_copy", dump(&format!("CREATE TABLE public.t (a text);\nCREATE TABLE public.v (a int);\nSELECT 1\\; COPY public.t (a) FROM stdin;\n{data_entry}"), true), "meta-command"),
+        (
+            "joined_copy",
+            dump(
+                &format!("CREATE TABLE public.t (a text);\nCREATE TABLE public.v (a int);\nSELECT 1\\; COPY public.t (a) FROM stdin;\n{data_entry}"),
+                true,
+            ),
+            "meta-command",
+        ),
         // Binary COPY data runs to the end of the input in psql.
-        ("binary_copy", dump(&format!("CREATE TABLE public.t (a text);\nCREATE TABLE public.v (a int);\nCOPY BINARY public.t FROM stdin;\n{data_entry}"), true), "not pg_dump's"),
+        (
+            "binary_copy",
+            dump(&format!("CREATE TABLE public.t (a text);\nCREATE TABLE public.v (a int);\nCOPY BINARY public.t FROM stdin;\n{data_entry}"), true),
+            "not pg_dump's",
+        ),
         ("csv_copy", dump("CREATE TABLE public.t (a text);\nCOPY public.t FROM stdin (FORMAT csv);\nx\n\\.\n", true), "not pg_dump's"),
     ];
     for (name, sql, want) in cases {
@@ -241,7 +252,10 @@ fn a_role_that_is_not_a_superuser_restores_and_verifies() {
     let _serial = serial();
     let role = "ef_e2e_restorer";
     let password = "ef-e2e-Restorer-7";
-    psql("postgres", &format!("DO $$ BEGIN CREATE ROLE {role} LOGIN CREATEDB PASSWORD '{password}'; EXCEPTION WHEN duplicate_object THEN NULL; END $$"));
+    psql(
+        "postgres",
+        &format!("DO $$ BEGIN CREATE ROLE {role} LOGIN CREATEDB PASSWORD '{password}'; EXCEPTION WHEN duplicate_object THEN NULL; END $$"),
+    );
     let src = "ef_e2e_restorer_src";
     let target = "ef_e2e_restorer_tgt";
     drop_db(src);

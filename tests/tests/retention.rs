@@ -49,9 +49,7 @@ fn ours(dir: &Path, prefix: &str) -> Vec<String> {
 
 fn metric(port: u16, name: &str) -> f64 {
     let body = http(port, "GET", "/metrics", &[], b"").body;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {body}"))
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or_else(|| panic!("no {name} in {body}"))
 }
 
 /// Pins issue 12 item 5: a name that made the default policy trap (a byte slice inside `年`)

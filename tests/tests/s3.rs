@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use ef_backup_e2e::{backup_json, vars, big_db, compare_dbs, drop_db, ef, files, free_port, s3, sample_db, tempdir, PrivateS3, Proxy, S3};
+use ef_backup_e2e::{backup_json, big_db, compare_dbs, drop_db, ef, files, free_port, s3, sample_db, tempdir, vars, PrivateS3, Proxy, S3};
 
 fn assert_same_bytes(s3: &S3, key: &str, local: &Path, scratch: &Path) {
     let copy = scratch.join("downloaded.sql.gz");
@@ -95,7 +95,9 @@ fn s3_retention_with_an_injected_now() {
     // Foreign objects under the prefix and beside it: never touched.
     let foreign = dir.path().join("foreign");
     std::fs::write(&foreign, b"not a backup").unwrap();
-    for key in ["retention/manual.sql.gz", "retention/euraflow_backup_20200101_000000.sql.gz.bak", "retention/old/euraflow_backup_20200101_000000.sql.gz"] {
+    for key in
+        ["retention/manual.sql.gz", "retention/euraflow_backup_20200101_000000.sql.gz.bak", "retention/old/euraflow_backup_20200101_000000.sql.gz"]
+    {
         s3.probe(&["put", &s3.bucket, key, foreign.to_str().unwrap()]);
     }
     let day = 86_400i64;

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ef_backup_e2e::{backup_json, vars, big_db, ef, ef_command, fake_pg_bin, files, http, s3, sample_db, tempdir, Proxy, Serve, S3};
+use ef_backup_e2e::{backup_json, big_db, ef, ef_command, fake_pg_bin, files, http, s3, sample_db, tempdir, vars, Proxy, Serve, S3};
 
 const MANUAL: &str = "/api/ef/v1/backup/manual";
 const LOCAL_DONE: &str = "本地数据库备份成功";
@@ -41,13 +41,8 @@ struct Watched {
 impl Watched {
     fn start(db: &str, dir: &Path, env: &[(&str, &str)]) -> Watched {
         let started = Instant::now();
-        let mut child = ef_command(db, dir, env)
-            .args(["backup", "--json"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child =
+            ef_command(db, dir, env).args(["backup", "--json"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&lines);
@@ -128,7 +123,6 @@ fn a_throttled_store_does_not_slow_the_local_backup() {
     assert!(download(&s3, &key, &dir.path().join("copy")) == std::fs::read(backups.join(name)).unwrap(), "S3 object differs");
     assert_eq!(s3.open_uploads("throttled/"), Vec::<String>::new());
 }
-
 
 /// Starts `serve` on `db` with S3 through `via`, shutdown grace 0 (SIGTERM cancels the run).
 fn serve_with(db: &str, dir: &Path, via: &S3, prefix: &str, more: &[(&str, &str)]) -> Serve {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ef_backup_e2e::{drop_db, fake_pg_bin, files, http, post_concurrently, psql, s3, sample_db, tempdir, ef, Serve, TOKEN};
+use ef_backup_e2e::{drop_db, ef, fake_pg_bin, files, http, post_concurrently, psql, s3, sample_db, tempdir, Serve, TOKEN};
 
 const MANUAL: &str = "/api/ef/v1/backup/manual";
 const STATUS: &str = "/api/ef/v1/backup/status";
@@ -239,10 +239,12 @@ fn two_replicas_run_each_scheduled_slot_once() {
         assert!(w[1] - w[0] >= 2, "two backups for one slot: {all:?}");
     }
     assert!(names_a.iter().all(|n| !n.ends_with(".partial")) && names_b.iter().all(|n| !n.ends_with(".partial")));
-    let skipped = |d: &str| std::fs::read_dir(dir.path().join(d)).unwrap().flatten().any(|e| {
-        e.file_name().to_string_lossy().ends_with(".log")
-            && std::fs::read_to_string(e.path()).unwrap().contains("another ef-backup instance is running the")
-    });
+    let skipped = |d: &str| {
+        std::fs::read_dir(dir.path().join(d)).unwrap().flatten().any(|e| {
+            e.file_name().to_string_lossy().ends_with(".log")
+                && std::fs::read_to_string(e.path()).unwrap().contains("another ef-backup instance is running the")
+        })
+    };
     assert!(skipped("a") || skipped("b"), "a replica logged that it skipped a slot");
 }
 

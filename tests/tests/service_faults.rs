@@ -47,10 +47,7 @@ fn backups(dir: &Path) -> Vec<String> {
 /// client with a short timeout (curl -m, a proxy's read timeout) does.
 fn post_and_hang_up(serve: &Serve, after: Duration) {
     let mut s = TcpStream::connect(("127.0.0.1", serve.port)).unwrap();
-    let req = format!(
-        "POST {MANUAL} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {}\r\nContent-Length: 0\r\n\r\n",
-        serve.auth()
-    );
+    let req = format!("POST {MANUAL} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {}\r\nContent-Length: 0\r\n\r\n", serve.auth());
     s.write_all(req.as_bytes()).unwrap();
     std::thread::sleep(after);
     let _ = s.shutdown(std::net::Shutdown::Both);

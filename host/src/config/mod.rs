@@ -140,10 +140,7 @@ impl Vars<'_> {
         let Some(raw) = self.get(var) else { return Ok(default) };
         match raw.trim().parse::<T>() {
             Ok(v) if v >= min && v <= max => Ok(v),
-            _ => Err(ConfigError::Invalid {
-                var,
-                reason: format!("{raw:?} is not a whole number from {min} to {max} (default {default})"),
-            }),
+            _ => Err(ConfigError::Invalid { var, reason: format!("{raw:?} is not a whole number from {min} to {max} (default {default})") }),
         }
     }
 }
@@ -185,7 +182,11 @@ impl Config {
 
         let absolute = |p: &str| -> PathBuf {
             let p = Path::new(p);
-            if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) }
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                cwd.join(p)
+            }
         };
         let backup_dir = absolute(&v.string("EF__BACKUP_DIR", "backups"));
         let policy_path = v.get("EF__BACKUP_POLICY").map(|p| absolute(p.trim()));
@@ -198,7 +199,10 @@ impl Config {
         let policy_sha256 = v.get("EF__BACKUP_POLICY_SHA256").map(|h| h.trim().to_ascii_lowercase());
         if let Some(h) = &policy_sha256 {
             if h.len() != 64 || !h.bytes().all(|c| c.is_ascii_hexdigit()) {
-                return Err(ConfigError::Invalid { var: "EF__BACKUP_POLICY_SHA256", reason: format!("{h:?} is not a SHA-256 in hex (64 characters)") });
+                return Err(ConfigError::Invalid {
+                    var: "EF__BACKUP_POLICY_SHA256",
+                    reason: format!("{h:?} is not a SHA-256 in hex (64 characters)"),
+                });
             }
         }
 
@@ -207,9 +211,7 @@ impl Config {
         let log_format = match v.get("EF__LOG_FORMAT").map(|s| s.trim().to_ascii_lowercase()).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(ConfigError::Invalid { var: "EF__LOG_FORMAT", reason: format!("{other:?} is not `text` or `json`") })
-            }
+            Some(other) => return Err(ConfigError::Invalid { var: "EF__LOG_FORMAT", reason: format!("{other:?} is not `text` or `json`") }),
         };
         // An empty value means "use the policy's default": it is not passed at all.
         let policy_settings = vars
@@ -320,8 +322,8 @@ fn s3_config(v: &Vars) -> Result<Option<S3Config>, ConfigError> {
         });
     }
     let bucket = v.string("EF__AWS_S3_BACKUP_BUCKET", "");
-    let valid_bucket = (3..=63).contains(&bucket.len())
-        && bucket.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.');
+    let valid_bucket =
+        (3..=63).contains(&bucket.len()) && bucket.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.');
     if !valid_bucket {
         return Err(ConfigError::Invalid {
             var: "EF__AWS_S3_BACKUP_BUCKET",
@@ -396,8 +398,7 @@ mod tests {
         assert_eq!((s3.bucket.as_str(), s3.region.as_str()), ("my-bucket", "us-east-1"));
         assert_eq!(s3.endpoint_url.as_deref(), Some("http://127.0.0.1:9000"));
         assert!(!format!("{s3:?}").contains("very-secret"));
-        let err = load(&[("EF__AWS_ACCESS_KEY_ID", "AK"), ("EF__AWS_SECRET_ACCESS_KEY", "s"), ("EF__AWS_S3_BACKUP_BUCKET", "B!")])
-            .unwrap_err();
+        let err = load(&[("EF__AWS_ACCESS_KEY_ID", "AK"), ("EF__AWS_SECRET_ACCESS_KEY", "s"), ("EF__AWS_S3_BACKUP_BUCKET", "B!")]).unwrap_err();
         assert!(err.to_string().starts_with("EF__AWS_S3_BACKUP_BUCKET"), "{err}");
     }
 
@@ -439,7 +440,14 @@ mod tests {
 
     #[test]
     fn policy_settings_and_paths() {
-        let c = load(&[("EF__POLICY_EMPTY", " "), ("EF__POLICY_LOCAL_KEEP_LAST", "3"), ("EF__POLICY_", "x"), ("EF__BACKUP_POLICY", "p/x.wasm"), ("EF__BACKUP_DIR", "/abs")]).unwrap();
+        let c = load(&[
+            ("EF__POLICY_EMPTY", " "),
+            ("EF__POLICY_LOCAL_KEEP_LAST", "3"),
+            ("EF__POLICY_", "x"),
+            ("EF__BACKUP_POLICY", "p/x.wasm"),
+            ("EF__BACKUP_DIR", "/abs"),
+        ])
+        .unwrap();
         assert_eq!(c.policy_settings, vec![("local_keep_last".to_string(), "3".to_string())]);
         assert_eq!(c.policy_path, Some(PathBuf::from("/srv/app/p/x.wasm")));
         assert_eq!(c.backup_dir, PathBuf::from("/abs"));

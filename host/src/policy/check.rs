@@ -3,10 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{
-    BackupDone, BackupEntry, BackupFailed, BackupOutcome, ErrorKind, Policy, PolicyConfig, PolicyError, S3Outcome,
-    Status, Target,
-};
+use super::{BackupDone, BackupEntry, BackupFailed, BackupOutcome, ErrorKind, Policy, PolicyConfig, PolicyError, S3Outcome, Status, Target};
 
 const HOUR: i64 = 3600;
 
@@ -52,10 +49,8 @@ fn exercise(policy: &Policy, config: &PolicyConfig, now: i64) -> Result<Report, 
     match policy.parse_name(config, &name)? {
         Some(_) => {}
         None => {
-            return Err(policy.bad(
-                "parse-name",
-                format!("does not recognise the policy's own name {name:?}: listing and retention would ignore every backup"),
-            ))
+            return Err(policy
+                .bad("parse-name", format!("does not recognise the policy's own name {name:?}: listing and retention would ignore every backup")))
         }
     }
 
@@ -94,10 +89,7 @@ fn exercise(policy: &Policy, config: &PolicyConfig, now: i64) -> Result<Report, 
         ("success, S3 uploaded", done(S3Outcome::Uploaded(format!("s3://bucket/{name}")))),
         ("success, S3 off", done(S3Outcome::Disabled)),
         ("success, S3 failed", done(S3Outcome::Failed("sample S3 error".into()))),
-        (
-            "failure",
-            BackupOutcome::Failed(BackupFailed { kind: ErrorKind::Dump, message: "sample error".into(), file_name: Some(name.clone()) }),
-        ),
+        ("failure", BackupOutcome::Failed(BackupFailed { kind: ErrorKind::Dump, message: "sample error".into(), file_name: Some(name.clone()) })),
         ("busy", BackupOutcome::Busy(name.clone())),
     ];
     let mut responses = String::new();
@@ -131,7 +123,13 @@ fn exercise(policy: &Policy, config: &PolicyConfig, now: i64) -> Result<Report, 
 /// Time per backup spent in the policy after load: the calls one backup makes (name,
 /// retention for both targets over `listing_len` entries, response), each in a fresh
 /// instance as in production. Returns (mean, max) per backup and the calls per backup.
-pub fn bench(policy: &Policy, config: &PolicyConfig, now: i64, rounds: usize, listing_len: usize) -> Result<(std::time::Duration, std::time::Duration, usize), PolicyError> {
+pub fn bench(
+    policy: &Policy,
+    config: &PolicyConfig,
+    now: i64,
+    rounds: usize,
+    listing_len: usize,
+) -> Result<(std::time::Duration, std::time::Duration, usize), PolicyError> {
     let listing: Vec<BackupEntry> = (0..listing_len as i64)
         .map(|i| Ok(BackupEntry { name: policy.backup_name(config, now - i * 12 * HOUR)?, size_bytes: 1 << 20, modified: now }))
         .collect::<Result<_, PolicyError>>()?;

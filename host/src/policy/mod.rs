@@ -5,10 +5,10 @@
 mod bindings;
 pub mod check;
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -18,12 +18,12 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable, ResourceTab
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use bindings::exports::euraflow::backup::policy::Guest as Exports;
 pub use bindings::types::{
-    BackupDone, BackupEntry, BackupFailed, BackupOutcome, BackupSchedule, Config as PolicyConfig, ErrorKind,
-    HttpResponse, LastRun, Level, LoadedPolicy, S3Config as PolicyS3Config, S3Outcome, Status, Target,
+    BackupDone, BackupEntry, BackupFailed, BackupOutcome, BackupSchedule, Config as PolicyConfig, ErrorKind, HttpResponse, LastRun, Level,
+    LoadedPolicy, S3Config as PolicyS3Config, S3Outcome, Status, Target,
 };
 pub use bindings::ACCEPTED_VERSIONS;
-use bindings::exports::euraflow::backup::policy::Guest as Exports;
 use bindings::{BackupPolicy, BackupPolicyPre};
 
 /// Per-call limits. Generous for a policy (the default one needs about 1 MiB and well under a
@@ -360,12 +360,7 @@ impl SyncExports<'_> {
 /// A store with the sandbox's limits: an empty WASI context with frozen clocks, [`Limits`], a
 /// bounded resource table and an epoch deadline `limit` from now.
 fn new_store(engine: &Engine, label: Arc<str>, limit: Duration) -> Store<State> {
-    let wasi = wasmtime_wasi::WasiCtxBuilder::new()
-        .wall_clock(FrozenClock)
-        .monotonic_clock(FrozenClock)
-        .allow_tcp(false)
-        .allow_udp(false)
-        .build();
+    let wasi = wasmtime_wasi::WasiCtxBuilder::new().wall_clock(FrozenClock).monotonic_clock(FrozenClock).allow_tcp(false).allow_udp(false).build();
     let mut table = ResourceTable::new();
     table.set_max_capacity(RESOURCE_LIMIT);
     let state = State { wasi, table, limits: Limits::default(), label, log_lines: 0, errors: Vec::new() };
@@ -406,10 +401,7 @@ fn hex(bytes: &[u8]) -> String {
 fn exported_version(engine: &Engine, component: &Component) -> Result<String, Vec<String>> {
     let ty = component.component_type();
     let names: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
-    names
-        .iter()
-        .find_map(|n| n.strip_prefix(bindings::POLICY_INTERFACE)?.strip_prefix('@').map(str::to_string))
-        .ok_or(names)
+    names.iter().find_map(|n| n.strip_prefix(bindings::POLICY_INTERFACE)?.strip_prefix('@').map(str::to_string)).ok_or(names)
 }
 
 impl Policy {
@@ -434,16 +426,17 @@ impl Policy {
         let p = || path.to_path_buf();
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
             let magic = hex(&bytes[..bytes.len().min(8)]);
-            return Err(PolicyError::NotWasm { path: p(), magic: if magic.is_empty() { "nothing (empty file)".into() } else { format!("0x{magic}") } });
+            return Err(PolicyError::NotWasm {
+                path: p(),
+                magic: if magic.is_empty() { "nothing (empty file)".into() } else { format!("0x{magic}") },
+            });
         }
         if bytes[4..8] == [1, 0, 0, 0] {
             return Err(PolicyError::CoreModule { path: p() });
         }
         let engine = engine();
         let sha256 = hex(&Sha256::digest(bytes));
-        let cached = cache_dir
-            .filter(|d| private_dir(d))
-            .map(|d| d.join(format!("{sha256}-ef-backup-{}.cwasm", env!("CARGO_PKG_VERSION"))));
+        let cached = cache_dir.filter(|d| private_dir(d)).map(|d| d.join(format!("{sha256}-ef-backup-{}.cwasm", env!("CARGO_PKG_VERSION"))));
         // SAFETY: the file was written by `serialize` of this very build (the name carries the
         // source's hash and our version) into a directory only this user can write; wasmtime
         // also refuses artifacts of another engine configuration.
@@ -489,20 +482,12 @@ impl Policy {
 
     /// What the status response says about this policy.
     pub fn loaded(&self) -> LoadedPolicy {
-        LoadedPolicy {
-            path: self.info.path.display().to_string(),
-            sha256: self.info.sha256.clone(),
-            wit_version: self.info.wit_version.clone(),
-        }
+        LoadedPolicy { path: self.info.path.display().to_string(), sha256: self.info.sha256.clone(), wit_version: self.info.wit_version.clone() }
     }
 
     /// Runs `f` on a fresh instance; instantiation and every export `f` calls share one
     /// [`CALL_TIMEOUT`].
-    fn call<R>(
-        &self,
-        call: &'static str,
-        f: impl FnOnce(&Instance, &mut Store<State>) -> wasmtime::Result<R>,
-    ) -> Result<R, PolicyError> {
+    fn call<R>(&self, call: &'static str, f: impl FnOnce(&Instance, &mut Store<State>) -> wasmtime::Result<R>) -> Result<R, PolicyError> {
         self.call_within(call, CALL_TIMEOUT, f)
     }
 
@@ -516,8 +501,7 @@ impl Policy {
     ) -> Result<R, PolicyError> {
         let mut store = new_store(self.pre.engine(), self.label.clone(), limit);
         let deadline = Instant::now() + limit;
-        let result = run_until(deadline, self.pre.instantiate_async(&mut store))
-            .and_then(|exports| f(&Instance { exports, deadline }, &mut store));
+        let result = run_until(deadline, self.pre.instantiate_async(&mut store)).and_then(|exports| f(&Instance { exports, deadline }, &mut store));
         let errors = std::mem::take(&mut store.data_mut().errors);
         ERROR_LOGS.with_borrow_mut(|collected| {
             if let Some(collected) = collected {
@@ -641,13 +625,7 @@ impl Policy {
     /// What to delete, as `policy check` judges it: only listed names the policy recognises,
     /// and never the newest backup (the newest recognised name not dated more than a day in
     /// the future). Any violation rejects the whole answer.
-    pub fn select_expired(
-        &self,
-        backups: &[BackupEntry],
-        now: i64,
-        target: Target,
-        config: &PolicyConfig,
-    ) -> Result<Vec<String>, PolicyError> {
+    pub fn select_expired(&self, backups: &[BackupEntry], now: i64, target: Target, config: &PolicyConfig) -> Result<Vec<String>, PolicyError> {
         let call = "select-expired";
         let ours = self.recognise(config, backups)?;
         let names = self.select_expired_among(backups, &ours, now, target, config)?;

@@ -16,8 +16,8 @@ use flate2::read::MultiGzDecoder;
 
 use crate::db::{quote_ident, quote_literal, DbError, PgTools};
 use crate::dump::{Completeness, DumpFacts};
-use parallel::{LoadError, LoadOptions, LoadStats, Loader};
 use crate::store::s3::S3Store;
+use parallel::{LoadError, LoadOptions, LoadStats, Loader};
 
 pub mod props;
 pub mod swap;
@@ -27,7 +27,10 @@ pub mod swap;
 pub enum Source {
     File(PathBuf),
     /// `name` is the key below the store's prefix.
-    S3 { store: S3Store, name: String },
+    S3 {
+        store: S3Store,
+        name: String,
+    },
 }
 
 impl Source {
@@ -294,9 +297,7 @@ pub fn restore(tools: &PgTools, source: &Source, target: &str, opts: &RestoreOpt
     let exists = database_exists(tools, target)?;
     match exists {
         false if !opts.create => return Err(RestoreError::TargetMissing { db: target.into() }),
-        true if !opts.drop_existing && !database_is_empty(tools, target)? => {
-            return Err(RestoreError::TargetNotEmpty { db: target.into() })
-        }
+        true if !opts.drop_existing && !database_is_empty(tools, target)? => return Err(RestoreError::TargetNotEmpty { db: target.into() }),
         _ => {}
     }
     let plan = props::plan(tools, admin_db, target, exists, &opts.create_with)?;

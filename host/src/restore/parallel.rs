@@ -291,7 +291,15 @@ fn copy_batch(conn: &mut Option<Conn>, target: &CopyTarget, buf: &[u8], settings
 const SESSION_OPTIONS: &str = "-c client_min_messages=warning -c synchronous_commit=off";
 
 /// Runs one session's jobs until the loader hangs up.
-fn work(mut session: Session, private: Receiver<Job>, shared_jobs: Receiver<Job>, shared: Arc<Shared>, key: String, sessions: usize, target: CopyTarget) {
+fn work(
+    mut session: Session,
+    private: Receiver<Job>,
+    shared_jobs: Receiver<Job>,
+    shared: Arc<Shared>,
+    key: String,
+    sessions: usize,
+    target: CopyTarget,
+) {
     let mut shared_open = true;
     let mut conn: Option<Conn> = None;
     loop {
@@ -535,9 +543,7 @@ impl Dispatch {
                     // is no meta-command to psql, and joins a COPY to a statement this loader
                     // would not expect data after.
                     let arg: String = String::from_utf8_lossy(arg).chars().take(60).collect();
-                    return Err(LoadError::Refused {
-                        what: format!("the psql meta-command \\{} {arg}", String::from_utf8_lossy(command)),
-                    });
+                    return Err(LoadError::Refused { what: format!("the psql meta-command \\{} {arg}", String::from_utf8_lossy(command)) });
                 }
             }
             Event::Incomplete { text } => self.serial(text)?,
@@ -654,17 +660,9 @@ impl Dispatch {
     /// The reason a session went away: the worker records it right after it hangs up.
     fn gone(&self) -> LoadError {
         let s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        let (mut s, _) = self
-            .shared
-            .changed
-            .wait_timeout_while(s, std::time::Duration::from_secs(30), |s| s.failure.is_none())
-            .unwrap_or_else(|e| e.into_inner());
-        s.failure.take().unwrap_or(LoadError::Session {
-            session: 0,
-            sessions: self.opts.jobs,
-            status: "ended early".into(),
-            stderr: String::new(),
-        })
+        let (mut s, _) =
+            self.shared.changed.wait_timeout_while(s, std::time::Duration::from_secs(30), |s| s.failure.is_none()).unwrap_or_else(|e| e.into_inner());
+        s.failure.take().unwrap_or(LoadError::Session { session: 0, sessions: self.opts.jobs, status: "ended early".into(), stderr: String::new() })
     }
 
     fn parallel(&mut self, bytes: Vec<u8>) -> Result<(), LoadError> {

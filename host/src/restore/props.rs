@@ -184,7 +184,10 @@ pub fn read(tools: &PgTools, admin_db: &str, db: &str) -> Result<Option<DbProps>
 /// What the restored database of `target` gets: the existing target's properties, or
 /// template0's and the connecting role's for a new one; `opts` win either way.
 pub fn plan(tools: &PgTools, admin_db: &str, target: &str, exists: bool, opts: &CreateOptions) -> Result<DbPlan, DbError> {
-    let gone = |db: &str| DbError::Tool { tool: "psql".into(), detail: format!("database {db} is not in pg_database (dropped meanwhile?); run the restore again") };
+    let gone = |db: &str| DbError::Tool {
+        tool: "psql".into(),
+        detail: format!("database {db} is not in pg_database (dropped meanwhile?); run the restore again"),
+    };
     let base = if exists {
         Base::Existing(read(tools, admin_db, target)?.ok_or_else(|| gone(target))?)
     } else {
@@ -265,8 +268,14 @@ pub fn choose(base: Base, opts: &CreateOptions) -> DbPlan {
 
 /// The list variables whose values PostgreSQL stores element by element quoted (pg_dump's
 /// `variable_is_guc_list_quote`).
-const LIST_QUOTE_GUCS: [&str; 6] =
-    ["local_preload_libraries", "search_path", "session_preload_libraries", "shared_preload_libraries", "temp_tablespaces", "unix_socket_directories"];
+const LIST_QUOTE_GUCS: [&str; 6] = [
+    "local_preload_libraries",
+    "search_path",
+    "session_preload_libraries",
+    "shared_preload_libraries",
+    "temp_tablespaces",
+    "unix_socket_directories",
+];
 
 /// Splits a stored list value (`"$user", public`) into its elements the way pg_dump's
 /// `SplitGUCList` does: double-quoted elements keep their case and collapse `""`, unquoted
@@ -617,11 +626,7 @@ mod tests {
         };
         let new = || Base::New { template0: template0.clone(), current_user: "restorer".into() };
         let plan = choose(new(), &CreateOptions::default());
-        assert_eq!(
-            plan.props,
-            DbProps { owner: "restorer".into(), ..libc_utf8() },
-            "template0's comment, ACL and flags are not a new database's"
-        );
+        assert_eq!(plan.props, DbProps { owner: "restorer".into(), ..libc_utf8() }, "template0's comment, ACL and flags are not a new database's");
         let from: Vec<(&str, &str)> = plan.used.iter().map(|u| (u.name, u.from.as_str())).collect();
         assert_eq!(
             from,
@@ -641,7 +646,10 @@ mod tests {
             tablespace: Some("fast".into()),
             connection_limit: Some(4),
         };
-        let icu = Base::New { template0: DbProps { provider: Some("i".into()), locale: Some("und".into()), ..template0.clone() }, current_user: "r".into() };
+        let icu = Base::New {
+            template0: DbProps { provider: Some("i".into()), locale: Some("und".into()), ..template0.clone() },
+            current_user: "r".into(),
+        };
         let plan = choose(icu, &opts);
         assert_eq!((plan.props.provider.as_deref(), plan.props.locale.as_deref()), (Some("c"), None), "--locale is a libc locale");
         assert_eq!((plan.props.owner.as_str(), plan.props.encoding.as_str(), plan.props.connection_limit), ("app", "LATIN1", 4));

@@ -25,7 +25,9 @@ pub enum StatementKind {
     /// are COPY data (CopyData events) up to a `\.` line (CopyEnd). `table` is the table as
     /// written, unquoted: `"My Schema"."t ""x"""` gives `My Schema.t "x"`; `public.t` gives
     /// `public.t` (schema and name joined by '.', the way `format('%s.%s')` would show them).
-    CopyFromStdin { table: String },
+    CopyFromStdin {
+        table: String,
+    },
     /// Any other COPY (`COPY BINARY t FROM stdin`, `COPY (query) TO stdout`, …): pg_dump never
     /// writes one, and psql may read what follows it as data where this scanner sees SQL.
     OtherCopy,
@@ -36,7 +38,9 @@ pub enum StatementKind {
     /// session-wide form). `name` is lower-cased. `SET LOCAL ...` and `SET TRANSACTION ...` are
     /// `Other`. `SET TIME ZONE` gives `timezone`, `SET NAMES` `client_encoding`, `SET SCHEMA`
     /// `search_path`, `SET XML OPTION` `xmloption`, `RESET ALL` `all`.
-    SessionSetting { name: String },
+    SessionSetting {
+        name: String,
+    },
     /// `ALTER <anything> OWNER TO <role>;` (what pg_dump's --no-owner leaves out).
     Owner,
     /// `GRANT ...`, `REVOKE ...`, `ALTER DEFAULT PRIVILEGES ...` (what --no-privileges leaves out).
@@ -842,7 +846,9 @@ enum T {
     Word,
     QuotedIdent,
     /// A string literal; `esc`: backslash escapes apply.
-    Str { esc: bool },
+    Str {
+        esc: bool,
+    },
     Punct(u8),
     /// Numbers, parameters, dollar-quoted strings, `\;`.
     Other,
@@ -1128,7 +1134,13 @@ fn setting(text: &[u8], v: &[Tok], reset: bool) -> (StatementKind, Option<bool>)
     if reset && w(k, "all") {
         return (session("all"), Some(true));
     }
-    let special = [("role", "", "role"), ("time", "zone", "timezone"), ("names", "", "client_encoding"), ("schema", "", "search_path"), ("xml", "option", "xmloption")];
+    let special = [
+        ("role", "", "role"),
+        ("time", "zone", "timezone"),
+        ("names", "", "client_encoding"),
+        ("schema", "", "search_path"),
+        ("xml", "option", "xmloption"),
+    ];
     for (a, b, name) in special {
         if w(k, a) && (b.is_empty() || w(k + 1, b)) {
             return (session(name), None);
@@ -1253,9 +1265,36 @@ fn alter_kind(text: &[u8], v: &[Tok]) -> StatementKind {
 
 /// The last word of every `ALTER <object type>` that has an OWNER TO form.
 const OBJECT_TYPE_LAST_WORDS: &[&str] = &[
-    "aggregate", "class", "collation", "configuration", "conversion", "database", "dictionary", "domain", "extension", "family",
-    "function", "index", "language", "object", "operator", "procedure", "publication", "routine", "schema", "sequence", "server",
-    "statistics", "subscription", "table", "tablespace", "template", "trigger", "type", "view", "wrapper",
+    "aggregate",
+    "class",
+    "collation",
+    "configuration",
+    "conversion",
+    "database",
+    "dictionary",
+    "domain",
+    "extension",
+    "family",
+    "function",
+    "index",
+    "language",
+    "object",
+    "operator",
+    "procedure",
+    "publication",
+    "routine",
+    "schema",
+    "sequence",
+    "server",
+    "statistics",
+    "subscription",
+    "table",
+    "tablespace",
+    "template",
+    "trigger",
+    "type",
+    "view",
+    "wrapper",
 ];
 
 #[cfg(test)]
@@ -1478,7 +1517,10 @@ mod tests {
             ],
         );
         // SET LOCAL is not a session setting; the mode stays on.
-        check("SET LOCAL standard_conforming_strings TO off;\nselect '\\';\n", &["other|SET LOCAL standard_conforming_strings TO off;\n", "other|select '\\';\n"]);
+        check(
+            "SET LOCAL standard_conforming_strings TO off;\nselect '\\';\n",
+            &["other|SET LOCAL standard_conforming_strings TO off;\n", "other|select '\\';\n"],
+        );
     }
 
     #[test]
@@ -1521,7 +1563,10 @@ mod tests {
         check("\\copy t from program 'id'\n", &["meta:copy:t from program 'id'|\\copy t from program 'id'\n"]);
         check("-- hi\n  \\o |id\n", &["meta:o:|id|-- hi\n  \\o |id\n"]);
         check("select (\n\\echo x\n1);\n", &["inc|select (\n", "meta:echo:x|\\echo x\n", "other|1);\n"]);
-        check("select '\\! id'; select \"\\o\"; select $$\\!$$;\n", &["other|select '\\! id';", "other| select \"\\o\";", "other| select $$\\!$$;\n"]);
+        check(
+            "select '\\! id'; select \"\\o\"; select $$\\!$$;\n",
+            &["other|select '\\! id';", "other| select \"\\o\";", "other| select $$\\!$$;\n"],
+        );
         check("\\", &["meta::|\\"]);
     }
 
@@ -1654,7 +1699,8 @@ mod tests {
         );
     }
 
-    const DUMP: &str = "--\n-- PostgreSQL database dump\n--\n\n\\restrict abc\n\n-- Dumped from database version 15.14\n-- Dumped by pg_dump version 15.14\n\n\
+    const DUMP: &str =
+        "--\n-- PostgreSQL database dump\n--\n\n\\restrict abc\n\n-- Dumped from database version 15.14\n-- Dumped by pg_dump version 15.14\n\n\
 SET statement_timeout = 0;\nSET lock_timeout = 0;\nSET idle_in_transaction_session_timeout = 0;\nSET client_encoding = 'UTF8';\n\
 SET standard_conforming_strings = on;\nSELECT pg_catalog.set_config('search_path', '', false);\nSET check_function_bodies = false;\n\
 SET xmloption = content;\nSET client_min_messages = warning;\nSET row_security = off;\n\n\

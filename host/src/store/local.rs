@@ -121,8 +121,11 @@ impl LocalStore {
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?.strip_suffix(PARTIAL_SUFFIX)?.to_string();
                 let meta = e.metadata().ok()?;
-                (name.ends_with(SUFFIX) && meta.is_file())
-                    .then(|| StoredBackup { name, size_bytes: meta.len(), modified: meta.modified().map(unix_secs).unwrap_or(0) })
+                (name.ends_with(SUFFIX) && meta.is_file()).then(|| StoredBackup {
+                    name,
+                    size_bytes: meta.len(),
+                    modified: meta.modified().map(unix_secs).unwrap_or(0),
+                })
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));

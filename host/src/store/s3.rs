@@ -187,8 +187,7 @@ impl S3Store {
         self.handle.block_on(async {
             let mut deleted = Vec::new();
             for batch in names.chunks(1000) {
-                let ids: Vec<ObjectIdentifier> =
-                    batch.iter().filter_map(|n| ObjectIdentifier::builder().key(self.key(n)).build().ok()).collect();
+                let ids: Vec<ObjectIdentifier> = batch.iter().filter_map(|n| ObjectIdentifier::builder().key(self.key(n)).build().ok()).collect();
                 let delete = Delete::builder().set_objects(Some(ids)).quiet(true).build().map_err(|e| S3Error(e.to_string()))?;
                 let out = self
                     .client
@@ -234,7 +233,9 @@ impl S3Store {
                     let uploads = out
                         .uploads()
                         .iter()
-                        .filter_map(|u| Some(OpenUpload { key: u.key()?.to_string(), id: u.upload_id()?.to_string(), initiated: u.initiated().map(unix) }))
+                        .filter_map(|u| {
+                            Some(OpenUpload { key: u.key()?.to_string(), id: u.upload_id()?.to_string(), initiated: u.initiated().map(unix) })
+                        })
                         .collect();
                     let next = match (out.is_truncated(), out.next_key_marker(), out.next_upload_id_marker()) {
                         (Some(true), Some(k), id) => Some((k.to_string(), id.unwrap_or_default().to_string())),
@@ -245,13 +246,10 @@ impl S3Store {
             };
             stale_uploads(list_page, &self.prefix, cutoff, |_| true).await
         })?;
-        let stale: Vec<OpenUpload> =
-            candidates.into_iter().filter(|u| u.key.strip_prefix(&self.prefix).is_some_and(|name| ours(name))).collect();
+        let stale: Vec<OpenUpload> = candidates.into_iter().filter(|u| u.key.strip_prefix(&self.prefix).is_some_and(|name| ours(name))).collect();
         for u in &stale {
             let abort = self.client.abort_multipart_upload().bucket(&self.bucket).key(&u.key).upload_id(&u.id).send();
-            self.handle
-                .block_on(abort)
-                .map_err(|e| S3Error(describe(&format!("aborting the incomplete upload of {}", u.key), &e)))?;
+            self.handle.block_on(abort).map_err(|e| S3Error(describe(&format!("aborting the incomplete upload of {}", u.key), &e)))?;
             tracing::info!("aborted the incomplete S3 upload of {} (started {}, by an interrupted run)", u.key, u.initiated.unwrap_or(0));
         }
         Ok(stale.len())
@@ -375,7 +373,10 @@ impl Read for S3Reader {
 }
 
 enum Msg {
-    Part { number: i32, data: Vec<u8> },
+    Part {
+        number: i32,
+        data: Vec<u8>,
+    },
     /// Everything was handed over: upload what the stream could not send from the committed
     /// local file (if anything), then complete. Without it the upload is never completed.
     Finish(Option<CatchUp>),
@@ -500,12 +501,7 @@ impl Parts<'_> {
                 // The part's integrity is checked by S3 against its Content-MD5 (which the
                 // signature covers), so hashing the whole body again for SigV4 would only cost
                 // CPU while the dump is being compressed.
-                let out = req
-                    .customize()
-                    .disable_payload_signing()
-                    .send()
-                    .await
-                    .map_err(|e| describe(&format!("uploading part {number}"), &e))?;
+                let out = req.customize().disable_payload_signing().send().await.map_err(|e| describe(&format!("uploading part {number}"), &e))?;
                 tracing::debug!("S3 part {number} uploaded");
                 Ok((CompletedPart::builder().part_number(number as i32).set_e_tag(out.e_tag().map(str::to_string)).build(), md5))
             }
@@ -519,7 +515,13 @@ impl Parts<'_> {
     }
 }
 
-async fn upload_task(client: Client, bucket: String, key: String, mut rx: mpsc::UnboundedReceiver<Msg>, shared: Arc<Shared>) -> Result<Completed, String> {
+async fn upload_task(
+    client: Client,
+    bucket: String,
+    key: String,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    shared: Arc<Shared>,
+) -> Result<Completed, String> {
     // The completion below refuses to replace an object (If-None-Match), but not every
     // S3-compatible store honours that header: looking first keeps those from overwriting too.
     match client.head_object().bucket(&bucket).key(&key).send().await {
@@ -544,7 +546,15 @@ async fn upload_task(client: Client, bucket: String, key: String, mut rx: mpsc::
     let _ = shared.upload_id.set(upload_id.clone());
 
     let result = async {
-        let mut parts = Parts { client: &client, bucket: &bucket, key: &key, upload_id: &upload_id, shared: &shared, in_flight: JoinSet::new(), done: Vec::new() };
+        let mut parts = Parts {
+            client: &client,
+            bucket: &bucket,
+            key: &key,
+            upload_id: &upload_id,
+            shared: &shared,
+            in_flight: JoinSet::new(),
+            done: Vec::new(),
+        };
         let catch_up = loop {
             match rx.recv().await {
                 Some(Msg::Part { number, data }) => parts.add(number as u32, PartData::Bytes(data), true).await?,
@@ -613,7 +623,9 @@ impl Stop {
     fn describe(&self) -> &'static str {
         match self {
             Stop::Cancelled => "the upload was stopped because the backup was cancelled",
-            Stop::Deadline => "the upload did not finish within the backup's time limit (EF__BACKUP_TIMEOUT_SECS): the store is too slow or unreachable",
+            Stop::Deadline => {
+                "the upload did not finish within the backup's time limit (EF__BACKUP_TIMEOUT_SECS): the store is too slow or unreachable"
+            }
         }
     }
 }
@@ -920,8 +932,7 @@ mod tests {
         use aws_sdk_s3::error::SdkError;
         use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error;
         let io = io::Error::new(io::ErrorKind::ConnectionRefused, "tcp connect error:\n  Connection refused (os error 111)");
-        let err: SdkError<ListObjectsV2Error, HttpResponse> =
-            SdkError::dispatch_failure(aws_sdk_s3::error::ConnectorError::io(Box::new(io)));
+        let err: SdkError<ListObjectsV2Error, HttpResponse> = SdkError::dispatch_failure(aws_sdk_s3::error::ConnectorError::io(Box::new(io)));
         let text = describe("listing s3://b/p/", &err);
         assert!(!text.contains('\n'), "{text}");
         assert!(!text.contains("DispatchFailure") && !text.contains('{'), "no Debug dump: {text}");
@@ -936,7 +947,8 @@ mod tests {
         assert_eq!(c.parts().unwrap(), [(4, o, base), (5, o + base as u64, base), (6, o + 2 * base as u64, 7)]);
         let none = CatchUp { len: 0, ..c };
         assert_eq!(none.parts().unwrap(), []);
-        let too_many = CatchUp { path: PathBuf::new(), offset: 0, len: part_size(base, MAX_PARTS) as u64 + 1, first_part: MAX_PARTS, base_part: base };
+        let too_many =
+            CatchUp { path: PathBuf::new(), offset: 0, len: part_size(base, MAX_PARTS) as u64 + 1, first_part: MAX_PARTS, base_part: base };
         assert!(too_many.parts().unwrap_err().contains("10,000 parts"));
     }
 

@@ -46,7 +46,11 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 /// The database part of a name: letters, digits, `-` and `_` only.
 pub fn db_part(database: &str) -> String {
     let s: String = database.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect();
-    if s.is_empty() { "db".into() } else { s }
+    if s.is_empty() {
+        "db".into()
+    } else {
+        s
+    }
 }
 
 pub fn backup_name(config: &Config, now: i64) -> String {
@@ -131,10 +135,9 @@ pub fn shape_backup(outcome: &BackupOutcome) -> HttpResponse {
             json!({"success": false, "message": format!("Backup failed: {}", f.message),
                 "data": {"backup_file": f.file_name, "error": f.message}}),
         ),
-        BackupOutcome::Busy(name) => respond(
-            409,
-            json!({"success": false, "message": format!("A backup is already running: {name}"), "data": {"running_backup": name}}),
-        ),
+        BackupOutcome::Busy(name) => {
+            respond(409, json!({"success": false, "message": format!("A backup is already running: {name}"), "data": {"running_backup": name}}))
+        }
     }
 }
 
@@ -143,15 +146,11 @@ pub fn schedule() -> BackupSchedule {
 }
 
 pub fn shape_status(s: &Status) -> HttpResponse {
-    let mut ours: Vec<(&BackupEntry, i64)> =
-        s.local_backups.iter().filter_map(|b| Some((b, parse_name(&s.config, &b.name)?))).collect();
+    let mut ours: Vec<(&BackupEntry, i64)> = s.local_backups.iter().filter_map(|b| Some((b, parse_name(&s.config, &b.name)?))).collect();
     ours.sort_by(|a, b| b.1.cmp(&a.1));
     let total: u64 = ours.iter().map(|(b, _)| b.size_bytes).sum();
-    let recent: Vec<_> = ours
-        .iter()
-        .take(5)
-        .map(|(b, _)| json!({"filename": b.name, "size_mb": mb(b.size_bytes), "created_at": b.modified as f64}))
-        .collect();
+    let recent: Vec<_> =
+        ours.iter().take(5).map(|(b, _)| json!({"filename": b.name, "size_mb": mb(b.size_bytes), "created_at": b.modified as f64})).collect();
     respond(
         200,
         json!({

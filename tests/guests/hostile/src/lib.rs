@@ -30,8 +30,8 @@ wit_bindgen::generate!({
     generate_all,
 });
 
-use exports::euraflow::backup::policy::Guest;
 use euraflow::backup::types::{BackupEntry, BackupOutcome, BackupSchedule, Config, HttpResponse, Status, Target};
+use exports::euraflow::backup::policy::Guest;
 
 fn mode(config: &Config) -> (String, String) {
     let v = config.settings.iter().find(|(k, _)| k == "hostile").map(|(_, v)| v.clone()).unwrap_or_default();
