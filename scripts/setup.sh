@@ -79,6 +79,9 @@ if ! command -v cargo >/dev/null; then
   die "cargo not found: install Rust with rustup (https://rustup.rs: curl -sSf https://sh.rustup.rs | sh -s -- -y), then 'source \"\$HOME/.cargo/env\"' and retry"
 fi
 log "cargo: $(cargo -V)"
+for c in fmt clippy; do
+  cargo "$c" --version >/dev/null 2>&1 || die "cargo $c is missing (scripts/test.sh checks formatting and lints): run 'rustup component add rustfmt clippy'"
+done
 
 # The toolchain script prints usage hints on stdout; callers capture our stdout, so keep it clean.
 "$ROOT/scripts/wasm-toolchain.sh" >&2 || die "wasm32-wasip2 toolchain setup failed (see the wasm-toolchain messages above)"

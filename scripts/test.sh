@@ -6,7 +6,8 @@
 # throwaway PostgreSQL, runs `cargo test` against it and always stops it again.
 # Env: EF_TEST_PG_PORT (first port to try, default 55432), EF_TEST_THREADS (default 2),
 #      EF_TEST_KEEP=1 (keep the state dir after a successful run), PG_BIN (PostgreSQL binaries),
-#      EF_TEST_BIN_OVERRIDE (run the tests against another ef-backup binary, e.g. one built from
+#      EF_TEST_LINT=1 (check formatting and clippy also when arguments are given; a run without
+#      arguments always does), EF_TEST_BIN_OVERRIDE (run the tests against another ef-backup binary, e.g. one built from
 #      an older commit, to check that a new test fails without its fix).
 # The tests get: EF_TEST_PG_PORT, EF_TEST_PG_DIR, EF_TEST_POLICY_WASM, EF_TEST_BIN,
 #      EF_TEST_TESTENV, EF_TEST_STATE, PG_BIN and EF__DB_HOST/PORT/USER/PASSWORD/NAME.
@@ -62,6 +63,16 @@ TEMPLATE_WASM="$("$ROOT/scripts/build-policy.sh" "$ROOT/examples/policies/templa
 HOSTILE_WASM="$("$ROOT/scripts/build-policy.sh" "$ROOT/tests/guests/hostile")"
 GREEDY_WASM="$("$ROOT/scripts/build-policy.sh" "$ROOT/tests/guests/greedy")"
 log "policy components: $WASM $GFS_WASM $TEMPLATE_WASM $HOSTILE_WASM $GREEDY_WASM"
+
+# Style and lints gate the whole run (CI runs it without arguments); a run of some tests only
+# (arguments given) skips them unless EF_TEST_LINT=1.
+if [ $# -eq 0 ] || [ "${EF_TEST_LINT:-0}" = 1 ]; then
+  STEP="cargo fmt"
+  cargo fmt --all --check >&2 || die "the code is not formatted: run 'cargo fmt --all' (the diff is above)"
+  STEP="cargo clippy"
+  log "cargo clippy --workspace --all-targets -- -D warnings"
+  cargo clippy --workspace --all-targets -- -D warnings || die "clippy found warnings (above): fix them, or allow one where it is wrong, saying why"
+fi
 
 STEP="cargo build"
 log "cargo build --workspace --all-targets (several minutes on a cold machine)"

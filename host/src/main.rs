@@ -243,7 +243,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     let recording = ef_backup::state::Recording::begin(&config, ef_backup::state::Trigger::Cli, started);
                     let last_recorded_run = recording.last_recorded_run();
                     let run_lock = Some(Arc::new(run_lock));
-                    let opts = engine::BackupOptions { now: started, progress: !json, cancel, run_lock, last_recorded_run, ..Default::default() };
+                    let opts = engine::BackupOptions { now: started, progress: !json, cancel, run_lock, last_recorded_run };
                     let report = engine::run(&config, &policy, s3.as_ref().map(|(_, s)| s), opts);
                     recording.finish(&report);
                     report

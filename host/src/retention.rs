@@ -244,7 +244,8 @@ mod tests {
     #[test]
     fn table() {
         // (min_keep, backups, policy's selection, just written, expected decision per backup)
-        let table: &[(u32, &[B], &[&str], Option<&str>, &[Decision])] = &[
+        type Row<'a> = (u32, &'a [B], &'a [&'a str], Option<&'a str>, &'a [Decision]);
+        let table: &[Row] = &[
             // The policy's selection is carried out when no rule objects.
             (1, &[B("a", Some(0), 0), B("b", Some(5), 5), B("c", Some(9), 9)], &["b", "c"], Some("a"), &[Keep(NotSelected), DEL, DEL]),
             // A policy that selects everything: the newest by name stays.

@@ -71,7 +71,7 @@ impl Schedule {
         let horizon = now + Duration::days(MUST_FIRE_WITHIN_DAYS);
         for (cron, expr) in self.crons.iter().zip(&self.exprs) {
             let next = cron.find_next_occurrence(&local, false).ok().map(|d| d.with_timezone(&Utc));
-            if !next.is_some_and(|t| t <= horizon) {
+            if next.is_none_or(|t| t > horizon) {
                 return Err(ScheduleError::Never { expr: expr.clone(), zone: self.zone.to_string() });
             }
         }

@@ -50,7 +50,7 @@ fn round_trip_restores_every_table_equal() {
     assert!(name.starts_with(&prefix) && name.ends_with(".sql.gz"), "{name}");
     assert_eq!(data["timestamp"].as_str().unwrap(), &name[prefix.len()..name.len() - ".sql.gz".len()]);
     assert_eq!(data["s3_uploaded"], false);
-    assert_eq!(files(&backups), [name.clone()], "only the backup, no partial file");
+    assert_eq!(files(&backups), std::slice::from_ref(&name), "only the backup, no partial file");
 
     // A standard gzip file: gunzip -t and MultiGzDecoder read it, and it is the whole dump.
     let st = std::process::Command::new("gunzip").arg("-t").arg(&path).status().unwrap();

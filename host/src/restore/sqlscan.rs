@@ -1367,7 +1367,6 @@ mod tests {
         finishing.set(true);
         s.finish(&mut emit).unwrap();
         let in_copy = s.in_copy();
-        drop(emit);
         assert_eq!(String::from_utf8_lossy(&bytes), String::from_utf8_lossy(input), "emitted bytes == input");
         Run { events, in_copy }
     }

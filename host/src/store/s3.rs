@@ -246,7 +246,7 @@ impl S3Store {
             };
             stale_uploads(list_page, &self.prefix, cutoff, |_| true).await
         })?;
-        let stale: Vec<OpenUpload> = candidates.into_iter().filter(|u| u.key.strip_prefix(&self.prefix).is_some_and(|name| ours(name))).collect();
+        let stale: Vec<OpenUpload> = candidates.into_iter().filter(|u| u.key.strip_prefix(&self.prefix).is_some_and(&ours)).collect();
         for u in &stale {
             let abort = self.client.abort_multipart_upload().bucket(&self.bucket).key(&u.key).upload_id(&u.id).send();
             self.handle.block_on(abort).map_err(|e| S3Error(describe(&format!("aborting the incomplete upload of {}", u.key), &e)))?;
@@ -892,7 +892,7 @@ mod tests {
     /// (1,000 uploads), and it must touch only this deployment's old uploads.
     #[test]
     fn stale_uploads_walks_every_page_and_keeps_only_old_uploads_of_ours() {
-        let pages = vec![
+        let pages = [
             vec![upload("p/a_backup_1.sql.gz", "1", 10), upload("p/other_backup_1.sql.gz", "2", 10)],
             vec![upload("p/a_backup_2.sql.gz", "3", 10), upload("p/sub/a_backup_3.sql.gz", "4", 10)],
             // Started after the cutoff: maybe a live run of another process.

@@ -147,7 +147,7 @@ pub fn schedule() -> BackupSchedule {
 
 pub fn shape_status(s: &Status) -> HttpResponse {
     let mut ours: Vec<(&BackupEntry, i64)> = s.local_backups.iter().filter_map(|b| Some((b, parse_name(&s.config, &b.name)?))).collect();
-    ours.sort_by(|a, b| b.1.cmp(&a.1));
+    ours.sort_by_key(|b| std::cmp::Reverse(b.1));
     let total: u64 = ours.iter().map(|(b, _)| b.size_bytes).sum();
     let recent: Vec<_> =
         ours.iter().take(5).map(|(b, _)| json!({"filename": b.name, "size_mb": mb(b.size_bytes), "created_at": b.modified as f64})).collect();
