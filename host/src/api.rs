@@ -15,7 +15,7 @@ use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use sha2::{Digest, Sha256};
 
-use crate::policy::HttpResponse;
+use crate::model::HttpResponse;
 use crate::service::Service;
 use crate::state::Trigger;
 

@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 
 use crate::config::Config;
 use crate::engine::BackupReport;
-use crate::policy::{BackupEntry, BackupOutcome, HttpResponse, Policy, PolicyError, S3Outcome};
+use crate::model::{BackupEntry, BackupOutcome, HttpResponse, S3Outcome};
+use crate::policy::{Policy, PolicyError};
 use crate::store::StoredBackup;
 use crate::verify::{Kind, Outcome, VerifyReport};
 

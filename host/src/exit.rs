@@ -10,7 +10,7 @@
 //! | 128 + N | ended by signal N (130 SIGINT, 143 SIGTERM); a `backup` removed its `.partial` file, a `restore`/`verify` dropped its scratch database |
 
 use crate::engine::BackupReport;
-use crate::policy::{BackupOutcome, S3Outcome};
+use crate::model::{BackupOutcome, S3Outcome};
 
 pub const OK: u8 = 0;
 pub const FAILED: u8 = 1;

@@ -15,6 +15,7 @@ pub mod exit;
 pub mod libpq;
 pub mod lock;
 pub mod metrics;
+pub mod model;
 pub mod policy;
 pub mod restore;
 pub mod retention;

@@ -22,7 +22,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::db::{tail_lines, DbError, PgTools};
 use crate::engine::{BackupReport, RetentionReport};
-use crate::policy::{BackupFailed, BackupOutcome, ErrorKind};
+use crate::model::{BackupFailed, BackupOutcome, ErrorKind};
 
 /// `application_name` of every lock session: how an operator (or a restore) tells them apart.
 pub const APPLICATION_NAME: &str = "ef-backup-lock";

@@ -251,7 +251,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Err(e) => {
                     tracing::error!("{e}");
                     let report = e.into_report(None);
-                    if matches!(report.outcome, policy::BackupOutcome::Failed(_)) {
+                    if matches!(report.outcome, ef_backup::model::BackupOutcome::Failed(_)) {
                         ef_backup::state::Recording::begin(&config, ef_backup::state::Trigger::Cli, started).finish(&report);
                     }
                     report
@@ -266,7 +266,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 cli::print_backup_summary(&report, &response);
             }
-            if let Some(sig) = ef_backup::signals::received().filter(|_| !matches!(report.outcome, policy::BackupOutcome::Done(_))) {
+            if let Some(sig) = ef_backup::signals::received().filter(|_| !matches!(report.outcome, ef_backup::model::BackupOutcome::Done(_))) {
                 eprintln!("ef-backup: interrupted by signal {sig}; pg_dump was stopped and the partial backup file removed");
                 return Ok(ExitCode::from(exit::signalled(sig)));
             }

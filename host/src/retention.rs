@@ -6,7 +6,8 @@
 //! deletion into a keep, never the other way round.
 
 use crate::config::Config;
-use crate::policy::{self, BackupEntry, Policy};
+use crate::model::BackupEntry;
+use crate::policy::{self, Policy};
 use crate::store::StoredBackup;
 
 /// A recognised name dated more than this after `now` is "future-dated": a clock that was

@@ -15,7 +15,7 @@ use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds};
 use croner::Cron;
 
-use crate::policy::{BackupOutcome, BackupSchedule};
+use crate::model::{BackupOutcome, BackupSchedule};
 use crate::service::Service;
 use crate::state::Trigger;
 
@@ -286,7 +286,7 @@ mod tests {
     /// the retry is off or the next slot comes first; success and busy are never retried.
     #[test]
     fn retry_decision() {
-        use crate::policy::{BackupFailed, ErrorKind};
+        use crate::model::{BackupFailed, ErrorKind};
         let failed = BackupOutcome::Failed(BackupFailed { kind: ErrorKind::Dump, message: "x".into(), file_name: None });
         let busy = BackupOutcome::Busy("b".into());
         let now = Utc.with_ymd_and_hms(2025, 3, 1, 1, 0, 0).unwrap();

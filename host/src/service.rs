@@ -11,7 +11,8 @@ use crate::config::Config;
 use crate::engine::{self, BackupOptions, BackupReport};
 use crate::lock::{self, LockError, SlotLock};
 use crate::metrics::{Gauges, Metrics};
-use crate::policy::{self, BackupEntry, BackupOutcome, HttpResponse, LastRun, Policy, PolicyError, Status};
+use crate::model::{BackupEntry, BackupOutcome, HttpResponse, LastRun, Status};
+use crate::policy::{self, Policy, PolicyError};
 use crate::schedule::{Schedule, ScheduleError};
 use crate::state::{Finished, StateStore, Trigger};
 use crate::store::local::LocalStore;
@@ -82,7 +83,7 @@ fn busy(what: impl Into<String>) -> BackupRun {
 }
 
 fn internal_failure(message: String, file_name: Option<String>) -> BackupOutcome {
-    BackupOutcome::Failed(policy::BackupFailed { kind: policy::ErrorKind::Internal, message, file_name })
+    BackupOutcome::Failed(crate::model::BackupFailed { kind: crate::model::ErrorKind::Internal, message, file_name })
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Config, DbConfig};
 use crate::engine::BackupReport;
-use crate::policy::{BackupOutcome, LastRun, S3Outcome};
+use crate::model::{BackupOutcome, LastRun, S3Outcome};
 
 /// The schema this build writes. Version 1: `runs`, `counters`.
 pub const SCHEMA_VERSION: i32 = 1;

@@ -2,8 +2,8 @@
 //! network, no environment, frozen clocks, bounded memory and bounded time per call. Every value
 //! that comes back is validated before the host acts on it.
 
-mod bindings;
 pub mod check;
+mod v0_1;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -18,13 +18,17 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable, ResourceTab
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use bindings::exports::euraflow::backup::policy::Guest as Exports;
-pub use bindings::types::{
-    BackupDone, BackupEntry, BackupFailed, BackupOutcome, BackupSchedule, Config as PolicyConfig, ErrorKind, HttpResponse, LastRun, Level,
-    LoadedPolicy, S3Config as PolicyS3Config, S3Outcome, Status, Target,
+// The host's own types; re-exported here because they are the policy's vocabulary.
+pub use crate::model::{
+    BackupDone, BackupEntry, BackupFailed, BackupOutcome, BackupSchedule, ErrorKind, HttpResponse, LastRun, Level, LoadedPolicy, PolicyConfig,
+    PolicyS3Config, S3Outcome, Status, Target,
 };
-pub use bindings::ACCEPTED_VERSIONS;
-use bindings::{BackupPolicy, BackupPolicyPre};
+use v0_1::{World as BackupPolicy, WorldPre as BackupPolicyPre};
+
+/// The WIT package versions this host can run.
+pub const ACCEPTED_VERSIONS: &[&str] = &[v0_1::VERSION];
+/// Export name of the policy interface, without the version.
+const POLICY_INTERFACE: &str = "euraflow:backup/policy";
 
 /// Per-call limits. Generous for a policy (the default one needs about 1 MiB and well under a
 /// millisecond), small enough that a runaway guest cannot hurt the host. The memory limit is
@@ -176,9 +180,8 @@ impl WasiView for State {
     }
 }
 
-impl bindings::types::Host for State {}
-
-impl bindings::BackupPolicyImports for State {
+impl State {
+    /// A line the policy logs (the `log` import of every contract version).
     fn log(&mut self, level: Level, message: String) {
         self.log_lines += 1;
         if self.log_lines > LOG_LINES_PER_CALL {
@@ -305,55 +308,15 @@ fn run_until<R>(deadline: Instant, call: impl Future<Output = wasmtime::Result<R
     }
 }
 
-/// One instance of the policy whose exports are called like plain functions: each call blocks
-/// until the guest answers, traps or the deadline of the whole policy call passes.
+/// One instance of the policy, with the deadline of the whole policy call.
 struct Instance {
     exports: BackupPolicy,
     deadline: Instant,
 }
 
 impl Instance {
-    fn euraflow_backup_policy(&self) -> SyncExports<'_> {
-        SyncExports { exports: self.exports.euraflow_backup_policy(), deadline: self.deadline }
-    }
-}
-
-/// The exports of an [`Instance`], with the generated (async) bindings' names and arguments.
-struct SyncExports<'a> {
-    exports: &'a Exports,
-    deadline: Instant,
-}
-
-impl SyncExports<'_> {
-    fn call_schedule(&self, store: &mut Store<State>, config: &PolicyConfig) -> wasmtime::Result<BackupSchedule> {
-        run_until(self.deadline, self.exports.call_schedule(store, config))
-    }
-
-    fn call_backup_name(&self, store: &mut Store<State>, config: &PolicyConfig, now: i64) -> wasmtime::Result<String> {
-        run_until(self.deadline, self.exports.call_backup_name(store, config, now))
-    }
-
-    fn call_parse_name(&self, store: &mut Store<State>, config: &PolicyConfig, name: &str) -> wasmtime::Result<Option<i64>> {
-        run_until(self.deadline, self.exports.call_parse_name(store, config, name))
-    }
-
-    fn call_select_expired(
-        &self,
-        store: &mut Store<State>,
-        backups: &[BackupEntry],
-        now: i64,
-        target: Target,
-        config: &PolicyConfig,
-    ) -> wasmtime::Result<Vec<String>> {
-        run_until(self.deadline, self.exports.call_select_expired(store, backups, now, target, config))
-    }
-
-    fn call_shape_backup_response(&self, store: &mut Store<State>, outcome: &BackupOutcome) -> wasmtime::Result<HttpResponse> {
-        run_until(self.deadline, self.exports.call_shape_backup_response(store, outcome))
-    }
-
-    fn call_shape_status(&self, store: &mut Store<State>, status: &Status) -> wasmtime::Result<HttpResponse> {
-        run_until(self.deadline, self.exports.call_shape_status(store, status))
+    fn calls(&self) -> v0_1::Calls<'_> {
+        v0_1::Calls::new(&self.exports, self.deadline)
     }
 }
 
@@ -401,7 +364,7 @@ fn hex(bytes: &[u8]) -> String {
 fn exported_version(engine: &Engine, component: &Component) -> Result<String, Vec<String>> {
     let ty = component.component_type();
     let names: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
-    names.iter().find_map(|n| n.strip_prefix(bindings::POLICY_INTERFACE)?.strip_prefix('@').map(str::to_string)).ok_or(names)
+    names.iter().find_map(|n| n.strip_prefix(POLICY_INTERFACE)?.strip_prefix('@').map(str::to_string)).ok_or(names)
 }
 
 impl Policy {
@@ -527,7 +490,7 @@ impl Policy {
     }
 
     pub fn schedule(&self, config: &PolicyConfig) -> Result<BackupSchedule, PolicyError> {
-        let s = self.call("schedule", |p, s| p.euraflow_backup_policy().call_schedule(s, config))?;
+        let s = self.call("schedule", |p, s| p.calls().schedule(s, config))?;
         if s.crons.is_empty() {
             return Err(self.bad("schedule", "no cron expressions"));
         }
@@ -541,13 +504,13 @@ impl Policy {
     }
 
     pub fn backup_name(&self, config: &PolicyConfig, now: i64) -> Result<String, PolicyError> {
-        let name = self.call("backup-name", |p, s| p.euraflow_backup_policy().call_backup_name(s, config, now))?;
+        let name = self.call("backup-name", |p, s| p.calls().backup_name(s, config, now))?;
         validate_name(&name).map_err(|reason| self.bad("backup-name", format!("{name:?}: {reason}")))?;
         Ok(name)
     }
 
     pub fn parse_name(&self, config: &PolicyConfig, name: &str) -> Result<Option<i64>, PolicyError> {
-        self.call("parse-name", |p, s| p.euraflow_backup_policy().call_parse_name(s, config, name))
+        self.call("parse-name", |p, s| p.calls().parse_name(s, config, name))
     }
 
     /// The names among `backups` that the policy recognises, with the time each name carries.
@@ -591,7 +554,7 @@ impl Policy {
                 }
             };
             store.set_epoch_deadline((limit.as_millis().div_ceil(EPOCH_TICK.as_millis())).max(1) as u64);
-            let parsed = run_until(name_deadline, exports.euraflow_backup_policy().call_parse_name(&mut *store, config, &b.name));
+            let parsed = v0_1::Calls::new(exports, name_deadline).parse_name(&mut *store, config, &b.name);
             errors.append(&mut store.data_mut().errors);
             match parsed {
                 Ok(Some(t)) => out.push((b.clone(), t)),
@@ -654,7 +617,7 @@ impl Policy {
         config: &PolicyConfig,
     ) -> Result<Vec<String>, PolicyError> {
         let call = "select-expired";
-        let names = self.call(call, |p, s| p.euraflow_backup_policy().call_select_expired(&mut *s, backups, now, target, config))?;
+        let names = self.call(call, |p, s| p.calls().select_expired(&mut *s, backups, now, target, config))?;
         let mut out: Vec<String> = Vec::with_capacity(names.len());
         for name in names {
             if !backups.iter().any(|b| b.name == name) {
@@ -671,12 +634,12 @@ impl Policy {
     }
 
     pub fn shape_backup_response(&self, outcome: &BackupOutcome) -> Result<HttpResponse, PolicyError> {
-        let r = self.call("shape-backup-response", |p, s| p.euraflow_backup_policy().call_shape_backup_response(s, outcome))?;
+        let r = self.call("shape-backup-response", |p, s| p.calls().shape_backup_response(s, outcome))?;
         self.validate_response("shape-backup-response", r)
     }
 
     pub fn shape_status(&self, status: &Status) -> Result<HttpResponse, PolicyError> {
-        let r = self.call("shape-status", |p, s| p.euraflow_backup_policy().call_shape_status(s, status))?;
+        let r = self.call("shape-status", |p, s| p.calls().shape_status(s, status))?;
         self.validate_response("shape-status", r)
     }
 

@@ -12,8 +12,8 @@ pub struct StoredBackup {
     pub modified: i64,
 }
 
-impl From<&StoredBackup> for crate::policy::BackupEntry {
+impl From<&StoredBackup> for crate::model::BackupEntry {
     fn from(b: &StoredBackup) -> Self {
-        crate::policy::BackupEntry { name: b.name.clone(), size_bytes: b.size_bytes, modified: b.modified }
+        crate::model::BackupEntry { name: b.name.clone(), size_bytes: b.size_bytes, modified: b.modified }
     }
 }

@@ -1,0 +1,141 @@
+//! The host's own words for what a policy decides and is told: backups, outcomes, the status,
+//! responses. Everything outside `policy/` speaks these; each WIT version the host runs
+//! (`policy::v0_1`, …) converts to and from them at the edge, so a second contract version can
+//! sit beside the first without its generated types reaching storage, the engine or the API.
+
+/// Seconds since the Unix epoch.
+pub type UnixSeconds = i64;
+
+/// What the policy is told about the deployment (`EF__*` settings, and its own `EF__POLICY_*`
+/// ones in `settings`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyConfig {
+    pub database: String,
+    pub backup_dir: String,
+    pub s3: Option<PolicyS3Config>,
+    /// `EF__POLICY_<NAME>` → (`name` in lower case, value), in a stable order.
+    pub settings: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyS3Config {
+    pub bucket: String,
+    pub region: String,
+    pub prefix: String,
+    pub retention_days: u32,
+}
+
+/// When backups run: cron expressions (seconds field first) in a time zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupSchedule {
+    pub crons: Vec<String>,
+    pub timezone: String,
+    pub description: String,
+}
+
+/// Where a retention decision applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    Local,
+    S3,
+}
+
+/// A stored backup as listed by a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupEntry {
+    pub name: String,
+    pub size_bytes: u64,
+    pub modified: UnixSeconds,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum S3Outcome {
+    Disabled,
+    /// The object's URL.
+    Uploaded(String),
+    /// Why the upload failed (the local backup stands).
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupDone {
+    pub file_name: String,
+    pub path: String,
+    pub size_bytes: u64,
+    pub started_at: UnixSeconds,
+    pub finished_at: UnixSeconds,
+    pub s3: S3Outcome,
+}
+
+/// What kind of thing failed: the response's status and the exit code follow from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    Config,
+    Dump,
+    Storage,
+    Timeout,
+    Policy,
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupFailed {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub file_name: Option<String>,
+}
+
+/// How one backup run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackupOutcome {
+    Done(BackupDone),
+    Failed(BackupFailed),
+    /// Another backup is running: its name.
+    Busy(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastRun {
+    pub started_at: UnixSeconds,
+    pub finished_at: UnixSeconds,
+    pub succeeded: bool,
+    pub file_name: Option<String>,
+    pub message: String,
+}
+
+/// Which policy file runs, and which contract version it implements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedPolicy {
+    pub path: String,
+    pub sha256: String,
+    pub wit_version: String,
+}
+
+/// What the status endpoint knows, for the policy to shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub now: UnixSeconds,
+    pub config: PolicyConfig,
+    pub policy: LoadedPolicy,
+    pub local_backups: Vec<BackupEntry>,
+    pub last_run: Option<LastRun>,
+    pub next_run: Option<UnixSeconds>,
+    pub running: Option<String>,
+}
+
+/// A response the API sends as it is: a status code and a JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+/// The level of a line the policy logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
