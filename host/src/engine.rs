@@ -12,10 +12,9 @@ use crate::db::{DbError, PgTools};
 use crate::dump::{self, DumpError};
 use crate::model::{BackupDone, BackupEntry, BackupFailed, BackupOutcome, ErrorKind, S3Outcome, Target};
 use crate::policy::{self, Policy, PolicyError};
-use crate::retention::{Guard, Plan};
+use crate::retention::{self, Guard, Selection};
 use crate::store::local::{LocalError, LocalStore, PartialFile};
 use crate::store::s3::{S3Store, S3Upload};
-use crate::store::StoredBackup;
 
 /// A `.partial` of ours that no writer holds is removed once it has not been written to for
 /// this long: the grace covers the instants a live writer does not hold its lock (between
@@ -67,17 +66,7 @@ fn write_hint(err: &std::io::Error, dir: &std::path::Path) -> String {
     }
 }
 
-/// What retention did after a good backup.
-#[derive(Debug, Default, Clone)]
-pub struct RetentionReport {
-    pub deleted: Vec<String>,
-    /// Set when retention was skipped or partly failed; the backup itself is still good.
-    pub error: Option<String>,
-    /// Retention was skipped because the clock is earlier than the last recorded run.
-    pub clock_behind: bool,
-    /// Recognised names dated more than a day in the future (never counted as the newest).
-    pub future_dated: Vec<String>,
-}
+pub use crate::retention::RetentionReport;
 
 #[derive(Debug, Clone)]
 pub struct BackupReport {
@@ -225,6 +214,23 @@ fn dump_to_file(
     Ok(Done { name: name.to_string(), path, size, dump_bytes: stats.bytes, s3 })
 }
 
+/// The running policy as retention's [`Selection`]: recognition per name
+/// ([`Policy::recognise`]), so an odd name is only "not ours" and never stops retention.
+struct PolicySelection<'a> {
+    policy: &'a Policy,
+    config: crate::model::PolicyConfig,
+}
+
+impl Selection for PolicySelection<'_> {
+    fn recognise(&self, listing: &[BackupEntry]) -> Result<Vec<(BackupEntry, i64)>, String> {
+        self.policy.recognise(&self.config, listing).map_err(|e| e.to_string())
+    }
+
+    fn select_expired(&self, listing: &[BackupEntry], ours: &[(BackupEntry, i64)], now: i64, target: Target) -> Result<Vec<String>, String> {
+        self.policy.select_expired_among(listing, ours, now, target, &self.config).map_err(|e| e.to_string())
+    }
+}
+
 /// S3 retention: the same contract as local, against the bucket listing under the prefix.
 pub fn apply_s3_retention(s3: &S3Store, policy: &Policy, config: &Config, guard: &Guard, just_written: &str) -> RetentionReport {
     // Uploads older than a backup can run are dead: abort them so their parts stop costing.
@@ -238,83 +244,7 @@ pub fn apply_s3_retention(s3: &S3Store, policy: &Policy, config: &Config, guard:
         Ok(n) => tracing::info!("aborted {n} incomplete S3 upload(s) left by interrupted runs"),
         Err(e) => tracing::warn!("could not check for incomplete S3 uploads: {e}"),
     }
-    if guard.clock_behind() {
-        return clock_behind_report(guard, "S3");
-    }
-    let mut report = RetentionReport::default();
-    let result = s3
-        .list()
-        .map_err(|e| e.to_string())
-        .and_then(|listing: Vec<StoredBackup>| retention_plan(policy, config, guard, &listing, Target::S3, just_written).map_err(|e| e.to_string()));
-    let plan = match result {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!("S3 备份清理已跳过 (retention skipped, nothing deleted): {e}");
-            report.error = Some(e);
-            return report;
-        }
-    };
-    report.future_dated = plan.future_dated.clone();
-    let expired = plan.to_delete();
-    if expired.is_empty() {
-        return report;
-    }
-    tracing::info!("开始删除 S3 中 {} 个超过{}天的旧备份...", expired.len(), config.retention_days);
-    match s3.delete(&expired) {
-        Ok(deleted) => report.deleted = deleted,
-        Err(e) => {
-            tracing::error!("S3 备份清理失败: {e}");
-            report.error = Some(e.to_string());
-        }
-    }
-    for name in &report.deleted {
-        tracing::info!("S3 retention deleted: {name}");
-    }
-    tracing::info!("✓ S3 备份清理完成，删除了 {} 个旧备份", report.deleted.len());
-    report
-}
-
-/// Retention skipped because the clock went backwards (see [`Guard::clock_behind`]).
-fn clock_behind_report(guard: &Guard, place: &str) -> RetentionReport {
-    let message = format!(
-        "{place} retention skipped, nothing deleted: the clock says {} but a run was already recorded at {}; the clock went \
-         backwards (check NTP / the system clock). Retention resumes once the clock has caught up",
-        crate::cli::format_time(guard.now),
-        guard.last_recorded_run.map(crate::cli::format_time).unwrap_or_default()
-    );
-    tracing::error!("{message}");
-    RetentionReport { error: Some(message), clock_behind: true, ..RetentionReport::default() }
-}
-
-/// The policy's selection for one place, passed through the host's safety rules. Recognition
-/// is per name ([`Policy::recognise`]): an odd name is only "not ours", it never stops retention.
-fn retention_plan(
-    policy: &Policy,
-    config: &Config,
-    guard: &Guard,
-    listing: &[StoredBackup],
-    target: Target,
-    just_written: &str,
-) -> Result<Plan, PolicyError> {
-    let entries: Vec<BackupEntry> = listing.iter().map(BackupEntry::from).collect();
-    let pc = policy::policy_config(config);
-    let ours = policy.recognise(&pc, &entries)?;
-    let selected = policy.select_expired_among(&entries, &ours, guard.now, target, &pc)?;
-    let plan = guard.decide(&entries, &ours, &selected, Some(just_written));
-    let place = match target {
-        Target::Local => "local",
-        Target::S3 => "S3",
-    };
-    for name in &plan.future_dated {
-        tracing::warn!(
-            "{place} backup {name:?} is dated more than a day in the future (a wrong clock when it was written?); it never counts \
-             as the newest backup, and deleting it is the policy's call"
-        );
-    }
-    for (name, reason) in plan.overruled() {
-        tracing::warn!("{place} retention keeps {name:?}, which the policy selected: {reason}");
-    }
-    Ok(plan)
+    retention::apply(s3, &PolicySelection { policy, config: cfg }, guard, just_written, config.retention_days)
 }
 
 /// The original's start-up line about S3.
@@ -328,43 +258,8 @@ pub fn log_s3_state(config: &Config) {
 /// Deletes what the policy selects among the listed local backups, unless a safety rule of
 /// the host keeps it ([`Guard::decide`]). Never fails the backup: problems are logged and reported.
 pub fn apply_local_retention(store: &LocalStore, policy: &Policy, config: &Config, guard: &Guard, just_written: &str) -> RetentionReport {
-    if guard.clock_behind() {
-        return clock_behind_report(guard, "local");
-    }
-    let mut report = RetentionReport::default();
-    let listing = match store.list() {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::warn!("本地备份清理已跳过: {e}");
-            report.error = Some(e.to_string());
-            return report;
-        }
-    };
-    let plan = match retention_plan(policy, config, guard, &listing, Target::Local, just_written) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!("本地备份清理已跳过 (retention skipped, nothing deleted): {e}");
-            report.error = Some(e.to_string());
-            return report;
-        }
-    };
-    report.future_dated = plan.future_dated.clone();
-    for name in plan.to_delete() {
-        match store.delete(&name) {
-            Ok(()) => {
-                tracing::info!("已删除过期本地备份: {name}");
-                report.deleted.push(name);
-            }
-            Err(e) => {
-                tracing::warn!("{e}");
-                report.error = Some(e.to_string());
-            }
-        }
-    }
-    if !report.deleted.is_empty() {
-        tracing::info!("✓ 本地备份清理完成，删除了 {} 个旧备份", report.deleted.len());
-    }
-    report
+    let selection = PolicySelection { policy, config: policy::policy_config(config) };
+    retention::apply(store, &selection, guard, just_written, config.retention_days)
 }
 
 /// Removes the `.partial` files of this deployment's names that no live writer holds: a

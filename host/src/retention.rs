@@ -6,9 +6,9 @@
 //! deletion into a keep, never the other way round.
 
 use crate::config::Config;
-use crate::model::BackupEntry;
+use crate::model::{BackupEntry, Target};
 use crate::policy::{self, Policy};
-use crate::store::StoredBackup;
+use crate::store::{BackupStore, StoredBackup};
 
 /// A recognised name dated more than this after `now` is "future-dated": a clock that was
 /// wrong when it was written, or a file put there by hand. It never counts as the newest
@@ -161,6 +161,107 @@ impl Guard {
         let future_dated = recognised.iter().filter(|(_, t)| future(*t)).map(|(b, _)| b.name.clone()).collect();
         Plan { decisions, future_dated, clock_behind: false }
     }
+}
+
+/// What retention did in one store after a good backup.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub deleted: Vec<String>,
+    /// Set when retention was skipped or partly failed; the backup itself is still good.
+    pub error: Option<String>,
+    /// Retention was skipped because the clock is earlier than the last recorded run.
+    pub clock_behind: bool,
+    /// Recognised names dated more than a day in the future (never counted as the newest).
+    pub future_dated: Vec<String>,
+}
+
+/// The policy's half of retention: which listed names are its own (with the time each
+/// carries), and which of those it would delete. Errors are whole answers refused.
+pub trait Selection {
+    fn recognise(&self, listing: &[BackupEntry]) -> Result<Vec<(BackupEntry, i64)>, String>;
+    fn select_expired(&self, listing: &[BackupEntry], ours: &[(BackupEntry, i64)], now: i64, target: Target) -> Result<Vec<String>, String>;
+}
+
+/// The original's log lines, which operators' log searches rely on, per store.
+fn place(target: Target) -> &'static str {
+    match target {
+        Target::Local => "local",
+        Target::S3 => "S3",
+    }
+}
+
+/// Retention in one store: the policy proposes, [`Guard::decide`] disposes, the store deletes.
+/// Never fails the backup: whatever goes wrong is logged and reported, and a listing or an
+/// answer that cannot be trusted deletes nothing. `retention_days` is only for the original's
+/// S3 log line.
+pub fn apply(store: &dyn BackupStore, policy: &dyn Selection, guard: &Guard, just_written: &str, retention_days: u32) -> RetentionReport {
+    let target = store.target();
+    let place = place(target);
+    if guard.clock_behind() {
+        let message = format!(
+            "{place} retention skipped, nothing deleted: the clock says {} but a run was already recorded at {}; the clock went \
+             backwards (check NTP / the system clock). Retention resumes once the clock has caught up",
+            crate::cli::format_time(guard.now),
+            guard.last_recorded_run.map(crate::cli::format_time).unwrap_or_default()
+        );
+        tracing::error!("{message}");
+        return RetentionReport { error: Some(message), clock_behind: true, ..RetentionReport::default() };
+    }
+    let skipped = |e: String, listing_failed: bool| {
+        match (target, listing_failed) {
+            (Target::Local, true) => tracing::warn!("本地备份清理已跳过: {e}"),
+            (Target::Local, false) => tracing::error!("本地备份清理已跳过 (retention skipped, nothing deleted): {e}"),
+            (Target::S3, _) => tracing::error!("S3 备份清理已跳过 (retention skipped, nothing deleted): {e}"),
+        }
+        RetentionReport { error: Some(e), ..RetentionReport::default() }
+    };
+    let listing = match store.list_backups() {
+        Ok(l) => l,
+        Err(e) => return skipped(e, true),
+    };
+    let entries: Vec<BackupEntry> = listing.iter().map(BackupEntry::from).collect();
+    let plan = match policy.recognise(&entries).and_then(|ours| {
+        let selected = policy.select_expired(&entries, &ours, guard.now, target)?;
+        Ok(guard.decide(&entries, &ours, &selected, Some(just_written)))
+    }) {
+        Ok(p) => p,
+        Err(e) => return skipped(e, false),
+    };
+    for name in &plan.future_dated {
+        tracing::warn!(
+            "{place} backup {name:?} is dated more than a day in the future (a wrong clock when it was written?); it never counts \
+             as the newest backup, and deleting it is the policy's call"
+        );
+    }
+    for (name, reason) in plan.overruled() {
+        tracing::warn!("{place} retention keeps {name:?}, which the policy selected: {reason}");
+    }
+    let mut report = RetentionReport { future_dated: plan.future_dated.clone(), ..RetentionReport::default() };
+    let expired = plan.to_delete();
+    if expired.is_empty() {
+        return report;
+    }
+    if target == Target::S3 {
+        tracing::info!("开始删除 S3 中 {} 个超过{}天的旧备份...", expired.len(), retention_days);
+    }
+    let deleted = store.delete_backups(&expired);
+    if let (Target::S3, Some(e)) = (target, &deleted.error) {
+        tracing::error!("S3 备份清理失败: {e}");
+    }
+    for name in &deleted.names {
+        match target {
+            Target::Local => tracing::info!("已删除过期本地备份: {name}"),
+            Target::S3 => tracing::info!("S3 retention deleted: {name}"),
+        }
+    }
+    match target {
+        Target::Local if !deleted.names.is_empty() => tracing::info!("✓ 本地备份清理完成，删除了 {} 个旧备份", deleted.names.len()),
+        Target::S3 => tracing::info!("✓ S3 备份清理完成，删除了 {} 个旧备份", deleted.names.len()),
+        _ => {}
+    }
+    report.deleted = deleted.names;
+    report.error = deleted.error;
+    report
 }
 
 /// The original service named every backup `euraflow_backup_…`, whatever its database.
@@ -354,5 +455,139 @@ mod tests {
         assert_eq!(plan.to_delete(), ["c"]);
         let reversed = [B("c", Some(3), 3), B("a", Some(1), 1), B("b", Some(2), 2)];
         assert_eq!(run(guard(2), &reversed, &["a", "b", "c"], None).to_delete(), ["c"]);
+    }
+}
+
+/// [`apply`] against an in-memory store and a native policy: the same rules whichever store.
+#[cfg(test)]
+mod apply_tests {
+    use std::cell::RefCell;
+
+    use crate::store::Deleted;
+
+    use super::*;
+
+    /// A store in memory; `fail_list` and `fail_delete` make it misbehave.
+    struct MemStore {
+        target: Target,
+        items: RefCell<Vec<StoredBackup>>,
+        fail_list: bool,
+        fail_delete: Vec<&'static str>,
+    }
+
+    impl MemStore {
+        fn new(target: Target, names: &[(&str, i64)]) -> MemStore {
+            let items = names.iter().map(|(n, t)| StoredBackup { name: n.to_string(), size_bytes: 1, modified: *t }).collect();
+            MemStore { target, items: RefCell::new(items), fail_list: false, fail_delete: Vec::new() }
+        }
+
+        fn names(&self) -> Vec<String> {
+            self.items.borrow().iter().map(|b| b.name.clone()).collect()
+        }
+    }
+
+    impl BackupStore for MemStore {
+        fn target(&self) -> Target {
+            self.target
+        }
+
+        fn list_backups(&self) -> Result<Vec<StoredBackup>, String> {
+            if self.fail_list {
+                return Err("listing refused".into());
+            }
+            Ok(self.items.borrow().clone())
+        }
+
+        fn delete_backups(&self, names: &[String]) -> Deleted {
+            let mut out = Deleted::default();
+            for n in names {
+                if self.fail_delete.contains(&n.as_str()) {
+                    out.error = Some(format!("cannot delete {n}"));
+                    continue;
+                }
+                self.items.borrow_mut().retain(|b| &b.name != n);
+                out.names.push(n.clone());
+            }
+            out
+        }
+    }
+
+    /// Recognises `db_backup_<unix>`; selects what `select` names (or fails).
+    struct Native {
+        select: Result<Vec<&'static str>, &'static str>,
+        recognise_fails: bool,
+    }
+
+    impl Selection for Native {
+        fn recognise(&self, listing: &[BackupEntry]) -> Result<Vec<(BackupEntry, i64)>, String> {
+            if self.recognise_fails {
+                return Err("recognition refused".into());
+            }
+            Ok(listing.iter().filter_map(|b| Some((b.clone(), b.name.strip_prefix("db_backup_")?.parse().ok()?))).collect())
+        }
+
+        fn select_expired(&self, _: &[BackupEntry], _: &[(BackupEntry, i64)], _: i64, _: Target) -> Result<Vec<String>, String> {
+            self.select.clone().map(|v| v.into_iter().map(String::from).collect()).map_err(String::from)
+        }
+    }
+
+    fn select(names: &[&'static str]) -> Native {
+        Native { select: Ok(names.to_vec()), recognise_fails: false }
+    }
+
+    const LISTING: &[(&str, i64)] =
+        &[("db_backup_100", 100), ("db_backup_200", 200), ("db_backup_300", 300), ("db_backup_400", 400), ("other.sql.gz", 50)];
+    const GUARD: Guard = Guard { now: 1000, min_keep: 1, last_recorded_run: Some(900) };
+
+    #[test]
+    fn the_same_rules_hold_in_every_store() {
+        for target in [Target::Local, Target::S3] {
+            // The policy asks for everything, the foreign file and the backup just written included.
+            let store = MemStore::new(target, LISTING);
+            let all = ["db_backup_100", "db_backup_200", "db_backup_300", "db_backup_400", "other.sql.gz"];
+            let report = apply(&store, &select(&all), &GUARD, "db_backup_300", 7);
+            assert_eq!(report.deleted, ["db_backup_100", "db_backup_200"], "{target:?}");
+            assert_eq!(store.names(), ["db_backup_300", "db_backup_400", "other.sql.gz"], "{target:?}: just written, newest and foreign stay");
+            assert_eq!(report.error, None);
+        }
+    }
+
+    #[test]
+    fn nothing_is_deleted_when_anything_before_the_deletions_fails() {
+        let cases: Vec<(&str, MemStore, Native, Guard)> = vec![
+            ("clock behind", MemStore::new(Target::Local, LISTING), select(&["db_backup_100"]), Guard { now: 800, ..GUARD }),
+            ("listing fails", MemStore { fail_list: true, ..MemStore::new(Target::S3, LISTING) }, select(&["db_backup_100"]), GUARD),
+            ("recognition fails", MemStore::new(Target::Local, LISTING), Native { select: Ok(vec!["db_backup_100"]), recognise_fails: true }, GUARD),
+            ("selection refused", MemStore::new(Target::S3, LISTING), Native { select: Err("confused"), recognise_fails: false }, GUARD),
+        ];
+        for (case, store, policy, guard) in cases {
+            let before = store.items.borrow().len();
+            let report = apply(&store, &policy, &guard, "db_backup_400", 7);
+            assert!(report.deleted.is_empty(), "{case}");
+            assert!(report.error.is_some(), "{case}: the report says why");
+            assert_eq!(report.clock_behind, case == "clock behind", "{case}");
+            assert_eq!(store.items.borrow().len(), before, "{case}");
+        }
+    }
+
+    #[test]
+    fn a_failed_deletion_is_reported_and_the_others_still_go() {
+        let store = MemStore { fail_delete: vec!["db_backup_100"], ..MemStore::new(Target::Local, LISTING) };
+        let report = apply(&store, &select(&["db_backup_100", "db_backup_200"]), &GUARD, "db_backup_400", 7);
+        assert_eq!(report.deleted, ["db_backup_200"]);
+        assert_eq!(report.error.as_deref(), Some("cannot delete db_backup_100"));
+        assert!(store.names().contains(&"db_backup_100".to_string()));
+    }
+
+    #[test]
+    fn the_minimum_count_and_future_dates_hold_through_apply() {
+        let store = MemStore::new(Target::S3, &[("db_backup_100", 100), ("db_backup_200", 200), ("db_backup_300", 300), ("db_backup_999999", 300)]);
+        let guard = Guard { min_keep: 3, ..GUARD };
+        let report = apply(&store, &select(&["db_backup_100", "db_backup_200", "db_backup_300"]), &guard, "none", 7);
+        // The future-dated name never counts among the newest: the three real ones are the
+        // minimum, and only the oldest of them cannot be protected by anything but the count.
+        assert_eq!(report.future_dated, ["db_backup_999999"]);
+        assert!(report.deleted.is_empty(), "{report:?}");
+        assert_eq!(store.names().len(), 4);
     }
 }
