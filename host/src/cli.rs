@@ -32,9 +32,7 @@ pub fn format_time(unix: i64) -> String {
     DateTime::<Utc>::from_timestamp(unix, 0).map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_else(|| unix.to_string())
 }
 
-pub fn mb(bytes: u64) -> String {
-    format!("{:.2} MB", bytes as f64 / 1048576.0)
-}
+pub use crate::util::mb;
 
 pub fn print_backup_summary(report: &BackupReport, response: &HttpResponse) {
     let message = serde_json::from_str::<serde_json::Value>(&response.body)

@@ -5,7 +5,8 @@
 //! (`EF__*`, `AWS_*`) never reach a client tool; the operator's `PG*` variables do.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::thread::JoinHandle;
 
 use crate::config::DbConfig;
 
@@ -60,7 +61,7 @@ pub fn escape_controls(text: &str) -> String {
 
 /// Reads a child's stderr on a thread of its own, keeping the end (where a tool says what went
 /// wrong) and at most 64 KiB.
-pub fn stderr_tail(mut stderr: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+pub fn stderr_tail(mut stderr: impl std::io::Read + Send + 'static) -> JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut all = Vec::new();
         let mut buf = [0u8; 8192];
@@ -75,6 +76,25 @@ pub fn stderr_tail(mut stderr: impl std::io::Read + Send + 'static) -> std::thre
         }
         all
     })
+}
+
+/// A client tool started by [`spawn`]: the child, its stdout, and its stderr drained by
+/// [`stderr_tail`] (join it once the child has exited, for what the tool said last).
+pub struct Running {
+    pub child: Child,
+    pub stdout: ChildStdout,
+    pub stderr: JoinHandle<Vec<u8>>,
+}
+
+/// Starts a client tool made by [`PgTools::command`] or [`PgTools::command_as`] (which give it its
+/// environment) with stdout piped and stderr drained on a thread of its own, so a tool that says a
+/// lot never blocks on a full stderr pipe. stdin, a process group and the like stay the caller's
+/// to set on `command`; so does naming the tool in a spawn error.
+pub fn spawn(command: &mut Command) -> std::io::Result<Running> {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = stderr_tail(child.stderr.take().expect("piped stderr"));
+    Ok(Running { child, stdout, stderr })
 }
 
 /// Candidate bin directories, best first: the configured one, then Debian's per-version

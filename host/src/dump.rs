@@ -6,12 +6,12 @@
 
 use std::io::{self, Read, Write};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::db::{tail_lines, PgTools};
+use crate::db::{tail_lines, PgTools, Running};
 
 const HEAD_LEN: usize = 4096;
 const TAIL_LEN: usize = 4096;
@@ -303,10 +303,7 @@ pub fn run(
             Ok(())
         });
     }
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|err| DumpError::Spawn { tool, err })?;
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let stderr_reader = crate::db::stderr_tail(stderr);
+    let Running { child, mut stdout, stderr: stderr_reader } = crate::db::spawn(&mut command).map_err(|err| DumpError::Spawn { tool, err })?;
     let child = Arc::new(Mutex::new(child));
 
     // The watchdog kills a hung or cancelled pg_dump.

@@ -15,6 +15,7 @@ use crate::policy::{self, Policy, PolicyError};
 use crate::retention::{self, Guard, Selection};
 use crate::store::local::{LocalError, LocalStore, PartialFile};
 use crate::store::s3::{S3Store, S3Upload};
+use crate::util::mb;
 
 /// A `.partial` of ours that no writer holds is removed once it has not been written to for
 /// this long: the grace covers the instants a live writer does not hold its lock (between
@@ -118,10 +119,6 @@ impl std::io::Write for Sinks {
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush()
     }
-}
-
-fn mb(bytes: u64) -> String {
-    format!("{:.2} MB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 fn progress_bar(progress: &Arc<Progress>, enabled: bool) -> Option<(indicatif::ProgressBar, std::thread::JoinHandle<()>)> {

@@ -26,4 +26,5 @@ pub mod signals;
 pub mod space;
 pub mod state;
 pub mod store;
+pub mod util;
 pub mod verify;

@@ -13,14 +13,15 @@
 //! Lock sessions use TCP keepalives, so a dead peer ends the session (and frees the lock) within
 //! about a minute instead of the kernel's two hours.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
-use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::sync::Mutex;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::db::{tail_lines, DbError, PgTools};
+use crate::db::{tail_lines, DbError, PgTools, Running};
 use crate::engine::{BackupReport, RetentionReport};
 use crate::model::{BackupFailed, BackupOutcome, ErrorKind};
 
@@ -85,7 +86,8 @@ struct Session {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
-    stderr: Option<ChildStderr>,
+    /// Drained from the start ([`crate::db::stderr_tail`]); taken when the session has ended.
+    stderr: Option<JoinHandle<Vec<u8>>>,
     key: i64,
 }
 
@@ -93,21 +95,15 @@ impl Session {
     /// `pg_try_advisory_lock(key)` on a session of its own in `database`: the session when the
     /// lock was free, `None` when another session holds it.
     fn try_lock(tools: &PgTools, database: &str, key: i64) -> Result<Option<Session>, DbError> {
-        let mut child = tools
-            .command_as("psql", database, APPLICATION_NAME, &KEEPALIVES)
-            .args(["-X", "-q", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|err| DbError::Spawn { tool: "psql".into(), err })?;
-        let mut session = Session {
-            stdin: child.stdin.take().expect("piped stdin"),
-            stdout: BufReader::new(child.stdout.take().expect("piped stdout")),
-            stderr: child.stderr.take(),
-            child,
-            key,
-        };
+        let Running { mut child, stdout, stderr } = crate::db::spawn(
+            tools
+                .command_as("psql", database, APPLICATION_NAME, &KEEPALIVES)
+                .args(["-X", "-q", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1"])
+                .stdin(Stdio::piped()),
+        )
+        .map_err(|err| DbError::Spawn { tool: "psql".into(), err })?;
+        let mut session =
+            Session { stdin: child.stdin.take().expect("piped stdin"), stdout: BufReader::new(stdout), stderr: Some(stderr), child, key };
         // The session sits idle for as long as the lock is held (a whole backup, or until the
         // next slot): a server or database idle_session_timeout (PostgreSQL 14+) would end it
         // and hand the lock to another replica, so this session opts out.
@@ -147,10 +143,7 @@ impl Session {
             read => {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                let mut stderr = Vec::new();
-                if let Some(mut e) = self.stderr.take() {
-                    let _ = e.read_to_end(&mut stderr);
-                }
+                let stderr = self.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default();
                 let cause = match (read, sent) {
                     (Err(e), _) | (_, Err(e)) => format!("{e}; "),
                     _ => String::new(),

@@ -14,6 +14,7 @@ use ef_backup::db::PgTools;
 use ef_backup::policy::{self, Policy};
 use ef_backup::store::local::LocalStore;
 use ef_backup::store::s3::{self, S3Store};
+use ef_backup::util::now;
 use ef_backup::{cli, engine, exit, lock, restore, serve, verify};
 
 #[derive(Parser)]
@@ -158,10 +159,6 @@ fn tempfile_dir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("ef-backup-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
-}
-
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
 }
 
 fn load_policy(cli_policy: Option<PathBuf>, config: &Config) -> Result<Policy> {

@@ -17,6 +17,7 @@ use crate::schedule::{Schedule, ScheduleError};
 use crate::state::{Finished, StateStore, Trigger};
 use crate::store::local::LocalStore;
 use crate::store::s3::S3Store;
+use crate::util::now;
 
 /// How long a listing of the backup directory and the policy's recognition of it serve
 /// status and `/metrics` before they are computed again (a finished run refreshes it at once).
@@ -68,10 +69,6 @@ pub struct Service {
     /// and share its result.
     listing_refresh: tokio::sync::Mutex<()>,
     pub metrics: Metrics,
-}
-
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::util::mb;
+
 /// A backup needs room for about its predecessor's size and this much more (databases grow).
 const GROWTH_PERCENT: u64 = 10;
 
@@ -14,10 +16,6 @@ pub struct NoRoom {
     pub need: String,
     pub free: String,
     pub occupancy: String,
-}
-
-fn mb(bytes: u64) -> String {
-    format!("{:.2} MB", bytes as f64 / 1048576.0)
 }
 
 /// Bytes an unprivileged writer may still use on the file system holding `dir`.

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{Config, DbConfig};
 use crate::engine::BackupReport;
 use crate::model::{BackupOutcome, LastRun, S3Outcome};
+use crate::util::{hex, now};
 
 /// The schema this build writes. Version 1: `runs`, `counters`.
 pub const SCHEMA_VERSION: i32 = 1;
@@ -187,8 +188,7 @@ pub fn file_name(db: &DbConfig, backup_dir: &Path) -> String {
     let label: String = db.name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).take(48).collect();
     let key = format!("{}:{}/{}\n{}", db.host, db.port, db.name, backup_dir.display());
     let hash = Sha256::digest(key.as_bytes());
-    let short: String = hash.iter().take(6).map(|b| format!("{b:02x}")).collect();
-    format!("state-{label}-{short}.sqlite")
+    format!("state-{label}-{}.sqlite", hex(&hash[..6]))
 }
 
 /// This process, as "pid:start time" (the start time tells a reused pid from the original).
@@ -203,10 +203,6 @@ fn owner_token(pid: u32) -> Option<String> {
 fn owner_alive(token: &str) -> bool {
     let Some(pid) = token.split(':').next().and_then(|p| p.parse::<u32>().ok()) else { return false };
     owner_token(pid).as_deref() == Some(token)
-}
-
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
 }
 
 impl StateStore {
@@ -546,7 +542,8 @@ mod tests {
 
         let db = |name: &str, port| DbConfig { host: "h".into(), port, name: name.into(), user: "u".into(), password: None };
         let a = file_name(&db("app", 5432), Path::new("/b"));
-        assert!(a.starts_with("state-app-") && a.ends_with(".sqlite"), "{a}");
+        // Pinned: a deployment finds its history under this name, whichever build wrote it.
+        assert_eq!(a, "state-app-a67a5c25827a.sqlite");
         assert_ne!(a, file_name(&db("app", 5433), Path::new("/b")));
         assert_ne!(a, file_name(&db("app", 5432), Path::new("/c")));
         assert_ne!(a, file_name(&db("other", 5432), Path::new("/b")));

@@ -23,6 +23,7 @@ pub use crate::model::{
     BackupDone, BackupEntry, BackupFailed, BackupOutcome, BackupSchedule, ErrorKind, HttpResponse, LastRun, Level, LoadedPolicy, PolicyConfig,
     PolicyS3Config, S3Outcome, Status, Target,
 };
+use crate::util::hex;
 use v0_1::{World as BackupPolicy, WorldPre as BackupPolicyPre};
 
 /// The WIT package versions this host can run.
@@ -353,10 +354,6 @@ impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Policy").field("info", &self.info).finish()
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The version of `euraflow:backup/policy` a component exports, or every export name when it

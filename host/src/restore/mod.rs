@@ -10,7 +10,7 @@ pub mod sqlscan;
 
 use std::io::{self, Read};
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use flate2::read::MultiGzDecoder;
 
@@ -136,8 +136,7 @@ impl<R: Read> Read for Counted<R> {
 
 /// A scratch database name: unique per process and moment, short enough for PostgreSQL.
 pub fn scratch_name(purpose: &str) -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    format!("ef_{purpose}_{}_{secs}", std::process::id())
+    format!("ef_{purpose}_{}_{}", std::process::id(), crate::util::now().max(0))
 }
 
 fn database_exists(tools: &PgTools, db: &str) -> Result<bool, DbError> {

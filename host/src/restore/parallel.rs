@@ -32,7 +32,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 
 use super::sqlscan::{Event, Scanner, StatementKind, Toc};
-use crate::db::{stderr_tail, tail_lines, DbError, PgTools};
+use crate::db::{tail_lines, DbError, PgTools, Running};
 use crate::libpq::Conn;
 
 /// Rows of one table are handed out in batches of about this many bytes.
@@ -158,18 +158,15 @@ struct Session {
 
 impl Session {
     fn start(tools: &PgTools, db: &str, index: usize, key: &str, nonce: &str) -> Result<Session, DbError> {
-        let mut child = tools
-            .command("psql", db)
-            .args(["-X", "-q", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1"])
-            .env("PGOPTIONS", SESSION_OPTIONS)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|err| DbError::Spawn { tool: tools.tool("psql").display().to_string(), err })?;
+        let Running { mut child, stdout, stderr } = crate::db::spawn(
+            tools
+                .command("psql", db)
+                .args(["-X", "-q", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1"])
+                .env("PGOPTIONS", SESSION_OPTIONS)
+                .stdin(Stdio::piped()),
+        )
+        .map_err(|err| DbError::Spawn { tool: tools.tool("psql").display().to_string(), err })?;
         let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
         // Not the restrict key: the markers go to the server, where the dump's SQL can see them.
         let marker_prefix = format!("ef_sync_{nonce}_{index}_");
         let (tx, markers) = bounded(16);
@@ -193,7 +190,6 @@ impl Session {
                 }
             }
         });
-        let stderr = stderr_tail(stderr);
         let mut session = Session {
             index,
             child: Arc::new(Mutex::new(Some(child))),

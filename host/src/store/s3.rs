@@ -433,7 +433,7 @@ fn multipart_etag(part_md5s: &[[u8; 16]]) -> String {
     for m in part_md5s {
         all.update(m);
     }
-    let hex: String = all.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::util::hex(&all.finalize());
     format!("{hex}-{}", part_md5s.len())
 }
 
