@@ -3,7 +3,7 @@
 //! The decisions live in plain Rust modules (`policy`, `retention`, `response`, `civil`) that are
 //! unit-tested natively with `cargo test`; this file only binds them to the WIT exports.
 
-wit_bindgen::generate!({ world: "backup-policy", path: "../wit" });
+wit_bindgen::generate!({ world: "backup-policy", path: "../wit/0.1.0" });
 
 pub mod civil;
 pub mod policy;

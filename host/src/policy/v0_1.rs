@@ -5,7 +5,7 @@
 
 // Exports are async so that a call can be abandoned while the guest waits in a WASI import
 // (a sleep, a pollable): the epoch deadline stops only guest code (see `policy::run_until`).
-wasmtime::component::bindgen!({ world: "backup-policy", path: "../wit", exports: { default: async } });
+wasmtime::component::bindgen!({ world: "backup-policy", path: "../wit/0.1.0", exports: { default: async } });
 
 use wasmtime::Store;
 

@@ -15,7 +15,7 @@
 //! `EF__POLICY_<KEY>` variables in `config.settings`.
 
 // Point `path` at the ef-backup repository's wit/ directory (or a copy of it).
-wit_bindgen::generate!({ world: "backup-policy", path: "../../../wit" });
+wit_bindgen::generate!({ world: "backup-policy", path: "../../../wit/0.1.0" });
 
 use euraflow::backup::types::{BackupEntry, BackupOutcome, Config, HttpResponse, S3Outcome, Status};
 use serde_json::json;

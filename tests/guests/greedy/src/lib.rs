@@ -12,7 +12,7 @@ wit_bindgen::generate!({
             import read-secrets: func() -> list<string>;
         }
     "#,
-    path: "../../../wit",
+    path: "../../../wit/0.1.0",
     world: "greedy",
     generate_all,
 });

@@ -25,7 +25,7 @@ wit_bindgen::generate!({
             import wasi:clocks/monotonic-clock@0.2.0;
         }
     "#,
-    path: ["../../../wit", "wit/io.wit", "wit/clocks.wit"],
+    path: ["../../../wit/0.1.0", "wit/io.wit", "wit/clocks.wit"],
     world: "hostile",
     generate_all,
 });
