@@ -31,6 +31,8 @@ pub struct BackupSchedule {
     pub crons: Vec<String>,
     pub timezone: String,
     pub description: String,
+    /// When to prove the newest backup restores (contract 0.2; validated, not run yet).
+    pub drill_crons: Vec<String>,
 }
 
 /// Where a retention decision applies.
@@ -138,4 +140,19 @@ pub enum Level {
     Info,
     Warn,
     Error,
+}
+
+/// Something an operator may want to hear about (contract 0.2's `shape-notification`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    pub outcome: BackupOutcome,
+    /// The run before this one: lets a message say "recovered".
+    pub previous: Option<LastRun>,
+}
+
+/// A message for notification channels, as the policy shaped it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub subject: String,
+    pub body: String,
 }

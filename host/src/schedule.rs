@@ -200,6 +200,7 @@ mod tests {
             crons: vec!["0 1,13 * * *".into()],
             timezone: "Asia/Shanghai".into(),
             description: "每天北京时间 01:00 和 13:00".into(),
+            drill_crons: Vec::new(),
         })
         .unwrap()
     }
@@ -235,7 +236,7 @@ mod tests {
 
     fn utc(crons: &[&str]) -> Schedule {
         let crons = crons.iter().map(|c| c.to_string()).collect();
-        Schedule::from_policy(&BackupSchedule { crons, timezone: "UTC".into(), description: String::new() }).unwrap()
+        Schedule::from_policy(&BackupSchedule { crons, timezone: "UTC".into(), description: String::new(), drill_crons: Vec::new() }).unwrap()
     }
 
     /// Every firing of `s` in [from, from + days), as (day of month, weekday number 0=Sunday).
@@ -300,11 +301,14 @@ mod tests {
 
     #[test]
     fn invalid_schedules_are_named() {
-        let bad_zone = BackupSchedule { crons: vec!["0 1 * * *".into()], timezone: "Mars/Olympus".into(), description: String::new() };
+        let bad_zone =
+            BackupSchedule { crons: vec!["0 1 * * *".into()], timezone: "Mars/Olympus".into(), description: String::new(), drill_crons: Vec::new() };
         assert!(matches!(Schedule::from_policy(&bad_zone), Err(ScheduleError::Zone(_))));
-        let bad_cron = BackupSchedule { crons: vec!["0 25 * * *".into()], timezone: "UTC".into(), description: String::new() };
+        let bad_cron =
+            BackupSchedule { crons: vec!["0 25 * * *".into()], timezone: "UTC".into(), description: String::new(), drill_crons: Vec::new() };
         assert!(matches!(Schedule::from_policy(&bad_cron), Err(ScheduleError::Cron { .. })));
-        let seconds = BackupSchedule { crons: vec!["*/5 * * * * *".into()], timezone: "UTC".into(), description: String::new() };
+        let seconds =
+            BackupSchedule { crons: vec!["*/5 * * * * *".into()], timezone: "UTC".into(), description: String::new(), drill_crons: Vec::new() };
         let s = Schedule::from_policy(&seconds).unwrap();
         let t = Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 1).unwrap();
         assert_eq!(s.next_after(t), Some(Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 5).unwrap()));

@@ -3,7 +3,10 @@
 
 use std::fmt::Write as _;
 
-use super::{BackupDone, BackupEntry, BackupFailed, BackupOutcome, ErrorKind, Policy, PolicyConfig, PolicyError, S3Outcome, Status, Target};
+use super::{
+    BackupDone, BackupEntry, BackupFailed, BackupOutcome, ErrorKind, LastRun, Notification, Policy, PolicyConfig, PolicyError, S3Outcome, Status,
+    Target,
+};
 
 const HOUR: i64 = 3600;
 
@@ -43,6 +46,13 @@ fn exercise(policy: &Policy, config: &PolicyConfig, now: i64) -> Result<Report, 
 
     let schedule = policy.schedule(config)?;
     lines.push(format!("schedule:    {} ({}) — {}", schedule.crons.join(" | "), schedule.timezone, schedule.description));
+    // Contract 0.2 has room for restore drills; this host checks them but does not run them yet.
+    for cron in &schedule.drill_crons {
+        super::validate_cron(cron).map_err(|e| policy.bad("schedule", format!("drill cron {cron:?}: {e}")))?;
+    }
+    if !schedule.drill_crons.is_empty() {
+        lines.push(format!("drills:      {} (this host does not run drills yet)", schedule.drill_crons.join(" | ")));
+    }
 
     let name = policy.backup_name(config, now)?;
     lines.push(format!("sample name: {name}"));
@@ -117,6 +127,30 @@ fn exercise(policy: &Policy, config: &PolicyConfig, now: i64) -> Result<Report, 
     };
     let r = policy.shape_status(&status)?;
     lines.push(format!("status:      {} ({} bytes of JSON)", r.status, r.body.len()));
+
+    if policy.info().wit_version != "0.1.0" {
+        let ran = |ok: bool| LastRun {
+            started_at: now - 12 * HOUR,
+            finished_at: now - 12 * HOUR + 10,
+            succeeded: ok,
+            file_name: None,
+            message: String::new(),
+        };
+        let events = [
+            ("failure", outcomes[3].1.clone(), Some(ran(true))),
+            ("recovered", outcomes[1].1.clone(), Some(ran(false))),
+            ("success", outcomes[1].1.clone(), Some(ran(true))),
+        ];
+        let mut shaped = Vec::new();
+        for (label, outcome, previous) in events {
+            let m = policy.shape_notification(config, now, &Notification { outcome, previous })?;
+            if label == "failure" && m.is_none() {
+                return Err(policy.bad("shape-notification", "a failed backup gets no message: operators would never hear of it"));
+            }
+            shaped.push(format!("{label} → {}", m.map(|m| format!("{:?}", m.subject)).unwrap_or_else(|| "none".into())));
+        }
+        lines.push(format!("notices:     {}", shaped.join(", ")));
+    }
     Ok(Report { lines })
 }
 

@@ -4,6 +4,7 @@
 
 pub mod check;
 mod v0_1;
+mod v0_2;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -23,11 +24,112 @@ pub use crate::model::{
     BackupDone, BackupEntry, BackupFailed, BackupOutcome, BackupSchedule, ErrorKind, HttpResponse, LastRun, Level, LoadedPolicy, PolicyConfig,
     PolicyS3Config, S3Outcome, Status, Target,
 };
+pub use crate::model::{Message, Notification};
 use crate::util::hex;
-use v0_1::{World as BackupPolicy, WorldPre as BackupPolicyPre};
 
-/// The WIT package versions this host can run.
-pub const ACCEPTED_VERSIONS: &[&str] = &[v0_1::VERSION];
+/// The WIT package versions this host can run. A `-draft` version is a pre-release of the next
+/// one: accepted with a warning, as it may still change.
+pub const ACCEPTED_VERSIONS: &[&str] = &[v0_1::VERSION, v0_2::VERSION];
+
+/// A linked component of one of the contract versions, ready to instantiate.
+enum Pre {
+    V01(v0_1::WorldPre<State>),
+    V02(v0_2::WorldPre<State>),
+}
+
+/// An instance's exports, of the version its component implements.
+enum World {
+    V01(v0_1::World),
+    V02(v0_2::World),
+}
+
+impl Pre {
+    fn engine(&self) -> &Engine {
+        match self {
+            Pre::V01(p) => p.engine(),
+            Pre::V02(p) => p.engine(),
+        }
+    }
+
+    async fn instantiate_async(&self, store: &mut Store<State>) -> wasmtime::Result<World> {
+        Ok(match self {
+            Pre::V01(p) => World::V01(p.instantiate_async(store).await?),
+            Pre::V02(p) => World::V02(p.instantiate_async(store).await?),
+        })
+    }
+}
+
+/// The calls of one instance, whichever version: the host's types in, the host's types out.
+enum Calls<'a> {
+    V01(v0_1::Calls<'a>),
+    V02(v0_2::Calls<'a>),
+}
+
+impl Calls<'_> {
+    fn new(world: &World, deadline: Instant) -> Calls<'_> {
+        match world {
+            World::V01(w) => Calls::V01(v0_1::Calls::new(w, deadline)),
+            World::V02(w) => Calls::V02(v0_2::Calls::new(w, deadline)),
+        }
+    }
+
+    fn schedule(&self, store: &mut Store<State>, c: &PolicyConfig) -> wasmtime::Result<BackupSchedule> {
+        match self {
+            Calls::V01(x) => x.schedule(store, c),
+            Calls::V02(x) => x.schedule(store, c),
+        }
+    }
+
+    fn backup_name(&self, store: &mut Store<State>, c: &PolicyConfig, now: i64) -> wasmtime::Result<String> {
+        match self {
+            Calls::V01(x) => x.backup_name(store, c, now),
+            Calls::V02(x) => x.backup_name(store, c, now),
+        }
+    }
+
+    fn parse_name(&self, store: &mut Store<State>, c: &PolicyConfig, name: &str) -> wasmtime::Result<Option<i64>> {
+        match self {
+            Calls::V01(x) => x.parse_name(store, c, name),
+            Calls::V02(x) => x.parse_name(store, c, name),
+        }
+    }
+
+    fn select_expired(
+        &self,
+        store: &mut Store<State>,
+        backups: &[BackupEntry],
+        now: i64,
+        t: Target,
+        c: &PolicyConfig,
+    ) -> wasmtime::Result<Vec<(String, Option<String>)>> {
+        match self {
+            Calls::V01(x) => x.select_expired(store, backups, now, t, c),
+            Calls::V02(x) => x.select_expired(store, backups, now, t, c),
+        }
+    }
+
+    fn shape_backup_response(&self, store: &mut Store<State>, o: &BackupOutcome) -> wasmtime::Result<HttpResponse> {
+        match self {
+            Calls::V01(x) => x.shape_backup_response(store, o),
+            Calls::V02(x) => x.shape_backup_response(store, o),
+        }
+    }
+
+    fn shape_status(&self, store: &mut Store<State>, s: &Status) -> wasmtime::Result<HttpResponse> {
+        match self {
+            Calls::V01(x) => x.shape_status(store, s),
+            Calls::V02(x) => x.shape_status(store, s),
+        }
+    }
+
+    /// None from a 0.1.0 policy, which cannot shape notifications.
+    fn shape_notification(&self, store: &mut Store<State>, c: &PolicyConfig, now: i64, n: &Notification) -> wasmtime::Result<Option<Message>> {
+        match self {
+            Calls::V01(_) => Ok(None),
+            Calls::V02(x) => x.shape_notification(store, c, now, n),
+        }
+    }
+}
 /// Export name of the policy interface, without the version.
 const POLICY_INTERFACE: &str = "euraflow:backup/policy";
 
@@ -311,13 +413,13 @@ fn run_until<R>(deadline: Instant, call: impl Future<Output = wasmtime::Result<R
 
 /// One instance of the policy, with the deadline of the whole policy call.
 struct Instance {
-    exports: BackupPolicy,
+    exports: World,
     deadline: Instant,
 }
 
 impl Instance {
-    fn calls(&self) -> v0_1::Calls<'_> {
-        v0_1::Calls::new(&self.exports, self.deadline)
+    fn calls(&self) -> Calls<'_> {
+        Calls::new(&self.exports, self.deadline)
     }
 }
 
@@ -343,7 +445,7 @@ thread_local! {
 /// A loaded, linked and version-checked policy component. Each call runs in a fresh instance:
 /// nothing carries over between calls, and a trap cannot poison later ones.
 pub struct Policy {
-    pre: BackupPolicyPre<State>,
+    pre: Pre,
     info: PolicyInfo,
     label: Arc<str>,
     /// Names parse-name failed on, so each is logged once and not on every listing.
@@ -424,13 +526,22 @@ impl Policy {
         let mut linker = Linker::<State>::new(engine);
         // The component model's WASI adapter imports wasi:cli, wasi:io, wasi:filesystem... even
         // for pure functions; they are linked against an empty context (see `store`).
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .and_then(|()| BackupPolicy::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s))
-            .map_err(|e| PolicyError::Link { path: p(), reason: format!("{e:#}") })?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .and_then(BackupPolicyPre::new)
-            .map_err(|e| PolicyError::Link { path: p(), reason: format!("{e:#}") })?;
+        let link_err = |e: wasmtime::Error| PolicyError::Link { path: p(), reason: format!("{e:#}") };
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link_err)?;
+        let pre = if wit_version == v0_2::VERSION {
+            v0_2::World::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s).map_err(link_err)?;
+            Pre::V02(linker.instantiate_pre(&component).and_then(v0_2::WorldPre::new).map_err(link_err)?)
+        } else {
+            v0_1::World::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s).map_err(link_err)?;
+            Pre::V01(linker.instantiate_pre(&component).and_then(v0_1::WorldPre::new).map_err(link_err)?)
+        };
+        if wit_version.contains("-draft") {
+            tracing::warn!(
+                "policy {} implements euraflow:backup@{wit_version}, a pre-release of the contract: drafts change between ef-backup \
+                 releases, so rebuild the policy when you upgrade ef-backup",
+                path.display()
+            );
+        }
         let info = PolicyInfo { path: p(), sha256, wit_version, size_bytes: bytes.len() as u64 };
         let label: Arc<str> = path.display().to_string().into();
         Ok(Policy { pre, info, label, warned_names: Mutex::new(HashSet::new()) })
@@ -523,7 +634,7 @@ impl Policy {
         let deadline = Instant::now() + budget;
         // One instance for the whole listing (a call per file would instantiate per file); a
         // trapped instance cannot be entered again, so a trap means a fresh one for the next name.
-        let mut session: Option<(Store<State>, BackupPolicy)> = None;
+        let mut session: Option<(Store<State>, World)> = None;
         let mut out = Vec::new();
         let mut errors = Vec::new();
         for (i, b) in backups.iter().enumerate() {
@@ -551,7 +662,7 @@ impl Policy {
                 }
             };
             store.set_epoch_deadline((limit.as_millis().div_ceil(EPOCH_TICK.as_millis())).max(1) as u64);
-            let parsed = v0_1::Calls::new(exports, name_deadline).parse_name(&mut *store, config, &b.name);
+            let parsed = Calls::new(exports, name_deadline).parse_name(&mut *store, config, &b.name);
             errors.append(&mut store.data_mut().errors);
             match parsed {
                 Ok(Some(t)) => out.push((b.clone(), t)),
@@ -616,18 +727,32 @@ impl Policy {
         let call = "select-expired";
         let names = self.call(call, |p, s| p.calls().select_expired(&mut *s, backups, now, target, config))?;
         let mut out: Vec<String> = Vec::with_capacity(names.len());
-        for name in names {
+        for (name, reason) in names {
             if !backups.iter().any(|b| b.name == name) {
                 return Err(self.bad(call, format!("{name:?} is not in the listing it was given")));
             }
             if !ours.iter().any(|(b, _)| b.name == name) {
                 return Err(self.bad(call, format!("{name:?} is not a name the policy produces (parse-name rejects it)")));
             }
+            if let Some(reason) = reason {
+                tracing::info!("the policy selects {name:?} for deletion ({}): {}", v0_2::store_id(target), escape_log(&reason));
+            }
             if !out.contains(&name) {
                 out.push(name);
             }
         }
         Ok(out)
+    }
+
+    /// The message the policy shapes for a notification; None when it sends none (or, for a
+    /// 0.1.0 policy, cannot shape one).
+    pub fn shape_notification(&self, config: &PolicyConfig, now: i64, event: &Notification) -> Result<Option<Message>, PolicyError> {
+        let m = self.call("shape-notification", |p, s| p.calls().shape_notification(s, config, now, event))?;
+        match m {
+            Some(m) if m.subject.trim().is_empty() => Err(self.bad("shape-notification", "the message has an empty subject")),
+            Some(m) if m.subject.chars().any(char::is_control) => Err(self.bad("shape-notification", "the subject holds a control character")),
+            other => Ok(other),
+        }
     }
 
     pub fn shape_backup_response(&self, outcome: &BackupOutcome) -> Result<HttpResponse, PolicyError> {

@@ -126,7 +126,7 @@ impl<'a> Calls<'a> {
 
     pub fn schedule(&self, store: &mut Store<State>, c: &model::PolicyConfig) -> wasmtime::Result<model::BackupSchedule> {
         let s = run_until(self.deadline, self.exports.call_schedule(store, &config(c)))?;
-        Ok(model::BackupSchedule { crons: s.crons, timezone: s.timezone, description: s.description })
+        Ok(model::BackupSchedule { crons: s.crons, timezone: s.timezone, description: s.description, drill_crons: Vec::new() })
     }
 
     pub fn backup_name(&self, store: &mut Store<State>, c: &model::PolicyConfig, now: i64) -> wasmtime::Result<String> {
@@ -144,9 +144,11 @@ impl<'a> Calls<'a> {
         now: i64,
         t: model::Target,
         c: &model::PolicyConfig,
-    ) -> wasmtime::Result<Vec<String>> {
+    ) -> wasmtime::Result<Vec<(String, Option<String>)>> {
         let backups: Vec<wit::BackupEntry> = backups.iter().map(entry).collect();
-        run_until(self.deadline, self.exports.call_select_expired(store, &backups, now, target(t), &config(c)))
+        let names = run_until(self.deadline, self.exports.call_select_expired(store, &backups, now, target(t), &config(c)))?;
+        // 0.1.0 gives no reasons.
+        Ok(names.into_iter().map(|n| (n, None)).collect())
     }
 
     pub fn shape_backup_response(&self, store: &mut Store<State>, o: &model::BackupOutcome) -> wasmtime::Result<model::HttpResponse> {

@@ -1,0 +1,222 @@
+//! `euraflow:backup@0.2.0-draft`, the contract's next version (a pre-release: it changes until
+//! it is published as 0.2.0 and frozen): the host bindings wasmtime generates for its world, and
+//! the conversions between its types and the host's own ([`crate::model`]).
+//!
+//! Where 0.2 asks for more than the host's model holds today, the host fills it in here: the
+//! format (gzip, unencrypted), the kind (a database dump), the store id of a target, a context
+//! with `now` and a fresh random seed, and the name-info of every backup it passes back (asked
+//! of the same instance's `parse-name`: only recognised backups ever go back to the policy).
+
+wasmtime::component::bindgen!({ world: "backup-policy", path: "../wit/0.2.0-draft", exports: { default: async } });
+
+use wasmtime::Store;
+
+use super::{run_until, State};
+use crate::model;
+use euraflow::backup::types as wit;
+use exports::euraflow::backup::policy::Guest as Exports;
+
+/// The contract version this module speaks.
+pub const VERSION: &str = "0.2.0-draft";
+
+pub use BackupPolicy as World;
+pub use BackupPolicyPre as WorldPre;
+
+impl wit::Host for State {}
+
+impl BackupPolicyImports for State {
+    fn log(&mut self, level: wit::Level, message: String) {
+        let level = match level {
+            wit::Level::Trace => model::Level::Trace,
+            wit::Level::Debug => model::Level::Debug,
+            wit::Level::Info => model::Level::Info,
+            wit::Level::Warn => model::Level::Warn,
+            wit::Level::Error => model::Level::Error,
+        };
+        self.log(level, message);
+    }
+}
+
+/// The only format the host writes today.
+fn gzip() -> wit::Format {
+    wit::Format { suffix: ".sql.gz".into(), codec: "gzip".into(), encrypted: false }
+}
+
+fn context(now: i64) -> wit::Context {
+    let mut seed = [0u8; 8];
+    // A policy that uses the seed only spreads or samples with it: without randomness it still
+    // gets a value that changes with the time.
+    if getrandom::getrandom(&mut seed).is_err() {
+        seed = now.to_le_bytes();
+    }
+    wit::Context { now, seed: u64::from_le_bytes(seed) }
+}
+
+fn config(c: &model::PolicyConfig) -> wit::Config {
+    wit::Config {
+        databases: vec![c.database.clone()],
+        backup_dir: c.backup_dir.clone(),
+        s3: c.s3.as_ref().map(|s| wit::S3Config {
+            bucket: s.bucket.clone(),
+            region: s.region.clone(),
+            prefix: s.prefix.clone(),
+            retention_days: s.retention_days,
+        }),
+        settings: c.settings.clone(),
+    }
+}
+
+/// The store id a target has in this contract.
+pub fn store_id(t: model::Target) -> &'static str {
+    match t {
+        model::Target::Local => "local",
+        model::Target::S3 => "s3",
+    }
+}
+
+fn error_kind(k: model::ErrorKind) -> wit::ErrorKind {
+    match k {
+        model::ErrorKind::Config => wit::ErrorKind::Config,
+        model::ErrorKind::Dump => wit::ErrorKind::Dump,
+        model::ErrorKind::Storage => wit::ErrorKind::Storage,
+        model::ErrorKind::Timeout => wit::ErrorKind::Timeout,
+        model::ErrorKind::Policy => wit::ErrorKind::Policy,
+        model::ErrorKind::Internal => wit::ErrorKind::Internal,
+    }
+}
+
+fn outcome(o: &model::BackupOutcome) -> wit::BackupOutcome {
+    match o {
+        model::BackupOutcome::Done(d) => {
+            let copies = match &d.s3 {
+                model::S3Outcome::Disabled => Vec::new(),
+                model::S3Outcome::Uploaded(url) => vec![wit::CopyOutcome { store: "s3".into(), result: Ok(url.clone()) }],
+                model::S3Outcome::Failed(why) => vec![wit::CopyOutcome { store: "s3".into(), result: Err(why.clone()) }],
+            };
+            wit::BackupOutcome::Done(wit::BackupDone {
+                file_name: d.file_name.clone(),
+                path: d.path.clone(),
+                size_bytes: d.size_bytes,
+                started_at: d.started_at,
+                finished_at: d.finished_at,
+                copies,
+            })
+        }
+        model::BackupOutcome::Failed(f) => {
+            wit::BackupOutcome::Failed(wit::BackupFailed { kind: error_kind(f.kind), message: f.message.clone(), file_name: f.file_name.clone() })
+        }
+        model::BackupOutcome::Busy(name) => wit::BackupOutcome::Busy(name.clone()),
+    }
+}
+
+fn last_run(r: &model::LastRun) -> wit::LastRun {
+    wit::LastRun {
+        started_at: r.started_at,
+        finished_at: r.finished_at,
+        succeeded: r.succeeded,
+        file_name: r.file_name.clone(),
+        message: r.message.clone(),
+    }
+}
+
+fn response(r: wit::HttpResponse) -> model::HttpResponse {
+    model::HttpResponse { status: r.status, body: r.body }
+}
+
+/// The exports of one instance, called like plain functions in the host's types: each call
+/// blocks until the guest answers, traps or `deadline` passes.
+pub struct Calls<'a> {
+    exports: &'a Exports,
+    deadline: std::time::Instant,
+}
+
+impl<'a> Calls<'a> {
+    pub fn new(world: &'a World, deadline: std::time::Instant) -> Calls<'a> {
+        Calls { exports: world.euraflow_backup_policy(), deadline }
+    }
+
+    pub fn schedule(&self, store: &mut Store<State>, c: &model::PolicyConfig) -> wasmtime::Result<model::BackupSchedule> {
+        let s = run_until(self.deadline, self.exports.call_schedule(store, &config(c)))?;
+        Ok(model::BackupSchedule { crons: s.crons, timezone: s.timezone, description: s.description, drill_crons: s.drill_crons })
+    }
+
+    pub fn backup_name(&self, store: &mut Store<State>, c: &model::PolicyConfig, now: i64) -> wasmtime::Result<String> {
+        let request = wit::NameRequest { database: c.database.clone(), kind: wit::BackupKind::Database, format: gzip(), run_at: now };
+        run_until(self.deadline, self.exports.call_backup_name(store, context(now), &config(c), &request))
+    }
+
+    /// The run time of a name of this deployment's database dumps. A name the policy gives
+    /// another database or kind (the globals, later) is not one of the backups the host manages
+    /// here: none, so it is never counted or deleted.
+    pub fn parse_name(&self, store: &mut Store<State>, c: &model::PolicyConfig, name: &str) -> wasmtime::Result<Option<i64>> {
+        Ok(self.name_info(store, c, name)?.filter(|i| i.database == c.database && i.kind == wit::BackupKind::Database).map(|i| i.run_at))
+    }
+
+    fn name_info(&self, store: &mut Store<State>, c: &model::PolicyConfig, name: &str) -> wasmtime::Result<Option<wit::NameInfo>> {
+        run_until(self.deadline, self.exports.call_parse_name(&mut *store, &config(c), name))
+    }
+
+    /// `backups` with their name-info, recognised ones only, in the order given.
+    fn recognised(
+        &self,
+        store: &mut Store<State>,
+        c: &model::PolicyConfig,
+        backups: &[model::BackupEntry],
+    ) -> wasmtime::Result<Vec<wit::BackupEntry>> {
+        let mut out = Vec::with_capacity(backups.len());
+        for b in backups {
+            if let Some(info) = self.name_info(store, c, &b.name)? {
+                out.push(wit::BackupEntry { name: b.name.clone(), size_bytes: b.size_bytes, modified: b.modified, info });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The names the policy decides to delete, each with its reason.
+    pub fn select_expired(
+        &self,
+        store: &mut Store<State>,
+        backups: &[model::BackupEntry],
+        now: i64,
+        t: model::Target,
+        c: &model::PolicyConfig,
+    ) -> wasmtime::Result<Vec<(String, Option<String>)>> {
+        // The same backups the host counts as this deployment's (see `parse_name`).
+        let mut entries = self.recognised(store, c, backups)?;
+        entries.retain(|e| e.info.database == c.database && e.info.kind == wit::BackupKind::Database);
+        let store_id = store_id(t).to_string();
+        let decisions = run_until(self.deadline, self.exports.call_select_expired(&mut *store, context(now), &config(c), &store_id, &entries))?;
+        Ok(decisions.into_iter().filter(|d| d.delete).map(|d| (d.name, Some(d.reason))).collect())
+    }
+
+    pub fn shape_backup_response(&self, store: &mut Store<State>, o: &model::BackupOutcome) -> wasmtime::Result<model::HttpResponse> {
+        run_until(self.deadline, self.exports.call_shape_backup_response(store, &outcome(o))).map(response)
+    }
+
+    pub fn shape_status(&self, store: &mut Store<State>, s: &model::Status) -> wasmtime::Result<model::HttpResponse> {
+        let mut local_backups = self.recognised(store, &s.config, &s.local_backups)?;
+        local_backups.sort_by(|a, b| b.info.run_at.cmp(&a.info.run_at).then_with(|| b.name.cmp(&a.name)));
+        let status = wit::Status {
+            now: s.now,
+            config: config(&s.config),
+            policy: wit::LoadedPolicy { path: s.policy.path.clone(), sha256: s.policy.sha256.clone(), wit_version: s.policy.wit_version.clone() },
+            local_backups,
+            last_run: s.last_run.as_ref().map(last_run),
+            next_run: s.next_run,
+            running: s.running.clone(),
+        };
+        run_until(self.deadline, self.exports.call_shape_status(store, &status)).map(response)
+    }
+
+    pub fn shape_notification(
+        &self,
+        store: &mut Store<State>,
+        c: &model::PolicyConfig,
+        now: i64,
+        n: &model::Notification,
+    ) -> wasmtime::Result<Option<model::Message>> {
+        let event = wit::Notification { outcome: outcome(&n.outcome), previous: n.previous.as_ref().map(last_run) };
+        let m = run_until(self.deadline, self.exports.call_shape_notification(store, context(now), &config(c), &event))?;
+        Ok(m.map(|m| model::Message { subject: m.subject, body: m.body }))
+    }
+}
