@@ -2,13 +2,29 @@
 //! (seeded, reproducible), and the invariants of "nothing lost" checked after every cycle and
 //! at the end.
 //!
-//! Invariants, checked after every cycle: (1) every file with a final name is a complete dump
-//! and restores; (2) every S3 object is a complete dump; (3) a failure is visible (response,
-//! error log, /metrics); (4) the newest good backup and the policy's minimum are never
-//! deleted, foreign files never touched; (5) two pg_dumps never overlap; (6) no `.partial`
-//! outlives the clean-up rule; (7) a backup is attempted at every scheduled slot while serve
-//! runs (the default policy, the clock right); (8) no run is lost from history: the state
-//! store holds every finished run, as many as /metrics counts, across restarts and kills.
+//! Each cycle the seeded RNG picks one [`Fault`]; its injector runs the cycle's backup under
+//! it. The invariants, checked after every cycle unless said otherwise (a breach is an
+//! "invariant violation" in the summary):
+//!
+//! 1. Every file with a final name is a complete dump (gzip intact, the dump's footer), and at
+//!    the end every one restores to a copy equal to the source database.
+//! 2. Every S3 object has a final name; at the end, each equals a local backup or is itself a
+//!    complete dump, and no incomplete multipart upload is left.
+//! 3. A failure is visible: the response says so, an error log line names its cause, and
+//!    /metrics counts it.
+//! 4. The newest good backup and the policy's minimum (the default policy: everything younger
+//!    than 7 days; GFS: its 14 newest; never fewer than 3) are never deleted, and foreign
+//!    files are never touched.
+//! 5. Two pg_dumps never overlap.
+//! 6. No `.partial` outlives the clean-up rule (a day).
+//! 7. A backup is attempted at every scheduled slot while serve runs (the default policy, the
+//!    clock right): checked at the end, from the log.
+//! 8. No run is lost from history: the state store holds every finished run, as many as
+//!    /metrics counts, across restarts and kills.
+//!
+//! Besides these, each fault checks what it must (or must not) cause, e.g. a backup with
+//! PostgreSQL down must fail; a breach counts as a violation too. The service log must hold
+//! no panic.
 //!
 //! `EF_CHAOS_CYCLES` (default 30) and `EF_CHAOS_SEED` (default: from the clock; printed, and
 //! printed again on failure) make soak runs and replays:
@@ -18,9 +34,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ef_backup_e2e::{compare_dbs_on, ef_command, env, files, free_port, http, tempdir, Mount, PrivateS3, Proxy, Serve};
+use ef_backup_e2e::{compare_dbs_on, ef_command, env, files, free_port, http, tempdir, HttpReply, Mount, PrivateS3, Proxy, Serve};
 
 const MANUAL: &str = "/api/ef/v1/backup/manual";
 const STATUS: &str = "/api/ef/v1/backup/status";
@@ -40,27 +57,406 @@ impl Rng {
     }
 }
 
-const FAULTS: &[&str] = &[
-    "none",
-    "kill pg_dump",
-    "restart PostgreSQL",
-    "S3 down",
-    "S3 slow",
-    "disk full",
-    "SIGKILL serve",
-    "swap policy (good)",
-    "swap policy (broken)",
-    "concurrent triggers",
-    "wrong tokens",
-    "client hangs up",
-    "S3 throttled",
-    "odd names appear",
-    "clock back a day",
-    "clock forward a month",
-    "lock session terminated",
-    "concurrent CLI backup",
-    "restart serve",
-];
+/// The faults. The seeded RNG picks one per cycle by its index in [`Fault::ALL`], so a new fault
+/// goes at the end: anywhere else, every recorded seed would replay a different run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    Nothing,
+    KillPgDump,
+    RestartPostgres,
+    S3Down,
+    S3Slow,
+    DiskFull,
+    SigkillServe,
+    SwapPolicyGood,
+    SwapPolicyBroken,
+    ConcurrentTriggers,
+    WrongTokens,
+    ClientHangsUp,
+    S3Throttled,
+    OddNames,
+    ClockBackADay,
+    ClockForwardAMonth,
+    LockSessionTerminated,
+    ConcurrentCliBackup,
+    RestartServe,
+}
+
+impl Fault {
+    const ALL: [Fault; 19] = [
+        Fault::Nothing,
+        Fault::KillPgDump,
+        Fault::RestartPostgres,
+        Fault::S3Down,
+        Fault::S3Slow,
+        Fault::DiskFull,
+        Fault::SigkillServe,
+        Fault::SwapPolicyGood,
+        Fault::SwapPolicyBroken,
+        Fault::ConcurrentTriggers,
+        Fault::WrongTokens,
+        Fault::ClientHangsUp,
+        Fault::S3Throttled,
+        Fault::OddNames,
+        Fault::ClockBackADay,
+        Fault::ClockForwardAMonth,
+        Fault::LockSessionTerminated,
+        Fault::ConcurrentCliBackup,
+        Fault::RestartServe,
+    ];
+
+    fn pick(rng: &mut Rng) -> Fault {
+        Fault::ALL[rng.below(Fault::ALL.len() as u64) as usize]
+    }
+
+    /// The name the cycle log and the summary print.
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Nothing => "none",
+            Fault::KillPgDump => "kill pg_dump",
+            Fault::RestartPostgres => "restart PostgreSQL",
+            Fault::S3Down => "S3 down",
+            Fault::S3Slow => "S3 slow",
+            Fault::DiskFull => "disk full",
+            Fault::SigkillServe => "SIGKILL serve",
+            Fault::SwapPolicyGood => "swap policy (good)",
+            Fault::SwapPolicyBroken => "swap policy (broken)",
+            Fault::ConcurrentTriggers => "concurrent triggers",
+            Fault::WrongTokens => "wrong tokens",
+            Fault::ClientHangsUp => "client hangs up",
+            Fault::S3Throttled => "S3 throttled",
+            Fault::OddNames => "odd names appear",
+            Fault::ClockBackADay => "clock back a day",
+            Fault::ClockForwardAMonth => "clock forward a month",
+            Fault::LockSessionTerminated => "lock session terminated",
+            Fault::ConcurrentCliBackup => "concurrent CLI backup",
+            Fault::RestartServe => "restart serve",
+        }
+    }
+
+    /// Runs the cycle's backup under this fault; the faults that pick a moment take it from `rng`.
+    fn inject(self, w: &mut World, rng: &mut Rng) {
+        match self {
+            Fault::Nothing => no_fault(w),
+            Fault::KillPgDump => kill_pg_dump(w, rng),
+            Fault::RestartPostgres => restart_postgres(w),
+            Fault::S3Down => s3_down(w),
+            Fault::S3Slow => s3_slow(w),
+            Fault::DiskFull => disk_full(w),
+            Fault::SigkillServe => sigkill_serve(w, rng),
+            Fault::SwapPolicyGood => swap_policy_good(w),
+            Fault::SwapPolicyBroken => swap_policy_broken(w),
+            Fault::ConcurrentTriggers => concurrent_triggers(w),
+            Fault::WrongTokens => wrong_tokens(w),
+            Fault::ClientHangsUp => client_hangs_up(w, rng),
+            Fault::S3Throttled => s3_throttled(w),
+            Fault::OddNames => odd_names_appear(w),
+            Fault::ClockBackADay => clock_back_a_day(w),
+            Fault::ClockForwardAMonth => clock_forward_a_month(w),
+            Fault::LockSessionTerminated => lock_session_terminated(w, rng),
+            Fault::ConcurrentCliBackup => concurrent_cli_backup(w),
+            Fault::RestartServe => restart_serve(w),
+        }
+    }
+}
+
+// `ALL` in declaration order, each variant once: index i is the i-th fault, as the seeds expect.
+const _: () = {
+    let mut i = 0;
+    while i < Fault::ALL.len() {
+        assert!(Fault::ALL[i] as usize == i);
+        i += 1;
+    }
+};
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A plain backup: the baseline every other fault is measured against.
+fn no_fault(w: &mut World) {
+    w.backup();
+}
+
+/// pg_dump killed (-9) at a random moment of its run: a failure must say so; a final name, if
+/// any, must be a complete dump.
+fn kill_pg_dump(w: &mut World, rng: &mut Rng) {
+    let t = Instant::now();
+    let req = w.trigger_in_background();
+    if let Some(pid) = w.wait_for_pidfile(t) {
+        std::thread::sleep(Duration::from_millis(100 + rng.below(700)));
+        let _ = Command::new("kill").args(["-9", &pid]).status();
+    }
+    w.record_reply(req);
+}
+
+/// PostgreSQL stopped for one backup, which must fail; started again for the next cycle.
+fn restart_postgres(w: &mut World) {
+    pg_cluster(&["stop", w.pg_dir.to_str().unwrap()]);
+    let (status, v) = w.backup();
+    if status == 200 {
+        w.violation(format!("a backup with PostgreSQL down succeeded: {v}"));
+    }
+    pg_cluster(&["start", w.pg_dir.to_str().unwrap(), &w.pg_port.clone()]);
+}
+
+/// The network to S3 cut: the local backup may succeed, but must not claim the upload.
+fn s3_down(w: &mut World) {
+    w.proxy.cut();
+    let (status, v) = w.backup();
+    if status == 200 && v["data"]["s3_uploaded"] != false {
+        w.violation(format!("S3 down, yet s3_uploaded is not false: {v}"));
+    }
+    w.proxy.restore();
+}
+
+/// S3 at 1 MiB/s per connection for one backup: an upload that lags behind the dump.
+fn s3_slow(w: &mut World) {
+    w.proxy.throttle(1 << 20);
+    w.backup();
+    w.proxy.restore();
+}
+
+/// The backup disk full but for 64 KiB: the backup must fail.
+fn disk_full(w: &mut World) {
+    let free = free_bytes(&w.backups);
+    let filler = w.backups.join("filler.bin");
+    let _ = std::fs::write(&filler, vec![0u8; free.saturating_sub(64 * 1024) as usize]);
+    let (status, v) = w.backup();
+    if status == 200 {
+        w.violation(format!("a backup on a full disk succeeded: {v}"));
+    }
+    std::fs::remove_file(&filler).unwrap();
+}
+
+/// serve killed (-9) at a random moment of a backup and started again: the checks after the
+/// cycle (history, files, slots) find what the kill left.
+fn sigkill_serve(w: &mut World, rng: &mut Rng) {
+    let t = Instant::now();
+    let port = w.serve().port;
+    let auth = w.serve().auth();
+    // The request dies with the server: its reply is not expected.
+    let req = std::thread::spawn(move || ef_backup_e2e::try_http(port, "POST", MANUAL, &[("Authorization", &auth)], b""));
+    w.wait_for_pidfile(t);
+    std::thread::sleep(Duration::from_millis(rng.below(1200)));
+    w.close_slots();
+    if let Some(mut s) = w.serve.take() {
+        let _ = s.child.kill();
+        let _ = s.child.wait();
+    }
+    let _ = req.join();
+    w.start_serve();
+}
+
+/// A good policy file swapped in while serve runs: it must be loaded and used.
+fn swap_policy_good(w: &mut World) {
+    // To the GFS policy for one backup and back: the default policy's schedule is the
+    // one whose slots are checked, so it should run most of the time.
+    w.close_slots();
+    for policy in [1, 0] {
+        w.current_policy = policy;
+        let src = w.good_policies[policy].clone();
+        let reloads = w.logs().matches("policy reloaded").count();
+        w.install_policy(&src);
+        if !w.wait_for_log("policy reloaded", reloads + 1) {
+            w.violation("a good policy file was not loaded".into());
+        }
+        if policy == 1 {
+            w.backup();
+        }
+    }
+    w.open_slots(3);
+}
+
+/// A broken policy file swapped in: it must be rejected, and the last good one keep working.
+fn swap_policy_broken(w: &mut World) {
+    let rejected = w.logs().matches("policy reload rejected").count();
+    let broken = w.dir.join("broken.wasm");
+    std::fs::write(&broken, b"\0asm\x0d\0\x01\0garbage").unwrap();
+    w.install_policy(&broken);
+    if !w.wait_for_log("policy reload rejected", rejected + 1) {
+        w.violation("a broken policy file was not rejected".into());
+    }
+    let (status, v) = w.backup();
+    if status != 200 {
+        w.violation(format!("the last good policy should keep working: {v}"));
+    }
+    let src = w.good_policies[w.current_policy].clone();
+    w.install_policy(&src);
+}
+
+/// Four manual triggers at once: at most one may run.
+fn concurrent_triggers(w: &mut World) {
+    let replies: Vec<(u16, serde_json::Value)> =
+        ef_backup_e2e::post_concurrently(w.serve().port, &w.serve().auth(), MANUAL, 4).into_iter().map(|h| h.join().unwrap()).collect();
+    let ran = replies.iter().filter(|(s, _)| *s != 409).count();
+    // None runs when a scheduled slot took the run lock first: all four are refused.
+    if ran > 1 {
+        w.violation(format!("{ran} of 4 concurrent triggers ran a backup: {replies:?}"));
+    }
+    for (s, v) in &replies {
+        w.record(*s, v);
+    }
+}
+
+/// Requests with a wrong token between good ones: every one refused (401), the good ones answered.
+fn wrong_tokens(w: &mut World) {
+    w.wrong_token(MANUAL, "POST");
+    w.wrong_token(STATUS, "GET");
+    w.status_checks(3);
+    w.wrong_token(STATUS, "GET");
+    w.backup();
+}
+
+/// A client that hangs up mid-backup: the run still ends and is counted, and the service is not left busy.
+fn client_hangs_up(w: &mut World, rng: &mut Rng) {
+    let before = w.counted();
+    let listing: BTreeSet<String> = files(&w.backups).into_iter().collect();
+    post_and_hang_up(w.serve().port, &w.serve().auth(), Duration::from_millis(100 + rng.below(900)));
+    match w.wait_for_run_counted(before) {
+        None => w.violation("a manual run whose client hung up was never recorded (or never ended)".into()),
+        Some(after) if after.0 > before.0 => {
+            let new: Vec<String> =
+                files(&w.backups).into_iter().filter(|n| n.ends_with(".sql.gz") && n.starts_with("chaos_") && !listing.contains(n)).collect();
+            w.good.extend(new);
+        }
+        Some(_) => w.failed += 1,
+    }
+    // The service is not wedged: the next request runs.
+    let (status, v) = w.backup();
+    if status == 409 {
+        w.violation(format!("after a client hung up, the next request was refused as busy: {v}"));
+    }
+}
+
+/// S3 at 32 KiB/s, far below the dump rate: the local backup must not wait for the store.
+fn s3_throttled(w: &mut World) {
+    w.proxy.throttle(32 * 1024);
+    let t = Instant::now();
+    let (status, v) = w.backup();
+    if status != 200 {
+        w.violation(format!("a throttled store failed the local backup: HTTP {status} {v}"));
+    }
+    if t.elapsed() > Duration::from_secs(40) {
+        w.violation(format!("a throttled store held the run for {:?}", t.elapsed()));
+    }
+    w.proxy.restore();
+}
+
+/// Odd names in the backup directory: retention, status and /metrics must work beside them.
+fn odd_names_appear(w: &mut World) {
+    // A foreign name the default policy once trapped on, and a recognised name dated 40
+    // days ahead (a valid dump): neither may stop retention, and the future one must not
+    // count as the newest backup.
+    let odd = w.backups.join("chaos_backup_2025年1_013000.sql.gz");
+    if !odd.exists() {
+        std::fs::write(&odd, b"not a backup").unwrap();
+        w.foreign.push((odd, b"not a backup".to_vec()));
+    }
+    if let Some(newest) = w.good.last().cloned().filter(|n| w.backups.join(n).exists()) {
+        let future = format!("chaos_backup_{}.sql.gz", compact(unix_now() + 40 * 86_400));
+        let _ = std::fs::copy(w.backups.join(&newest), w.backups.join(future));
+    }
+    let (status, v) = w.backup();
+    if status != 200 {
+        w.violation(format!("a backup beside odd names failed: HTTP {status} {v}"));
+    }
+    if w.serve().get(STATUS).status != 200 {
+        w.violation("status fails beside odd names".into());
+    }
+    if metric(w.serve().port, "ef_backup_backups_on_disk").partial_cmp(&1.0).is_none_or(|o| o.is_lt()) {
+        w.violation("/metrics counts no backups beside odd names".into());
+    }
+}
+
+/// serve's clock a day behind for one backup: retention must not delete by it.
+fn clock_back_a_day(w: &mut World) {
+    // Whole days: the scheduler's slots keep their time of day, so slots stay checked.
+    let before: Vec<String> = files(&w.backups).into_iter().filter(|n| n.ends_with(".sql.gz")).collect();
+    let skips = metric(w.serve().port, "ef_backup_retention_clock_skips_total");
+    // Only a clock earlier than a recorded run is known to be wrong.
+    let history = w.counted();
+    w.set_clock("-1d");
+    let (status, _) = w.backup();
+    w.set_clock("+0");
+    if status == 200 {
+        let after = files(&w.backups);
+        let gone: Vec<&String> = before.iter().filter(|n| !after.contains(n)).collect();
+        if !gone.is_empty() {
+            w.violation(format!("retention ran with the clock a day back and deleted {gone:?}"));
+        }
+        if history.0 + history.1 > 0.0
+            && metric(w.serve().port, "ef_backup_retention_clock_skips_total").partial_cmp(&skips).is_none_or(|o| o.is_le())
+        {
+            w.violation("retention skipped for a clock behind the history was not counted in /metrics".into());
+        }
+    }
+}
+
+/// serve's clock a month ahead for one backup (retention then off until the clock catches up).
+fn clock_forward_a_month(w: &mut World) {
+    w.set_clock("+30d");
+    w.backup();
+    w.set_clock("+0");
+    w.jumped_forward = true;
+}
+
+/// The session holding the run lock terminated mid-backup: a failure must say so like any other.
+fn lock_session_terminated(w: &mut World, rng: &mut Rng) {
+    let t = Instant::now();
+    let req = w.trigger_in_background();
+    if w.wait_for_pidfile(t).is_some() {
+        std::thread::sleep(Duration::from_millis(rng.below(800)));
+        let sql = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'ef-backup-lock'";
+        let _ = ef_backup_e2e::psql_on(&w.pg_port, "postgres", sql);
+    }
+    w.record_reply(req);
+}
+
+/// A CLI backup while serve's backup runs: the CLI must answer busy (exit 3), or run on its
+/// own if serve's run had just ended.
+fn concurrent_cli_backup(w: &mut World) {
+    let t = Instant::now();
+    let req = w.trigger_in_background();
+    if w.wait_for_pidfile(t).is_some() {
+        let vars = w.vars();
+        let borrowed: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let out = ef_command("chaos", &w.backups, &borrowed).args(["backup", "--json"]).output().unwrap();
+        match out.status.code() {
+            Some(3) => w.cli_busy += 1,
+            // The serve run may have ended just before: then the CLI ran on its own.
+            Some(0) | Some(4) => {
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                if let Some(name) = v["data"]["backup_file"].as_str() {
+                    w.good.push(name.to_string());
+                }
+            }
+            other => w.violation(format!("a CLI backup during a serve backup exited {other:?}: {}", String::from_utf8_lossy(&out.stderr))),
+        }
+    }
+    w.record_reply(req);
+}
+
+/// serve stopped (SIGTERM) and started again: its counts must survive.
+fn restart_serve(w: &mut World) {
+    let remembered = |w: &World| {
+        let p = w.serve().port;
+        (metric(p, "ef_backup_successes_total"), metric(p, "ef_backup_failures_total"), metric(p, "ef_backup_last_success_timestamp_seconds"))
+    };
+    let before = remembered(w);
+    w.close_slots();
+    if let Some(mut s) = w.serve.take() {
+        s.terminate(Duration::from_secs(60));
+    }
+    w.start_serve();
+    let after = remembered(w);
+    // A scheduled slot may have run in between; the counts may only grow by it.
+    if after.0 < before.0 || after.1 < before.1 || after.2 < before.2 || after.0 + after.1 > before.0 + before.1 + 1.0 {
+        w.violation(format!("state did not survive a restart: before {before:?}, after {after:?}"));
+    }
+}
 
 /// Every scheduled slot, in the default policy's zone (Beijing, UTC+8).
 const SLOT_EVERY: i64 = 15;
@@ -237,8 +633,8 @@ impl World {
         self.violations.push(what);
     }
 
-    /// One manual backup over HTTP; records the outcome and checks that a failure is visible.
-    /// One manual backup over HTTP; a 409 because a scheduled slot is running is retried.
+    /// One manual backup over HTTP, its outcome recorded (invariant 3); a 409 because a
+    /// scheduled slot is running is retried.
     fn backup(&mut self) -> (u16, serde_json::Value) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -253,6 +649,19 @@ impl World {
         }
     }
 
+    /// A manual trigger on a thread of its own, so that a fault can land while its backup runs.
+    fn trigger_in_background(&self) -> JoinHandle<HttpReply> {
+        let (port, auth) = (self.serve().port, self.serve().auth());
+        std::thread::spawn(move || http(port, "POST", MANUAL, &[("Authorization", &auth)], b""))
+    }
+
+    /// Records the reply to [`World::trigger_in_background`].
+    fn record_reply(&mut self, req: JoinHandle<HttpReply>) {
+        let r = req.join().unwrap();
+        let v = r.json();
+        self.record(r.status, &v);
+    }
+
     /// Waits (a while) for a scheduled run to end, so a fault lands on the cycle's own backup.
     fn wait_idle(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -265,6 +674,7 @@ impl World {
         self.foreign.iter().any(|(p, _)| p.file_name().is_some_and(|f| f == name))
     }
 
+    /// Counts a backup's outcome; a failure must be visible (invariant 3).
     fn record(&mut self, status: u16, v: &serde_json::Value) {
         match status {
             200 if v["success"] == true => {
@@ -346,9 +756,11 @@ impl World {
         false
     }
 
-    /// Invariants 1, 3 and 4 on the backup directory, 2 (names) on the bucket, 5 (no overlap).
+    /// The invariants that hold after every cycle: 1 (complete dumps; restores are checked at
+    /// the end), 4 and 6 on the backup directory, 2 (final names) on the bucket, 8 and 5.
     fn check(&mut self) {
         let listing = files(&self.backups);
+        // Invariant 1.
         for name in listing.iter().filter(|n| n.ends_with(".sql.gz")) {
             if self.is_foreign(name) || self.checked.contains(name) {
                 continue;
@@ -360,12 +772,14 @@ impl World {
                 Err(e) => self.violation(format!("{name} has a final name but {e}")),
             }
         }
+        // Invariant 6.
         for name in listing.iter().filter(|n| n.ends_with(".partial")) {
             let age = std::fs::metadata(self.backups.join(name)).and_then(|m| m.modified()).map(|m| m.elapsed().unwrap_or_default());
             if age.is_ok_and(|a| a > Duration::from_secs(86_400)) {
                 self.violation(format!("{name} is older than the clean-up rule"));
             }
         }
+        // Invariant 4.
         if let Some(newest) = self.good.last().cloned() {
             if !listing.contains(&newest) {
                 self.violation(format!("the newest good backup {newest} was deleted"));
@@ -391,13 +805,14 @@ impl World {
                 self.violation(format!("foreign file {} was touched", path.display()));
             }
         }
+        // Invariant 2, the names; the contents are checked at the end.
         let keys: Vec<String> = serde_json::from_value(self.s3.s3.probe_json(&["list", &self.s3.s3.bucket, "chaos/"])).unwrap();
         for k in &keys {
             if !k.ends_with(".sql.gz") {
                 self.violation(format!("S3 object {k} has no final name"));
             }
         }
-        // Never fewer than the minimum count of this deployment's backups (EF__BACKUP_MIN_KEEP 3).
+        // Invariant 4: never fewer than the minimum count of this deployment's backups (EF__BACKUP_MIN_KEEP 3).
         let ours = listing.iter().filter(|n| n.starts_with("chaos_") && n.ends_with(".sql.gz") && !n.contains('年')).count();
         if ours < self.good.len().min(3) {
             self.violation(format!("fewer than the minimum of 3 backups kept: {ours}"));
@@ -423,6 +838,7 @@ impl World {
         if !consistent {
             self.violation(format!("a run is lost from history: {last}"));
         }
+        // Invariant 5, as the fake pg_dump's lock saw it.
         let overlaps = std::fs::read_to_string(&self.overlaps).unwrap_or_default();
         if !overlaps.is_empty() {
             self.violation(format!("two pg_dumps ran at once: {overlaps}"));
@@ -573,278 +989,13 @@ fn run_chaos(seed: u64, cycles: usize) {
     let started = Instant::now();
 
     for cycle in 0..cycles {
-        let fault = FAULTS[rng.below(FAULTS.len() as u64) as usize];
-        *w.faults.entry(fault).or_default() += 1;
+        let fault = Fault::pick(&mut rng);
+        *w.faults.entry(fault.name()).or_default() += 1;
         eprintln!("chaos cycle {cycle}: {fault}");
         // Names have one-second resolution: one backup per second at most.
         std::thread::sleep(Duration::from_millis(1100));
         w.wait_idle();
-        match fault {
-            "none" => {
-                w.backup();
-            }
-            "kill pg_dump" => {
-                let t = Instant::now();
-                let port = w.serve().port;
-                let auth = w.serve().auth();
-                let req = std::thread::spawn(move || http(port, "POST", MANUAL, &[("Authorization", &auth)], b""));
-                if let Some(pid) = w.wait_for_pidfile(t) {
-                    std::thread::sleep(Duration::from_millis(100 + rng.below(700)));
-                    let _ = Command::new("kill").args(["-9", &pid]).status();
-                }
-                let r = req.join().unwrap();
-                let v = r.json();
-                w.record(r.status, &v);
-            }
-            "restart PostgreSQL" => {
-                pg_cluster(&["stop", w.pg_dir.to_str().unwrap()]);
-                let (status, v) = w.backup();
-                if status == 200 {
-                    w.violation(format!("a backup with PostgreSQL down succeeded: {v}"));
-                }
-                pg_cluster(&["start", w.pg_dir.to_str().unwrap(), &w.pg_port.clone()]);
-            }
-            "S3 down" => {
-                w.proxy.cut();
-                let (status, v) = w.backup();
-                if status == 200 && v["data"]["s3_uploaded"] != false {
-                    w.violation(format!("S3 down, yet s3_uploaded is not false: {v}"));
-                }
-                w.proxy.restore();
-            }
-            "S3 slow" => {
-                w.proxy.throttle(1 << 20);
-                w.backup();
-                w.proxy.restore();
-            }
-            "disk full" => {
-                let free = free_bytes(&w.backups);
-                let filler = w.backups.join("filler.bin");
-                let _ = std::fs::write(&filler, vec![0u8; free.saturating_sub(64 * 1024) as usize]);
-                let (status, v) = w.backup();
-                if status == 200 {
-                    w.violation(format!("a backup on a full disk succeeded: {v}"));
-                }
-                std::fs::remove_file(&filler).unwrap();
-            }
-            "SIGKILL serve" => {
-                let t = Instant::now();
-                let port = w.serve().port;
-                let auth = w.serve().auth();
-                // The request dies with the server: its reply is not expected.
-                let req = std::thread::spawn(move || ef_backup_e2e::try_http(port, "POST", MANUAL, &[("Authorization", &auth)], b""));
-                w.wait_for_pidfile(t);
-                std::thread::sleep(Duration::from_millis(rng.below(1200)));
-                w.close_slots();
-                if let Some(mut s) = w.serve.take() {
-                    let _ = s.child.kill();
-                    let _ = s.child.wait();
-                }
-                let _ = req.join();
-                w.start_serve();
-            }
-            "swap policy (good)" => {
-                // To the GFS policy for one backup and back: the default policy's schedule is the
-                // one whose slots are checked, so it should run most of the time.
-                w.close_slots();
-                for policy in [1, 0] {
-                    w.current_policy = policy;
-                    let src = w.good_policies[policy].clone();
-                    let reloads = w.logs().matches("policy reloaded").count();
-                    w.install_policy(&src);
-                    if !w.wait_for_log("policy reloaded", reloads + 1) {
-                        w.violation("a good policy file was not loaded".into());
-                    }
-                    if policy == 1 {
-                        w.backup();
-                    }
-                }
-                w.open_slots(3);
-            }
-            "swap policy (broken)" => {
-                let rejected = w.logs().matches("policy reload rejected").count();
-                let broken = w.dir.join("broken.wasm");
-                std::fs::write(&broken, b"\0asm\x0d\0\x01\0garbage").unwrap();
-                w.install_policy(&broken);
-                if !w.wait_for_log("policy reload rejected", rejected + 1) {
-                    w.violation("a broken policy file was not rejected".into());
-                }
-                let (status, v) = w.backup();
-                if status != 200 {
-                    w.violation(format!("the last good policy should keep working: {v}"));
-                }
-                let src = w.good_policies[w.current_policy].clone();
-                w.install_policy(&src);
-            }
-            "concurrent triggers" => {
-                let replies: Vec<(u16, serde_json::Value)> =
-                    ef_backup_e2e::post_concurrently(w.serve().port, &w.serve().auth(), MANUAL, 4).into_iter().map(|h| h.join().unwrap()).collect();
-                let ran = replies.iter().filter(|(s, _)| *s != 409).count();
-                // None runs when a scheduled slot took the run lock first: all four are refused.
-                if ran > 1 {
-                    w.violation(format!("{ran} of 4 concurrent triggers ran a backup: {replies:?}"));
-                }
-                for (s, v) in &replies {
-                    w.record(*s, v);
-                }
-            }
-            "wrong tokens" => {
-                w.wrong_token(MANUAL, "POST");
-                w.wrong_token(STATUS, "GET");
-                w.status_checks(3);
-                w.wrong_token(STATUS, "GET");
-                w.backup();
-            }
-            "client hangs up" => {
-                let before = w.counted();
-                let listing: BTreeSet<String> = files(&w.backups).into_iter().collect();
-                post_and_hang_up(w.serve().port, &w.serve().auth(), Duration::from_millis(100 + rng.below(900)));
-                match w.wait_for_run_counted(before) {
-                    None => w.violation("a manual run whose client hung up was never recorded (or never ended)".into()),
-                    Some(after) if after.0 > before.0 => {
-                        let new: Vec<String> = files(&w.backups)
-                            .into_iter()
-                            .filter(|n| n.ends_with(".sql.gz") && n.starts_with("chaos_") && !listing.contains(n))
-                            .collect();
-                        w.good.extend(new);
-                    }
-                    Some(_) => w.failed += 1,
-                }
-                // The service is not wedged: the next request runs.
-                let (status, v) = w.backup();
-                if status == 409 {
-                    w.violation(format!("after a client hung up, the next request was refused as busy: {v}"));
-                }
-            }
-            "S3 throttled" => {
-                // Far below the dump rate: the local backup must not wait for the store.
-                w.proxy.throttle(32 * 1024);
-                let t = Instant::now();
-                let (status, v) = w.backup();
-                if status != 200 {
-                    w.violation(format!("a throttled store failed the local backup: HTTP {status} {v}"));
-                }
-                if t.elapsed() > Duration::from_secs(40) {
-                    w.violation(format!("a throttled store held the run for {:?}", t.elapsed()));
-                }
-                w.proxy.restore();
-            }
-            "odd names appear" => {
-                // A foreign name the default policy once trapped on, and a recognised name dated 40
-                // days ahead (a valid dump): neither may stop retention, and the future one must not
-                // count as the newest backup.
-                let odd = w.backups.join("chaos_backup_2025年1_013000.sql.gz");
-                if !odd.exists() {
-                    std::fs::write(&odd, b"not a backup").unwrap();
-                    w.foreign.push((odd, b"not a backup".to_vec()));
-                }
-                if let Some(newest) = w.good.last().cloned().filter(|n| w.backups.join(n).exists()) {
-                    let future = format!("chaos_backup_{}.sql.gz", compact(unix_now() + 40 * 86_400));
-                    let _ = std::fs::copy(w.backups.join(&newest), w.backups.join(future));
-                }
-                let (status, v) = w.backup();
-                if status != 200 {
-                    w.violation(format!("a backup beside odd names failed: HTTP {status} {v}"));
-                }
-                if w.serve().get(STATUS).status != 200 {
-                    w.violation("status fails beside odd names".into());
-                }
-                if metric(w.serve().port, "ef_backup_backups_on_disk").partial_cmp(&1.0).is_none_or(|o| o.is_lt()) {
-                    w.violation("/metrics counts no backups beside odd names".into());
-                }
-            }
-            "clock back a day" => {
-                // Whole days: the scheduler's slots keep their time of day, so slots stay checked.
-                let before: Vec<String> = files(&w.backups).into_iter().filter(|n| n.ends_with(".sql.gz")).collect();
-                let skips = metric(w.serve().port, "ef_backup_retention_clock_skips_total");
-                // Only a clock earlier than a recorded run is known to be wrong.
-                let history = w.counted();
-                w.set_clock("-1d");
-                let (status, _) = w.backup();
-                w.set_clock("+0");
-                if status == 200 {
-                    let after = files(&w.backups);
-                    let gone: Vec<&String> = before.iter().filter(|n| !after.contains(n)).collect();
-                    if !gone.is_empty() {
-                        w.violation(format!("retention ran with the clock a day back and deleted {gone:?}"));
-                    }
-                    if history.0 + history.1 > 0.0
-                        && metric(w.serve().port, "ef_backup_retention_clock_skips_total").partial_cmp(&skips).is_none_or(|o| o.is_le())
-                    {
-                        w.violation("retention skipped for a clock behind the history was not counted in /metrics".into());
-                    }
-                }
-            }
-            "clock forward a month" => {
-                w.set_clock("+30d");
-                w.backup();
-                w.set_clock("+0");
-                w.jumped_forward = true;
-            }
-            "lock session terminated" => {
-                let t = Instant::now();
-                let port = w.serve().port;
-                let auth = w.serve().auth();
-                let req = std::thread::spawn(move || http(port, "POST", MANUAL, &[("Authorization", &auth)], b""));
-                if w.wait_for_pidfile(t).is_some() {
-                    std::thread::sleep(Duration::from_millis(rng.below(800)));
-                    let sql = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'ef-backup-lock'";
-                    let _ = ef_backup_e2e::psql_on(&w.pg_port, "postgres", sql);
-                }
-                let r = req.join().unwrap();
-                let v = r.json();
-                w.record(r.status, &v);
-            }
-            "concurrent CLI backup" => {
-                let t = Instant::now();
-                let port = w.serve().port;
-                let auth = w.serve().auth();
-                let req = std::thread::spawn(move || http(port, "POST", MANUAL, &[("Authorization", &auth)], b""));
-                if w.wait_for_pidfile(t).is_some() {
-                    let vars = w.vars();
-                    let borrowed: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                    let out = ef_command("chaos", &w.backups, &borrowed).args(["backup", "--json"]).output().unwrap();
-                    match out.status.code() {
-                        Some(3) => w.cli_busy += 1,
-                        // The serve run may have ended just before: then the CLI ran on its own.
-                        Some(0) | Some(4) => {
-                            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-                            if let Some(name) = v["data"]["backup_file"].as_str() {
-                                w.good.push(name.to_string());
-                            }
-                        }
-                        other => {
-                            w.violation(format!("a CLI backup during a serve backup exited {other:?}: {}", String::from_utf8_lossy(&out.stderr)))
-                        }
-                    }
-                }
-                let r = req.join().unwrap();
-                let v = r.json();
-                w.record(r.status, &v);
-            }
-            "restart serve" => {
-                let remembered = |w: &World| {
-                    let p = w.serve().port;
-                    (
-                        metric(p, "ef_backup_successes_total"),
-                        metric(p, "ef_backup_failures_total"),
-                        metric(p, "ef_backup_last_success_timestamp_seconds"),
-                    )
-                };
-                let before = remembered(&w);
-                w.close_slots();
-                if let Some(mut s) = w.serve.take() {
-                    s.terminate(Duration::from_secs(60));
-                }
-                w.start_serve();
-                let after = remembered(&w);
-                // A scheduled slot may have run in between; the counts may only grow by it.
-                if after.0 < before.0 || after.1 < before.1 || after.2 < before.2 || after.0 + after.1 > before.0 + before.1 + 1.0 {
-                    w.violation(format!("state did not survive a restart: before {before:?}, after {after:?}"));
-                }
-            }
-            _ => unreachable!(),
-        }
+        fault.inject(&mut w, &mut rng);
         w.status_checks(2);
         w.check();
         // About 6 s a cycle here; a run far slower than that is stuck somewhere.

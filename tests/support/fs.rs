@@ -1,0 +1,44 @@
+//! The file system a deployment backs up into: scratch directories the postgres user can
+//! reach, directory listings, and small tmpfs mounts to fill up or make read-only.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::env;
+
+/// A scratch directory under the test state dir (traversable by the postgres user).
+pub fn tempdir() -> tempfile::TempDir {
+    let base = env().state.join("e2e");
+    std::fs::create_dir_all(&base).unwrap();
+    tempfile::Builder::new().prefix("t").tempdir_in(base).unwrap()
+}
+
+/// Files in a directory, sorted.
+pub fn files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Mounts a tmpfs of `size` at `dir`; unmounted on drop. The tests run as root (CI does).
+pub struct Mount(PathBuf);
+
+impl Mount {
+    pub fn tmpfs(dir: &Path, size: &str) -> Mount {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).status().unwrap();
+        assert!(st.success(), "mount tmpfs on {} failed: the file-system tests need root", dir.display());
+        Mount(dir.to_path_buf())
+    }
+    pub fn remount_ro(&self) {
+        let st = Command::new("mount").args(["-o", "remount,ro"]).arg(&self.0).status().unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
