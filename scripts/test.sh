@@ -10,7 +10,9 @@
 #      arguments always does), EF_TEST_BIN_OVERRIDE (run the tests against another ef-backup binary, e.g. one built from
 #      an older commit, to check that a new test fails without its fix).
 # The tests get: EF_TEST_PG_PORT, EF_TEST_PG_DIR, EF_TEST_POLICY_WASM, EF_TEST_BIN,
-#      EF_TEST_TESTENV, EF_TEST_STATE, PG_BIN and EF__DB_HOST/PORT/USER/PASSWORD/NAME.
+#      EF_TEST_GFS_WASM, EF_TEST_TEMPLATE_WASM, EF_TEST_HOSTILE_WASM, EF_TEST_GREEDY_WASM,
+#      EF_TEST_V01_WASM (the default policy as released for 0.1.0, tests/guests/v0_1),
+#      EF_TEST_S3_*, EF_TEST_TESTENV, EF_TEST_STATE, PG_BIN and EF__DB_HOST/PORT/USER/PASSWORD/NAME.
 # Exit code: cargo test's (or 1 when a step before it fails).
 set -euo pipefail
 
@@ -62,7 +64,8 @@ GFS_WASM="$("$ROOT/scripts/build-policy.sh" "$ROOT/examples/policies/gfs")"
 TEMPLATE_WASM="$("$ROOT/scripts/build-policy.sh" "$ROOT/examples/policies/template")"
 HOSTILE_WASM="$("$ROOT/scripts/build-policy.sh" "$ROOT/tests/guests/hostile")"
 GREEDY_WASM="$("$ROOT/scripts/build-policy.sh" "$ROOT/tests/guests/greedy")"
-log "policy components: $WASM $GFS_WASM $TEMPLATE_WASM $HOSTILE_WASM $GREEDY_WASM"
+V01_WASM="$("$ROOT/scripts/build-policy.sh" "$ROOT/tests/guests/v0_1")"
+log "policy components: $WASM $GFS_WASM $TEMPLATE_WASM $HOSTILE_WASM $GREEDY_WASM $V01_WASM"
 
 # Style and lints gate the whole run (CI runs it without arguments); a run of some tests only
 # (arguments given) skips them unless EF_TEST_LINT=1.
@@ -109,6 +112,7 @@ export EF_TEST_S3_ENDPOINT EF_TEST_S3_ACCESS_KEY EF_TEST_S3_SECRET_KEY EF_TEST_S
 
 export EF_TEST_PG_PORT="$PG_PORT" EF_TEST_PG_DIR="$STATE/pg" EF_TEST_POLICY_WASM="$WASM" EF_TEST_GFS_WASM="$GFS_WASM" \
   EF_TEST_HOSTILE_WASM="$HOSTILE_WASM" EF_TEST_GREEDY_WASM="$GREEDY_WASM" EF_TEST_TEMPLATE_WASM="$TEMPLATE_WASM" \
+  EF_TEST_V01_WASM="$V01_WASM" \
   EF_TEST_BIN="${EF_TEST_BIN_OVERRIDE:-$BIN}" EF_TEST_TESTENV="$TESTENV" EF_TEST_STATE="$STATE" PG_BIN
 export EF__DB_HOST EF__DB_PORT EF__DB_USER EF__DB_PASSWORD EF__DB_NAME
 

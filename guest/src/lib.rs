@@ -1,9 +1,11 @@
-//! The default ef-backup policy, compiled to a WASI Preview 2 component.
+//! The default ef-backup policy, compiled to a WASI Preview 2 component implementing
+//! `euraflow:backup@0.2.0-draft` (the 0.1.0 original is kept as a test fixture in
+//! `tests/guests/v0_1`).
 //!
 //! The decisions live in plain Rust modules (`policy`, `retention`, `response`, `civil`) that are
 //! unit-tested natively with `cargo test`; this file only binds them to the WIT exports.
 
-wit_bindgen::generate!({ world: "backup-policy", path: "../wit/0.1.0" });
+wit_bindgen::generate!({ world: "backup-policy", path: "../wit/0.2.0-draft", additional_derives: [PartialEq, Eq] });
 
 pub mod civil;
 pub mod policy;
@@ -15,7 +17,10 @@ pub use euraflow::backup::types;
 #[cfg(target_arch = "wasm32")]
 mod component {
     use super::exports::euraflow::backup::policy::Guest;
-    use super::types::{BackupEntry, BackupOutcome, BackupSchedule, Config, HttpResponse, Level, Status, Target};
+    use super::types::{
+        BackupEntry, BackupOutcome, BackupSchedule, Config, Context, HttpResponse, Level, Message, NameInfo, NameRequest, Notification,
+        RetentionDecision, Status,
+    };
     use super::{log, policy, response};
 
     struct DefaultPolicy;
@@ -36,22 +41,32 @@ mod component {
             policy::schedule(&settings)
         }
 
-        fn backup_name(config: Config, now: i64) -> String {
-            policy::Names::of(&config).backup_name(now)
+        fn backup_name(_ctx: Context, _config: Config, request: NameRequest) -> String {
+            if !policy::SUFFIXES.contains(&request.format.suffix.as_str()) {
+                log(
+                    Level::Warn,
+                    &format!(
+                        "format suffix {:?} is not one the default policy recognises ({}): its backups will not be listed, counted or deleted",
+                        request.format.suffix,
+                        policy::SUFFIXES.join(", ")
+                    ),
+                );
+            }
+            policy::backup_name(&request)
         }
 
         // Setting warnings are not logged here: the host calls this once per listed file.
-        fn parse_name(config: Config, name: String) -> Option<i64> {
+        fn parse_name(config: Config, name: String) -> Option<NameInfo> {
             policy::Names::of(&config).parse(&name)
         }
 
-        fn select_expired(backups: Vec<BackupEntry>, now: i64, target: Target, config: Config) -> Vec<String> {
+        fn select_expired(ctx: Context, config: Config, store: String, backups: Vec<BackupEntry>) -> Vec<RetentionDecision> {
             let (settings, warnings) = policy::Settings::parse(&config);
             warn_all(warnings);
-            let names = policy::Names::new(&config.database, settings.legacy_prefix.as_deref());
-            let expired = policy::select_expired(&backups, now, target, &settings, &names);
-            log(Level::Debug, &format!("retention ({target:?}): {} listed, {} expired", backups.len(), expired.len()));
-            expired
+            let decisions = policy::select_expired(&backups, ctx.now, &store, &settings);
+            let expired = decisions.iter().filter(|d| d.delete).count();
+            log(Level::Debug, &format!("retention ({store}): {} listed, {expired} expired", backups.len()));
+            decisions
         }
 
         fn shape_backup_response(outcome: BackupOutcome) -> HttpResponse {
@@ -62,6 +77,10 @@ mod component {
             let (settings, warnings) = policy::Settings::parse(&status.config);
             warn_all(warnings);
             response::status(&status, &settings)
+        }
+
+        fn shape_notification(_ctx: Context, config: Config, event: Notification) -> Option<Message> {
+            response::notification(&config, &event)
         }
     }
 

@@ -1,15 +1,22 @@
-//! The default policy's decisions: schedule, names and retention of the EuraFlow plugin.
+//! The default policy's decisions: schedule, names, retention and notifications of the EuraFlow
+//! plugin.
 
 use crate::civil::DateTime;
-use crate::retention::Keep;
-use crate::types::{BackupEntry, BackupSchedule, Config, Target};
+use crate::retention::{Keep, Why};
+use crate::types::{BackupEntry, BackupKind, BackupSchedule, Config, NameInfo, NameRequest, RetentionDecision};
 
 /// Asia/Shanghai is UTC+8 all year (see `civil`).
 pub const ZONE: &str = "Asia/Shanghai";
 pub const ZONE_OFFSET_SECS: i64 = 8 * 3600;
-/// Between the database and the time: `<db>_backup_YYYYMMDD_HHMMSS.sql.gz`.
+/// Between the database and the time: `<db>_backup_YYYYMMDD_HHMMSS<suffix>`.
 pub const NAME_INFIX: &str = "_backup_";
+/// The same for the server's globals: `<label>_globals_YYYYMMDD_HHMMSS<suffix>`.
+pub const GLOBALS_INFIX: &str = "_globals_";
+/// The suffix of gzip dumps, the only one of the original plugin (and of legacy names).
 pub const NAME_SUFFIX: &str = ".sql.gz";
+/// Every suffix a name of ours may end with: the formats the host writes (`format.suffix`),
+/// today `.sql.gz`, and those announced for later (zstd, and both encrypted with age).
+pub const SUFFIXES: [&str; 4] = [".sql.gz", ".sql.zst", ".sql.gz.age", ".sql.zst.age"];
 /// `YYYYMMDD_HHMMSS`.
 const STAMP_LEN: usize = 15;
 
@@ -26,16 +33,39 @@ pub struct Settings {
     pub s3_retention_days: u32,
     /// `schedule_cron`: replaces the default schedule's cron expression (same time zone).
     pub schedule_cron: Option<String>,
+    /// `drill_cron`: when to run restore drills (same time zone); none for never.
+    pub drill_cron: Option<String>,
     /// `legacy_prefix`: names `<legacy_prefix>_backup_YYYYMMDD_HHMMSS.sql.gz` are recognised
-    /// as this deployment's too (backups written before names carried the database, which
-    /// were all `euraflow_backup_...`).
+    /// as backups of this deployment's (first) database too (backups written before names
+    /// carried the database, which were all `euraflow_backup_...`).
     pub legacy_prefix: Option<String>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { local_retention_days: 7, local_keep_last: 14, s3_keep_last: 14, s3_retention_days: 30, schedule_cron: None, legacy_prefix: None }
+        Settings {
+            local_retention_days: 7,
+            local_keep_last: 14,
+            s3_keep_last: 14,
+            s3_retention_days: 30,
+            schedule_cron: None,
+            drill_cron: None,
+            legacy_prefix: None,
+        }
     }
+}
+
+/// Five fields (or six, seconds first) of digits, `*`, `,`, `-` and `/`: the syntax the
+/// contract allows (the host's scheduler parses the rest).
+pub fn validate_cron(cron: &str) -> Result<(), &'static str> {
+    let fields: Vec<&str> = cron.split_whitespace().collect();
+    if !(5..=6).contains(&fields.len()) {
+        return Err("expected five fields (minute hour day-of-month month day-of-week), or six with seconds first");
+    }
+    if fields.iter().any(|f| !f.chars().all(|c| c.is_ascii_digit() || "*,-/".contains(c))) {
+        return Err("fields may only contain digits and * , - /");
+    }
+    Ok(())
 }
 
 impl Settings {
@@ -48,8 +78,17 @@ impl Settings {
             s.s3_retention_days = s3.retention_days;
         }
         for (key, value) in &config.settings {
-            if key == "schedule_cron" {
-                s.schedule_cron = Some(value.trim().to_string());
+            if key == "schedule_cron" || key == "drill_cron" {
+                let v = value.trim();
+                let (slot, otherwise) =
+                    if key == "schedule_cron" { (&mut s.schedule_cron, "the default schedule") } else { (&mut s.drill_cron, "no restore drills") };
+                if key == "drill_cron" && v.is_empty() {
+                    continue; // set but empty: no drills, as when unset
+                }
+                match validate_cron(v) {
+                    Ok(()) => *slot = Some(v.to_string()),
+                    Err(why) => warnings.push(format!("EF__POLICY_{}={value:?}: {why}; using {otherwise}", key.to_uppercase())),
+                }
                 continue;
             }
             if key == "legacy_prefix" {
@@ -83,14 +122,21 @@ impl Settings {
 }
 
 /// 01:00 and 13:00 in Beijing, which is the original's `0 17,5 * * *` in UTC; or the
-/// operator's `EF__POLICY_SCHEDULE_CRON` in the same zone.
+/// operator's `EF__POLICY_SCHEDULE_CRON` in the same zone. Restore drills at
+/// `EF__POLICY_DRILL_CRON`, none without it.
 pub fn schedule(settings: &Settings) -> BackupSchedule {
+    let drill_crons: Vec<String> = settings.drill_cron.iter().cloned().collect();
     match &settings.schedule_cron {
-        Some(cron) => BackupSchedule { crons: vec![cron.clone()], timezone: ZONE.to_string(), description: format!("按北京时间 cron `{cron}`") },
+        Some(cron) => {
+            BackupSchedule {
+                crons: vec![cron.clone()], timezone: ZONE.to_string(), description: format!("按北京时间 cron `{cron}`"), drill_crons
+            }
+        }
         None => BackupSchedule {
             crons: vec!["0 1,13 * * *".to_string()],
             timezone: ZONE.to_string(),
             description: "每天北京时间 01:00 和 13:00".to_string(),
+            drill_crons,
         },
     }
 }
@@ -111,82 +157,223 @@ pub fn encode_database(database: &str) -> String {
     out
 }
 
+/// The inverse of [`encode_database`], for names it produced only: anything else (lower-case
+/// hex, an encoded letter, a bare `.`, bytes that are not UTF-8) is none, so every database
+/// has exactly one spelling in names.
+pub fn decode_database(encoded: &str) -> Option<String> {
+    let b = encoded.as_bytes();
+    let mut bytes = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = |c: u8| match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'A'..=b'F' => Some(c - b'A' + 10),
+                _ => None,
+            };
+            let (hi, lo) = (hex(*b.get(i + 1)?)?, hex(*b.get(i + 2)?)?);
+            bytes.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            bytes.push(b[i]);
+            i += 1;
+        }
+    }
+    let decoded = String::from_utf8(bytes).ok()?;
+    (encode_database(&decoded) == encoded).then_some(decoded)
+}
+
+/// The name of one file of a run: `<database>_backup_YYYYMMDD_HHMMSS<suffix>` (the globals:
+/// `<label>_globals_...`), Beijing time of the run's start; for the database `euraflow` and
+/// gzip exactly the original plugin's names.
+pub fn backup_name(request: &NameRequest) -> String {
+    let infix = match request.kind {
+        BackupKind::Database => NAME_INFIX,
+        BackupKind::Globals => GLOBALS_INFIX,
+    };
+    let stamp = DateTime::from_unix(request.run_at, ZONE_OFFSET_SECS).compact();
+    format!("{}{infix}{stamp}{}", encode_database(&request.database), request.format.suffix)
+}
+
+/// The parts of a name of our shape, whatever its database: (encoded database, kind, stamp).
+/// Works on bytes (`get`), so no name, however odd, can panic.
+fn split_name(name: &str) -> Option<(&str, BackupKind, &str)> {
+    let rest = SUFFIXES.iter().find_map(|s| name.strip_suffix(s))?;
+    let cut = rest.len().checked_sub(STAMP_LEN)?;
+    let (before, stamp) = (rest.get(..cut)?, rest.get(cut..)?);
+    let (db, kind) = match before.strip_suffix(NAME_INFIX) {
+        Some(db) => (db, BackupKind::Database),
+        None => (before.strip_suffix(GLOBALS_INFIX)?, BackupKind::Globals),
+    };
+    (!db.is_empty()).then_some((db, kind, stamp))
+}
+
 /// How this deployment's backups are named, and which names are its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
-    /// `<encoded db>_backup_`.
-    prefix: String,
+    /// The databases this deployment backs up (`config.databases`).
+    databases: Vec<String>,
     /// `<legacy_prefix>_backup_`, when the operator adopted the old names.
     legacy: Option<String>,
 }
 
 impl Names {
-    pub fn new(database: &str, legacy_prefix: Option<&str>) -> Names {
-        Names { prefix: format!("{}{NAME_INFIX}", encode_database(database)), legacy: legacy_prefix.map(|p| format!("{p}{NAME_INFIX}")) }
+    pub fn new(databases: &[String], legacy_prefix: Option<&str>) -> Names {
+        Names { databases: databases.to_vec(), legacy: legacy_prefix.map(|p| format!("{p}{NAME_INFIX}")) }
     }
 
     pub fn of(config: &Config) -> Names {
         let (settings, _) = Settings::parse(config);
-        Names::new(&config.database, settings.legacy_prefix.as_deref())
+        Names::new(&config.databases, settings.legacy_prefix.as_deref())
     }
 
-    /// `<db>_backup_YYYYMMDD_HHMMSS.sql.gz`, Beijing time (for the database `euraflow`
-    /// exactly the original plugin's names).
-    pub fn backup_name(&self, now: i64) -> String {
-        format!("{}{}{NAME_SUFFIX}", self.prefix, DateTime::from_unix(now, ZONE_OFFSET_SECS).compact())
+    /// What one of our names says. Only this deployment's databases count (and the adopted
+    /// legacy prefix, for its first database): another deployment's backups in the same place
+    /// are foreign. The globals are recognised only under a label in `config.databases` too.
+    pub fn parse(&self, name: &str) -> Option<NameInfo> {
+        if let Some(info) = self.parse_current(name) {
+            return Some(info);
+        }
+        let stamp = name.strip_prefix(self.legacy.as_deref()?)?.strip_suffix(NAME_SUFFIX)?;
+        let run_at = DateTime::parse_compact(stamp, ZONE_OFFSET_SECS)?;
+        Some(NameInfo { database: self.databases.first()?.clone(), kind: BackupKind::Database, run_at })
     }
 
-    /// The creation time one of our names carries. Only this database's prefix (and the
-    /// adopted legacy one) counts: another deployment's backups in the same place are foreign.
-    pub fn parse(&self, name: &str) -> Option<i64> {
-        let stamp =
-            std::iter::once(&self.prefix).chain(self.legacy.as_ref()).find_map(|p| name.strip_prefix(p.as_str())?.strip_suffix(NAME_SUFFIX))?;
-        DateTime::parse_compact(stamp, ZONE_OFFSET_SECS)
+    fn parse_current(&self, name: &str) -> Option<NameInfo> {
+        let (db, kind, stamp) = split_name(name)?;
+        let run_at = DateTime::parse_compact(stamp, ZONE_OFFSET_SECS)?;
+        let database = decode_database(db)?;
+        self.databases.contains(&database).then_some(NameInfo { database, kind, run_at })
     }
 }
 
-/// The `YYYYMMDD_HHMMSS` part of a name of this shape, whatever its database (for responses,
+/// The `YYYYMMDD_HHMMSS` part of a name of our shape, whatever its database (for responses,
 /// which do not see the configuration).
 pub fn name_timestamp(name: &str) -> Option<&str> {
-    let rest = name.strip_suffix(NAME_SUFFIX)?;
-    let stamp = rest.get(rest.len().checked_sub(STAMP_LEN)?..)?;
-    let db_part = rest.get(..rest.len() - STAMP_LEN)?.strip_suffix(NAME_INFIX)?;
-    (!db_part.is_empty() && DateTime::parse_compact(stamp, ZONE_OFFSET_SECS).is_some()).then_some(stamp)
+    let (_, _, stamp) = split_name(name)?;
+    DateTime::parse_compact(stamp, ZONE_OFFSET_SECS).map(|_| stamp)
 }
 
-pub fn keep_for(target: Target, settings: &Settings) -> Keep {
-    match target {
-        Target::Local => Keep::days(settings.local_retention_days, settings.local_keep_last as usize),
-        Target::S3 => Keep::days(settings.s3_retention_days, settings.s3_keep_last as usize),
+/// The retention rule of one store, and how its reasons name the settings behind it.
+pub struct StoreRule {
+    pub keep: Keep,
+    /// How reasons call the store's backups: `local`, `S3`.
+    pub label: &'static str,
+    /// The variable that sets `keep.within_secs`, and the one that sets `keep.last`.
+    pub days_var: &'static str,
+    pub last_var: &'static str,
+    pub days: u32,
+}
+
+/// `local` and `s3` have the original's rules; any other store is unknown (none).
+pub fn rule_for(store: &str, settings: &Settings) -> Option<StoreRule> {
+    match store {
+        "local" => Some(StoreRule {
+            keep: Keep::days(settings.local_retention_days, settings.local_keep_last as usize),
+            label: "local",
+            days_var: "EF__POLICY_LOCAL_RETENTION_DAYS",
+            last_var: "EF__POLICY_LOCAL_KEEP_LAST",
+            days: settings.local_retention_days,
+        }),
+        "s3" => Some(StoreRule {
+            keep: Keep::days(settings.s3_retention_days, settings.s3_keep_last as usize),
+            label: "S3",
+            days_var: "EF__BACKUP_RETENTION_DAYS",
+            last_var: "EF__POLICY_S3_KEEP_LAST",
+            days: settings.s3_retention_days,
+        }),
+        _ => None,
     }
 }
 
-/// Only names this policy produced take part; their age is the time in the name (an mtime
-/// changes when files are copied around, the name does not).
-pub fn select_expired(backups: &[BackupEntry], now: i64, target: Target, settings: &Settings, names: &Names) -> Vec<String> {
-    let ours: Vec<(String, i64)> = backups.iter().filter_map(|b| names.parse(&b.name).map(|t| (b.name.clone(), t))).collect();
-    keep_for(target, settings).expired(&ours, now).into_iter().map(str::to_string).collect()
+fn kind_label(kind: BackupKind) -> &'static str {
+    match kind {
+        BackupKind::Database => "database",
+        BackupKind::Globals => "globals",
+    }
+}
+
+/// A database (or the globals of a server label) and its kind: retention counts each on its own.
+type Group<'a> = (&'a str, BackupKind);
+
+/// A decision for every backup given. The rule of the store applies to each database (and to
+/// the globals) on its own: for one database, exactly the original's rule. A backup's age is
+/// its run time (from the name: an mtime changes when files are copied around, the name does
+/// not). In a store the policy does not know, everything is kept.
+pub fn select_expired(backups: &[BackupEntry], now: i64, store: &str, settings: &Settings) -> Vec<RetentionDecision> {
+    let keep = |b: &BackupEntry, reason: String| RetentionDecision { name: b.name.clone(), delete: false, reason };
+    let Some(rule) = rule_for(store, settings) else {
+        let why = format!("store `{store}` is not one the default policy knows (`local`, `s3`): everything in it is kept");
+        return backups.iter().map(|b| keep(b, why.clone())).collect();
+    };
+    // (database, kind) groups in order of first appearance.
+    let mut groups: Vec<(Group, Vec<(String, i64)>)> = Vec::new();
+    for b in backups {
+        let key = (b.info.database.as_str(), b.info.kind);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, set)) => set.push((b.name.clone(), b.info.run_at)),
+            None => groups.push((key, vec![(b.name.clone(), b.info.run_at)])),
+        }
+    }
+    let several = groups.len() > 1;
+    let mut out = Vec::with_capacity(backups.len());
+    for ((database, kind), set) in &groups {
+        // With several databases (or the globals) in a store, a reason says whose set it counts in.
+        let of = if several { format!(" of {} `{database}`", kind_label(*kind)) } else { String::new() };
+        let (label, last, days) = (rule.label, rule.keep.last.max(1), rule.days);
+        for (name, why) in rule.keep.decide(set, now) {
+            let reason = match why {
+                Why::Future => "dated more than a day ahead of the host's clock: kept, and not counted among the newest".to_string(),
+                Why::Newest => format!("the newest backup{of}"),
+                Why::Last => format!("one of the {last} newest {label} backups{of} ({})", rule.last_var),
+                Why::Within => format!("not older than {days} days ({})", rule.days_var),
+                Why::Expired => {
+                    format!("older than {days} days ({}) and not one of the {last} newest {label} backups{of} ({})", rule.days_var, rule.last_var)
+                }
+            };
+            out.push(RetentionDecision { name: name.to_string(), delete: why.expires(), reason });
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::types::S3Config;
+    use crate::types::{Format, S3Config};
 
     const NOW: i64 = 1_762_191_000; // 2025-11-04 01:30:00 Beijing
     const DAY: i64 = 86_400;
 
     pub(crate) fn config(settings: &[(&str, &str)], s3_days: Option<u32>) -> Config {
         Config {
-            database: "euraflow".into(),
+            databases: vec!["euraflow".into()],
             backup_dir: "/var/backups".into(),
             s3: s3_days.map(|d| S3Config { bucket: "b".into(), region: "us-east-1".into(), prefix: String::new(), retention_days: d }),
             settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         }
     }
 
-    fn entry(name: &str) -> BackupEntry {
-        BackupEntry { name: name.into(), size_bytes: 1, modified: NOW }
+    pub(crate) fn gzip() -> Format {
+        Format { suffix: ".sql.gz".into(), codec: "gzip".into(), encrypted: false }
+    }
+
+    pub(crate) fn request(database: &str, kind: BackupKind, suffix: &str, run_at: i64) -> NameRequest {
+        NameRequest { database: database.into(), kind, format: Format { suffix: suffix.into(), ..gzip() }, run_at }
+    }
+
+    pub(crate) fn info(database: &str, run_at: i64) -> NameInfo {
+        NameInfo { database: database.into(), kind: BackupKind::Database, run_at }
+    }
+
+    /// An entry as the host passes it: recognised, with what `parse-name` said.
+    pub(crate) fn entry(name: &str) -> BackupEntry {
+        let info = euraflow().parse(name).unwrap_or_else(|| panic!("{name} is not ours"));
+        BackupEntry { name: name.into(), size_bytes: 1, modified: NOW, info }
+    }
+
+    fn dbs(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
     }
 
     #[test]
@@ -196,6 +383,7 @@ pub(crate) mod tests {
         let s = schedule(&settings);
         assert_eq!(s.crons, ["*/5 * * * * *"]);
         assert_eq!(s.timezone, "Asia/Shanghai");
+        assert!(s.drill_crons.is_empty());
     }
 
     #[test]
@@ -204,28 +392,59 @@ pub(crate) mod tests {
         assert_eq!(s.crons, ["0 1,13 * * *"]);
         assert_eq!(s.timezone, "Asia/Shanghai");
         assert_eq!(s.description, "每天北京时间 01:00 和 13:00");
+        assert!(s.drill_crons.is_empty(), "no drills unless asked for");
+    }
+
+    #[test]
+    fn drill_cron_setting() {
+        let (settings, w) = Settings::parse(&config(&[("drill_cron", " 0 4 * * 0 ")], None));
+        assert!(w.is_empty(), "{w:?}");
+        let s = schedule(&settings);
+        assert_eq!(s.drill_crons, ["0 4 * * 0"]);
+        assert_eq!((s.crons, s.description), (vec!["0 1,13 * * *".to_string()], "每天北京时间 01:00 和 13:00".to_string()), "the backups' own");
+        // Set but empty: no drills, and nothing to warn about.
+        let (settings, w) = Settings::parse(&config(&[("drill_cron", " ")], None));
+        assert!(w.is_empty() && schedule(&settings).drill_crons.is_empty(), "{w:?}");
+        for bad in ["@weekly", "0 4 * *", "0 4 * * SUN", "0 0 4 * * * *"] {
+            let (settings, w) = Settings::parse(&config(&[("drill_cron", bad)], None));
+            assert!(schedule(&settings).drill_crons.is_empty(), "{bad}");
+            assert_eq!(w.len(), 1, "{bad}: {w:?}");
+            assert!(w[0].contains("EF__POLICY_DRILL_CRON") && w[0].contains("no restore drills"), "{}", w[0]);
+        }
+    }
+
+    #[test]
+    fn an_invalid_schedule_cron_is_reported() {
+        let (settings, w) = Settings::parse(&config(&[("schedule_cron", "0 1 * * MON")], None));
+        assert_eq!(settings.schedule_cron, None);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("EF__POLICY_SCHEDULE_CRON") && w[0].contains("the default schedule"), "{}", w[0]);
+        assert_eq!(schedule(&settings).crons, ["0 1,13 * * *"]);
     }
 
     fn euraflow() -> Names {
-        Names::new("euraflow", None)
+        Names::new(&dbs(&["euraflow"]), None)
     }
 
-    fn backup_name(now: i64) -> String {
-        euraflow().backup_name(now)
+    fn backup_name_at(now: i64) -> String {
+        backup_name(&request("euraflow", BackupKind::Database, ".sql.gz", now))
     }
 
     #[test]
     fn names() {
         let n = euraflow();
-        assert_eq!(backup_name(NOW), "euraflow_backup_20251104_013000.sql.gz");
+        assert_eq!(backup_name_at(NOW), "euraflow_backup_20251104_013000.sql.gz");
         // 17:00 UTC is 01:00 the next day in Beijing.
-        assert_eq!(backup_name(1_762_275_600), "euraflow_backup_20251105_010000.sql.gz");
-        assert_eq!(n.parse("euraflow_backup_20251104_013000.sql.gz"), Some(NOW));
+        assert_eq!(backup_name_at(1_762_275_600), "euraflow_backup_20251105_010000.sql.gz");
+        assert_eq!(n.parse("euraflow_backup_20251104_013000.sql.gz"), Some(info("euraflow", NOW)));
         assert_eq!(name_timestamp("euraflow_backup_20251104_013000.sql.gz"), Some("20251104_013000"));
         assert_eq!(name_timestamp("shop%2Eeu_backup_20251104_013000.sql.gz"), Some("20251104_013000"));
+        assert_eq!(name_timestamp("srv_globals_20251104_013000.sql.zst.age"), Some("20251104_013000"));
         for foreign in [
             "euraflow_backup_20251104_013000.sql.gz.partial",
             "euraflow_backup_20251104_013000.sql",
+            "euraflow_backup_20251104_013000.sql.bz2",
+            "euraflow_backup_20251104_013000.gz",
             "Euraflow_backup_20251104_013000.sql.gz",
             "euraflow_backup_20251304_013000.sql.gz",
             "euraflow_backup_latest.sql.gz",
@@ -234,10 +453,40 @@ pub(crate) mod tests {
             "x/euraflow_backup_20251104_013000.sql.gz",
             "euraflow2_backup_20251104_013000.sql.gz",
             "euraflow_backup_backup_20251104_013000.sql.gz",
+            "euraflow_dump_20251104_013000.sql.gz",
+            "%65uraflow_backup_20251104_013000.sql.gz",
             "",
         ] {
             assert_eq!(n.parse(foreign), None, "{foreign}");
         }
+    }
+
+    /// The format's suffix ends the name; `parse-name` takes every suffix the host may use.
+    #[test]
+    fn names_end_with_the_format_suffix() {
+        let n = euraflow();
+        for suffix in SUFFIXES {
+            let name = backup_name(&request("euraflow", BackupKind::Database, suffix, NOW));
+            assert_eq!(name, format!("euraflow_backup_20251104_013000{suffix}"));
+            assert_eq!(n.parse(&name), Some(info("euraflow", NOW)), "{name}");
+        }
+        // A suffix the policy does not know is used as asked, but such names are not ours.
+        let odd = backup_name(&request("euraflow", BackupKind::Database, ".dump", NOW));
+        assert_eq!(odd, "euraflow_backup_20251104_013000.dump");
+        assert_eq!(n.parse(&odd), None);
+    }
+
+    #[test]
+    fn globals_names() {
+        let n = Names::new(&dbs(&["euraflow", "db.example:5432"]), None);
+        let name = backup_name(&request("db.example:5432", BackupKind::Globals, ".sql.gz", NOW));
+        assert_eq!(name, "db%2Eexample%3A5432_globals_20251104_013000.sql.gz");
+        let want = NameInfo { database: "db.example:5432".into(), kind: BackupKind::Globals, run_at: NOW };
+        assert_eq!(n.parse(&name), Some(want));
+        assert_eq!(euraflow().parse(&name), None, "a label that is not in config.databases is foreign");
+        let euraflow_globals = backup_name(&request("euraflow", BackupKind::Globals, ".sql.gz", NOW));
+        assert_eq!(euraflow_globals, "euraflow_globals_20251104_013000.sql.gz");
+        assert_eq!(euraflow().parse(&euraflow_globals).map(|i| i.kind), Some(BackupKind::Globals));
     }
 
     /// Pins issue 12 item 5: no name, however odd, makes parse-name panic (a trap in the
@@ -263,6 +512,10 @@ pub(crate) mod tests {
             "euraflow_backup_20251104_013000.sql.gz\0",
             ".sql.gz",
             "_backup_20251104_013000.sql.gz",
+            "%_backup_20251104_013000.sql.gz",
+            "%E_backup_20251104_013000.sql.gz",
+            "%FF_backup_20251104_013000.sql.gz",
+            "%e6%95%b0_backup_20251104_013000.sql.gz",
             "\u{0}",
             "",
             huge.as_str(),
@@ -277,14 +530,14 @@ pub(crate) mod tests {
                 odd.push(format!("{}{c}{}", &good[..i], &good[i..]));
             }
         }
+        let adopted = Names::new(&dbs(&["euraflow"]), Some("euraflow"));
         for name in &odd {
             assert_eq!(n.parse(name), None, "{name:?}");
-            assert_eq!(Names::new("euraflow", Some("euraflow")).parse(name), None, "{name:?}");
+            assert_eq!(adopted.parse(name), None, "{name:?}");
             // Database-agnostic (responses do not see the config): it may find a time, but never panics.
             let _ = name_timestamp(name);
+            let _ = decode_database(name);
         }
-        let listing: Vec<BackupEntry> = odd.iter().map(|o| entry(o)).chain([entry(good)]).collect();
-        assert!(select_expired(&listing, NOW, Target::Local, &Settings::default(), &n).is_empty());
     }
 
     /// Pins issue 12 item 7: names carry the database, and a deployment only recognises its
@@ -300,71 +553,165 @@ pub(crate) mod tests {
             ("50%", "50%25_backup_20251104_013000.sql.gz"),
             ("..", "%2E%2E_backup_20251104_013000.sql.gz"),
             ("数据", "%E6%95%B0%E6%8D%AE_backup_20251104_013000.sql.gz"),
+            ("x_backup", "x_backup_backup_20251104_013000.sql.gz"),
         ];
         for (db, want) in table {
-            let n = Names::new(db, None);
-            assert_eq!(n.backup_name(NOW), want, "{db}");
-            assert_eq!(n.parse(want), Some(NOW), "{db}");
+            let n = Names::new(&dbs(&[db]), None);
+            assert_eq!(backup_name(&request(db, BackupKind::Database, ".sql.gz", NOW)), want, "{db}");
+            assert_eq!(n.parse(want), Some(info(db, NOW)), "{db}");
+            assert_eq!(decode_database(&encode_database(db)).as_deref(), Some(db));
             for (other, theirs) in table {
                 if other != db {
                     assert_eq!(n.parse(theirs), None, "{db} must not recognise {other}'s {theirs}");
                 }
             }
         }
+        // Several databases in one deployment: each name says whose it is.
+        let all: Vec<&str> = table.iter().map(|(db, _)| *db).collect();
+        let n = Names::new(&dbs(&all), None);
+        for (db, name) in table {
+            assert_eq!(n.parse(name), Some(info(db, NOW)), "{name}");
+        }
         // Injective: `%` is itself encoded, so a literal "%2E" and "." never meet.
         assert_ne!(encode_database("a.b"), encode_database("a%2Eb"));
         // The longest database name PostgreSQL allows (63 bytes), all multi-byte.
         let longest = "数".repeat(21);
-        let name = Names::new(&longest, None).backup_name(NOW);
+        let name = backup_name(&request(&longest, BackupKind::Database, ".sql.zst.age", NOW));
         assert!(name.len() + ".partial".len() <= 255, "{} bytes", name.len());
     }
 
     #[test]
     fn legacy_names_are_recognised_only_when_adopted() {
         let old = "euraflow_backup_20251104_013000.sql.gz";
-        assert_eq!(Names::of(&Config { database: "shop".into(), ..config(&[], None) }).parse(old), None);
-        let adopted = Config { database: "shop".into(), ..config(&[("legacy_prefix", "euraflow")], None) };
-        let n = Names::of(&adopted);
-        assert_eq!(n.parse(old), Some(NOW));
-        assert_eq!(n.parse("shop_backup_20251104_013000.sql.gz"), Some(NOW));
-        assert_eq!(n.backup_name(NOW), "shop_backup_20251104_013000.sql.gz", "new backups get the new name");
-        let (s, w) = Settings::parse(&Config { database: "shop".into(), ..config(&[("legacy_prefix", "../x")], None) });
+        let shop = |settings: &[(&str, &str)]| Config { databases: dbs(&["shop"]), ..config(settings, None) };
+        assert_eq!(Names::of(&shop(&[])).parse(old), None);
+        let n = Names::of(&shop(&[("legacy_prefix", "euraflow")]));
+        assert_eq!(n.parse(old), Some(info("shop", NOW)), "a legacy name is a backup of the (first) database");
+        assert_eq!(n.parse("shop_backup_20251104_013000.sql.gz"), Some(info("shop", NOW)));
+        assert_eq!(n.parse("euraflow_backup_20251104_013000.sql.zst"), None, "legacy names were all .sql.gz");
+        assert_eq!(backup_name(&request("shop", BackupKind::Database, ".sql.gz", NOW)), "shop_backup_20251104_013000.sql.gz");
+        let (s, w) = Settings::parse(&shop(&[("legacy_prefix", "../x")]));
         assert_eq!((s.legacy_prefix, w.len()), (None, 1));
     }
 
+    fn expired(decisions: &[RetentionDecision]) -> Vec<String> {
+        let mut names: Vec<String> = decisions.iter().filter(|d| d.delete).map(|d| d.name.clone()).collect();
+        names.sort();
+        names.reverse();
+        names
+    }
+
+    fn reason<'a>(decisions: &'a [RetentionDecision], name: &str) -> &'a str {
+        &decisions.iter().find(|d| d.name == name).unwrap_or_else(|| panic!("no decision for {name}")).reason
+    }
+
     #[test]
-    fn foreign_names_are_never_selected() {
-        let old = |days: i64| backup_name(NOW - days * DAY);
-        let mut listing: Vec<BackupEntry> = (0..40).map(|d| entry(&old(d))).collect();
-        for foreign in ["notes.txt", "manual_dump.sql.gz", "euraflow_backup_old.sql.gz"] {
-            listing.push(BackupEntry { name: foreign.into(), size_bytes: 1, modified: 0 });
-        }
+    fn local_retention_is_the_originals_with_a_reason_for_every_backup() {
+        let old = |days: i64| backup_name_at(NOW - days * DAY);
+        let listing: Vec<BackupEntry> = (0..40).map(|d| entry(&old(d))).collect();
         let (s, _) = Settings::parse(&config(&[], None));
-        let got = select_expired(&listing, NOW, Target::Local, &s, &euraflow());
+        let got = select_expired(&listing, NOW, "local", &s);
+        assert_eq!(got.len(), listing.len(), "a decision for every backup");
         // 0..=7 days are within the window, 14 newest are 0..=13: days 14..39 expire.
-        let want: Vec<String> = (14..40).rev().map(old).collect();
-        assert_eq!(got, want);
+        let mut want: Vec<String> = (14..40).map(old).collect();
+        want.sort();
+        want.reverse();
+        assert_eq!(expired(&got), want);
+        assert_eq!(reason(&got, &old(0)), "the newest backup");
+        assert_eq!(reason(&got, &old(5)), "one of the 14 newest local backups (EF__POLICY_LOCAL_KEEP_LAST)");
+        assert_eq!(
+            reason(&got, &old(20)),
+            "older than 7 days (EF__POLICY_LOCAL_RETENTION_DAYS) and not one of the 14 newest local backups (EF__POLICY_LOCAL_KEEP_LAST)"
+        );
+        let (s, _) = Settings::parse(&config(&[("local_keep_last", "2")], None));
+        let got = select_expired(&listing, NOW, "local", &s);
+        assert_eq!(reason(&got, &old(6)), "not older than 7 days (EF__POLICY_LOCAL_RETENTION_DAYS)");
+        assert!(got.iter().find(|d| d.name == old(8)).unwrap().delete);
     }
 
     #[test]
     fn s3_uses_retention_days_from_config() {
-        let listing: Vec<BackupEntry> = (0..50).map(|d| entry(&backup_name(NOW - d * DAY))).collect();
+        let listing: Vec<BackupEntry> = (0..50).map(|d| entry(&backup_name_at(NOW - d * DAY))).collect();
         let (s, w) = Settings::parse(&config(&[("s3_keep_last", "2")], Some(30)));
         assert!(w.is_empty());
-        let got = select_expired(&listing, NOW, Target::S3, &s, &euraflow());
-        let want: Vec<String> = (31..50).rev().map(|d| backup_name(NOW - d * DAY)).collect();
-        assert_eq!(got, want);
+        let got = select_expired(&listing, NOW, "s3", &s);
+        assert_eq!(got.len(), 50);
+        let mut want: Vec<String> = (31..50).map(|d| backup_name_at(NOW - d * DAY)).collect();
+        want.sort();
+        want.reverse();
+        assert_eq!(expired(&got), want);
+        assert_eq!(
+            reason(&got, &backup_name_at(NOW - 40 * DAY)),
+            "older than 30 days (EF__BACKUP_RETENTION_DAYS) and not one of the 2 newest S3 backups (EF__POLICY_S3_KEEP_LAST)"
+        );
+        assert_eq!(reason(&got, &backup_name_at(NOW - DAY)), "one of the 2 newest S3 backups (EF__POLICY_S3_KEEP_LAST)");
+        assert_eq!(reason(&got, &backup_name_at(NOW - 29 * DAY)), "not older than 30 days (EF__BACKUP_RETENTION_DAYS)");
     }
 
     #[test]
     fn all_old_keeps_minimum() {
-        let listing: Vec<BackupEntry> = (100..120).map(|d| entry(&backup_name(NOW - d * DAY))).collect();
+        let listing: Vec<BackupEntry> = (100..120).map(|d| entry(&backup_name_at(NOW - d * DAY))).collect();
         let (s, _) = Settings::parse(&config(&[], Some(30)));
-        for target in [Target::Local, Target::S3] {
-            let got = select_expired(&listing, NOW, target, &s, &euraflow());
-            assert_eq!(got.len(), 6, "{target:?}");
-            assert!(!got.contains(&backup_name(NOW - 100 * DAY)), "newest must survive");
+        for store in ["local", "s3"] {
+            let got = select_expired(&listing, NOW, store, &s);
+            assert_eq!(expired(&got).len(), 6, "{store}");
+            assert_eq!(reason(&got, &backup_name_at(NOW - 100 * DAY)), "the newest backup", "newest must survive");
         }
+    }
+
+    #[test]
+    fn an_unknown_store_keeps_everything_and_says_why() {
+        let listing: Vec<BackupEntry> = (100..120).map(|d| entry(&backup_name_at(NOW - d * DAY))).collect();
+        let got = select_expired(&listing, NOW, "gcs", &Settings::default());
+        assert_eq!(got.len(), listing.len());
+        for d in &got {
+            assert!(!d.delete, "{}", d.name);
+            assert!(d.reason.contains("`gcs`") && d.reason.contains("kept"), "{}", d.reason);
+        }
+    }
+
+    #[test]
+    fn future_names_are_kept_and_take_no_place() {
+        let listing: Vec<BackupEntry> = [-30, 9, 10].iter().map(|d| entry(&backup_name_at(NOW - d * DAY))).collect();
+        let (s, _) = Settings::parse(&config(&[("local_keep_last", "1"), ("local_retention_days", "0")], None));
+        let got = select_expired(&listing, NOW, "local", &s);
+        assert_eq!(expired(&got), [backup_name_at(NOW - 10 * DAY)]);
+        assert!(reason(&got, &backup_name_at(NOW + 30 * DAY)).contains("ahead of the host's clock"));
+        assert_eq!(reason(&got, &backup_name_at(NOW - 9 * DAY)), "the newest backup");
+    }
+
+    /// Each database (and the globals) keeps its own newest backups: a busy database never
+    /// ages out a quiet one's.
+    #[test]
+    fn retention_counts_each_database_on_its_own() {
+        let name = |db: &str, kind: BackupKind, days: i64| backup_name(&request(db, kind, ".sql.gz", NOW - days * DAY));
+        let mut listing = Vec::new();
+        for (db, kind, ages) in
+            [("euraflow", BackupKind::Database, 0..30), ("shop", BackupKind::Database, 25..27), ("euraflow", BackupKind::Globals, 0..20)]
+        {
+            for d in ages {
+                let n = name(db, kind, d);
+                listing.push(BackupEntry {
+                    name: n,
+                    size_bytes: 1,
+                    modified: NOW,
+                    info: NameInfo { database: db.into(), kind, run_at: NOW - d * DAY },
+                });
+            }
+        }
+        let got = select_expired(&listing, NOW, "local", &Settings::default());
+        assert_eq!(got.len(), listing.len());
+        let deleted = |db: &str, kind: BackupKind| {
+            got.iter().filter(|d| d.delete && listing.iter().any(|b| b.name == d.name && b.info.database == db && b.info.kind == kind)).count()
+        };
+        assert_eq!(deleted("euraflow", BackupKind::Database), 16);
+        assert_eq!(deleted("shop", BackupKind::Database), 0, "shop's two old backups are its newest");
+        assert_eq!(deleted("euraflow", BackupKind::Globals), 6);
+        assert_eq!(reason(&got, &name("shop", BackupKind::Database, 25)), "the newest backup of database `shop`");
+        assert_eq!(
+            reason(&got, &name("euraflow", BackupKind::Globals, 3)),
+            "one of the 14 newest local backups of globals `euraflow` (EF__POLICY_LOCAL_KEEP_LAST)"
+        );
     }
 
     #[test]
@@ -381,6 +728,7 @@ pub(crate) mod tests {
                 s3_keep_last: 14,
                 s3_retention_days: 10,
                 schedule_cron: None,
+                drill_cron: None,
                 legacy_prefix: None
             }
         );

@@ -1,10 +1,11 @@
-//! Response bodies, in the exact JSON shapes of the original plugin's README.
+//! Response bodies, in the exact JSON shapes of the original plugin's README, and the
+//! notification messages.
 
 use serde::Serialize;
 
 use crate::civil::DateTime;
 use crate::policy::{self, Settings};
-use crate::types::{BackupDone, BackupFailed, BackupOutcome, ErrorKind, HttpResponse, S3Outcome, Status};
+use crate::types::{BackupDone, BackupFailed, BackupOutcome, Config, ErrorKind, HttpResponse, Message, Notification, Status};
 
 /// How many backups `recent` lists.
 pub const RECENT: usize = 5;
@@ -59,11 +60,15 @@ fn kind_name(kind: ErrorKind) -> &'static str {
     }
 }
 
+/// The store id of the copy the original's `s3_uploaded` / `s3_error` fields report on. Copies
+/// to other stores do not appear in the response (the original had none).
+pub const S3_STORE: &str = "s3";
+
 fn done(d: &BackupDone) -> HttpResponse {
-    let (message, s3_uploaded, s3_error) = match &d.s3 {
-        S3Outcome::Uploaded(_) => ("数据库备份成功（含S3）", true, None),
-        S3Outcome::Disabled => ("数据库备份成功（仅本地，S3 未启用）", false, None),
-        S3Outcome::Failed(e) => ("数据库备份成功（仅本地，S3 上传失败）", false, Some(e.clone())),
+    let (message, s3_uploaded, s3_error) = match d.copies.iter().find(|c| c.store == S3_STORE).map(|c| &c.result) {
+        Some(Ok(_)) => ("数据库备份成功（含S3）", true, None),
+        None => ("数据库备份成功（仅本地，S3 未启用）", false, None),
+        Some(Err(e)) => ("数据库备份成功（仅本地，S3 上传失败）", false, Some(e.clone())),
     };
     let timestamp = policy::name_timestamp(&d.file_name)
         .map(str::to_string)
@@ -167,11 +172,12 @@ struct LastRun {
     finished_at: f64,
 }
 
+/// The host lists only the backups `parse-name` recognised, each with what it said: all of them
+/// count, newest run first.
 pub fn status(s: &Status, settings: &Settings) -> HttpResponse {
-    let names = policy::Names::new(&s.config.database, settings.legacy_prefix.as_deref());
-    let mut ours: Vec<(&crate::types::BackupEntry, i64)> = s.local_backups.iter().filter_map(|b| names.parse(&b.name).map(|t| (b, t))).collect();
-    ours.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.name.cmp(&a.0.name)));
-    let total: u64 = ours.iter().map(|(b, _)| b.size_bytes).sum();
+    let mut ours: Vec<&crate::types::BackupEntry> = s.local_backups.iter().collect();
+    ours.sort_by(|a, b| b.info.run_at.cmp(&a.info.run_at).then_with(|| b.name.cmp(&a.name)));
+    let total: u64 = ours.iter().map(|b| b.size_bytes).sum();
     let body = StatusBody {
         local_backups: LocalBackups {
             count: ours.len(),
@@ -181,7 +187,7 @@ pub fn status(s: &Status, settings: &Settings) -> HttpResponse {
             recent: ours
                 .iter()
                 .take(RECENT)
-                .map(|(b, _)| Recent { filename: b.name.clone(), size_mb: mb(b.size_bytes), created_at: b.modified as f64 })
+                .map(|b| Recent { filename: b.name.clone(), size_mb: mb(b.size_bytes), created_at: b.modified as f64 })
                 .collect(),
         },
         s3: S3Status {
@@ -205,30 +211,64 @@ pub fn status(s: &Status, settings: &Settings) -> HttpResponse {
     json(200, &body)
 }
 
+/// The databases a message is about, for its subject.
+fn databases(config: &Config) -> String {
+    if config.databases.is_empty() {
+        "?".to_string()
+    } else {
+        config.databases.join(", ")
+    }
+}
+
+/// A message when a backup failed, and when one succeeded after a failed run ("recovered");
+/// none for an ordinary success or a run refused because another was running.
+pub fn notification(config: &Config, event: &Notification) -> Option<Message> {
+    let dbs = databases(config);
+    match &event.outcome {
+        BackupOutcome::Failed(f) => {
+            let mut body = format!("数据库备份失败: {}\n错误类型: {}", f.message, kind_name(f.kind));
+            if let Some(name) = &f.file_name {
+                body.push_str(&format!("\n备份文件: {name}"));
+            }
+            Some(Message { subject: format!("[ef-backup] 数据库备份失败: {dbs}"), body })
+        }
+        BackupOutcome::Done(d) => {
+            let previous = event.previous.as_ref().filter(|p| !p.succeeded)?;
+            let body = format!("数据库备份已恢复正常: {}（{} MB）\n上次备份失败: {}", d.file_name, mb(d.size_bytes), previous.message);
+            Some(Message { subject: format!("[ef-backup] 数据库备份已恢复: {dbs}"), body })
+        }
+        BackupOutcome::Busy(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::tests::config;
-    use crate::types::{BackupEntry, LastRun as WitLastRun, LoadedPolicy};
+    use crate::policy::tests::{config, entry as recognised};
+    use crate::types::{BackupEntry, CopyOutcome, LastRun as WitLastRun, LoadedPolicy};
 
     fn loaded() -> LoadedPolicy {
-        LoadedPolicy { path: "/p.wasm".into(), sha256: "ab".into(), wit_version: "0.1.0".into() }
+        LoadedPolicy { path: "/p.wasm".into(), sha256: "ab".into(), wit_version: "0.2.0-draft".into() }
     }
 
-    fn done_with(s3: S3Outcome) -> BackupOutcome {
+    fn done_with(copies: Vec<CopyOutcome>) -> BackupOutcome {
         BackupOutcome::Done(BackupDone {
             file_name: "euraflow_backup_20251104_013000.sql.gz".into(),
             path: "/path/to/backups/euraflow_backup_20251104_013000.sql.gz".into(),
             size_bytes: 12_345_678,
             started_at: 1_762_191_000,
             finished_at: 1_762_191_010,
-            s3,
+            copies,
         })
+    }
+
+    fn copy(store: &str, result: Result<&str, &str>) -> CopyOutcome {
+        CopyOutcome { store: store.into(), result: result.map(str::to_string).map_err(str::to_string) }
     }
 
     #[test]
     fn success_with_s3_is_byte_for_byte_the_originals() {
-        let r = backup(&done_with(S3Outcome::Uploaded("s3://b/k".into())));
+        let r = backup(&done_with(vec![copy("s3", Ok("s3://b/k"))]));
         assert_eq!(r.status, 200);
         assert_eq!(
             r.body,
@@ -238,12 +278,12 @@ mod tests {
 
     #[test]
     fn s3_off_and_s3_failed_say_so() {
-        let off = backup(&done_with(S3Outcome::Disabled));
+        let off = backup(&done_with(vec![]));
         assert_eq!(off.status, 200);
         assert!(off.body.contains(r#""message":"数据库备份成功（仅本地，S3 未启用）""#), "{}", off.body);
         assert!(off.body.contains(r#""s3_uploaded":false,"s3_error":null"#), "{}", off.body);
 
-        let failed = backup(&done_with(S3Outcome::Failed("NoSuchBucket: the bucket does not exist".into())));
+        let failed = backup(&done_with(vec![copy("s3", Err("NoSuchBucket: the bucket does not exist"))]));
         assert_eq!(failed.status, 200);
         assert!(failed.body.contains("S3 上传失败"), "{}", failed.body);
         assert!(failed.body.contains(r#""s3_uploaded":false,"s3_error":"NoSuchBucket: the bucket does not exist""#), "{}", failed.body);
@@ -267,14 +307,13 @@ mod tests {
 
     #[test]
     fn status_shape() {
-        let entry = |name: &str, size: u64, modified: i64| BackupEntry { name: name.into(), size_bytes: size, modified };
+        let entry = |name: &str, size: u64, modified: i64| BackupEntry { size_bytes: size, modified, ..recognised(name) };
         let st = Status {
             now: 1_762_191_000,
             config: config(&[], Some(30)),
             policy: loaded(),
             local_backups: vec![
                 entry("euraflow_backup_20251103_130000.sql.gz", 12_345_678, 1_762_146_000),
-                entry("foreign.sql.gz", 999_999_999, 1_762_146_000),
                 entry("euraflow_backup_20251104_010000.sql.gz", 12_345_678, 1_762_189_200),
             ],
             last_run: Some(WitLastRun {
@@ -297,7 +336,7 @@ mod tests {
                 r#"{"filename":"euraflow_backup_20251103_130000.sql.gz","size_mb":11.77,"created_at":1762146000.0}]},"#,
                 r#""s3":{"enabled":true,"bucket":"b","region":"us-east-1","retention_days":30},"#,
                 r#""schedule":"每天北京时间 01:00 和 13:00","#,
-                r#""policy":{"path":"/p.wasm","sha256":"ab","wit_version":"0.1.0"},"#,
+                r#""policy":{"path":"/p.wasm","sha256":"ab","wit_version":"0.2.0-draft"},"#,
                 r#""last_run":{"success":true,"backup_file":"euraflow_backup_20251104_010000.sql.gz","message":"ok","started_at":1762189200.0,"finished_at":1762189210.0},"#,
                 r#""next_run_at":1762232400.0,"running_backup":null}"#
             )
@@ -313,5 +352,71 @@ mod tests {
         assert_eq!(v["s3"], serde_json::json!({"enabled": false, "bucket": null, "region": null, "retention_days": 30}));
         assert_eq!(v["local_backups"]["count"], 0);
         assert_eq!(v["local_backups"]["total_size_mb"], 0.0);
+    }
+
+    /// Copies to stores other than `s3` leave the original's fields alone; the `s3` copy is
+    /// found wherever it is in the list.
+    #[test]
+    fn only_the_s3_copy_is_reported() {
+        let other_only = backup(&done_with(vec![copy("gcs", Err("down"))]));
+        assert!(other_only.body.contains(r#""message":"数据库备份成功（仅本地，S3 未启用）""#), "{}", other_only.body);
+        let both = backup(&done_with(vec![copy("gcs", Err("down")), copy("s3", Ok("s3://b/k"))]));
+        assert!(both.body.contains(r#""s3_uploaded":true,"s3_error":null"#), "{}", both.body);
+    }
+
+    /// The timestamp comes from the name whatever the format's suffix, else from the start.
+    #[test]
+    fn timestamp_for_every_suffix() {
+        for (name, want) in [
+            ("euraflow_backup_20251104_013000.sql.zst.age", "20251104_013000"),
+            ("srv_globals_20251104_013000.sql.gz", "20251104_013000"),
+            ("odd.sql.gz", "20251104_013000"),
+        ] {
+            let outcome = BackupOutcome::Done(BackupDone {
+                file_name: name.into(),
+                path: format!("/b/{name}"),
+                size_bytes: 1,
+                started_at: 1_762_191_000,
+                finished_at: 1_762_191_001,
+                copies: vec![],
+            });
+            let v: serde_json::Value = serde_json::from_str(&backup(&outcome).body).unwrap();
+            assert_eq!(v["data"]["timestamp"], want, "{name}");
+        }
+    }
+
+    fn run(succeeded: bool, message: &str) -> WitLastRun {
+        WitLastRun { started_at: 1, finished_at: 2, succeeded, file_name: None, message: message.into() }
+    }
+
+    #[test]
+    fn notifications() {
+        let c = config(&[], None);
+        let failed = BackupOutcome::Failed(BackupFailed {
+            kind: ErrorKind::Dump,
+            message: "pg_dump exited with status 1".into(),
+            file_name: Some("euraflow_backup_20251104_013000.sql.gz".into()),
+        });
+        for previous in [None, Some(run(true, "ok")), Some(run(false, "disk full"))] {
+            let m = notification(&c, &Notification { outcome: failed.clone(), previous }).expect("a failure is always told");
+            assert_eq!(m.subject, "[ef-backup] 数据库备份失败: euraflow");
+            assert_eq!(m.body, "数据库备份失败: pg_dump exited with status 1\n错误类型: dump\n备份文件: euraflow_backup_20251104_013000.sql.gz");
+        }
+        let done = done_with(vec![]);
+        let recovered =
+            notification(&c, &Notification { outcome: done.clone(), previous: Some(run(false, "pg_dump exited with status 1")) }).expect("recovered");
+        assert_eq!(recovered.subject, "[ef-backup] 数据库备份已恢复: euraflow");
+        assert_eq!(
+            recovered.body,
+            "数据库备份已恢复正常: euraflow_backup_20251104_013000.sql.gz（11.77 MB）\n上次备份失败: pg_dump exited with status 1"
+        );
+        // An ordinary success, the first run, and a refused run say nothing.
+        assert_eq!(notification(&c, &Notification { outcome: done.clone(), previous: Some(run(true, "ok")) }), None);
+        assert_eq!(notification(&c, &Notification { outcome: done, previous: None }), None);
+        assert_eq!(notification(&c, &Notification { outcome: BackupOutcome::Busy("x".into()), previous: Some(run(false, "x")) }), None);
+        // Several databases: the subject names them all.
+        let several = Config { databases: vec!["euraflow".into(), "shop".into()], ..c };
+        let m = notification(&several, &Notification { outcome: failed, previous: None }).unwrap();
+        assert_eq!(m.subject, "[ef-backup] 数据库备份失败: euraflow, shop");
     }
 }

@@ -7,6 +7,27 @@
 /// such file (a wrong clock, a file put there by hand) would age out the real newest.
 pub const FUTURE_SLACK_SECS: i64 = 86_400;
 
+/// Why [`Keep`] keeps a backup, or lets it expire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// Dated more than [`FUTURE_SLACK_SECS`] ahead: kept, but takes none of the `last` places.
+    Future,
+    /// The newest of the set.
+    Newest,
+    /// One of the `last` newest (but not the newest).
+    Last,
+    /// Younger than the window (`within_secs`).
+    Within,
+    /// Neither among the `last` newest nor within the window: expires.
+    Expired,
+}
+
+impl Why {
+    pub fn expires(self) -> bool {
+        self == Why::Expired
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keep {
     pub within_secs: i64,
@@ -18,20 +39,37 @@ impl Keep {
         Keep { within_secs: i64::from(days) * 86_400, last }
     }
 
-    /// `backups` holds (name, creation time) of recognised backups only. Returns the names
-    /// that expire at `now`, oldest first.
-    pub fn expired<'a>(&self, backups: &'a [(String, i64)], now: i64) -> Vec<&'a str> {
+    /// `backups` holds (name, creation time) of recognised backups only. Returns a verdict for
+    /// every one of them, newest first (future-dated ones first of all).
+    pub fn decide<'a>(&self, backups: &'a [(String, i64)], now: i64) -> Vec<(&'a str, Why)> {
         let future = now.saturating_add(FUTURE_SLACK_SECS);
-        let mut sorted: Vec<&(String, i64)> = backups.iter().filter(|(_, t)| *t <= future).collect();
+        let mut sorted: Vec<&(String, i64)> = backups.iter().collect();
         // Newest first; the name breaks ties so the outcome never depends on listing order.
         sorted.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
         let cutoff = now.saturating_sub(self.within_secs);
-        let mut out: Vec<&str> = sorted
-            .iter()
-            .enumerate()
-            .filter(|(rank, (_, created))| *rank >= self.last.max(1) && *created < cutoff)
-            .map(|(_, (name, _))| name.as_str())
-            .collect();
+        let mut rank = 0;
+        sorted
+            .into_iter()
+            .map(|(name, created)| {
+                let why = if *created > future {
+                    Why::Future
+                } else {
+                    rank += 1;
+                    match rank - 1 {
+                        0 => Why::Newest,
+                        r if r < self.last => Why::Last,
+                        _ if *created >= cutoff => Why::Within,
+                        _ => Why::Expired,
+                    }
+                };
+                (name.as_str(), why)
+            })
+            .collect()
+    }
+
+    /// The names that expire at `now`, oldest first.
+    pub fn expired<'a>(&self, backups: &'a [(String, i64)], now: i64) -> Vec<&'a str> {
+        let mut out: Vec<&str> = self.decide(backups, now).into_iter().filter(|(_, why)| why.expires()).map(|(name, _)| name).collect();
         out.reverse();
         out
     }
@@ -92,5 +130,21 @@ mod tests {
     fn equal_times_break_ties_by_name() {
         let backups = vec![("a".to_string(), NOW - 40 * DAY), ("b".to_string(), NOW - 40 * DAY)];
         assert_eq!(Keep::days(7, 1).expired(&backups, NOW), ["a"]);
+    }
+
+    #[test]
+    fn every_backup_gets_a_verdict() {
+        let backups = set(&[-30, 0, 1, 5, 8, 9]);
+        let got = Keep::days(7, 2).decide(&backups, NOW);
+        let want = [
+            ("b-30", Why::Future),
+            ("b000", Why::Newest),
+            ("b001", Why::Last),
+            ("b005", Why::Within),
+            ("b008", Why::Expired),
+            ("b009", Why::Expired),
+        ];
+        assert_eq!(got, want);
+        assert_eq!(Keep::days(0, 0).decide(&set(&[3]), NOW), [("b003", Why::Newest)]);
     }
 }

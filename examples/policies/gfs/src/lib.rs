@@ -1,26 +1,34 @@
 //! An example ef-backup policy, to copy and adapt.
 //!
-//! - Names: `<database>_YYYYMMDD_HHMMSS.sql.gz`, UTC.
-//! - Schedule: every day at 02:30 UTC.
-//! - Retention (local and S3 alike): grandfather-father-son. Keep the 14 newest backups, the
-//!   newest of each of the last 14 days that have backups, of the last 8 weeks and of the last
-//!   12 months. Everything else of ours expires; names that are not ours are never touched.
-//! - Responses: the original plugin's JSON shape, with English messages.
+//! - Names: `<database>_YYYYMMDD_HHMMSS<format suffix>`, UTC; the globals
+//!   `<label>_globals_YYYYMMDD_HHMMSS<format suffix>`.
+//! - Schedule: every day at 02:30 UTC; no restore drills.
+//! - Retention (every store alike): grandfather-father-son, for each database (and the globals)
+//!   on its own. Keep the 14 newest backups, the newest of each of the last 14 days that have
+//!   backups, of the last 8 weeks and of the last 12 months. Everything else expires, each
+//!   decision with its reason; names that are not ours never reach the policy.
+//! - Responses: the original plugin's JSON shape, with English messages; notifications when a
+//!   backup fails and when one succeeds after a failure.
 //!
 //! Build: `scripts/build-policy.sh examples/policies/gfs`; check: `ef-backup policy check
 //! <the printed path>`; deploy: point `EF__BACKUP_POLICY` at it (a running `serve` picks it up).
 
-wit_bindgen::generate!({ world: "backup-policy", path: "../../../wit/0.1.0" });
+wit_bindgen::generate!({ world: "backup-policy", path: "../../../wit/0.2.0-draft" });
 
 pub use euraflow::backup::types;
 use serde_json::json;
-use types::{BackupEntry, BackupOutcome, BackupSchedule, Config, HttpResponse, S3Outcome, Status};
+use types::{
+    BackupEntry, BackupKind, BackupOutcome, BackupSchedule, Config, HttpResponse, Message, NameInfo, NameRequest, Notification, RetentionDecision,
+    Status,
+};
 
 pub const KEEP_LAST: usize = 14;
 pub const KEEP_DAILY: usize = 14;
 pub const KEEP_WEEKLY: usize = 8;
 pub const KEEP_MONTHLY: usize = 12;
-const SUFFIX: &str = ".sql.gz";
+/// The suffixes of the formats the host writes (`request.format.suffix`).
+pub const SUFFIXES: [&str; 4] = [".sql.gz", ".sql.zst", ".sql.gz.age", ".sql.zst.age"];
+const GLOBALS: &str = "globals_";
 
 /// Days since 1970-01-01 → (year, month, day) (Howard Hinnant's civil_from_days).
 fn civil(days: i64) -> (i64, u32, u32) {
@@ -53,14 +61,30 @@ pub fn db_part(database: &str) -> String {
     }
 }
 
-pub fn backup_name(config: &Config, now: i64) -> String {
-    let (y, m, d) = civil(now.div_euclid(86_400));
-    let s = now.rem_euclid(86_400);
-    format!("{}_{y:04}{m:02}{d:02}_{:02}{:02}{:02}{SUFFIX}", db_part(&config.database), s / 3600, s / 60 % 60, s % 60)
+pub fn backup_name(request: &NameRequest) -> String {
+    let t = request.run_at;
+    let (y, m, d) = civil(t.div_euclid(86_400));
+    let s = t.rem_euclid(86_400);
+    let kind = if request.kind == BackupKind::Globals { GLOBALS } else { "" };
+    let suffix = &request.format.suffix;
+    format!("{}_{kind}{y:04}{m:02}{d:02}_{:02}{:02}{:02}{suffix}", db_part(&request.database), s / 3600, s / 60 % 60, s % 60)
 }
 
-pub fn parse_name(config: &Config, name: &str) -> Option<i64> {
-    let stamp = name.strip_prefix(&db_part(&config.database))?.strip_prefix('_')?.strip_suffix(SUFFIX)?;
+/// What one of our names says: one of `config.databases`, the kind and the run's time.
+pub fn parse_name(config: &Config, name: &str) -> Option<NameInfo> {
+    let rest = SUFFIXES.iter().find_map(|s| name.strip_suffix(s))?;
+    config.databases.iter().find_map(|db| {
+        let rest = rest.strip_prefix(&db_part(db))?.strip_prefix('_')?;
+        let (kind, run_at) = match parse_stamp(rest) {
+            Some(t) => (BackupKind::Database, t),
+            None => (BackupKind::Globals, parse_stamp(rest.strip_prefix(GLOBALS)?)?),
+        };
+        Some(NameInfo { database: db.clone(), kind, run_at })
+    })
+}
+
+/// `YYYYMMDD_HHMMSS` (UTC) as Unix seconds.
+fn parse_stamp(stamp: &str) -> Option<i64> {
     let b = stamp.as_bytes();
     if b.len() != 15 || b[8] != b'_' || !stamp.bytes().enumerate().all(|(i, c)| i == 8 || c.is_ascii_digit()) {
         return None;
@@ -75,13 +99,24 @@ pub fn parse_name(config: &Config, name: &str) -> Option<i64> {
     (civil(days) == (y, mo, d)).then_some(days * 86_400 + h * 3600 + mi * 60 + s)
 }
 
-/// Grandfather-father-son: the names among `backups` (of ours) that no rule keeps.
-pub fn select_expired(config: &Config, backups: &[BackupEntry]) -> Vec<String> {
-    let mut ours: Vec<(&str, i64)> = backups.iter().filter_map(|b| Some((b.name.as_str(), parse_name(config, &b.name)?))).collect();
-    ours.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(a.0)));
-    let mut keep = vec![false; ours.len()];
-    for k in keep.iter_mut().take(KEEP_LAST) {
-        *k = true;
+/// Grandfather-father-son, for each database (and kind) on its own: a decision with its reason
+/// for every backup.
+pub fn select_expired(backups: &[BackupEntry]) -> Vec<RetentionDecision> {
+    let mut groups: Vec<Vec<&BackupEntry>> = Vec::new();
+    for b in backups {
+        match groups.iter_mut().find(|g| g[0].info.database == b.info.database && g[0].info.kind == b.info.kind) {
+            Some(g) => g.push(b),
+            None => groups.push(vec![b]),
+        }
+    }
+    groups.into_iter().flat_map(gfs).collect()
+}
+
+fn gfs(mut ours: Vec<&BackupEntry>) -> Vec<RetentionDecision> {
+    ours.sort_by(|a, b| b.info.run_at.cmp(&a.info.run_at).then_with(|| b.name.cmp(&a.name)));
+    let mut why: Vec<Option<String>> = vec![None; ours.len()];
+    for w in why.iter_mut().take(KEEP_LAST) {
+        *w = Some(format!("one of the {KEEP_LAST} newest"));
     }
     let day = |t: i64| t.div_euclid(86_400);
     // Weeks start on Monday (1970-01-01 was a Thursday).
@@ -90,20 +125,31 @@ pub fn select_expired(config: &Config, backups: &[BackupEntry]) -> Vec<String> {
         let (y, m, _) = civil(day(t));
         y * 12 + m as i64
     };
-    for (bucket, count) in [(&day as &dyn Fn(i64) -> i64, KEEP_DAILY), (&week, KEEP_WEEKLY), (&month, KEEP_MONTHLY)] {
+    for (bucket, count, unit) in [(&day as &dyn Fn(i64) -> i64, KEEP_DAILY, "days"), (&week, KEEP_WEEKLY, "weeks"), (&month, KEEP_MONTHLY, "months")]
+    {
         let mut seen = Vec::new();
-        for (i, (_, t)) in ours.iter().enumerate() {
-            let b = bucket(*t);
-            if !seen.contains(&b) {
+        for (i, b) in ours.iter().enumerate() {
+            let key = bucket(b.info.run_at);
+            if !seen.contains(&key) {
                 if seen.len() == count {
                     break;
                 }
-                seen.push(b);
-                keep[i] = true; // newest of its bucket: the list is newest first
+                seen.push(key);
+                // The newest of its bucket: the list is newest first.
+                why[i].get_or_insert_with(|| format!("the newest of one of the last {count} {unit} with backups"));
             }
         }
     }
-    ours.iter().zip(keep).filter(|(_, k)| !k).map(|((n, _), _)| n.to_string()).collect()
+    ours.iter()
+        .zip(why)
+        .map(|(b, why)| RetentionDecision {
+            name: b.name.clone(),
+            delete: why.is_none(),
+            reason: why.unwrap_or_else(|| {
+                format!("gfs: not one of the {KEEP_LAST} newest, nor the newest of a day, week or month still kept ({KEEP_DAILY} daily, {KEEP_WEEKLY} weekly, {KEEP_MONTHLY} monthly)")
+            }),
+        })
+        .collect()
 }
 
 fn mb(bytes: u64) -> f64 {
@@ -117,12 +163,13 @@ fn respond(status: u16, body: serde_json::Value) -> HttpResponse {
 pub fn shape_backup(outcome: &BackupOutcome) -> HttpResponse {
     match outcome {
         BackupOutcome::Done(d) => {
-            let (message, uploaded, error) = match &d.s3 {
-                S3Outcome::Uploaded(_) => ("Backup succeeded and was uploaded to S3", true, None),
-                S3Outcome::Disabled => ("Backup succeeded (local only: S3 is not configured)", false, None),
-                S3Outcome::Failed(e) => ("Backup succeeded locally, but the S3 upload failed", false, Some(e.clone())),
+            let (message, uploaded, error) = match d.copies.iter().find(|c| c.store == "s3").map(|c| &c.result) {
+                Some(Ok(_)) => ("Backup succeeded and was uploaded to S3", true, None),
+                None => ("Backup succeeded (local only: S3 is not configured)", false, None),
+                Some(Err(e)) => ("Backup succeeded locally, but the S3 upload failed", false, Some(e.clone())),
             };
-            let stamp = d.file_name.strip_suffix(SUFFIX).and_then(|n| n.get(n.len().saturating_sub(15)..)).unwrap_or_default();
+            let stamp =
+                SUFFIXES.iter().find_map(|s| d.file_name.strip_suffix(s)).and_then(|n| n.get(n.len().saturating_sub(15)..)).unwrap_or_default();
             respond(
                 200,
                 json!({"success": true, "message": message, "data": {
@@ -142,15 +189,16 @@ pub fn shape_backup(outcome: &BackupOutcome) -> HttpResponse {
 }
 
 pub fn schedule() -> BackupSchedule {
-    BackupSchedule { crons: vec!["30 2 * * *".into()], timezone: "UTC".into(), description: "daily at 02:30 UTC".into() }
+    BackupSchedule { crons: vec!["30 2 * * *".into()], timezone: "UTC".into(), description: "daily at 02:30 UTC".into(), drill_crons: vec![] }
 }
 
+/// `local_backups` holds only the backups `parse-name` recognised.
 pub fn shape_status(s: &Status) -> HttpResponse {
-    let mut ours: Vec<(&BackupEntry, i64)> = s.local_backups.iter().filter_map(|b| Some((b, parse_name(&s.config, &b.name)?))).collect();
-    ours.sort_by_key(|b| std::cmp::Reverse(b.1));
-    let total: u64 = ours.iter().map(|(b, _)| b.size_bytes).sum();
+    let mut ours: Vec<&BackupEntry> = s.local_backups.iter().collect();
+    ours.sort_by_key(|b| std::cmp::Reverse(b.info.run_at));
+    let total: u64 = ours.iter().map(|b| b.size_bytes).sum();
     let recent: Vec<_> =
-        ours.iter().take(5).map(|(b, _)| json!({"filename": b.name, "size_mb": mb(b.size_bytes), "created_at": b.modified as f64})).collect();
+        ours.iter().take(5).map(|b| json!({"filename": b.name, "size_mb": mb(b.size_bytes), "created_at": b.modified as f64})).collect();
     respond(
         200,
         json!({
@@ -167,10 +215,26 @@ pub fn shape_status(s: &Status) -> HttpResponse {
     )
 }
 
+/// A failed backup, and the first success after a failure; nothing for an ordinary success.
+pub fn shape_notification(config: &Config, event: &Notification) -> Option<Message> {
+    let dbs = config.databases.join(", ");
+    match &event.outcome {
+        BackupOutcome::Failed(f) => Some(Message { subject: format!("Backup of {dbs} failed"), body: f.message.clone() }),
+        BackupOutcome::Done(d) if event.previous.as_ref().is_some_and(|p| !p.succeeded) => Some(Message {
+            subject: format!("Backup of {dbs} recovered"),
+            body: format!("{} ({} MB) succeeded after a failed run", d.file_name, mb(d.size_bytes)),
+        }),
+        _ => None,
+    }
+}
+
 #[cfg(target_arch = "wasm32")]
 mod component {
     use super::exports::euraflow::backup::policy::Guest;
-    use super::types::{BackupEntry, BackupOutcome, BackupSchedule, Config, HttpResponse, Status, Target};
+    use super::types::{
+        BackupEntry, BackupOutcome, BackupSchedule, Config, Context, HttpResponse, Message, NameInfo, NameRequest, Notification, RetentionDecision,
+        Status,
+    };
 
     struct Gfs;
 
@@ -178,21 +242,24 @@ mod component {
         fn schedule(_config: Config) -> BackupSchedule {
             super::schedule()
         }
-        fn backup_name(config: Config, now: i64) -> String {
-            super::backup_name(&config, now)
+        fn backup_name(_ctx: Context, _config: Config, request: NameRequest) -> String {
+            super::backup_name(&request)
         }
-        fn parse_name(config: Config, name: String) -> Option<i64> {
+        fn parse_name(config: Config, name: String) -> Option<NameInfo> {
             super::parse_name(&config, &name)
         }
-        // GFS treats local and S3 alike, and counts from the newest backup, not from `now`.
-        fn select_expired(backups: Vec<BackupEntry>, _now: i64, _target: Target, config: Config) -> Vec<String> {
-            super::select_expired(&config, &backups)
+        // GFS treats every store alike, and counts from the newest backup, not from `now`.
+        fn select_expired(_ctx: Context, _config: Config, _store: String, backups: Vec<BackupEntry>) -> Vec<RetentionDecision> {
+            super::select_expired(&backups)
         }
         fn shape_backup_response(outcome: BackupOutcome) -> HttpResponse {
             super::shape_backup(&outcome)
         }
         fn shape_status(status: Status) -> HttpResponse {
             super::shape_status(&status)
+        }
+        fn shape_notification(_ctx: Context, config: Config, event: Notification) -> Option<Message> {
+            super::shape_notification(&config, &event)
         }
     }
 
@@ -202,33 +269,54 @@ mod component {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use types::{BackupDone, BackupFailed, CopyOutcome, ErrorKind, Format, LastRun};
 
     const DAY: i64 = 86_400;
     const NOW: i64 = 1_762_191_000; // 2025-11-03 17:30:00 UTC
 
     fn config() -> Config {
-        Config { database: "euraflow".into(), backup_dir: "/b".into(), s3: None, settings: vec![] }
+        Config { databases: vec!["euraflow".into()], backup_dir: "/b".into(), s3: None, settings: vec![] }
+    }
+
+    fn request(database: &str, kind: BackupKind, suffix: &str, run_at: i64) -> NameRequest {
+        NameRequest { database: database.into(), kind, format: Format { suffix: suffix.into(), codec: "gzip".into(), encrypted: false }, run_at }
+    }
+
+    fn name(t: i64) -> String {
+        backup_name(&request("euraflow", BackupKind::Database, ".sql.gz", t))
+    }
+
+    fn entry(c: &Config, name: String) -> BackupEntry {
+        BackupEntry { info: parse_name(c, &name).expect("ours"), name, size_bytes: 1, modified: 0 }
+    }
+
+    fn expired(decisions: &[RetentionDecision]) -> Vec<&str> {
+        decisions.iter().filter(|d| d.delete).map(|d| d.name.as_str()).collect()
     }
 
     #[test]
     fn names_round_trip_and_foreign_names_are_rejected() {
         let c = config();
-        assert_eq!(backup_name(&c, NOW), "euraflow_20251103_173000.sql.gz");
-        assert_eq!(parse_name(&c, "euraflow_20251103_173000.sql.gz"), Some(NOW));
-        let other = Config { database: "other db".into(), ..config() };
-        assert_eq!(backup_name(&other, NOW), "other-db_20251103_173000.sql.gz");
+        assert_eq!(name(NOW), "euraflow_20251103_173000.sql.gz");
+        let info = parse_name(&c, "euraflow_20251103_173000.sql.gz").unwrap();
+        assert_eq!((info.database.as_str(), info.kind, info.run_at), ("euraflow", BackupKind::Database, NOW));
+        assert_eq!(backup_name(&request("other db", BackupKind::Database, ".sql.gz", NOW)), "other-db_20251103_173000.sql.gz");
+        let globals = backup_name(&request("euraflow", BackupKind::Globals, ".sql.zst.age", NOW));
+        assert_eq!(globals, "euraflow_globals_20251103_173000.sql.zst.age");
+        assert_eq!(parse_name(&c, &globals).map(|i| (i.kind, i.run_at)), Some((BackupKind::Globals, NOW)));
         for foreign in [
             "other-db_20251103_173000.sql.gz",
             "euraflow_backup_20251103_173000.sql.gz",
             "euraflow_20250230_173000.sql.gz",
             "euraflow_20251103_173000.sql.gz.partial",
             "euraflow_2025110_173000.sql.gz",
+            "euraflow_20251103_173000.dump",
         ] {
-            assert_eq!(parse_name(&c, foreign), None, "{foreign}");
+            assert!(parse_name(&c, foreign).is_none(), "{foreign}");
         }
         let mut t = 946_684_800;
         while t < 1_900_000_000 {
-            assert_eq!(parse_name(&c, &backup_name(&c, t)), Some(t));
+            assert_eq!(parse_name(&c, &name(t)).map(|i| i.run_at), Some(t));
             t += 7_919;
         }
     }
@@ -237,45 +325,88 @@ mod tests {
     fn gfs_keeps_last_daily_weekly_monthly() {
         let c = config();
         // Twice a day for two years.
-        let listing: Vec<BackupEntry> =
-            (0..1460).map(|i| BackupEntry { name: backup_name(&c, NOW - i * DAY / 2), size_bytes: 1, modified: 0 }).collect();
-        let expired = select_expired(&c, &listing);
-        let kept: Vec<&BackupEntry> = listing.iter().filter(|b| !expired.contains(&b.name)).collect();
+        let listing: Vec<BackupEntry> = (0..1460).map(|i| entry(&c, name(NOW - i * DAY / 2))).collect();
+        let decisions = select_expired(&listing);
+        assert_eq!(decisions.len(), listing.len(), "a decision for every backup");
+        let expired = expired(&decisions);
+        let kept: Vec<&BackupEntry> = listing.iter().filter(|b| !expired.contains(&b.name.as_str())).collect();
         // 14 last (7 days) + daily fills 7 more days + 8 weeks adds 6 + 12 months adds ~10.
         assert!(kept.len() >= 14 + 7 + 6 && kept.len() <= 14 + 14 + 8 + 12, "{}", kept.len());
         assert_eq!(kept[0].name, listing[0].name, "the newest survives");
-        let oldest_kept = kept.iter().filter_map(|b| parse_name(&c, &b.name)).min().unwrap();
+        let oldest_kept = kept.iter().map(|b| b.info.run_at).min().unwrap();
         assert!(NOW - oldest_kept > 300 * DAY && NOW - oldest_kept < 366 * DAY, "monthly reach: {}", (NOW - oldest_kept) / DAY);
-        let foreign = BackupEntry { name: "notes.sql.gz".into(), size_bytes: 1, modified: 0 };
-        assert!(!select_expired(&c, &[foreign]).contains(&"notes.sql.gz".to_string()));
+        let reason = |n: &str| decisions.iter().find(|d| d.name == n).unwrap().reason.as_str();
+        assert_eq!(reason(&listing[0].name), "one of the 14 newest");
+        assert_eq!(reason(&listing[20].name), "the newest of one of the last 14 days with backups");
+        assert!(reason(&listing[1459].name).starts_with("gfs: not one of the 14 newest"), "{}", reason(&listing[1459].name));
     }
 
     #[test]
     fn all_old_keeps_the_last_ones() {
         let c = config();
-        let listing: Vec<BackupEntry> =
-            (0..30).map(|i| BackupEntry { name: backup_name(&c, NOW - (1000 + i) * DAY), size_bytes: 1, modified: 0 }).collect();
-        let expired = select_expired(&c, &listing);
+        let listing: Vec<BackupEntry> = (0..30).map(|i| entry(&c, name(NOW - (1000 + i) * DAY))).collect();
+        let decisions = select_expired(&listing);
+        let expired = expired(&decisions);
         assert!(expired.len() <= 30 - KEEP_LAST);
-        assert!(!expired.contains(&listing[0].name));
+        assert!(!expired.contains(&listing[0].name.as_str()));
     }
 
+    /// Each database and the globals keep their own newest backups.
     #[test]
-    fn english_responses_in_the_original_shape() {
-        let done = BackupOutcome::Done(types::BackupDone {
+    fn each_database_on_its_own() {
+        let c = Config { databases: vec!["euraflow".into(), "shop".into()], ..config() };
+        let mut listing: Vec<BackupEntry> = (0..40).map(|i| entry(&c, name(NOW - i * DAY))).collect();
+        listing.push(entry(&c, backup_name(&request("shop", BackupKind::Database, ".sql.gz", NOW - 1000 * DAY))));
+        listing.push(entry(&c, backup_name(&request("euraflow", BackupKind::Globals, ".sql.gz", NOW - 1000 * DAY))));
+        let decisions = select_expired(&listing);
+        assert_eq!(decisions.len(), listing.len());
+        let expired = expired(&decisions);
+        assert!(!expired.is_empty());
+        assert_eq!(
+            (listing[40].name.as_str(), listing[41].name.as_str()),
+            ("shop_20230207_173000.sql.gz", "euraflow_globals_20230207_173000.sql.gz")
+        );
+        for alone in &listing[40..] {
+            assert!(!expired.contains(&alone.name.as_str()), "{}", alone.name);
+            assert_eq!(decisions.iter().find(|d| d.name == alone.name).unwrap().reason, "one of the 14 newest");
+        }
+    }
+
+    fn done(copies: Vec<CopyOutcome>) -> BackupOutcome {
+        BackupOutcome::Done(BackupDone {
             file_name: "euraflow_20251103_173000.sql.gz".into(),
             path: "/b/euraflow_20251103_173000.sql.gz".into(),
             size_bytes: 12_345_678,
             started_at: NOW,
             finished_at: NOW,
-            s3: S3Outcome::Disabled,
-        });
-        let r = shape_backup(&done);
+            copies,
+        })
+    }
+
+    #[test]
+    fn english_responses_in_the_original_shape() {
+        let r = shape_backup(&done(vec![]));
         let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(v["message"], "Backup succeeded (local only: S3 is not configured)");
         assert_eq!(v["data"]["timestamp"], "20251103_173000");
         assert_eq!(v["data"]["file_size_mb"], 11.77);
+        let failed = shape_backup(&done(vec![CopyOutcome { store: "s3".into(), result: Err("NoSuchBucket".into()) }]));
+        let v: serde_json::Value = serde_json::from_str(&failed.body).unwrap();
+        assert_eq!((v["data"]["s3_uploaded"].clone(), v["data"]["s3_error"].clone()), (json!(false), json!("NoSuchBucket")));
         assert_eq!(shape_backup(&BackupOutcome::Busy("x".into())).status, 409);
+    }
+
+    #[test]
+    fn notifications() {
+        let c = config();
+        let run = |succeeded| LastRun { started_at: 0, finished_at: 1, succeeded, file_name: None, message: String::new() };
+        let failed = BackupOutcome::Failed(BackupFailed { kind: ErrorKind::Dump, message: "pg_dump failed".into(), file_name: None });
+        let m = shape_notification(&c, &Notification { outcome: failed, previous: Some(run(true)) }).unwrap();
+        assert_eq!((m.subject.as_str(), m.body.as_str()), ("Backup of euraflow failed", "pg_dump failed"));
+        let m = shape_notification(&c, &Notification { outcome: done(vec![]), previous: Some(run(false)) }).unwrap();
+        assert_eq!(m.subject, "Backup of euraflow recovered");
+        assert!(shape_notification(&c, &Notification { outcome: done(vec![]), previous: Some(run(true)) }).is_none());
+        assert!(shape_notification(&c, &Notification { outcome: done(vec![]), previous: None }).is_none());
     }
 }
