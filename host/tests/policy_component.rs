@@ -43,7 +43,7 @@ fn entry(name: String, modified: i64) -> BackupEntry {
 #[test]
 fn identity() {
     let p = load();
-    assert_eq!(p.info().wit_version, "0.1.0");
+    assert_eq!(p.info().wit_version, "0.2.0-draft");
     assert_eq!(p.info().sha256.len(), 64);
 }
 
@@ -75,13 +75,18 @@ fn retention_local_and_s3() {
     listing.push(entry("manual_before_upgrade.sql.gz".into(), NOW - 400 * DAY));
     listing.push(entry("euraflow_backup_copy.sql.gz".into(), NOW - 400 * DAY));
 
-    let local = p.select_expired(&listing, NOW, Target::Local, &c).unwrap();
+    // The order of the answer is the policy's; what counts is the set.
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let local = sorted(p.select_expired(&listing, NOW, Target::Local, &c).unwrap());
     // Kept: 7 days (i = 0..=14, 15 backups). Deleted: the other 65.
-    let want: Vec<String> = (15..80).rev().map(|i| p.backup_name(&c, NOW - i * DAY / 2).unwrap()).collect();
+    let want: Vec<String> = sorted((15..80).map(|i| p.backup_name(&c, NOW - i * DAY / 2).unwrap()).collect());
     assert_eq!(local, want);
 
-    let s3 = p.select_expired(&listing, NOW, Target::S3, &c).unwrap();
-    let want: Vec<String> = (61..80).rev().map(|i| p.backup_name(&c, NOW - i * DAY / 2).unwrap()).collect();
+    let s3 = sorted(p.select_expired(&listing, NOW, Target::S3, &c).unwrap());
+    let want: Vec<String> = sorted((61..80).map(|i| p.backup_name(&c, NOW - i * DAY / 2).unwrap()).collect());
     assert_eq!(s3, want);
 }
 
@@ -164,7 +169,7 @@ fn status_bytes() {
         r#""recent":[{"filename":"euraflow_backup_20251104_130000.sql.gz","size_mb":11.77,"created_at":1730707200.0}]},"#,
         r#""s3":{"enabled":true,"bucket":"your-backup-bucket-name","region":"us-east-1","retention_days":30},"#,
         r#""schedule":"每天北京时间 01:00 和 13:00","#,
-        &format!(r#""policy":{{"path":{},"sha256":"{}","wit_version":"0.1.0"}},"#, serde_json::json!(loaded.path), loaded.sha256),
+        &format!(r#""policy":{{"path":{},"sha256":"{}","wit_version":"0.2.0-draft"}},"#, serde_json::json!(loaded.path), loaded.sha256),
         r#""last_run":null,"next_run_at":null,"running_backup":null}"#,
     ]
     .concat();
@@ -187,7 +192,7 @@ fn policy_check_runs_every_export() {
     let p = load();
     let report = policy::check::run(p, &config(Some(30), &[]), NOW).unwrap();
     let text = report.lines.join("\n");
-    assert!(text.contains("wit package: euraflow:backup@0.1.0"), "{text}");
+    assert!(text.contains("wit package: euraflow:backup@0.2.0-draft"), "{text}");
     assert!(text.contains("sample name: euraflow_backup_20251104_013000.sql.gz"), "{text}");
     assert!(text.contains("busy → 409"), "{text}");
 }
