@@ -71,6 +71,8 @@ log "policy components: $WASM $GFS_WASM $TEMPLATE_WASM $HOSTILE_WASM $GREEDY_WAS
 # (arguments given) skips them unless EF_TEST_LINT=1.
 if [ $# -eq 0 ] || [ "${EF_TEST_LINT:-0}" = 1 ]; then
   STEP="cargo fmt"
+  cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1 \
+    || die "cargo fmt and cargo clippy are needed: 'rustup component add rustfmt clippy' (or with Debian's cargo 'apt-get install rustfmt rust-clippy')"
   cargo fmt --all --check >&2 || die "the code is not formatted: run 'cargo fmt --all' (the diff is above)"
   STEP="cargo clippy"
   log "cargo clippy --workspace --all-targets -- -D warnings"

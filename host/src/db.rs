@@ -285,6 +285,15 @@ impl PgTools {
             ("user", self.db.user.as_str()),
             ("dbname", database),
             ("application_name", "ef-backup"),
+            // Names and text come back as Rust strings: UTF-8 whatever the database's encoding
+            // (psql got the same from the UTF-8 locale).
+            ("client_encoding", "UTF8"),
+            // A server that goes silent mid-COPY or mid-query is noticed within a minute or two,
+            // not the system's two hours.
+            ("keepalives", "1"),
+            ("keepalives_idle", "30"),
+            ("keepalives_interval", "10"),
+            ("keepalives_count", "3"),
         ];
         // Without it libpq reads PGOPTIONS, as the client tools do.
         if let Some(o) = options {

@@ -28,6 +28,25 @@ pub enum PqError {
 /// One open connection. Used by one thread at a time (libpq's rule), never shared.
 pub struct Conn {
     raw: *mut ffi::PGconn,
+    /// Set when the connection was left in a state no further command can run in (a COPY the
+    /// caller did not ask for): every later call fails instead of waiting on it.
+    broken: bool,
+}
+
+/// Server notices (NOTICE, WARNING raised by the SQL being run — a backup's own functions
+/// included) go to the debug log, escaped and cut, instead of libpq's default of printing them
+/// raw on stderr: a crafted file must not write terminal escapes or millions of lines there.
+unsafe extern "C" fn notice(_arg: *mut std::os::raw::c_void, message: *const c_char) {
+    let mut m = text(message);
+    if m.len() > 1024 {
+        let mut cut = 1024;
+        while !m.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        m.truncate(cut);
+        m.push('…');
+    }
+    tracing::debug!(target: "postgres", "{m}");
 }
 
 // A PGconn may move between threads as long as one thread uses it at a time: `&mut self` on
@@ -62,11 +81,13 @@ impl Conn {
         if raw.is_null() {
             return Err(PqError::Connect("libpq could not allocate a connection".into()));
         }
-        let conn = Conn { raw };
+        let conn = Conn { raw, broken: false };
         // SAFETY: raw is a live connection until Drop.
         if unsafe { ffi::PQstatus(conn.raw) } != ffi::ConnStatusType::CONNECTION_OK {
             return Err(PqError::Connect(conn.error()));
         }
+        // SAFETY: raw is live; the processor is a plain function that keeps no pointer.
+        unsafe { ffi::PQsetNoticeProcessor(conn.raw, Some(notice), std::ptr::null_mut()) };
         Ok(conn)
     }
 
@@ -75,8 +96,16 @@ impl Conn {
         text(unsafe { ffi::PQerrorMessage(self.raw) })
     }
 
+    fn usable(&self) -> Result<(), PqError> {
+        if self.broken {
+            return Err(PqError::Server("the connection was left in an unexpected COPY state and is closed".into()));
+        }
+        Ok(())
+    }
+
     /// Runs SQL (one or more statements) and fails on the first error.
     pub fn execute(&mut self, sql: &[u8]) -> Result<(), PqError> {
+        self.usable()?;
         let sql = CString::new(sql).map_err(|_| PqError::Server("the SQL holds a NUL byte".into()))?;
         // SAFETY: raw is live; sql is NUL-terminated and outlives the call.
         let res = unsafe { ffi::PQexec(self.raw, sql.as_ptr()) };
@@ -89,6 +118,7 @@ impl Conn {
     /// Runs SQL (one or more statements) and returns the rows of the last one as text (NULL as
     /// an empty string).
     pub fn query(&mut self, sql: &str) -> Result<Vec<Vec<String>>, PqError> {
+        self.usable()?;
         let sql = CString::new(sql).map_err(|_| PqError::Server("the SQL holds a NUL byte".into()))?;
         // SAFETY: raw is live; sql is NUL-terminated and outlives the call.
         let res = unsafe { ffi::PQexec(self.raw, sql.as_ptr()) };
@@ -121,9 +151,12 @@ impl Conn {
     /// Runs `statement` (a `COPY … FROM stdin`) with `rows` as its data (text format, without
     /// the `\.` line) and waits until the server has stored them.
     pub fn copy_in(&mut self, statement: &[u8], rows: &[u8]) -> Result<(), PqError> {
+        self.usable()?;
         let sql = CString::new(statement).map_err(|_| PqError::Server("the COPY statement holds a NUL byte".into()))?;
-        // SAFETY: as in execute.
-        let res = unsafe { ffi::PQexec(self.raw, sql.as_ptr()) };
+        // The extended protocol runs exactly one statement: text the scanner took for one COPY
+        // but the server would read as several (settings the two disagree on) is refused whole.
+        // SAFETY: raw is live; sql is NUL-terminated and outlives the call; no parameters.
+        let res = unsafe { ffi::PQexecParams(self.raw, sql.as_ptr(), 0, std::ptr::null(), std::ptr::null(), std::ptr::null(), std::ptr::null(), 0) };
         self.finish_result(res, &[ffi::ExecStatusType::PGRES_COPY_IN])?;
         // libpq keeps what it cannot send at once; chunks bound the copies it makes.
         for chunk in rows.chunks(1 << 20) {
@@ -150,8 +183,15 @@ impl Conn {
         }
         // SAFETY: res is a live result until PQclear.
         let status = unsafe { ffi::PQresultStatus(res) };
+        let copy_state =
+            matches!(status, ffi::ExecStatusType::PGRES_COPY_IN | ffi::ExecStatusType::PGRES_COPY_OUT | ffi::ExecStatusType::PGRES_COPY_BOTH);
         let outcome = if ok.contains(&status) {
             Ok(())
+        } else if copy_state {
+            // A COPY we did not start: libpq would answer every later PQgetResult with it for
+            // ever. The connection is given up (the caller fails; Drop closes it).
+            self.broken = true;
+            Err(PqError::Server("the SQL started a COPY that was not asked for (a statement the backup hid in another)".into()))
         } else {
             // SAFETY: as above; the message is copied out before PQclear.
             let msg = text(unsafe { ffi::PQresultErrorMessage(res) });
@@ -159,14 +199,20 @@ impl Conn {
         };
         // SAFETY: res is not used after this.
         unsafe { ffi::PQclear(res) };
-        if status != ffi::ExecStatusType::PGRES_COPY_IN {
+        if !copy_state {
             loop {
                 // SAFETY: raw is live; each result is cleared at once.
                 let more = unsafe { ffi::PQgetResult(self.raw) };
                 if more.is_null() {
                     break;
                 }
+                // A later statement of the same string may have started a COPY: see above.
+                let status = unsafe { ffi::PQresultStatus(more) };
                 unsafe { ffi::PQclear(more) };
+                if matches!(status, ffi::ExecStatusType::PGRES_COPY_IN | ffi::ExecStatusType::PGRES_COPY_OUT | ffi::ExecStatusType::PGRES_COPY_BOTH) {
+                    self.broken = true;
+                    return Err(PqError::Server("the SQL started a COPY that was not asked for (a statement the backup hid in another)".into()));
+                }
             }
         }
         outcome

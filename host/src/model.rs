@@ -120,6 +120,9 @@ pub struct Status {
     pub config: PolicyConfig,
     pub policy: LoadedPolicy,
     pub local_backups: Vec<BackupEntry>,
+    /// The policy's own among them, with the run time each name carries (what
+    /// [`crate::policy::Policy::recognise`] found).
+    pub recognised: Vec<(BackupEntry, UnixSeconds)>,
     pub last_run: Option<LastRun>,
     pub next_run: Option<UnixSeconds>,
     pub running: Option<String>,

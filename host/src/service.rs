@@ -43,7 +43,8 @@ pub enum ReloadError {
 struct Listing {
     at: Instant,
     entries: Vec<BackupEntry>,
-    recognised: u64,
+    /// The policy's own among them, with their run times.
+    recognised: Vec<(BackupEntry, i64)>,
 }
 
 pub struct Service {
@@ -359,8 +360,8 @@ impl Service {
                 Vec::new()
             }
         };
-        let recognised = self.policy().recognise(&policy::policy_config(&self.config), &entries).map(|r| r.len() as u64).unwrap_or(0);
-        tracing::debug!("backup directory listed for status and metrics: {} files, {recognised} recognised", entries.len());
+        let recognised = self.policy().recognise(&policy::policy_config(&self.config), &entries).unwrap_or_default();
+        tracing::debug!("backup directory listed for status and metrics: {} files, {} recognised", entries.len(), recognised.len());
         Listing { at: Instant::now(), entries, recognised }
     }
 
@@ -377,7 +378,7 @@ impl Service {
         }
         let svc = Arc::clone(self);
         let computed = tokio::task::spawn_blocking(move || svc.compute_listing()).await;
-        let listing = Arc::new(computed.unwrap_or_else(|_| Listing { at: Instant::now(), entries: Vec::new(), recognised: 0 }));
+        let listing = Arc::new(computed.unwrap_or_else(|_| Listing { at: Instant::now(), entries: Vec::new(), recognised: Vec::new() }));
         *lock(&self.listing) = Some(Arc::clone(&listing));
         listing
     }
@@ -391,6 +392,7 @@ impl Service {
             config: policy::policy_config(&self.config),
             policy: policy.loaded(),
             local_backups: listing.entries.clone(),
+            recognised: listing.recognised.clone(),
             last_run: lock(&self.last_run).clone(),
             next_run: *lock(&self.next_run),
             running: self.running(),
@@ -409,7 +411,11 @@ impl Service {
     /// Prometheus text.
     pub async fn metrics_text(self: &Arc<Self>) -> String {
         let listing = self.listing().await;
-        self.metrics.render(&Gauges { backups_on_disk: listing.recognised, running: self.running().is_some(), next_run: *lock(&self.next_run) })
+        self.metrics.render(&Gauges {
+            backups_on_disk: listing.recognised.len() as u64,
+            running: self.running().is_some(),
+            next_run: *lock(&self.next_run),
+        })
     }
 }
 

@@ -149,14 +149,16 @@ fn backup_response_variants() {
 #[test]
 fn status_bytes() {
     let p = load();
+    let local_backups =
+        vec![entry("euraflow_backup_20251104_130000.sql.gz".into(), 1_730_707_200), entry("someone_elses.sql.gz".into(), 1_730_707_200)];
+    let recognised = p.recognise(&config(Some(30), &[]), &local_backups).unwrap();
+    assert_eq!(recognised.len(), 1);
     let st = Status {
         now: NOW,
         config: config(Some(30), &[]),
         policy: p.loaded(),
-        local_backups: vec![
-            entry("euraflow_backup_20251104_130000.sql.gz".into(), 1_730_707_200),
-            entry("someone_elses.sql.gz".into(), 1_730_707_200),
-        ],
+        local_backups,
+        recognised,
         last_run: None,
         next_run: None,
         running: None,

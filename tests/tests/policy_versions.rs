@@ -87,3 +87,27 @@ fn a_draft_policy_names_its_retention_reasons_in_the_log() {
     assert!(run.stderr.contains("for deletion (local): "), "{}", run.stderr);
     assert_eq!(files(&backups).len(), 1, "{:?}", files(&backups));
 }
+
+/// Found by review: the host asked a 0.2 policy's `parse-name` again for every listed name
+/// inside the single second of `select-expired` (and of `shape-status`), so a directory with
+/// enough other files made every answer time out: retention never ran, the disk filled. Now
+/// recognition runs once, each name on its own budget, and the 0.2 calls get its result.
+#[test]
+fn many_other_files_do_not_stop_a_draft_policys_retention() {
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    for i in 0..60_000 {
+        std::fs::write(backups.join(format!("other_{i}.sql.gz")), b"").unwrap();
+    }
+    let keep_one = [("EF__POLICY_LOCAL_KEEP_LAST", "1"), ("EF__POLICY_LOCAL_RETENTION_DAYS", "0"), ("EF__BACKUP_MIN_KEEP", "1")];
+    for _ in 0..2 {
+        let run = ef(db(), &backups, &keep_one, &["backup"]);
+        assert!(run.ok(), "{}", run.all());
+        assert!(!run.stderr.contains("retention skipped"), "{}", run.stderr);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let ours: Vec<String> = files(&backups).into_iter().filter(|n| n.starts_with("ef_e2e_versions_backup_")).collect();
+    assert_eq!(ours.len(), 1, "retention ran: {ours:?}");
+    assert_eq!(files(&backups).len(), 60_001);
+}

@@ -244,6 +244,77 @@ fn bad_copy_rows_are_named_and_leave_nothing() {
     }
 }
 
+/// A file that makes the scanner and the server disagree on `standard_conforming_strings`
+/// (`RESET ALL; SET standard_conforming_strings = off; RESET ALL`) hides a `COPY … TO STDOUT`
+/// in what the scanner takes for one `COPY … FROM stdin`. Found by review: the session's own
+/// COPY connection was replayed the settings in first-seen order (ending "off"), ran the
+/// hidden COPY, and waited for ever on it — restore and verify hung at 100% CPU. Now the
+/// settings replay in the order they take effect, the COPY goes alone (extended protocol), and
+/// a COPY nobody asked for fails the load: the command ends with an error and leaves nothing.
+#[test]
+fn a_copy_hidden_behind_a_settings_trick_fails_and_never_hangs() {
+    let _serial = serial();
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    // Not `dump()`: its prelude sets standard_conforming_strings before the trick, which hides it.
+    let sql = "--\n-- PostgreSQL database dump\n--\n\n\\restrict abc\n\nRESET ALL;\nSET standard_conforming_strings = off;\nRESET ALL;\n\
+               CREATE TABLE public.t (a text);\n\n--\n-- Data for Name: t; Type: TABLE DATA; Schema: public; Owner: -\n--\n\n\
+               COPY public.t FROM stdin NULL '\\''; COPY (SELECT 1) TO STDOUT; SELECT 1 -- '\n FROM stdin;\nx\n\\.\n\n\
+               --\n-- PostgreSQL database dump complete\n--\n\n\\unrestrict abc\n";
+    let file = gz(&backups, "hidden.sql.gz", sql);
+    for args in
+        [vec!["restore", file.to_str().unwrap(), "--target-db", "ef_e2e_hidden", "--create", "--jobs", "2"], vec!["verify", file.to_str().unwrap()]]
+    {
+        let started = std::time::Instant::now();
+        let mut child = ef_command(sample_db(), &backups, &[])
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if started.elapsed() > std::time::Duration::from_secs(90) {
+                let _ = child.kill();
+                panic!("{args:?} hung on a hidden COPY");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(status.code(), Some(1), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(scratch_dbs(), "0");
+    }
+}
+
+/// Server notices raised while rows load (a trigger of a crafted file, once per row) never
+/// reach the terminal raw: libpq's default printed them on stderr, escape sequences and all,
+/// one line per row (found by review). They go to the debug log, escaped.
+#[test]
+fn server_notices_during_a_load_never_reach_stderr_raw() {
+    let _serial = serial();
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    let mut rows = String::new();
+    for i in 0..2000 {
+        rows.push_str(&format!("{i}\n"));
+    }
+    let body = format!(
+        "CREATE TABLE public.t (a int);\nCREATE FUNCTION public.shout() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RAISE WARNING '%', E'\\x1b[31mred\\x1b[0m'; RETURN NEW; END$$;\nCREATE TRIGGER shout BEFORE INSERT ON public.t FOR EACH ROW EXECUTE FUNCTION public.shout();\n\n--\n-- Data for Name: t; Type: TABLE DATA; Schema: public; Owner: -\n--\n\nCOPY public.t (a) FROM stdin;\n{rows}\\.\n"
+    );
+    let file = gz(&backups, "shout.sql.gz", &dump(&body, true));
+    drop_db("ef_e2e_shout");
+    let run = ef(sample_db(), &backups, &[], &["restore", file.to_str().unwrap(), "--target-db", "ef_e2e_shout", "--create", "--jobs", "2"]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(!run.stderr.contains('\u{1b}'), "a raw escape reached stderr: {:?}", &run.stderr[..run.stderr.len().min(300)]);
+    assert!(run.stderr.lines().count() < 50, "{} lines on stderr", run.stderr.lines().count());
+    assert_eq!(psql("ef_e2e_shout", "SELECT count(*) FROM t"), "2000");
+    drop_db("ef_e2e_shout");
+}
+
 /// The README's advice — restore an untrusted file as a role that is not a superuser — must be
 /// possible: such a role (CREATEDB, owning the target) once failed with "permission denied for
 /// tablespace pg_default".

@@ -98,13 +98,14 @@ impl Calls<'_> {
         &self,
         store: &mut Store<State>,
         backups: &[BackupEntry],
+        ours: &[(BackupEntry, i64)],
         now: i64,
         t: Target,
         c: &PolicyConfig,
     ) -> wasmtime::Result<Vec<(String, Option<String>)>> {
         match self {
-            Calls::V01(x) => x.select_expired(store, backups, now, t, c),
-            Calls::V02(x) => x.select_expired(store, backups, now, t, c),
+            Calls::V01(x) => x.select_expired(store, backups, ours, now, t, c),
+            Calls::V02(x) => x.select_expired(store, ours, now, t, c),
         }
     }
 
@@ -151,6 +152,9 @@ pub const RECOGNISE_BASE: Duration = Duration::from_secs(1);
 pub const RECOGNISE_PER_NAME: Duration = Duration::from_millis(10);
 /// Names whose parse-name failure was already logged are remembered up to this many.
 const WARNED_NAMES_MAX: usize = 10_000;
+/// Retention reasons of one answer that are logged, and how much of each.
+const REASON_LINES: usize = 50;
+const REASON_MAX_CHARS: usize = 300;
 /// Log lines a single call may emit; more are dropped (a guest must not flood the host's log).
 const LOG_LINES_PER_CALL: u32 = 100;
 const LOG_LINE_MAX: usize = 4096;
@@ -725,8 +729,9 @@ impl Policy {
         config: &PolicyConfig,
     ) -> Result<Vec<String>, PolicyError> {
         let call = "select-expired";
-        let names = self.call(call, |p, s| p.calls().select_expired(&mut *s, backups, now, target, config))?;
+        let names = self.call(call, |p, s| p.calls().select_expired(&mut *s, backups, ours, now, target, config))?;
         let mut out: Vec<String> = Vec::with_capacity(names.len());
+        let mut reasons: Vec<(String, String)> = Vec::new();
         for (name, reason) in names {
             if !backups.iter().any(|b| b.name == name) {
                 return Err(self.bad(call, format!("{name:?} is not in the listing it was given")));
@@ -734,12 +739,22 @@ impl Policy {
             if !ours.iter().any(|(b, _)| b.name == name) {
                 return Err(self.bad(call, format!("{name:?} is not a name the policy produces (parse-name rejects it)")));
             }
-            if let Some(reason) = reason {
-                tracing::info!("the policy selects {name:?} for deletion ({}): {}", v0_2::store_id(target), escape_log(&reason));
-            }
             if !out.contains(&name) {
+                if let Some(reason) = reason {
+                    reasons.push((name.clone(), reason));
+                }
                 out.push(name);
             }
+        }
+        // Only an accepted answer is logged, one line per backup (at most REASON_LINES of them),
+        // each reason cut short: a policy cannot flood the log with its reasons.
+        let store = v0_2::store_id(target);
+        for (name, reason) in reasons.iter().take(REASON_LINES) {
+            let reason: String = reason.chars().take(REASON_MAX_CHARS).collect();
+            tracing::info!("the policy selects {name:?} for deletion ({store}): {}", escape_log(&reason));
+        }
+        if reasons.len() > REASON_LINES {
+            tracing::info!("the policy selects {} more backups for deletion ({store}); reasons not logged", reasons.len() - REASON_LINES);
         }
         Ok(out)
     }

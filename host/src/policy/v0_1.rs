@@ -137,10 +137,12 @@ impl<'a> Calls<'a> {
         run_until(self.deadline, self.exports.call_parse_name(store, &config(c), name))
     }
 
+    /// 0.1.0 is given the whole listing, as it always was (it picks out its own names).
     pub fn select_expired(
         &self,
         store: &mut Store<State>,
         backups: &[model::BackupEntry],
+        _ours: &[(model::BackupEntry, i64)],
         now: i64,
         t: model::Target,
         c: &model::PolicyConfig,

@@ -123,6 +123,20 @@ fn response(r: wit::HttpResponse) -> model::HttpResponse {
     model::HttpResponse { status: r.status, body: r.body }
 }
 
+/// Backups the host recognised (through `parse_name`: this deployment's database dumps), with
+/// the name-info that implies. Never asked of the guest again: recognition already gave each
+/// name its own budget and took a trap on one name as "not ours".
+fn entries(c: &model::PolicyConfig, ours: &[(model::BackupEntry, i64)]) -> Vec<wit::BackupEntry> {
+    ours.iter()
+        .map(|(b, t)| wit::BackupEntry {
+            name: b.name.clone(),
+            size_bytes: b.size_bytes,
+            modified: b.modified,
+            info: wit::NameInfo { database: c.database.clone(), kind: wit::BackupKind::Database, run_at: *t },
+        })
+        .collect()
+}
+
 /// The exports of one instance, called like plain functions in the host's types: each call
 /// blocks until the guest answers, traps or `deadline` passes.
 pub struct Calls<'a> {
@@ -156,34 +170,16 @@ impl<'a> Calls<'a> {
         run_until(self.deadline, self.exports.call_parse_name(&mut *store, &config(c), name))
     }
 
-    /// `backups` with their name-info, recognised ones only, in the order given.
-    fn recognised(
-        &self,
-        store: &mut Store<State>,
-        c: &model::PolicyConfig,
-        backups: &[model::BackupEntry],
-    ) -> wasmtime::Result<Vec<wit::BackupEntry>> {
-        let mut out = Vec::with_capacity(backups.len());
-        for b in backups {
-            if let Some(info) = self.name_info(store, c, &b.name)? {
-                out.push(wit::BackupEntry { name: b.name.clone(), size_bytes: b.size_bytes, modified: b.modified, info });
-            }
-        }
-        Ok(out)
-    }
-
     /// The names the policy decides to delete, each with its reason.
     pub fn select_expired(
         &self,
         store: &mut Store<State>,
-        backups: &[model::BackupEntry],
+        ours: &[(model::BackupEntry, i64)],
         now: i64,
         t: model::Target,
         c: &model::PolicyConfig,
     ) -> wasmtime::Result<Vec<(String, Option<String>)>> {
-        // The same backups the host counts as this deployment's (see `parse_name`).
-        let mut entries = self.recognised(store, c, backups)?;
-        entries.retain(|e| e.info.database == c.database && e.info.kind == wit::BackupKind::Database);
+        let entries = entries(c, ours);
         let store_id = store_id(t).to_string();
         let decisions = run_until(self.deadline, self.exports.call_select_expired(&mut *store, context(now), &config(c), &store_id, &entries))?;
         Ok(decisions.into_iter().filter(|d| d.delete).map(|d| (d.name, Some(d.reason))).collect())
@@ -194,7 +190,7 @@ impl<'a> Calls<'a> {
     }
 
     pub fn shape_status(&self, store: &mut Store<State>, s: &model::Status) -> wasmtime::Result<model::HttpResponse> {
-        let mut local_backups = self.recognised(store, &s.config, &s.local_backups)?;
+        let mut local_backups = entries(&s.config, &s.recognised);
         local_backups.sort_by(|a, b| b.info.run_at.cmp(&a.info.run_at).then_with(|| b.name.cmp(&a.name)));
         let status = wit::Status {
             now: s.now,

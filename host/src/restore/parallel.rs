@@ -119,12 +119,16 @@ struct Shared {
 struct SharedState {
     outstanding: usize,
     failure: Option<LoadError>,
+    /// Set by the first failure or an abandoned load, never cleared (the failure itself is
+    /// taken by whoever reports it): queued batches are then dropped, not loaded.
+    over: bool,
 }
 
 impl Shared {
     fn fail(&self, err: LoadError) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.failure.get_or_insert(err);
+        s.over = true;
         self.changed.notify_all();
     }
 
@@ -316,7 +320,13 @@ fn work(
         let ok = match job {
             Job::Serial(bytes) => session.write(&bytes),
             Job::Copy { mut buf, settings_len, statement_len } => {
-                let loaded = copy_batch(&mut conn, &target, &buf, settings_len, statement_len);
+                // After a failure anywhere the load is over: no more batches go to the server.
+                let failed_elsewhere = shared.state.lock().unwrap_or_else(|e| e.into_inner()).over;
+                let loaded = if failed_elsewhere {
+                    Err("not loaded: another session failed first".to_string())
+                } else {
+                    copy_batch(&mut conn, &target, &buf, settings_len, statement_len)
+                };
                 let table = copy_table(&buf[settings_len..settings_len + statement_len]);
                 buf.clear();
                 shared.spare.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
@@ -580,10 +590,16 @@ impl Dispatch {
             StatementKind::SessionSetting { name } => {
                 // The entry collected so far ran under the previous settings.
                 self.flush_entry()?;
-                match self.settings.iter_mut().find(|(n, _)| *n == name) {
-                    Some((_, t)) => *t = text.to_vec(),
-                    None => self.settings.push((name, text.to_vec())),
+                // Replayed in the order they take effect: `RESET ALL` undoes everything before
+                // it, and a setting set again moves to the end (an in-place update would replay
+                // `SET x; RESET ALL` for `RESET ALL; SET x; RESET ALL`, leaving a session with
+                // `x` the scanner believes reset).
+                if name == "all" {
+                    self.settings.clear();
+                } else {
+                    self.settings.retain(|(n, _)| *n != name);
                 }
+                self.settings.push((name, text.to_vec()));
                 self.settings_version += 1;
             }
             StatementKind::Owner if self.opts.no_owner => self.stats.owner_statements_skipped += 1,
@@ -756,7 +772,9 @@ impl Drop for Dispatch {
         if self.finished {
             return;
         }
-        // Abandoned (a failed session, a damaged backup): stop every psql before it commits more.
+        // Abandoned (a failed session, a damaged backup): stop every psql before it commits more,
+        // and let no queued batch reach the server.
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner()).over = true;
         for child in &self.children {
             if let Some(c) = child.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
                 let _ = c.kill();
