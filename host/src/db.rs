@@ -254,13 +254,7 @@ impl PgTools {
     pub fn command_as(&self, name: &str, database: &str, application_name: &str, extra: &[(&str, &str)]) -> Command {
         let mut cmd = without_our_settings(Command::new(self.tool(name)));
         let port = self.db.port.to_string();
-        let mut params = vec![
-            ("host", self.db.host.as_str()),
-            ("port", port.as_str()),
-            ("user", self.db.user.as_str()),
-            ("dbname", database),
-            ("application_name", application_name),
-        ];
+        let mut params = self.params(&port, database, application_name);
         params.extend_from_slice(extra);
         cmd.arg("-d").arg(conninfo(&params)).stdin(Stdio::null());
         if std::env::var_os("PGCONNECT_TIMEOUT").is_none() {
@@ -273,18 +267,26 @@ impl PgTools {
         cmd
     }
 
-    /// A libpq connection in this process to `database`, with the parameters psql gets from
-    /// [`PgTools::command`] plus `options` (server settings, as in PGOPTIONS; None: the
-    /// environment's PGOPTIONS); the password goes in memory. (`main` removes PGPASSWORD from the environment, so libpq cannot fall back to
-    /// it: the password comes only from EF__DB_PASSWORD, as for the client tools.)
-    pub fn connect(&self, database: &str, options: Option<&str>) -> Result<crate::libpq::Conn, DbError> {
-        let port = self.db.port.to_string();
-        let mut params = vec![
+    /// The connection parameters every session of ef-backup gives, tools and in-process alike.
+    fn params<'a>(&'a self, port: &'a str, database: &'a str, application_name: &'a str) -> Vec<(&'a str, &'a str)> {
+        vec![
             ("host", self.db.host.as_str()),
-            ("port", port.as_str()),
+            ("port", port),
             ("user", self.db.user.as_str()),
             ("dbname", database),
-            ("application_name", "ef-backup"),
+            ("application_name", application_name),
+        ]
+    }
+
+    /// A libpq connection in this process to `database`, with the parameters psql gets from
+    /// [`PgTools::command`] plus `options` (server settings, as in PGOPTIONS; None: the
+    /// environment's PGOPTIONS); the password goes in memory. (`main` removes PGPASSWORD from
+    /// the environment, so libpq cannot fall back to it: the password comes only from
+    /// EF__DB_PASSWORD, as for the client tools.)
+    pub fn connect(&self, database: &str, options: Option<&str>) -> Result<crate::libpq::Conn, DbError> {
+        let port = self.db.port.to_string();
+        let mut params = self.params(&port, database, "ef-backup");
+        params.extend_from_slice(&[
             // Names and text come back as Rust strings: UTF-8 whatever the database's encoding
             // (psql got the same from the UTF-8 locale).
             ("client_encoding", "UTF8"),
@@ -294,7 +296,7 @@ impl PgTools {
             ("keepalives_idle", "30"),
             ("keepalives_interval", "10"),
             ("keepalives_count", "3"),
-        ];
+        ]);
         // Without it libpq reads PGOPTIONS, as the client tools do.
         if let Some(o) = options {
             params.push(("options", o));
