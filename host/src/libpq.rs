@@ -163,11 +163,14 @@ impl Conn {
             // SAFETY: raw is live; the chunk is valid for its length (< 2^31).
             let sent = unsafe { ffi::PQputCopyData(self.raw, chunk.as_ptr().cast(), chunk.len() as i32) };
             if sent != 1 {
+                // Still inside the COPY as far as libpq knows: nothing else may run on it.
+                self.broken = true;
                 return Err(PqError::Send(self.error()));
             }
         }
         // SAFETY: raw is live; a null message ends the COPY normally.
         if unsafe { ffi::PQputCopyEnd(self.raw, std::ptr::null()) } != 1 {
+            self.broken = true;
             return Err(PqError::Send(self.error()));
         }
         // SAFETY: raw is live.
