@@ -224,7 +224,9 @@ impl Selection for PolicySelection<'_> {
     }
 
     fn select_expired(&self, listing: &[BackupEntry], ours: &[(BackupEntry, i64)], now: i64, target: Target) -> Result<Vec<String>, String> {
-        self.policy.select_expired_among(listing, ours, now, target, &self.config).map_err(|e| e.to_string())
+        let selected = self.policy.select_expired_among(listing, ours, now, target, &self.config).map_err(|e| e.to_string())?;
+        policy::log_reasons(&selected, target);
+        Ok(selected.into_iter().map(|(n, _)| n).collect())
     }
 }
 

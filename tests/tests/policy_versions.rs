@@ -60,6 +60,7 @@ fn the_default_draft_policy_checks_backs_up_and_takes_over_0_1_0_backups() {
     assert!(check.stdout.contains("wit package: euraflow:backup@0.2.0-draft"), "{}", check.stdout);
     assert!(check.stderr.contains("pre-release of the contract"), "a draft is accepted with a warning: {}", check.stderr);
     assert!(check.stdout.contains("notices:     failure → "), "{}", check.stdout);
+    assert!(!check.stderr.contains("for deletion"), "sample retention is not logged as if it were real: {}", check.stderr);
 
     let run = ef(db(), &backups, &[], &["backup"]);
     assert!(run.ok(), "{}", run.all());

@@ -703,7 +703,7 @@ impl Policy {
     pub fn select_expired(&self, backups: &[BackupEntry], now: i64, target: Target, config: &PolicyConfig) -> Result<Vec<String>, PolicyError> {
         let call = "select-expired";
         let ours = self.recognise(config, backups)?;
-        let names = self.select_expired_among(backups, &ours, now, target, config)?;
+        let names: Vec<String> = self.select_expired_among(backups, &ours, now, target, config)?.into_iter().map(|(n, _)| n).collect();
         let newest = ours
             .iter()
             .filter(|(_, t)| *t <= now.saturating_add(crate::retention::FUTURE_SLACK_SECS))
@@ -727,11 +727,10 @@ impl Policy {
         now: i64,
         target: Target,
         config: &PolicyConfig,
-    ) -> Result<Vec<String>, PolicyError> {
+    ) -> Result<Vec<(String, Option<String>)>, PolicyError> {
         let call = "select-expired";
         let names = self.call(call, |p, s| p.calls().select_expired(&mut *s, backups, ours, now, target, config))?;
-        let mut out: Vec<String> = Vec::with_capacity(names.len());
-        let mut reasons: Vec<(String, String)> = Vec::new();
+        let mut out: Vec<(String, Option<String>)> = Vec::with_capacity(names.len());
         for (name, reason) in names {
             if !backups.iter().any(|b| b.name == name) {
                 return Err(self.bad(call, format!("{name:?} is not in the listing it was given")));
@@ -739,22 +738,9 @@ impl Policy {
             if !ours.iter().any(|(b, _)| b.name == name) {
                 return Err(self.bad(call, format!("{name:?} is not a name the policy produces (parse-name rejects it)")));
             }
-            if !out.contains(&name) {
-                if let Some(reason) = reason {
-                    reasons.push((name.clone(), reason));
-                }
-                out.push(name);
+            if !out.iter().any(|(n, _)| *n == name) {
+                out.push((name, reason));
             }
-        }
-        // Only an accepted answer is logged, one line per backup (at most REASON_LINES of them),
-        // each reason cut short: a policy cannot flood the log with its reasons.
-        let store = v0_2::store_id(target);
-        for (name, reason) in reasons.iter().take(REASON_LINES) {
-            let reason: String = reason.chars().take(REASON_MAX_CHARS).collect();
-            tracing::info!("the policy selects {name:?} for deletion ({store}): {}", escape_log(&reason));
-        }
-        if reasons.len() > REASON_LINES {
-            tracing::info!("the policy selects {} more backups for deletion ({store}); reasons not logged", reasons.len() - REASON_LINES);
         }
         Ok(out)
     }
@@ -878,6 +864,22 @@ pub fn validate_cron(cron: &str) -> Result<(), &'static str> {
         return Err("fields may only contain digits and * , - /");
     }
     Ok(())
+}
+
+/// Logs the reasons a policy (0.2) gave for the deletions it selected in a real retention run:
+/// one line per backup, at most [`REASON_LINES`], each reason cut short and escaped, so a
+/// policy cannot flood the log with them. (`policy check` and `policy bench` do not log them:
+/// their listings are samples.)
+pub fn log_reasons(selected: &[(String, Option<String>)], target: Target) {
+    let store = v0_2::store_id(target);
+    let reasons: Vec<(&String, &String)> = selected.iter().filter_map(|(n, r)| Some((n, r.as_ref()?))).collect();
+    for (name, reason) in reasons.iter().take(REASON_LINES) {
+        let reason: String = reason.chars().take(REASON_MAX_CHARS).collect();
+        tracing::info!("the policy selects {name:?} for deletion ({store}): {}", escape_log(&reason));
+    }
+    if reasons.len() > REASON_LINES {
+        tracing::info!("the policy selects {} more backups for deletion ({store}); reasons not logged", reasons.len() - REASON_LINES);
+    }
 }
 
 /// The policy's view of the host configuration.
