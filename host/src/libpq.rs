@@ -109,10 +109,7 @@ impl Conn {
         let sql = CString::new(sql).map_err(|_| PqError::Server("the SQL holds a NUL byte".into()))?;
         // SAFETY: raw is live; sql is NUL-terminated and outlives the call.
         let res = unsafe { ffi::PQexec(self.raw, sql.as_ptr()) };
-        self.finish_result(
-            res,
-            &[ffi::ExecStatusType::PGRES_COMMAND_OK, ffi::ExecStatusType::PGRES_TUPLES_OK, ffi::ExecStatusType::PGRES_EMPTY_QUERY],
-        )
+        self.finish_result(res, STATEMENT_OK)
     }
 
     /// Runs SQL (one or more statements) and returns the rows of the last one as text (NULL as
@@ -141,10 +138,7 @@ impl Conn {
                 rows.push(row);
             }
         }
-        self.finish_result(
-            res,
-            &[ffi::ExecStatusType::PGRES_COMMAND_OK, ffi::ExecStatusType::PGRES_TUPLES_OK, ffi::ExecStatusType::PGRES_EMPTY_QUERY],
-        )?;
+        self.finish_result(res, STATEMENT_OK)?;
         Ok(rows)
     }
 
@@ -178,6 +172,13 @@ impl Conn {
         self.finish_result(res, &[ffi::ExecStatusType::PGRES_COMMAND_OK])
     }
 
+    /// A COPY we did not start: libpq would answer every later PQgetResult with it for ever.
+    /// The connection is given up (the caller fails; Drop closes it).
+    fn unasked_copy(&mut self) -> PqError {
+        self.broken = true;
+        PqError::Server("the SQL started a COPY that was not asked for (a statement the backup hid in another)".into())
+    }
+
     /// Checks a result's status, frees it, and drains any results after it (libpq requires
     /// that before the next command).
     fn finish_result(&mut self, res: *mut ffi::PGresult, ok: &[ffi::ExecStatusType]) -> Result<(), PqError> {
@@ -186,15 +187,11 @@ impl Conn {
         }
         // SAFETY: res is a live result until PQclear.
         let status = unsafe { ffi::PQresultStatus(res) };
-        let copy_state =
-            matches!(status, ffi::ExecStatusType::PGRES_COPY_IN | ffi::ExecStatusType::PGRES_COPY_OUT | ffi::ExecStatusType::PGRES_COPY_BOTH);
+        let copy_state = is_copy(status);
         let outcome = if ok.contains(&status) {
             Ok(())
         } else if copy_state {
-            // A COPY we did not start: libpq would answer every later PQgetResult with it for
-            // ever. The connection is given up (the caller fails; Drop closes it).
-            self.broken = true;
-            Err(PqError::Server("the SQL started a COPY that was not asked for (a statement the backup hid in another)".into()))
+            Err(self.unasked_copy())
         } else {
             // SAFETY: as above; the message is copied out before PQclear.
             let msg = text(unsafe { ffi::PQresultErrorMessage(res) });
@@ -212,14 +209,21 @@ impl Conn {
                 // A later statement of the same string may have started a COPY: see above.
                 let status = unsafe { ffi::PQresultStatus(more) };
                 unsafe { ffi::PQclear(more) };
-                if matches!(status, ffi::ExecStatusType::PGRES_COPY_IN | ffi::ExecStatusType::PGRES_COPY_OUT | ffi::ExecStatusType::PGRES_COPY_BOTH) {
-                    self.broken = true;
-                    return Err(PqError::Server("the SQL started a COPY that was not asked for (a statement the backup hid in another)".into()));
+                if is_copy(status) {
+                    return Err(self.unasked_copy());
                 }
             }
         }
         outcome
     }
+}
+
+/// What a statement that ran to its end may answer.
+const STATEMENT_OK: &[ffi::ExecStatusType] =
+    &[ffi::ExecStatusType::PGRES_COMMAND_OK, ffi::ExecStatusType::PGRES_TUPLES_OK, ffi::ExecStatusType::PGRES_EMPTY_QUERY];
+
+fn is_copy(status: ffi::ExecStatusType) -> bool {
+    matches!(status, ffi::ExecStatusType::PGRES_COPY_IN | ffi::ExecStatusType::PGRES_COPY_OUT | ffi::ExecStatusType::PGRES_COPY_BOTH)
 }
 
 impl Drop for Conn {

@@ -132,6 +132,19 @@ impl Shared {
         self.changed.notify_all();
     }
 
+    /// A parallel job has run: one less outstanding.
+    fn done_one(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.outstanding -= 1;
+        self.changed.notify_all();
+    }
+
+    /// A written batch buffer goes back for the next batches.
+    fn recycle(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        self.spare.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
+    }
+
     fn failure(&self) -> Option<LoadError> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.failure.take()
@@ -319,7 +332,7 @@ fn work(
         let mut reply = None;
         let ok = match job {
             Job::Serial(bytes) => session.write(&bytes),
-            Job::Copy { mut buf, settings_len, statement_len } => {
+            Job::Copy { buf, settings_len, statement_len } => {
                 // After a failure anywhere the load is over: no more batches go to the server.
                 let failed_elsewhere = shared.state.lock().unwrap_or_else(|e| e.into_inner()).over;
                 let loaded = if failed_elsewhere {
@@ -328,14 +341,9 @@ fn work(
                     copy_batch(&mut conn, &target, &buf, settings_len, statement_len)
                 };
                 let table = copy_table(&buf[settings_len..settings_len + statement_len]);
-                buf.clear();
-                shared.spare.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
+                shared.recycle(buf);
                 match loaded {
-                    Ok(()) => {
-                        let mut s = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-                        s.outstanding -= 1;
-                        shared.changed.notify_all();
-                    }
+                    Ok(()) => shared.done_one(),
                     Err(err) => {
                         shared.fail(LoadError::Copy { table, session: session.index, sessions, err });
                         drop(session.failed(sessions, false));
@@ -344,15 +352,12 @@ fn work(
                 }
                 true
             }
-            Job::Parallel(mut bytes) => {
+            Job::Parallel(bytes) => {
                 let written = session.write(&bytes);
-                bytes.clear();
-                shared.spare.lock().unwrap_or_else(|e| e.into_inner()).push(bytes);
+                shared.recycle(bytes);
                 let ok = written && session.sync();
                 if ok {
-                    let mut s = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-                    s.outstanding -= 1;
-                    shared.changed.notify_all();
+                    shared.done_one();
                 }
                 ok
             }
