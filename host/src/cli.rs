@@ -1,36 +1,13 @@
 //! Human-readable output of the command-line tool.
 
-use chrono::{DateTime, Utc};
-
+use crate::catalog::Place;
 use crate::config::Config;
 use crate::engine::BackupReport;
-use crate::model::{BackupEntry, BackupOutcome, HttpResponse, S3Outcome};
-use crate::policy::{Policy, PolicyError};
-use crate::store::StoredBackup;
+use crate::model::{BackupOutcome, HttpResponse, S3Outcome, Target};
 use crate::verify::{Kind, Outcome, VerifyReport};
 
-/// A listed backup the policy recognises, with the time its name carries.
-#[derive(Debug, Clone)]
-pub struct Recognised {
-    pub backup: StoredBackup,
-    pub created: i64,
-}
-
-/// The backups among `listing` that the policy recognises, newest first.
-pub fn recognised(policy: &Policy, config: &Config, listing: &[StoredBackup]) -> Result<Vec<Recognised>, PolicyError> {
-    let entries: Vec<BackupEntry> = listing.iter().map(BackupEntry::from).collect();
-    let mut out: Vec<Recognised> = policy
-        .recognise(&crate::policy::policy_config(config), &entries)?
-        .into_iter()
-        .map(|(e, created)| Recognised { backup: StoredBackup { name: e.name, size_bytes: e.size_bytes, modified: e.modified }, created })
-        .collect();
-    out.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| b.backup.name.cmp(&a.backup.name)));
-    Ok(out)
-}
-
-pub fn format_time(unix: i64) -> String {
-    DateTime::<Utc>::from_timestamp(unix, 0).map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_else(|| unix.to_string())
-}
+pub use crate::catalog::{recognised, Recognised};
+pub use crate::util::format_time;
 
 pub use crate::util::mb;
 
@@ -67,22 +44,15 @@ pub fn print_backup_summary(report: &BackupReport, response: &HttpResponse) {
     }
 }
 
-/// Backups found in one place (the backup directory or the bucket).
-pub struct Place {
-    /// Directory path or `s3://bucket/prefix`.
-    pub location: String,
-    pub s3: bool,
-    pub backups: Vec<Recognised>,
-}
-
-pub fn print_list(places: &[Place], foreign: usize, json: bool) {
+pub fn print_list(places: &[Place], json: bool) {
+    let foreign: usize = places.iter().map(|p| p.foreign).sum();
     if json {
         let rows: Vec<serde_json::Value> = places
             .iter()
             .flat_map(|p| {
                 p.backups.iter().map(move |r| {
-                    serde_json::json!({"name": r.backup.name, "location": if p.s3 { "s3" } else { "local" },
-                        "url": format!("{}{}{}", p.location, if p.s3 || p.location.ends_with('/') { "" } else { "/" }, r.backup.name),
+                    serde_json::json!({"name": r.backup.name, "location": p.target.id(),
+                        "url": format!("{}{}{}", p.location, if p.target == Target::S3 || p.location.ends_with('/') { "" } else { "/" }, r.backup.name),
                         "size_bytes": r.backup.size_bytes, "created_at": r.created, "modified_at": r.backup.modified})
                 })
             })
@@ -93,7 +63,7 @@ pub fn print_list(places: &[Place], foreign: usize, json: bool) {
     println!("{:<48} {:>12}  {:<24} where", "backup", "size", "created");
     for p in places {
         for r in &p.backups {
-            println!("{:<48} {:>12}  {:<24} {}", r.backup.name, mb(r.backup.size_bytes), format_time(r.created), if p.s3 { "s3" } else { "local" });
+            println!("{:<48} {:>12}  {:<24} {}", r.backup.name, mb(r.backup.size_bytes), format_time(r.created), p.target.id());
         }
     }
     for p in places {

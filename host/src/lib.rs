@@ -1,30 +1,33 @@
 //! ef-backup: PostgreSQL backups to gzip files (and S3), with the backup policy as a
 //! WebAssembly component.
 //!
-//! Data flows one way: [`config`] → [`policy`] decisions → engine ([`dump`] → [`compress`] →
-//! [`store`]) → result → the policy shapes the response.
+//! This crate is the service around the engine: the admin API ([`api`]), the schedule
+//! ([`schedule`]), the runs and their state ([`service`]), metrics, the embeddable server
+//! ([`serve`]) and the command line's output ([`cli`]). The engine and everything it needs is
+//! `ef-backup-core` (re-exported below under its module names, so `ef_backup::engine` and the
+//! other paths of earlier releases still resolve); the policy runtime is
+//! `ef-backup-policy-wasm`, the S3 store `ef-backup-store-s3`.
 
 pub mod api;
 pub mod cli;
-pub mod compress;
-pub mod config;
-pub mod db;
-pub mod dump;
-pub mod engine;
 pub mod exit;
-pub mod libpq;
-pub mod lock;
 pub mod metrics;
-pub mod model;
-pub mod policy;
-pub mod restore;
-pub mod retention;
 pub mod schedule;
 pub mod serve;
 pub mod service;
-pub mod signals;
-pub mod space;
-pub mod state;
-pub mod store;
-pub mod util;
-pub mod verify;
+
+pub use ef_backup_core::{catalog, codec, config, db, dump, engine, libpq, lock, model, pg, restore, retention, signals, space, state, util, verify};
+
+/// The policy: the trait and the host's rules ([`ef_backup_core::policy`]) and the WebAssembly
+/// runtime that implements it ([`ef_backup_policy_wasm`]).
+pub mod policy {
+    pub use ef_backup_core::policy::*;
+    pub use ef_backup_policy_wasm::*;
+}
+
+/// Where backups are kept: the traits, the local directory and the in-memory store
+/// ([`ef_backup_core::store`]), and the S3 store ([`ef_backup_store_s3`]).
+pub mod store {
+    pub use ef_backup_core::store::*;
+    pub use ef_backup_store_s3 as s3;
+}

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use ef_backup::catalog::{self, CatalogError};
 use ef_backup::config::{Config, LogFormat};
 use ef_backup::db::PgTools;
-use ef_backup::policy::{self, Policy};
+use ef_backup::policy::{self, WasmPolicy};
 use ef_backup::store::local::LocalStore;
 use ef_backup::store::s3::{self, S3Store};
 use ef_backup::util::now;
@@ -161,8 +162,8 @@ fn tempfile_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn load_policy(cli_policy: Option<PathBuf>, config: &Config) -> Result<Policy> {
-    Ok(Policy::load_cached(&policy_path(cli_policy, config), config.policy_cache_dir.as_deref())?)
+fn load_policy(cli_policy: Option<PathBuf>, config: &Config) -> Result<WasmPolicy> {
+    Ok(WasmPolicy::load_cached(&policy_path(cli_policy, config), config.policy_cache_dir.as_deref())?)
 }
 
 /// The S3 client, when S3 is configured, with a runtime for its I/O.
@@ -210,10 +211,10 @@ fn source(config: &Config, s3: Option<&S3Store>, backup: &str, from_s3: bool) ->
     let need_s3 = || s3.cloned().context("S3 is not configured: set EF__AWS_ACCESS_KEY_ID, EF__AWS_SECRET_ACCESS_KEY and EF__AWS_S3_BACKUP_BUCKET");
     if backup.starts_with("s3://") {
         let (bucket, key) = s3::parse_url(backup).with_context(|| format!("{backup:?} is not an s3://bucket/key URL"))?;
-        return Ok(restore::Source::S3 { store: need_s3()?.in_bucket(bucket), name: key.to_string() });
+        return Ok(restore::Source::Store { store: Arc::new(need_s3()?.in_bucket(bucket)), name: key.to_string() });
     }
     if from_s3 {
-        return Ok(restore::Source::S3 { store: need_s3()?, name: backup.to_string() });
+        return Ok(restore::Source::Store { store: Arc::new(need_s3()?), name: backup.to_string() });
     }
     Ok(restore::Source::File(cli::resolve_backup(config, backup)?))
 }
@@ -241,7 +242,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     let last_recorded_run = recording.last_recorded_run();
                     let run_lock = Some(Arc::new(run_lock));
                     let opts = engine::BackupOptions { now: started, progress: !json, cancel, run_lock, last_recorded_run };
-                    let report = engine::run(&config, &policy, s3.as_ref().map(|(_, s)| s), opts);
+                    let report = engine::run(&config, &policy, s3.as_ref().map(|(_, s)| s as &dyn ef_backup::store::Mirror), opts);
                     recording.finish(&report);
                     report
                 }
@@ -311,13 +312,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(b) => b,
                 None => {
                     let policy = load_policy(cli.policy, &config)?;
-                    let (listing, place) = match (from_s3, s3) {
-                        (true, Some(s3)) => (s3.list()?, s3.url("")),
+                    let local = LocalStore::new(&config.backup_dir);
+                    let (store, place): (&dyn ef_backup::store::BackupStore, String) = match (from_s3, s3) {
+                        (true, Some(s3)) => (s3, s3.url("")),
                         (true, None) => anyhow::bail!("--from-s3, but S3 is not configured"),
-                        (false, _) => (LocalStore::new(&config.backup_dir).list()?, config.backup_dir.display().to_string()),
+                        (false, _) => (&local, config.backup_dir.display().to_string()),
                     };
-                    let newest = cli::recognised(&policy, &config, &listing)?.into_iter().next();
-                    newest.with_context(|| format!("no backups in {place} to verify (run `ef-backup backup` first)"))?.backup.name
+                    match catalog::newest(&policy, &config, store, &place) {
+                        Err(CatalogError::Empty { location }) => anyhow::bail!("no backups in {location} to verify (run `ef-backup backup` first)"),
+                        r => r?.backup.name,
+                    }
                 }
             };
             let source = source(&config, s3, &backup, from_s3)?;
@@ -328,26 +332,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::List { json } => {
             let policy = load_policy(cli.policy, &config)?;
-            let listing = LocalStore::new(&config.backup_dir).list()?;
-            ef_backup::retention::warn_legacy_names(&policy, &config, &config.backup_dir.display().to_string(), &listing);
-            let local = cli::recognised(&policy, &config, &listing)?;
-            let mut foreign = listing.len() - local.len();
-            let mut places = vec![cli::Place { location: config.backup_dir.display().to_string(), s3: false, backups: local }];
+            let location = config.backup_dir.display().to_string();
+            let mut places = vec![catalog::place(&policy, &config, &LocalStore::new(&config.backup_dir), &location)?];
             // An unreachable store must not hide the local backups: they are listed, the S3
             // error follows, and the exit code (1) says the listing is incomplete.
             let mut s3_error = None;
             if let Some((_rt, s3)) = s3_store(&config)? {
-                match s3.list() {
-                    Ok(listing) => {
-                        ef_backup::retention::warn_legacy_names(&policy, &config, &s3.url(""), &listing);
-                        let ours = cli::recognised(&policy, &config, &listing)?;
-                        foreign += listing.len() - ours.len();
-                        places.push(cli::Place { location: s3.url(""), s3: true, backups: ours });
-                    }
-                    Err(e) => s3_error = Some(format!("S3 {}: could not be listed: {e}", s3.url(""))),
+                match catalog::place(&policy, &config, &s3, &s3.url("")) {
+                    Ok(place) => places.push(place),
+                    Err(e @ CatalogError::List { .. }) => s3_error = Some(format!("S3 {e}")),
+                    Err(e) => return Err(e.into()),
                 }
             }
-            cli::print_list(&places, foreign, json);
+            cli::print_list(&places, json);
             match s3_error {
                 None => Ok(ExitCode::SUCCESS),
                 Some(e) => {
@@ -368,8 +365,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Policy { command: PolicyCommand::Check { path } } => {
             let path = policy_path(path.or(cli.policy), &config);
-            let policy = Policy::load_cached(&path, config.policy_cache_dir.as_deref())?;
-            let report = policy::check::run(&policy, &policy::policy_config(&config), now())?;
+            let policy = WasmPolicy::load_cached(&path, config.policy_cache_dir.as_deref())?;
+            let report = policy::check::run(&policy, &config.policy, now())?;
             for line in report.lines {
                 println!("{line}");
             }
@@ -379,15 +376,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Policy { command: PolicyCommand::Bench { path, rounds } } => {
             let path = policy_path(path.or(cli.policy), &config);
             let t = std::time::Instant::now();
-            let policy = Policy::load(&path)?;
+            let policy = WasmPolicy::load(&path)?;
             let compile = t.elapsed();
             let cache = tempfile_dir()?;
-            Policy::load_cached(&path, Some(&cache))?;
+            WasmPolicy::load_cached(&path, Some(&cache))?;
             let t = std::time::Instant::now();
-            Policy::load_cached(&path, Some(&cache))?;
+            WasmPolicy::load_cached(&path, Some(&cache))?;
             let cached = t.elapsed();
             let _ = std::fs::remove_dir_all(&cache);
-            let (mean, max, calls) = policy::check::bench(&policy, &policy::policy_config(&config), now(), rounds, 100)?;
+            let (mean, max, calls) = policy::check::bench(&policy, &config.policy, now(), rounds, 100)?;
             println!("policy load: compile {:.1} ms, from the compile cache {:.1} ms", compile.as_secs_f64() * 1e3, cached.as_secs_f64() * 1e3);
             println!(
                 "policy calls per backup ({calls} calls, each a fresh instance, 100 backups listed): mean {:.3} ms, max {:.3} ms over {rounds} backups",

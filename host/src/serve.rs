@@ -16,11 +16,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::config::Config;
-use crate::policy;
 use crate::schedule::{self, Schedule, Scheduler};
 use crate::service::{load_checked, Service};
 use crate::state::StateStore;
 use crate::store::s3::S3Store;
+use crate::store::Mirror;
 use crate::{api, engine};
 
 /// How often the policy file is looked at for changes.
@@ -251,22 +251,22 @@ pub fn run(config: Config, policy_path: &Path) -> Result<()> {
     let policy = load_checked(&config, policy_path)?;
     let info = policy.info().clone();
     tracing::info!("policy {} (euraflow:backup@{}, sha256 {})", info.path.display(), info.wit_version, info.sha256);
-    let schedule = Schedule::from_policy(&policy.schedule(&policy::policy_config(&config))?)?;
+    let schedule = Schedule::from_policy(&policy.schedule(&config.policy)?)?;
     schedule.validate(chrono::Utc::now())?;
     let state =
         StateStore::open(&config).with_context(|| format!("cannot use the state directory {} (EF__STATE_DIR)", config.state_dir.display()))?;
     tracing::info!("state: {}", state.path().display());
     engine::log_s3_state(&config);
     if let Ok(listing) = crate::store::local::LocalStore::new(&config.backup_dir).list() {
-        crate::retention::warn_legacy_names(&policy, &config, &config.backup_dir.display().to_string(), &listing);
+        crate::catalog::warn_legacy_names(&policy, &config, &config.backup_dir.display().to_string(), &listing);
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let s3 = config.s3.as_ref().map(|c| S3Store::new(c, config.s3_part_size, tokio::runtime::Handle::current()));
+        let s3 = config.s3.as_ref().map(|c| Arc::new(S3Store::new(c, config.s3_part_size, tokio::runtime::Handle::current())) as Arc<dyn Mirror>);
         let addr = config.http_addr.clone();
         let grace = Duration::from_secs(config.shutdown_grace_secs);
         let max_connections = config.http_max_connections;
-        let service = Service::new(config, policy, s3, state);
+        let service = Service::new(config, Arc::new(policy), s3, state);
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .with_context(|| format!("cannot listen on {addr} (EF__HTTP_ADDR): is another process using it?"))?;

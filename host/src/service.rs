@@ -12,11 +12,11 @@ use crate::engine::{self, BackupOptions, BackupReport};
 use crate::lock::{self, LockError, SlotLock};
 use crate::metrics::{Gauges, Metrics};
 use crate::model::{BackupEntry, BackupOutcome, HttpResponse, LastRun, Status};
-use crate::policy::{self, Policy, PolicyError};
+use crate::policy::{self, Policy, PolicyError, WasmPolicy};
 use crate::schedule::{Schedule, ScheduleError};
 use crate::state::{Finished, StateStore, Trigger};
 use crate::store::local::LocalStore;
-use crate::store::s3::S3Store;
+use crate::store::Mirror;
 use crate::util::now;
 
 /// How long a listing of the backup directory and the policy's recognition of it serve
@@ -49,8 +49,8 @@ struct Listing {
 
 pub struct Service {
     config: Config,
-    policy: RwLock<Arc<Policy>>,
-    s3: Option<S3Store>,
+    policy: RwLock<Arc<dyn Policy>>,
+    s3: Option<Arc<dyn Mirror>>,
     state: StateStore,
     /// The running backup's name: set means busy. Never two pg_dumps at once from here.
     /// Cleared by [`RunningGuard`] however the run ends.
@@ -100,7 +100,7 @@ impl Drop for RunningGuard {
 
 impl Service {
     /// The service, starting from what `state` recorded (last run, counters).
-    pub fn new(config: Config, policy: Policy, s3: Option<S3Store>, state: StateStore) -> Arc<Service> {
+    pub fn new(config: Config, policy: Arc<dyn Policy>, s3: Option<Arc<dyn Mirror>>, state: StateStore) -> Arc<Service> {
         let metrics = Metrics::default();
         let mut last_run = None;
         match state.load() {
@@ -118,7 +118,7 @@ impl Service {
         }
         Arc::new(Service {
             config,
-            policy: RwLock::new(Arc::new(policy)),
+            policy: RwLock::new(policy),
             s3,
             state,
             running: Mutex::new(None),
@@ -138,7 +138,7 @@ impl Service {
         &self.config
     }
 
-    pub fn policy(&self) -> Arc<Policy> {
+    pub fn policy(&self) -> Arc<dyn Policy> {
         self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -147,20 +147,20 @@ impl Service {
     /// running policy; otherwise the current one stays and the error is returned. Returns the
     /// new policy's schedule when the policy changed. Blocking: call it off the async threads.
     pub fn reload(&self) -> Result<Option<Schedule>, ReloadError> {
-        let current = self.policy();
-        let path = current.info().path.clone();
+        let current = self.policy().loaded();
+        let path = std::path::PathBuf::from(&current.path);
         let fresh = load_checked(&self.config, &path)?;
-        if fresh.info().sha256 == current.info().sha256 {
+        if fresh.info().sha256 == current.sha256 {
             return Ok(None);
         }
-        let schedule = Schedule::from_policy(&fresh.schedule(&policy::policy_config(&self.config))?)?;
+        let schedule = Schedule::from_policy(&fresh.schedule(&self.config.policy)?)?;
         schedule.validate(chrono::Utc::now())?;
         tracing::info!(
             "policy reloaded: {} (euraflow:backup@{}, sha256 {}, was {})",
             path.display(),
             fresh.info().wit_version,
             fresh.info().sha256,
-            current.info().sha256
+            current.sha256
         );
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
         *lock(&self.listing) = None;
@@ -253,8 +253,8 @@ impl Service {
         // The policy names the run before it is claimed, so that a refused request can say
         // which backup is running; the call runs on a blocking thread, under no lock.
         let policy = self.policy();
-        let (p, config) = (Arc::clone(&policy), policy::policy_config(&self.config));
-        let path = policy.info().path.clone();
+        let (p, config) = (Arc::clone(&policy), self.config.policy.clone());
+        let path = std::path::PathBuf::from(policy.loaded().path);
         let name = tokio::task::spawn_blocking(move || p.backup_name(&config, started))
             .await
             .unwrap_or_else(|e| Err(PolicyError::Trap { path, call: "backup-name", reason: format!("the naming task failed: {e}") }));
@@ -273,7 +273,7 @@ impl Service {
         let svc = Arc::clone(&self);
         let joined = tokio::task::spawn_blocking(move || {
             let _guard = guard;
-            svc.run_blocking(&policy, name, started, trigger)
+            svc.run_blocking(&*policy, name, started, trigger)
         })
         .await;
         joined.unwrap_or_else(|e| {
@@ -284,7 +284,7 @@ impl Service {
         })
     }
 
-    fn run_blocking(&self, policy: &Policy, name: Result<String, PolicyError>, started: i64, trigger: Trigger) -> BackupRun {
+    fn run_blocking(&self, policy: &dyn Policy, name: Result<String, PolicyError>, started: i64, trigger: Trigger) -> BackupRun {
         // Across replicas and the CLI: one backup of this database at a time. A lock that cannot
         // be taken fails the run (fail closed): it is recorded and alerted on, and no pg_dump runs.
         let run_lock = match lock::acquire(&self.config) {
@@ -309,7 +309,7 @@ impl Service {
         let id = self.state.begin(trigger, started).map_err(|e| tracing::error!("{e}; the backup runs anyway")).ok();
         let opts = BackupOptions { now: started, progress: false, cancel: Arc::clone(&self.cancel), last_recorded_run, run_lock: Some(run_lock) };
         let file_name = name.as_ref().ok().cloned();
-        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| engine::run_named(&self.config, policy, self.s3.as_ref(), name, opts)));
+        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| engine::run_named(&self.config, policy, self.s3.as_deref(), name, opts)));
         let run = match ran {
             Ok(report) => BackupRun { outcome: report.outcome.clone(), report: Some(report) },
             Err(panic) => {
@@ -360,7 +360,7 @@ impl Service {
                 Vec::new()
             }
         };
-        let recognised = self.policy().recognise(&policy::policy_config(&self.config), &entries).unwrap_or_default();
+        let recognised = self.policy().recognise(&self.config.policy, &entries).unwrap_or_default();
         tracing::debug!("backup directory listed for status and metrics: {} files, {} recognised", entries.len(), recognised.len());
         Listing { at: Instant::now(), entries, recognised }
     }
@@ -389,7 +389,7 @@ impl Service {
         let policy = self.policy();
         let status = Status {
             now: now(),
-            config: policy::policy_config(&self.config),
+            config: self.config.policy.clone(),
             policy: policy.loaded(),
             local_backups: listing.entries.clone(),
             recognised: listing.recognised.clone(),
@@ -421,13 +421,13 @@ impl Service {
 
 /// Loads a policy and runs `policy check` on it: a component that does not answer every
 /// call sensibly never becomes the running policy.
-pub fn load_checked(config: &Config, path: &std::path::Path) -> Result<Policy, crate::policy::PolicyError> {
-    let policy = Policy::load_cached(path, config.policy_cache_dir.as_deref())?;
+pub fn load_checked(config: &Config, path: &std::path::Path) -> Result<WasmPolicy, crate::policy::PolicyError> {
+    let policy = WasmPolicy::load_cached(path, config.policy_cache_dir.as_deref())?;
     if let Some(pinned) = &config.policy_sha256 {
         if !pinned.eq_ignore_ascii_case(&policy.info().sha256) {
             return Err(crate::policy::PolicyError::Pinned { path: path.to_path_buf(), found: policy.info().sha256.clone(), pinned: pinned.clone() });
         }
     }
-    crate::policy::check::run(&policy, &policy::policy_config(config), now())?;
+    crate::policy::check::run(&policy, &config.policy, now())?;
     Ok(policy)
 }

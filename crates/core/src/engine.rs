@@ -1,12 +1,13 @@
-//! One backup run: policy name → pg_dump → parallel gzip → `name.partial` → fsync → rename,
-//! then local retention as the policy decides. The outcome goes back to the policy to be shaped.
+//! One backup run: policy name → pg_dump → the codec's encoder → the local `name.partial`
+//! (required) and the mirror's upload (best effort) → fsync → rename, then retention in each
+//! store as the policy decides. The outcome goes back to the policy to be shaped.
 
 use std::io::IsTerminal;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::compress::{ParallelGzip, Progress};
+use crate::codec::{Format, Progress};
 use crate::config::Config;
 use crate::db::{DbError, PgTools};
 use crate::dump::{self, DumpError};
@@ -14,7 +15,7 @@ use crate::model::{BackupDone, BackupEntry, BackupFailed, BackupOutcome, ErrorKi
 use crate::policy::{self, Policy, PolicyError};
 use crate::retention::{self, Guard, Selection};
 use crate::store::local::{LocalError, LocalStore, PartialFile};
-use crate::store::s3::{S3Store, S3Upload};
+use crate::store::{Mirror, Upload};
 use crate::util::mb;
 
 /// A `.partial` of ours that no writer holds is removed once it has not been written to for
@@ -105,7 +106,7 @@ struct Done {
 /// S3 upload (its errors are recorded by the upload and only reported).
 struct Sinks {
     file: PartialFile,
-    s3: Option<S3Upload>,
+    s3: Option<Box<dyn Upload>>,
 }
 
 impl std::io::Write for Sinks {
@@ -143,9 +144,9 @@ fn progress_bar(progress: &Arc<Progress>, enabled: bool) -> Option<(indicatif::P
 
 fn dump_to_file(
     config: &Config,
-    policy: &Policy,
+    policy: &dyn Policy,
     store: &LocalStore,
-    s3: Option<&S3Store>,
+    s3: Option<&dyn Mirror>,
     name: &str,
     opts: &BackupOptions,
 ) -> Result<Done, BackupError> {
@@ -153,7 +154,7 @@ fn dump_to_file(
     let deadline = Instant::now() + Duration::from_secs(config.timeout_secs);
     let tools = PgTools::for_server(&config.db, config.pg_bin.as_deref())?;
     store.ensure_dir()?;
-    let newest = store.list().ok().and_then(|l| crate::cli::recognised(policy, config, &l).ok()).and_then(|r| r.into_iter().next());
+    let newest = store.list().ok().and_then(|l| crate::catalog::recognised(policy, &config.policy, &l).ok()).and_then(|r| r.into_iter().next());
     crate::space::check_room(store.dir(), newest.map_or(0, |r| r.backup.size_bytes))?;
     let file = store.create(name)?;
     let path = store.path_of(name).display().to_string();
@@ -165,7 +166,8 @@ fn dump_to_file(
     let sinks = Sinks { file, s3: upload };
     let progress = Arc::new(Progress::default());
     let bar = progress_bar(&progress, opts.progress);
-    let mut gz = ParallelGzip::new(sinks, config.gzip_level, config.compression_threads(), Arc::clone(&progress));
+    // The only format so far; the policy's name was checked to end in its suffix.
+    let mut gz = Format::Gzip.encoder(sinks, config.gzip_level, config.compression_threads(), Arc::clone(&progress));
     let timeout = Duration::from_secs(config.timeout_secs);
     // Progress is read from the compressor's counters (`progress_bar`), not from pg_dump.
     let lock_wait = Duration::from_secs(config.lock_wait_timeout_secs);
@@ -214,31 +216,31 @@ fn dump_to_file(
 /// The running policy as retention's [`Selection`]: recognition per name
 /// ([`Policy::recognise`]), so an odd name is only "not ours" and never stops retention.
 struct PolicySelection<'a> {
-    policy: &'a Policy,
-    config: crate::model::PolicyConfig,
+    policy: &'a dyn Policy,
+    config: &'a crate::model::PolicyConfig,
 }
 
 impl Selection for PolicySelection<'_> {
     fn recognise(&self, listing: &[BackupEntry]) -> Result<Vec<(BackupEntry, i64)>, String> {
-        self.policy.recognise(&self.config, listing).map_err(|e| e.to_string())
+        self.policy.recognise(self.config, listing).map_err(|e| e.to_string())
     }
 
     fn select_expired(&self, listing: &[BackupEntry], ours: &[(BackupEntry, i64)], now: i64, target: Target) -> Result<Vec<String>, String> {
-        let selected = self.policy.select_expired_among(listing, ours, now, target, &self.config).map_err(|e| e.to_string())?;
+        let selected = self.policy.select_expired_among(listing, ours, now, target, self.config).map_err(|e| e.to_string())?;
         policy::log_reasons(&selected, target);
         Ok(selected.into_iter().map(|(n, _)| n).collect())
     }
 }
 
 /// S3 retention: the same contract as local, against the bucket listing under the prefix.
-pub fn apply_s3_retention(s3: &S3Store, policy: &Policy, config: &Config, guard: &Guard, just_written: &str) -> RetentionReport {
+pub fn apply_s3_retention(s3: &dyn Mirror, policy: &dyn Policy, config: &Config, guard: &Guard, just_written: &str) -> RetentionReport {
     // Uploads older than a backup can run are dead: abort them so their parts stop costing.
     // Only names this deployment's policy recognises: another database's deployment under the
     // same prefix may have a live upload. (An upload cut off under a previous policy's names is
     // left to the bucket's AbortIncompleteMultipartUpload lifecycle rule; see README, S3.)
-    let cfg = policy::policy_config(config);
-    let ours = |n: &str| matches!(policy.parse_name(&cfg, n), Ok(Some(_)));
-    match s3.abort_stale_uploads(Duration::from_secs(config.timeout_secs + 3600), ours) {
+    let cfg = &config.policy;
+    let ours = |n: &str| matches!(policy.parse_name(cfg, n), Ok(Some(_)));
+    match s3.abort_stale_uploads(Duration::from_secs(config.timeout_secs + 3600), &ours) {
         Ok(0) => {}
         Ok(n) => tracing::info!("aborted {n} incomplete S3 upload(s) left by interrupted runs"),
         Err(e) => tracing::warn!("could not check for incomplete S3 uploads: {e}"),
@@ -256,21 +258,21 @@ pub fn log_s3_state(config: &Config) {
 
 /// Deletes what the policy selects among the listed local backups, unless a safety rule of
 /// the host keeps it ([`Guard::decide`]). Never fails the backup: problems are logged and reported.
-pub fn apply_local_retention(store: &LocalStore, policy: &Policy, config: &Config, guard: &Guard, just_written: &str) -> RetentionReport {
-    let selection = PolicySelection { policy, config: policy::policy_config(config) };
+pub fn apply_local_retention(store: &LocalStore, policy: &dyn Policy, config: &Config, guard: &Guard, just_written: &str) -> RetentionReport {
+    let selection = PolicySelection { policy, config: &config.policy };
     retention::apply(store, &selection, guard, just_written, config.retention_days)
 }
 
 /// Removes the `.partial` files of this deployment's names that no live writer holds: a
 /// crashed run's leftover on a nearly full disk would otherwise make every later backup fail
 /// with ENOSPC. Other partials (another deployment's, a foreign tool's) are left alone.
-pub fn remove_abandoned_partials(store: &LocalStore, policy: &Policy, config: &Config) {
+pub fn remove_abandoned_partials(store: &LocalStore, policy: &dyn Policy, config: &Config) {
     let partials = store.list_partials();
     if partials.is_empty() {
         return;
     }
     let entries: Vec<BackupEntry> = partials.iter().map(BackupEntry::from).collect();
-    let ours = match policy.recognise(&policy::policy_config(config), &entries) {
+    let ours = match policy.recognise(&config.policy, &entries) {
         Ok(o) => o,
         Err(e) => {
             tracing::warn!("left partial files in {} alone: {e}", store.dir().display());
@@ -290,14 +292,20 @@ pub fn remove_abandoned_partials(store: &LocalStore, policy: &Policy, config: &C
 
 /// Runs one backup, named by the policy. Always returns an outcome (done or failed) for the
 /// policy to shape; a failure leaves no file under a final name and deletes nothing.
-pub fn run(config: &Config, policy: &Policy, s3: Option<&S3Store>, opts: BackupOptions) -> BackupReport {
-    let name = policy.backup_name(&policy::policy_config(config), opts.now);
+pub fn run(config: &Config, policy: &dyn Policy, s3: Option<&dyn Mirror>, opts: BackupOptions) -> BackupReport {
+    let name = policy.backup_name(&config.policy, opts.now);
     run_named(config, policy, s3, name, opts)
 }
 
 /// [`run`] with the policy's naming decision already taken (the service needs the name
 /// before the run, to answer "busy").
-pub fn run_named(config: &Config, policy: &Policy, s3: Option<&S3Store>, name: Result<String, PolicyError>, opts: BackupOptions) -> BackupReport {
+pub fn run_named(
+    config: &Config,
+    policy: &dyn Policy,
+    s3: Option<&dyn Mirror>,
+    name: Result<String, PolicyError>,
+    opts: BackupOptions,
+) -> BackupReport {
     let started = Instant::now();
     let store = LocalStore::new(&config.backup_dir);
     let (name, result) = match name {

@@ -12,11 +12,10 @@ use std::io::{self, Read};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use flate2::read::MultiGzDecoder;
-
+use crate::codec::Format;
 use crate::db::{quote_ident, quote_literal, DbError, PgTools};
 use crate::dump::{Completeness, DumpFacts};
-use crate::store::s3::S3Store;
+use crate::store::Mirror;
 use parallel::{LoadError, LoadOptions, LoadStats, Loader};
 
 pub mod props;
@@ -26,9 +25,9 @@ pub mod swap;
 #[derive(Debug, Clone)]
 pub enum Source {
     File(PathBuf),
-    /// `name` is the key below the store's prefix.
-    S3 {
-        store: S3Store,
+    /// A backup of a mirror store (S3): `name` as the store lists it.
+    Store {
+        store: std::sync::Arc<dyn Mirror>,
         name: String,
     },
 }
@@ -37,7 +36,7 @@ impl Source {
     pub fn label(&self) -> String {
         match self {
             Source::File(p) => p.display().to_string(),
-            Source::S3 { store, name } => store.url(name),
+            Source::Store { store, name } => store.url(name),
         }
     }
 
@@ -45,7 +44,7 @@ impl Source {
         let open_err = |err: String| RestoreError::Open { backup: self.label(), err };
         Ok(match self {
             Source::File(p) => Box::new(std::fs::File::open(p).map_err(|e| open_err(e.to_string()))?),
-            Source::S3 { store, name } => Box::new(store.open(name).map_err(|e| open_err(e.to_string()))?),
+            Source::Store { store, name } => store.open(name).map_err(open_err)?,
         })
     }
 }
@@ -94,7 +93,10 @@ fn damaged(source: &Source, reason: impl Into<String>) -> RestoreError {
 /// and the rows of each COPY block. Calls `sink` with the SQL as it goes.
 pub fn scan(source: &Source, mut sink: impl FnMut(&[u8]) -> Result<(), RestoreError>) -> Result<BackupCheck, RestoreError> {
     let mut counted = Counted { inner: source.open()?, bytes: 0 };
-    let mut gz = MultiGzDecoder::new(io::BufReader::with_capacity(256 * 1024, &mut counted));
+    // A file of another name (a copy renamed by hand) is read as gzip, the format of every
+    // backup so far; the decoder says so clearly when it is not.
+    let format = Format::of_name(&source.label()).unwrap_or(Format::Gzip);
+    let mut gz = format.decoder(&mut counted);
     let mut complete = Completeness::default();
     let mut facts = DumpFacts::default();
     let mut buf = vec![0u8; 256 * 1024];

@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 
 use super::{
-    BackupDone, BackupEntry, BackupFailed, BackupOutcome, ErrorKind, LastRun, Notification, Policy, PolicyConfig, PolicyError, S3Outcome, Status,
-    Target,
+    BackupDone, BackupEntry, BackupFailed, BackupOutcome, ErrorKind, LastRun, Notification, PolicyConfig, PolicyError, S3Outcome, Status, Target,
+    WasmPolicy,
 };
 
 const HOUR: i64 = 3600;
@@ -19,7 +19,7 @@ pub struct Report {
 /// Runs every export once (retention for both targets) and checks the answers for consistency.
 /// An error-level log of the policy fails the check: it is how a policy says it refuses its
 /// settings (an invalid `EF__POLICY_*` value).
-pub fn run(policy: &Policy, config: &PolicyConfig, now: i64) -> Result<Report, PolicyError> {
+pub fn run(policy: &WasmPolicy, config: &PolicyConfig, now: i64) -> Result<Report, PolicyError> {
     let (report, errors) = policy.collect_error_logs(|| exercise(policy, config, now));
     if errors.is_empty() {
         return report;
@@ -35,7 +35,7 @@ pub fn run(policy: &Policy, config: &PolicyConfig, now: i64) -> Result<Report, P
     Err(PolicyError::ErrorLogged { path: policy.info().path.clone(), messages: messages.join("; ") })
 }
 
-fn exercise(policy: &Policy, config: &PolicyConfig, now: i64) -> Result<Report, PolicyError> {
+fn exercise(policy: &WasmPolicy, config: &PolicyConfig, now: i64) -> Result<Report, PolicyError> {
     let info = policy.info();
     let mut lines = vec![
         format!("policy:      {}", info.path.display()),
@@ -48,7 +48,7 @@ fn exercise(policy: &Policy, config: &PolicyConfig, now: i64) -> Result<Report, 
     lines.push(format!("schedule:    {} ({}) — {}", schedule.crons.join(" | "), schedule.timezone, schedule.description));
     // Contract 0.2 has room for restore drills; this host checks them but does not run them yet.
     for cron in &schedule.drill_crons {
-        super::validate_cron(cron).map_err(|e| policy.bad("schedule", format!("drill cron {cron:?}: {e}")))?;
+        ef_backup_core::policy::validate_cron(cron).map_err(|e| policy.bad("schedule", format!("drill cron {cron:?}: {e}")))?;
     }
     if !schedule.drill_crons.is_empty() {
         lines.push(format!("drills:      {} (this host does not run drills yet)", schedule.drill_crons.join(" | ")));
@@ -159,7 +159,7 @@ fn exercise(policy: &Policy, config: &PolicyConfig, now: i64) -> Result<Report, 
 /// retention for both targets over `listing_len` entries, response), each in a fresh
 /// instance as in production. Returns (mean, max) per backup and the calls per backup.
 pub fn bench(
-    policy: &Policy,
+    policy: &WasmPolicy,
     config: &PolicyConfig,
     now: i64,
     rounds: usize,

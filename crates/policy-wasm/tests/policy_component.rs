@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use ef_backup::policy::{
-    self, BackupDone, BackupEntry, BackupFailed, BackupOutcome, ErrorKind, Policy, PolicyConfig, PolicyError, S3Outcome, Status, Target,
+use ef_backup_policy_wasm::{
+    self as policy, BackupDone, BackupEntry, BackupFailed, BackupOutcome, ErrorKind, PolicyConfig, PolicyError, S3Outcome, Status, Target, WasmPolicy,
 };
 
 const NOW: i64 = 1_762_191_000; // 2025-11-04 01:30:00 in Beijing
@@ -17,9 +17,9 @@ fn wasm_path() -> PathBuf {
 }
 
 /// Compiled once per test binary: compiling with Cranelift dominates a debug test run.
-fn load() -> &'static Policy {
-    static POLICY: std::sync::OnceLock<Policy> = std::sync::OnceLock::new();
-    POLICY.get_or_init(|| Policy::load(&wasm_path()).expect("the default policy loads"))
+fn load() -> &'static WasmPolicy {
+    static POLICY: std::sync::OnceLock<WasmPolicy> = std::sync::OnceLock::new();
+    POLICY.get_or_init(|| WasmPolicy::load(&wasm_path()).expect("the default policy loads"))
 }
 
 fn config(s3_days: Option<u32>, settings: &[(&str, &str)]) -> PolicyConfig {
@@ -203,21 +203,21 @@ fn policy_check_runs_every_export() {
 fn truncated_component_is_a_clean_error() {
     let bytes = std::fs::read(wasm_path()).unwrap();
     for cut in [9, 100, bytes.len() / 2, bytes.len() - 1] {
-        let err = Policy::from_bytes(std::path::Path::new("cut.wasm"), &bytes[..cut]).unwrap_err();
+        let err = WasmPolicy::from_bytes(std::path::Path::new("cut.wasm"), &bytes[..cut]).unwrap_err();
         assert!(matches!(err, PolicyError::Invalid { .. }), "cut at {cut}: {err}");
         assert!(err.to_string().starts_with("policy cut.wasm is not a valid component"), "{err}");
     }
 }
 
 /// The hostile test guest (tests/guests/hostile, built by scripts/test.sh), compiled once.
-fn hostile() -> &'static Policy {
-    static POLICY: std::sync::OnceLock<Policy> = std::sync::OnceLock::new();
+fn hostile() -> &'static WasmPolicy {
+    static POLICY: std::sync::OnceLock<WasmPolicy> = std::sync::OnceLock::new();
     POLICY.get_or_init(|| {
         let path = std::env::var_os("EF_TEST_HOSTILE_WASM").map(PathBuf::from).unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm/wasm32-wasip2/wasm-release/ef_test_hostile_policy.wasm")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/wasm/wasm32-wasip2/wasm-release/ef_test_hostile_policy.wasm")
         });
         assert!(path.is_file(), "{} missing: build it with scripts/build-policy.sh tests/guests/hostile", path.display());
-        Policy::load(&path).expect("the hostile policy loads")
+        WasmPolicy::load(&path).expect("the hostile policy loads")
     })
 }
 

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::model::{PolicyConfig, PolicyS3Config};
+
 /// A value that must never be printed: `Debug` and `Display` show `***`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -106,6 +108,8 @@ pub struct Config {
     pub http_max_connections: usize,
     /// Things an operator should fix that do not stop the program (logged at start-up).
     pub warnings: Vec<String>,
+    /// Derived once from the fields above: what the policy is told about the deployment.
+    pub policy: PolicyConfig,
 }
 
 /// Measured with bench/backup.sh (README, "Performance"): zlib-rs level 4 is the fastest level
@@ -146,6 +150,21 @@ impl Vars<'_> {
 }
 
 impl Config {
+    /// The policy's view of the deployment (computed once, in [`Config::from_vars`]).
+    fn policy_view(&self) -> PolicyConfig {
+        PolicyConfig {
+            database: self.db.name.clone(),
+            backup_dir: self.backup_dir.display().to_string(),
+            s3: self.s3.as_ref().map(|s| PolicyS3Config {
+                bucket: s.bucket.clone(),
+                region: s.region.clone(),
+                prefix: s.prefix.clone(),
+                retention_days: self.retention_days,
+            }),
+            settings: self.policy_settings.clone(),
+        }
+    }
+
     /// Reads the process environment, with `env_file` underneath it (variables already in the
     /// environment win, as with docker and systemd). A missing default `.env` is fine.
     pub fn load(env_file: Option<&Path>) -> Result<Config, ConfigError> {
@@ -238,7 +257,7 @@ impl Config {
             }
         }
 
-        Ok(Config {
+        let mut config = Config {
             db,
             backup_dir,
             policy_path,
@@ -262,7 +281,10 @@ impl Config {
             retry_delay_secs: v.number("EF__BACKUP_RETRY_DELAY_SECS", DEFAULT_RETRY_DELAY_SECS, 0, 86_400)?,
             http_max_connections: v.number("EF__HTTP_MAX_CONNECTIONS", DEFAULT_HTTP_MAX_CONNECTIONS, 1, 10_000)?,
             warnings,
-        })
+            policy: PolicyConfig { database: String::new(), backup_dir: String::new(), s3: None, settings: Vec::new() },
+        };
+        config.policy = config.policy_view();
+        Ok(config)
     }
 
     /// Compression threads to use.

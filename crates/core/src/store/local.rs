@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::StoredBackup;
+use crate::codec::Format;
 
-pub const SUFFIX: &str = ".sql.gz";
 pub const PARTIAL_SUFFIX: &str = ".partial";
 
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +60,7 @@ impl LocalStore {
         fs::create_dir_all(&self.dir).map_err(|err| LocalError::CreateDir { path: self.dir.clone(), err })
     }
 
-    /// Regular files named `*.sql.gz`, sorted by name. A missing directory lists as empty.
+    /// Regular files named as a backup of a known format (`*.sql.gz`), sorted by name. A missing directory lists as empty.
     pub fn list(&self) -> Result<Vec<StoredBackup>, LocalError> {
         let entries = match fs::read_dir(&self.dir) {
             Ok(e) => e,
@@ -71,7 +71,7 @@ impl LocalStore {
         for entry in entries {
             let entry = entry.map_err(|err| LocalError::List { path: self.dir.clone(), err })?;
             let Ok(name) = entry.file_name().into_string() else { continue };
-            if !name.ends_with(SUFFIX) {
+            if Format::of_name(&name).is_none() {
                 continue;
             }
             // Symlinks are not followed: a link is not a backup we made.
@@ -121,7 +121,7 @@ impl LocalStore {
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?.strip_suffix(PARTIAL_SUFFIX)?.to_string();
                 let meta = e.metadata().ok()?;
-                (name.ends_with(SUFFIX) && meta.is_file()).then(|| StoredBackup {
+                (Format::of_name(&name).is_some() && meta.is_file()).then(|| StoredBackup {
                     name,
                     size_bytes: meta.len(),
                     modified: meta.modified().map(unix_secs).unwrap_or(0),

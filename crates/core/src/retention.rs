@@ -5,10 +5,8 @@
 //! The policy proposes (`select-expired`); these rules dispose. They only ever turn a proposed
 //! deletion into a keep, never the other way round.
 
-use crate::config::Config;
 use crate::model::{BackupEntry, Target};
-use crate::policy::{self, Policy};
-use crate::store::{BackupStore, StoredBackup};
+use crate::store::BackupStore;
 
 /// A recognised name dated more than this after `now` is "future-dated": a clock that was
 /// wrong when it was written, or a file put there by hand. It never counts as the newest
@@ -201,8 +199,8 @@ pub fn apply(store: &dyn BackupStore, policy: &dyn Selection, guard: &Guard, jus
         let message = format!(
             "{place} retention skipped, nothing deleted: the clock says {} but a run was already recorded at {}; the clock went \
              backwards (check NTP / the system clock). Retention resumes once the clock has caught up",
-            crate::cli::format_time(guard.now),
-            guard.last_recorded_run.map(crate::cli::format_time).unwrap_or_default()
+            crate::util::format_time(guard.now),
+            guard.last_recorded_run.map(crate::util::format_time).unwrap_or_default()
         );
         tracing::error!("{message}");
         return RetentionReport { error: Some(message), clock_behind: true, ..RetentionReport::default() };
@@ -262,58 +260,6 @@ pub fn apply(store: &dyn BackupStore, policy: &dyn Selection, guard: &Guard, jus
     report.deleted = deleted.names;
     report.error = deleted.error;
     report
-}
-
-/// The original service named every backup `euraflow_backup_…`, whatever its database.
-pub const LEGACY_PREFIX: &str = "euraflow_backup_";
-
-/// What to tell the operator when `listing` holds files with the original's names that the
-/// policy does not recognise: since names carry the database, a deployment of another database
-/// no longer manages them, and they must not be orphaned silently. None when there are none.
-pub fn legacy_notice(policy: &Policy, config: &Config, place: &str, listing: &[StoredBackup]) -> Option<String> {
-    let legacy: Vec<BackupEntry> =
-        listing.iter().filter(|b| b.name.starts_with(LEGACY_PREFIX) && b.name.ends_with(".sql.gz")).map(BackupEntry::from).collect();
-    if legacy.is_empty() {
-        return None;
-    }
-    let pc = policy::policy_config(config);
-    let recognised = policy.recognise(&pc, &legacy).map(|r| r.len()).unwrap_or(0);
-    let unmanaged = legacy.len() - recognised;
-    if unmanaged == 0 {
-        return None;
-    }
-    // The rename target: the policy's own name, less its `YYYYMMDD_HHMMSS.sql.gz`.
-    let rename = policy
-        .backup_name(&pc, 0)
-        .ok()
-        .filter(|_| !place.starts_with("s3://"))
-        .and_then(|n| {
-            let cut = n.len().checked_sub("YYYYMMDD_HHMMSS.sql.gz".len())?;
-            let stamp = n.get(cut..)?;
-            stamp.bytes().take(15).all(|c| c.is_ascii_digit() || c == b'_').then(|| n[..cut].to_string())
-        })
-        .filter(|prefix| prefix.ends_with("_backup_") && prefix != LEGACY_PREFIX)
-        .map(|prefix| {
-            format!(
-                ", or rename them to this deployment's names: `cd {place} && for f in {LEGACY_PREFIX}*.sql.gz; do mv -n \"$f\" \
-                 \"{prefix}${{f#{LEGACY_PREFIX}}}\"; done`"
-            )
-        })
-        .unwrap_or_default();
-    Some(format!(
-        "{unmanaged} backup(s) named {LEGACY_PREFIX}*.sql.gz in {place} are not managed by this deployment (database {db:?}): \
-         backup names now carry the database, so they are not listed, counted, verified or deleted here. If they are backups \
-         of {db:?} made before the rename, set EF__POLICY_LEGACY_PREFIX=euraflow so this deployment manages them again{rename}. \
-         If they belong to a deployment of the database \"euraflow\", leave them: that one manages them",
-        db = config.db.name
-    ))
-}
-
-/// Logs [`legacy_notice`] for the backup directory (start-up of `serve`, `list`).
-pub fn warn_legacy_names(policy: &Policy, config: &Config, place: &str, listing: &[StoredBackup]) {
-    if let Some(notice) = legacy_notice(policy, config, place, listing) {
-        tracing::warn!("{notice}");
-    }
 }
 
 #[cfg(test)]
@@ -463,7 +409,7 @@ mod tests {
 mod apply_tests {
     use std::cell::RefCell;
 
-    use crate::store::Deleted;
+    use crate::store::{Deleted, StoredBackup};
 
     use super::*;
 

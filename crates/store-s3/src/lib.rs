@@ -29,8 +29,10 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::StoredBackup;
-use crate::config::S3Config;
+use ef_backup_core::codec::Format;
+use ef_backup_core::config::S3Config;
+use ef_backup_core::model::Target;
+use ef_backup_core::store::{BackupStore, Deleted, Mirror, StoredBackup, Upload};
 
 /// Parts uploading at once.
 const PARTS_IN_FLIGHT: usize = 2;
@@ -167,7 +169,7 @@ impl S3Store {
                 let page = page.map_err(|e| S3Error(describe(&format!("listing s3://{}/{}", self.bucket, self.prefix), &e)))?;
                 for o in page.contents() {
                     let Some(name) = o.key().and_then(|k| k.strip_prefix(&self.prefix)) else { continue };
-                    if name.contains('/') || !name.ends_with(super::local::SUFFIX) {
+                    if name.contains('/') || Format::of_name(name).is_none() {
                         continue;
                     }
                     out.push(StoredBackup {
@@ -433,7 +435,7 @@ fn multipart_etag(part_md5s: &[[u8; 16]]) -> String {
     for m in part_md5s {
         all.update(m);
     }
-    let hex = crate::util::hex(&all.finalize());
+    let hex = ef_backup_core::util::hex(&all.finalize());
     format!("{hex}-{}", part_md5s.len())
 }
 
@@ -862,6 +864,53 @@ impl Drop for S3Upload {
 pub fn parse_url(url: &str) -> Option<(&str, &str)> {
     let (bucket, key) = url.strip_prefix("s3://")?.split_once('/')?;
     (!bucket.is_empty() && !key.is_empty() && !key.ends_with('/')).then_some((bucket, key))
+}
+
+/// The bucket prefix as one of the host's stores: retention and listings through
+/// [`BackupStore`], the engine's copy and restore's download through [`Mirror`].
+impl BackupStore for S3Store {
+    fn target(&self) -> Target {
+        Target::S3
+    }
+
+    fn list_backups(&self) -> Result<Vec<StoredBackup>, String> {
+        self.list().map_err(|e| e.to_string())
+    }
+
+    fn delete_backups(&self, names: &[String]) -> Deleted {
+        match self.delete(names) {
+            Ok(names) => Deleted { names, error: None },
+            Err(e) => Deleted { names: Vec::new(), error: Some(e.to_string()) },
+        }
+    }
+}
+
+impl Mirror for S3Store {
+    fn url(&self, name: &str) -> String {
+        S3Store::url(self, name)
+    }
+
+    fn upload(&self, name: &str) -> Box<dyn Upload> {
+        Box::new(S3Store::upload(self, name))
+    }
+
+    fn open(&self, name: &str) -> Result<Box<dyn Read + Send>, String> {
+        Ok(Box::new(S3Store::open(self, name).map_err(|e| e.to_string())?))
+    }
+
+    fn abort_stale_uploads(&self, older_than: Duration, ours: &dyn Fn(&str) -> bool) -> Result<usize, String> {
+        S3Store::abort_stale_uploads(self, older_than, ours).map_err(|e| e.to_string())
+    }
+}
+
+impl Upload for S3Upload {
+    fn seal(&mut self) {
+        S3Upload::seal(self)
+    }
+
+    fn finish(self: Box<Self>, committed: &Path, deadline: Instant, cancel: &AtomicBool) -> Result<String, String> {
+        S3Upload::finish(*self, committed, deadline, cancel)
+    }
 }
 
 #[cfg(test)]

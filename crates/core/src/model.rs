@@ -1,6 +1,6 @@
 //! The host's own words for what a policy decides and is told: backups, outcomes, the status,
-//! responses. Everything outside `policy/` speaks these; each WIT version the host runs
-//! (`policy::v0_1`, …) converts to and from them at the edge, so a second contract version can
+//! responses. Everything speaks these; each WIT version the policy runtime runs
+//! (`ef_backup_policy_wasm::v0_1`, …) converts to and from them at the edge, so a second contract version can
 //! sit beside the first without its generated types reaching storage, the engine or the API.
 
 /// Seconds since the Unix epoch.
@@ -40,6 +40,16 @@ pub struct BackupSchedule {
 pub enum Target {
     Local,
     S3,
+}
+
+impl Target {
+    /// The store's id as contract 0.2 and the logs name it.
+    pub fn id(self) -> &'static str {
+        match self {
+            Target::Local => "local",
+            Target::S3 => "s3",
+        }
+    }
 }
 
 /// A stored backup as listed by a store.

@@ -1,16 +1,16 @@
 //! `euraflow:backup@0.1.0`, released and frozen: the host bindings wasmtime generates for its
-//! world, and the conversions between its types and the host's own ([`crate::model`]). The only
+//! world, and the conversions between its types and the host's own ([`ef_backup_core::model`]). The only
 //! place that knows the generated names; the next contract version gets a module of its own
 //! beside this one.
 
 // Exports are async so that a call can be abandoned while the guest waits in a WASI import
 // (a sleep, a pollable): the epoch deadline stops only guest code (see `policy::run_until`).
-wasmtime::component::bindgen!({ world: "backup-policy", path: "../wit/0.1.0", exports: { default: async } });
+wasmtime::component::bindgen!({ world: "backup-policy", path: "../../wit/0.1.0", exports: { default: async } });
 
 use wasmtime::Store;
 
 use super::{run_until, State};
-use crate::model;
+use ef_backup_core::model;
 use euraflow::backup::types as wit;
 use exports::euraflow::backup::policy::Guest as Exports;
 

@@ -12,6 +12,13 @@ pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+/// Unix seconds as `2025-11-04 01:30:00 UTC`, for people.
+pub fn format_time(unix: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp(unix, 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| unix.to_string())
+}
+
 /// `bytes` in lowercase hex, two digits a byte (digests in file names and checksums).
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -1,0 +1,121 @@
+//! What is in the stores, as the policy sees it: the backups it recognises (newest first) and
+//! how many other files sit beside them, per store. `list`, `verify` (its default: the newest)
+//! and a dashboard read the same answer.
+
+use crate::codec::Format;
+use crate::config::Config;
+use crate::model::{BackupEntry, PolicyConfig, Target};
+use crate::policy::{Policy, PolicyError};
+use crate::store::{BackupStore, StoredBackup};
+
+/// A listed backup the policy recognises, with the time its name carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recognised {
+    pub backup: StoredBackup,
+    pub created: i64,
+}
+
+/// The backups among `listing` that the policy recognises, newest first (by the time in the
+/// name, then by name).
+pub fn recognised(policy: &dyn Policy, config: &PolicyConfig, listing: &[StoredBackup]) -> Result<Vec<Recognised>, PolicyError> {
+    let entries: Vec<BackupEntry> = listing.iter().map(BackupEntry::from).collect();
+    let mut out: Vec<Recognised> = policy
+        .recognise(config, &entries)?
+        .into_iter()
+        .map(|(e, created)| Recognised { backup: StoredBackup { name: e.name, size_bytes: e.size_bytes, modified: e.modified }, created })
+        .collect();
+    out.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| b.backup.name.cmp(&a.backup.name)));
+    Ok(out)
+}
+
+/// One store's backups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    /// Directory path or `s3://bucket/prefix`.
+    pub location: String,
+    pub target: Target,
+    /// This deployment's backups, newest first.
+    pub backups: Vec<Recognised>,
+    /// Other files of a backup format there, which this deployment leaves alone.
+    pub foreign: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("{location}: could not be listed: {err}")]
+    List { location: String, err: String },
+    #[error("no backups in {location} (run `ef-backup backup` first)")]
+    Empty { location: String },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
+/// Lists one store as the policy sees it; warns about names of the original's that no longer
+/// belong to this deployment ([`legacy_notice`]).
+pub fn place(policy: &dyn Policy, config: &Config, store: &dyn BackupStore, location: &str) -> Result<Place, CatalogError> {
+    let listing = store.list_backups().map_err(|err| CatalogError::List { location: location.to_string(), err })?;
+    warn_legacy_names(policy, config, location, &listing);
+    let backups = recognised(policy, &config.policy, &listing)?;
+    Ok(Place { location: location.to_string(), target: store.target(), foreign: listing.len() - backups.len(), backups })
+}
+
+/// The newest backup of this deployment in a store: what `verify` checks when it is given none.
+pub fn newest(policy: &dyn Policy, config: &Config, store: &dyn BackupStore, location: &str) -> Result<Recognised, CatalogError> {
+    let listing = store.list_backups().map_err(|err| CatalogError::List { location: location.to_string(), err })?;
+    recognised(policy, &config.policy, &listing)?.into_iter().next().ok_or_else(|| CatalogError::Empty { location: location.to_string() })
+}
+
+/// The original service named every backup `euraflow_backup_…`, whatever its database.
+pub const LEGACY_PREFIX: &str = "euraflow_backup_";
+
+/// What to tell the operator when `listing` holds files with the original's names that the
+/// policy does not recognise: since names carry the database, a deployment of another database
+/// no longer manages them, and they must not be orphaned silently. None when there are none.
+pub fn legacy_notice(policy: &dyn Policy, config: &Config, place: &str, listing: &[StoredBackup]) -> Option<String> {
+    let legacy: Vec<BackupEntry> = listing
+        .iter()
+        .filter(|b| b.name.starts_with(LEGACY_PREFIX) && Format::of_name(&b.name) == Some(Format::Gzip))
+        .map(BackupEntry::from)
+        .collect();
+    if legacy.is_empty() {
+        return None;
+    }
+    let pc = &config.policy;
+    let recognised = policy.recognise(pc, &legacy).map(|r| r.len()).unwrap_or(0);
+    let unmanaged = legacy.len() - recognised;
+    if unmanaged == 0 {
+        return None;
+    }
+    // The rename target: the policy's own name, less its `YYYYMMDD_HHMMSS.sql.gz`.
+    let rename = policy
+        .backup_name(pc, 0)
+        .ok()
+        .filter(|_| !place.starts_with("s3://"))
+        .and_then(|n| {
+            let cut = n.len().checked_sub("YYYYMMDD_HHMMSS.sql.gz".len())?;
+            let stamp = n.get(cut..)?;
+            stamp.bytes().take(15).all(|c| c.is_ascii_digit() || c == b'_').then(|| n[..cut].to_string())
+        })
+        .filter(|prefix| prefix.ends_with("_backup_") && prefix != LEGACY_PREFIX)
+        .map(|prefix| {
+            format!(
+                ", or rename them to this deployment's names: `cd {place} && for f in {LEGACY_PREFIX}*.sql.gz; do mv -n \"$f\" \
+                 \"{prefix}${{f#{LEGACY_PREFIX}}}\"; done`"
+            )
+        })
+        .unwrap_or_default();
+    Some(format!(
+        "{unmanaged} backup(s) named {LEGACY_PREFIX}*.sql.gz in {place} are not managed by this deployment (database {db:?}): \
+         backup names now carry the database, so they are not listed, counted, verified or deleted here. If they are backups \
+         of {db:?} made before the rename, set EF__POLICY_LEGACY_PREFIX=euraflow so this deployment manages them again{rename}. \
+         If they belong to a deployment of the database \"euraflow\", leave them: that one manages them",
+        db = config.db.name
+    ))
+}
+
+/// Logs [`legacy_notice`] for the backup directory (start-up of `serve`, `list`).
+pub fn warn_legacy_names(policy: &dyn Policy, config: &Config, place: &str, listing: &[StoredBackup]) {
+    if let Some(notice) = legacy_notice(policy, config, place, listing) {
+        tracing::warn!("{notice}");
+    }
+}
