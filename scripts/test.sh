@@ -79,6 +79,9 @@ if [ $# -eq 0 ] || [ "${EF_TEST_LINT:-0}" = 1 ]; then
   cargo clippy --workspace --all-targets -- -D warnings || die "clippy found warnings (above): fix them, or allow one where it is wrong, saying why"
 fi
 
+STEP="dependency rule"
+"$ROOT/scripts/check-deps.sh" >&2 || die "the crates' dependency rule is broken (above)"
+
 STEP="cargo build"
 log "cargo build --workspace --all-targets (several minutes on a cold machine)"
 cargo build --workspace --all-targets

@@ -1,4 +1,5 @@
-//! `ef-backup serve`: start-up checks, the HTTP server, the scheduler and graceful shutdown.
+//! `ef-backup serve`, and [`Server`] for an app that embeds it: start-up checks, the HTTP
+//! server, the scheduler, policy hot reload and graceful shutdown.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -47,13 +48,21 @@ fn check_token(config: &Config) -> Result<()> {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT; then gives a running backup `grace` to finish before
-/// cancelling it.
-async fn shutdown_signal(service: Arc<Service>, grace: Duration) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = tokio::signal::ctrl_c() => "SIGINT",
+/// Resolves on `signal` (default: SIGTERM or SIGINT); then gives a running backup `grace` to
+/// finish before cancelling it.
+async fn graceful_stop(service: Arc<Service>, grace: Duration, signal: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>) {
+    let name = match signal {
+        Some(signal) => {
+            signal.await;
+            "shutdown requested"
+        }
+        None => {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            }
+        }
     };
     match service.running() {
         Some(b) => tracing::info!("{name}: shutting down; no new requests; backup {b} gets up to {}s to finish", grace.as_secs()),
@@ -245,35 +254,73 @@ pub async fn serve_http(listener: TcpListener, router: axum::Router, max_connect
     graceful.shutdown().await;
 }
 
-pub fn run(config: Config, policy_path: &Path) -> Result<()> {
-    tracing::info!("Database backup plugin initializing...");
-    check_token(&config)?;
-    let policy = load_checked(&config, policy_path)?;
-    let info = policy.info().clone();
-    tracing::info!("policy {} (euraflow:backup@{}, sha256 {})", info.path.display(), info.wit_version, info.sha256);
-    let schedule = Schedule::from_policy(&policy.schedule(&config.policy)?)?;
-    schedule.validate(chrono::Utc::now())?;
-    let state =
-        StateStore::open(&config).with_context(|| format!("cannot use the state directory {} (EF__STATE_DIR)", config.state_dir.display()))?;
-    tracing::info!("state: {}", state.path().display());
-    engine::log_s3_state(&config);
-    if let Ok(listing) = crate::store::local::LocalStore::new(&config.backup_dir).list() {
-        crate::catalog::warn_legacy_names(&policy, &config, &config.backup_dir.display().to_string(), &listing);
+/// `ef-backup serve` as a library: an embedding app (the EuraFlow backend, a dashboard) gets the
+/// same start-up checks, policy hot reload, scheduler and graceful shutdown as the binary, on
+/// its own runtime, listener and shutdown signal.
+///
+/// ```no_run
+/// # async fn app(config: ef_backup::config::Config) -> anyhow::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// ef_backup::serve::Server::new(config, "policy.wasm".as_ref())
+///     .listener(listener)
+///     .shutdown_on(async move { let _ = stopped.await; })
+///     .run()
+///     .await?;
+/// # drop(stop); Ok(()) }
+/// ```
+pub struct Server {
+    config: Config,
+    policy_path: PathBuf,
+    listener: Option<TcpListener>,
+    shutdown: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl Server {
+    pub fn new(config: Config, policy_path: &Path) -> Server {
+        Server { config, policy_path: policy_path.to_path_buf(), listener: None, shutdown: None }
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
-    rt.block_on(async move {
+
+    /// Serve the admin API on this listener instead of binding `EF__HTTP_ADDR`.
+    pub fn listener(mut self, listener: TcpListener) -> Server {
+        self.listener = Some(listener);
+        self
+    }
+
+    /// Shut down when this resolves instead of on SIGTERM/SIGINT. Either way a running backup
+    /// gets `EF__SHUTDOWN_GRACE_SECS` to finish before it is cancelled.
+    pub fn shutdown_on(mut self, signal: impl Future<Output = ()> + Send + 'static) -> Server {
+        self.shutdown = Some(Box::pin(signal));
+        self
+    }
+
+    /// Checks, starts, serves until the shutdown signal, and returns once the running backup
+    /// (if any) has ended and been recorded.
+    pub async fn run(self) -> Result<()> {
+        let Server { config, policy_path, listener, shutdown } = self;
+        tracing::info!("Database backup plugin initializing...");
+        check_token(&config)?;
+        // Compiling the policy and opening the state store block: off the async threads.
+        let (config, policy, schedule, state) = {
+            let path = policy_path.clone();
+            tokio::task::spawn_blocking(move || start_up(config, &path)).await.context("the start-up task failed")??
+        };
         let s3 = config.s3.as_ref().map(|c| Arc::new(S3Store::new(c, config.s3_part_size, tokio::runtime::Handle::current())) as Arc<dyn Mirror>);
         let addr = config.http_addr.clone();
         let grace = Duration::from_secs(config.shutdown_grace_secs);
         let max_connections = config.http_max_connections;
         let service = Service::new(config, Arc::new(policy), s3, state);
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} (EF__HTTP_ADDR): is another process using it?"))?;
+        let listener = match listener {
+            Some(l) => l,
+            None => {
+                TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr} (EF__HTTP_ADDR): is another process using it?"))?
+            }
+        };
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
         let zone = schedule.zone;
         let description = schedule.description.clone();
         let scheduler = Arc::new(Mutex::new(Some(schedule::start(Arc::clone(&service), schedule))));
-        let watcher = tokio::spawn(watch_policy(Arc::clone(&service), Arc::clone(&scheduler), policy_path.to_path_buf()));
+        let watcher = tokio::spawn(watch_policy(Arc::clone(&service), Arc::clone(&scheduler), policy_path));
         let next = service.status_next_run();
         match next.and_then(|t| chrono::DateTime::from_timestamp(t, 0)) {
             Some(t) => tracing::info!(
@@ -284,7 +331,8 @@ pub fn run(config: Config, policy_path: &Path) -> Result<()> {
             None => tracing::warn!("schedule: {description}; it never fires"),
         }
         tracing::info!("admin API listening on http://{addr}");
-        serve_http(listener, api::router(Arc::clone(&service)), max_connections, shutdown_signal(Arc::clone(&service), grace)).await;
+        let stop = graceful_stop(Arc::clone(&service), grace, shutdown);
+        serve_http(listener, api::router(Arc::clone(&service)), max_connections, stop).await;
         // No new scheduled runs, then let the running one end (or be cancelled).
         watcher.abort();
         let stopped = scheduler.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -298,7 +346,32 @@ pub fn run(config: Config, policy_path: &Path) -> Result<()> {
             None => tracing::info!("shutdown complete"),
         }
         Ok(())
-    })
+    }
+}
+
+/// The blocking half of start-up: the policy (compiled, checked, pinned), its schedule, the
+/// state store, and the start-up log lines the original printed.
+fn start_up(config: Config, policy_path: &Path) -> Result<(Config, crate::policy::WasmPolicy, Schedule, StateStore)> {
+    let policy = load_checked(&config, policy_path)?;
+    let info = policy.info().clone();
+    tracing::info!("policy {} (euraflow:backup@{}, sha256 {})", info.path.display(), info.wit_version, info.sha256);
+    let schedule = Schedule::from_policy(&policy.schedule(&config.policy)?)?;
+    schedule.validate(chrono::Utc::now())?;
+    let state =
+        StateStore::open(&config).with_context(|| format!("cannot use the state directory {} (EF__STATE_DIR)", config.state_dir.display()))?;
+    tracing::info!("state: {}", state.path().display());
+    engine::log_s3_state(&config);
+    if let Ok(listing) = crate::store::local::LocalStore::new(&config.backup_dir).list() {
+        crate::catalog::warn_legacy_names(&policy, &config, &config.backup_dir.display().to_string(), &listing);
+    }
+    Ok((config, policy, schedule, state))
+}
+
+/// `ef-backup serve`: [`Server`] on a runtime of its own, bound to `EF__HTTP_ADDR`, stopped by
+/// SIGTERM or SIGINT.
+pub fn run(config: Config, policy_path: &Path) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    rt.block_on(Server::new(config, policy_path).run())
 }
 
 #[cfg(test)]

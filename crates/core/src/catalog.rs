@@ -119,3 +119,57 @@ pub fn warn_legacy_names(policy: &dyn Policy, config: &Config, place: &str, list
         tracing::warn!("{notice}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::policy::native::NativePolicy;
+    use crate::store::memory::MemoryStore;
+
+    fn config() -> Config {
+        let vars: BTreeMap<String, String> = [("EF__DB_NAME", "app")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_vars(&vars, std::path::Path::new("/srv")).unwrap()
+    }
+
+    fn store(names: &[(&str, i64)]) -> MemoryStore {
+        let s = MemoryStore::new(Target::S3);
+        for (n, t) in names {
+            s.put(n, b"x", *t);
+        }
+        s
+    }
+
+    #[test]
+    fn a_place_lists_this_deployments_backups_newest_first_and_counts_the_rest() {
+        // The time in the name orders them, not the modification time.
+        let s = store(&[("app_backup_300.sql.gz", 1), ("app_backup_100.sql.gz", 3), ("app_backup_200.sql.gz", 2), ("db_backup_999.sql.gz", 9)]);
+        let place = place(&NativePolicy::keeping(1), &config(), &s, "memory://s3/").unwrap();
+        let names: Vec<(&str, i64)> = place.backups.iter().map(|r| (r.backup.name.as_str(), r.created)).collect();
+        assert_eq!(names, [("app_backup_300.sql.gz", 300), ("app_backup_200.sql.gz", 200), ("app_backup_100.sql.gz", 100)]);
+        assert_eq!(place.foreign, 1);
+        assert_eq!(place.target, Target::S3);
+        assert_eq!(newest(&NativePolicy::keeping(1), &config(), &s, "here").unwrap().backup.name, "app_backup_300.sql.gz");
+    }
+
+    #[test]
+    fn an_unlistable_or_empty_store_is_an_error_that_names_it() {
+        let s = store(&[("db_backup_1.sql.gz", 1)]);
+        let e = newest(&NativePolicy::keeping(1), &config(), &s, "memory://s3/").unwrap_err();
+        assert!(matches!(&e, CatalogError::Empty { location } if location == "memory://s3/"), "{e}");
+        s.fail_list.store(true, Ordering::SeqCst);
+        let e = place(&NativePolicy::keeping(1), &config(), &s, "memory://s3/").unwrap_err();
+        assert!(matches!(e, CatalogError::List { .. }), "{e}");
+        assert!(e.to_string().starts_with("memory://s3/: could not be listed: listing the s3 store failed"), "{e}");
+    }
+
+    #[test]
+    fn equal_times_order_by_name() {
+        let s = store(&[("app_backup_5.sql.gz", 1), ("app_backup_05.sql.gz", 1)]);
+        let place = place(&NativePolicy::keeping(1), &config(), &s, "x").unwrap();
+        assert_eq!(place.backups[0].backup.name, "app_backup_5.sql.gz");
+        assert_eq!(place.backups[1].backup.name, "app_backup_05.sql.gz");
+    }
+}

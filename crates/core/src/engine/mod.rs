@@ -3,7 +3,7 @@
 //! store as the policy decides. The outcome goes back to the policy to be shaped.
 
 use std::io::IsTerminal;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -142,9 +142,47 @@ fn progress_bar(progress: &Arc<Progress>, enabled: bool) -> Option<(indicatif::P
     Some((bar, ticker))
 }
 
+/// Where the plain dump comes from: `pg_dump` ([`PgDump`]) in production; the engine's unit
+/// tests write a dump of their own (or fail half-way) to test everything after it.
+pub trait DumpSource {
+    /// Writes the whole dump into `out`; stops early when `cancel` is set.
+    fn dump(&self, cancel: &Arc<AtomicBool>, out: &mut dyn std::io::Write) -> Result<dump::DumpStats, DumpError>;
+}
+
+/// `pg_dump` of the configured database, with the backup timeout and the lock wait.
+pub struct PgDump {
+    tools: PgTools,
+    database: String,
+    timeout: Duration,
+    lock_wait: Duration,
+}
+
+impl PgDump {
+    /// Finds the client tools that match the server (the lookup's failure fails the run).
+    pub fn for_config(config: &Config) -> Result<PgDump, DbError> {
+        Ok(PgDump {
+            tools: PgTools::for_server(&config.db, config.pg_bin.as_deref())?,
+            database: config.db.name.clone(),
+            timeout: Duration::from_secs(config.timeout_secs),
+            lock_wait: Duration::from_secs(config.lock_wait_timeout_secs),
+        })
+    }
+}
+
+impl DumpSource for PgDump {
+    fn dump(&self, cancel: &Arc<AtomicBool>, mut out: &mut dyn std::io::Write) -> Result<dump::DumpStats, DumpError> {
+        dump::run(&self.tools, &self.database, self.timeout, self.lock_wait, cancel, &mut out)
+    }
+}
+
+/// Makes the run's [`DumpSource`] when the run gets that far (a run the policy could not name
+/// never looks for pg_dump).
+pub type SourceFactory<'a> = &'a dyn Fn() -> Result<Box<dyn DumpSource + 'a>, BackupError>;
+
 fn dump_to_file(
     config: &Config,
     policy: &dyn Policy,
+    source: SourceFactory<'_>,
     store: &LocalStore,
     s3: Option<&dyn Mirror>,
     name: &str,
@@ -152,7 +190,7 @@ fn dump_to_file(
 ) -> Result<Done, BackupError> {
     // The whole run, upload included, ends by the backup timeout.
     let deadline = Instant::now() + Duration::from_secs(config.timeout_secs);
-    let tools = PgTools::for_server(&config.db, config.pg_bin.as_deref())?;
+    let source = source()?;
     store.ensure_dir()?;
     let newest = store.list().ok().and_then(|l| crate::catalog::recognised(policy, &config.policy, &l).ok()).and_then(|r| r.into_iter().next());
     crate::space::check_room(store.dir(), newest.map_or(0, |r| r.backup.size_bytes))?;
@@ -168,10 +206,8 @@ fn dump_to_file(
     let bar = progress_bar(&progress, opts.progress);
     // The only format so far; the policy's name was checked to end in its suffix.
     let mut gz = Format::Gzip.encoder(sinks, config.gzip_level, config.compression_threads(), Arc::clone(&progress));
-    let timeout = Duration::from_secs(config.timeout_secs);
     // Progress is read from the compressor's counters (`progress_bar`), not from pg_dump.
-    let lock_wait = Duration::from_secs(config.lock_wait_timeout_secs);
-    let dumped = dump::run(&tools, &config.db.name, timeout, lock_wait, &opts.cancel, &mut gz);
+    let dumped = source.dump(&opts.cancel, &mut gz);
     if let Some((bar, ticker)) = bar {
         bar.finish_and_clear();
         let _ = ticker.join();
@@ -306,12 +342,25 @@ pub fn run_named(
     name: Result<String, PolicyError>,
     opts: BackupOptions,
 ) -> BackupReport {
+    let pg_dump = || Ok(Box::new(PgDump::for_config(config)?) as Box<dyn DumpSource>);
+    run_from(config, policy, &pg_dump, s3, name, opts)
+}
+
+/// [`run_named`] with the dump taken from `source` instead of pg_dump.
+pub fn run_from(
+    config: &Config,
+    policy: &dyn Policy,
+    source: SourceFactory<'_>,
+    s3: Option<&dyn Mirror>,
+    name: Result<String, PolicyError>,
+    opts: BackupOptions,
+) -> BackupReport {
     let started = Instant::now();
     let store = LocalStore::new(&config.backup_dir);
     let (name, result) = match name {
         Ok(name) => {
             remove_abandoned_partials(&store, policy, config);
-            let result = dump_to_file(config, policy, &store, s3, &name, &opts);
+            let result = dump_to_file(config, policy, source, &store, s3, &name, &opts);
             (Some(name), result)
         }
         Err(e) => (None, Err(e.into())),
@@ -360,3 +409,6 @@ pub fn run_named(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

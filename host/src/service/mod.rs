@@ -431,3 +431,6 @@ pub fn load_checked(config: &Config, path: &std::path::Path) -> Result<WasmPolic
     crate::policy::check::run(&policy, &config.policy, now())?;
     Ok(policy)
 }
+
+#[cfg(test)]
+mod tests;

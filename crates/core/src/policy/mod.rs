@@ -2,6 +2,8 @@
 //! `ef-backup-policy-wasm`, or a native one in tests), and the host's own rules around it: the
 //! names it accepts, the crons it accepts, its fallback response when a policy cannot shape one.
 
+pub mod native;
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;

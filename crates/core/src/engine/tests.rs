@@ -1,0 +1,229 @@
+//! The engine against a dump source of the test's own, the real local store in a temporary
+//! directory, an in-memory mirror and a native policy: everything after pg_dump, without
+//! PostgreSQL. (The end-to-end tests run the same paths with pg_dump and S3.)
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::*;
+use crate::model::{BackupOutcome, ErrorKind, S3Outcome, Target};
+use crate::policy::native::NativePolicy;
+use crate::store::memory::MemoryStore;
+
+const NOW: i64 = 1_762_191_000;
+const DAY: i64 = 86_400;
+
+fn config(dir: &Path) -> Config {
+    let vars: BTreeMap<String, String> = [
+        ("EF__BACKUP_DIR", dir.join("backups").display().to_string()),
+        ("EF__STATE_DIR", dir.join("state").display().to_string()),
+        ("EF__DB_NAME", "app".to_string()),
+        ("EF__BACKUP_THREADS", "2".to_string()),
+        // The host keeps at least this many whatever the policy says; 1 lets the tests see the
+        // policy's keep count at work.
+        ("EF__BACKUP_MIN_KEEP", "1".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    Config::from_vars(&vars, dir).unwrap()
+}
+
+/// Writes `data` in pieces, then fails with `fail` if set (after `fail_after` bytes).
+struct Scripted {
+    data: Vec<u8>,
+    fail_after: Option<usize>,
+}
+
+impl DumpSource for Scripted {
+    fn dump(&self, cancel: &Arc<AtomicBool>, out: &mut dyn Write) -> Result<dump::DumpStats, DumpError> {
+        let end = self.fail_after.unwrap_or(self.data.len());
+        for piece in self.data[..end].chunks(100_000) {
+            if cancel.load(Ordering::SeqCst) {
+                return Err(DumpError::Cancelled);
+            }
+            out.write_all(piece).map_err(DumpError::Write)?;
+        }
+        match self.fail_after {
+            Some(_) => Err(DumpError::Failed { status: "exited with status 1".into(), stderr: "connection lost".into() }),
+            None => Ok(dump::DumpStats { bytes: self.data.len() as u64 }),
+        }
+    }
+}
+
+fn dump_text() -> Vec<u8> {
+    let mut d = b"--\n-- PostgreSQL database dump\n--\n\nCOPY public.t (a) FROM stdin;\n".to_vec();
+    for i in 0..200_000 {
+        d.extend_from_slice(format!("{i}\trow {i}\n").as_bytes());
+    }
+    d.extend_from_slice(b"\\.\n\n--\n-- PostgreSQL database dump complete\n--\n\n");
+    d
+}
+
+struct Run {
+    _dir: tempfile::TempDir,
+    config: Config,
+    policy: NativePolicy,
+    mirror: MemoryStore,
+}
+
+impl Run {
+    fn new(keep: usize) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        Run { config, _dir: dir, policy: NativePolicy::keeping(keep), mirror: MemoryStore::new(Target::S3) }
+    }
+
+    fn local(&self) -> LocalStore {
+        LocalStore::new(&self.config.backup_dir)
+    }
+
+    /// Puts an earlier backup of this deployment (or any name) in both stores.
+    fn earlier(&self, name: &str, at: i64) {
+        let local = self.local();
+        local.ensure_dir().unwrap();
+        std::fs::write(local.path_of(name), b"old").unwrap();
+        self.mirror.put(name, b"old", at);
+    }
+
+    fn backup(&self, source: Scripted, now: i64) -> BackupReport {
+        let source = move || Ok(Box::new(Scripted { data: source.data.clone(), fail_after: source.fail_after }) as Box<dyn DumpSource>);
+        let name = self.policy.backup_name(&self.config.policy, now);
+        let opts = BackupOptions { now, ..Default::default() };
+        run_from(&self.config, &self.policy, &source, Some(&self.mirror as &dyn Mirror), name, opts)
+    }
+
+    fn local_names(&self) -> Vec<String> {
+        let mut names: Vec<String> =
+            std::fs::read_dir(&self.config.backup_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        names
+    }
+}
+
+fn decoded(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    Format::Gzip.decoder(bytes).read_to_end(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_run_writes_the_same_backup_to_every_store_and_applies_retention_in_each() {
+    let run = Run::new(2);
+    run.earlier(&format!("app_backup_{}.sql.gz", NOW - 2 * DAY), NOW - 2 * DAY);
+    run.earlier(&format!("app_backup_{}.sql.gz", NOW - DAY), NOW - DAY);
+    run.earlier("other_backup_1.sql.gz", NOW - 9 * DAY);
+    let data = dump_text();
+    let report = run.backup(Scripted { data: data.clone(), fail_after: None }, NOW);
+
+    let BackupOutcome::Done(done) = &report.outcome else { panic!("{:?}", report.outcome) };
+    let name = format!("app_backup_{NOW}.sql.gz");
+    assert_eq!(done.file_name, name);
+    let local = std::fs::read(run.local().path_of(&name)).unwrap();
+    assert_eq!(done.size_bytes, local.len() as u64);
+    assert!(decoded(&local) == data, "the local file decodes to the dump");
+    assert_eq!(run.mirror.bytes(&name).as_deref(), Some(&local[..]), "the mirror holds the same bytes");
+    assert_eq!(done.s3, S3Outcome::Uploaded(format!("memory://s3/{name}")));
+    assert_eq!(report.dump_bytes, data.len() as u64);
+    // keep 2: the oldest of ours goes in both stores; the foreign name stays.
+    let oldest = format!("app_backup_{}.sql.gz", NOW - 2 * DAY);
+    assert_eq!(report.retention.deleted, std::slice::from_ref(&oldest));
+    assert_eq!(report.s3_retention.deleted, std::slice::from_ref(&oldest));
+    assert!(!run.local_names().contains(&oldest));
+    assert!(!run.mirror.names().contains(&oldest));
+    assert!(run.local_names().contains(&"other_backup_1.sql.gz".to_string()));
+    assert!(run.mirror.names().contains(&"other_backup_1.sql.gz".to_string()));
+    assert!(run.mirror.open_uploads().is_empty());
+}
+
+#[test]
+fn a_dump_that_fails_half_way_leaves_no_file_aborts_the_upload_and_deletes_nothing() {
+    let run = Run::new(1);
+    run.earlier(&format!("app_backup_{}.sql.gz", NOW - 2 * DAY), NOW - 2 * DAY);
+    run.earlier(&format!("app_backup_{}.sql.gz", NOW - DAY), NOW - DAY);
+    let before_local = run.local_names();
+    let before_mirror = run.mirror.names();
+    let report = run.backup(Scripted { data: dump_text(), fail_after: Some(1_500_000) }, NOW);
+
+    let BackupOutcome::Failed(failed) = &report.outcome else { panic!("{:?}", report.outcome) };
+    assert_eq!(failed.kind, ErrorKind::Dump);
+    assert!(failed.message.contains("connection lost"), "{}", failed.message);
+    assert_eq!(failed.file_name.as_deref(), Some(format!("app_backup_{NOW}.sql.gz").as_str()));
+    assert_eq!(run.local_names(), before_local, "no new file, no .partial, nothing deleted");
+    assert_eq!(run.mirror.names(), before_mirror);
+    assert_eq!(run.mirror.aborted_uploads(), [format!("app_backup_{NOW}.sql.gz")]);
+    assert!(run.policy.asked.lock().unwrap().is_empty(), "retention was never asked");
+}
+
+#[test]
+fn a_failed_upload_keeps_the_local_backup_and_spares_the_mirrors_old_copies() {
+    let run = Run::new(1);
+    let old = format!("app_backup_{}.sql.gz", NOW - DAY);
+    run.earlier(&old, NOW - DAY);
+    run.mirror.fail_uploads.store(true, Ordering::SeqCst);
+    let report = run.backup(Scripted { data: dump_text(), fail_after: None }, NOW);
+
+    let BackupOutcome::Done(done) = &report.outcome else { panic!("{:?}", report.outcome) };
+    assert!(matches!(&done.s3, S3Outcome::Failed(e) if e.contains("test switch")), "{:?}", done.s3);
+    assert!(run.local_names().contains(&done.file_name));
+    // Locally the new backup replaces the old one; in the mirror the old copy is all there is.
+    assert_eq!(report.retention.deleted, std::slice::from_ref(&old));
+    assert!(report.s3_retention.deleted.is_empty());
+    assert_eq!(run.mirror.names(), [old]);
+    let asked: Vec<Target> = run.policy.asked.lock().unwrap().iter().map(|(t, _)| *t).collect();
+    assert_eq!(asked, [Target::Local], "the mirror's retention is not even asked");
+}
+
+#[test]
+fn a_run_the_policy_cannot_name_touches_nothing() {
+    let run = Run::new(1);
+    run.earlier(&format!("app_backup_{}.sql.gz", NOW - DAY), NOW - DAY);
+    run.policy.fail_naming.store(true, Ordering::SeqCst);
+    let before = run.local_names();
+    let looked_for_pg_dump = AtomicBool::new(false);
+    let source = || {
+        looked_for_pg_dump.store(true, Ordering::SeqCst);
+        Ok(Box::new(Scripted { data: Vec::new(), fail_after: None }) as Box<dyn DumpSource>)
+    };
+    let name = run.policy.backup_name(&run.config.policy, NOW);
+    let report = run_from(&run.config, &run.policy, &source, Some(&run.mirror), name, BackupOptions { now: NOW, ..Default::default() });
+
+    let BackupOutcome::Failed(failed) = &report.outcome else { panic!("{:?}", report.outcome) };
+    assert_eq!(failed.kind, ErrorKind::Policy);
+    assert_eq!(failed.file_name, None);
+    assert!(!looked_for_pg_dump.load(Ordering::SeqCst));
+    assert_eq!(run.local_names(), before);
+    assert!(run.mirror.aborted_uploads().is_empty() && run.mirror.open_uploads().is_empty());
+}
+
+#[test]
+fn a_retention_answer_the_policy_cannot_give_deletes_nothing_and_is_reported() {
+    let run = Run::new(1);
+    let old = format!("app_backup_{}.sql.gz", NOW - DAY);
+    run.earlier(&old, NOW - DAY);
+    run.policy.fail_retention.store(true, Ordering::SeqCst);
+    let report = run.backup(Scripted { data: dump_text(), fail_after: None }, NOW);
+
+    assert!(matches!(report.outcome, BackupOutcome::Done(_)), "{:?}", report.outcome);
+    assert!(report.retention.deleted.is_empty() && report.s3_retention.deleted.is_empty());
+    assert!(report.retention.error.as_deref().is_some_and(|e| e.contains("test switch")), "{:?}", report.retention);
+    assert!(run.local_names().contains(&old) && run.mirror.names().contains(&old));
+}
+
+#[test]
+fn a_cancelled_run_leaves_nothing_behind() {
+    let run = Run::new(1);
+    let cancel = Arc::new(AtomicBool::new(true));
+    let source = || Ok(Box::new(Scripted { data: dump_text(), fail_after: None }) as Box<dyn DumpSource>);
+    let name = run.policy.backup_name(&run.config.policy, NOW);
+    let opts = BackupOptions { now: NOW, cancel, ..Default::default() };
+    let report = run_from(&run.config, &run.policy, &source, Some(&run.mirror), name, opts);
+
+    assert!(matches!(report.outcome, BackupOutcome::Failed(_)), "{:?}", report.outcome);
+    assert!(run.local_names().is_empty(), "{:?}", run.local_names());
+    assert!(run.mirror.names().is_empty());
+    assert_eq!(run.mirror.aborted_uploads().len(), 1);
+}

@@ -1,0 +1,102 @@
+//! A policy written in Rust, for the unit tests of the engine, the catalog and the service
+//! (and for an embedding app that wants no WebAssembly): names `<database>_backup_<unix>.sql.gz`,
+//! keeps the newest `keep` backups, answers in the original's JSON envelope. Its switches make
+//! it fail the way a broken component does.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use super::{fallback_backup_response, Policy, PolicyError};
+use crate::model::{BackupEntry, BackupOutcome, BackupSchedule, HttpResponse, LoadedPolicy, Message, Notification, PolicyConfig, Status, Target};
+
+#[derive(Debug)]
+pub struct NativePolicy {
+    /// Backups retention keeps in each store (the newest by the time in the name).
+    pub keep: usize,
+    /// `backup-name` fails.
+    pub fail_naming: AtomicBool,
+    /// `select-expired` fails.
+    pub fail_retention: AtomicBool,
+    /// Every retention question asked: (store, names offered).
+    pub asked: Mutex<Vec<(Target, Vec<String>)>>,
+}
+
+impl NativePolicy {
+    pub fn keeping(keep: usize) -> NativePolicy {
+        NativePolicy { keep, fail_naming: AtomicBool::new(false), fail_retention: AtomicBool::new(false), asked: Mutex::default() }
+    }
+
+    fn prefix(config: &PolicyConfig) -> String {
+        format!("{}_backup_", config.database)
+    }
+
+    fn fails(&self, call: &'static str) -> PolicyError {
+        PolicyError::BadOutput { path: "native".into(), call, reason: "the test switch is on".into() }
+    }
+}
+
+impl Policy for NativePolicy {
+    fn loaded(&self) -> LoadedPolicy {
+        LoadedPolicy { path: "native".into(), sha256: String::new(), wit_version: "native".into() }
+    }
+
+    fn schedule(&self, _: &PolicyConfig) -> Result<BackupSchedule, PolicyError> {
+        Ok(BackupSchedule {
+            crons: vec!["0 30 1 * * *".into()],
+            timezone: "UTC".into(),
+            description: "daily at 01:30 UTC".into(),
+            drill_crons: vec![],
+        })
+    }
+
+    fn backup_name(&self, config: &PolicyConfig, now: i64) -> Result<String, PolicyError> {
+        if self.fail_naming.load(Ordering::SeqCst) {
+            return Err(self.fails("backup-name"));
+        }
+        Ok(format!("{}{now}.sql.gz", Self::prefix(config)))
+    }
+
+    fn parse_name(&self, config: &PolicyConfig, name: &str) -> Result<Option<i64>, PolicyError> {
+        Ok(name.strip_prefix(&Self::prefix(config)).and_then(|r| r.strip_suffix(".sql.gz")).and_then(|t| t.parse().ok()))
+    }
+
+    fn recognise(&self, config: &PolicyConfig, backups: &[BackupEntry]) -> Result<Vec<(BackupEntry, i64)>, PolicyError> {
+        Ok(backups.iter().filter_map(|b| Some((b.clone(), self.parse_name(config, &b.name).ok()??))).collect())
+    }
+
+    fn select_expired_among(
+        &self,
+        _: &[BackupEntry],
+        ours: &[(BackupEntry, i64)],
+        _: i64,
+        target: Target,
+        _: &PolicyConfig,
+    ) -> Result<Vec<(String, Option<String>)>, PolicyError> {
+        self.asked.lock().unwrap_or_else(|p| p.into_inner()).push((target, ours.iter().map(|(b, _)| b.name.clone()).collect()));
+        if self.fail_retention.load(Ordering::SeqCst) {
+            return Err(self.fails("select-expired"));
+        }
+        let mut by_age: Vec<&(BackupEntry, i64)> = ours.iter().collect();
+        by_age.sort_by_key(|(_, t)| std::cmp::Reverse(*t));
+        Ok(by_age.iter().skip(self.keep).map(|(b, _)| (b.name.clone(), Some(format!("beyond the newest {}", self.keep)))).collect())
+    }
+
+    fn shape_backup_response(&self, outcome: &BackupOutcome) -> Result<HttpResponse, PolicyError> {
+        Ok(fallback_backup_response(outcome))
+    }
+
+    fn shape_status(&self, status: &Status) -> Result<HttpResponse, PolicyError> {
+        let last = status.last_run.as_ref().map(|r| serde_json::json!({"succeeded": r.succeeded, "message": r.message}));
+        let body = serde_json::json!({"success": true, "data": {"backups": status.recognised.len(), "last_run": last, "running": status.running}});
+        Ok(HttpResponse { status: 200, body: body.to_string() })
+    }
+
+    fn shape_notification(&self, _: &PolicyConfig, _: i64, event: &Notification) -> Result<Option<Message>, PolicyError> {
+        let subject = match &event.outcome {
+            BackupOutcome::Done(d) => format!("backup {} done", d.file_name),
+            BackupOutcome::Failed(f) => format!("backup failed: {}", f.message),
+            BackupOutcome::Busy(_) => return Ok(None),
+        };
+        Ok(Some(Message { subject, body: String::new() }))
+    }
+}
