@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::codec::Format;
 use crate::model::{BackupEntry, BackupOutcome, BackupSchedule, HttpResponse, LoadedPolicy, Message, Notification, PolicyConfig, Status, Target};
 
 /// Retention reasons of one answer that are logged, and how much of each.
@@ -133,8 +134,10 @@ pub fn validate_name(name: &str) -> Result<(), &'static str> {
     if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err("must not contain whitespace or control characters");
     }
-    if !name.ends_with(".sql.gz") {
-        return Err("must end with .sql.gz");
+    // Listings only ever show names of a known format: a backup of another name would never
+    // be listed again, so never recognised, never deleted.
+    if Format::of_name(name).is_none() {
+        return Err("must end with the suffix of a backup format (.sql.gz)");
     }
     Ok(())
 }
