@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use ef_backup::catalog::{self, CatalogError};
 use ef_backup::config::{Config, LogFormat};
 use ef_backup::db::PgTools;
-use ef_backup::policy::{self, WasmPolicy};
+use ef_backup::policy::{self, Policy as _, WasmPolicy};
 use ef_backup::store::local::LocalStore;
 use ef_backup::store::s3::{self, S3Store};
 use ef_backup::util::now;

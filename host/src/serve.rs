@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Semaphore};
 
 use crate::config::Config;
+use crate::policy::Policy as _;
 use crate::schedule::{self, Schedule, Scheduler};
 use crate::service::{load_checked, Service};
 use crate::state::StateStore;

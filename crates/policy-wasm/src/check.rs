@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 
 use super::{
-    BackupDone, BackupEntry, BackupFailed, BackupOutcome, ErrorKind, LastRun, Notification, PolicyConfig, PolicyError, S3Outcome, Status, Target,
-    WasmPolicy,
+    BackupDone, BackupEntry, BackupFailed, BackupOutcome, ErrorKind, LastRun, Notification, Policy, PolicyConfig, PolicyError, S3Outcome, Status,
+    Target, WasmPolicy,
 };
 
 const HOUR: i64 = 3600;

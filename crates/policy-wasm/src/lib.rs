@@ -167,11 +167,6 @@ impl WasmPolicy {
         &self.info
     }
 
-    /// What the status response says about this policy.
-    pub fn loaded(&self) -> LoadedPolicy {
-        LoadedPolicy { path: self.info.path.display().to_string(), sha256: self.info.sha256.clone(), wit_version: self.info.wit_version.clone() }
-    }
-
     /// Runs `f` on a fresh instance; instantiation and every export `f` calls share one
     /// [`CALL_TIMEOUT`].
     fn call<R>(&self, call: &'static str, f: impl FnOnce(&Instance, &mut Store<State>) -> wasmtime::Result<R>) -> Result<R, PolicyError> {
@@ -213,7 +208,55 @@ impl WasmPolicy {
         PolicyError::BadOutput { path: self.info.path.clone(), call, reason: reason.into() }
     }
 
-    pub fn schedule(&self, config: &PolicyConfig) -> Result<BackupSchedule, PolicyError> {
+    fn warn_unrecognisable(&self, name: &str, err: &PolicyError) {
+        let mut warned = self.warned_names.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.contains(name) {
+            return;
+        }
+        if warned.len() >= WARNED_NAMES_MAX {
+            warned.clear();
+        }
+        warned.insert(name.to_string());
+        tracing::warn!("{err} on the name {name:?}; that file is treated as not this policy's (not listed, counted or deleted)");
+    }
+
+    /// What to delete, as `policy check` judges it: only listed names the policy recognises,
+    /// and never the newest backup (the newest recognised name not dated more than a day in
+    /// the future). Any violation rejects the whole answer.
+    pub fn select_expired(&self, backups: &[BackupEntry], now: i64, target: Target, config: &PolicyConfig) -> Result<Vec<String>, PolicyError> {
+        let call = "select-expired";
+        let ours = self.recognise(config, backups)?;
+        let names: Vec<String> = self.select_expired_among(backups, &ours, now, target, config)?.into_iter().map(|(n, _)| n).collect();
+        let newest = ours
+            .iter()
+            .filter(|(_, t)| *t <= now.saturating_add(ef_backup_core::retention::FUTURE_SLACK_SECS))
+            .max_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.name.cmp(&b.0.name)))
+            .map(|(b, _)| b.name.as_str());
+        if let Some(name) = names.iter().find(|n| Some(n.as_str()) == newest) {
+            return Err(self.bad(call, format!("{name:?} is the newest backup, which must never be deleted")));
+        }
+        Ok(names)
+    }
+
+    fn validate_response(&self, call: &'static str, r: HttpResponse) -> Result<HttpResponse, PolicyError> {
+        if !(200..=599).contains(&r.status) {
+            return Err(self.bad(call, format!("HTTP status {} is outside 200-599", r.status)));
+        }
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(&r.body) {
+            return Err(self.bad(call, format!("body is not JSON ({e})")));
+        }
+        Ok(r)
+    }
+}
+
+/// The component as the host's [`Policy`]: every call sandboxed and its answer validated.
+impl Policy for WasmPolicy {
+    /// What the status response says about this policy.
+    fn loaded(&self) -> LoadedPolicy {
+        LoadedPolicy { path: self.info.path.display().to_string(), sha256: self.info.sha256.clone(), wit_version: self.info.wit_version.clone() }
+    }
+
+    fn schedule(&self, config: &PolicyConfig) -> Result<BackupSchedule, PolicyError> {
         let s = self.call("schedule", |p, s| p.calls().schedule(s, config))?;
         if s.crons.is_empty() {
             return Err(self.bad("schedule", "no cron expressions"));
@@ -227,13 +270,13 @@ impl WasmPolicy {
         Ok(s)
     }
 
-    pub fn backup_name(&self, config: &PolicyConfig, now: i64) -> Result<String, PolicyError> {
+    fn backup_name(&self, config: &PolicyConfig, now: i64) -> Result<String, PolicyError> {
         let name = self.call("backup-name", |p, s| p.calls().backup_name(s, config, now))?;
         validate_name(&name).map_err(|reason| self.bad("backup-name", format!("{name:?}: {reason}")))?;
         Ok(name)
     }
 
-    pub fn parse_name(&self, config: &PolicyConfig, name: &str) -> Result<Option<i64>, PolicyError> {
+    fn parse_name(&self, config: &PolicyConfig, name: &str) -> Result<Option<i64>, PolicyError> {
         self.call("parse-name", |p, s| p.calls().parse_name(s, config, name))
     }
 
@@ -244,7 +287,7 @@ impl WasmPolicy {
     /// counting or retention. The whole listing gets [`RECOGNISE_BASE`] plus
     /// [`RECOGNISE_PER_NAME`] per name; names left when it runs out are not recognised this time.
     /// Fails only when the policy cannot be instantiated at all.
-    pub fn recognise(&self, config: &PolicyConfig, backups: &[BackupEntry]) -> Result<Vec<(BackupEntry, i64)>, PolicyError> {
+    fn recognise(&self, config: &PolicyConfig, backups: &[BackupEntry]) -> Result<Vec<(BackupEntry, i64)>, PolicyError> {
         let call = "parse-name";
         let budget = RECOGNISE_BASE + RECOGNISE_PER_NAME * backups.len().min(u32::MAX as usize) as u32;
         let deadline = Instant::now() + budget;
@@ -297,42 +340,12 @@ impl WasmPolicy {
         Ok(out)
     }
 
-    fn warn_unrecognisable(&self, name: &str, err: &PolicyError) {
-        let mut warned = self.warned_names.lock().unwrap_or_else(|p| p.into_inner());
-        if warned.contains(name) {
-            return;
-        }
-        if warned.len() >= WARNED_NAMES_MAX {
-            warned.clear();
-        }
-        warned.insert(name.to_string());
-        tracing::warn!("{err} on the name {name:?}; that file is treated as not this policy's (not listed, counted or deleted)");
-    }
-
-    /// What to delete, as `policy check` judges it: only listed names the policy recognises,
-    /// and never the newest backup (the newest recognised name not dated more than a day in
-    /// the future). Any violation rejects the whole answer.
-    pub fn select_expired(&self, backups: &[BackupEntry], now: i64, target: Target, config: &PolicyConfig) -> Result<Vec<String>, PolicyError> {
-        let call = "select-expired";
-        let ours = self.recognise(config, backups)?;
-        let names: Vec<String> = self.select_expired_among(backups, &ours, now, target, config)?.into_iter().map(|(n, _)| n).collect();
-        let newest = ours
-            .iter()
-            .filter(|(_, t)| *t <= now.saturating_add(ef_backup_core::retention::FUTURE_SLACK_SECS))
-            .max_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.name.cmp(&b.0.name)))
-            .map(|(b, _)| b.name.as_str());
-        if let Some(name) = names.iter().find(|n| Some(n.as_str()) == newest) {
-            return Err(self.bad(call, format!("{name:?} is the newest backup, which must never be deleted")));
-        }
-        Ok(names)
-    }
-
     /// The policy's selection among a listing already recognised ([`WasmPolicy::recognise`]),
     /// for retention. A name that is not listed or not recognised rejects the whole answer
     /// (the policy is confused; the caller skips retention rather than guess). Which of the
     /// selected names may really go is the host's call (`retention::Guard`), so a selected
     /// newest backup is kept there without throwing the rest of the answer away.
-    pub fn select_expired_among(
+    fn select_expired_among(
         &self,
         backups: &[BackupEntry],
         ours: &[(BackupEntry, i64)],
@@ -359,7 +372,7 @@ impl WasmPolicy {
 
     /// The message the policy shapes for a notification; None when it sends none (or, for a
     /// 0.1.0 policy, cannot shape one).
-    pub fn shape_notification(&self, config: &PolicyConfig, now: i64, event: &Notification) -> Result<Option<Message>, PolicyError> {
+    fn shape_notification(&self, config: &PolicyConfig, now: i64, event: &Notification) -> Result<Option<Message>, PolicyError> {
         let m = self.call("shape-notification", |p, s| p.calls().shape_notification(s, config, now, event))?;
         match m {
             Some(m) if m.subject.trim().is_empty() => Err(self.bad("shape-notification", "the message has an empty subject")),
@@ -368,70 +381,14 @@ impl WasmPolicy {
         }
     }
 
-    pub fn shape_backup_response(&self, outcome: &BackupOutcome) -> Result<HttpResponse, PolicyError> {
+    fn shape_backup_response(&self, outcome: &BackupOutcome) -> Result<HttpResponse, PolicyError> {
         let r = self.call("shape-backup-response", |p, s| p.calls().shape_backup_response(s, outcome))?;
         self.validate_response("shape-backup-response", r)
     }
 
-    pub fn shape_status(&self, status: &Status) -> Result<HttpResponse, PolicyError> {
+    fn shape_status(&self, status: &Status) -> Result<HttpResponse, PolicyError> {
         let r = self.call("shape-status", |p, s| p.calls().shape_status(s, status))?;
         self.validate_response("shape-status", r)
-    }
-
-    fn validate_response(&self, call: &'static str, r: HttpResponse) -> Result<HttpResponse, PolicyError> {
-        if !(200..=599).contains(&r.status) {
-            return Err(self.bad(call, format!("HTTP status {} is outside 200-599", r.status)));
-        }
-        if let Err(e) = serde_json::from_str::<serde_json::Value>(&r.body) {
-            return Err(self.bad(call, format!("body is not JSON ({e})")));
-        }
-        Ok(r)
-    }
-}
-
-/// The component as the host's [`Policy`]: every call sandboxed and its answer validated.
-impl Policy for WasmPolicy {
-    fn loaded(&self) -> LoadedPolicy {
-        WasmPolicy::loaded(self)
-    }
-
-    fn schedule(&self, config: &PolicyConfig) -> Result<BackupSchedule, PolicyError> {
-        WasmPolicy::schedule(self, config)
-    }
-
-    fn backup_name(&self, config: &PolicyConfig, now: i64) -> Result<String, PolicyError> {
-        WasmPolicy::backup_name(self, config, now)
-    }
-
-    fn parse_name(&self, config: &PolicyConfig, name: &str) -> Result<Option<i64>, PolicyError> {
-        WasmPolicy::parse_name(self, config, name)
-    }
-
-    fn recognise(&self, config: &PolicyConfig, backups: &[BackupEntry]) -> Result<Vec<(BackupEntry, i64)>, PolicyError> {
-        WasmPolicy::recognise(self, config, backups)
-    }
-
-    fn select_expired_among(
-        &self,
-        backups: &[BackupEntry],
-        ours: &[(BackupEntry, i64)],
-        now: i64,
-        target: Target,
-        config: &PolicyConfig,
-    ) -> Result<Vec<(String, Option<String>)>, PolicyError> {
-        WasmPolicy::select_expired_among(self, backups, ours, now, target, config)
-    }
-
-    fn shape_backup_response(&self, outcome: &BackupOutcome) -> Result<HttpResponse, PolicyError> {
-        WasmPolicy::shape_backup_response(self, outcome)
-    }
-
-    fn shape_status(&self, status: &Status) -> Result<HttpResponse, PolicyError> {
-        WasmPolicy::shape_status(self, status)
-    }
-
-    fn shape_notification(&self, config: &PolicyConfig, now: i64, event: &Notification) -> Result<Option<Message>, PolicyError> {
-        WasmPolicy::shape_notification(self, config, now, event)
     }
 }
 

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use ef_backup_policy_wasm::{
-    self as policy, BackupDone, BackupEntry, BackupFailed, BackupOutcome, ErrorKind, PolicyConfig, PolicyError, S3Outcome, Status, Target, WasmPolicy,
+    self as policy, BackupDone, BackupEntry, BackupFailed, BackupOutcome, ErrorKind, Policy, PolicyConfig, PolicyError, S3Outcome, Status, Target,
+    WasmPolicy,
 };
 
 const NOW: i64 = 1_762_191_000; // 2025-11-04 01:30:00 in Beijing
