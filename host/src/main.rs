@@ -274,7 +274,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             restore::drop_scratch_on_signal();
             let s3 = s3_store(&config)?;
             let source = source(&config, s3.as_ref().map(|(_, s)| s), &backup, from_s3)?;
-            let tools = PgTools::for_server(&config.db, config.pg_bin.as_deref())?;
+            // The target (EF__DB_NAME by default) may not exist yet: the restore creates it.
+            let tools = PgTools::for_server_via(&config.db, config.pg_bin.as_deref(), restore::MAINTENANCE_DB)?;
             let create_with = restore::props::CreateOptions {
                 owner: props.owner,
                 encoding: props.encoding,

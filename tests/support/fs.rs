@@ -42,3 +42,10 @@ impl Drop for Mount {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// The SQL of a backup file (every gzip member).
+pub fn gunzip(path: &std::path::Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap()), &mut out).unwrap();
+    out
+}

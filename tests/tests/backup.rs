@@ -1,10 +1,9 @@
 //! Backup, restore, verify and retention through the real binary and a real PostgreSQL.
 
-use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
-use ef_backup_e2e::{compare_dbs, drop_db, ef, ef_command, env, fake_pg_bin, files, psql, sample_db, tempdir, Mount, Run};
+use ef_backup_e2e::{compare_dbs, drop_db, ef, ef_command, env, fake_pg_bin, files, gunzip, psql, sample_db, tempdir, Mount, Run};
 
 /// Backs up `db` into `dir` and returns the new backup's file name.
 fn backup_ok(db: &str, dir: &Path, extra: &[(&str, &str)]) -> (String, serde_json::Value) {
@@ -12,12 +11,6 @@ fn backup_ok(db: &str, dir: &Path, extra: &[(&str, &str)]) -> (String, serde_jso
     assert!(run.ok(), "backup failed: {}", run.all());
     let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", run.stdout));
     (v["data"]["backup_file"].as_str().unwrap().to_string(), v)
-}
-
-fn gunzip(path: &Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap()).read_to_end(&mut out).unwrap();
-    out
 }
 
 /// Tests that count scratch databases left behind run one at a time: one would see another's
@@ -57,7 +50,11 @@ fn round_trip_restores_every_table_equal() {
     assert!(st.success(), "gunzip -t");
     let sql = gunzip(&path);
     let text = String::from_utf8_lossy(&sql);
-    assert!(text.starts_with("--\n-- PostgreSQL database dump\n"));
+    // ef-backup's line with the database's own properties (a comment for any SQL reader), then
+    // pg_dump's output.
+    let (first, dump) = text.split_once('\n').unwrap();
+    assert!(first.starts_with("-- ef-backup database properties v1: {"), "{first}");
+    assert!(dump.starts_with("--\n-- PostgreSQL database dump\n"));
     assert!(text.contains("-- PostgreSQL database dump complete"));
     assert!(text.contains("北京"), "Chinese text survives byte-exact");
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use ef_backup_e2e::{drop_db, ef, env, files, psql, tempdir};
+use ef_backup_e2e::{drop_db, ef, env, files, gunzip, psql, tempdir};
 
 /// Roles the tests give databases to (cluster-wide, so created once and never dropped).
 fn roles() {
@@ -190,11 +190,27 @@ fn create_takes_its_options_and_says_which_it_used() {
     assert_eq!(psql(target, "SELECT count(*) FROM created_rows"), "3");
     drop_db(target);
 
-    // Defaults: the connecting role, template0's encoding and locale.
+    // Without options: the backup's own properties (this one's are the defaults of a new
+    // database)...
     let run = ef(src, &backups, &[], &["restore", file.to_str().unwrap(), "--target-db", target, "--create"]);
     assert!(run.ok(), "restore: {}", run.all());
     let template0 = properties("template0");
     let encoding = template0.lines().find_map(|l| l.strip_prefix("encoding ")).unwrap().to_string();
+    for line in [
+        format!("owner: {} (the backup's)", env().db_user),
+        format!("encoding: {encoding} (the backup's)"),
+        "connection limit: none (the backup's)".into(),
+    ] {
+        assert!(run.stdout.contains(&line), "{line:?} in {}", run.stdout);
+    }
+    drop_db(target);
+
+    // ... and from a backup without them (made by an earlier release): the connecting role,
+    // template0's encoding and locale.
+    let old_style = backups.join("old_style.sql.gz");
+    strip_properties_line(&file, &old_style);
+    let run = ef(src, &backups, &[], &["restore", old_style.to_str().unwrap(), "--target-db", target, "--create"]);
+    assert!(run.ok(), "restore: {}", run.all());
     for line in [
         format!("owner: {} (the connecting role)", env().db_user),
         format!("encoding: {encoding} (template0's)"),
@@ -208,6 +224,100 @@ fn create_takes_its_options_and_says_which_it_used() {
     assert!(props.contains("template false") && props.contains("allowconn true"), "{props}");
     drop_db(target);
     drop_db(src);
+}
+
+/// Writes `from` without its first line (ef-backup's properties line) to `to`: a backup as an
+/// earlier release wrote it.
+fn strip_properties_line(from: &Path, to: &Path) {
+    let sql = gunzip(from);
+    let at = sql.iter().position(|&b| b == b'\n').unwrap() + 1;
+    assert!(sql.starts_with(b"-- ef-backup database properties v1: "), "the backup starts with its properties line");
+    let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(to).unwrap(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &sql[at..]).unwrap();
+    gz.finish().unwrap();
+}
+
+// Pins issue 15 item 4: a database restored where it does not exist (`--create`, e.g. onto a
+// new server) gets the owner, ACL, database and per-role settings, comment, encoding, locale,
+// tablespace and connection limit it had when it was backed up: each backup's first line
+// carries them. Before, a plain dump carried none and the restored database was the
+// connecting role's, with template0's encoding, the default ACL and no settings.
+#[test]
+fn create_gives_the_new_database_the_backups_properties() {
+    roles();
+    let ts = tablespace();
+    let src = "ef_props_travel_src";
+    drop_db(src);
+    psql(
+        "postgres",
+        &format!(
+            "CREATE DATABASE {src} TEMPLATE template0 OWNER ef_props_owner ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' \
+             TABLESPACE {ts} CONNECTION LIMIT 7"
+        ),
+    );
+    psql(src, "CREATE TABLE travel_rows (a int, s text); INSERT INTO travel_rows VALUES (1, 'café')");
+    for sql in [
+        format!("REVOKE CONNECT ON DATABASE {src} FROM PUBLIC"),
+        format!("GRANT CONNECT, TEMPORARY ON DATABASE {src} TO ef_props_reader WITH GRANT OPTION"),
+        format!("ALTER DATABASE {src} SET search_path = \"$user\", public, \"My Schema\""),
+        format!("ALTER ROLE ef_props_reader IN DATABASE {src} SET work_mem = '3MB'"),
+        format!("COMMENT ON DATABASE {src} IS 'travels with the backup'"),
+    ] {
+        psql("postgres", &sql);
+    }
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    let file = backup_of(src, &backups);
+    let before = properties(src).replace(src, "DB");
+    drop_db(src);
+
+    let target = "ef_props_travel_new";
+    drop_db(target);
+    let run = ef(src, &backups, &[], &["restore", file.to_str().unwrap(), "--target-db", target, "--create"]);
+    assert!(run.ok(), "restore: {}", run.all());
+    assert_eq!(properties(target).replace(target, "DB"), before, "the backup's database-level properties");
+    for line in ["owner: ef_props_owner (the backup's)", "encoding: LATIN1 (the backup's)", "connection limit: 7 (the backup's)"] {
+        assert!(run.stdout.contains(line), "{line:?} in {}", run.stdout);
+    }
+    assert!(run.stdout.contains(&format!("tablespace: {ts} (the backup's)")), "{}", run.stdout);
+    assert_eq!(psql(target, "SHOW search_path"), "\"$user\", public, \"My Schema\"");
+    assert_eq!(psql(target, "SELECT s FROM travel_rows"), "café");
+    drop_db(target);
+}
+
+// Pins issue 15 item 4, on a server that lacks a role: the restore still succeeds, owned by the
+// connecting role, and the report says which role is missing, where roles come from, and what
+// of the backup's properties could not be given.
+#[test]
+fn create_says_which_roles_of_the_backup_are_missing() {
+    let src = "ef_props_gone_src";
+    let role = "ef_props_gone_role";
+    drop_db(src);
+    psql("postgres", &format!("DO $$ BEGIN CREATE ROLE {role}; EXCEPTION WHEN duplicate_object THEN NULL; END $$"));
+    psql("postgres", &format!("CREATE DATABASE {src} OWNER {role}"));
+    psql("postgres", &format!("ALTER ROLE {role} IN DATABASE {src} SET work_mem = '5MB'"));
+    psql("postgres", &format!("COMMENT ON DATABASE {src} IS 'kept'"));
+    psql(src, "CREATE TABLE gone_rows (a int); INSERT INTO gone_rows VALUES (1)");
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    let file = backup_of(src, &backups);
+    drop_db(src);
+    psql("postgres", &format!("DROP ROLE {role}"));
+
+    let target = "ef_props_gone_new";
+    drop_db(target);
+    let run = ef(src, &backups, &[], &["restore", file.to_str().unwrap(), "--target-db", target, "--create"]);
+    assert!(run.ok(), "restore: {}", run.all());
+    assert!(
+        run.stdout.contains(&format!("the backup's owner \"{role}\" is not a role on this server")) && run.stdout.contains("globals backup"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains(&format!("left out: SET work_mem=5MB FOR ROLE {role}")), "{}", run.stdout);
+    let props = properties(target);
+    assert!(props.contains(&format!("owner {}", env().db_user)) && props.contains("comment kept"), "{props}");
+    assert_eq!(psql(target, "SELECT count(*) FROM gone_rows"), "1");
+    drop_db(target);
 }
 
 // Pins: template0, template1 and postgres are refused as targets without --allow-system-db.

@@ -526,7 +526,8 @@ pub fn verify(tools: &PgTools, live_db: &str, source: &Source, against_dump: boo
         format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(&scratch_db))
     } else {
         let me = tools.query_value(MAINTENANCE_DB, "SELECT current_user")?;
-        props::plan(tools, MAINTENANCE_DB, live_db, true, &CreateOptions { owner: Some(me), ..CreateOptions::default() })?.create_sql(&scratch_db)
+        props::plan(tools, MAINTENANCE_DB, live_db, true, &CreateOptions { owner: Some(me), ..CreateOptions::default() }, None)?
+            .create_sql(&scratch_db)
     };
     let (scratch, check) = restore_into_new(tools, source, &scratch_db, &create_sql, load)?;
     let restored = read_state(tools, &scratch.name, !against_dump)?;

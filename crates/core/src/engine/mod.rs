@@ -170,7 +170,17 @@ impl PgDump {
 }
 
 impl DumpSource for PgDump {
+    /// The database's properties first (one comment line, see `restore::props::header_line`:
+    /// a plain dump carries no owner, ACL, settings or comment of the database itself), then
+    /// pg_dump's output.
     fn dump(&self, cancel: &Arc<AtomicBool>, mut out: &mut dyn std::io::Write) -> Result<dump::DumpStats, DumpError> {
+        // Read from the database itself: the role may connect nowhere else.
+        match crate::restore::props::read(&self.tools, &self.database, &self.database) {
+            Ok(Some(props)) => out.write_all(crate::restore::props::header_line(&props).as_bytes()).map_err(DumpError::Write)?,
+            Ok(None) => {}
+            // pg_dump meets the same server next: if it cannot work either, it says why.
+            Err(e) => tracing::warn!("the backup goes without the database's own properties (owner, ACL, settings, comment): {e}"),
+        }
         dump::run(&self.tools, &self.database, self.timeout, self.lock_wait, cancel, &mut out)
     }
 }

@@ -206,6 +206,12 @@ fn check_psql(psql: &Path) -> Result<(), DbError> {
 impl PgTools {
     /// Asks the server for its version, then picks the client tools of the same major version.
     pub fn for_server(db: &DbConfig, configured_bin: Option<&Path>) -> Result<PgTools, DbError> {
+        PgTools::for_server_via(db, configured_bin, &db.name)
+    }
+
+    /// [`PgTools::for_server`], asking the server's version over a connection to `probe_db`:
+    /// a restore onto a new server cannot connect to the database it is about to create.
+    pub fn for_server_via(db: &DbConfig, configured_bin: Option<&Path>, probe_db: &str) -> Result<PgTools, DbError> {
         let dirs = candidate_dirs(configured_bin);
         let psql = dirs
             .iter()
@@ -213,7 +219,7 @@ impl PgTools {
             .find(|p| p.is_file())
             .ok_or_else(|| DbError::NoClient { looked: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ") })?;
         let probe = PgTools { bin_dir: psql.parent().unwrap_or(Path::new("/")).to_path_buf(), server_major: 0, db: db.clone() };
-        let num = probe.query_value(&db.name, "SHOW server_version_num")?;
+        let num = probe.query_value(probe_db, "SHOW server_version_num")?;
         let server_num =
             num.trim().parse::<u32>().map_err(|_| DbError::Tool { tool: "psql".into(), detail: format!("unexpected server_version_num {num:?}") })?;
         if server_num < 130_000 {

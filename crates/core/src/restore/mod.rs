@@ -8,7 +8,7 @@
 pub mod parallel;
 pub mod sqlscan;
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -83,6 +83,8 @@ pub struct BackupCheck {
     pub facts: DumpFacts,
     /// How the dump was loaded (when it was).
     pub load: LoadStats,
+    /// The database's properties, from the backup's first line (None: a backup without it).
+    pub properties: Option<props::DbProps>,
 }
 
 fn damaged(source: &Source, reason: impl Into<String>) -> RestoreError {
@@ -96,31 +98,64 @@ pub fn scan(source: &Source, mut sink: impl FnMut(&[u8]) -> Result<(), RestoreEr
     // A file of another name (a copy renamed by hand) is read as gzip, the format of every
     // backup so far; the decoder says so clearly when it is not.
     let format = Format::of_name(&source.label()).unwrap_or(Format::Gzip);
-    let mut gz = format.decoder(&mut counted);
+    let mut gz = io::BufReader::with_capacity(256 * 1024, format.decoder(&mut counted));
+    let gzip_err = |e: io::Error| damaged(source, format!("gzip data is corrupt or truncated ({e})"));
+    // ef-backup's own first line (the database's properties) is not part of the dump: it is
+    // read here and never reaches psql or the dump's checks.
+    let mut first = Vec::new();
+    (&mut gz).take(props::HEADER_MAX as u64).read_until(b'\n', &mut first).map_err(gzip_err)?;
+    let properties = match first.starts_with(props::HEADER_PREFIX.as_bytes()) {
+        true => {
+            let line = std::str::from_utf8(&first).map_err(|_| damaged(source, "its database properties line is not UTF-8"))?;
+            props::parse_header(line).map_err(|r| damaged(source, r))?
+        }
+        false => None,
+    };
     let mut complete = Completeness::default();
     let mut facts = DumpFacts::default();
-    let mut buf = vec![0u8; 256 * 1024];
     let mut dump_bytes = 0u64;
+    let mut take = |chunk: &[u8]| -> Result<(), RestoreError> {
+        // No pg_dump output holds a NUL byte, and psql would cut the line there — reading COPY
+        // data differently from the scanner.
+        if memchr::memchr(0, chunk).is_some() {
+            return Err(damaged(source, "it contains a NUL byte, which no pg_dump output does"));
+        }
+        complete.update(chunk);
+        facts.update(chunk);
+        dump_bytes += chunk.len() as u64;
+        sink(chunk)
+    };
+    if properties.is_none() {
+        take(&first)?;
+    }
+    let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = match gz.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(damaged(source, format!("gzip data is corrupt or truncated ({e})"))),
+            Err(e) => return Err(gzip_err(e)),
         };
-        // No pg_dump output holds a NUL byte, and psql would cut the line there — reading COPY
-        // data differently from the scanner.
-        if memchr::memchr(0, &buf[..n]).is_some() {
-            return Err(damaged(source, "it contains a NUL byte, which no pg_dump output does"));
-        }
-        complete.update(&buf[..n]);
-        facts.update(&buf[..n]);
-        dump_bytes += n as u64;
-        sink(&buf[..n])?;
+        take(&buf[..n])?;
     }
     complete.verify().map_err(|r| damaged(source, r))?;
     drop(gz);
-    Ok(BackupCheck { compressed_bytes: counted.bytes, dump_bytes, facts, load: LoadStats::default() })
+    Ok(BackupCheck { compressed_bytes: counted.bytes, dump_bytes, facts, load: LoadStats::default(), properties })
+}
+
+/// The database properties a backup carries in its first line, read without reading the rest
+/// (restore plans the new database before it loads it).
+pub fn backup_properties(source: &Source) -> Result<Option<props::DbProps>, RestoreError> {
+    let format = Format::of_name(&source.label()).unwrap_or(Format::Gzip);
+    let mut decoded = io::BufReader::new(format.decoder(source.open()?));
+    let mut first = Vec::new();
+    let read = (&mut decoded).take(props::HEADER_MAX as u64).read_until(b'\n', &mut first);
+    read.map_err(|e| damaged(source, format!("gzip data is corrupt or truncated ({e})")))?;
+    if !first.starts_with(props::HEADER_PREFIX.as_bytes()) {
+        return Ok(None);
+    }
+    let line = std::str::from_utf8(&first).map_err(|_| damaged(source, "its database properties line is not UTF-8"))?;
+    props::parse_header(line).map_err(|r| damaged(source, r))
 }
 
 struct Counted<R> {
@@ -301,7 +336,9 @@ pub fn restore(tools: &PgTools, source: &Source, target: &str, opts: &RestoreOpt
         true if !opts.drop_existing && !database_is_empty(tools, target)? => return Err(RestoreError::TargetNotEmpty { db: target.into() }),
         _ => {}
     }
-    let plan = props::plan(tools, admin_db, target, exists, &opts.create_with)?;
+    // Only a database that is created takes the backup's properties; a replaced one keeps its own.
+    let from_backup = if exists { None } else { backup_properties(source)? };
+    let plan = props::plan(tools, admin_db, target, exists, &opts.create_with, from_backup.as_ref())?;
     let scratch_db = scratch_name("restore");
     tracing::info!("restoring {} into scratch database {scratch_db}", source.label());
     let (mut scratch, check) = restore_into_new(tools, source, &scratch_db, &plan.create_sql(&scratch_db), opts.load)?;

@@ -1,8 +1,10 @@
 //! Database-level properties: what a database carries outside its own contents (owner, ACL,
 //! `ALTER DATABASE … SET` and `ALTER ROLE … IN DATABASE … SET` settings, comment, encoding,
 //! locale, connection limit, tablespace, template flags). A plain `pg_dump` holds none of them,
-//! so `restore --drop-existing` reads them from the database it replaces and gives them to the
-//! scratch database; `--create` takes them from options or defaults.
+//! so every backup starts with one comment line that carries them ([`header_line`], written by
+//! the engine before pg_dump's output), `restore --drop-existing` keeps those of the database it
+//! replaces, and `--create` takes them from the backup (or, for an older backup, defaults);
+//! options win over both.
 //!
 //! Reading is a thin layer over [`PgTools::query`]; turning them into SQL is pure, so every
 //! quoting rule is unit-tested.
@@ -79,6 +81,11 @@ pub enum Base {
     /// A new database: template0's encoding, locale and tablespace, the connecting role as
     /// owner, the defaults for the rest.
     New { template0: DbProps, current_user: String },
+    /// A new database, given the properties the backup carries where this server can take
+    /// them: roles and tablespaces it lacks fall back to the new-database defaults, and a
+    /// locale other than C/POSIX or template0's (which this server may not have) stays
+    /// template0's, with the encoding that goes with it. Each fallback says so in its source.
+    FromBackup { backup: DbProps, template0: DbProps, current_user: String, roles: Vec<String>, tablespaces: Vec<String> },
 }
 
 /// The properties the restored database gets.
@@ -95,6 +102,98 @@ pub struct ApplyError {
     pub target: String,
     pub sql: String,
     pub err: DbError,
+}
+
+/// The first line of every backup ef-backup writes: a SQL comment (so `zcat | psql` and
+/// every tool that reads the file as SQL ignore it) with the database's properties as JSON.
+pub const HEADER_PREFIX: &str = "-- ef-backup database properties v1: ";
+/// The longest properties line read back (a database's ACL and settings are small).
+pub const HEADER_MAX: usize = 256 << 10;
+
+/// `props` as the backup's first line, newline included.
+pub fn header_line(props: &DbProps) -> String {
+    let opt = |v: &Option<String>| v.as_ref().map_or(serde_json::Value::Null, |s| s.as_str().into());
+    let json = serde_json::json!({
+        "owner": props.owner,
+        "encoding": props.encoding,
+        "collate": props.collate,
+        "ctype": props.ctype,
+        "provider": opt(&props.provider),
+        "locale": opt(&props.locale),
+        "icu_rules": opt(&props.icu_rules),
+        "connection_limit": props.connection_limit,
+        "tablespace": props.tablespace,
+        "is_template": props.is_template,
+        "allow_connections": props.allow_connections,
+        "acl": props.acl.as_ref().map(|acl| acl.iter().map(|g| serde_json::json!({
+            "grantee": g.grantee, "privilege": g.privilege, "grantable": g.grantable})).collect::<Vec<_>>()),
+        "comment": opt(&props.comment),
+        "settings": props.settings.iter().map(|s| serde_json::json!({"role": s.role, "item": s.item})).collect::<Vec<_>>(),
+    });
+    // serde_json escapes every control character: the JSON is one line.
+    format!("{HEADER_PREFIX}{json}\n")
+}
+
+/// The properties a backup's first line carries; `None` when it has no such line (backups of
+/// earlier releases, plain dumps of other tools). A line that is there but unreadable is an
+/// error: the backup was changed by hand or by something else.
+pub fn parse_header(line: &str) -> Result<Option<DbProps>, String> {
+    let Some(json) = line.strip_prefix(HEADER_PREFIX) else { return Ok(None) };
+    let v: serde_json::Value = serde_json::from_str(json.trim_end()).map_err(|e| format!("its database properties line is not JSON ({e})"))?;
+    let bad = |field: &str| format!("its database properties line has no valid {field:?}");
+    let text = |field: &str| v.get(field).and_then(|x| x.as_str()).map(str::to_string).ok_or_else(|| bad(field));
+    let opt = |field: &str| match v.get(field) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(x) => x.as_str().map(|s| Some(s.to_string())).ok_or_else(|| bad(field)),
+    };
+    let flag = |field: &str| v.get(field).and_then(|x| x.as_bool()).ok_or_else(|| bad(field));
+    let role = |x: &serde_json::Value, field: &str| match x.get(field) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(r) => r.as_str().map(|s| Some(s.to_string())).ok_or_else(|| bad(field)),
+    };
+    let acl = match v.get("acl") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(list) => Some(
+            list.as_array()
+                .ok_or_else(|| bad("acl"))?
+                .iter()
+                .map(|g| {
+                    Ok(Grant {
+                        grantee: role(g, "grantee")?,
+                        privilege: g.get("privilege").and_then(|p| p.as_str()).ok_or_else(|| bad("privilege"))?.to_string(),
+                        grantable: g.get("grantable").and_then(|p| p.as_bool()).ok_or_else(|| bad("grantable"))?,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?,
+        ),
+    };
+    let settings = v
+        .get("settings")
+        .and_then(|x| x.as_array())
+        .ok_or_else(|| bad("settings"))?
+        .iter()
+        .map(|s| Ok(Setting { role: role(s, "role")?, item: s.get("item").and_then(|i| i.as_str()).ok_or_else(|| bad("item"))?.to_string() }))
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Some(DbProps {
+        owner: text("owner")?,
+        encoding: text("encoding")?,
+        collate: text("collate")?,
+        ctype: text("ctype")?,
+        provider: opt("provider")?,
+        locale: opt("locale")?,
+        icu_rules: opt("icu_rules")?,
+        connection_limit: v
+            .get("connection_limit")
+            .and_then(|x| x.as_i64())
+            .and_then(|n| i32::try_from(n).ok())
+            .ok_or_else(|| bad("connection_limit"))?,
+        tablespace: text("tablespace")?,
+        is_template: flag("is_template")?,
+        allow_connections: flag("allow_connections")?,
+        acl,
+        comment: opt("comment")?,
+        settings,
+    }))
 }
 
 /// The catalog query for one database's main properties; the version-dependent columns
@@ -181,9 +280,17 @@ pub fn read(tools: &PgTools, admin_db: &str, db: &str) -> Result<Option<DbProps>
     Ok(parse_props(&main, &acl, &settings))
 }
 
-/// What the restored database of `target` gets: the existing target's properties, or
-/// template0's and the connecting role's for a new one; `opts` win either way.
-pub fn plan(tools: &PgTools, admin_db: &str, target: &str, exists: bool, opts: &CreateOptions) -> Result<DbPlan, DbError> {
+/// What the restored database of `target` gets: the existing target's properties; for a new
+/// one, those `from_backup` carries (see [`Base::FromBackup`]), else template0's and the
+/// connecting role's; `opts` win in every case.
+pub fn plan(
+    tools: &PgTools,
+    admin_db: &str,
+    target: &str,
+    exists: bool,
+    opts: &CreateOptions,
+    from_backup: Option<&DbProps>,
+) -> Result<DbPlan, DbError> {
     let gone = |db: &str| DbError::Tool {
         tool: "psql".into(),
         detail: format!("database {db} is not in pg_database (dropped meanwhile?); run the restore again"),
@@ -192,35 +299,104 @@ pub fn plan(tools: &PgTools, admin_db: &str, target: &str, exists: bool, opts: &
         Base::Existing(read(tools, admin_db, target)?.ok_or_else(|| gone(target))?)
     } else {
         let template0 = read(tools, admin_db, "template0")?.ok_or_else(|| gone("template0"))?;
-        Base::New { template0, current_user: tools.query_value(admin_db, "SELECT current_user")? }
+        let current_user = tools.query_value(admin_db, "SELECT current_user")?;
+        match from_backup {
+            None => Base::New { template0, current_user },
+            Some(backup) => {
+                let names = |sql: &str| -> Result<Vec<String>, DbError> {
+                    Ok(tools.query(admin_db, sql)?.into_iter().filter_map(|r| r.into_iter().next()).collect())
+                };
+                let roles = names("SELECT rolname FROM pg_roles")?;
+                let tablespaces = names("SELECT spcname FROM pg_tablespace")?;
+                Base::FromBackup { backup: backup.clone(), template0, current_user, roles, tablespaces }
+            }
+        }
     };
     Ok(choose(base, opts))
 }
 
+/// Where each property of a new database comes from: owner, encoding, locale, tablespace,
+/// connection limit.
+const NEW_FROM: [&str; 5] = ["the connecting role", "template0's", "template0's", "template0's", "default"];
+
+/// What a new database inherits from template0 (not its comment, ACL and template flags,
+/// which are template0's own), owned by the connecting role.
+fn new_database(template0: DbProps, current_user: String) -> DbProps {
+    DbProps {
+        owner: current_user,
+        connection_limit: -1,
+        is_template: false,
+        allow_connections: true,
+        acl: None,
+        comment: None,
+        settings: Vec::new(),
+        ..template0
+    }
+}
+
+/// The backup's properties on top of a new database's, where this server can take them.
+/// Also returns what of the backup's could not be given (grants and settings of missing roles).
+fn from_backup(backup: DbProps, new: DbProps, roles: &[String], tablespaces: &[String]) -> (DbProps, [String; 5], Vec<String>) {
+    const BACKUP: &str = "the backup's";
+    let mut from = NEW_FROM.map(String::from);
+    let role_exists = |r: &Option<String>| r.as_ref().is_none_or(|r| roles.contains(r));
+    let mut p = new;
+    if roles.contains(&backup.owner) {
+        p.owner = backup.owner.clone();
+        from[0] = BACKUP.into();
+    } else {
+        from[0] = format!("the connecting role: the backup's owner {:?} is not a role on this server — create it (the roles are in a globals backup) and restore again, or pass --owner", backup.owner);
+    }
+    let portable = |l: &str| matches!(l, "C" | "POSIX" | "C.UTF-8" | "C.utf8");
+    let same_locale = backup.collate == p.collate && backup.ctype == p.ctype && backup.provider == p.provider && backup.locale == p.locale;
+    let libc_portable = backup.provider.as_deref().is_none_or(|x| x == "c") && portable(&backup.collate) && portable(&backup.ctype);
+    if same_locale || libc_portable {
+        p.encoding = backup.encoding.clone();
+        p.collate = backup.collate.clone();
+        p.ctype = backup.ctype.clone();
+        p.provider = p.provider.as_ref().and(backup.provider.clone().or(Some("c".into())));
+        p.locale = backup.locale.clone();
+        p.icu_rules = backup.icu_rules.clone();
+        from[1] = BACKUP.into();
+        from[2] = BACKUP.into();
+    } else {
+        let was = format!("the backup's is {} with LC_COLLATE {}, LC_CTYPE {}", backup.encoding, backup.collate, backup.ctype);
+        from[1] = format!("template0's ({was}: pass --encoding and --locale to have it, if this server has that locale)");
+        from[2] = format!("template0's ({was})");
+    }
+    if tablespaces.contains(&backup.tablespace) {
+        p.tablespace = backup.tablespace.clone();
+        from[3] = BACKUP.into();
+    } else {
+        from[3] =
+            format!("template0's: the backup's tablespace {:?} does not exist on this server (create it, or pass --tablespace)", backup.tablespace);
+    }
+    p.connection_limit = backup.connection_limit;
+    from[4] = BACKUP.into();
+    p.comment = backup.comment.clone();
+    // Grants and settings of roles this server lacks cannot be given; the report lists them.
+    let mut left_out = Vec::new();
+    let (acl, settings) = (backup.acl, backup.settings);
+    p.acl = acl.map(|acl| {
+        let (ok, missing): (Vec<Grant>, Vec<Grant>) = acl.into_iter().partition(|g| role_exists(&g.grantee));
+        left_out.extend(missing.iter().map(|g| format!("GRANT {} TO {}", g.privilege, g.grantee.as_deref().unwrap_or_default())));
+        ok
+    });
+    let (ok, missing): (Vec<Setting>, Vec<Setting>) = settings.into_iter().partition(|s| role_exists(&s.role));
+    left_out.extend(missing.iter().map(|s| format!("SET {} FOR ROLE {}", s.item, s.role.as_deref().unwrap_or_default())));
+    p.settings = ok;
+    (p, from, left_out)
+}
+
 /// The properties the restored database gets, and where each came from.
 pub fn choose(base: Base, opts: &CreateOptions) -> DbPlan {
-    let (mut props, owner_from, locale_from, limit_from) = match base {
-        Base::Existing(p) => {
-            let kept = "kept from the replaced database";
-            (p, kept, kept, kept)
-        }
-        Base::New { template0, current_user } => {
-            // Only what a new database inherits from template0; its comment, ACL and
-            // template flags are template0's own.
-            let p = DbProps {
-                owner: current_user,
-                connection_limit: -1,
-                is_template: false,
-                allow_connections: true,
-                acl: None,
-                comment: None,
-                settings: Vec::new(),
-                ..template0
-            };
-            (p, "the connecting role", "template0's", "default")
+    let (mut props, mut from, left_out) = match base {
+        Base::Existing(p) => (p, ["kept from the replaced database"; 5].map(String::from), Vec::new()),
+        Base::New { template0, current_user } => (new_database(template0, current_user), NEW_FROM.map(String::from), Vec::new()),
+        Base::FromBackup { backup, template0, current_user, roles, tablespaces } => {
+            from_backup(backup, new_database(template0, current_user), &roles, &tablespaces)
         }
     };
-    let mut from = [owner_from, locale_from, locale_from, locale_from, limit_from].map(String::from);
     if let Some(o) = &opts.owner {
         props.owner = o.clone();
         from[0] = "--owner".into();
@@ -252,7 +428,7 @@ pub fn choose(base: Base, opts: &CreateOptions) -> DbPlan {
         _ => String::new(),
     };
     let [owner, encoding, locale, tablespace, limit] = from;
-    let used = vec![
+    let mut used = vec![
         PropertyUsed { name: "owner", value: props.owner.clone(), from: owner },
         PropertyUsed { name: "encoding", value: props.encoding.clone(), from: encoding },
         PropertyUsed { name: "locale", value: format!("LC_COLLATE {}, LC_CTYPE {}{provider}", props.collate, props.ctype), from: locale },
@@ -263,6 +439,10 @@ pub fn choose(base: Base, opts: &CreateOptions) -> DbPlan {
             from: limit,
         },
     ];
+    if !left_out.is_empty() {
+        let value = left_out.join("; ");
+        used.push(PropertyUsed { name: "left out", value, from: "the backup's, for roles this server does not have".into() });
+    }
     DbPlan { props, used }
 }
 
@@ -670,5 +850,79 @@ mod tests {
         assert_eq!(plan.props, DbProps { owner: "new".into(), ..existing });
         assert_eq!(plan.used[0].from, "--owner");
         assert!(plan.used[1..].iter().all(|u| u.from == "kept from the replaced database"), "{:?}", plan.used);
+    }
+
+    fn travelled() -> DbProps {
+        DbProps {
+            owner: "app".into(),
+            encoding: "LATIN1".into(),
+            connection_limit: 7,
+            tablespace: "fast".into(),
+            acl: Some(vec![
+                Grant { grantee: None, privilege: "TEMPORARY".into(), grantable: false },
+                Grant { grantee: Some("reader".into()), privilege: "CONNECT".into(), grantable: true },
+                Grant { grantee: Some("gone".into()), privilege: "CONNECT".into(), grantable: false },
+            ]),
+            comment: Some("line one\nline \"two\" ü".into()),
+            settings: vec![
+                Setting { role: None, item: "search_path=\"$user\", public".into() },
+                Setting { role: Some("gone".into()), item: "work_mem=3MB".into() },
+            ],
+            ..libc_utf8()
+        }
+    }
+
+    #[test]
+    fn the_properties_line_round_trips_and_is_one_line() {
+        for props in [travelled(), libc_utf8(), DbProps { provider: None, locale: Some("und".into()), icu_rules: Some("&a<b".into()), ..travelled() }] {
+            let line = header_line(&props);
+            assert!(line.starts_with(HEADER_PREFIX) && line.ends_with('\n') && line.matches('\n').count() == 1, "{line}");
+            assert_eq!(parse_header(&line).unwrap(), Some(props));
+        }
+        assert_eq!(parse_header("--\n").unwrap(), None, "a dump without the line");
+        for bad in ["{", "{}", r#"{"owner": 1}"#, "[]"] {
+            let err = parse_header(&format!("{HEADER_PREFIX}{bad}\n")).unwrap_err();
+            assert!(err.contains("database properties line"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_new_database_takes_what_this_server_can_give_of_the_backups_properties() {
+        let template0 = DbProps { collate: "en_US.UTF-8".into(), ctype: "en_US.UTF-8".into(), ..libc_utf8() };
+        let base = |backup: DbProps, roles: &[&str], tablespaces: &[&str]| Base::FromBackup {
+            backup,
+            template0: template0.clone(),
+            current_user: "restorer".into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            tablespaces: tablespaces.iter().map(|t| t.to_string()).collect(),
+        };
+        // Everything there: the backup's properties, each said to be the backup's.
+        let plan = choose(base(travelled(), &["app", "reader", "gone"], &["pg_default", "fast"]), &CreateOptions::default());
+        assert_eq!(plan.props, DbProps { is_template: false, ..travelled() });
+        assert!(plan.used.iter().all(|u| u.from == "the backup's"), "{:?}", plan.used);
+
+        // No owner role, no tablespace, a grantee and a per-role setting missing: those fall
+        // back (and say why); what this server can take is still given.
+        let plan = choose(base(travelled(), &["reader"], &["pg_default"]), &CreateOptions::default());
+        assert_eq!(plan.props.owner, "restorer");
+        assert!(plan.used[0].from.contains("the backup's owner \"app\" is not a role on this server"), "{}", plan.used[0].from);
+        assert_eq!(plan.props.tablespace, "pg_default");
+        assert!(plan.used[3].from.contains("tablespace \"fast\" does not exist"), "{}", plan.used[3].from);
+        assert_eq!(plan.props.acl.as_ref().map(|a| a.len()), Some(2), "PUBLIC and reader stay");
+        assert_eq!(plan.props.settings.len(), 1, "the database-wide setting stays");
+        assert_eq!(plan.props.comment, travelled().comment);
+        assert_eq!(plan.props.connection_limit, 7);
+        let left = plan.used.iter().find(|u| u.name == "left out").expect("the report lists what was left out");
+        assert_eq!(left.value, "GRANT CONNECT TO gone; SET work_mem=3MB FOR ROLE gone");
+
+        // A locale this server may lack stays template0's, with its encoding.
+        let de = DbProps { collate: "de_DE.ISO-8859-1".into(), ctype: "de_DE.ISO-8859-1".into(), ..travelled() };
+        let plan = choose(base(de, &["app", "reader", "gone"], &["fast"]), &CreateOptions::default());
+        assert_eq!((plan.props.encoding.as_str(), plan.props.collate.as_str()), ("UTF8", "en_US.UTF-8"));
+        assert!(plan.used[1].from.contains("LATIN1 with LC_COLLATE de_DE.ISO-8859-1") && plan.used[1].from.contains("--locale"), "{}", plan.used[1].from);
+
+        // Options still win.
+        let plan = choose(base(travelled(), &["app"], &["fast"]), &CreateOptions { owner: Some("other".into()), ..CreateOptions::default() });
+        assert_eq!((plan.props.owner.as_str(), plan.used[0].from.as_str()), ("other", "--owner"));
     }
 }
