@@ -85,7 +85,7 @@ pub enum Base {
     /// them: roles and tablespaces it lacks fall back to the new-database defaults, and a
     /// locale other than C/POSIX or template0's (which this server may not have) stays
     /// template0's, with the encoding that goes with it. Each fallback says so in its source.
-    FromBackup { backup: DbProps, template0: DbProps, current_user: String, roles: Vec<String>, tablespaces: Vec<String> },
+    FromBackup { backup: Box<DbProps>, template0: DbProps, current_user: String, roles: Vec<String>, tablespaces: Vec<String> },
 }
 
 /// The properties the restored database gets.
@@ -308,7 +308,7 @@ pub fn plan(
                 };
                 let roles = names("SELECT rolname FROM pg_roles")?;
                 let tablespaces = names("SELECT spcname FROM pg_tablespace")?;
-                Base::FromBackup { backup: backup.clone(), template0, current_user, roles, tablespaces }
+                Base::FromBackup { backup: Box::new(backup.clone()), template0, current_user, roles, tablespaces }
             }
         }
     };
@@ -394,7 +394,7 @@ pub fn choose(base: Base, opts: &CreateOptions) -> DbPlan {
         Base::Existing(p) => (p, ["kept from the replaced database"; 5].map(String::from), Vec::new()),
         Base::New { template0, current_user } => (new_database(template0, current_user), NEW_FROM.map(String::from), Vec::new()),
         Base::FromBackup { backup, template0, current_user, roles, tablespaces } => {
-            from_backup(backup, new_database(template0, current_user), &roles, &tablespaces)
+            from_backup(*backup, new_database(template0, current_user), &roles, &tablespaces)
         }
     };
     if let Some(o) = &opts.owner {
@@ -874,7 +874,8 @@ mod tests {
 
     #[test]
     fn the_properties_line_round_trips_and_is_one_line() {
-        for props in [travelled(), libc_utf8(), DbProps { provider: None, locale: Some("und".into()), icu_rules: Some("&a<b".into()), ..travelled() }] {
+        for props in [travelled(), libc_utf8(), DbProps { provider: None, locale: Some("und".into()), icu_rules: Some("&a<b".into()), ..travelled() }]
+        {
             let line = header_line(&props);
             assert!(line.starts_with(HEADER_PREFIX) && line.ends_with('\n') && line.matches('\n').count() == 1, "{line}");
             assert_eq!(parse_header(&line).unwrap(), Some(props));
@@ -890,7 +891,7 @@ mod tests {
     fn a_new_database_takes_what_this_server_can_give_of_the_backups_properties() {
         let template0 = DbProps { collate: "en_US.UTF-8".into(), ctype: "en_US.UTF-8".into(), ..libc_utf8() };
         let base = |backup: DbProps, roles: &[&str], tablespaces: &[&str]| Base::FromBackup {
-            backup,
+            backup: Box::new(backup),
             template0: template0.clone(),
             current_user: "restorer".into(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
@@ -919,7 +920,11 @@ mod tests {
         let de = DbProps { collate: "de_DE.ISO-8859-1".into(), ctype: "de_DE.ISO-8859-1".into(), ..travelled() };
         let plan = choose(base(de, &["app", "reader", "gone"], &["fast"]), &CreateOptions::default());
         assert_eq!((plan.props.encoding.as_str(), plan.props.collate.as_str()), ("UTF8", "en_US.UTF-8"));
-        assert!(plan.used[1].from.contains("LATIN1 with LC_COLLATE de_DE.ISO-8859-1") && plan.used[1].from.contains("--locale"), "{}", plan.used[1].from);
+        assert!(
+            plan.used[1].from.contains("LATIN1 with LC_COLLATE de_DE.ISO-8859-1") && plan.used[1].from.contains("--locale"),
+            "{}",
+            plan.used[1].from
+        );
 
         // Options still win.
         let plan = choose(base(travelled(), &["app"], &["fast"]), &CreateOptions { owner: Some("other".into()), ..CreateOptions::default() });
