@@ -53,7 +53,7 @@ pub fn print_list(places: &[Place], json: bool) {
                 p.backups.iter().map(move |r| {
                     serde_json::json!({"name": r.backup.name, "location": p.target.id(),
                         "url": format!("{}{}{}", p.location, if p.target == Target::S3 || p.location.ends_with('/') { "" } else { "/" }, r.backup.name),
-                        "size_bytes": r.backup.size_bytes, "created_at": r.created, "modified_at": r.backup.modified})
+                        "size_bytes": r.backup.size_bytes, "created_at": r.info.run_at, "modified_at": r.backup.modified})
                 })
             })
             .collect();
@@ -63,7 +63,7 @@ pub fn print_list(places: &[Place], json: bool) {
     println!("{:<48} {:>12}  {:<24} where", "backup", "size", "created");
     for p in places {
         for r in &p.backups {
-            println!("{:<48} {:>12}  {:<24} {}", r.backup.name, mb(r.backup.size_bytes), format_time(r.created), p.target.id());
+            println!("{:<48} {:>12}  {:<24} {}", r.backup.name, mb(r.backup.size_bytes), format_time(r.info.run_at), p.target.id());
         }
     }
     for p in places {

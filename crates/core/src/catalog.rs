@@ -4,15 +4,15 @@
 
 use crate::codec::Format;
 use crate::config::Config;
-use crate::model::{BackupEntry, PolicyConfig, Target};
+use crate::model::{BackupEntry, NameInfo, PolicyConfig, Target};
 use crate::policy::{Policy, PolicyError};
 use crate::store::{BackupStore, StoredBackup};
 
-/// A listed backup the policy recognises, with the time its name carries.
+/// A listed backup the policy recognises, with what its name says (database, kind, run time).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recognised {
     pub backup: StoredBackup,
-    pub created: i64,
+    pub info: NameInfo,
 }
 
 /// The backups among `listing` that the policy recognises, newest first (by the time in the
@@ -22,9 +22,9 @@ pub fn recognised(policy: &dyn Policy, config: &PolicyConfig, listing: &[StoredB
     let mut out: Vec<Recognised> = policy
         .recognise(config, &entries)?
         .into_iter()
-        .map(|(e, created)| Recognised { backup: StoredBackup { name: e.name, size_bytes: e.size_bytes, modified: e.modified }, created })
+        .map(|(e, info)| Recognised { backup: StoredBackup { name: e.name, size_bytes: e.size_bytes, modified: e.modified }, info })
         .collect();
-    out.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| b.backup.name.cmp(&a.backup.name)));
+    out.sort_by(|a, b| b.info.run_at.cmp(&a.info.run_at).then_with(|| b.backup.name.cmp(&a.backup.name)));
     Ok(out)
 }
 
@@ -147,7 +147,7 @@ mod tests {
         // The time in the name orders them, not the modification time.
         let s = store(&[("app_backup_300.sql.gz", 1), ("app_backup_100.sql.gz", 3), ("app_backup_200.sql.gz", 2), ("db_backup_999.sql.gz", 9)]);
         let place = place(&NativePolicy::keeping(1), &config(), &s, "memory://s3/").unwrap();
-        let names: Vec<(&str, i64)> = place.backups.iter().map(|r| (r.backup.name.as_str(), r.created)).collect();
+        let names: Vec<(&str, i64)> = place.backups.iter().map(|r| (r.backup.name.as_str(), r.info.run_at)).collect();
         assert_eq!(names, [("app_backup_300.sql.gz", 300), ("app_backup_200.sql.gz", 200), ("app_backup_100.sql.gz", 100)]);
         assert_eq!(place.foreign, 1);
         assert_eq!(place.target, Target::S3);

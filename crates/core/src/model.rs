@@ -52,6 +52,31 @@ impl Target {
     }
 }
 
+/// What a backup file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BackupKind {
+    /// One database (`pg_dump`).
+    Database,
+    /// The server's roles and tablespaces (`pg_dumpall --globals-only`).
+    Globals,
+}
+
+/// What the policy reads from one of its names: the database (for globals, the server's
+/// label), the kind, and when the run it belongs to started (the files of one run share it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NameInfo {
+    pub database: String,
+    pub kind: BackupKind,
+    pub run_at: UnixSeconds,
+}
+
+impl NameInfo {
+    /// A dump of `database` from the run started at `run_at`.
+    pub fn dump(database: &str, run_at: UnixSeconds) -> NameInfo {
+        NameInfo { database: database.to_string(), kind: BackupKind::Database, run_at }
+    }
+}
+
 /// A stored backup as listed by a store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupEntry {
@@ -132,7 +157,7 @@ pub struct Status {
     pub local_backups: Vec<BackupEntry>,
     /// The policy's own among them, with the run time each name carries (what
     /// [`crate::policy::Policy::recognise`] found).
-    pub recognised: Vec<(BackupEntry, UnixSeconds)>,
+    pub recognised: Vec<(BackupEntry, NameInfo)>,
     pub last_run: Option<LastRun>,
     pub next_run: Option<UnixSeconds>,
     pub running: Option<String>,

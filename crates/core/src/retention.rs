@@ -5,7 +5,9 @@
 //! The policy proposes (`select-expired`); these rules dispose. They only ever turn a proposed
 //! deletion into a keep, never the other way round.
 
-use crate::model::{BackupEntry, Target};
+use std::collections::BTreeMap;
+
+use crate::model::{BackupEntry, BackupKind, NameInfo, Target};
 use crate::store::BackupStore;
 
 /// A recognised name dated more than this after `now` is "future-dated": a clock that was
@@ -112,41 +114,49 @@ impl Guard {
     }
 
     /// Decides every listed backup. `recognised` holds the listed names the policy recognises
-    /// with the time each carries; `selected` is the policy's answer; `just_written` the name
-    /// this run wrote, if any.
-    pub fn decide(&self, listing: &[BackupEntry], recognised: &[(BackupEntry, i64)], selected: &[String], just_written: Option<&str>) -> Plan {
+    /// with what each name says (database, kind, run time); `selected` is the policy's answer;
+    /// `just_written` the name this run wrote, if any. The rules hold per database and kind:
+    /// the newest dump of each database and the newest globals are kept, and the minimum count
+    /// is counted in each.
+    pub fn decide(&self, listing: &[BackupEntry], recognised: &[(BackupEntry, NameInfo)], selected: &[String], just_written: Option<&str>) -> Plan {
         if self.clock_behind() {
             let decisions = listing.iter().map(|b| (b.name.clone(), Decision::Keep(KeepReason::ClockBehind))).collect();
             return Plan { decisions, future_dated: Vec::new(), clock_behind: true };
         }
         let future = |t: i64| t > self.now.saturating_add(FUTURE_SLACK_SECS);
-        let mut dated: Vec<(&str, i64)> = recognised.iter().filter(|(_, t)| !future(*t)).map(|(b, t)| (b.name.as_str(), *t)).collect();
-        // Newest first; the name breaks ties so the outcome never depends on listing order.
-        dated.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(a.0)));
-        let newest_by_name = dated.first().map(|(n, _)| *n);
-        let protected_by_count: Vec<&str> = dated.iter().take(self.min_keep as usize).map(|(n, _)| *n).collect();
-        // One backup, not every one sharing the newest mtime: files copied in one go (a restore
-        // from tape, `cp` without `-p`) share a second, and would all be kept for ever.
-        let newest_modified = recognised
-            .iter()
-            .max_by(|(a, ta), (b, tb)| a.modified.cmp(&b.modified).then(ta.cmp(tb)).then_with(|| a.name.cmp(&b.name)))
-            .map(|(b, _)| b.name.as_str());
-        let time_of = |name: &str| recognised.iter().find(|(b, _)| b.name == name).map(|(_, t)| *t);
+        let mut groups: BTreeMap<(&str, BackupKind), Vec<&(BackupEntry, NameInfo)>> = BTreeMap::new();
+        for r in recognised {
+            groups.entry((r.1.database.as_str(), r.1.kind)).or_default().push(r);
+        }
+        let (mut newest_by_name, mut newest_modified, mut protected_by_count) = (Vec::new(), Vec::new(), Vec::new());
+        for group in groups.values() {
+            let mut dated: Vec<(&str, i64)> = group.iter().filter(|(_, i)| !future(i.run_at)).map(|(b, i)| (b.name.as_str(), i.run_at)).collect();
+            // Newest first; the name breaks ties so the outcome never depends on listing order.
+            dated.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(a.0)));
+            newest_by_name.extend(dated.first().map(|(n, _)| *n));
+            protected_by_count.extend(dated.iter().take(self.min_keep as usize).map(|(n, _)| *n));
+            // One backup, not every one sharing the newest mtime: files copied in one go (a
+            // restore from tape, `cp` without `-p`) share a second, and would all be kept for ever.
+            let newest =
+                group.iter().max_by(|(a, ia), (b, ib)| a.modified.cmp(&b.modified).then(ia.run_at.cmp(&ib.run_at)).then_with(|| a.name.cmp(&b.name)));
+            newest_modified.extend(newest.map(|(b, _)| b.name.as_str()));
+        }
+        let ours = |name: &str| recognised.iter().any(|(b, _)| b.name == name);
 
         let decisions = listing
             .iter()
             .map(|b| {
                 let name = b.name.as_str();
                 // The policy's own keeps first, so a safety rule is named only when it overrules.
-                let decision = if time_of(name).is_none() {
+                let decision = if !ours(name) {
                     Decision::Keep(KeepReason::Foreign)
                 } else if !selected.iter().any(|s| s == name) {
                     Decision::Keep(KeepReason::NotSelected)
                 } else if Some(name) == just_written {
                     Decision::Keep(KeepReason::JustWritten)
-                } else if Some(name) == newest_by_name {
+                } else if newest_by_name.contains(&name) {
                     Decision::Keep(KeepReason::NewestByName)
-                } else if Some(name) == newest_modified {
+                } else if newest_modified.contains(&name) {
                     Decision::Keep(KeepReason::NewestByModified)
                 } else if protected_by_count.contains(&name) {
                     Decision::Keep(KeepReason::MinKeep)
@@ -156,7 +166,7 @@ impl Guard {
                 (b.name.clone(), decision)
             })
             .collect();
-        let future_dated = recognised.iter().filter(|(_, t)| future(*t)).map(|(b, _)| b.name.clone()).collect();
+        let future_dated = recognised.iter().filter(|(_, i)| future(i.run_at)).map(|(b, _)| b.name.clone()).collect();
         Plan { decisions, future_dated, clock_behind: false }
     }
 }
@@ -176,8 +186,8 @@ pub struct RetentionReport {
 /// The policy's half of retention: which listed names are its own (with the time each
 /// carries), and which of those it would delete. Errors are whole answers refused.
 pub trait Selection {
-    fn recognise(&self, listing: &[BackupEntry]) -> Result<Vec<(BackupEntry, i64)>, String>;
-    fn select_expired(&self, listing: &[BackupEntry], ours: &[(BackupEntry, i64)], now: i64, target: Target) -> Result<Vec<String>, String>;
+    fn recognise(&self, listing: &[BackupEntry]) -> Result<Vec<(BackupEntry, NameInfo)>, String>;
+    fn select_expired(&self, listing: &[BackupEntry], ours: &[(BackupEntry, NameInfo)], now: i64, target: Target) -> Result<Vec<String>, String>;
 }
 
 /// The original's log lines, which operators' log searches rely on, per store.
@@ -278,14 +288,48 @@ mod tests {
     fn run(guard: Guard, backups: &[B], selected: &[&str], just_written: Option<&str>) -> Plan {
         let listing: Vec<BackupEntry> =
             backups.iter().map(|B(n, _, m)| BackupEntry { name: n.to_string(), size_bytes: 1, modified: NOW - m * DAY }).collect();
-        let recognised: Vec<(BackupEntry, i64)> =
-            backups.iter().zip(&listing).filter_map(|(B(_, age, _), e)| Some((e.clone(), NOW - (*age)? * DAY))).collect();
+        // `globals` in a name makes it the globals of the run; `other_` another database's dump.
+        let info = |name: &str, at: i64| {
+            let kind = if name.contains("globals") { BackupKind::Globals } else { BackupKind::Database };
+            NameInfo { database: if name.starts_with("other_") { "other" } else { "db" }.into(), kind, run_at: at }
+        };
+        let recognised: Vec<(BackupEntry, NameInfo)> =
+            backups.iter().zip(&listing).filter_map(|(B(n, age, _), e)| Some((e.clone(), info(n, NOW - (*age)? * DAY)))).collect();
         let selected: Vec<String> = selected.iter().map(|s| s.to_string()).collect();
         guard.decide(&listing, &recognised, &selected, just_written)
     }
 
     fn guard(min_keep: u32) -> Guard {
         Guard { now: NOW, min_keep, last_recorded_run: Some(NOW - DAY) }
+    }
+
+    /// Pins issue 15 item 6: the rules hold per database and kind. The newest globals and the
+    /// newest dump of each database stay whatever the policy selects, and the minimum count is
+    /// counted in each, so files of another kind or database never stand in for them.
+    #[test]
+    fn the_rules_hold_per_database_and_kind() {
+        let backups = [
+            B("db_3", Some(3), 3),
+            B("db_globals_3", Some(3), 3),
+            B("db_5", Some(5), 5),
+            B("db_globals_5", Some(5), 5),
+            B("other_2", Some(2), 2),
+            B("other_9", Some(9), 9),
+        ];
+        let all = ["db_3", "db_globals_3", "db_5", "db_globals_5", "other_2", "other_9"];
+        let plan = run(guard(1), &backups, &all, None);
+        let expect = [
+            ("db_3", Keep(NewestByName)),
+            ("db_globals_3", Keep(NewestByName)),
+            ("db_5", DEL),
+            ("db_globals_5", DEL),
+            ("other_2", Keep(NewestByName)),
+            ("other_9", DEL),
+        ];
+        assert_eq!(plan.decisions, expect.map(|(n, d)| (n.to_string(), d)));
+        // With a minimum of 2, each group keeps two: here everything.
+        let plan = run(guard(2), &backups, &all, None);
+        assert!(plan.to_delete().is_empty(), "{:?}", plan.decisions);
     }
 
     /// Pins issue 12 item 6: the host's rules hold whatever the policy selects.
@@ -465,14 +509,14 @@ mod apply_tests {
     }
 
     impl Selection for Native {
-        fn recognise(&self, listing: &[BackupEntry]) -> Result<Vec<(BackupEntry, i64)>, String> {
+        fn recognise(&self, listing: &[BackupEntry]) -> Result<Vec<(BackupEntry, NameInfo)>, String> {
             if self.recognise_fails {
                 return Err("recognition refused".into());
             }
-            Ok(listing.iter().filter_map(|b| Some((b.clone(), b.name.strip_prefix("db_backup_")?.parse().ok()?))).collect())
+            Ok(listing.iter().filter_map(|b| Some((b.clone(), NameInfo::dump("db", b.name.strip_prefix("db_backup_")?.parse().ok()?)))).collect())
         }
 
-        fn select_expired(&self, _: &[BackupEntry], _: &[(BackupEntry, i64)], _: i64, _: Target) -> Result<Vec<String>, String> {
+        fn select_expired(&self, _: &[BackupEntry], _: &[(BackupEntry, NameInfo)], _: i64, _: Target) -> Result<Vec<String>, String> {
             self.select.clone().map(|v| v.into_iter().map(String::from).collect()).map_err(String::from)
         }
     }

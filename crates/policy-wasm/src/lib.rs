@@ -28,7 +28,7 @@ pub use ef_backup_core::model::{
     BackupDone, BackupEntry, BackupFailed, BackupOutcome, BackupSchedule, ErrorKind, HttpResponse, LastRun, Level, LoadedPolicy, PolicyConfig,
     PolicyS3Config, S3Outcome, Status, Target,
 };
-pub use ef_backup_core::model::{Message, Notification};
+pub use ef_backup_core::model::{BackupKind, Message, NameInfo, Notification};
 use ef_backup_core::policy::{validate_cron, validate_name};
 pub use ef_backup_core::policy::{Policy, PolicyError};
 use ef_backup_core::util::hex;
@@ -229,8 +229,8 @@ impl WasmPolicy {
         let names: Vec<String> = self.select_expired_among(backups, &ours, now, target, config)?.into_iter().map(|(n, _)| n).collect();
         let newest = ours
             .iter()
-            .filter(|(_, t)| *t <= now.saturating_add(ef_backup_core::retention::FUTURE_SLACK_SECS))
-            .max_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.name.cmp(&b.0.name)))
+            .filter(|(_, i)| i.run_at <= now.saturating_add(ef_backup_core::retention::FUTURE_SLACK_SECS))
+            .max_by(|a, b| a.1.run_at.cmp(&b.1.run_at).then_with(|| a.0.name.cmp(&b.0.name)))
             .map(|(b, _)| b.name.as_str());
         if let Some(name) = names.iter().find(|n| Some(n.as_str()) == newest) {
             return Err(self.bad(call, format!("{name:?} is the newest backup, which must never be deleted")));
@@ -276,7 +276,7 @@ impl Policy for WasmPolicy {
         Ok(name)
     }
 
-    fn parse_name(&self, config: &PolicyConfig, name: &str) -> Result<Option<i64>, PolicyError> {
+    fn parse_name(&self, config: &PolicyConfig, name: &str) -> Result<Option<NameInfo>, PolicyError> {
         self.call("parse-name", |p, s| p.calls().parse_name(s, config, name))
     }
 
@@ -287,7 +287,7 @@ impl Policy for WasmPolicy {
     /// counting or retention. The whole listing gets [`RECOGNISE_BASE`] plus
     /// [`RECOGNISE_PER_NAME`] per name; names left when it runs out are not recognised this time.
     /// Fails only when the policy cannot be instantiated at all.
-    fn recognise(&self, config: &PolicyConfig, backups: &[BackupEntry]) -> Result<Vec<(BackupEntry, i64)>, PolicyError> {
+    fn recognise(&self, config: &PolicyConfig, backups: &[BackupEntry]) -> Result<Vec<(BackupEntry, NameInfo)>, PolicyError> {
         let call = "parse-name";
         let budget = RECOGNISE_BASE + RECOGNISE_PER_NAME * backups.len().min(u32::MAX as usize) as u32;
         let deadline = Instant::now() + budget;
@@ -324,7 +324,7 @@ impl Policy for WasmPolicy {
             let parsed = Calls::new(exports, name_deadline).parse_name(&mut *store, config, &b.name);
             errors.append(&mut store.data_mut().errors);
             match parsed {
-                Ok(Some(t)) => out.push((b.clone(), t)),
+                Ok(Some(info)) => out.push((b.clone(), info)),
                 Ok(None) => {}
                 Err(e) => {
                     self.warn_unrecognisable(&b.name, &call_error(&self.info.path, call, limit, e));
@@ -348,7 +348,7 @@ impl Policy for WasmPolicy {
     fn select_expired_among(
         &self,
         backups: &[BackupEntry],
-        ours: &[(BackupEntry, i64)],
+        ours: &[(BackupEntry, NameInfo)],
         now: i64,
         target: Target,
         config: &PolicyConfig,

@@ -133,8 +133,9 @@ impl<'a> Calls<'a> {
         run_until(self.deadline, self.exports.call_backup_name(store, &config(c), now))
     }
 
-    pub fn parse_name(&self, store: &mut Store<State>, c: &model::PolicyConfig, name: &str) -> wasmtime::Result<Option<i64>> {
-        run_until(self.deadline, self.exports.call_parse_name(store, &config(c), name))
+    /// 0.1.0 names say only the time: every one is a dump of the one database.
+    pub fn parse_name(&self, store: &mut Store<State>, c: &model::PolicyConfig, name: &str) -> wasmtime::Result<Option<model::NameInfo>> {
+        Ok(run_until(self.deadline, self.exports.call_parse_name(store, &config(c), name))?.map(|t| model::NameInfo::dump(&c.database, t)))
     }
 
     /// 0.1.0 is given the whole listing, as it always was (it picks out its own names).
@@ -142,7 +143,7 @@ impl<'a> Calls<'a> {
         &self,
         store: &mut Store<State>,
         backups: &[model::BackupEntry],
-        _ours: &[(model::BackupEntry, i64)],
+        _ours: &[(model::BackupEntry, model::NameInfo)],
         now: i64,
         t: model::Target,
         c: &model::PolicyConfig,

@@ -123,16 +123,23 @@ fn response(r: wit::HttpResponse) -> model::HttpResponse {
     model::HttpResponse { status: r.status, body: r.body }
 }
 
+fn kind(k: model::BackupKind) -> wit::BackupKind {
+    match k {
+        model::BackupKind::Database => wit::BackupKind::Database,
+        model::BackupKind::Globals => wit::BackupKind::Globals,
+    }
+}
+
 /// Backups the host recognised (through `parse_name`: this deployment's database dumps), with
 /// the name-info that implies. Never asked of the guest again: recognition already gave each
 /// name its own budget and took a trap on one name as "not ours".
-fn entries(c: &model::PolicyConfig, ours: &[(model::BackupEntry, i64)]) -> Vec<wit::BackupEntry> {
+fn entries(ours: &[(model::BackupEntry, model::NameInfo)]) -> Vec<wit::BackupEntry> {
     ours.iter()
-        .map(|(b, t)| wit::BackupEntry {
+        .map(|(b, i)| wit::BackupEntry {
             name: b.name.clone(),
             size_bytes: b.size_bytes,
             modified: b.modified,
-            info: wit::NameInfo { database: c.database.clone(), kind: wit::BackupKind::Database, run_at: *t },
+            info: wit::NameInfo { database: i.database.clone(), kind: kind(i.kind), run_at: i.run_at },
         })
         .collect()
 }
@@ -162,8 +169,9 @@ impl<'a> Calls<'a> {
     /// The run time of a name of this deployment's database dumps. A name the policy gives
     /// another database or kind (the globals, later) is not one of the backups the host manages
     /// here: none, so it is never counted or deleted.
-    pub fn parse_name(&self, store: &mut Store<State>, c: &model::PolicyConfig, name: &str) -> wasmtime::Result<Option<i64>> {
-        Ok(self.name_info(store, c, name)?.filter(|i| i.database == c.database && i.kind == wit::BackupKind::Database).map(|i| i.run_at))
+    pub fn parse_name(&self, store: &mut Store<State>, c: &model::PolicyConfig, name: &str) -> wasmtime::Result<Option<model::NameInfo>> {
+        let ours = self.name_info(store, c, name)?.filter(|i| i.database == c.database && i.kind == wit::BackupKind::Database);
+        Ok(ours.map(|i| model::NameInfo::dump(&i.database, i.run_at)))
     }
 
     fn name_info(&self, store: &mut Store<State>, c: &model::PolicyConfig, name: &str) -> wasmtime::Result<Option<wit::NameInfo>> {
@@ -174,12 +182,12 @@ impl<'a> Calls<'a> {
     pub fn select_expired(
         &self,
         store: &mut Store<State>,
-        ours: &[(model::BackupEntry, i64)],
+        ours: &[(model::BackupEntry, model::NameInfo)],
         now: i64,
         t: model::Target,
         c: &model::PolicyConfig,
     ) -> wasmtime::Result<Vec<(String, Option<String>)>> {
-        let entries = entries(c, ours);
+        let entries = entries(ours);
         let store_id = store_id(t).to_string();
         let decisions = run_until(self.deadline, self.exports.call_select_expired(&mut *store, context(now), &config(c), &store_id, &entries))?;
         Ok(decisions.into_iter().filter(|d| d.delete).map(|d| (d.name, Some(d.reason))).collect())
@@ -190,7 +198,7 @@ impl<'a> Calls<'a> {
     }
 
     pub fn shape_status(&self, store: &mut Store<State>, s: &model::Status) -> wasmtime::Result<model::HttpResponse> {
-        let mut local_backups = entries(&s.config, &s.recognised);
+        let mut local_backups = entries(&s.recognised);
         local_backups.sort_by(|a, b| b.info.run_at.cmp(&a.info.run_at).then_with(|| b.name.cmp(&a.name)));
         let status = wit::Status {
             now: s.now,

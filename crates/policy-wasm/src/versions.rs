@@ -7,7 +7,7 @@ use std::time::Instant;
 use wasmtime::{Engine, Store};
 
 use crate::sandbox::State;
-use crate::{v0_1, v0_2, BackupEntry, BackupOutcome, BackupSchedule, HttpResponse, Message, Notification, PolicyConfig, Status, Target};
+use crate::{v0_1, v0_2, BackupEntry, BackupOutcome, BackupSchedule, HttpResponse, Message, NameInfo, Notification, PolicyConfig, Status, Target};
 
 /// A linked component of one of the contract versions, ready to instantiate.
 pub(crate) enum Pre {
@@ -65,7 +65,7 @@ impl Calls<'_> {
         }
     }
 
-    pub(crate) fn parse_name(&self, store: &mut Store<State>, c: &PolicyConfig, name: &str) -> wasmtime::Result<Option<i64>> {
+    pub(crate) fn parse_name(&self, store: &mut Store<State>, c: &PolicyConfig, name: &str) -> wasmtime::Result<Option<NameInfo>> {
         match self {
             Calls::V01(x) => x.parse_name(store, c, name),
             Calls::V02(x) => x.parse_name(store, c, name),
@@ -76,7 +76,7 @@ impl Calls<'_> {
         &self,
         store: &mut Store<State>,
         backups: &[BackupEntry],
-        ours: &[(BackupEntry, i64)],
+        ours: &[(BackupEntry, NameInfo)],
         now: i64,
         t: Target,
         c: &PolicyConfig,

@@ -61,7 +61,7 @@ fn names_round_trip() {
     let p = load();
     let c = config(None, &[]);
     assert_eq!(p.backup_name(&c, NOW).unwrap(), "euraflow_backup_20251104_013000.sql.gz");
-    assert_eq!(p.parse_name(&c, "euraflow_backup_20251104_013000.sql.gz").unwrap(), Some(NOW));
+    assert_eq!(p.parse_name(&c, "euraflow_backup_20251104_013000.sql.gz").unwrap(), Some(policy::NameInfo::dump("euraflow", NOW)));
     for foreign in ["notes.sql.gz", "euraflow_backup_20251104_013000.sql.gz.partial", "euraflow_backup_2025.sql.gz"] {
         assert_eq!(p.parse_name(&c, foreign).unwrap(), None, "{foreign}");
     }

@@ -44,7 +44,7 @@ struct Listing {
     at: Instant,
     entries: Vec<BackupEntry>,
     /// The policy's own among them, with their run times.
-    recognised: Vec<(BackupEntry, i64)>,
+    recognised: Vec<(BackupEntry, crate::model::NameInfo)>,
 }
 
 pub struct Service {

@@ -267,11 +267,17 @@ struct PolicySelection<'a> {
 }
 
 impl Selection for PolicySelection<'_> {
-    fn recognise(&self, listing: &[BackupEntry]) -> Result<Vec<(BackupEntry, i64)>, String> {
+    fn recognise(&self, listing: &[BackupEntry]) -> Result<Vec<(BackupEntry, crate::model::NameInfo)>, String> {
         self.policy.recognise(self.config, listing).map_err(|e| e.to_string())
     }
 
-    fn select_expired(&self, listing: &[BackupEntry], ours: &[(BackupEntry, i64)], now: i64, target: Target) -> Result<Vec<String>, String> {
+    fn select_expired(
+        &self,
+        listing: &[BackupEntry],
+        ours: &[(BackupEntry, crate::model::NameInfo)],
+        now: i64,
+        target: Target,
+    ) -> Result<Vec<String>, String> {
         let selected = self.policy.select_expired_among(listing, ours, now, target, self.config).map_err(|e| e.to_string())?;
         policy::log_reasons(&selected, target);
         Ok(selected.into_iter().map(|(n, _)| n).collect())

@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::codec::Format;
-use crate::model::{BackupEntry, BackupOutcome, BackupSchedule, HttpResponse, LoadedPolicy, Message, Notification, PolicyConfig, Status, Target};
+use crate::model::{
+    BackupEntry, BackupOutcome, BackupSchedule, HttpResponse, LoadedPolicy, Message, NameInfo, Notification, PolicyConfig, Status, Target,
+};
 
 /// Retention reasons of one answer that are logged, and how much of each.
 const REASON_LINES: usize = 50;
@@ -24,17 +26,18 @@ pub trait Policy: Send + Sync + std::fmt::Debug {
     fn schedule(&self, config: &PolicyConfig) -> Result<BackupSchedule, PolicyError>;
     /// The name of a backup started at `now` (Unix seconds).
     fn backup_name(&self, config: &PolicyConfig, now: i64) -> Result<String, PolicyError>;
-    /// When the backup of this name ran, or None when the name is not one of this policy's.
-    fn parse_name(&self, config: &PolicyConfig, name: &str) -> Result<Option<i64>, PolicyError>;
+    /// What a name of this deployment's holds and when its run started; None when the name is
+    /// not one this deployment writes (another database's, another tool's, not a backup).
+    fn parse_name(&self, config: &PolicyConfig, name: &str) -> Result<Option<NameInfo>, PolicyError>;
     /// The entries of a listing that are this policy's, with the time each name carries. A
     /// name the policy fails on is only "not ours": it never stops the listing.
-    fn recognise(&self, config: &PolicyConfig, backups: &[BackupEntry]) -> Result<Vec<(BackupEntry, i64)>, PolicyError>;
+    fn recognise(&self, config: &PolicyConfig, backups: &[BackupEntry]) -> Result<Vec<(BackupEntry, NameInfo)>, PolicyError>;
     /// Which of `ours` (recognised among `backups`) may be deleted from `target`, each with the
     /// policy's reason when it gives one. The host's safety rules still decide (`retention::Guard`).
     fn select_expired_among(
         &self,
         backups: &[BackupEntry],
-        ours: &[(BackupEntry, i64)],
+        ours: &[(BackupEntry, NameInfo)],
         now: i64,
         target: Target,
         config: &PolicyConfig,

@@ -1,13 +1,15 @@
 //! A policy written in Rust, for the unit tests of the engine, the catalog and the service
-//! (and for an embedding app that wants no WebAssembly): names `<database>_backup_<unix>.sql.gz`,
-//! keeps the newest `keep` backups, answers in the original's JSON envelope. Its switches make
-//! it fail the way a broken component does.
+//! (and for an embedding app that wants no WebAssembly): names `<database>_backup_<unix>.sql.gz`
+//! (and `_globals_` for the globals), keeps the newest `keep` of each database and kind, answers
+//! in the original's JSON envelope. Its switches make it fail the way a broken component does.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use super::{fallback_backup_response, Policy, PolicyError};
-use crate::model::{BackupEntry, BackupOutcome, BackupSchedule, HttpResponse, LoadedPolicy, Message, Notification, PolicyConfig, Status, Target};
+use crate::model::{
+    BackupEntry, BackupKind, BackupOutcome, BackupSchedule, HttpResponse, LoadedPolicy, Message, NameInfo, Notification, PolicyConfig, Status, Target,
+};
 
 #[derive(Debug)]
 pub struct NativePolicy {
@@ -24,10 +26,6 @@ pub struct NativePolicy {
 impl NativePolicy {
     pub fn keeping(keep: usize) -> NativePolicy {
         NativePolicy { keep, fail_naming: AtomicBool::new(false), fail_retention: AtomicBool::new(false), asked: Mutex::default() }
-    }
-
-    fn prefix(config: &PolicyConfig) -> String {
-        format!("{}_backup_", config.database)
     }
 
     fn fails(&self, call: &'static str) -> PolicyError {
@@ -53,21 +51,29 @@ impl Policy for NativePolicy {
         if self.fail_naming.load(Ordering::SeqCst) {
             return Err(self.fails("backup-name"));
         }
-        Ok(format!("{}{now}.sql.gz", Self::prefix(config)))
+        Ok(format!("{}_backup_{now}.sql.gz", config.database))
     }
 
-    fn parse_name(&self, config: &PolicyConfig, name: &str) -> Result<Option<i64>, PolicyError> {
-        Ok(name.strip_prefix(&Self::prefix(config)).and_then(|r| r.strip_suffix(".sql.gz")).and_then(|t| t.parse().ok()))
+    /// `<db>_backup_<unix>.sql.gz` (a dump) and `<db>_globals_<unix>.sql.gz` (the globals of
+    /// the server it is on).
+    fn parse_name(&self, config: &PolicyConfig, name: &str) -> Result<Option<NameInfo>, PolicyError> {
+        let Some(rest) = name.strip_prefix(&format!("{}_", config.database)).and_then(|r| r.strip_suffix(".sql.gz")) else { return Ok(None) };
+        let (kind, time) = match (rest.strip_prefix("backup_"), rest.strip_prefix("globals_")) {
+            (Some(t), _) => (BackupKind::Database, t),
+            (_, Some(t)) => (BackupKind::Globals, t),
+            _ => return Ok(None),
+        };
+        Ok(time.parse().ok().map(|run_at| NameInfo { database: config.database.clone(), kind, run_at }))
     }
 
-    fn recognise(&self, config: &PolicyConfig, backups: &[BackupEntry]) -> Result<Vec<(BackupEntry, i64)>, PolicyError> {
+    fn recognise(&self, config: &PolicyConfig, backups: &[BackupEntry]) -> Result<Vec<(BackupEntry, NameInfo)>, PolicyError> {
         Ok(backups.iter().filter_map(|b| Some((b.clone(), self.parse_name(config, &b.name).ok()??))).collect())
     }
 
     fn select_expired_among(
         &self,
         _: &[BackupEntry],
-        ours: &[(BackupEntry, i64)],
+        ours: &[(BackupEntry, NameInfo)],
         _: i64,
         target: Target,
         _: &PolicyConfig,
@@ -76,9 +82,19 @@ impl Policy for NativePolicy {
         if self.fail_retention.load(Ordering::SeqCst) {
             return Err(self.fails("select-expired"));
         }
-        let mut by_age: Vec<&(BackupEntry, i64)> = ours.iter().collect();
-        by_age.sort_by_key(|(_, t)| std::cmp::Reverse(*t));
-        Ok(by_age.iter().skip(self.keep).map(|(b, _)| (b.name.clone(), Some(format!("beyond the newest {}", self.keep)))).collect())
+        // The newest `keep` of each database and kind.
+        let mut by_age: Vec<&(BackupEntry, NameInfo)> = ours.iter().collect();
+        by_age.sort_by_key(|(_, i)| std::cmp::Reverse(i.run_at));
+        let mut seen: std::collections::HashMap<(&str, BackupKind), usize> = std::collections::HashMap::new();
+        Ok(by_age
+            .iter()
+            .filter(|(_, i)| {
+                let n = seen.entry((i.database.as_str(), i.kind)).or_default();
+                *n += 1;
+                *n > self.keep
+            })
+            .map(|(b, _)| (b.name.clone(), Some(format!("beyond the newest {}", self.keep))))
+            .collect())
     }
 
     fn shape_backup_response(&self, outcome: &BackupOutcome) -> Result<HttpResponse, PolicyError> {
