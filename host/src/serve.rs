@@ -23,6 +23,7 @@ use crate::service::{load_checked, Service};
 use crate::state::StateStore;
 use crate::store::s3::S3Store;
 use crate::store::Mirror;
+use crate::util::lock;
 use crate::{api, engine};
 
 /// How often the policy file is looked at for changes.
@@ -106,7 +107,7 @@ async fn watch_policy(service: Arc<Service>, scheduler: Arc<Mutex<Option<Schedul
             Ok(Ok(Some(schedule))) => {
                 tracing::info!("schedule: {}", schedule.description);
                 let new = schedule::start(Arc::clone(&service), schedule);
-                let old = scheduler.lock().unwrap_or_else(|e| e.into_inner()).replace(new);
+                let old = lock(&scheduler).replace(new);
                 if let Some(old) = old {
                     old.stop();
                 }
@@ -144,7 +145,7 @@ enum Room {
 
 impl Waiting {
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, Instant, oneshot::Sender<()>)>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.0)
     }
     /// Closes the oldest connection that has waited at least `grace` for its request.
     fn make_room(&self, grace: Duration) -> Room {
@@ -336,7 +337,7 @@ impl Server {
         serve_http(listener, api::router(Arc::clone(&service)), max_connections, stop).await;
         // No new scheduled runs, then let the running one end (or be cancelled).
         watcher.abort();
-        let stopped = scheduler.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let stopped = lock(&scheduler).take();
         if let Some(s) = stopped {
             s.stop();
         }

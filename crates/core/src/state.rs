@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{Config, DbConfig};
 use crate::engine::BackupReport;
 use crate::model::{BackupOutcome, LastRun, S3Outcome};
-use crate::util::{hex, now};
+use crate::util::{hex, lock, now};
 
 /// The schema this build writes. Version 1: `runs`, `counters`.
 pub const SCHEMA_VERSION: i32 = 1;
@@ -247,7 +247,7 @@ impl StateStore {
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.conn)
     }
 
     fn migrate(&self) -> Result<(), StateError> {

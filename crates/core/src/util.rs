@@ -19,6 +19,13 @@ pub fn format_time(unix: i64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
+/// Locks `m`, also after a thread panicked while holding it: every lock of this program guards
+/// data that stays consistent between statements (a counter, a queue, a handle), and a backup
+/// tool that stops working because one thread panicked is worse than one that goes on.
+pub fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// `bytes` in lowercase hex, two digits a byte (digests in file names and checksums).
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -31,7 +31,7 @@ pub use ef_backup_core::model::{
 pub use ef_backup_core::model::{BackupKind, Message, NameInfo, Notification};
 use ef_backup_core::policy::{validate_cron, validate_name};
 pub use ef_backup_core::policy::{Policy, PolicyError};
-use ef_backup_core::util::hex;
+use ef_backup_core::util::{hex, lock};
 
 /// The WIT package versions this host can run. A `-draft` version is a pre-release of the next
 /// one: accepted with a warning, as it may still change.
@@ -209,7 +209,7 @@ impl WasmPolicy {
     }
 
     fn warn_unrecognisable(&self, name: &str, err: &PolicyError) {
-        let mut warned = self.warned_names.lock().unwrap_or_else(|p| p.into_inner());
+        let mut warned = lock(&self.warned_names);
         if warned.contains(name) {
             return;
         }

@@ -17,7 +17,7 @@ use crate::schedule::{Schedule, ScheduleError};
 use crate::state::{Finished, StateStore, Trigger};
 use crate::store::local::LocalStore;
 use crate::store::Mirror;
-use crate::util::now;
+use crate::util::{lock, now};
 
 /// How long a listing of the backup directory and the policy's recognition of it serve
 /// status and `/metrics` before they are computed again (a finished run refreshes it at once).
@@ -70,10 +70,6 @@ pub struct Service {
     /// and share its result.
     listing_refresh: tokio::sync::Mutex<()>,
     pub metrics: Metrics,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn busy(what: impl Into<String>) -> BackupRun {

@@ -14,6 +14,8 @@ use std::thread::JoinHandle;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
+use crate::util::lock;
+
 /// Input bytes per gzip member. Larger chunks compress slightly better (each member starts
 /// with an empty dictionary) and cost memory; 1 MiB loses well under 1% against one stream.
 pub const CHUNK_SIZE: usize = 1 << 20;
@@ -33,14 +35,14 @@ struct Permits {
 
 impl Permits {
     fn acquire(&self) {
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let mut free = lock(&self.free);
         while *free == 0 {
             free = self.cond.wait(free).unwrap_or_else(|e| e.into_inner());
         }
         *free -= 1;
     }
     fn release(&self) {
-        *self.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        *lock(&self.free) += 1;
         self.cond.notify_one();
     }
 }
@@ -83,7 +85,7 @@ impl<W: Write + Send + 'static> ParallelGzip<W> {
                     .name(format!("gzip-{i}"))
                     .spawn(move || loop {
                         // Hold the lock only to take a job, not while compressing.
-                        let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let job = lock(&rx).recv();
                         let Ok((seq, data)) = job else { return };
                         if tx.send((seq, compress_chunk(level, &data))).is_err() {
                             return;

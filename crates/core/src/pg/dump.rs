@@ -12,6 +12,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::db::{tail_lines, PgTools, Running};
+use crate::util::lock;
 
 const HEAD_LEN: usize = 4096;
 const TAIL_LEN: usize = 4096;
@@ -251,7 +252,7 @@ fn describe(status: ExitStatus) -> String {
 /// keeps its pid (and so the group id) from being reused, and reaping happens under the same
 /// lock (`wait_briefly`), so this never signals a stranger.
 fn kill_group(child: &Mutex<Child>) {
-    let mut child = child.lock().unwrap_or_else(|e| e.into_inner());
+    let mut child = lock(child);
     if let Ok(None) = child.try_wait() {
         // SAFETY: kill(2) on the process group of our own unreaped child.
         unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
@@ -348,14 +349,14 @@ pub fn run(
     drop(stdout);
     // pg_dump closes stdout as its last act; give it the rest of the time budget to exit.
     let status = loop {
-        let polled = child.lock().unwrap_or_else(|e| e.into_inner()).try_wait();
+        let polled = lock(&child).try_wait();
         match polled {
             Ok(Some(s)) => break Some(s),
             Ok(None) if started.elapsed() < timeout => std::thread::sleep(Duration::from_millis(20)),
             Ok(None) => {
                 timed_out.store(true, Ordering::SeqCst);
                 kill_group(&child);
-                break child.lock().unwrap_or_else(|e| e.into_inner()).wait().ok();
+                break lock(&child).wait().ok();
             }
             Err(_) => break None,
         }

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::db::{tail_lines, DbError, PgTools, Running};
 use crate::engine::{BackupReport, RetentionReport};
 use crate::model::{BackupFailed, BackupOutcome, ErrorKind};
+use crate::util::lock;
 
 /// `application_name` of every lock session: how an operator (or a restore) tells them apart.
 pub const APPLICATION_NAME: &str = "ef-backup-lock";
@@ -219,7 +220,7 @@ impl RunLock {
     /// committed and before retention: a lock that was lost (its session terminated, the network
     /// cut) may be held by another process by now.
     pub fn still_held(&self) -> Result<(), LockLost> {
-        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let mut session = lock(&self.session);
         session.held().map_err(|why| LockLost { db: self.db.clone(), why })
     }
 }

@@ -10,6 +10,7 @@ use super::{fallback_backup_response, Policy, PolicyError};
 use crate::model::{
     BackupEntry, BackupKind, BackupOutcome, BackupSchedule, HttpResponse, LoadedPolicy, Message, NameInfo, Notification, PolicyConfig, Status, Target,
 };
+use crate::util::lock;
 
 #[derive(Debug)]
 pub struct NativePolicy {
@@ -78,7 +79,7 @@ impl Policy for NativePolicy {
         target: Target,
         _: &PolicyConfig,
     ) -> Result<Vec<(String, Option<String>)>, PolicyError> {
-        self.asked.lock().unwrap_or_else(|p| p.into_inner()).push((target, ours.iter().map(|(b, _)| b.name.clone()).collect()));
+        lock(&self.asked).push((target, ours.iter().map(|(b, _)| b.name.clone()).collect()));
         if self.fail_retention.load(Ordering::SeqCst) {
             return Err(self.fails("select-expired"));
         }

@@ -16,6 +16,7 @@ use crate::codec::Format;
 use crate::db::{quote_ident, quote_literal, DbError, PgTools};
 use crate::dump::{Completeness, DumpFacts};
 use crate::store::Mirror;
+use crate::util::lock;
 use parallel::{LoadError, LoadOptions, LoadStats, Loader};
 
 pub mod props;
@@ -198,7 +199,7 @@ pub struct Scratch<'a> {
 
 impl<'a> Scratch<'a> {
     fn new(tools: &'a PgTools, name: &str) -> Scratch<'a> {
-        *LIVE_SCRATCH.lock().unwrap_or_else(|e| e.into_inner()) = Some((tools.clone(), name.to_string()));
+        *lock(&LIVE_SCRATCH) = Some((tools.clone(), name.to_string()));
         Scratch { tools, name: name.to_string(), keep: false }
     }
 }
@@ -211,7 +212,7 @@ fn drop_scratch(tools: &PgTools, name: &str) -> Result<(), DbError> {
 
 impl Drop for Scratch<'_> {
     fn drop(&mut self) {
-        LIVE_SCRATCH.lock().unwrap_or_else(|e| e.into_inner()).take();
+        lock(&LIVE_SCRATCH).take();
         if !self.keep {
             if let Err(e) = drop_scratch(self.tools, &self.name) {
                 tracing::warn!("could not drop scratch database {}: {e} (drop it by hand)", self.name);
@@ -234,7 +235,7 @@ pub fn interrupted_by() -> Option<i32> {
 /// process and leaving the database behind. Call before any thread is started.
 pub fn drop_scratch_on_signal() {
     crate::signals::on_first(|sig| {
-        let live = LIVE_SCRATCH.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let live = lock(&LIVE_SCRATCH).clone();
         match live {
             Some((tools, name)) => {
                 eprintln!("ef-backup: interrupted: dropping scratch database {name}");

@@ -34,6 +34,7 @@ use crossbeam_channel::{bounded, select, Receiver, Sender};
 use super::sqlscan::{Event, Scanner, StatementKind, Toc};
 use crate::db::{tail_lines, DbError, PgTools, Running};
 use crate::libpq::Conn;
+use crate::util::lock;
 
 /// Rows of one table are handed out in batches of about this many bytes.
 const BATCH_BYTES: usize = 4 << 20;
@@ -126,7 +127,7 @@ struct SharedState {
 
 impl Shared {
     fn fail(&self, err: LoadError) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = lock(&self.state);
         s.failure.get_or_insert(err);
         s.over = true;
         self.changed.notify_all();
@@ -134,7 +135,7 @@ impl Shared {
 
     /// A parallel job has run: one less outstanding.
     fn done_one(&self) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = lock(&self.state);
         s.outstanding -= 1;
         self.changed.notify_all();
     }
@@ -142,11 +143,11 @@ impl Shared {
     /// A written batch buffer goes back for the next batches.
     fn recycle(&self, mut buf: Vec<u8>) {
         buf.clear();
-        self.spare.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
+        lock(&self.spare).push(buf);
     }
 
     fn failure(&self) -> Option<LoadError> {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = lock(&self.state);
         s.failure.take()
     }
 }
@@ -249,7 +250,7 @@ impl Session {
     /// psql's exit status and the end of its stderr, as an error (None: it exited 0 and `ok`).
     fn failed(mut self, sessions: usize, ok: bool) -> Result<(), LoadError> {
         drop(self.stdin.take());
-        let child = self.child.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let child = lock(&self.child).take();
         let status = match child {
             Some(mut c) => c.wait().map_err(|err| DbError::Spawn { tool: "psql".into(), err })?,
             None => return Err(LoadError::Session { session: self.index, sessions, status: "killed".into(), stderr: String::new() }),
@@ -334,7 +335,7 @@ fn work(
             Job::Serial(bytes) => session.write(&bytes),
             Job::Copy { buf, settings_len, statement_len } => {
                 // After a failure anywhere the load is over: no more batches go to the server.
-                let failed_elsewhere = shared.state.lock().unwrap_or_else(|e| e.into_inner()).over;
+                let failed_elsewhere = lock(&shared.state).over;
                 let loaded = if failed_elsewhere {
                     Err("not loaded: another session failed first".to_string())
                 } else {
@@ -676,7 +677,7 @@ impl Dispatch {
 
     /// The reason a session went away: the worker records it right after it hangs up.
     fn gone(&self) -> LoadError {
-        let s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let s = lock(&self.shared.state);
         let (mut s, _) =
             self.shared.changed.wait_timeout_while(s, std::time::Duration::from_secs(30), |s| s.failure.is_none()).unwrap_or_else(|e| e.into_inner());
         s.failure.take().unwrap_or(LoadError::Session { session: 0, sessions: self.opts.jobs, status: "ended early".into(), stderr: String::new() })
@@ -689,7 +690,7 @@ impl Dispatch {
     fn send_parallel(&mut self, job: Job) -> Result<(), LoadError> {
         self.check()?;
         {
-            let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut s = lock(&self.shared.state);
             s.outstanding += 1;
         }
         let tx = self.shared_tx.as_ref().expect("loader not finished");
@@ -714,7 +715,7 @@ impl Dispatch {
 
     /// A batch buffer that starts with `head`: a spare one when there is one.
     fn spare_or_new(shared: &Shared, head: &[u8]) -> Vec<u8> {
-        let spare = shared.spare.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let spare = lock(&shared.spare).pop();
         let mut batch = spare.unwrap_or_else(|| Vec::with_capacity(head.len() + BATCH_BYTES + (1 << 20)));
         batch.extend_from_slice(head);
         batch
@@ -754,7 +755,7 @@ impl Dispatch {
     }
 
     fn wait_parallel(&self) -> Result<(), LoadError> {
-        let mut s = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = lock(&self.shared.state);
         while s.outstanding > 0 && s.failure.is_none() {
             s = self.shared.changed.wait(s).unwrap_or_else(|e| e.into_inner());
         }
@@ -779,9 +780,9 @@ impl Drop for Dispatch {
         }
         // Abandoned (a failed session, a damaged backup): stop every psql before it commits more,
         // and let no queued batch reach the server.
-        self.shared.state.lock().unwrap_or_else(|e| e.into_inner()).over = true;
+        lock(&self.shared.state).over = true;
         for child in &self.children {
-            if let Some(c) = child.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            if let Some(c) = lock(child).as_mut() {
                 let _ = c.kill();
             }
         }

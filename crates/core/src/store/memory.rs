@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::{BackupStore, Deleted, Mirror, StoredBackup, Upload};
 use crate::model::Target;
+use crate::util::lock;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -40,7 +41,7 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner)
     }
 
     /// Puts a backup in place, as an earlier run would have.
