@@ -282,6 +282,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 locale: props.locale,
                 tablespace: props.tablespace,
                 connection_limit: props.connection_limit,
+                // From the load options, in restore.
+                ..Default::default()
             };
             let opts = restore::RestoreOptions { create, drop_existing, allow_system_db, create_with, load: load.options() };
             let report = restore::restore(&tools, &source, &target_db, &opts)?;
@@ -294,8 +296,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 cli::load_summary(&report.check.load),
                 if report.replaced_existing { "; its previous contents were dropped" } else { "" }
             );
+            // Values come from the backup file: shown escaped, so none can drive the terminal.
             for p in &report.properties {
-                println!("  {}: {} ({})", p.name, p.value, p.from);
+                println!("  {}: {} ({})", p.name, ef_backup::db::escape_controls(&p.value), ef_backup::db::escape_controls(&p.from));
             }
             if let Some(left) = &report.leftover {
                 println!(

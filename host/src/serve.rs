@@ -100,8 +100,8 @@ async fn watch_policy(service: Arc<Service>, scheduler: Arc<Mutex<Option<Schedul
         if forced {
             tracing::info!("SIGHUP: checking the policy file {}", path.display());
         }
-        let svc = Arc::clone(&service);
-        let reloaded = tokio::task::spawn_blocking(move || svc.reload()).await;
+        let (svc, file) = (Arc::clone(&service), path.clone());
+        let reloaded = tokio::task::spawn_blocking(move || svc.reload(&file)).await;
         match reloaded {
             Ok(Ok(None)) => {}
             Ok(Ok(Some(schedule))) => {

@@ -142,10 +142,11 @@ impl Service {
     /// and its schedule is valid (known zone, every cron fires within a year), makes it the
     /// running policy; otherwise the current one stays and the error is returned. Returns the
     /// new policy's schedule when the policy changed. Blocking: call it off the async threads.
-    pub fn reload(&self) -> Result<Option<Schedule>, ReloadError> {
+    /// `path` is the policy file as configured (not the running policy's display path, which
+    /// loses a path that is not UTF-8).
+    pub fn reload(&self, path: &std::path::Path) -> Result<Option<Schedule>, ReloadError> {
         let current = self.policy().loaded();
-        let path = std::path::PathBuf::from(&current.path);
-        let fresh = load_checked(&self.config, &path)?;
+        let fresh = load_checked(&self.config, path)?;
         if fresh.info().sha256 == current.sha256 {
             return Ok(None);
         }

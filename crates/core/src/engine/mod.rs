@@ -176,7 +176,16 @@ impl DumpSource for PgDump {
     fn dump(&self, cancel: &Arc<AtomicBool>, mut out: &mut dyn std::io::Write) -> Result<dump::DumpStats, DumpError> {
         // Read from the database itself: the role may connect nowhere else.
         match crate::restore::props::read(&self.tools, &self.database, &self.database) {
-            Ok(Some(props)) => out.write_all(crate::restore::props::header_line(&props).as_bytes()).map_err(DumpError::Write)?,
+            Ok(Some(props)) => match crate::restore::props::header_line(&props) {
+                // Restore reads at most this much of it; a longer line would make the backup unreadable.
+                line if line.len() > crate::restore::props::HEADER_MAX => tracing::warn!(
+                    "the database's own properties (owner, ACL, settings, comment) take {} KiB, more than a backup carries ({} KiB): \
+                     this backup goes without them (a restore with --drop-existing keeps the replaced database's)",
+                    line.len() >> 10,
+                    crate::restore::props::HEADER_MAX >> 10
+                ),
+                line => out.write_all(line.as_bytes()).map_err(DumpError::Write)?,
+            },
             Ok(None) => {}
             // pg_dump meets the same server next: if it cannot work either, it says why.
             Err(e) => tracing::warn!("the backup goes without the database's own properties (owner, ACL, settings, comment): {e}"),

@@ -320,7 +320,9 @@ impl PgTools {
     /// process (a psql per query cost a process start and a login each: 25 ms, several times per
     /// command). A connection failure is [`DbError::Connect`] with libpq's reason.
     pub fn query(&self, database: &str, sql: &str) -> Result<Vec<Vec<String>>, DbError> {
-        let mut conn = self.connect(database, None)?;
+        // The statements ef-backup builds quote literals for standard_conforming_strings=on
+        // (`quote_literal`); a server or role configured otherwise must not change what they mean.
+        let mut conn = self.connect(database, Some("-c standard_conforming_strings=on"))?;
         conn.query(sql).map_err(|e| DbError::Sql { detail: e.to_string() })
     }
 

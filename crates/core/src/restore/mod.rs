@@ -105,13 +105,7 @@ pub fn scan(source: &Source, mut sink: impl FnMut(&[u8]) -> Result<(), RestoreEr
     // read here and never reaches psql or the dump's checks.
     let mut first = Vec::new();
     (&mut gz).take(props::HEADER_MAX as u64).read_until(b'\n', &mut first).map_err(gzip_err)?;
-    let properties = match first.starts_with(props::HEADER_PREFIX.as_bytes()) {
-        true => {
-            let line = std::str::from_utf8(&first).map_err(|_| damaged(source, "its database properties line is not UTF-8"))?;
-            props::parse_header(line).map_err(|r| damaged(source, r))?
-        }
-        false => None,
-    };
+    let properties = props::properties_of(&first).map_err(|r| damaged(source, r))?;
     let mut complete = Completeness::default();
     let mut facts = DumpFacts::default();
     let mut dump_bytes = 0u64;
@@ -152,11 +146,7 @@ pub fn backup_properties(source: &Source) -> Result<Option<props::DbProps>, Rest
     let mut first = Vec::new();
     let read = (&mut decoded).take(props::HEADER_MAX as u64).read_until(b'\n', &mut first);
     read.map_err(|e| damaged(source, format!("gzip data is corrupt or truncated ({e})")))?;
-    if !first.starts_with(props::HEADER_PREFIX.as_bytes()) {
-        return Ok(None);
-    }
-    let line = std::str::from_utf8(&first).map_err(|_| damaged(source, "its database properties line is not UTF-8"))?;
-    props::parse_header(line).map_err(|r| damaged(source, r))
+    props::properties_of(&first).map_err(|r| damaged(source, r))
 }
 
 struct Counted<R> {
@@ -339,16 +329,30 @@ pub fn restore(tools: &PgTools, source: &Source, target: &str, opts: &RestoreOpt
     }
     // Only a database that is created takes the backup's properties; a replaced one keeps its own.
     let from_backup = if exists { None } else { backup_properties(source)? };
-    let plan = props::plan(tools, admin_db, target, exists, &opts.create_with, from_backup.as_ref())?;
+    let create_with = props::CreateOptions { no_owner: opts.load.no_owner, no_privileges: opts.load.no_privileges, ..opts.create_with.clone() };
+    let plan = props::plan(tools, admin_db, target, exists, &create_with, from_backup.as_ref())?;
     let scratch_db = scratch_name("restore");
     tracing::info!("restoring {} into scratch database {scratch_db}", source.label());
     let (mut scratch, check) = restore_into_new(tools, source, &scratch_db, &plan.create_sql(&scratch_db), opts.load)?;
-    plan.apply_after_load(tools, admin_db, &scratch_db, target)?;
+    // The plan came from a first look at the file, the data from a second read.
+    if !exists && check.properties != from_backup {
+        return Err(damaged(source, "its database properties line changed while it was read (was the file replaced meanwhile?)"));
+    }
+    let refused = plan.apply_after_load(tools, admin_db, &scratch_db, target)?;
     let old = scratch_name("replaced");
     let leftover = swap::swap(
         &swap::Swap { target, scratch: &scratch_db, old: exists.then_some(old.as_str()), old_is_template: plan.props.is_template },
         |sql| tools.execute(admin_db, sql),
     )?;
     scratch.keep = true;
-    Ok(RestoreReport { target: target.into(), replaced_existing: exists, check, elapsed: started.elapsed(), properties: plan.used, leftover })
+    let mut properties = plan.used;
+    if !refused.is_empty() {
+        properties.push(props::PropertyUsed {
+            name: "refused",
+            value: refused.join("; "),
+            from: "the backup's, which this role may not set: run them as a role that may (a superuser, or with CREATEROLE for per-role settings)"
+                .into(),
+        });
+    }
+    Ok(RestoreReport { target: target.into(), replaced_existing: exists, check, elapsed: started.elapsed(), properties, leftover })
 }

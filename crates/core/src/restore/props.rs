@@ -57,6 +57,10 @@ pub struct Setting {
 /// `restore` options for a database that is created rather than kept.
 #[derive(Debug, Clone, Default)]
 pub struct CreateOptions {
+    /// `--no-owner`: a created database is the connecting role's, not the backup's owner's.
+    pub no_owner: bool,
+    /// `--no-privileges`: a created database gets the default ACL, not the backup's.
+    pub no_privileges: bool,
     pub owner: Option<String>,
     pub encoding: Option<String>,
     /// A libc locale, for LC_COLLATE and LC_CTYPE.
@@ -85,7 +89,20 @@ pub enum Base {
     /// them: roles and tablespaces it lacks fall back to the new-database defaults, and a
     /// locale other than C/POSIX or template0's (which this server may not have) stays
     /// template0's, with the encoding that goes with it. Each fallback says so in its source.
-    FromBackup { backup: Box<DbProps>, template0: DbProps, current_user: String, roles: Vec<String>, tablespaces: Vec<String> },
+    FromBackup {
+        backup: Box<DbProps>,
+        template0: DbProps,
+        current_user: String,
+        roles: Vec<String>,
+        /// The roles the restoring role may make owner (itself and those it is a member of;
+        /// every role for a superuser).
+        can_own: Vec<String>,
+        tablespaces: Vec<String>,
+        /// `--no-owner`: the connecting role owns the database, as it owns the objects.
+        no_owner: bool,
+        /// `--no-privileges`: the default ACL, as the objects get theirs.
+        no_privileges: bool,
+    },
 }
 
 /// The properties the restored database gets.
@@ -93,6 +110,10 @@ pub enum Base {
 pub struct DbPlan {
     pub props: DbProps,
     pub used: Vec<PropertyUsed>,
+    /// The after-load statements come from a backup, not from a database this server had: one
+    /// the restoring role may not run (a per-role setting, a superuser-only setting) is left out
+    /// and reported instead of failing the restore.
+    pub best_effort: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +153,19 @@ pub fn header_line(props: &DbProps) -> String {
     });
     // serde_json escapes every control character: the JSON is one line.
     format!("{HEADER_PREFIX}{json}\n")
+}
+
+/// The properties in `first`, a backup's first line as read (at most [`HEADER_MAX`] bytes);
+/// `None` when it is not ef-backup's properties line.
+pub fn properties_of(first: &[u8]) -> Result<Option<DbProps>, String> {
+    if !first.starts_with(HEADER_PREFIX.as_bytes()) {
+        return Ok(None);
+    }
+    if !first.ends_with(b"\n") {
+        return Err(format!("its database properties line is longer than {} KiB, which ef-backup never writes", HEADER_MAX >> 10));
+    }
+    let line = std::str::from_utf8(first).map_err(|_| "its database properties line is not UTF-8".to_string())?;
+    parse_header(line)
 }
 
 /// The properties a backup's first line carries; `None` when it has no such line (backups of
@@ -186,6 +220,7 @@ pub fn parse_header(line: &str) -> Result<Option<DbProps>, String> {
             .get("connection_limit")
             .and_then(|x| x.as_i64())
             .and_then(|n| i32::try_from(n).ok())
+            .filter(|n| *n >= -1)
             .ok_or_else(|| bad("connection_limit"))?,
         tablespace: text("tablespace")?,
         is_template: flag("is_template")?,
@@ -307,8 +342,18 @@ pub fn plan(
                     Ok(tools.query(admin_db, sql)?.into_iter().filter_map(|r| r.into_iter().next()).collect())
                 };
                 let roles = names("SELECT rolname FROM pg_roles")?;
+                let can_own = names("SELECT rolname FROM pg_roles WHERE pg_has_role(current_user, oid, 'MEMBER')")?;
                 let tablespaces = names("SELECT spcname FROM pg_tablespace")?;
-                Base::FromBackup { backup: Box::new(backup.clone()), template0, current_user, roles, tablespaces }
+                Base::FromBackup {
+                    backup: Box::new(backup.clone()),
+                    template0,
+                    current_user,
+                    roles,
+                    can_own,
+                    tablespaces,
+                    no_owner: opts.no_owner,
+                    no_privileges: opts.no_privileges,
+                }
             }
         }
     };
@@ -335,17 +380,25 @@ fn new_database(template0: DbProps, current_user: String) -> DbProps {
 }
 
 /// The backup's properties on top of a new database's, where this server can take them.
-/// Also returns what of the backup's could not be given (grants and settings of missing roles).
-fn from_backup(backup: DbProps, new: DbProps, roles: &[String], tablespaces: &[String]) -> (DbProps, [String; 5], Vec<String>) {
+/// `owner`: Ok to take the backup's owner, else why the connecting role keeps it. Also returns
+/// what of the backup's could not be given (grants and settings of missing roles).
+fn from_backup(
+    backup: DbProps,
+    new: DbProps,
+    owner: Result<(), String>,
+    roles: &[String],
+    tablespaces: &[String],
+) -> (DbProps, [String; 5], Vec<String>) {
     const BACKUP: &str = "the backup's";
     let mut from = NEW_FROM.map(String::from);
     let role_exists = |r: &Option<String>| r.as_ref().is_none_or(|r| roles.contains(r));
     let mut p = new;
-    if roles.contains(&backup.owner) {
-        p.owner = backup.owner.clone();
-        from[0] = BACKUP.into();
-    } else {
-        from[0] = format!("the connecting role: the backup's owner {:?} is not a role on this server — create it (the roles are in a globals backup) and restore again, or pass --owner", backup.owner);
+    match owner {
+        Ok(()) => {
+            p.owner = backup.owner.clone();
+            from[0] = BACKUP.into();
+        }
+        Err(why) => from[0] = why,
     }
     let portable = |l: &str| matches!(l, "C" | "POSIX" | "C.UTF-8" | "C.utf8");
     let same_locale = backup.collate == p.collate && backup.ctype == p.ctype && backup.provider == p.provider && backup.locale == p.locale;
@@ -383,18 +436,40 @@ fn from_backup(backup: DbProps, new: DbProps, roles: &[String], tablespaces: &[S
         ok
     });
     let (ok, missing): (Vec<Setting>, Vec<Setting>) = settings.into_iter().partition(|s| role_exists(&s.role));
-    left_out.extend(missing.iter().map(|s| format!("SET {} FOR ROLE {}", s.item, s.role.as_deref().unwrap_or_default())));
+    // The setting's name only: its value may be a secret (`app.api_key=…`).
+    let name = |item: &str| item.split('=').next().unwrap_or_default().to_string();
+    left_out.extend(missing.iter().map(|s| format!("SET {} FOR ROLE {}", name(&s.item), s.role.as_deref().unwrap_or_default())));
     p.settings = ok;
     (p, from, left_out)
 }
 
 /// The properties the restored database gets, and where each came from.
 pub fn choose(base: Base, opts: &CreateOptions) -> DbPlan {
+    let best_effort = matches!(base, Base::FromBackup { .. });
     let (mut props, mut from, left_out) = match base {
         Base::Existing(p) => (p, ["kept from the replaced database"; 5].map(String::from), Vec::new()),
         Base::New { template0, current_user } => (new_database(template0, current_user), NEW_FROM.map(String::from), Vec::new()),
-        Base::FromBackup { backup, template0, current_user, roles, tablespaces } => {
-            from_backup(*backup, new_database(template0, current_user), &roles, &tablespaces)
+        Base::FromBackup { backup, template0, current_user, roles, can_own, tablespaces, no_owner, no_privileges } => {
+            let backup = DbProps { acl: if no_privileges { None } else { backup.acl.clone() }, ..*backup };
+            let new = new_database(template0, current_user);
+            let owner = if no_owner {
+                Err("the connecting role (--no-owner)".to_string())
+            } else if !roles.contains(&backup.owner) {
+                Err(format!(
+                    "the connecting role: the backup's owner {:?} is not a role on this server — create it (the roles are in a globals \
+                     backup) and restore again, or pass --owner",
+                    backup.owner
+                ))
+            } else if !can_own.contains(&backup.owner) {
+                Err(format!(
+                    "the connecting role: the backup's owner {:?} exists, but {:?} may not make it the owner (it is not a member of it) — \
+                     restore as that role or a member of it, or pass --owner",
+                    backup.owner, new.owner
+                ))
+            } else {
+                Ok(())
+            };
+            from_backup(backup, new, owner, &roles, &tablespaces)
         }
     };
     if let Some(o) = &opts.owner {
@@ -443,7 +518,7 @@ pub fn choose(base: Base, opts: &CreateOptions) -> DbPlan {
         let value = left_out.join("; ");
         used.push(PropertyUsed { name: "left out", value, from: "the backup's, for roles this server does not have".into() });
     }
-    DbPlan { props, used }
+    DbPlan { props, used, best_effort }
 }
 
 /// The list variables whose values PostgreSQL stores element by element quoted (pg_dump's
@@ -593,12 +668,32 @@ impl DbPlan {
         sql
     }
 
-    /// Runs [`DbPlan::after_load_sql`] for the loaded database `name`, from `admin_db`.
-    pub fn apply_after_load(&self, tools: &PgTools, admin_db: &str, name: &str, target: &str) -> Result<(), ApplyError> {
+    /// Runs [`DbPlan::after_load_sql`] for the loaded database `name`, from `admin_db`. Returns
+    /// the statements refused in a best-effort plan, described without their values.
+    pub fn apply_after_load(&self, tools: &PgTools, admin_db: &str, name: &str, target: &str) -> Result<Vec<String>, ApplyError> {
+        let mut refused = Vec::new();
         for sql in self.after_load_sql(name) {
-            tools.execute(admin_db, &sql).map_err(|err| ApplyError { db: name.into(), target: target.into(), sql: sql.clone(), err })?;
+            match tools.execute(admin_db, &sql) {
+                Ok(()) => {}
+                Err(err @ DbError::Sql { .. }) if self.best_effort => {
+                    tracing::warn!("the restored database goes without the backup's `{}`: {err}", describe(&sql, name));
+                    refused.push(describe(&sql, name));
+                }
+                Err(err) => return Err(ApplyError { db: name.into(), target: target.into(), sql: sql.clone(), err }),
+            }
         }
-        Ok(())
+        Ok(refused)
+    }
+}
+
+/// An after-load statement for a report: without the (scratch) database's name, a setting's
+/// value or a comment's text (they may be secrets).
+fn describe(sql: &str, db: &str) -> String {
+    let sql = sql.replace(&format!(" {}", quote_ident(db)), "");
+    match (sql.find(" SET "), sql.find(" IS ")) {
+        (Some(_), _) => sql.split(" TO ").next().unwrap_or_default().to_string(),
+        (None, Some(at)) if sql.starts_with("COMMENT ") => sql[..at].to_string(),
+        _ => sql,
     }
 }
 
@@ -711,7 +806,7 @@ mod tests {
 
     #[test]
     fn create_statements_carry_the_create_time_properties() {
-        let plan = |props: DbProps| DbPlan { props, used: Vec::new() };
+        let plan = |props: DbProps| DbPlan { props, used: Vec::new(), best_effort: false };
         let base = "CREATE DATABASE \"s\" TEMPLATE template0 OWNER \"postgres\" ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'";
         let table = [
             // pg_default is left out: naming it needs CREATE on it, which CREATEDB alone lacks.
@@ -770,7 +865,7 @@ mod tests {
             is_template: true,
             ..libc_utf8()
         };
-        let sql = DbPlan { props, used: Vec::new() }.after_load_sql("s");
+        let sql = DbPlan { props, used: Vec::new(), best_effort: false }.after_load_sql("s");
         assert_eq!(
             sql,
             [
@@ -790,8 +885,8 @@ mod tests {
             ]
         );
         // The defaults need nothing; an empty ACL (everything revoked) only revokes.
-        assert!(DbPlan { props: libc_utf8(), used: Vec::new() }.after_load_sql("s").is_empty());
-        let revoked = DbPlan { props: DbProps { acl: Some(Vec::new()), ..libc_utf8() }, used: Vec::new() }.after_load_sql("s");
+        assert!(DbPlan { props: libc_utf8(), used: Vec::new(), best_effort: false }.after_load_sql("s").is_empty());
+        let revoked = DbPlan { props: DbProps { acl: Some(Vec::new()), ..libc_utf8() }, used: Vec::new(), best_effort: false }.after_load_sql("s");
         assert_eq!(revoked, ["REVOKE ALL ON DATABASE \"s\" FROM PUBLIC", "REVOKE ALL ON DATABASE \"s\" FROM \"postgres\""]);
     }
 
@@ -825,6 +920,7 @@ mod tests {
             locale: Some("C".into()),
             tablespace: Some("fast".into()),
             connection_limit: Some(4),
+            ..CreateOptions::default()
         };
         let icu = Base::New {
             template0: DbProps { provider: Some("i".into()), locale: Some("und".into()), ..template0.clone() },
@@ -881,10 +977,28 @@ mod tests {
             assert_eq!(parse_header(&line).unwrap(), Some(props));
         }
         assert_eq!(parse_header("--\n").unwrap(), None, "a dump without the line");
+        assert_eq!(properties_of(b"--\n").unwrap(), None);
+        let line = header_line(&travelled());
+        assert_eq!(properties_of(line.as_bytes()).unwrap(), Some(travelled()));
+        let cut = &line.as_bytes()[..line.len() - 1];
+        assert!(properties_of(cut).unwrap_err().contains("longer than 256 KiB"), "a line without its end is refused");
+        let negative = line.replace("\"connection_limit\":7", "\"connection_limit\":-5");
+        assert!(properties_of(negative.as_bytes()).is_err(), "{negative}");
         for bad in ["{", "{}", r#"{"owner": 1}"#, "[]"] {
             let err = parse_header(&format!("{HEADER_PREFIX}{bad}\n")).unwrap_err();
             assert!(err.contains("database properties line"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn refused_statements_are_described_without_their_values() {
+        let plan = DbPlan { props: DbProps { comment: Some("secret note".into()), ..travelled() }, used: Vec::new(), best_effort: true };
+        let described: Vec<String> = plan.after_load_sql("scratch_1").iter().map(|s| describe(s, "scratch_1")).collect();
+        for d in &described {
+            assert!(!d.contains("scratch_1") && !d.contains("secret") && !d.contains("$user") && !d.contains("3MB"), "{d}");
+        }
+        assert!(described.contains(&"ALTER ROLE \"gone\" IN DATABASE SET \"work_mem\"".to_string()), "{described:?}");
+        assert!(described.contains(&"COMMENT ON DATABASE".to_string()), "{described:?}");
     }
 
     #[test]
@@ -895,7 +1009,10 @@ mod tests {
             template0: template0.clone(),
             current_user: "restorer".into(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
+            can_own: roles.iter().map(|r| r.to_string()).collect(),
             tablespaces: tablespaces.iter().map(|t| t.to_string()).collect(),
+            no_owner: false,
+            no_privileges: false,
         };
         // Everything there: the backup's properties, each said to be the backup's.
         let plan = choose(base(travelled(), &["app", "reader", "gone"], &["pg_default", "fast"]), &CreateOptions::default());
@@ -914,7 +1031,7 @@ mod tests {
         assert_eq!(plan.props.comment, travelled().comment);
         assert_eq!(plan.props.connection_limit, 7);
         let left = plan.used.iter().find(|u| u.name == "left out").expect("the report lists what was left out");
-        assert_eq!(left.value, "GRANT CONNECT TO gone; SET work_mem=3MB FOR ROLE gone");
+        assert_eq!(left.value, "GRANT CONNECT TO gone; SET work_mem FOR ROLE gone", "setting values are not shown");
 
         // A locale this server may lack stays template0's, with its encoding.
         let de = DbProps { collate: "de_DE.ISO-8859-1".into(), ctype: "de_DE.ISO-8859-1".into(), ..travelled() };
@@ -925,6 +1042,36 @@ mod tests {
             "{}",
             plan.used[1].from
         );
+
+        // An owner the restoring role may not give the database to (not a member of it), and
+        // --no-owner / --no-privileges: the connecting role, the default ACL.
+        let not_member = match base(travelled(), &["app", "reader", "gone"], &["fast"]) {
+            Base::FromBackup { backup, template0, current_user, roles, tablespaces, .. } => Base::FromBackup {
+                backup,
+                template0,
+                current_user,
+                roles,
+                can_own: vec!["restorer".into()],
+                tablespaces,
+                no_owner: false,
+                no_privileges: false,
+            },
+            _ => unreachable!(),
+        };
+        let plan = choose(not_member, &CreateOptions::default());
+        assert_eq!(plan.props.owner, "restorer");
+        assert!(plan.used[0].from.contains("may not make it the owner (it is not a member of it)"), "{}", plan.used[0].from);
+        let flags = CreateOptions { no_owner: true, no_privileges: true, ..CreateOptions::default() };
+        let with_flags = match base(travelled(), &["app", "reader", "gone"], &["fast"]) {
+            Base::FromBackup { backup, template0, current_user, roles, can_own, tablespaces, .. } => {
+                Base::FromBackup { backup, template0, current_user, roles, can_own, tablespaces, no_owner: true, no_privileges: true }
+            }
+            _ => unreachable!(),
+        };
+        let plan = choose(with_flags, &flags);
+        assert_eq!((plan.props.owner.as_str(), plan.used[0].from.as_str()), ("restorer", "the connecting role (--no-owner)"));
+        assert_eq!(plan.props.acl, None, "--no-privileges: the default ACL");
+        assert!(plan.best_effort, "a plan from a backup applies its statements best-effort");
 
         // Options still win.
         let plan = choose(base(travelled(), &["app"], &["fast"]), &CreateOptions { owner: Some("other".into()), ..CreateOptions::default() });
