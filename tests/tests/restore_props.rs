@@ -66,6 +66,27 @@ fn properties(db: &str) -> String {
     )
 }
 
+/// Creates `db` owned by ef_props_owner, LATIN1 with the C locale, in tablespace `ts`, with a
+/// connection limit of 7, CONNECT revoked from PUBLIC, a quoted search_path list and a per-role
+/// setting; then runs `more` (from postgres).
+fn database_with_properties(db: &str, ts: &str, more: &[String]) {
+    psql(
+        "postgres",
+        &format!(
+            "CREATE DATABASE {db} TEMPLATE template0 OWNER ef_props_owner ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' \
+             TABLESPACE {ts} CONNECTION LIMIT 7"
+        ),
+    );
+    let common = [
+        format!("REVOKE CONNECT ON DATABASE {db} FROM PUBLIC"),
+        format!("ALTER DATABASE {db} SET search_path = \"$user\", public, \"My Schema\""),
+        format!("ALTER ROLE ef_props_reader IN DATABASE {db} SET work_mem = '3MB'"),
+    ];
+    for sql in common.iter().chain(more) {
+        psql("postgres", sql);
+    }
+}
+
 // Pins: `restore --drop-existing` gives the restored database the owner, ACL (CONNECT revoked
 // from PUBLIC, granted to a role), database and per-role settings (a quoted search_path list,
 // default_transaction_read_only, which would break the load if applied first), comment,
@@ -78,24 +99,16 @@ fn drop_existing_keeps_the_database_level_properties() {
     let ts = tablespace();
     let target = "ef_props_target";
     drop_db(target);
-    psql(
-        "postgres",
-        &format!(
-            "CREATE DATABASE {target} TEMPLATE template0 OWNER ef_props_owner ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' \
-             TABLESPACE {ts} CONNECTION LIMIT 7"
-        ),
+    database_with_properties(
+        target,
+        ts,
+        &[
+            format!("GRANT CONNECT ON DATABASE {target} TO ef_props_reader"),
+            format!("ALTER DATABASE {target} SET default_transaction_read_only = on"),
+            format!("COMMENT ON DATABASE {target} IS 'the app''s database'"),
+        ],
     );
-    psql(target, "CREATE TABLE kept_rows (a int, s text); INSERT INTO kept_rows VALUES (1, 'café'), (2, 'naïve')");
-    for sql in [
-        format!("REVOKE CONNECT ON DATABASE {target} FROM PUBLIC"),
-        format!("GRANT CONNECT ON DATABASE {target} TO ef_props_reader"),
-        format!("ALTER DATABASE {target} SET search_path = \"$user\", public, \"My Schema\""),
-        format!("ALTER DATABASE {target} SET default_transaction_read_only = on"),
-        format!("ALTER ROLE ef_props_reader IN DATABASE {target} SET work_mem = '3MB'"),
-        format!("COMMENT ON DATABASE {target} IS 'the app''s database'"),
-    ] {
-        psql("postgres", &sql);
-    }
+    psql(target, "BEGIN READ WRITE; CREATE TABLE kept_rows (a int, s text); INSERT INTO kept_rows VALUES (1, 'café'), (2, 'naïve'); COMMIT");
     let before = properties(target);
     let oid_before = psql("postgres", &format!("SELECT oid FROM pg_database WHERE datname = '{target}'"));
     let dir = tempdir();
@@ -248,23 +261,15 @@ fn create_gives_the_new_database_the_backups_properties() {
     let ts = tablespace();
     let src = "ef_props_travel_src";
     drop_db(src);
-    psql(
-        "postgres",
-        &format!(
-            "CREATE DATABASE {src} TEMPLATE template0 OWNER ef_props_owner ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' \
-             TABLESPACE {ts} CONNECTION LIMIT 7"
-        ),
+    database_with_properties(
+        src,
+        ts,
+        &[
+            format!("GRANT CONNECT, TEMPORARY ON DATABASE {src} TO ef_props_reader WITH GRANT OPTION"),
+            format!("COMMENT ON DATABASE {src} IS 'travels with the backup'"),
+        ],
     );
     psql(src, "CREATE TABLE travel_rows (a int, s text); INSERT INTO travel_rows VALUES (1, 'café')");
-    for sql in [
-        format!("REVOKE CONNECT ON DATABASE {src} FROM PUBLIC"),
-        format!("GRANT CONNECT, TEMPORARY ON DATABASE {src} TO ef_props_reader WITH GRANT OPTION"),
-        format!("ALTER DATABASE {src} SET search_path = \"$user\", public, \"My Schema\""),
-        format!("ALTER ROLE ef_props_reader IN DATABASE {src} SET work_mem = '3MB'"),
-        format!("COMMENT ON DATABASE {src} IS 'travels with the backup'"),
-    ] {
-        psql("postgres", &sql);
-    }
     let dir = tempdir();
     let backups = dir.path().join("backups");
     let file = backup_of(src, &backups);
