@@ -374,6 +374,50 @@ fn a_role_that_may_not_set_everything_restores_what_it_may() {
     drop_db(src);
 }
 
+// Pins issue 15 item 5 (a restore onto a server without the roles): the backup lists the roles
+// its objects name, and a restore that would need ones this server lacks stops before it
+// creates anything, naming them and the two ways out. Before, it failed on the first
+// `ALTER TABLE … OWNER TO` in the middle of the load.
+#[test]
+fn a_restore_names_the_roles_this_server_lacks_before_it_starts() {
+    let (owner, reader) = ("ef_props_tmp_owner", "ef_props_tmp_reader");
+    for role in [owner, reader] {
+        psql("postgres", &format!("DO $$ BEGIN CREATE ROLE {role}; EXCEPTION WHEN duplicate_object THEN NULL; END $$"));
+    }
+    let src = "ef_props_roles_src";
+    drop_db(src);
+    psql("postgres", &format!("CREATE DATABASE {src}"));
+    psql(src, &format!("CREATE TABLE role_rows (a int); INSERT INTO role_rows VALUES (1); ALTER TABLE role_rows OWNER TO {owner}; GRANT SELECT ON role_rows TO {reader}"));
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    let file = backup_of(src, &backups);
+    let first = String::from_utf8_lossy(&gunzip(&file)).lines().next().unwrap().to_string();
+    assert!(first.contains(&format!("\"owners\":[\"{owner}\"]")) && first.contains(&format!("\"grantees\":[\"{reader}\"]")), "{first}");
+    drop_db(src);
+    for role in [owner, reader] {
+        psql("postgres", &format!("DROP ROLE {role}"));
+    }
+
+    let target = "ef_props_roles_new";
+    drop_db(target);
+    let scratch = || psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'ef\\_restore\\_%'");
+    let scratch_before = scratch();
+    let run = ef(src, &backups, &[], &["restore", file.to_str().unwrap(), "--target-db", target, "--create"]);
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    for expected in
+        [format!("as owners: \"{owner}\""), format!("in grants or policies: \"{reader}\""), "nothing was restored".into(), "--no-owner".into()]
+    {
+        assert!(run.stderr.contains(&expected), "{expected:?} in {}", run.stderr);
+    }
+    assert_eq!(psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{target}'")), "0", "nothing created");
+    assert_eq!(scratch(), scratch_before, "no scratch database was made");
+
+    let run = ef(src, &backups, &[], &["restore", file.to_str().unwrap(), "--target-db", target, "--create", "--no-owner", "--no-privileges"]);
+    assert!(run.ok(), "restore: {}", run.all());
+    assert_eq!(psql(target, "SELECT count(*) FROM role_rows"), "1");
+    drop_db(target);
+}
+
 // Pins: template0, template1 and postgres are refused as targets without --allow-system-db.
 // Before, a restore into template1 succeeded and every new database carried the backup's
 // tables.

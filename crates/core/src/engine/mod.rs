@@ -174,23 +174,43 @@ impl DumpSource for PgDump {
     /// a plain dump carries no owner, ACL, settings or comment of the database itself), then
     /// pg_dump's output.
     fn dump(&self, cancel: &Arc<AtomicBool>, mut out: &mut dyn std::io::Write) -> Result<dump::DumpStats, DumpError> {
-        // Read from the database itself: the role may connect nowhere else.
-        match crate::restore::props::read(&self.tools, &self.database, &self.database) {
-            Ok(Some(props)) => match crate::restore::props::header_line(&props) {
-                // Restore reads at most this much of it; a longer line would make the backup unreadable.
-                line if line.len() > crate::restore::props::HEADER_MAX => tracing::warn!(
-                    "the database's own properties (owner, ACL, settings, comment) take {} KiB, more than a backup carries ({} KiB): \
-                     this backup goes without them (a restore with --drop-existing keeps the replaced database's)",
-                    line.len() >> 10,
-                    crate::restore::props::HEADER_MAX >> 10
-                ),
-                line => out.write_all(line.as_bytes()).map_err(DumpError::Write)?,
-            },
-            Ok(None) => {}
-            // pg_dump meets the same server next: if it cannot work either, it says why.
-            Err(e) => tracing::warn!("the backup goes without the database's own properties (owner, ACL, settings, comment): {e}"),
+        if let Some(line) = self.properties_line() {
+            out.write_all(line.as_bytes()).map_err(DumpError::Write)?;
         }
         dump::run(&self.tools, &self.database, self.timeout, self.lock_wait, cancel, &mut out)
+    }
+}
+
+impl PgDump {
+    /// The backup's first line; None (with a warning) when the properties cannot be read or do
+    /// not fit: the backup itself never fails for them.
+    fn properties_line(&self) -> Option<String> {
+        use crate::restore::props;
+        // Read from the database itself: the role may connect nowhere else. pg_dump meets the
+        // same server next: if it cannot work either, it says why.
+        let mut properties = match props::read(&self.tools, &self.database, &self.database) {
+            Ok(p) => p?,
+            Err(e) => {
+                tracing::warn!("the backup goes without the database's own properties (owner, ACL, settings, comment): {e}");
+                return None;
+            }
+        };
+        match props::object_roles(&self.tools, &self.database) {
+            Ok(roles) => properties.object_roles = roles,
+            Err(e) => tracing::warn!("the backup goes without the list of roles its objects name (a restore checks for them up front): {e}"),
+        }
+        let line = props::header_line(&properties);
+        // Restore reads at most this much of it; a longer line would make the backup unreadable.
+        if line.len() > props::HEADER_MAX {
+            tracing::warn!(
+                "the database's own properties (owner, ACL, settings, comment, roles) take {} KiB, more than a backup carries ({} KiB): \
+                 this backup goes without them (a restore with --drop-existing keeps the replaced database's)",
+                line.len() >> 10,
+                props::HEADER_MAX >> 10
+            );
+            return None;
+        }
+        Some(line)
     }
 }
 

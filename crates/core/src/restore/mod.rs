@@ -67,6 +67,8 @@ pub enum RestoreError {
     Load { db: String, err: LoadError },
     #[error("refusing to restore into {db}: it is a system database ({why}) — restore into another database, or pass --allow-system-db if you really mean to replace it")]
     SystemDb { db: String, why: &'static str },
+    #[error("backup {backup} names roles this server does not have — as owners: {owners}; in grants or policies: {grantees} — nothing was restored: create them first (a globals backup of the same server holds them; `pg_dumpall --globals-only` writes one), or restore with --no-owner (leaves out the owners) and --no-privileges (leaves out the grants)")]
+    MissingRoles { backup: String, owners: String, grantees: String },
     #[error(transparent)]
     Properties(#[from] props::ApplyError),
     #[error(transparent)]
@@ -86,6 +88,14 @@ pub struct BackupCheck {
     pub load: LoadStats,
     /// The database's properties, from the backup's first line (None: a backup without it).
     pub properties: Option<props::DbProps>,
+}
+
+/// Role names for a message: quoted (a name may hold anything), or "none".
+fn list(roles: &[String]) -> String {
+    if roles.is_empty() {
+        return "none".into();
+    }
+    roles.iter().map(|r| format!("{:?}", r)).collect::<Vec<_>>().join(", ")
 }
 
 fn damaged(source: &Source, reason: impl Into<String>) -> RestoreError {
@@ -327,8 +337,17 @@ pub fn restore(tools: &PgTools, source: &Source, target: &str, opts: &RestoreOpt
         true if !opts.drop_existing && !database_is_empty(tools, target)? => return Err(RestoreError::TargetNotEmpty { db: target.into() }),
         _ => {}
     }
+    let from_file = backup_properties(source)?;
+    // Before anything is created: a dump naming roles this server lacks fails on the first
+    // `OWNER TO` or `GRANT` otherwise, after part of the load.
+    if let Some(p) = &from_file {
+        let (owners, grantees) = props::missing_roles(tools, admin_db, &p.object_roles, opts.load.no_owner, opts.load.no_privileges)?;
+        if !owners.is_empty() || !grantees.is_empty() {
+            return Err(RestoreError::MissingRoles { backup: source.label(), owners: list(&owners), grantees: list(&grantees) });
+        }
+    }
     // Only a database that is created takes the backup's properties; a replaced one keeps its own.
-    let from_backup = if exists { None } else { backup_properties(source)? };
+    let from_backup = if exists { None } else { from_file };
     let create_with = props::CreateOptions { no_owner: opts.load.no_owner, no_privileges: opts.load.no_privileges, ..opts.create_with.clone() };
     let plan = props::plan(tools, admin_db, target, exists, &create_with, from_backup.as_ref())?;
     let scratch_db = scratch_name("restore");

@@ -34,6 +34,66 @@ pub struct DbProps {
     pub comment: Option<String>,
     /// In `pg_db_role_setting` order.
     pub settings: Vec<Setting>,
+    /// The roles the database's contents name (filled for a backup's properties line only).
+    pub object_roles: ObjectRoles,
+}
+
+/// The roles a dump of the database names: as owners (`ALTER … OWNER TO`) and in grants,
+/// default privileges and policies. A restore onto a server without them fails on the first
+/// such statement; knowing them up front lets it say which before it starts.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ObjectRoles {
+    pub owners: Vec<String>,
+    pub grantees: Vec<String>,
+}
+
+/// The roles the objects of the database `tools` connects to as `db` depend on: `pg_shdepend`
+/// (owners `o`; grants, initial privileges and policies `a`, `i`, `r`), plus the bootstrap
+/// superuser when it owns user objects (the catalog records no dependency on it).
+pub fn object_roles(tools: &PgTools, db: &str) -> Result<ObjectRoles, DbError> {
+    const SQL: &str = "SELECT DISTINCT r.rolname, d.deptype = 'o' FROM pg_shdepend d JOIN pg_roles r ON r.oid = d.refobjid \
+        WHERE d.dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND d.refclassid = 'pg_authid'::regclass \
+        AND d.deptype IN ('o', 'a', 'i', 'r') \
+        UNION SELECT rolname, true FROM pg_roles WHERE oid = 10 AND ( \
+          EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relowner = 10 \
+                  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%') \
+          OR EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE p.proowner = 10 \
+                  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%') \
+          OR EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspowner = 10 \
+                  AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'public') AND n.nspname NOT LIKE 'pg\\_%')) \
+        ORDER BY 1";
+    let mut roles = ObjectRoles::default();
+    for row in tools.query(db, SQL)? {
+        let (Some(name), Some(owner)) = (row.first(), row.get(1)) else { continue };
+        let list = if owner == "t" { &mut roles.owners } else { &mut roles.grantees };
+        if !list.contains(name) {
+            list.push(name.clone());
+        }
+    }
+    Ok(roles)
+}
+
+/// The roles of `needed` this server lacks: (owners, others). `--no-owner` and
+/// `--no-privileges` leave out the statements that would need them.
+pub fn missing_roles(
+    tools: &PgTools,
+    admin_db: &str,
+    needed: &ObjectRoles,
+    no_owner: bool,
+    no_privileges: bool,
+) -> Result<(Vec<String>, Vec<String>), DbError> {
+    if (needed.owners.is_empty() || no_owner) && (needed.grantees.is_empty() || no_privileges) {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let have: Vec<String> = tools.query(admin_db, "SELECT rolname FROM pg_roles")?.into_iter().filter_map(|r| r.into_iter().next()).collect();
+    let lacking = |list: &[String], skip: bool| -> Vec<String> {
+        if skip {
+            Vec::new()
+        } else {
+            list.iter().filter(|r| !have.contains(r)).cloned().collect()
+        }
+    };
+    Ok((lacking(&needed.owners, no_owner), lacking(&needed.grantees, no_privileges)))
 }
 
 /// One privilege of a database's ACL.
@@ -150,6 +210,7 @@ pub fn header_line(props: &DbProps) -> String {
             "grantee": g.grantee, "privilege": g.privilege, "grantable": g.grantable})).collect::<Vec<_>>()),
         "comment": opt(&props.comment),
         "settings": props.settings.iter().map(|s| serde_json::json!({"role": s.role, "item": s.item})).collect::<Vec<_>>(),
+        "object_roles": {"owners": props.object_roles.owners, "grantees": props.object_roles.grantees},
     });
     // serde_json escapes every control character: the JSON is one line.
     format!("{HEADER_PREFIX}{json}\n")
@@ -228,7 +289,15 @@ pub fn parse_header(line: &str) -> Result<Option<DbProps>, String> {
         acl,
         comment: opt("comment")?,
         settings,
+        object_roles: object_roles_of(&v).ok_or_else(|| bad("object_roles"))?,
     }))
+}
+
+/// `object_roles` of a properties line; absent is empty.
+fn object_roles_of(v: &serde_json::Value) -> Option<ObjectRoles> {
+    let Some(o) = v.get("object_roles") else { return Some(ObjectRoles::default()) };
+    let names = |field: &str| -> Option<Vec<String>> { o.get(field)?.as_array()?.iter().map(|n| n.as_str().map(str::to_string)).collect() };
+    Some(ObjectRoles { owners: names("owners")?, grantees: names("grantees")? })
 }
 
 /// The catalog query for one database's main properties; the version-dependent columns
@@ -301,6 +370,7 @@ fn parse_props(main: &[Vec<String>], acl: &[Vec<String>], settings: &[Vec<String
         }),
         comment: non_empty(col(12)),
         settings: settings.iter().map(|r| Setting { role: role(r), item: r.get(2).cloned().unwrap_or_default() }).collect(),
+        object_roles: ObjectRoles::default(),
     })
 }
 
@@ -964,6 +1034,7 @@ mod tests {
                 Setting { role: None, item: "search_path=\"$user\", public".into() },
                 Setting { role: Some("gone".into()), item: "work_mem=3MB".into() },
             ],
+            object_roles: ObjectRoles { owners: vec!["app".into(), "odd \"name\"".into()], grantees: vec!["reader".into()] },
             ..libc_utf8()
         }
     }
@@ -978,6 +1049,9 @@ mod tests {
         }
         assert_eq!(parse_header("--\n").unwrap(), None, "a dump without the line");
         assert_eq!(properties_of(b"--\n").unwrap(), None);
+        let without_roles = header_line(&libc_utf8()).replace(",\"object_roles\":{\"grantees\":[],\"owners\":[]}", "");
+        assert!(!without_roles.contains("object_roles"), "{without_roles}");
+        assert_eq!(properties_of(without_roles.as_bytes()).unwrap(), Some(libc_utf8()), "a line without the roles reads as none");
         let line = header_line(&travelled());
         assert_eq!(properties_of(line.as_bytes()).unwrap(), Some(travelled()));
         let cut = &line.as_bytes()[..line.len() - 1];
@@ -1016,7 +1090,7 @@ mod tests {
         };
         // Everything there: the backup's properties, each said to be the backup's.
         let plan = choose(base(travelled(), &["app", "reader", "gone"], &["pg_default", "fast"]), &CreateOptions::default());
-        assert_eq!(plan.props, DbProps { is_template: false, ..travelled() });
+        assert_eq!(plan.props, DbProps { is_template: false, object_roles: ObjectRoles::default(), ..travelled() });
         assert!(plan.used.iter().all(|u| u.from == "the backup's"), "{:?}", plan.used);
 
         // No owner role, no tablespace, a grantee and a per-role setting missing: those fall
