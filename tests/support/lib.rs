@@ -21,6 +21,6 @@ pub use fake_pg::fake_pg_bin;
 pub use fs::{files, gunzip, tempdir, Mount};
 pub use http::{http, post_concurrently, try_http, HttpReply};
 pub use net::{free_port, Proxy};
-pub use pg::{big_db, compare_dbs, compare_dbs_on, drop_db, own_db, psql, psql_on, sample_db};
+pub use pg::{big_db, compare_dbs, compare_dbs_on, drop_db, own_db, pg_cluster, psql, psql_on, sample_db, Cluster};
 pub use s3::{s3, PrivateS3, S3};
 pub use serve::{Serve, TOKEN};

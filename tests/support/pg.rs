@@ -80,3 +80,33 @@ pub fn compare_dbs_on(port: &str, a: &str, b: &str) -> (bool, String) {
         Command::new("bash").arg(e.testenv.join("pg-cluster.sh")).args(["compare", port, a, b]).env("PGPASSWORD", &e.db_password).output().unwrap();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
+
+/// `scripts/testenv/pg-cluster.sh` with `args`, as the test superuser; its stdout.
+pub fn pg_cluster(args: &[&str]) -> String {
+    let e = env();
+    let out =
+        Command::new("bash").arg(e.testenv.join("pg-cluster.sh")).args(args).env("PGPASSWORD", &e.db_password).current_dir("/").output().unwrap();
+    assert!(out.status.success(), "pg-cluster.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A brand-new PostgreSQL cluster of a test's own (initdb, nothing in it but the superuser),
+/// stopped when dropped: the "new server" of a disaster recovery.
+pub struct Cluster {
+    pub dir: std::path::PathBuf,
+    pub port: String,
+}
+
+impl Cluster {
+    pub fn start(dir: &std::path::Path) -> Cluster {
+        let port = crate::free_port().to_string();
+        pg_cluster(&["start", dir.to_str().unwrap(), &port]);
+        Cluster { dir: dir.to_path_buf(), port }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(env().testenv.join("pg-cluster.sh")).args(["stop", self.dir.to_str().unwrap()]).current_dir("/").output();
+    }
+}

@@ -37,7 +37,7 @@ use std::process::Command;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ef_backup_e2e::{compare_dbs_on, ef_command, env, files, free_port, http, tempdir, HttpReply, Mount, PrivateS3, Proxy, Serve};
+use ef_backup_e2e::{compare_dbs_on, ef_command, env, files, free_port, http, pg_cluster, tempdir, HttpReply, Mount, PrivateS3, Proxy, Serve};
 
 const MANUAL: &str = "/api/ef/v1/backup/manual";
 const STATUS: &str = "/api/ef/v1/backup/status";
@@ -492,14 +492,6 @@ fn slot_label(t: i64) -> String {
 fn metric(port: u16, name: &str) -> f64 {
     let m = http(port, "GET", "/metrics", &[], b"");
     m.body.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
-}
-
-fn pg_cluster(args: &[&str]) -> String {
-    let e = env();
-    let out =
-        Command::new("bash").arg(e.testenv.join("pg-cluster.sh")).args(args).env("PGPASSWORD", &e.db_password).current_dir("/").output().unwrap();
-    assert!(out.status.success(), "pg-cluster.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 struct World {

@@ -14,7 +14,7 @@ use crate::config::DbConfig;
 pub enum DbError {
     #[error("no PostgreSQL client tools found (looked for psql in {looked}); install the postgresql-client package or set EF__PG_BIN")]
     NoClient { looked: String },
-    #[error("cannot connect to PostgreSQL at {host}:{port} (database {db}, user {user}): {detail} — check EF__DB_HOST, EF__DB_PORT, EF__DB_NAME, EF__DB_USER and EF__DB_PASSWORD")]
+    #[error("cannot connect to PostgreSQL at {host}:{port} (database {db}, user {user}): {detail} — check EF__DB_HOST, EF__DB_PORT, EF__DB_USER and EF__DB_PASSWORD, and that database {db} exists and the user may connect to it (EF__DB_NAME is the one backed up; restore creates databases from \"postgres\")")]
     Connect { host: String, port: u16, db: String, user: String, detail: String },
     #[error("the server runs PostgreSQL {server}, but no pg_dump {server} was found (found: {found}); install postgresql-client-{server} or point EF__PG_BIN at its bin directory — a pg_dump of another major version cannot be trusted with this server")]
     VersionMismatch { server: u32, found: String },
