@@ -79,17 +79,25 @@ async fn graceful_stop(service: Arc<Service>, grace: Duration, signal: Option<st
     });
 }
 
-/// Watches the policy file (polling its size and mtime; SIGHUP forces a check) and swaps in
-/// a new policy that passes `policy check` and whose schedule is valid; the new schedule's
-/// timer starts before the old one stops. A rejected file leaves the running policy and
-/// schedule alone.
-async fn watch_policy(service: Arc<Service>, scheduler: Arc<Mutex<Option<Scheduler>>>, path: PathBuf) {
+/// Watches the policy file (polling its size and mtime; with `sighup`, SIGHUP forces a check)
+/// and swaps in a new policy that passes `policy check` and whose schedule is valid; the new
+/// schedule's timer starts before the old one stops. A rejected file leaves the running policy
+/// and schedule alone.
+async fn watch_policy(service: Arc<Service>, scheduler: Arc<Mutex<Option<Scheduler>>>, path: PathBuf, sighup: bool) {
     let stamp = |p: &PathBuf| std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok()));
     let mut last = stamp(&path);
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("SIGHUP handler");
+    // A process-wide handler: installed only when asked (the binary), never behind the back
+    // of an app that embeds the server and has its own idea of SIGHUP.
+    let mut hup = sighup.then(|| tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("SIGHUP handler"));
     loop {
+        let hangup = async {
+            match &mut hup {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         let forced = tokio::select! {
-            _ = hup.recv() => true,
+            _ = hangup => true,
             _ = tokio::time::sleep(POLICY_POLL) => false,
         };
         let now = stamp(&path);
@@ -276,11 +284,19 @@ pub struct Server {
     policy_path: PathBuf,
     listener: Option<TcpListener>,
     shutdown: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+    sighup: bool,
 }
 
 impl Server {
     pub fn new(config: Config, policy_path: &Path) -> Server {
-        Server { config, policy_path: policy_path.to_path_buf(), listener: None, shutdown: None }
+        Server { config, policy_path: policy_path.to_path_buf(), listener: None, shutdown: None, sighup: false }
+    }
+
+    /// Also check the policy file on SIGHUP (the binary does; an embedding app decides, since
+    /// the handler is process-wide). The file is polled every 2 s either way.
+    pub fn reload_on_sighup(mut self, yes: bool) -> Server {
+        self.sighup = yes;
+        self
     }
 
     /// Serve the admin API on this listener instead of binding `EF__HTTP_ADDR`.
@@ -299,7 +315,7 @@ impl Server {
     /// Checks, starts, serves until the shutdown signal, and returns once the running backup
     /// (if any) has ended and been recorded.
     pub async fn run(self) -> Result<()> {
-        let Server { config, policy_path, listener, shutdown } = self;
+        let Server { config, policy_path, listener, shutdown, sighup } = self;
         tracing::info!("Database backup plugin initializing...");
         check_token(&config)?;
         // Compiling the policy and opening the state store block: off the async threads.
@@ -322,7 +338,7 @@ impl Server {
         let zone = schedule.zone;
         let description = schedule.description.clone();
         let scheduler = Arc::new(Mutex::new(Some(schedule::start(Arc::clone(&service), schedule))));
-        let watcher = tokio::spawn(watch_policy(Arc::clone(&service), Arc::clone(&scheduler), policy_path));
+        let watcher = tokio::spawn(watch_policy(Arc::clone(&service), Arc::clone(&scheduler), policy_path, sighup));
         let next = service.status_next_run();
         match next.and_then(|t| chrono::DateTime::from_timestamp(t, 0)) {
             Some(t) => tracing::info!(
@@ -373,7 +389,7 @@ fn start_up(config: Config, policy_path: &Path) -> Result<(Config, crate::policy
 /// SIGTERM or SIGINT.
 pub fn run(config: Config, policy_path: &Path) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
-    rt.block_on(Server::new(config, policy_path).run())
+    rt.block_on(Server::new(config, policy_path).reload_on_sighup(true).run())
 }
 
 #[cfg(test)]

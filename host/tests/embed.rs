@@ -60,6 +60,12 @@ async fn an_embedding_app_serves_the_api_and_stops_it_with_its_own_signal() {
         }
     };
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    // The embedded server left the app's SIGHUP alone (the binary's reload-on-SIGHUP is opt-in):
+    // its disposition is still the default.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: reads the current action into a zeroed struct; changes nothing.
+    assert_eq!(unsafe { libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut action) }, 0);
+    assert_eq!(action.sa_sigaction, libc::SIG_DFL, "an embedded server installed a SIGHUP handler");
     let status = get(addr, "/api/ef/v1/backup/status").await.unwrap();
     assert!(status.starts_with("HTTP/1.1 401"), "the API is protected by the configured token: {status}");
 
