@@ -693,25 +693,34 @@ impl DbPlan {
     /// run after the load because some would break it: `default_transaction_read_only`, a
     /// connection limit the load's sessions exceed, ALLOW_CONNECTIONS false.
     pub fn after_load_sql(&self, name: &str) -> Vec<String> {
+        self.after_load(name).into_iter().map(|s| s.sql).collect()
+    }
+
+    /// [`DbPlan::after_load_sql`], each statement with how a report names it: without the
+    /// (scratch) database's name, a setting's value or a comment's text (they may be secrets).
+    fn after_load(&self, name: &str) -> Vec<Statement> {
         let p = &self.props;
-        let db = quote_ident(name);
-        let mut sql: Vec<String> = p
+        let db = format!(" {}", quote_ident(name));
+        // A statement whose only part not to show is the database's name.
+        let plain = |text: &dyn Fn(&str) -> String| Statement { sql: text(&db), what: text("") };
+        let mut out: Vec<Statement> = p
             .settings
             .iter()
             .filter_map(|s| {
-                let prefix = match &s.role {
-                    None => format!("ALTER DATABASE {db}"),
-                    Some(r) => format!("ALTER ROLE {} IN DATABASE {db}", quote_ident(r)),
+                let prefix = |on: &str| match &s.role {
+                    None => format!("ALTER DATABASE{on}"),
+                    Some(r) => format!("ALTER ROLE {} IN DATABASE{on}", quote_ident(r)),
                 };
-                alter_config_sql(&prefix, &s.item)
+                let setting = s.item.split_once('=')?.0;
+                Some(Statement { sql: alter_config_sql(&prefix(&db), &s.item)?, what: format!("{} SET {}", prefix(""), quote_ident(setting)) })
             })
             .collect();
         if let Some(c) = &p.comment {
-            sql.push(format!("COMMENT ON DATABASE {db} IS {}", quote_literal(c)));
+            out.push(Statement { sql: format!("COMMENT ON DATABASE{db} IS {}", quote_literal(c)), what: "COMMENT ON DATABASE".into() });
         }
         if let Some(acl) = &p.acl {
-            sql.push(format!("REVOKE ALL ON DATABASE {db} FROM PUBLIC"));
-            sql.push(format!("REVOKE ALL ON DATABASE {db} FROM {}", quote_ident(&p.owner)));
+            out.push(plain(&|on| format!("REVOKE ALL ON DATABASE{on} FROM PUBLIC")));
+            out.push(plain(&|on| format!("REVOKE ALL ON DATABASE{on} FROM {}", quote_ident(&p.owner))));
             // One GRANT per grantee and grant option, in ACL order.
             let mut groups: Vec<(&Option<String>, bool, Vec<&str>)> = Vec::new();
             for g in acl.iter().filter(|g| DATABASE_PRIVILEGES.contains(&g.privilege.as_str())) {
@@ -723,48 +732,43 @@ impl DbPlan {
             for (who, grantable, privileges) in groups {
                 let who = who.as_deref().map(quote_ident).unwrap_or_else(|| "PUBLIC".into());
                 let option = if grantable { " WITH GRANT OPTION" } else { "" };
-                sql.push(format!("GRANT {} ON DATABASE {db} TO {who}{option}", privileges.join(", ")));
+                out.push(plain(&|on| format!("GRANT {} ON DATABASE{on} TO {who}{option}", privileges.join(", "))));
             }
         }
         if p.connection_limit != -1 {
-            sql.push(format!("ALTER DATABASE {db} CONNECTION LIMIT {}", p.connection_limit));
+            out.push(plain(&|on| format!("ALTER DATABASE{on} CONNECTION LIMIT {}", p.connection_limit)));
         }
         if !p.allow_connections {
-            sql.push(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"));
+            out.push(plain(&|on| format!("ALTER DATABASE{on} ALLOW_CONNECTIONS false")));
         }
         if p.is_template {
-            sql.push(format!("ALTER DATABASE {db} IS_TEMPLATE true"));
+            out.push(plain(&|on| format!("ALTER DATABASE{on} IS_TEMPLATE true")));
         }
-        sql
+        out
     }
 
     /// Runs [`DbPlan::after_load_sql`] for the loaded database `name`, from `admin_db`. Returns
     /// the statements refused in a best-effort plan, described without their values.
     pub fn apply_after_load(&self, tools: &PgTools, admin_db: &str, name: &str, target: &str) -> Result<Vec<String>, ApplyError> {
         let mut refused = Vec::new();
-        for sql in self.after_load_sql(name) {
+        for Statement { sql, what } in self.after_load(name) {
             match tools.execute(admin_db, &sql) {
                 Ok(()) => {}
                 Err(err @ DbError::Sql { .. }) if self.best_effort => {
-                    tracing::warn!("the restored database goes without the backup's `{}`: {err}", describe(&sql, name));
-                    refused.push(describe(&sql, name));
+                    tracing::warn!("the restored database goes without the backup's `{what}`: {err}");
+                    refused.push(what);
                 }
-                Err(err) => return Err(ApplyError { db: name.into(), target: target.into(), sql: sql.clone(), err }),
+                Err(err) => return Err(ApplyError { db: name.into(), target: target.into(), sql, err }),
             }
         }
         Ok(refused)
     }
 }
 
-/// An after-load statement for a report: without the (scratch) database's name, a setting's
-/// value or a comment's text (they may be secrets).
-fn describe(sql: &str, db: &str) -> String {
-    let sql = sql.replace(&format!(" {}", quote_ident(db)), "");
-    match (sql.find(" SET "), sql.find(" IS ")) {
-        (Some(_), _) => sql.split(" TO ").next().unwrap_or_default().to_string(),
-        (None, Some(at)) if sql.starts_with("COMMENT ") => sql[..at].to_string(),
-        _ => sql,
-    }
+/// One statement of [`DbPlan::after_load_sql`] and how a report names it.
+struct Statement {
+    sql: String,
+    what: String,
 }
 
 #[cfg(test)]
@@ -1070,13 +1074,19 @@ mod tests {
 
     #[test]
     fn refused_statements_are_described_without_their_values() {
-        let plan = DbPlan { props: DbProps { comment: Some("secret note".into()), ..travelled() }, used: Vec::new(), best_effort: true };
-        let described: Vec<String> = plan.after_load_sql("scratch_1").iter().map(|s| describe(s, "scratch_1")).collect();
+        // A comment and a role name that read like the statements' own words.
+        let comment = Some("secret note SET x TO y IS z".into());
+        let settings = vec![Setting { role: Some("gone SET a TO".into()), item: "work_mem=3MB".into() }];
+        let plan = DbPlan { props: DbProps { comment, ..travelled() }, used: Vec::new(), best_effort: true };
+        let mut described: Vec<String> = plan.after_load("scratch_1").into_iter().map(|s| s.what).collect();
+        let odd = DbPlan { props: DbProps { settings, ..travelled() }, used: Vec::new(), best_effort: true };
+        described.extend(odd.after_load("scratch_1").into_iter().map(|s| s.what));
         for d in &described {
             assert!(!d.contains("scratch_1") && !d.contains("secret") && !d.contains("$user") && !d.contains("3MB"), "{d}");
         }
         assert!(described.contains(&"ALTER ROLE \"gone\" IN DATABASE SET \"work_mem\"".to_string()), "{described:?}");
         assert!(described.contains(&"COMMENT ON DATABASE".to_string()), "{described:?}");
+        assert!(described.contains(&"ALTER ROLE \"gone SET a TO\" IN DATABASE SET \"work_mem\"".to_string()), "{described:?}");
     }
 
     #[test]
