@@ -106,16 +106,11 @@ fn damaged(source: &Source, reason: impl Into<String>) -> RestoreError {
 /// and the rows of each COPY block. Calls `sink` with the SQL as it goes.
 pub fn scan(source: &Source, mut sink: impl FnMut(&[u8]) -> Result<(), RestoreError>) -> Result<BackupCheck, RestoreError> {
     let mut counted = Counted { inner: source.open()?, bytes: 0 };
-    // A file of another name (a copy renamed by hand) is read as gzip, the format of every
-    // backup so far; the decoder says so clearly when it is not.
-    let format = Format::of_name(&source.label()).unwrap_or(Format::Gzip);
-    let mut gz = io::BufReader::with_capacity(256 * 1024, format.decoder(&mut counted));
+    let mut gz = io::BufReader::with_capacity(256 * 1024, format_of(source).decoder(&mut counted));
     let gzip_err = |e: io::Error| damaged(source, format!("gzip data is corrupt or truncated ({e})"));
     // ef-backup's own first line (the database's properties) is not part of the dump: it is
     // read here and never reaches psql or the dump's checks.
-    let mut first = Vec::new();
-    (&mut gz).take(props::HEADER_MAX as u64).read_until(b'\n', &mut first).map_err(gzip_err)?;
-    let properties = props::properties_of(&first).map_err(|r| damaged(source, r))?;
+    let (first, properties) = first_line(source, &mut gz)?;
     let mut complete = Completeness::default();
     let mut facts = DumpFacts::default();
     let mut dump_bytes = 0u64;
@@ -151,12 +146,23 @@ pub fn scan(source: &Source, mut sink: impl FnMut(&[u8]) -> Result<(), RestoreEr
 /// The database properties a backup carries in its first line, read without reading the rest
 /// (restore plans the new database before it loads it).
 pub fn backup_properties(source: &Source) -> Result<Option<props::DbProps>, RestoreError> {
-    let format = Format::of_name(&source.label()).unwrap_or(Format::Gzip);
-    let mut decoded = io::BufReader::new(format.decoder(source.open()?));
+    Ok(first_line(source, &mut io::BufReader::new(format_of(source).decoder(source.open()?)))?.1)
+}
+
+/// A file of another name (a copy renamed by hand) is read as gzip, the format of every backup
+/// so far; the decoder says so clearly when it is not.
+fn format_of(source: &Source) -> Format {
+    Format::of_name(&source.label()).unwrap_or(Format::Gzip)
+}
+
+/// The decoded stream's first line (at most [`props::HEADER_MAX`] bytes) and the properties it
+/// carries, if it is ef-backup's properties line.
+fn first_line(source: &Source, decoded: &mut impl BufRead) -> Result<(Vec<u8>, Option<props::DbProps>), RestoreError> {
     let mut first = Vec::new();
-    let read = (&mut decoded).take(props::HEADER_MAX as u64).read_until(b'\n', &mut first);
+    let read = decoded.take(props::HEADER_MAX as u64).read_until(b'\n', &mut first);
     read.map_err(|e| damaged(source, format!("gzip data is corrupt or truncated ({e})")))?;
-    props::properties_of(&first).map_err(|r| damaged(source, r))
+    let properties = props::properties_of(&first).map_err(|r| damaged(source, r))?;
+    Ok((first, properties))
 }
 
 struct Counted<R> {
