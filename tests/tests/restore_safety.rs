@@ -396,3 +396,36 @@ fn an_interrupted_restore_or_verify_leaves_no_scratch_database() {
         assert_eq!(psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{target}'")), "0");
     }
 }
+
+/// A crafted properties line (ef-backup's first line of a backup) is refused as damage before
+/// anything is created, through `restore` and `verify`: not JSON, a wrong type, a connection
+/// limit below -1, a line without its end within 256 KiB. A name or setting in it can only ever
+/// reach the server quoted (unit tests in `restore::props`).
+#[test]
+fn crafted_properties_lines_are_refused_before_anything_is_created() {
+    let _serial = serial();
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    let prefix = "-- ef-backup database properties v1: ";
+    let body = dump("CREATE TABLE public.t (a int);\n", true);
+    let long = format!("{prefix}{{\"comment\": \"{}\"", "x".repeat(300 << 10));
+    let target = "ef_e2e_crafted_props";
+    drop_db(target);
+    for (case, first) in [
+        ("not JSON", format!("{prefix}{{owner\n")),
+        ("wrong type", format!("{prefix}{{\"owner\": 7}}\n")),
+        ("limit below -1", format!("{prefix}{{\"owner\":\"x\",\"encoding\":\"UTF8\",\"collate\":\"C\",\"ctype\":\"C\",\"connection_limit\":-9,\"tablespace\":\"pg_default\",\"is_template\":false,\"allow_connections\":true,\"settings\":[]}}\n")),
+        ("no end", format!("{long}\n")),
+    ] {
+        let file = gz(&backups, "crafted.sql.gz", &format!("{first}{body}"));
+        let before = scratch_dbs();
+        for args in [vec!["restore", file.to_str().unwrap(), "--target-db", target, "--create"], vec!["verify", file.to_str().unwrap()]] {
+            let run = ef(sample_db(), &backups, &[], &args);
+            assert_eq!(run.code, Some(1), "{case} {args:?}: {}", run.all());
+            assert!(run.stderr.contains("is damaged") && run.stderr.contains("database properties line"), "{case} {args:?}: {}", run.stderr);
+        }
+        assert_eq!(scratch_dbs(), before, "{case}: no scratch database left");
+        assert_eq!(psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{target}'")), "0", "{case}");
+    }
+}
