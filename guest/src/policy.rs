@@ -213,23 +213,30 @@ fn split_name(name: &str) -> Option<(&str, BackupKind, &str)> {
 pub struct Names {
     /// The databases this deployment backs up (`config.databases`).
     databases: Vec<String>,
+    /// The label its globals backups go under (`config.globals-label`).
+    globals_label: Option<String>,
     /// `<legacy_prefix>_backup_`, when the operator adopted the old names.
     legacy: Option<String>,
 }
 
 impl Names {
     pub fn new(databases: &[String], legacy_prefix: Option<&str>) -> Names {
-        Names { databases: databases.to_vec(), legacy: legacy_prefix.map(|p| format!("{p}{NAME_INFIX}")) }
+        Names { databases: databases.to_vec(), globals_label: None, legacy: legacy_prefix.map(|p| format!("{p}{NAME_INFIX}")) }
+    }
+
+    /// The same, with the globals under `label` recognised too.
+    pub fn with_globals(self, label: Option<&str>) -> Names {
+        Names { globals_label: label.map(str::to_string), ..self }
     }
 
     pub fn of(config: &Config) -> Names {
         let (settings, _) = Settings::parse(config);
-        Names::new(&config.databases, settings.legacy_prefix.as_deref())
+        Names::new(&config.databases, settings.legacy_prefix.as_deref()).with_globals(config.globals_label.as_deref())
     }
 
     /// What one of our names says. Only this deployment's databases count (and the adopted
     /// legacy prefix, for its first database): another deployment's backups in the same place
-    /// are foreign. The globals are recognised only under a label in `config.databases` too.
+    /// are foreign. The globals are recognised only under `config.globals-label`.
     pub fn parse(&self, name: &str) -> Option<NameInfo> {
         if let Some(info) = self.parse_current(name) {
             return Some(info);
@@ -243,7 +250,11 @@ impl Names {
         let (db, kind, stamp) = split_name(name)?;
         let run_at = DateTime::parse_compact(stamp, ZONE_OFFSET_SECS)?;
         let database = decode_database(db)?;
-        self.databases.contains(&database).then_some(NameInfo { database, kind, run_at })
+        let ours = match kind {
+            BackupKind::Database => self.databases.contains(&database),
+            BackupKind::Globals => self.globals_label.as_ref() == Some(&database),
+        };
+        ours.then_some(NameInfo { database, kind, run_at })
     }
 }
 
@@ -348,6 +359,7 @@ pub(crate) mod tests {
     pub(crate) fn config(settings: &[(&str, &str)], s3_days: Option<u32>) -> Config {
         Config {
             databases: vec!["euraflow".into()],
+            globals_label: Some("pg42".into()),
             backup_dir: "/var/backups".into(),
             s3: s3_days.map(|d| S3Config { bucket: "b".into(), region: "us-east-1".into(), prefix: String::new(), retention_days: d }),
             settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
@@ -478,15 +490,23 @@ pub(crate) mod tests {
 
     #[test]
     fn globals_names() {
-        let n = Names::new(&dbs(&["euraflow", "db.example:5432"]), None);
+        let n = Names::new(&dbs(&["euraflow"]), None).with_globals(Some("db.example:5432"));
         let name = backup_name(&request("db.example:5432", BackupKind::Globals, ".sql.gz", NOW));
         assert_eq!(name, "db%2Eexample%3A5432_globals_20251104_013000.sql.gz");
         let want = NameInfo { database: "db.example:5432".into(), kind: BackupKind::Globals, run_at: NOW };
         assert_eq!(n.parse(&name), Some(want));
-        assert_eq!(euraflow().parse(&name), None, "a label that is not in config.databases is foreign");
+        assert_eq!(euraflow().parse(&name), None, "globals under another label are foreign");
+        // The label is only a globals label: a database of that name is another deployment's.
+        let dump = backup_name(&request("db.example:5432", BackupKind::Database, ".sql.gz", NOW));
+        assert_eq!(n.parse(&dump), None);
+        // And a database's name is no globals label.
         let euraflow_globals = backup_name(&request("euraflow", BackupKind::Globals, ".sql.gz", NOW));
         assert_eq!(euraflow_globals, "euraflow_globals_20251104_013000.sql.gz");
-        assert_eq!(euraflow().parse(&euraflow_globals).map(|i| i.kind), Some(BackupKind::Globals));
+        assert_eq!(n.parse(&euraflow_globals), None);
+        let sysid = Names::new(&dbs(&["euraflow"]), None).with_globals(Some("pg7716027164675544903"));
+        let name = backup_name(&request("pg7716027164675544903", BackupKind::Globals, ".sql.gz", NOW));
+        assert_eq!(name, "pg7716027164675544903_globals_20251104_013000.sql.gz");
+        assert_eq!(sysid.parse(&name).map(|i| i.kind), Some(BackupKind::Globals));
     }
 
     /// Pins issue 12 item 5: no name, however odd, makes parse-name panic (a trap in the

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::civil::DateTime;
 use crate::policy::{self, Settings};
-use crate::types::{BackupDone, BackupFailed, BackupOutcome, Config, ErrorKind, HttpResponse, Message, Notification, Status};
+use crate::types::{BackupDone, BackupFailed, BackupKind, BackupOutcome, BackupRun, Config, ErrorKind, HttpResponse, Message, Notification, Status};
 
 /// How many backups `recent` lists.
 pub const RECENT: usize = 5;
@@ -107,10 +107,49 @@ fn failed(f: &BackupFailed) -> HttpResponse {
     )
 }
 
+fn kind_label(kind: BackupKind) -> &'static str {
+    match kind {
+        BackupKind::Database => "database",
+        BackupKind::Globals => "globals",
+    }
+}
+
+/// A run of several databases: one entry per file, each in the shape of the single-database
+/// response's `data` (with `database`, `kind` and `success` in front); 200 when every file was
+/// written, else 500.
+fn several(run: &BackupRun) -> HttpResponse {
+    let entries: Vec<serde_json::Value> = run
+        .entries
+        .iter()
+        .map(|e| {
+            let body: serde_json::Value = match &e.outcome {
+                Ok(d) => serde_json::from_str(&done(d).body).unwrap_or_default(),
+                Err(f) => serde_json::from_str(&failed(f).body).unwrap_or_default(),
+            };
+            let data = body.get("data").cloned().unwrap_or_default();
+            let mut entry = serde_json::json!({"database": e.database, "kind": kind_label(e.kind), "success": e.outcome.is_ok()});
+            if let (Some(entry), Some(data)) = (entry.as_object_mut(), data.as_object()) {
+                entry.extend(data.clone());
+            }
+            entry
+        })
+        .collect();
+    let failed = run.entries.iter().filter(|e| e.outcome.is_err()).count();
+    let ok = failed == 0 && !run.entries.is_empty();
+    let message = if ok {
+        format!("数据库备份成功: {} 个文件", run.entries.len())
+    } else {
+        format!("数据库备份失败: {failed}/{} 个文件失败", run.entries.len())
+    };
+    let body = serde_json::json!({"success": ok, "message": message, "data": {"backups": entries, "notes": run.notes}});
+    HttpResponse { status: if ok { 200 } else { 500 }, body: body.to_string() }
+}
+
 pub fn backup(outcome: &BackupOutcome) -> HttpResponse {
     match outcome {
         BackupOutcome::Done(d) => done(d),
         BackupOutcome::Failed(f) => failed(f),
+        BackupOutcome::Several(run) => several(run),
         BackupOutcome::Busy(running) => json(
             409,
             &Envelope {
@@ -235,6 +274,19 @@ pub fn notification(config: &Config, event: &Notification) -> Option<Message> {
         BackupOutcome::Done(d) => {
             let previous = event.previous.as_ref().filter(|p| !p.succeeded)?;
             let body = format!("数据库备份已恢复正常: {}（{} MB）\n上次备份失败: {}", d.file_name, mb(d.size_bytes), previous.message);
+            Some(Message { subject: format!("[ef-backup] 数据库备份已恢复: {dbs}"), body })
+        }
+        BackupOutcome::Several(run) if run.entries.iter().any(|e| e.outcome.is_err()) => {
+            let lines: Vec<String> = run
+                .entries
+                .iter()
+                .filter_map(|e| Some(format!("{} ({}): {}", e.database, kind_label(e.kind), e.outcome.as_ref().err()?.message)))
+                .collect();
+            Some(Message { subject: format!("[ef-backup] 数据库备份失败: {dbs}"), body: format!("数据库备份失败:\n{}", lines.join("\n")) })
+        }
+        BackupOutcome::Several(run) => {
+            let previous = event.previous.as_ref().filter(|p| !p.succeeded)?;
+            let body = format!("数据库备份已恢复正常: {} 个文件\n上次备份失败: {}", run.entries.len(), previous.message);
             Some(Message { subject: format!("[ef-backup] 数据库备份已恢复: {dbs}"), body })
         }
         BackupOutcome::Busy(_) => None,

@@ -41,6 +41,28 @@ pub fn print_backup_summary(report: &BackupReport, response: &HttpResponse) {
         }
         BackupOutcome::Failed(f) => eprintln!("ef-backup: error: {}", if message.is_empty() { &f.message } else { &message }),
         BackupOutcome::Busy(name) => eprintln!("ef-backup: error: a backup is already running: {name}"),
+        BackupOutcome::Several(run) => {
+            println!("{message}");
+            for e in &run.entries {
+                let what = format!("{} ({})", e.database, crate::policy::kind_id(e.kind));
+                match &e.outcome {
+                    Ok(d) => {
+                        let s3 = match &d.s3 {
+                            S3Outcome::Disabled => String::new(),
+                            S3Outcome::Uploaded(_) => ", uploaded to S3".into(),
+                            S3Outcome::Failed(e) => format!(", S3 upload FAILED: {e}"),
+                        };
+                        println!("  ok      {what:<32} {} ({}{s3})", d.path, mb(d.size_bytes));
+                    }
+                    Err(f) => println!("  FAILED  {what:<32} {}", f.message),
+                }
+            }
+            println!("  took:      {:.1} s", report.elapsed.as_secs_f64());
+            println!("  retention: {} old local backup(s) deleted, {} in S3", report.retention.deleted.len(), report.s3_retention.deleted.len());
+        }
+    }
+    for note in &report.notes {
+        println!("  note: {note}");
     }
 }
 

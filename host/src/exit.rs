@@ -29,5 +29,8 @@ pub fn of_backup(report: &BackupReport) -> u8 {
         BackupOutcome::Done(_) => OK,
         BackupOutcome::Busy(_) => BUSY,
         BackupOutcome::Failed(_) => FAILED,
+        BackupOutcome::Several(run) if !run.succeeded() => FAILED,
+        BackupOutcome::Several(run) if run.entries.iter().any(|e| matches!(&e.outcome, Ok(d) if matches!(d.s3, S3Outcome::Failed(_)))) => S3_FAILED,
+        BackupOutcome::Several(_) => OK,
     }
 }

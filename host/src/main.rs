@@ -163,7 +163,9 @@ fn tempfile_dir() -> Result<PathBuf> {
 }
 
 fn load_policy(cli_policy: Option<PathBuf>, config: &Config) -> Result<WasmPolicy> {
-    Ok(WasmPolicy::load_cached(&policy_path(cli_policy, config), config.policy_cache_dir.as_deref())?)
+    let policy = WasmPolicy::load_cached(&policy_path(cli_policy, config), config.policy_cache_dir.as_deref())?;
+    ef_backup::policy::check_fits(&policy, config)?;
+    Ok(policy)
 }
 
 /// The S3 client, when S3 is configured, with a runtime for its I/O.

@@ -100,7 +100,12 @@ impl Schedule {
 /// When a scheduled run that ended with `outcome` at `now` is tried again: once, after
 /// `delay_secs` (0: never), and only when that is before the next slot (which will run anyway).
 pub fn retry_at(outcome: &BackupOutcome, delay_secs: u64, now: DateTime<Utc>, next_slot: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
-    if !matches!(outcome, BackupOutcome::Failed(_)) || delay_secs == 0 {
+    let failed = match outcome {
+        BackupOutcome::Failed(_) => true,
+        BackupOutcome::Several(run) => !run.succeeded(),
+        _ => false,
+    };
+    if !failed || delay_secs == 0 {
         return None;
     }
     let at = now + Duration::seconds(delay_secs as i64);
@@ -137,7 +142,7 @@ async fn tick(service: Arc<Service>, schedule: Arc<Schedule>, slot: DateTime<Utc
     let delay = service.config().retry_delay_secs;
     let now = Utc::now();
     let Some(at) = retry_at(&run.outcome, delay, now, schedule.next_after(now)) else {
-        if matches!(run.outcome, BackupOutcome::Failed(_)) {
+        if matches!(&run.outcome, BackupOutcome::Failed(_)) || matches!(&run.outcome, BackupOutcome::Several(r) if !r.succeeded()) {
             tracing::error!("the {slot_label} backup failed and is not retried (EF__BACKUP_RETRY_DELAY_SECS={delay}, or the next slot comes first)");
         }
         return;
@@ -149,6 +154,11 @@ async fn tick(service: Arc<Service>, schedule: Arc<Schedule>, slot: DateTime<Utc
         BackupOutcome::Done(d) => tracing::info!("the retry of the {slot_label} backup succeeded: {}", d.file_name),
         BackupOutcome::Failed(f) => tracing::error!("the retry of the {slot_label} backup failed too: {}", f.message),
         BackupOutcome::Busy(name) => tracing::info!("the retry of the {slot_label} backup was not needed: {name} is running"),
+        BackupOutcome::Several(r) if r.succeeded() => tracing::info!("the retry of the {slot_label} backup succeeded: {} files", r.entries.len()),
+        BackupOutcome::Several(r) => {
+            let failed = r.entries.iter().filter(|e| e.outcome.is_err()).count();
+            tracing::error!("the retry of the {slot_label} backup failed too: {failed} of {} files failed", r.entries.len())
+        }
     }
 }
 

@@ -10,7 +10,15 @@ pub type UnixSeconds = i64;
 /// ones in `settings`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyConfig {
+    /// The first of `databases` (what a 0.1.0 policy is told; `postgres` when every database
+    /// is backed up and the server has not been asked yet).
     pub database: String,
+    /// The databases this deployment backs up: `EF__DB_NAME`, or `EF__DB_NAMES` as listed or as
+    /// found on the server (`*`, minus `EF__DB_EXCLUDE`) at the last run.
+    pub databases: Vec<String>,
+    /// The label of this server's globals backups: `EF__DEPLOYMENT_NAME`, or `pg<system
+    /// identifier>` once the server has been asked; None before that.
+    pub globals_label: Option<String>,
     pub backup_dir: String,
     pub s3: Option<PolicyS3Config>,
     /// `EF__POLICY_<NAME>` → (`name` in lower case, value), in a stable order.
@@ -122,13 +130,40 @@ pub struct BackupFailed {
     pub file_name: Option<String>,
 }
 
-/// How one backup run ended.
+/// One file of a run: a database's dump or the server's globals, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunEntry {
+    pub database: String,
+    pub kind: BackupKind,
+    pub outcome: Result<BackupDone, BackupFailed>,
+}
+
+/// A run of several databases (`EF__DB_NAMES`): every file it wrote or failed to write, the
+/// globals first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupRun {
+    pub started_at: UnixSeconds,
+    pub finished_at: UnixSeconds,
+    pub entries: Vec<RunEntry>,
+    /// What an operator should know that is no failure (globals without role passwords...).
+    pub notes: Vec<String>,
+}
+
+impl BackupRun {
+    pub fn succeeded(&self) -> bool {
+        !self.entries.is_empty() && self.entries.iter().all(|e| e.outcome.is_ok())
+    }
+}
+
+/// How one backup run ended. With one database configured (`EF__DB_NAME`, the original's
+/// setting) a run is `Done` or `Failed`, as the original answered; with several, `Several`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackupOutcome {
     Done(BackupDone),
     Failed(BackupFailed),
     /// Another backup is running: its name.
     Busy(String),
+    Several(BackupRun),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

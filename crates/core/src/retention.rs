@@ -32,6 +32,9 @@ pub enum KeepReason {
     MinKeep,
     /// The clock is earlier than the last recorded run: nothing is deleted until it catches up.
     ClockBehind,
+    /// Its database (or the globals) got no new backup in this run (its dump failed, or it is
+    /// no longer backed up): a run deletes only where it wrote.
+    NotBackedUpNow,
 }
 
 impl KeepReason {
@@ -51,6 +54,7 @@ impl std::fmt::Display for KeepReason {
             KeepReason::NewestByModified => "it is the most recently modified backup",
             KeepReason::MinKeep => "it is among the newest EF__BACKUP_MIN_KEEP backups",
             KeepReason::ClockBehind => "the clock is behind the last recorded run",
+            KeepReason::NotBackedUpNow => "its database got no new backup in this run",
         })
     }
 }
@@ -119,6 +123,20 @@ impl Guard {
     /// the newest dump of each database and the newest globals are kept, and the minimum count
     /// is counted in each.
     pub fn decide(&self, listing: &[BackupEntry], recognised: &[(BackupEntry, NameInfo)], selected: &[String], just_written: Option<&str>) -> Plan {
+        let written: Vec<&str> = just_written.into_iter().collect();
+        self.decide_run(listing, recognised, selected, &written, None)
+    }
+
+    /// [`Guard::decide`] after a run that wrote `written`; with `only`, deletions are limited
+    /// to those databases and kinds (the ones the run wrote a new backup of).
+    pub fn decide_run(
+        &self,
+        listing: &[BackupEntry],
+        recognised: &[(BackupEntry, NameInfo)],
+        selected: &[String],
+        written: &[&str],
+        only: Option<&[(&str, BackupKind)]>,
+    ) -> Plan {
         if self.clock_behind() {
             let decisions = listing.iter().map(|b| (b.name.clone(), Decision::Keep(KeepReason::ClockBehind))).collect();
             return Plan { decisions, future_dated: Vec::new(), clock_behind: true };
@@ -142,6 +160,11 @@ impl Guard {
             newest_modified.extend(newest.map(|(b, _)| b.name.as_str()));
         }
         let ours = |name: &str| recognised.iter().any(|(b, _)| b.name == name);
+        let written_now = |name: &str| {
+            only.is_none_or(|only| {
+                recognised.iter().any(|(b, i)| b.name == name && only.iter().any(|(db, kind)| *db == i.database && *kind == i.kind))
+            })
+        };
 
         let decisions = listing
             .iter()
@@ -152,8 +175,10 @@ impl Guard {
                     Decision::Keep(KeepReason::Foreign)
                 } else if !selected.iter().any(|s| s == name) {
                     Decision::Keep(KeepReason::NotSelected)
-                } else if Some(name) == just_written {
+                } else if written.contains(&name) {
                     Decision::Keep(KeepReason::JustWritten)
+                } else if !written_now(name) {
+                    Decision::Keep(KeepReason::NotBackedUpNow)
                 } else if newest_by_name.contains(&name) {
                     Decision::Keep(KeepReason::NewestByName)
                 } else if newest_modified.contains(&name) {
@@ -202,7 +227,9 @@ fn place(target: Target) -> &'static str {
 /// Never fails the backup: whatever goes wrong is logged and reported, and a listing or an
 /// answer that cannot be trusted deletes nothing. `retention_days` is only for the original's
 /// S3 log line.
-pub fn apply(store: &dyn BackupStore, policy: &dyn Selection, guard: &Guard, just_written: &str, retention_days: u32) -> RetentionReport {
+/// `written`: the files the run wrote in this store, with what each is; only their databases
+/// (and the globals, when written) lose old backups.
+pub fn apply(store: &dyn BackupStore, policy: &dyn Selection, guard: &Guard, written: &[(String, NameInfo)], retention_days: u32) -> RetentionReport {
     let target = store.target();
     let place = place(target);
     if guard.clock_behind() {
@@ -230,7 +257,9 @@ pub fn apply(store: &dyn BackupStore, policy: &dyn Selection, guard: &Guard, jus
     let entries: Vec<BackupEntry> = listing.iter().map(BackupEntry::from).collect();
     let plan = match policy.recognise(&entries).and_then(|ours| {
         let selected = policy.select_expired(&entries, &ours, guard.now, target)?;
-        Ok(guard.decide(&entries, &ours, &selected, Some(just_written)))
+        let names: Vec<&str> = written.iter().map(|(n, _)| n.as_str()).collect();
+        let groups: Vec<(&str, BackupKind)> = written.iter().map(|(_, i)| (i.database.as_str(), i.kind)).collect();
+        Ok(guard.decide_run(&entries, &ours, &selected, &names, Some(&groups)))
     }) {
         Ok(p) => p,
         Err(e) => return skipped(e, false),
@@ -529,13 +558,18 @@ mod apply_tests {
         &[("db_backup_100", 100), ("db_backup_200", 200), ("db_backup_300", 300), ("db_backup_400", 400), ("other.sql.gz", 50)];
     const GUARD: Guard = Guard { now: 1000, min_keep: 1, last_recorded_run: Some(900) };
 
+    /// The run wrote `name`, a dump of `db`.
+    fn wrote(name: &str) -> Vec<(String, NameInfo)> {
+        vec![(name.to_string(), NameInfo::dump("db", 0))]
+    }
+
     #[test]
     fn the_same_rules_hold_in_every_store() {
         for target in [Target::Local, Target::S3] {
             // The policy asks for everything, the foreign file and the backup just written included.
             let store = MemStore::new(target, LISTING);
             let all = ["db_backup_100", "db_backup_200", "db_backup_300", "db_backup_400", "other.sql.gz"];
-            let report = apply(&store, &select(&all), &GUARD, "db_backup_300", 7);
+            let report = apply(&store, &select(&all), &GUARD, &wrote("db_backup_300"), 7);
             assert_eq!(report.deleted, ["db_backup_100", "db_backup_200"], "{target:?}");
             assert_eq!(store.names(), ["db_backup_300", "db_backup_400", "other.sql.gz"], "{target:?}: just written, newest and foreign stay");
             assert_eq!(report.error, None);
@@ -552,7 +586,7 @@ mod apply_tests {
         ];
         for (case, store, policy, guard) in cases {
             let before = store.items.borrow().len();
-            let report = apply(&store, &policy, &guard, "db_backup_400", 7);
+            let report = apply(&store, &policy, &guard, &wrote("db_backup_400"), 7);
             assert!(report.deleted.is_empty(), "{case}");
             assert!(report.error.is_some(), "{case}: the report says why");
             assert_eq!(report.clock_behind, case == "clock behind", "{case}");
@@ -560,10 +594,36 @@ mod apply_tests {
         }
     }
 
+    /// A run deletes only where it wrote: the dumps of a database whose backup failed this run
+    /// (or that is no longer backed up) keep every old backup, whatever the policy selects.
+    #[test]
+    fn only_the_databases_a_run_wrote_lose_old_backups() {
+        let listing = [("db_backup_100", 100), ("db_backup_200", 200), ("db_backup_300", 300), ("other_backup_100", 100), ("other_backup_200", 200)];
+        let store = MemStore::new(Target::Local, &listing);
+        struct Two;
+        impl Selection for Two {
+            fn recognise(&self, listing: &[BackupEntry]) -> Result<Vec<(BackupEntry, NameInfo)>, String> {
+                Ok(listing
+                    .iter()
+                    .filter_map(|b| {
+                        let (db, t) = b.name.split_once("_backup_")?;
+                        Some((b.clone(), NameInfo::dump(db, t.parse().ok()?)))
+                    })
+                    .collect())
+            }
+            fn select_expired(&self, _: &[BackupEntry], ours: &[(BackupEntry, NameInfo)], _: i64, _: Target) -> Result<Vec<String>, String> {
+                Ok(ours.iter().map(|(b, _)| b.name.clone()).collect())
+            }
+        }
+        let report = apply(&store, &Two, &GUARD, &wrote("db_backup_300"), 7);
+        assert_eq!(report.deleted, ["db_backup_100", "db_backup_200"]);
+        assert_eq!(store.names(), ["db_backup_300", "other_backup_100", "other_backup_200"], "`other` got no new backup: all of it stays");
+    }
+
     #[test]
     fn a_failed_deletion_is_reported_and_the_others_still_go() {
         let store = MemStore { fail_delete: vec!["db_backup_100"], ..MemStore::new(Target::Local, LISTING) };
-        let report = apply(&store, &select(&["db_backup_100", "db_backup_200"]), &GUARD, "db_backup_400", 7);
+        let report = apply(&store, &select(&["db_backup_100", "db_backup_200"]), &GUARD, &wrote("db_backup_400"), 7);
         assert_eq!(report.deleted, ["db_backup_200"]);
         assert_eq!(report.error.as_deref(), Some("cannot delete db_backup_100"));
         assert!(store.names().contains(&"db_backup_100".to_string()));
@@ -573,7 +633,7 @@ mod apply_tests {
     fn the_minimum_count_and_future_dates_hold_through_apply() {
         let store = MemStore::new(Target::S3, &[("db_backup_100", 100), ("db_backup_200", 200), ("db_backup_300", 300), ("db_backup_999999", 300)]);
         let guard = Guard { min_keep: 3, ..GUARD };
-        let report = apply(&store, &select(&["db_backup_100", "db_backup_200", "db_backup_300"]), &guard, "none", 7);
+        let report = apply(&store, &select(&["db_backup_100", "db_backup_200", "db_backup_300"]), &guard, &wrote("none"), 7);
         // The future-dated name never counts among the newest: the three real ones are the
         // minimum, and only the oldest of them cannot be protected by anything but the count.
         assert_eq!(report.future_dated, ["db_backup_999999"]);

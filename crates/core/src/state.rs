@@ -106,6 +106,13 @@ impl Finished {
     pub fn of(outcome: &BackupOutcome, report: Option<&BackupReport>, finished_at: i64) -> Option<Finished> {
         let duration_ms = report.map(|r| r.elapsed.as_millis() as u64).unwrap_or(0);
         let clock_skips = report.map(|r| u32::from(r.retention.clock_behind) + u32::from(r.s3_retention.clock_behind)).unwrap_or(0);
+        // What an operator should know though nothing failed (globals without role passwords...).
+        let notes = report.map(|r| r.notes.iter().map(|n| format!("; note: {n}")).collect::<String>()).unwrap_or_default();
+        let finished = Finished::of_outcome(outcome, finished_at, duration_ms, clock_skips)?;
+        Some(Finished { message: format!("{}{notes}", finished.message), ..finished })
+    }
+
+    fn of_outcome(outcome: &BackupOutcome, finished_at: i64, duration_ms: u64, clock_skips: u32) -> Option<Finished> {
         match outcome {
             BackupOutcome::Done(d) => {
                 let (s3, message) = match &d.s3 {
@@ -134,6 +141,31 @@ impl Finished {
                 s3: None,
                 clock_skips,
             }),
+            BackupOutcome::Several(run) => {
+                let done: Vec<&crate::model::BackupDone> = run.entries.iter().filter_map(|e| e.outcome.as_ref().ok()).collect();
+                let failed: Vec<String> = run
+                    .entries
+                    .iter()
+                    .filter_map(|e| Some(format!("{} ({}): {}", e.database, crate::policy::kind_id(e.kind), e.outcome.as_ref().err()?.message)))
+                    .collect();
+                let s3_failed = done.iter().any(|d| matches!(d.s3, S3Outcome::Failed(_)));
+                let s3 = if s3_failed { "failed" } else if done.iter().any(|d| matches!(d.s3, S3Outcome::Uploaded(_))) { "uploaded" } else { "disabled" };
+                let message = if failed.is_empty() {
+                    format!("ok: {} files ({})", done.len(), if s3_failed { "an S3 upload failed" } else { s3 })
+                } else {
+                    format!("{} of {} files failed: {}", failed.len(), run.entries.len(), failed.join("; "))
+                };
+                Some(Finished {
+                    finished_at,
+                    outcome: if run.succeeded() { RunOutcome::Ok } else { RunOutcome::Failed },
+                    file_name: None,
+                    size_bytes: (!done.is_empty()).then(|| done.iter().map(|d| d.size_bytes).sum()),
+                    duration_ms,
+                    message,
+                    s3: (!done.is_empty()).then_some(s3),
+                    clock_skips,
+                })
+            }
             BackupOutcome::Busy(_) => None,
         }
     }

@@ -270,10 +270,15 @@ impl Policy for WasmPolicy {
         Ok(s)
     }
 
-    fn backup_name(&self, config: &PolicyConfig, now: i64) -> Result<String, PolicyError> {
-        let name = self.call("backup-name", |p, s| p.calls().backup_name(s, config, now))?;
+    fn name_file(&self, config: &PolicyConfig, file: &NameInfo) -> Result<String, PolicyError> {
+        let name = self.call("backup-name", |p, s| p.calls().name_file(s, config, file))?;
         validate_name(&name).map_err(|reason| self.bad("backup-name", format!("{name:?}: {reason}")))?;
         Ok(name)
+    }
+
+    /// 0.1.0 names one database's dumps only.
+    fn names_globals(&self) -> bool {
+        self.info.wit_version != v0_1::VERSION
     }
 
     fn parse_name(&self, config: &PolicyConfig, name: &str) -> Result<Option<NameInfo>, PolicyError> {

@@ -73,8 +73,10 @@ fn error_kind(k: model::ErrorKind) -> wit::ErrorKind {
     }
 }
 
-fn outcome(o: &model::BackupOutcome) -> wit::BackupOutcome {
-    match o {
+/// None for a run of several databases, which 0.1.0 cannot express (the host never configures
+/// a 0.1.0 policy for several).
+fn outcome(o: &model::BackupOutcome) -> Option<wit::BackupOutcome> {
+    Some(match o {
         model::BackupOutcome::Done(d) => wit::BackupOutcome::Done(wit::BackupDone {
             file_name: d.file_name.clone(),
             path: d.path.clone(),
@@ -87,7 +89,8 @@ fn outcome(o: &model::BackupOutcome) -> wit::BackupOutcome {
             wit::BackupOutcome::Failed(wit::BackupFailed { kind: error_kind(f.kind), message: f.message.clone(), file_name: f.file_name.clone() })
         }
         model::BackupOutcome::Busy(name) => wit::BackupOutcome::Busy(name.clone()),
-    }
+        model::BackupOutcome::Several(_) => return None,
+    })
 }
 
 fn status(s: &model::Status) -> wit::Status {
@@ -129,8 +132,13 @@ impl<'a> Calls<'a> {
         Ok(model::BackupSchedule { crons: s.crons, timezone: s.timezone, description: s.description, drill_crons: Vec::new() })
     }
 
-    pub fn backup_name(&self, store: &mut Store<State>, c: &model::PolicyConfig, now: i64) -> wasmtime::Result<String> {
-        run_until(self.deadline, self.exports.call_backup_name(store, &config(c), now))
+    /// 0.1.0 names one database's dumps only (the host never asks it for the globals).
+    pub fn name_file(&self, store: &mut Store<State>, c: &model::PolicyConfig, file: &model::NameInfo) -> wasmtime::Result<String> {
+        if file.kind != model::BackupKind::Database {
+            return Err(wasmtime::Error::msg("contract 0.1.0 cannot name the globals"));
+        }
+        let c = model::PolicyConfig { database: file.database.clone(), ..c.clone() };
+        run_until(self.deadline, self.exports.call_backup_name(store, &config(&c), file.run_at))
     }
 
     /// 0.1.0 names say only the time: every one is a dump of the one database.
@@ -155,7 +163,10 @@ impl<'a> Calls<'a> {
     }
 
     pub fn shape_backup_response(&self, store: &mut Store<State>, o: &model::BackupOutcome) -> wasmtime::Result<model::HttpResponse> {
-        run_until(self.deadline, self.exports.call_shape_backup_response(store, &outcome(o))).map(response)
+        match outcome(o) {
+            Some(o) => run_until(self.deadline, self.exports.call_shape_backup_response(store, &o)).map(response),
+            None => Ok(ef_backup_core::policy::fallback_backup_response(o)),
+        }
     }
 
     pub fn shape_status(&self, store: &mut Store<State>, s: &model::Status) -> wasmtime::Result<model::HttpResponse> {

@@ -54,7 +54,8 @@ fn context(now: i64) -> wit::Context {
 
 fn config(c: &model::PolicyConfig) -> wit::Config {
     wit::Config {
-        databases: vec![c.database.clone()],
+        databases: c.databases.clone(),
+        globals_label: c.globals_label.clone(),
         backup_dir: c.backup_dir.clone(),
         s3: c.s3.as_ref().map(|s| wit::S3Config {
             bucket: s.bucket.clone(),
@@ -85,27 +86,45 @@ fn error_kind(k: model::ErrorKind) -> wit::ErrorKind {
     }
 }
 
+fn done(d: &model::BackupDone) -> wit::BackupDone {
+    let copies = match &d.s3 {
+        model::S3Outcome::Disabled => Vec::new(),
+        model::S3Outcome::Uploaded(url) => vec![wit::CopyOutcome { store: "s3".into(), result: Ok(url.clone()) }],
+        model::S3Outcome::Failed(why) => vec![wit::CopyOutcome { store: "s3".into(), result: Err(why.clone()) }],
+    };
+    wit::BackupDone {
+        file_name: d.file_name.clone(),
+        path: d.path.clone(),
+        size_bytes: d.size_bytes,
+        started_at: d.started_at,
+        finished_at: d.finished_at,
+        copies,
+    }
+}
+
+fn failed(f: &model::BackupFailed) -> wit::BackupFailed {
+    wit::BackupFailed { kind: error_kind(f.kind), message: f.message.clone(), file_name: f.file_name.clone() }
+}
+
 fn outcome(o: &model::BackupOutcome) -> wit::BackupOutcome {
     match o {
-        model::BackupOutcome::Done(d) => {
-            let copies = match &d.s3 {
-                model::S3Outcome::Disabled => Vec::new(),
-                model::S3Outcome::Uploaded(url) => vec![wit::CopyOutcome { store: "s3".into(), result: Ok(url.clone()) }],
-                model::S3Outcome::Failed(why) => vec![wit::CopyOutcome { store: "s3".into(), result: Err(why.clone()) }],
-            };
-            wit::BackupOutcome::Done(wit::BackupDone {
-                file_name: d.file_name.clone(),
-                path: d.path.clone(),
-                size_bytes: d.size_bytes,
-                started_at: d.started_at,
-                finished_at: d.finished_at,
-                copies,
-            })
-        }
-        model::BackupOutcome::Failed(f) => {
-            wit::BackupOutcome::Failed(wit::BackupFailed { kind: error_kind(f.kind), message: f.message.clone(), file_name: f.file_name.clone() })
-        }
+        model::BackupOutcome::Done(d) => wit::BackupOutcome::Done(done(d)),
+        model::BackupOutcome::Failed(f) => wit::BackupOutcome::Failed(failed(f)),
         model::BackupOutcome::Busy(name) => wit::BackupOutcome::Busy(name.clone()),
+        model::BackupOutcome::Several(run) => wit::BackupOutcome::Several(wit::BackupRun {
+            started_at: run.started_at,
+            finished_at: run.finished_at,
+            entries: run
+                .entries
+                .iter()
+                .map(|e| wit::RunEntry {
+                    database: e.database.clone(),
+                    kind: kind(e.kind),
+                    outcome: e.outcome.as_ref().map(done).map_err(failed),
+                })
+                .collect(),
+            notes: run.notes.clone(),
+        }),
     }
 }
 
@@ -161,17 +180,24 @@ impl<'a> Calls<'a> {
         Ok(model::BackupSchedule { crons: s.crons, timezone: s.timezone, description: s.description, drill_crons: s.drill_crons })
     }
 
-    pub fn backup_name(&self, store: &mut Store<State>, c: &model::PolicyConfig, now: i64) -> wasmtime::Result<String> {
-        let request = wit::NameRequest { database: c.database.clone(), kind: wit::BackupKind::Database, format: gzip(), run_at: now };
-        run_until(self.deadline, self.exports.call_backup_name(store, context(now), &config(c), &request))
+    pub fn name_file(&self, store: &mut Store<State>, c: &model::PolicyConfig, file: &model::NameInfo) -> wasmtime::Result<String> {
+        let request = wit::NameRequest { database: file.database.clone(), kind: kind(file.kind), format: gzip(), run_at: file.run_at };
+        run_until(self.deadline, self.exports.call_backup_name(store, context(file.run_at), &config(c), &request))
     }
 
-    /// The run time of a name of this deployment's database dumps. A name the policy gives
-    /// another database or kind (the globals, later) is not one of the backups the host manages
-    /// here: none, so it is never counted or deleted.
+    /// What a name of this deployment's says: a dump of one of its databases, or the globals
+    /// under its label. A name the policy gives another database or label is not one of the
+    /// backups the host manages here: none, so it is never counted or deleted.
     pub fn parse_name(&self, store: &mut Store<State>, c: &model::PolicyConfig, name: &str) -> wasmtime::Result<Option<model::NameInfo>> {
-        let ours = self.name_info(store, c, name)?.filter(|i| i.database == c.database && i.kind == wit::BackupKind::Database);
-        Ok(ours.map(|i| model::NameInfo::dump(&i.database, i.run_at)))
+        let ours = self.name_info(store, c, name)?.and_then(|i| {
+            let kind = match i.kind {
+                wit::BackupKind::Database if c.databases.contains(&i.database) => model::BackupKind::Database,
+                wit::BackupKind::Globals if c.globals_label.as_ref() == Some(&i.database) => model::BackupKind::Globals,
+                _ => return None,
+            };
+            Some(model::NameInfo { database: i.database, kind, run_at: i.run_at })
+        });
+        Ok(ours)
     }
 
     fn name_info(&self, store: &mut Store<State>, c: &model::PolicyConfig, name: &str) -> wasmtime::Result<Option<wit::NameInfo>> {

@@ -58,10 +58,10 @@ impl Calls<'_> {
         }
     }
 
-    pub(crate) fn backup_name(&self, store: &mut Store<State>, c: &PolicyConfig, now: i64) -> wasmtime::Result<String> {
+    pub(crate) fn name_file(&self, store: &mut Store<State>, c: &PolicyConfig, file: &NameInfo) -> wasmtime::Result<String> {
         match self {
-            Calls::V01(x) => x.backup_name(store, c, now),
-            Calls::V02(x) => x.backup_name(store, c, now),
+            Calls::V01(x) => x.name_file(store, c, file),
+            Calls::V02(x) => x.name_file(store, c, file),
         }
     }
 

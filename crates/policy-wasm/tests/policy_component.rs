@@ -26,6 +26,8 @@ fn load() -> &'static WasmPolicy {
 fn config(s3_days: Option<u32>, settings: &[(&str, &str)]) -> PolicyConfig {
     PolicyConfig {
         database: "euraflow".into(),
+        databases: vec!["euraflow".into()],
+        globals_label: None,
         backup_dir: "/path/to/backups".into(),
         s3: s3_days.map(|d| policy::PolicyS3Config {
             bucket: "your-backup-bucket-name".into(),

@@ -69,6 +69,9 @@ pub struct Service {
     /// One listing computation at a time; callers arriving meanwhile wait (without a thread)
     /// and share its result.
     listing_refresh: tokio::sync::Mutex<()>,
+    /// The policy's view as the last run resolved it (the databases `EF__DB_NAMES=*` found, the
+    /// globals' label): status and `/metrics` recognise backups under it.
+    view: Mutex<crate::model::PolicyConfig>,
     pub metrics: Metrics,
 }
 
@@ -113,6 +116,7 @@ impl Service {
             );
         }
         Arc::new(Service {
+            view: Mutex::new(config.policy.clone()),
             config,
             policy: RwLock::new(policy),
             s3,
@@ -322,6 +326,9 @@ impl Service {
     /// Counts the run, makes it the last run and writes it to the state store. A store that
     /// fails is logged; the run's result stands.
     fn record(&self, trigger: Trigger, id: Option<i64>, started: i64, outcome: &BackupOutcome, report: Option<&BackupReport>) {
+        if let Some(view) = report.and_then(|r| r.view.clone()) {
+            *lock(&self.view) = view;
+        }
         let Some(finished) = Finished::of(outcome, report, now()) else { return };
         self.metrics.count(&finished);
         tracing::info!("{} backup run recorded: {}", trigger.as_str(), finished.message);
@@ -357,7 +364,8 @@ impl Service {
                 Vec::new()
             }
         };
-        let recognised = self.policy().recognise(&self.config.policy, &entries).unwrap_or_default();
+        let view = lock(&self.view).clone();
+        let recognised = self.policy().recognise(&view, &entries).unwrap_or_default();
         tracing::debug!("backup directory listed for status and metrics: {} files, {} recognised", entries.len(), recognised.len());
         Listing { at: Instant::now(), entries, recognised }
     }
@@ -386,7 +394,7 @@ impl Service {
         let policy = self.policy();
         let status = Status {
             now: now(),
-            config: self.config.policy.clone(),
+            config: lock(&self.view).clone(),
             policy: policy.loaded(),
             local_backups: listing.entries.clone(),
             recognised: listing.recognised.clone(),
@@ -426,6 +434,7 @@ pub fn load_checked(config: &Config, path: &std::path::Path) -> Result<WasmPolic
         }
     }
     crate::policy::check::run(&policy, &config.policy, now())?;
+    ef_backup_core::policy::check_fits(&policy, config)?;
     Ok(policy)
 }
 

@@ -59,6 +59,29 @@ pub struct S3Config {
     pub endpoint_url: Option<String>,
 }
 
+/// Which databases a run backs up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Databases {
+    /// `EF__DB_NAME` (the original's setting): one database, the original's responses.
+    One(String),
+    /// `EF__DB_NAMES=a,b,c`.
+    Listed(Vec<String>),
+    /// `EF__DB_NAMES=*`: every database that accepts connections, templates excluded, minus
+    /// `EF__DB_EXCLUDE`; found on the server at each run.
+    All { exclude: Vec<String> },
+}
+
+/// `EF__BACKUP_GLOBALS`: the server's roles and tablespaces with every run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GlobalsMode {
+    /// With role passwords when the user may read them, else without (said in the log and the
+    /// status); never fails a run; skipped with a warning under a policy that cannot name them.
+    Auto,
+    /// With role passwords, or the run fails.
+    Required,
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -67,7 +90,15 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `db.name` is the database sessions connect to: `EF__DB_NAME`, the first of
+    /// `EF__DB_NAMES`, or `postgres` for `EF__DB_NAMES=*`.
     pub db: DbConfig,
+    pub databases: Databases,
+    pub globals: GlobalsMode,
+    /// `EF__DEPLOYMENT_NAME`: labels the globals backups instead of the server's system identifier.
+    pub deployment_name: Option<String>,
+    /// `EF__BACKUP_PARALLEL_DBS`: databases dumped at once.
+    pub parallel_dbs: usize,
     /// Absolute.
     pub backup_dir: PathBuf,
     /// None: use the default policy next to the binary or from the build.
@@ -152,8 +183,15 @@ impl Vars<'_> {
 impl Config {
     /// The policy's view of the deployment (computed once, in [`Config::from_vars`]).
     fn policy_view(&self) -> PolicyConfig {
+        let databases = match &self.databases {
+            Databases::One(db) => vec![db.clone()],
+            Databases::Listed(dbs) => dbs.clone(),
+            Databases::All { .. } => Vec::new(),
+        };
         PolicyConfig {
-            database: self.db.name.clone(),
+            database: databases.first().cloned().unwrap_or_else(|| self.db.name.clone()),
+            databases,
+            globals_label: self.deployment_name.clone(),
             backup_dir: self.backup_dir.display().to_string(),
             s3: self.s3.as_ref().map(|s| PolicyS3Config {
                 bucket: s.bucket.clone(),
@@ -186,14 +224,19 @@ impl Config {
     /// Pure: the variables in, a validated config out. Relative paths are taken from `cwd`.
     pub fn from_vars(vars: &BTreeMap<String, String>, cwd: &Path) -> Result<Config, ConfigError> {
         let v = Vars(vars);
+        let databases = databases(&v)?;
         let db = DbConfig {
             host: v.string("EF__DB_HOST", "localhost"),
             port: v.number("EF__DB_PORT", 5432u16, 1, u16::MAX)?,
-            name: v.string("EF__DB_NAME", "euraflow"),
+            name: match &databases {
+                Databases::One(db) => db.clone(),
+                Databases::Listed(dbs) => dbs[0].clone(),
+                Databases::All { .. } => "postgres".to_string(),
+            },
             user: v.string("EF__DB_USER", "euraflow"),
             password: v.get("EF__DB_PASSWORD").map(Secret::new),
         };
-        for (var, value) in [("EF__DB_HOST", &db.host), ("EF__DB_NAME", &db.name), ("EF__DB_USER", &db.user)] {
+        for (var, value) in [("EF__DB_HOST", &db.host), ("EF__DB_USER", &db.user)] {
             if value.chars().any(|c| c.is_control()) {
                 return Err(ConfigError::Invalid { var, reason: "contains control characters".into() });
             }
@@ -257,8 +300,33 @@ impl Config {
             }
         }
 
+        let globals = match v.get("EF__BACKUP_GLOBALS").map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("auto") => GlobalsMode::Auto,
+            Some("true") => GlobalsMode::Required,
+            Some("false") => GlobalsMode::Off,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    var: "EF__BACKUP_GLOBALS",
+                    reason: format!("{other:?} is not `auto` (the default: with role passwords when readable), `true` (with passwords, or fail) or `false`"),
+                })
+            }
+        };
+        let deployment_name = v.get("EF__DEPLOYMENT_NAME").map(|s| s.trim().to_string());
+        if let Some(name) = &deployment_name {
+            if name.len() > 63 || !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_') {
+                return Err(ConfigError::Invalid {
+                    var: "EF__DEPLOYMENT_NAME",
+                    reason: format!("{name:?} must be 1 to 63 letters, digits, `-` or `_` (it is part of backup names)"),
+                });
+            }
+        }
+
         let mut config = Config {
             db,
+            databases,
+            globals,
+            deployment_name,
+            parallel_dbs: v.number("EF__BACKUP_PARALLEL_DBS", 1usize, 1, 64)?,
             backup_dir,
             policy_path,
             policy_cache_dir,
@@ -281,10 +349,36 @@ impl Config {
             retry_delay_secs: v.number("EF__BACKUP_RETRY_DELAY_SECS", DEFAULT_RETRY_DELAY_SECS, 0, 86_400)?,
             http_max_connections: v.number("EF__HTTP_MAX_CONNECTIONS", DEFAULT_HTTP_MAX_CONNECTIONS, 1, 10_000)?,
             warnings,
-            policy: PolicyConfig { database: String::new(), backup_dir: String::new(), s3: None, settings: Vec::new() },
+            policy: PolicyConfig {
+                database: String::new(),
+                databases: Vec::new(),
+                globals_label: None,
+                backup_dir: String::new(),
+                s3: None,
+                settings: Vec::new(),
+            },
         };
         config.policy = config.policy_view();
         Ok(config)
+    }
+
+    /// The policy's view once the server has said which databases there are (`EF__DB_NAMES=*`)
+    /// and what its system identifier is (the globals' label without `EF__DEPLOYMENT_NAME`).
+    pub fn policy_resolved(&self, databases: Vec<String>, system_identifier: Option<&str>) -> PolicyConfig {
+        let mut view = self.policy.clone();
+        if let Some(first) = databases.first() {
+            view.database = first.clone();
+        }
+        view.databases = databases;
+        if view.globals_label.is_none() {
+            view.globals_label = system_identifier.map(|id| format!("pg{id}"));
+        }
+        view
+    }
+
+    /// Whether the configuration names several databases (the run's response lists them all).
+    pub fn several_databases(&self) -> bool {
+        !matches!(self.databases, Databases::One(_))
     }
 
     /// Compression threads to use.
@@ -293,6 +387,57 @@ impl Config {
             self.threads
         } else {
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        }
+    }
+}
+
+/// A database name as PostgreSQL takes it: 1 to 63 bytes, no control characters.
+fn database_name(var: &'static str, name: &str) -> Result<String, ConfigError> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 63 || name.chars().any(|c| c.is_control()) {
+        return Err(ConfigError::Invalid { var, reason: format!("{name:?} is not a database name (1 to 63 bytes, no control characters)") });
+    }
+    Ok(name.to_string())
+}
+
+/// `EF__DB_NAME` (one database, default `euraflow`) or `EF__DB_NAMES` (a list, or `*` with
+/// `EF__DB_EXCLUDE`); never both, so a leftover `EF__DB_NAME` cannot silently narrow a run.
+fn databases(v: &Vars) -> Result<Databases, ConfigError> {
+    let list = |var: &'static str, raw: &str| -> Result<Vec<String>, ConfigError> {
+        let mut out: Vec<String> = Vec::new();
+        for part in raw.split(',').filter(|p| !p.trim().is_empty()) {
+            let name = database_name(var, part)?;
+            if name == "*" || out.contains(&name) {
+                return Err(ConfigError::Invalid { var, reason: format!("{name:?} appears twice or mixes `*` with names") });
+            }
+            out.push(name);
+        }
+        Ok(out)
+    };
+    let exclude = v.get("EF__DB_EXCLUDE").map(|raw| list("EF__DB_EXCLUDE", raw)).transpose()?;
+    match (v.get("EF__DB_NAME"), v.get("EF__DB_NAMES").map(str::trim)) {
+        (Some(_), Some(_)) => Err(ConfigError::Invalid {
+            var: "EF__DB_NAMES",
+            reason: "set together with EF__DB_NAME: set EF__DB_NAME for one database (the original's behaviour) or EF__DB_NAMES for several, not both".into(),
+        }),
+        (_, Some("*")) => Ok(Databases::All { exclude: exclude.unwrap_or_default() }),
+        (one, names) => {
+            if exclude.is_some() {
+                return Err(ConfigError::Invalid {
+                    var: "EF__DB_EXCLUDE",
+                    reason: "only applies to EF__DB_NAMES=* (every database): list the databases you want in EF__DB_NAMES instead".into(),
+                });
+            }
+            match names {
+                Some(raw) => {
+                    let dbs = list("EF__DB_NAMES", raw)?;
+                    if dbs.is_empty() {
+                        return Err(ConfigError::Invalid { var: "EF__DB_NAMES", reason: "lists no database: `a,b,c` or `*`".into() });
+                    }
+                    Ok(Databases::Listed(dbs))
+                }
+                None => Ok(Databases::One(database_name("EF__DB_NAME", one.unwrap_or("euraflow"))?)),
+            }
         }
     }
 }
@@ -403,6 +548,36 @@ mod tests {
             assert!(matches!(err, ConfigError::Invalid { var: v, .. } if v == var), "{pairs:?}: {err}");
             assert!(err.to_string().starts_with(var), "{err}");
         }
+    }
+
+    #[test]
+    fn database_selection() {
+        assert_eq!(load(&[]).unwrap().databases, Databases::One("euraflow".into()));
+        let c = load(&[("EF__DB_NAMES", " a, b ,c,")]).unwrap();
+        assert_eq!(c.databases, Databases::Listed(vec!["a".into(), "b".into(), "c".into()]));
+        assert_eq!((c.db.name.as_str(), c.policy.databases.len(), c.several_databases()), ("a", 3, true));
+        let c = load(&[("EF__DB_NAMES", "*"), ("EF__DB_EXCLUDE", "scratch,tmp")]).unwrap();
+        assert_eq!(c.databases, Databases::All { exclude: vec!["scratch".into(), "tmp".into()] });
+        assert_eq!((c.db.name.as_str(), c.policy.databases.len()), ("postgres", 0));
+        let resolved = c.policy_resolved(vec!["a".into(), "b".into()], Some("7716"));
+        assert_eq!((resolved.database.as_str(), resolved.globals_label.as_deref()), ("a", Some("pg7716")));
+        let named = load(&[("EF__DEPLOYMENT_NAME", "prod-eu")]).unwrap();
+        assert_eq!(named.policy_resolved(vec!["x".into()], Some("7716")).globals_label.as_deref(), Some("prod-eu"));
+        for (pairs, var) in [
+            (vec![("EF__DB_NAME", "x"), ("EF__DB_NAMES", "a,b")], "EF__DB_NAMES"),
+            (vec![("EF__DB_NAMES", "a,a")], "EF__DB_NAMES"),
+            (vec![("EF__DB_NAMES", "a,*")], "EF__DB_NAMES"),
+            (vec![("EF__DB_NAMES", ",")], "EF__DB_NAMES"),
+            (vec![("EF__DB_EXCLUDE", "a")], "EF__DB_EXCLUDE"),
+            (vec![("EF__BACKUP_GLOBALS", "yes")], "EF__BACKUP_GLOBALS"),
+            (vec![("EF__DEPLOYMENT_NAME", "a/b")], "EF__DEPLOYMENT_NAME"),
+            (vec![("EF__BACKUP_PARALLEL_DBS", "0")], "EF__BACKUP_PARALLEL_DBS"),
+        ] {
+            let err = load(&pairs).unwrap_err();
+            assert!(err.to_string().starts_with(var), "{pairs:?}: {err}");
+        }
+        assert_eq!(load(&[("EF__BACKUP_GLOBALS", "FALSE")]).unwrap().globals, GlobalsMode::Off);
+        assert_eq!(load(&[]).unwrap().globals, GlobalsMode::Auto);
     }
 
     #[test]

@@ -8,10 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::codec::{Format, Progress};
-use crate::config::Config;
+use crate::config::{Config, Databases, GlobalsMode};
 use crate::db::{DbError, PgTools};
-use crate::dump::{self, DumpError};
-use crate::model::{BackupDone, BackupEntry, BackupFailed, BackupOutcome, ErrorKind, S3Outcome, Target};
+use crate::dump::{self, DumpError, Dumper};
+use crate::model::{
+    BackupDone, BackupEntry, BackupFailed, BackupKind, BackupOutcome, BackupRun, ErrorKind, NameInfo, PolicyConfig, RunEntry, S3Outcome, Target,
+};
 use crate::policy::{self, Policy, PolicyError};
 use crate::retention::{self, Guard, Selection};
 use crate::store::local::{LocalError, LocalStore, PartialFile};
@@ -31,7 +33,7 @@ pub enum BackupError {
     Db(#[from] DbError),
     #[error(transparent)]
     Local(#[from] LocalError),
-    #[error("backup of database {db} failed: {err}")]
+    #[error("backup of {db} failed: {err}")]
     Dump { db: String, err: DumpError },
     #[error("writing the backup {path} failed: {err}{hint}")]
     Write { path: String, err: std::io::Error, hint: String },
@@ -39,6 +41,8 @@ pub enum BackupError {
     LockLost(#[from] crate::lock::LockLost),
     #[error(transparent)]
     NoRoom(#[from] crate::space::NoRoom),
+    #[error("{0}")]
+    NothingToBackUp(String),
 }
 
 impl BackupError {
@@ -46,7 +50,7 @@ impl BackupError {
         match self {
             BackupError::Policy(_) => ErrorKind::Policy,
             BackupError::Db(DbError::Connect { .. } | DbError::Tool { .. } | DbError::Sql { .. }) => ErrorKind::Dump,
-            BackupError::Db(_) => ErrorKind::Config,
+            BackupError::Db(_) | BackupError::NothingToBackUp(_) => ErrorKind::Config,
             BackupError::Local(_) | BackupError::Write { .. } | BackupError::NoRoom(_) => ErrorKind::Storage,
             BackupError::LockLost(_) => ErrorKind::Dump,
             BackupError::Dump { err: DumpError::Timeout(_), .. } => ErrorKind::Timeout,
@@ -73,6 +77,12 @@ pub use crate::retention::RetentionReport;
 #[derive(Debug, Clone)]
 pub struct BackupReport {
     pub outcome: BackupOutcome,
+    /// Every file of the run (the globals first), whatever `outcome` shows.
+    pub entries: Vec<RunEntry>,
+    /// What the run says that is no failure (globals without role passwords...).
+    pub notes: Vec<String>,
+    /// The policy's view the run named and kept files under (None when it never asked the server).
+    pub view: Option<PolicyConfig>,
     pub retention: RetentionReport,
     pub s3_retention: RetentionReport,
     /// Uncompressed bytes pg_dump produced (0 on failure).
@@ -142,62 +152,128 @@ fn progress_bar(progress: &Arc<Progress>, enabled: bool) -> Option<(indicatif::P
     Some((bar, ticker))
 }
 
-/// Where the plain dump comes from: `pg_dump` ([`PgDump`]) in production; the engine's unit
-/// tests write a dump of their own (or fail half-way) to test everything after it.
+/// Where the plain dump comes from: `pg_dump` or `pg_dumpall` ([`PgDump`]) in production; the
+/// engine's unit tests write a dump of their own (or fail half-way) to test everything after it.
 pub trait DumpSource {
     /// Writes the whole dump into `out`; stops early when `cancel` is set.
     fn dump(&self, cancel: &Arc<AtomicBool>, out: &mut dyn std::io::Write) -> Result<dump::DumpStats, DumpError>;
 }
 
-/// `pg_dump` of the configured database, with the backup timeout and the lock wait.
-pub struct PgDump {
-    tools: PgTools,
+/// What the server says before a run dumps anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Survey {
+    /// The databases that accept connections, templates excluded (asked only for
+    /// `EF__DB_NAMES=*`; empty otherwise).
+    pub databases: Vec<String>,
+    /// `pg_control_system()`'s: the globals' label without `EF__DEPLOYMENT_NAME`.
+    pub system_identifier: Option<String>,
+    /// Whether the user may read `pg_authid` (role passwords).
+    pub can_read_passwords: bool,
+}
+
+/// The server a run backs up: what it holds, and a dump of one file of the run.
+pub trait Server: Sync {
+    fn survey(&self, list_databases: bool) -> Result<Survey, BackupError>;
+    /// The dump of `file` (a database, or the globals with or without role passwords).
+    fn source(&self, file: &NameInfo, passwords: bool) -> Result<Box<dyn DumpSource + '_>, BackupError>;
+}
+
+/// The configured PostgreSQL server, through its client tools (found on first use: a run the
+/// policy could not name never looks for them).
+pub struct PgServer<'a> {
+    config: &'a Config,
+    tools: std::sync::OnceLock<PgTools>,
+}
+
+impl<'a> PgServer<'a> {
+    pub fn new(config: &'a Config) -> PgServer<'a> {
+        PgServer { config, tools: std::sync::OnceLock::new() }
+    }
+
+    fn tools(&self) -> Result<&PgTools, DbError> {
+        if let Some(t) = self.tools.get() {
+            return Ok(t);
+        }
+        let found = PgTools::for_server(&self.config.db, self.config.pg_bin.as_deref())?;
+        Ok(self.tools.get_or_init(|| found))
+    }
+}
+
+impl Server for PgServer<'_> {
+    fn survey(&self, list_databases: bool) -> Result<Survey, BackupError> {
+        let tools = self.tools()?;
+        let db = &self.config.db.name;
+        let row = tools.query(db, "SELECT (SELECT system_identifier::text FROM pg_control_system()), has_table_privilege('pg_catalog.pg_authid', 'SELECT')")?;
+        let (system_identifier, can_read_passwords) = match row.first().map(Vec::as_slice) {
+            Some([id, read]) => (Some(id.clone()).filter(|i| !i.is_empty()), read == "t"),
+            _ => (None, false),
+        };
+        let databases = if list_databases {
+            let rows = tools.query(db, "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname")?;
+            rows.into_iter().filter_map(|r| r.into_iter().next()).collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Survey { databases, system_identifier, can_read_passwords })
+    }
+
+    fn source(&self, file: &NameInfo, passwords: bool) -> Result<Box<dyn DumpSource + '_>, BackupError> {
+        let (database, dumper) = match file.kind {
+            BackupKind::Database => (file.database.clone(), Dumper::Database),
+            // pg_dumpall starts in the database the user may connect to.
+            BackupKind::Globals => (self.config.db.name.clone(), Dumper::Globals { passwords }),
+        };
+        Ok(Box::new(PgDump {
+            tools: self.tools()?,
+            database,
+            dumper,
+            timeout: Duration::from_secs(self.config.timeout_secs),
+            lock_wait: Duration::from_secs(self.config.lock_wait_timeout_secs),
+        }))
+    }
+}
+
+/// `pg_dump` of one database (or `pg_dumpall --globals-only`), with the backup timeout and
+/// the lock wait.
+pub struct PgDump<'a> {
+    tools: &'a PgTools,
     database: String,
+    dumper: Dumper,
     timeout: Duration,
     lock_wait: Duration,
 }
 
-impl PgDump {
-    /// Finds the client tools that match the server (the lookup's failure fails the run).
-    pub fn for_config(config: &Config) -> Result<PgDump, DbError> {
-        Ok(PgDump {
-            tools: PgTools::for_server(&config.db, config.pg_bin.as_deref())?,
-            database: config.db.name.clone(),
-            timeout: Duration::from_secs(config.timeout_secs),
-            lock_wait: Duration::from_secs(config.lock_wait_timeout_secs),
-        })
-    }
-}
-
-impl DumpSource for PgDump {
-    /// The database's properties first (one comment line, see `restore::props::header_line`:
+impl DumpSource for PgDump<'_> {
+    /// A database's properties first (one comment line, see `restore::props::header_line`:
     /// a plain dump carries no owner, ACL, settings or comment of the database itself), then
     /// pg_dump's output.
     fn dump(&self, cancel: &Arc<AtomicBool>, mut out: &mut dyn std::io::Write) -> Result<dump::DumpStats, DumpError> {
-        if let Some(line) = self.properties_line() {
-            out.write_all(line.as_bytes()).map_err(DumpError::Write)?;
+        if self.dumper == Dumper::Database {
+            if let Some(line) = self.properties_line() {
+                out.write_all(line.as_bytes()).map_err(DumpError::Write)?;
+            }
         }
-        dump::run(&self.tools, &self.database, self.timeout, self.lock_wait, cancel, &mut out)
+        dump::run(self.tools, &self.database, self.dumper, self.timeout, self.lock_wait, cancel, &mut out)
     }
 }
 
-impl PgDump {
+impl PgDump<'_> {
     /// The backup's first line; None (with a warning) when the properties cannot be read or do
     /// not fit: the backup itself never fails for them.
     fn properties_line(&self) -> Option<String> {
         use crate::restore::props;
         // Read from the database itself: the role may connect nowhere else. pg_dump meets the
         // same server next: if it cannot work either, it says why.
-        let mut properties = match props::read(&self.tools, &self.database, &self.database) {
+        let mut properties = match props::read(self.tools, &self.database, &self.database) {
             Ok(p) => p?,
             Err(e) => {
-                tracing::warn!("the backup goes without the database's own properties (owner, ACL, settings, comment): {e}");
+                tracing::warn!("the backup of {} goes without the database's own properties (owner, ACL, settings, comment): {e}", self.database);
                 return None;
             }
         };
-        match props::object_roles(&self.tools, &self.database) {
+        match props::object_roles(self.tools, &self.database) {
             Ok(roles) => properties.object_roles = roles,
-            Err(e) => tracing::warn!("the backup goes without the list of roles its objects name (a restore checks for them up front): {e}"),
+            Err(e) => tracing::warn!("the backup of {} goes without the list of roles its objects name (a restore checks for them up front): {e}", self.database),
         }
         let line = props::header_line(&properties);
         // Restore reads at most this much of it; a longer line would make the backup unreadable.
@@ -214,24 +290,32 @@ impl PgDump {
     }
 }
 
-/// Makes the run's [`DumpSource`] when the run gets that far (a run the policy could not name
-/// never looks for pg_dump).
-pub type SourceFactory<'a> = &'a dyn Fn() -> Result<Box<dyn DumpSource + 'a>, BackupError>;
+/// One file of a run, as the policy named it.
+struct File {
+    info: NameInfo,
+    name: String,
+}
 
+#[allow(clippy::too_many_arguments)]
 fn dump_to_file(
     config: &Config,
+    view: &PolicyConfig,
     policy: &dyn Policy,
-    source: SourceFactory<'_>,
+    source: &dyn DumpSource,
     store: &LocalStore,
     s3: Option<&dyn Mirror>,
-    name: &str,
+    what: &File,
     opts: &BackupOptions,
+    progress_bar_on: bool,
 ) -> Result<Done, BackupError> {
+    let name = what.name.as_str();
     // The whole run, upload included, ends by the backup timeout.
     let deadline = Instant::now() + Duration::from_secs(config.timeout_secs);
-    let source = source()?;
     store.ensure_dir()?;
-    let newest = store.list().ok().and_then(|l| crate::catalog::recognised(policy, &config.policy, &l).ok()).and_then(|r| r.into_iter().next());
+    // Room for another backup as large as the newest of the same database (or the globals).
+    let newest = store.list().ok().and_then(|l| crate::catalog::recognised(policy, view, &l).ok()).and_then(|r| {
+        r.into_iter().find(|r| r.info.database == what.info.database && r.info.kind == what.info.kind)
+    });
     crate::space::check_room(store.dir(), newest.map_or(0, |r| r.backup.size_bytes))?;
     let file = store.create(name)?;
     let path = store.path_of(name).display().to_string();
@@ -242,7 +326,7 @@ fn dump_to_file(
     });
     let sinks = Sinks { file, s3: upload };
     let progress = Arc::new(Progress::default());
-    let bar = progress_bar(&progress, opts.progress);
+    let bar = progress_bar(&progress, progress_bar_on);
     // The only format so far; the policy's name was checked to end in its suffix.
     let mut gz = Format::Gzip.encoder(sinks, config.gzip_level, config.compression_threads(), Arc::clone(&progress));
     // Progress is read from the compressor's counters (`progress_bar`), not from pg_dump.
@@ -258,7 +342,7 @@ fn dump_to_file(
             let sink_err = gz.abandon();
             return Err(match err {
                 DumpError::Write(e) => write_err(sink_err.unwrap_or(e)),
-                err => BackupError::Dump { db: config.db.name.clone(), err },
+                err => BackupError::Dump { db: what.info.database.clone(), err },
             });
         }
     };
@@ -288,25 +372,20 @@ fn dump_to_file(
     Ok(Done { name: name.to_string(), path, size, dump_bytes: stats.bytes, s3 })
 }
 
+
 /// The running policy as retention's [`Selection`]: recognition per name
 /// ([`Policy::recognise`]), so an odd name is only "not ours" and never stops retention.
 struct PolicySelection<'a> {
     policy: &'a dyn Policy,
-    config: &'a crate::model::PolicyConfig,
+    config: &'a PolicyConfig,
 }
 
 impl Selection for PolicySelection<'_> {
-    fn recognise(&self, listing: &[BackupEntry]) -> Result<Vec<(BackupEntry, crate::model::NameInfo)>, String> {
+    fn recognise(&self, listing: &[BackupEntry]) -> Result<Vec<(BackupEntry, NameInfo)>, String> {
         self.policy.recognise(self.config, listing).map_err(|e| e.to_string())
     }
 
-    fn select_expired(
-        &self,
-        listing: &[BackupEntry],
-        ours: &[(BackupEntry, crate::model::NameInfo)],
-        now: i64,
-        target: Target,
-    ) -> Result<Vec<String>, String> {
+    fn select_expired(&self, listing: &[BackupEntry], ours: &[(BackupEntry, NameInfo)], now: i64, target: Target) -> Result<Vec<String>, String> {
         let selected = self.policy.select_expired_among(listing, ours, now, target, self.config).map_err(|e| e.to_string())?;
         policy::log_reasons(&selected, target);
         Ok(selected.into_iter().map(|(n, _)| n).collect())
@@ -314,19 +393,27 @@ impl Selection for PolicySelection<'_> {
 }
 
 /// S3 retention: the same contract as local, against the bucket listing under the prefix.
-pub fn apply_s3_retention(s3: &dyn Mirror, policy: &dyn Policy, config: &Config, guard: &Guard, just_written: &str) -> RetentionReport {
+/// `written`: the files this run uploaded; only their databases' (and the globals') old copies
+/// may go.
+pub fn apply_s3_retention(
+    s3: &dyn Mirror,
+    policy: &dyn Policy,
+    config: &Config,
+    view: &PolicyConfig,
+    guard: &Guard,
+    written: &[(String, NameInfo)],
+) -> RetentionReport {
     // Uploads older than a backup can run are dead: abort them so their parts stop costing.
     // Only names this deployment's policy recognises: another database's deployment under the
     // same prefix may have a live upload. (An upload cut off under a previous policy's names is
     // left to the bucket's AbortIncompleteMultipartUpload lifecycle rule; see README, S3.)
-    let cfg = &config.policy;
-    let ours = |n: &str| matches!(policy.parse_name(cfg, n), Ok(Some(_)));
+    let ours = |n: &str| matches!(policy.parse_name(view, n), Ok(Some(_)));
     match s3.abort_stale_uploads(Duration::from_secs(config.timeout_secs + 3600), &ours) {
         Ok(0) => {}
         Ok(n) => tracing::info!("aborted {n} incomplete S3 upload(s) left by interrupted runs"),
         Err(e) => tracing::warn!("could not check for incomplete S3 uploads: {e}"),
     }
-    retention::apply(s3, &PolicySelection { policy, config: cfg }, guard, just_written, config.retention_days)
+    retention::apply(s3, &PolicySelection { policy, config: view }, guard, written, config.retention_days)
 }
 
 /// The original's start-up line about S3.
@@ -339,21 +426,27 @@ pub fn log_s3_state(config: &Config) {
 
 /// Deletes what the policy selects among the listed local backups, unless a safety rule of
 /// the host keeps it ([`Guard::decide`]). Never fails the backup: problems are logged and reported.
-pub fn apply_local_retention(store: &LocalStore, policy: &dyn Policy, config: &Config, guard: &Guard, just_written: &str) -> RetentionReport {
-    let selection = PolicySelection { policy, config: &config.policy };
-    retention::apply(store, &selection, guard, just_written, config.retention_days)
+pub fn apply_local_retention(
+    store: &LocalStore,
+    policy: &dyn Policy,
+    config: &Config,
+    view: &PolicyConfig,
+    guard: &Guard,
+    written: &[(String, NameInfo)],
+) -> RetentionReport {
+    retention::apply(store, &PolicySelection { policy, config: view }, guard, written, config.retention_days)
 }
 
 /// Removes the `.partial` files of this deployment's names that no live writer holds: a
 /// crashed run's leftover on a nearly full disk would otherwise make every later backup fail
 /// with ENOSPC. Other partials (another deployment's, a foreign tool's) are left alone.
-pub fn remove_abandoned_partials(store: &LocalStore, policy: &dyn Policy, config: &Config) {
+pub fn remove_abandoned_partials(store: &LocalStore, policy: &dyn Policy, view: &PolicyConfig) {
     let partials = store.list_partials();
     if partials.is_empty() {
         return;
     }
     let entries: Vec<BackupEntry> = partials.iter().map(BackupEntry::from).collect();
-    let ours = match policy.recognise(&config.policy, &entries) {
+    let ours = match policy.recognise(view, &entries) {
         Ok(o) => o,
         Err(e) => {
             tracing::warn!("left partial files in {} alone: {e}", store.dir().display());
@@ -371,86 +464,268 @@ pub fn remove_abandoned_partials(store: &LocalStore, policy: &dyn Policy, config
     }
 }
 
-/// Runs one backup, named by the policy. Always returns an outcome (done or failed) for the
-/// policy to shape; a failure leaves no file under a final name and deletes nothing.
+/// Runs one backup run, named by the policy. Always returns an outcome (done or failed) for
+/// the policy to shape; a file that fails leaves nothing under a final name and deletes nothing.
 pub fn run(config: &Config, policy: &dyn Policy, s3: Option<&dyn Mirror>, opts: BackupOptions) -> BackupReport {
     let name = policy.backup_name(&config.policy, opts.now);
     run_named(config, policy, s3, name, opts)
 }
 
-/// [`run`] with the policy's naming decision already taken (the service needs the name
-/// before the run, to answer "busy").
-pub fn run_named(
-    config: &Config,
-    policy: &dyn Policy,
-    s3: Option<&dyn Mirror>,
-    name: Result<String, PolicyError>,
-    opts: BackupOptions,
-) -> BackupReport {
-    let pg_dump = || Ok(Box::new(PgDump::for_config(config)?) as Box<dyn DumpSource>);
-    run_from(config, policy, &pg_dump, s3, name, opts)
+/// [`run`] with the policy's name for the first database's dump already taken (the service
+/// needs it before the run, to answer "busy").
+pub fn run_named(config: &Config, policy: &dyn Policy, s3: Option<&dyn Mirror>, name: Result<String, PolicyError>, opts: BackupOptions) -> BackupReport {
+    run_from(config, policy, &PgServer::new(config), s3, name, opts)
 }
 
-/// [`run_named`] with the dump taken from `source` instead of pg_dump.
+/// The run once the server has answered: the policy's view, the files with their names, the
+/// files refused before any dump, and what to say about the globals.
+struct Plan {
+    view: PolicyConfig,
+    files: Vec<File>,
+    refused: Vec<RunEntry>,
+    globals_passwords: bool,
+    notes: Vec<String>,
+}
+
+fn failed_entry(info: &NameInfo, kind: ErrorKind, message: String) -> RunEntry {
+    RunEntry { database: info.database.clone(), kind: info.kind, outcome: Err(BackupFailed { kind, message, file_name: None }) }
+}
+
+/// The databases of the run: as configured, or as the server lists them.
+fn databases_of(config: &Config, survey: &Survey) -> Result<Vec<String>, BackupError> {
+    match &config.databases {
+        Databases::One(db) => Ok(vec![db.clone()]),
+        Databases::Listed(dbs) => Ok(dbs.clone()),
+        Databases::All { exclude } => {
+            let found: Vec<String> = survey.databases.iter().filter(|d| !exclude.contains(d)).cloned().collect();
+            if found.is_empty() {
+                return Err(BackupError::NothingToBackUp(format!(
+                    "EF__DB_NAMES=* found no database to back up (the server lists {:?}, EF__DB_EXCLUDE removes {exclude:?}): \
+                     check that EF__DB_USER may see the databases, or list them in EF__DB_NAMES",
+                    survey.databases
+                )));
+            }
+            Ok(found)
+        }
+    }
+}
+
+/// Whether and how the globals are taken; `Err` is the reason a required one cannot be.
+fn globals_of(config: &Config, policy: &dyn Policy, view: &PolicyConfig, survey: &Survey, notes: &mut Vec<String>) -> Result<Option<String>, String> {
+    let user = &config.db.user;
+    match (config.globals, &view.globals_label) {
+        (GlobalsMode::Off, _) => Ok(None),
+        (GlobalsMode::Auto, _) if !policy.names_globals() => {
+            notes.push(
+                "the globals (roles, tablespaces) were not backed up: the policy implements contract 0.1.0, which cannot name them; \
+                 use a 0.2 policy, or set EF__BACKUP_GLOBALS=false to silence this"
+                    .into(),
+            );
+            Ok(None)
+        }
+        (GlobalsMode::Auto, None) => {
+            notes.push("the globals (roles, tablespaces) were not backed up: the server did not tell its system identifier; set EF__DEPLOYMENT_NAME to label them".into());
+            Ok(None)
+        }
+        (GlobalsMode::Required, _) if !survey.can_read_passwords => Err(format!(
+            "EF__BACKUP_GLOBALS=true needs the role passwords, but {user} may not read pg_authid (not a superuser): back up as a superuser, \
+             or set EF__BACKUP_GLOBALS=auto to take the globals without passwords"
+        )),
+        (GlobalsMode::Required, None) => {
+            Err("EF__BACKUP_GLOBALS=true, but the server did not tell its system identifier to label the globals: set EF__DEPLOYMENT_NAME".into())
+        }
+        (_, Some(label)) => {
+            if !survey.can_read_passwords {
+                notes.push(format!(
+                    "the globals were backed up without role passwords: {user} may not read pg_authid (not a superuser), so roles \
+                     restored from them get no password. Back up as a superuser to keep passwords, or set EF__BACKUP_GLOBALS=false"
+                ));
+            }
+            Ok(Some(label.clone()))
+        }
+    }
+}
+
+fn plan(config: &Config, policy: &dyn Policy, server: &dyn Server, first_name: String, now: i64) -> Result<Plan, BackupError> {
+    let survey = server.survey(matches!(config.databases, Databases::All { .. }))?;
+    let databases = databases_of(config, &survey)?;
+    let view = config.policy_resolved(databases.clone(), survey.system_identifier.as_deref());
+    let mut notes = Vec::new();
+    let mut refused = Vec::new();
+    let globals = match globals_of(config, policy, &view, &survey, &mut notes) {
+        Ok(label) => label,
+        Err(why) => {
+            let label = view.globals_label.clone().unwrap_or_else(|| "globals".into());
+            refused.push(failed_entry(&NameInfo { database: label, kind: BackupKind::Globals, run_at: now }, ErrorKind::Config, why));
+            None
+        }
+    };
+    let globals = globals.map(|label| NameInfo { database: label, kind: BackupKind::Globals, run_at: now });
+    let mut files = Vec::new();
+    for info in globals.into_iter().chain(databases.iter().map(|db| NameInfo::dump(db, now))) {
+        let first = info.kind == BackupKind::Database && info.database == config.policy.database;
+        match if first { Ok(first_name.clone()) } else { policy.name_file(&view, &info) } {
+            Ok(name) => files.push(File { info, name }),
+            Err(e) if info.kind == BackupKind::Globals && config.globals == GlobalsMode::Auto => {
+                notes.push(format!("the globals were not backed up: {e}"))
+            }
+            Err(e) => refused.push(failed_entry(&info, ErrorKind::Policy, e.to_string())),
+        }
+    }
+    Ok(Plan { view, files, refused, globals_passwords: survey.can_read_passwords, notes })
+}
+
+/// [`run_named`] against `server` instead of the configured PostgreSQL.
 pub fn run_from(
     config: &Config,
     policy: &dyn Policy,
-    source: SourceFactory<'_>,
+    server: &dyn Server,
     s3: Option<&dyn Mirror>,
     name: Result<String, PolicyError>,
     opts: BackupOptions,
 ) -> BackupReport {
     let started = Instant::now();
     let store = LocalStore::new(&config.backup_dir);
-    let (name, result) = match name {
-        Ok(name) => {
-            remove_abandoned_partials(&store, policy, config);
-            let result = dump_to_file(config, policy, source, &store, s3, &name, &opts);
-            (Some(name), result)
-        }
-        Err(e) => (None, Err(e.into())),
-    };
-    let finished_at = opts.now + started.elapsed().as_secs() as i64;
-    match result {
-        Ok(done) => {
-            let guard = Guard { now: opts.now, min_keep: config.min_keep, last_recorded_run: opts.last_recorded_run };
-            // A lost run lock means another process may be running retention right now.
-            let lost = opts.run_lock.as_ref().and_then(|l| l.still_held().err()).map(|e| e.to_string());
-            if let Some(e) = &lost {
-                tracing::error!("retention skipped, nothing deleted: {e}");
-            }
-            let skipped = |e: &String| RetentionReport { error: Some(e.clone()), ..Default::default() };
-            let retention = lost.as_ref().map_or_else(|| apply_local_retention(&store, policy, config, &guard, &done.name), skipped);
-            // Old S3 copies go only after a new one arrived.
-            let s3_retention = match (&done.s3, s3, &lost) {
-                (_, _, Some(e)) => skipped(e),
-                (S3Outcome::Uploaded(_), Some(s3), None) => apply_s3_retention(s3, policy, config, &guard, &done.name),
-                _ => RetentionReport::default(),
-            };
-            BackupReport {
-                outcome: BackupOutcome::Done(BackupDone {
-                    file_name: done.name,
-                    path: done.path,
-                    size_bytes: done.size,
-                    started_at: opts.now,
-                    finished_at,
-                    s3: done.s3,
-                }),
-                retention,
-                s3_retention,
-                dump_bytes: done.dump_bytes,
-                elapsed: started.elapsed(),
-            }
-        }
+    let finished_at = || opts.now + started.elapsed().as_secs() as i64;
+    let named = name.as_ref().ok().cloned();
+    let plan = match name.map_err(BackupError::from).and_then(|first| plan(config, policy, server, first, opts.now)) {
+        Ok(plan) => plan,
         Err(err) => {
             tracing::error!("数据库备份失败: {err}");
-            BackupReport {
-                outcome: BackupOutcome::Failed(BackupFailed { kind: err.kind(), message: err.to_string(), file_name: name }),
+            let failed = BackupFailed { kind: err.kind(), message: err.to_string(), file_name: named };
+            let outcome = if config.several_databases() {
+                let entry = RunEntry { database: config.db.name.clone(), kind: BackupKind::Database, outcome: Err(failed) };
+                BackupOutcome::Several(BackupRun { started_at: opts.now, finished_at: finished_at(), entries: vec![entry], notes: Vec::new() })
+            } else {
+                BackupOutcome::Failed(failed)
+            };
+            return BackupReport {
+                outcome,
+                entries: Vec::new(),
+                notes: Vec::new(),
+                view: None,
                 retention: RetentionReport::default(),
                 s3_retention: RetentionReport::default(),
                 dump_bytes: 0,
                 elapsed: started.elapsed(),
+            };
+        }
+    };
+    for note in &plan.notes {
+        tracing::warn!("{note}");
+    }
+    remove_abandoned_partials(&store, policy, &plan.view);
+
+    // The globals first (a restore needs the roles before the databases), then the databases,
+    // `EF__BACKUP_PARALLEL_DBS` at a time; each file succeeds or fails on its own.
+    let (globals, databases): (Vec<&File>, Vec<&File>) = plan.files.iter().partition(|f| f.info.kind == BackupKind::Globals);
+    let one_at_a_time = config.parallel_dbs <= 1 || databases.len() <= 1;
+    let dump_one = |file: &File| -> (RunEntry, u64) {
+        let done = server
+            .source(&file.info, plan.globals_passwords)
+            .and_then(|source| dump_to_file(config, &plan.view, policy, &*source, &store, s3, file, &opts, opts.progress && one_at_a_time));
+        let (outcome, bytes) = match done {
+            Ok(d) => {
+                let done =
+                    BackupDone { file_name: d.name, path: d.path, size_bytes: d.size, started_at: opts.now, finished_at: finished_at(), s3: d.s3 };
+                (Ok(done), d.dump_bytes)
             }
+            Err(err) => {
+                tracing::error!("数据库备份失败: {err}");
+                (Err(BackupFailed { kind: err.kind(), message: err.to_string(), file_name: Some(file.name.clone()) }), 0)
+            }
+        };
+        (RunEntry { database: file.info.database.clone(), kind: file.info.kind, outcome }, bytes)
+    };
+    let mut results: Vec<(RunEntry, u64)> = globals.iter().map(|f| dump_one(f)).collect();
+    if one_at_a_time {
+        results.extend(databases.iter().map(|f| dump_one(f)));
+    } else {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let slots: Vec<std::sync::Mutex<Option<(RunEntry, u64)>>> = databases.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..config.parallel_dbs.min(databases.len()) {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(file) = databases.get(i) else { return };
+                    let result = dump_one(file);
+                    *crate::util::lock(&slots[i]) = Some(result);
+                });
+            }
+        });
+        results.extend(slots.into_iter().filter_map(|s| s.into_inner().unwrap_or_else(|e| e.into_inner())));
+    }
+    let dump_bytes = results.iter().map(|(_, b)| b).sum();
+    let mut notes = plan.notes.clone();
+    let mut entries: Vec<RunEntry> = plan.refused.clone();
+    for (entry, _) in results {
+        match &entry.outcome {
+            // EF__BACKUP_GLOBALS=auto never fails a run for the globals.
+            Err(f) if entry.kind == BackupKind::Globals && config.globals == GlobalsMode::Auto => {
+                tracing::warn!("the globals backup failed; EF__BACKUP_GLOBALS=auto does not fail the run for it");
+                notes.push(format!("the globals backup failed (EF__BACKUP_GLOBALS=auto does not fail the run for it): {}", f.message))
+            }
+            _ => entries.push(entry),
+        }
+    }
+    entries.sort_by_key(|e| e.kind != BackupKind::Globals);
+
+    let (retention, s3_retention) = retention_after(config, policy, &plan.view, &store, s3, &entries, &opts);
+    let run = BackupRun { started_at: opts.now, finished_at: finished_at(), entries: entries.clone(), notes: notes.clone() };
+    let outcome = if config.several_databases() { BackupOutcome::Several(run) } else { single_outcome(&run, &config.policy.database) };
+    BackupReport { outcome, entries, notes, view: Some(plan.view), retention, s3_retention, dump_bytes, elapsed: started.elapsed() }
+}
+
+/// Retention in each store, only where this run wrote a new file: a database whose dump failed
+/// keeps all its old backups, and old S3 copies of a database go only after its new one arrived.
+fn retention_after(
+    config: &Config,
+    policy: &dyn Policy,
+    view: &PolicyConfig,
+    store: &LocalStore,
+    s3: Option<&dyn Mirror>,
+    entries: &[RunEntry],
+    opts: &BackupOptions,
+) -> (RetentionReport, RetentionReport) {
+    let info = |e: &RunEntry| NameInfo { database: e.database.clone(), kind: e.kind, run_at: opts.now };
+    let written: Vec<(String, NameInfo)> = entries.iter().filter_map(|e| Some((e.outcome.as_ref().ok()?.file_name.clone(), info(e)))).collect();
+    let uploaded: Vec<(String, NameInfo)> = entries
+        .iter()
+        .filter_map(|e| e.outcome.as_ref().ok().filter(|d| matches!(d.s3, S3Outcome::Uploaded(_))).map(|d| (d.file_name.clone(), info(e))))
+        .collect();
+    if written.is_empty() {
+        return Default::default();
+    }
+    let guard = Guard { now: opts.now, min_keep: config.min_keep, last_recorded_run: opts.last_recorded_run };
+    // A lost run lock means another process may be running retention right now.
+    if let Some(e) = opts.run_lock.as_ref().and_then(|l| l.still_held().err()).map(|e| e.to_string()) {
+        tracing::error!("retention skipped, nothing deleted: {e}");
+        let skipped = RetentionReport { error: Some(e), ..Default::default() };
+        return (skipped.clone(), if uploaded.is_empty() { RetentionReport::default() } else { skipped });
+    }
+    let local = apply_local_retention(store, policy, config, view, &guard, &written);
+    let remote = match s3 {
+        Some(s3) if !uploaded.is_empty() => apply_s3_retention(s3, policy, config, view, &guard, &uploaded),
+        _ => RetentionReport::default(),
+    };
+    (local, remote)
+}
+
+/// The original's answer for one database: its dump's outcome; a required globals backup that
+/// failed fails the run too (the dump stands, and the message says so).
+fn single_outcome(run: &BackupRun, database: &str) -> BackupOutcome {
+    let dump = run.entries.iter().find(|e| e.kind == BackupKind::Database && e.database == database);
+    let globals_failed = run.entries.iter().find_map(|e| e.outcome.as_ref().err().filter(|_| e.kind == BackupKind::Globals));
+    match (dump.map(|e| &e.outcome), globals_failed) {
+        (Some(Ok(done)), None) => BackupOutcome::Done(done.clone()),
+        (Some(Ok(done)), Some(g)) => BackupOutcome::Failed(BackupFailed {
+            kind: g.kind,
+            message: format!("the globals backup failed: {} (the database's backup {} was written and stands)", g.message, done.file_name),
+            file_name: Some(done.file_name.clone()),
+        }),
+        (Some(Err(f)), _) => BackupOutcome::Failed(f.clone()),
+        (None, _) => {
+            BackupOutcome::Failed(BackupFailed { kind: ErrorKind::Internal, message: format!("the run wrote no backup of {database}"), file_name: None })
         }
     }
 }

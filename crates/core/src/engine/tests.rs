@@ -25,6 +25,7 @@ fn config(dir: &Path) -> Config {
         // The host keeps at least this many whatever the policy says; 1 lets the tests see the
         // policy's keep count at work.
         ("EF__BACKUP_MIN_KEEP", "1".to_string()),
+        ("EF__BACKUP_GLOBALS", "false".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -48,9 +49,39 @@ impl DumpSource for Scripted {
             out.write_all(piece).map_err(DumpError::Write)?;
         }
         match self.fail_after {
-            Some(_) => Err(DumpError::Failed { status: "exited with status 1".into(), stderr: "connection lost".into() }),
+            Some(_) => Err(DumpError::Failed { tool: "pg_dump", status: "exited with status 1".into(), stderr: "connection lost".into() }),
             None => Ok(dump::DumpStats { bytes: self.data.len() as u64 }),
         }
+    }
+}
+
+/// The server of the tests: what its survey says, and a [`Scripted`] dump of every file (a
+/// database listed in `failing` fails half-way).
+struct FakeServer {
+    survey: Survey,
+    data: Vec<u8>,
+    fail_after: Option<usize>,
+    failing: Vec<String>,
+    /// Set when a source was asked for (pg_dump looked for).
+    asked: AtomicBool,
+}
+
+impl FakeServer {
+    fn new(data: Vec<u8>, fail_after: Option<usize>) -> FakeServer {
+        let survey = Survey { databases: Vec::new(), system_identifier: Some("42".into()), can_read_passwords: true };
+        FakeServer { survey, data, fail_after, failing: Vec::new(), asked: AtomicBool::new(false) }
+    }
+}
+
+impl Server for FakeServer {
+    fn survey(&self, _: bool) -> Result<Survey, BackupError> {
+        Ok(self.survey.clone())
+    }
+
+    fn source(&self, file: &NameInfo, _: bool) -> Result<Box<dyn DumpSource + '_>, BackupError> {
+        self.asked.store(true, Ordering::SeqCst);
+        let fail_after = if self.failing.contains(&file.database) { Some(self.data.len() / 2) } else { self.fail_after };
+        Ok(Box::new(Scripted { data: self.data.clone(), fail_after }))
     }
 }
 
@@ -90,10 +121,13 @@ impl Run {
     }
 
     fn backup(&self, source: Scripted, now: i64) -> BackupReport {
-        let source = move || Ok(Box::new(Scripted { data: source.data.clone(), fail_after: source.fail_after }) as Box<dyn DumpSource>);
+        self.backup_from(&FakeServer::new(source.data, source.fail_after), now)
+    }
+
+    fn backup_from(&self, server: &FakeServer, now: i64) -> BackupReport {
         let name = self.policy.backup_name(&self.config.policy, now);
         let opts = BackupOptions { now, ..Default::default() };
-        run_from(&self.config, &self.policy, &source, Some(&self.mirror as &dyn Mirror), name, opts)
+        run_from(&self.config, &self.policy, server, Some(&self.mirror as &dyn Mirror), name, opts)
     }
 
     fn local_names(&self) -> Vec<String> {
@@ -183,18 +217,13 @@ fn a_run_the_policy_cannot_name_touches_nothing() {
     run.earlier(&format!("app_backup_{}.sql.gz", NOW - DAY), NOW - DAY);
     run.policy.fail_naming.store(true, Ordering::SeqCst);
     let before = run.local_names();
-    let looked_for_pg_dump = AtomicBool::new(false);
-    let source = || {
-        looked_for_pg_dump.store(true, Ordering::SeqCst);
-        Ok(Box::new(Scripted { data: Vec::new(), fail_after: None }) as Box<dyn DumpSource>)
-    };
-    let name = run.policy.backup_name(&run.config.policy, NOW);
-    let report = run_from(&run.config, &run.policy, &source, Some(&run.mirror), name, BackupOptions { now: NOW, ..Default::default() });
+    let server = FakeServer::new(Vec::new(), None);
+    let report = run.backup_from(&server, NOW);
 
     let BackupOutcome::Failed(failed) = &report.outcome else { panic!("{:?}", report.outcome) };
     assert_eq!(failed.kind, ErrorKind::Policy);
     assert_eq!(failed.file_name, None);
-    assert!(!looked_for_pg_dump.load(Ordering::SeqCst));
+    assert!(!server.asked.load(Ordering::SeqCst));
     assert_eq!(run.local_names(), before);
     assert!(run.mirror.aborted_uploads().is_empty() && run.mirror.open_uploads().is_empty());
 }
@@ -217,10 +246,9 @@ fn a_retention_answer_the_policy_cannot_give_deletes_nothing_and_is_reported() {
 fn a_cancelled_run_leaves_nothing_behind() {
     let run = Run::new(1);
     let cancel = Arc::new(AtomicBool::new(true));
-    let source = || Ok(Box::new(Scripted { data: dump_text(), fail_after: None }) as Box<dyn DumpSource>);
     let name = run.policy.backup_name(&run.config.policy, NOW);
     let opts = BackupOptions { now: NOW, cancel, ..Default::default() };
-    let report = run_from(&run.config, &run.policy, &source, Some(&run.mirror), name, opts);
+    let report = run_from(&run.config, &run.policy, &FakeServer::new(dump_text(), None), Some(&run.mirror), name, opts);
 
     assert!(matches!(report.outcome, BackupOutcome::Failed(_)), "{:?}", report.outcome);
     assert!(run.local_names().is_empty(), "{:?}", run.local_names());

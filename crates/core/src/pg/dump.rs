@@ -17,15 +17,43 @@ use crate::util::lock;
 const HEAD_LEN: usize = 4096;
 const TAIL_LEN: usize = 4096;
 const FOOTER: &[u8] = b"-- PostgreSQL database dump complete\n--\n";
+const HEADER: &[u8] = b"--\n-- PostgreSQL database dump\n--\n";
+/// `pg_dumpall`'s (of the globals): its `\unrestrict` comes before the footer.
+const CLUSTER_FOOTER: &[u8] = b"-- PostgreSQL database cluster dump complete\n--\n";
+const CLUSTER_HEADER: &[u8] = b"--\n-- PostgreSQL database cluster dump\n--\n";
+
+/// What runs: `pg_dump` of a database, or `pg_dumpall --globals-only` of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dumper {
+    Database,
+    /// `passwords: false` adds `--no-role-passwords` (for a user who may not read `pg_authid`).
+    Globals { passwords: bool },
+}
+
+impl Dumper {
+    fn tool(self) -> &'static str {
+        match self {
+            Dumper::Database => "pg_dump",
+            Dumper::Globals { .. } => "pg_dumpall",
+        }
+    }
+}
 
 /// Watches a plain dump stream go by and tells whether it ended like a complete dump.
 #[derive(Debug, Default, Clone)]
 pub struct Completeness {
     head: Vec<u8>,
     tail: Vec<u8>,
+    /// A `pg_dumpall` stream (other header and footer).
+    cluster: bool,
 }
 
 impl Completeness {
+    /// For `pg_dumpall`'s output.
+    pub fn cluster() -> Completeness {
+        Completeness { cluster: true, ..Completeness::default() }
+    }
+
     pub fn update(&mut self, data: &[u8]) {
         if self.head.len() < HEAD_LEN {
             let n = (HEAD_LEN - self.head.len()).min(data.len());
@@ -50,14 +78,16 @@ impl Completeness {
     /// matching `\unrestrict` line (pg_dump 13.22/14.19/15.14/16.10/17.6 and later) and blank
     /// lines.
     pub fn verify(&self) -> Result<(), String> {
-        if !self.head.starts_with(b"--\n-- PostgreSQL database dump\n--\n") {
-            return Err("it does not start like a pg_dump plain-format dump".into());
+        let (header, footer, what) = if self.cluster { (CLUSTER_HEADER, CLUSTER_FOOTER, "pg_dumpall") } else { (HEADER, FOOTER, "pg_dump") };
+        if !self.head.starts_with(header) {
+            return Err(format!("it does not start like a {what} plain-format dump"));
         }
-        let Some(at) = self.tail.windows(FOOTER.len()).rposition(|w| w == FOOTER) else {
-            return Err("the \"PostgreSQL database dump complete\" footer is missing: the dump is truncated".into());
+        let Some(at) = self.tail.windows(footer.len()).rposition(|w| w == footer) else {
+            let footer = String::from_utf8_lossy(&footer[3..footer.len() - 4]);
+            return Err(format!("the \"{footer}\" footer is missing: the dump is truncated"));
         };
         let mut key_seen = false;
-        for line in self.tail[at + FOOTER.len()..].split(|&b| b == b'\n') {
+        for line in self.tail[at + footer.len()..].split(|&b| b == b'\n') {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
@@ -217,13 +247,13 @@ impl DumpFacts {
 pub enum DumpError {
     #[error("cannot start {tool}: {err}")]
     Spawn { tool: String, err: io::Error },
-    #[error("pg_dump {status}: {stderr}")]
-    Failed { status: String, stderr: String },
+    #[error("{tool} {status}: {stderr}")]
+    Failed { tool: &'static str, status: String, stderr: String },
     #[error("a table is locked by another session: pg_dump waited {0:?} for its lock (EF__PG_LOCK_WAIT_TIMEOUT_SECS) and gave up ({1}) — find the session holding it (pg_locks, pg_stat_activity; typically a migration or a long ALTER/VACUUM FULL), let it finish or end it, or raise EF__PG_LOCK_WAIT_TIMEOUT_SECS")]
     LockWait(Duration, String),
-    #[error("pg_dump exited successfully but its output is incomplete: {0}")]
+    #[error("the dump tool exited successfully but its output is incomplete: {0}")]
     Incomplete(String),
-    #[error("pg_dump ran longer than {0:?} (EF__BACKUP_TIMEOUT_SECS) and was killed")]
+    #[error("the dump ran longer than {0:?} (EF__BACKUP_TIMEOUT_SECS) and was killed")]
     Timeout(Duration),
     #[error("the backup was cancelled because ef-backup is shutting down; pg_dump was stopped")]
     Cancelled,
@@ -275,6 +305,7 @@ fn end_server_session(tools: &PgTools, database: &str, application_name: &str) {
 pub fn run(
     tools: &PgTools,
     database: &str,
+    dumper: Dumper,
     timeout: Duration,
     lock_wait: Duration,
     cancel: &Arc<AtomicBool>,
@@ -282,14 +313,23 @@ pub fn run(
 ) -> Result<DumpStats, DumpError> {
     static RUNS: AtomicU64 = AtomicU64::new(0);
     let started = Instant::now();
-    let tool = tools.tool("pg_dump").display().to_string();
+    let tool = tools.tool(dumper.tool()).display().to_string();
     // Unique per run, so a stopped pg_dump's server session can be found and ended.
     let application_name = format!("ef-backup-dump-{}-{}", std::process::id(), RUNS.fetch_add(1, Ordering::Relaxed));
-    let mut command = tools.command_as("pg_dump", database, &application_name, &[]);
-    command
-        .args(["--format=plain", "--no-password", &format!("--lock-wait-timeout={}ms", lock_wait.as_millis())])
-        // Its own process group: a stop reaches whatever pg_dump (or a wrapper script) started.
-        .process_group(0);
+    let mut command = tools.command_as(dumper.tool(), database, &application_name, &[]);
+    match dumper {
+        Dumper::Database => {
+            command.args(["--format=plain", "--no-password", &format!("--lock-wait-timeout={}ms", lock_wait.as_millis())]);
+        }
+        Dumper::Globals { passwords } => {
+            command.args(["--globals-only", "--no-password"]);
+            if !passwords {
+                command.arg("--no-role-passwords");
+            }
+        }
+    }
+    // Its own process group: a stop reaches whatever pg_dump (or a wrapper script) started.
+    command.process_group(0);
     // Dies with ef-backup: a `kill -9` of ef-backup (the OOM killer, a careless operator) must
     // not leave a pg_dump running beside the next run's. The signal comes when the spawning
     // thread ends, and this thread waits for pg_dump to the end.
@@ -327,7 +367,7 @@ pub fn run(
         })
     };
 
-    let mut check = Completeness::default();
+    let mut check = if dumper == Dumper::Database { Completeness::default() } else { Completeness::cluster() };
     let mut bytes = 0u64;
     let mut buf = vec![0u8; 256 * 1024];
     let copied: Result<(), DumpError> = loop {
@@ -376,14 +416,15 @@ pub fn run(
         return Err(DumpError::Cancelled);
     }
     copied?;
-    let status = status.ok_or_else(|| DumpError::Failed { status: "ended abnormally".into(), stderr: tail_lines(&stderr, 4) })?;
+    let failed = |status: String, stderr: String| DumpError::Failed { tool: dumper.tool(), status, stderr };
+    let status = status.ok_or_else(|| failed("ended abnormally".into(), tail_lines(&stderr, 4)))?;
     if !status.success() {
         let stderr = tail_lines(&stderr, 4);
         // pg_dump enforces --lock-wait-timeout with a statement_timeout around its LOCK TABLEs.
         if stderr.contains("Query was: LOCK TABLE") && stderr.contains("timeout") {
             return Err(DumpError::LockWait(lock_wait, stderr));
         }
-        return Err(DumpError::Failed { status: describe(status), stderr });
+        return Err(failed(describe(status), stderr));
     }
     check.verify().map_err(DumpError::Incomplete)?;
     Ok(DumpStats { bytes })
@@ -436,6 +477,28 @@ mod tests {
         assert!(check_in_pieces(&trailing, 64).unwrap_err().contains("after the dump"));
         assert!(check_in_pieces("hello\n", 64).unwrap_err().contains("does not start"));
         assert!(check_in_pieces("", 64).is_err());
+    }
+
+    /// `pg_dumpall --globals-only` as 15.14 writes it: `\unrestrict` before the footer.
+    #[test]
+    fn globals_dumps() {
+        let full = "--\n-- PostgreSQL database cluster dump\n--\n\n\\restrict k1\n\nCREATE ROLE app;\n\n\\unrestrict k1\n\n--\n-- PostgreSQL database cluster dump complete\n--\n\n";
+        let check = |text: &str| {
+            let mut c = Completeness::cluster();
+            for chunk in text.as_bytes().chunks(7) {
+                c.update(chunk);
+            }
+            c.verify()
+        };
+        assert_eq!(check(full), Ok(()));
+        let cut = &full[..full.find("\\unrestrict").unwrap()];
+        assert!(check(cut).unwrap_err().contains("cluster dump complete"), "{:?}", check(cut));
+        assert!(check(&format!("{full}CREATE ROLE x;\n")).is_err());
+        // A database dump is not a globals dump, nor the other way round.
+        let mut db = Completeness::default();
+        db.update(full.as_bytes());
+        assert!(db.verify().is_err());
+        assert!(check(&format!("{HEAD}{BODY}{FOOT}")).is_err());
     }
 
     #[test]

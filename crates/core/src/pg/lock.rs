@@ -64,6 +64,9 @@ impl LockError {
         };
         BackupReport {
             outcome,
+            entries: Vec::new(),
+            notes: Vec::new(),
+            view: None,
             retention: RetentionReport::default(),
             s3_retention: RetentionReport::default(),
             dump_bytes: 0,

@@ -24,8 +24,17 @@ pub trait Policy: Send + Sync + std::fmt::Debug {
     /// Which policy this is, for the status response and the logs.
     fn loaded(&self) -> LoadedPolicy;
     fn schedule(&self, config: &PolicyConfig) -> Result<BackupSchedule, PolicyError>;
-    /// The name of a backup started at `now` (Unix seconds).
-    fn backup_name(&self, config: &PolicyConfig, now: i64) -> Result<String, PolicyError>;
+    /// The name of one file of a run: `file.database`'s dump, or the server's globals under
+    /// `file.database` = the globals label; the run started at `file.run_at`.
+    fn name_file(&self, config: &PolicyConfig, file: &NameInfo) -> Result<String, PolicyError>;
+    /// The name of the (first) database's dump of a run started at `now` (Unix seconds).
+    fn backup_name(&self, config: &PolicyConfig, now: i64) -> Result<String, PolicyError> {
+        self.name_file(config, &NameInfo::dump(&config.database, now))
+    }
+    /// Whether the policy can name the globals (contract 0.2 and later).
+    fn names_globals(&self) -> bool {
+        true
+    }
     /// What a name of this deployment's holds and when its run started; None when the name is
     /// not one this deployment writes (another database's, another tool's, not a backup).
     fn parse_name(&self, config: &PolicyConfig, name: &str) -> Result<Option<NameInfo>, PolicyError>;
@@ -72,8 +81,27 @@ pub enum PolicyError {
     BadOutput { path: PathBuf, call: &'static str, reason: String },
     #[error("policy {path} logged errors while it was checked, so it refuses this configuration: {messages}; fix what it names (an empty EF__POLICY_* value means the policy's default) and start again")]
     ErrorLogged { path: PathBuf, messages: String },
+    #[error("policy {path} implements contract 0.1.0, which {what}; use a 0.2 policy (the default one is), or change the setting")]
+    Unsupported { path: PathBuf, what: &'static str },
     #[error("policy {path} has SHA-256 {found}, but EF__BACKUP_POLICY_SHA256 pins {pinned}; refusing it")]
     Pinned { path: PathBuf, found: String, pinned: String },
+}
+
+/// Refuses a policy that cannot do what the configuration asks: a 0.1.0 policy names one
+/// database's dumps only, so neither `EF__DB_NAMES` nor `EF__BACKUP_GLOBALS=true` can run under
+/// it (with `auto`, the globals are skipped with a warning at each run).
+pub fn check_fits(policy: &dyn Policy, config: &crate::config::Config) -> Result<(), PolicyError> {
+    let path = || PathBuf::from(policy.loaded().path);
+    if policy.names_globals() {
+        return Ok(());
+    }
+    if config.several_databases() {
+        return Err(PolicyError::Unsupported { path: path(), what: "cannot name the backups of several databases (EF__DB_NAMES)" });
+    }
+    if config.globals == crate::config::GlobalsMode::Required {
+        return Err(PolicyError::Unsupported { path: path(), what: "cannot name the globals backup EF__BACKUP_GLOBALS=true asks for" });
+    }
+    Ok(())
 }
 
 /// A guest's message as one line of the host's log: line breaks, terminal escapes and the
@@ -117,8 +145,32 @@ pub fn fallback_backup_response(outcome: &BackupOutcome) -> HttpResponse {
             serde_json::json!({"success": false, "message": format!("a backup is already running: {name}"),
                 "data": {"running_backup": name}}),
         ),
+        BackupOutcome::Several(run) => {
+            let backups: Vec<serde_json::Value> = run
+                .entries
+                .iter()
+                .map(|e| match &e.outcome {
+                    Ok(d) => serde_json::json!({"database": e.database, "kind": kind_id(e.kind), "success": true,
+                        "backup_file": d.file_name, "backup_path": d.path, "file_size_bytes": d.size_bytes}),
+                    Err(f) => serde_json::json!({"database": e.database, "kind": kind_id(e.kind), "success": false,
+                        "backup_file": f.file_name, "error": f.message}),
+                })
+                .collect();
+            let ok = run.succeeded();
+            let failed = run.entries.iter().filter(|e| e.outcome.is_err()).count();
+            let message = if ok { format!("backup of {} files succeeded", run.entries.len()) } else { format!("{failed} of {} backups failed", run.entries.len()) };
+            (if ok { 200 } else { 500 }, serde_json::json!({"success": ok, "message": message, "data": {"backups": backups, "notes": run.notes}}))
+        }
     };
     HttpResponse { status, body: body.to_string() }
+}
+
+/// How responses and logs name a kind of backup.
+pub fn kind_id(kind: crate::model::BackupKind) -> &'static str {
+    match kind {
+        crate::model::BackupKind::Database => "database",
+        crate::model::BackupKind::Globals => "globals",
+    }
 }
 
 /// A backup name becomes a file name and an S3 key: a plain, printable file name.

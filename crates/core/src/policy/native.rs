@@ -48,23 +48,28 @@ impl Policy for NativePolicy {
         })
     }
 
-    fn backup_name(&self, config: &PolicyConfig, now: i64) -> Result<String, PolicyError> {
+    fn name_file(&self, _: &PolicyConfig, file: &NameInfo) -> Result<String, PolicyError> {
         if self.fail_naming.load(Ordering::SeqCst) {
             return Err(self.fails("backup-name"));
         }
-        Ok(format!("{}_backup_{now}.sql.gz", config.database))
+        let infix = match file.kind {
+            BackupKind::Database => "backup",
+            BackupKind::Globals => "globals",
+        };
+        Ok(format!("{}_{infix}_{}.sql.gz", file.database, file.run_at))
     }
 
-    /// `<db>_backup_<unix>.sql.gz` (a dump) and `<db>_globals_<unix>.sql.gz` (the globals of
-    /// the server it is on).
+    /// `<db>_backup_<unix>.sql.gz` (a dump of one of `config.databases`) and
+    /// `<label>_globals_<unix>.sql.gz` (the globals under `config.globals_label`).
     fn parse_name(&self, config: &PolicyConfig, name: &str) -> Result<Option<NameInfo>, PolicyError> {
-        let Some(rest) = name.strip_prefix(&format!("{}_", config.database)).and_then(|r| r.strip_suffix(".sql.gz")) else { return Ok(None) };
-        let (kind, time) = match (rest.strip_prefix("backup_"), rest.strip_prefix("globals_")) {
-            (Some(t), _) => (BackupKind::Database, t),
-            (_, Some(t)) => (BackupKind::Globals, t),
+        let Some(rest) = name.strip_suffix(".sql.gz") else { return Ok(None) };
+        let Some((head, time)) = rest.rsplit_once('_') else { return Ok(None) };
+        let (database, kind) = match (head.strip_suffix("_backup"), head.strip_suffix("_globals")) {
+            (Some(db), _) if config.databases.iter().any(|d| d == db) => (db, BackupKind::Database),
+            (_, Some(label)) if config.globals_label.as_deref() == Some(label) => (label, BackupKind::Globals),
             _ => return Ok(None),
         };
-        Ok(time.parse().ok().map(|run_at| NameInfo { database: config.database.clone(), kind, run_at }))
+        Ok(time.parse().ok().map(|run_at| NameInfo { database: database.to_string(), kind, run_at }))
     }
 
     fn recognise(&self, config: &PolicyConfig, backups: &[BackupEntry]) -> Result<Vec<(BackupEntry, NameInfo)>, PolicyError> {
@@ -112,6 +117,7 @@ impl Policy for NativePolicy {
         let subject = match &event.outcome {
             BackupOutcome::Done(d) => format!("backup {} done", d.file_name),
             BackupOutcome::Failed(f) => format!("backup failed: {}", f.message),
+            BackupOutcome::Several(run) => format!("backup run: {} files, all good: {}", run.entries.len(), run.succeeded()),
             BackupOutcome::Busy(_) => return Ok(None),
         };
         Ok(Some(Message { subject, body: String::new() }))

@@ -70,17 +70,14 @@ pub fn backup_name(request: &NameRequest) -> String {
     format!("{}_{kind}{y:04}{m:02}{d:02}_{:02}{:02}{:02}{suffix}", db_part(&request.database), s / 3600, s / 60 % 60, s % 60)
 }
 
-/// What one of our names says: one of `config.databases`, the kind and the run's time.
+/// What one of our names says: a dump of one of `config.databases` or the globals under
+/// `config.globals-label`, and the run's time.
 pub fn parse_name(config: &Config, name: &str) -> Option<NameInfo> {
     let rest = SUFFIXES.iter().find_map(|s| name.strip_suffix(s))?;
-    config.databases.iter().find_map(|db| {
-        let rest = rest.strip_prefix(&db_part(db))?.strip_prefix('_')?;
-        let (kind, run_at) = match parse_stamp(rest) {
-            Some(t) => (BackupKind::Database, t),
-            None => (BackupKind::Globals, parse_stamp(rest.strip_prefix(GLOBALS)?)?),
-        };
-        Some(NameInfo { database: db.clone(), kind, run_at })
-    })
+    let after = |db: &str| rest.strip_prefix(&db_part(db))?.strip_prefix('_');
+    let dumps = config.databases.iter().filter_map(|db| Some((db, BackupKind::Database, parse_stamp(after(db)?)?)));
+    let globals = config.globals_label.iter().filter_map(|l| Some((l, BackupKind::Globals, parse_stamp(after(l)?.strip_prefix(GLOBALS)?)?)));
+    dumps.chain(globals).next().map(|(db, kind, run_at)| NameInfo { database: db.clone(), kind, run_at })
 }
 
 /// `YYYYMMDD_HHMMSS` (UTC) as Unix seconds.
@@ -185,6 +182,19 @@ pub fn shape_backup(outcome: &BackupOutcome) -> HttpResponse {
         BackupOutcome::Busy(name) => {
             respond(409, json!({"success": false, "message": format!("A backup is already running: {name}"), "data": {"running_backup": name}}))
         }
+        BackupOutcome::Several(run) => {
+            let ok = run.entries.iter().all(|e| e.outcome.is_ok());
+            let files: Vec<_> = run
+                .entries
+                .iter()
+                .map(|e| match &e.outcome {
+                    Ok(d) => json!({"database": e.database, "success": true, "backup_file": d.file_name, "file_size_bytes": d.size_bytes}),
+                    Err(f) => json!({"database": e.database, "success": false, "backup_file": f.file_name, "error": f.message}),
+                })
+                .collect();
+            let message = if ok { "Backup succeeded" } else { "Backup failed for some databases" };
+            respond(if ok { 200 } else { 500 }, json!({"success": ok, "message": message, "data": {"backups": files, "notes": run.notes}}))
+        }
     }
 }
 
@@ -220,6 +230,10 @@ pub fn shape_notification(config: &Config, event: &Notification) -> Option<Messa
     let dbs = config.databases.join(", ");
     match &event.outcome {
         BackupOutcome::Failed(f) => Some(Message { subject: format!("Backup of {dbs} failed"), body: f.message.clone() }),
+        BackupOutcome::Several(run) if run.entries.iter().any(|e| e.outcome.is_err()) => {
+            let body = run.entries.iter().filter_map(|e| Some(format!("{}: {}", e.database, e.outcome.as_ref().err()?.message))).collect::<Vec<_>>();
+            Some(Message { subject: format!("Backup of {dbs} failed"), body: body.join("\n") })
+        }
         BackupOutcome::Done(d) if event.previous.as_ref().is_some_and(|p| !p.succeeded) => Some(Message {
             subject: format!("Backup of {dbs} recovered"),
             body: format!("{} ({} MB) succeeded after a failed run", d.file_name, mb(d.size_bytes)),
@@ -275,7 +289,7 @@ mod tests {
     const NOW: i64 = 1_762_191_000; // 2025-11-03 17:30:00 UTC
 
     fn config() -> Config {
-        Config { databases: vec!["euraflow".into()], backup_dir: "/b".into(), s3: None, settings: vec![] }
+        Config { databases: vec!["euraflow".into()], globals_label: Some("euraflow".into()), backup_dir: "/b".into(), s3: None, settings: vec![] }
     }
 
     fn request(database: &str, kind: BackupKind, suffix: &str, run_at: i64) -> NameRequest {

@@ -47,12 +47,10 @@ pub fn backup_name(request: &NameRequest) -> String {
 /// What one of our names says; none for anything else (another database's, a stray file).
 pub fn parse_name(config: &Config, name: &str) -> Option<NameInfo> {
     let rest = SUFFIXES.iter().find_map(|s| name.strip_suffix(s))?;
-    config.databases.iter().find_map(|db| {
+    let dumps = config.databases.iter().map(|db| (db, BackupKind::Database));
+    dumps.chain(config.globals_label.iter().map(|l| (l, BackupKind::Globals))).find_map(|(db, kind)| {
         let rest = rest.strip_prefix(&db_part(db))?.strip_prefix('-')?;
-        let (kind, digits) = match rest.strip_prefix("globals-") {
-            Some(digits) => (BackupKind::Globals, digits),
-            None => (BackupKind::Database, rest),
-        };
+        let digits = if kind == BackupKind::Globals { rest.strip_prefix("globals-")? } else { rest };
         let run_at: i64 = digits.parse().ok().filter(|t: &i64| *t >= 0 && digits.bytes().all(|c| c.is_ascii_digit()))?;
         Some(NameInfo { database: db.clone(), kind, run_at })
     })
@@ -89,6 +87,19 @@ pub fn shape_backup(outcome: &BackupOutcome) -> HttpResponse {
         }
         BackupOutcome::Failed(f) => (500, json!({"success": false, "message": f.message, "data": {"backup_file": f.file_name}})),
         BackupOutcome::Busy(n) => (409, json!({"success": false, "message": "busy", "data": {"running_backup": n}})),
+        // A run of several databases (EF__DB_NAMES): one entry per file, the globals first.
+        BackupOutcome::Several(run) => {
+            let ok = run.entries.iter().all(|e| e.outcome.is_ok());
+            let files: Vec<_> = run
+                .entries
+                .iter()
+                .map(|e| match &e.outcome {
+                    Ok(d) => json!({"database": e.database, "success": true, "backup_file": d.file_name}),
+                    Err(f) => json!({"database": e.database, "success": false, "error": f.message}),
+                })
+                .collect();
+            (if ok { 200 } else { 500 }, json!({"success": ok, "message": if ok { "backup done" } else { "backup failed" }, "data": {"backups": files}}))
+        }
     };
     HttpResponse { status, body: body.to_string() }
 }
@@ -153,7 +164,7 @@ mod tests {
     use super::*;
 
     fn config(keep: &str) -> Config {
-        Config { databases: vec!["app".into()], backup_dir: "/b".into(), s3: None, settings: vec![("keep".into(), keep.into())] }
+        Config { databases: vec!["app".into()], globals_label: Some("app".into()), backup_dir: "/b".into(), s3: None, settings: vec![("keep".into(), keep.into())] }
     }
 
     fn request(kind: BackupKind, run_at: i64) -> NameRequest {
