@@ -282,7 +282,9 @@ pub fn notification(config: &Config, event: &Notification) -> Option<Message> {
                 .iter()
                 .filter_map(|e| Some(format!("{} ({}): {}", e.database, kind_label(e.kind), e.outcome.as_ref().err()?.message)))
                 .collect();
-            Some(Message { subject: format!("[ef-backup] 数据库备份失败: {dbs}"), body: format!("数据库备份失败:\n{}", lines.join("\n")) })
+            Some(Message {
+                subject: format!("[ef-backup] 数据库备份失败: {dbs}"), body: format!("数据库备份失败:\n{}", lines.join("\n"))
+            })
         }
         BackupOutcome::Several(run) => {
             let previous = event.previous.as_ref().filter(|p| !p.succeeded)?;

@@ -338,6 +338,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::List { json } => {
             let policy = load_policy(cli.policy, &config)?;
+            let config = Config { policy: engine::resolved_view(&config), ..config };
             let location = config.backup_dir.display().to_string();
             let mut places = vec![catalog::place(&policy, &config, &LocalStore::new(&config.backup_dir), &location)?];
             // An unreachable store must not hide the local backups: they are listed, the S3

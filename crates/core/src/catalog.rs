@@ -62,7 +62,9 @@ pub fn place(policy: &dyn Policy, config: &Config, store: &dyn BackupStore, loca
 /// The newest backup of this deployment in a store: what `verify` checks when it is given none.
 pub fn newest(policy: &dyn Policy, config: &Config, store: &dyn BackupStore, location: &str) -> Result<Recognised, CatalogError> {
     let listing = store.list_backups().map_err(|err| CatalogError::List { location: location.to_string(), err })?;
-    recognised(policy, &config.policy, &listing)?.into_iter().next().ok_or_else(|| CatalogError::Empty { location: location.to_string() })
+    // A database's dump: the globals are no database to verify.
+    let dumps = recognised(policy, &config.policy, &listing)?.into_iter().filter(|r| r.info.kind == crate::model::BackupKind::Database);
+    dumps.into_iter().next().ok_or_else(|| CatalogError::Empty { location: location.to_string() })
 }
 
 /// The original service named every backup `euraflow_backup_…`, whatever its database.

@@ -149,7 +149,13 @@ impl Finished {
                     .filter_map(|e| Some(format!("{} ({}): {}", e.database, crate::policy::kind_id(e.kind), e.outcome.as_ref().err()?.message)))
                     .collect();
                 let s3_failed = done.iter().any(|d| matches!(d.s3, S3Outcome::Failed(_)));
-                let s3 = if s3_failed { "failed" } else if done.iter().any(|d| matches!(d.s3, S3Outcome::Uploaded(_))) { "uploaded" } else { "disabled" };
+                let s3 = if s3_failed {
+                    "failed"
+                } else if done.iter().any(|d| matches!(d.s3, S3Outcome::Uploaded(_))) {
+                    "uploaded"
+                } else {
+                    "disabled"
+                };
                 let message = if failed.is_empty() {
                     format!("ok: {} files ({})", done.len(), if s3_failed { "an S3 upload failed" } else { s3 })
                 } else {

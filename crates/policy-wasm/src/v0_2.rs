@@ -117,11 +117,7 @@ fn outcome(o: &model::BackupOutcome) -> wit::BackupOutcome {
             entries: run
                 .entries
                 .iter()
-                .map(|e| wit::RunEntry {
-                    database: e.database.clone(),
-                    kind: kind(e.kind),
-                    outcome: e.outcome.as_ref().map(done).map_err(failed),
-                })
+                .map(|e| wit::RunEntry { database: e.database.clone(), kind: kind(e.kind), outcome: e.outcome.as_ref().map(done).map_err(failed) })
                 .collect(),
             notes: run.notes.clone(),
         }),

@@ -307,7 +307,9 @@ impl Config {
             Some(other) => {
                 return Err(ConfigError::Invalid {
                     var: "EF__BACKUP_GLOBALS",
-                    reason: format!("{other:?} is not `auto` (the default: with role passwords when readable), `true` (with passwords, or fail) or `false`"),
+                    reason: format!(
+                        "{other:?} is not `auto` (the default: with role passwords when readable), `true` (with passwords, or fail) or `false`"
+                    ),
                 })
             }
         };
@@ -418,7 +420,9 @@ fn databases(v: &Vars) -> Result<Databases, ConfigError> {
     match (v.get("EF__DB_NAME"), v.get("EF__DB_NAMES").map(str::trim)) {
         (Some(_), Some(_)) => Err(ConfigError::Invalid {
             var: "EF__DB_NAMES",
-            reason: "set together with EF__DB_NAME: set EF__DB_NAME for one database (the original's behaviour) or EF__DB_NAMES for several, not both".into(),
+            reason:
+                "set together with EF__DB_NAME: set EF__DB_NAME for one database (the original's behaviour) or EF__DB_NAMES for several, not both"
+                    .into(),
         }),
         (_, Some("*")) => Ok(Databases::All { exclude: exclude.unwrap_or_default() }),
         (one, names) => {

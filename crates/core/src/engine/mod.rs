@@ -203,7 +203,8 @@ impl Server for PgServer<'_> {
     fn survey(&self, list_databases: bool) -> Result<Survey, BackupError> {
         let tools = self.tools()?;
         let db = &self.config.db.name;
-        let row = tools.query(db, "SELECT (SELECT system_identifier::text FROM pg_control_system()), has_table_privilege('pg_catalog.pg_authid', 'SELECT')")?;
+        let row = tools
+            .query(db, "SELECT (SELECT system_identifier::text FROM pg_control_system()), has_table_privilege('pg_catalog.pg_authid', 'SELECT')")?;
         let (system_identifier, can_read_passwords) = match row.first().map(Vec::as_slice) {
             Some([id, read]) => (Some(id.clone()).filter(|i| !i.is_empty()), read == "t"),
             _ => (None, false),
@@ -273,7 +274,10 @@ impl PgDump<'_> {
         };
         match props::object_roles(self.tools, &self.database) {
             Ok(roles) => properties.object_roles = roles,
-            Err(e) => tracing::warn!("the backup of {} goes without the list of roles its objects name (a restore checks for them up front): {e}", self.database),
+            Err(e) => tracing::warn!(
+                "the backup of {} goes without the list of roles its objects name (a restore checks for them up front): {e}",
+                self.database
+            ),
         }
         let line = props::header_line(&properties);
         // Restore reads at most this much of it; a longer line would make the backup unreadable.
@@ -313,9 +317,11 @@ fn dump_to_file(
     let deadline = Instant::now() + Duration::from_secs(config.timeout_secs);
     store.ensure_dir()?;
     // Room for another backup as large as the newest of the same database (or the globals).
-    let newest = store.list().ok().and_then(|l| crate::catalog::recognised(policy, view, &l).ok()).and_then(|r| {
-        r.into_iter().find(|r| r.info.database == what.info.database && r.info.kind == what.info.kind)
-    });
+    let newest = store
+        .list()
+        .ok()
+        .and_then(|l| crate::catalog::recognised(policy, view, &l).ok())
+        .and_then(|r| r.into_iter().find(|r| r.info.database == what.info.database && r.info.kind == what.info.kind));
     crate::space::check_room(store.dir(), newest.map_or(0, |r| r.backup.size_bytes))?;
     let file = store.create(name)?;
     let path = store.path_of(name).display().to_string();
@@ -371,7 +377,6 @@ fn dump_to_file(
     };
     Ok(Done { name: name.to_string(), path, size, dump_bytes: stats.bytes, s3 })
 }
-
 
 /// The running policy as retention's [`Selection`]: recognition per name
 /// ([`Policy::recognise`]), so an odd name is only "not ours" and never stops retention.
@@ -473,8 +478,32 @@ pub fn run(config: &Config, policy: &dyn Policy, s3: Option<&dyn Mirror>, opts: 
 
 /// [`run`] with the policy's name for the first database's dump already taken (the service
 /// needs it before the run, to answer "busy").
-pub fn run_named(config: &Config, policy: &dyn Policy, s3: Option<&dyn Mirror>, name: Result<String, PolicyError>, opts: BackupOptions) -> BackupReport {
+pub fn run_named(
+    config: &Config,
+    policy: &dyn Policy,
+    s3: Option<&dyn Mirror>,
+    name: Result<String, PolicyError>,
+    opts: BackupOptions,
+) -> BackupReport {
     run_from(config, policy, &PgServer::new(config), s3, name, opts)
+}
+
+/// The policy's view as the server completes it (the databases of `EF__DB_NAMES=*`, the
+/// globals' label), for commands that list or pick backups; the configured view, with a
+/// warning, when the server cannot be asked (the globals are then not recognised).
+pub fn resolved_view(config: &Config) -> PolicyConfig {
+    let all = matches!(config.databases, Databases::All { .. });
+    if config.deployment_name.is_some() && !all {
+        return config.policy.clone();
+    }
+    let server = PgServer::new(config);
+    match server.survey(all).and_then(|survey| Ok((databases_of(config, &survey)?, survey))) {
+        Ok((databases, survey)) => config.policy_resolved(databases, survey.system_identifier.as_deref()),
+        Err(e) => {
+            tracing::warn!("the server could not be asked which databases and globals this deployment has ({e}); listing as configured");
+            config.policy.clone()
+        }
+    }
 }
 
 /// The run once the server has answered: the policy's view, the files with their names, the
@@ -724,9 +753,11 @@ fn single_outcome(run: &BackupRun, database: &str) -> BackupOutcome {
             file_name: Some(done.file_name.clone()),
         }),
         (Some(Err(f)), _) => BackupOutcome::Failed(f.clone()),
-        (None, _) => {
-            BackupOutcome::Failed(BackupFailed { kind: ErrorKind::Internal, message: format!("the run wrote no backup of {database}"), file_name: None })
-        }
+        (None, _) => BackupOutcome::Failed(BackupFailed {
+            kind: ErrorKind::Internal,
+            message: format!("the run wrote no backup of {database}"),
+            file_name: None,
+        }),
     }
 }
 

@@ -27,7 +27,9 @@ const CLUSTER_HEADER: &[u8] = b"--\n-- PostgreSQL database cluster dump\n--\n";
 pub enum Dumper {
     Database,
     /// `passwords: false` adds `--no-role-passwords` (for a user who may not read `pg_authid`).
-    Globals { passwords: bool },
+    Globals {
+        passwords: bool,
+    },
 }
 
 impl Dumper {

@@ -158,7 +158,11 @@ pub fn fallback_backup_response(outcome: &BackupOutcome) -> HttpResponse {
                 .collect();
             let ok = run.succeeded();
             let failed = run.entries.iter().filter(|e| e.outcome.is_err()).count();
-            let message = if ok { format!("backup of {} files succeeded", run.entries.len()) } else { format!("{failed} of {} backups failed", run.entries.len()) };
+            let message = if ok {
+                format!("backup of {} files succeeded", run.entries.len())
+            } else {
+                format!("{failed} of {} backups failed", run.entries.len())
+            };
             (if ok { 200 } else { 500 }, serde_json::json!({"success": ok, "message": message, "data": {"backups": backups, "notes": run.notes}}))
         }
     };

@@ -98,7 +98,10 @@ pub fn shape_backup(outcome: &BackupOutcome) -> HttpResponse {
                     Err(f) => json!({"database": e.database, "success": false, "error": f.message}),
                 })
                 .collect();
-            (if ok { 200 } else { 500 }, json!({"success": ok, "message": if ok { "backup done" } else { "backup failed" }, "data": {"backups": files}}))
+            (
+                if ok { 200 } else { 500 },
+                json!({"success": ok, "message": if ok { "backup done" } else { "backup failed" }, "data": {"backups": files}}),
+            )
         }
     };
     HttpResponse { status, body: body.to_string() }
@@ -164,7 +167,13 @@ mod tests {
     use super::*;
 
     fn config(keep: &str) -> Config {
-        Config { databases: vec!["app".into()], globals_label: Some("app".into()), backup_dir: "/b".into(), s3: None, settings: vec![("keep".into(), keep.into())] }
+        Config {
+            databases: vec!["app".into()],
+            globals_label: Some("app".into()),
+            backup_dir: "/b".into(),
+            s3: None,
+            settings: vec![("keep".into(), keep.into())],
+        }
     }
 
     fn request(kind: BackupKind, run_at: i64) -> NameRequest {

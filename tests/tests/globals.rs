@@ -1,0 +1,168 @@
+//! A run backs up the server's globals (roles, memberships, role settings, tablespaces) beside
+//! its databases, and several databases in one run (`EF__DB_NAMES`), each file on its own: its
+//! own name, entry, retention and failure. Against the real server and the real binary.
+
+use std::path::Path;
+
+use ef_backup_e2e::{backup_json, drop_db, ef, files, gunzip, own_db, psql, psql_on, tempdir, Cluster};
+
+/// The test server's system identifier: the globals' label is `pg<it>`.
+fn system_identifier() -> String {
+    psql("postgres", "SELECT system_identifier FROM pg_control_system()")
+}
+
+fn globals_files(dir: &Path) -> Vec<String> {
+    files(dir).into_iter().filter(|f| f.contains("_globals_")).collect()
+}
+
+/// A login role that is no superuser, owning `db`: what EuraFlow's `euraflow` user is.
+fn app_role(role: &str, db: &str) -> (&'static str, String) {
+    psql("postgres", &format!("DO $$ BEGIN CREATE ROLE {role} LOGIN PASSWORD 'app-pw-1'; EXCEPTION WHEN duplicate_object THEN NULL; END $$"));
+    psql("postgres", &format!("ALTER DATABASE \"{db}\" OWNER TO {role}"));
+    psql(db, &format!("ALTER TABLE t OWNER TO {role}"));
+    ("app-pw-1", role.to_string())
+}
+
+#[test]
+fn the_default_takes_the_globals_with_passwords_beside_the_dump_and_keeps_the_originals_response() {
+    let db = own_db("ef_glob_default");
+    let dir = tempdir();
+    let backups = dir.path().join("b");
+    let (run, v) = backup_json(db, &backups, &[("EF__BACKUP_GLOBALS", "auto")], &[]);
+    assert!(run.ok(), "{}", run.all());
+    // The original's response, for the database's dump only: the same keys as ever.
+    let data = v["data"].as_object().unwrap();
+    let mut keys: Vec<&str> = data.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["backup_file", "backup_path", "file_size_bytes", "file_size_mb", "s3_error", "s3_uploaded", "timestamp"]);
+    let dump = data["backup_file"].as_str().unwrap();
+    assert!(dump.starts_with("ef_glob_default_backup_"), "{dump}");
+
+    let label = format!("pg{}", system_identifier());
+    let globals = globals_files(&backups);
+    assert_eq!(globals.len(), 1, "{:?}", files(&backups));
+    // The same run: the same time in both names.
+    assert_eq!(globals[0], dump.replace("ef_glob_default_backup_", &format!("{label}_globals_")));
+    let text = String::from_utf8(gunzip(&backups.join(&globals[0]))).unwrap();
+    assert!(text.starts_with("--\n-- PostgreSQL database cluster dump\n--\n"), "{}", &text[..200.min(text.len())]);
+    assert!(text.contains("-- PostgreSQL database cluster dump complete"));
+    assert!(text.contains("CREATE ROLE postgres;"));
+    assert!(text.contains("PASSWORD 'SCRAM-SHA-256$"), "the superuser takes role passwords");
+    assert!(!run.all().contains("without role passwords"), "{}", run.all());
+
+    // `list` shows both; a second run's retention counts the globals as a set of their own.
+    let listed = ef(db, &backups, &[("EF__BACKUP_GLOBALS", "auto")], &["list", "--json"]);
+    assert!(listed.ok(), "{}", listed.all());
+    assert!(listed.stdout.contains(&globals[0]) && listed.stdout.contains(dump), "{}", listed.stdout);
+    drop_db(db);
+}
+
+#[test]
+fn a_user_who_cannot_read_passwords_gets_globals_without_them_and_true_fails_loudly() {
+    let db = own_db("ef_glob_nopw");
+    let (password, role) = app_role("ef_glob_app", db);
+    let dir = tempdir();
+    let backups = dir.path().join("b");
+    let as_app = [("EF__DB_USER", role.as_str()), ("EF__DB_PASSWORD", password)];
+
+    let mut env = as_app.to_vec();
+    env.push(("EF__BACKUP_GLOBALS", "auto"));
+    let (run, v) = backup_json(db, &backups, &env, &[]);
+    assert!(run.ok(), "auto never fails the run for the globals: {}", run.all());
+    assert_eq!(v["success"], true);
+    assert!(run.stderr.contains("without role passwords") && run.stderr.contains("pg_authid"), "{}", run.stderr);
+    let globals = globals_files(&backups);
+    assert_eq!(globals.len(), 1, "{:?}", files(&backups));
+    let text = String::from_utf8(gunzip(&backups.join(&globals[0]))).unwrap();
+    assert!(text.contains(&format!("CREATE ROLE {role};")), "the roles are there");
+    assert!(!text.contains("PASSWORD"), "and no password");
+
+    // `true` wants the passwords: the run fails and says what to do; the dump stands.
+    let before = files(&backups).len();
+    let mut env = as_app.to_vec();
+    env.push(("EF__BACKUP_GLOBALS", "true"));
+    let (run, v) = backup_json(db, &backups, &env, &["--now", "1762191000"]);
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    assert_eq!(v["success"], false);
+    let message = v["message"].as_str().unwrap();
+    assert!(message.contains("EF__BACKUP_GLOBALS=true") && message.contains("pg_authid") && message.contains("was written"), "{message}");
+    assert_eq!(files(&backups).len(), before + 1, "the database's dump is written, no globals: {:?}", files(&backups));
+    drop_db(db);
+}
+
+#[test]
+fn several_databases_each_get_their_own_file_and_entry_and_one_failing_fails_only_its_own() {
+    let (a, b, locked) = (own_db("ef_multi_a"), own_db("ef_multi_b"), own_db("ef_multi_locked"));
+    let (password, role) = app_role("ef_multi_app", a);
+    psql("postgres", &format!("ALTER DATABASE {b} OWNER TO {role}"));
+    psql(b, &format!("ALTER TABLE t OWNER TO {role}"));
+    // The app role may not connect to this one: its dump fails with permission denied.
+    psql("postgres", &format!("REVOKE CONNECT ON DATABASE {locked} FROM PUBLIC"));
+    let dir = tempdir();
+    let backups = dir.path().join("b");
+    let names = format!("{a},{b}");
+    let env = [("EF__DB_NAME", ""), ("EF__DB_NAMES", names.as_str()), ("EF__BACKUP_GLOBALS", "auto"), ("EF__BACKUP_PARALLEL_DBS", "2")];
+    let (run, v) = backup_json(a, &backups, &env, &[]);
+    assert!(run.ok(), "{}", run.all());
+    let entries = v["data"]["backups"].as_array().unwrap();
+    let who: Vec<(&str, &str, bool)> =
+        entries.iter().map(|e| (e["database"].as_str().unwrap(), e["kind"].as_str().unwrap(), e["success"].as_bool().unwrap())).collect();
+    let label = format!("pg{}", system_identifier());
+    assert_eq!(who, [(label.as_str(), "globals", true), (a, "database", true), (b, "database", true)], "the globals first");
+    for e in entries {
+        assert!(backups.join(e["backup_file"].as_str().unwrap()).is_file(), "{e}");
+    }
+    assert_eq!(files(&backups).len(), 3);
+
+    // As the app role, with a database it may not connect to: that one fails, the others stand.
+    let names = format!("{a},{locked},{b}");
+    let env = [
+        ("EF__DB_NAME", ""),
+        ("EF__DB_NAMES", names.as_str()),
+        ("EF__BACKUP_GLOBALS", "false"),
+        ("EF__DB_USER", role.as_str()),
+        ("EF__DB_PASSWORD", password),
+    ];
+    let (run, v) = backup_json(a, &backups, &env, &["--now", "1762191000"]);
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    assert_eq!(v["success"], false);
+    let entries = v["data"]["backups"].as_array().unwrap();
+    let by_db = |db: &str| entries.iter().find(|e| e["database"] == db).unwrap_or_else(|| panic!("{db} in {v}"));
+    assert_eq!(by_db(a)["success"], true);
+    assert_eq!(by_db(b)["success"], true);
+    assert_eq!(by_db(locked)["success"], false);
+    let error = by_db(locked)["error"].as_str().unwrap();
+    assert!(error.contains("permission denied") || error.contains("CONNECT"), "{error}");
+    let written: Vec<String> = files(&backups).into_iter().filter(|f| f.contains("20251104_013000")).collect();
+    assert_eq!(written.len(), 2, "a and b, nothing of {locked}: {written:?}");
+    assert!(!files(&backups).iter().any(|f| f.contains(".partial")));
+    for db in [a, b, locked] {
+        drop_db(db);
+    }
+}
+
+/// `EF__DB_NAMES=*` on a server of its own: every database that takes connections, templates
+/// and `EF__DB_EXCLUDE` left out.
+#[test]
+fn every_database_of_a_server_minus_the_excluded() {
+    let dir = tempdir();
+    let cluster = Cluster::start(&dir.path().join("pg"));
+    for db in ["shop", "crm", "scratch"] {
+        psql_on(&cluster.port, "postgres", &format!("CREATE DATABASE {db}"));
+        psql_on(&cluster.port, db, "CREATE TABLE t AS SELECT 1 AS a");
+    }
+    let backups = dir.path().join("b");
+    let env = [
+        ("EF__DB_PORT", cluster.port.as_str()),
+        ("EF__DB_NAME", ""),
+        ("EF__DB_NAMES", "*"),
+        ("EF__DB_EXCLUDE", "scratch"),
+        ("EF__BACKUP_GLOBALS", "false"),
+    ];
+    let (run, v) = backup_json("unused", &backups, &env, &[]);
+    assert!(run.ok(), "{}", run.all());
+    let mut dbs: Vec<&str> = v["data"]["backups"].as_array().unwrap().iter().map(|e| e["database"].as_str().unwrap()).collect();
+    dbs.sort();
+    assert_eq!(dbs, ["crm", "postgres", "shop"]);
+    assert_eq!(files(&backups).len(), 3, "{:?}", files(&backups));
+}
