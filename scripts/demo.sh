@@ -152,6 +152,16 @@ cmd_run() {
   say "Proving the backup: restore into a scratch database and compare every table with the live one"
   ef_backup verify "$first"
 
+  STEP="whole server"
+  say "Backing up the whole server in one run: the roles and tablespaces (pg_dumpall --globals-only) first, then every database on its own (EF__DB_NAMES=*)"
+  PGPASSWORD="$EF__DB_PASSWORD" PGOPTIONS='-c client_min_messages=warning' "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U "$EF__DB_USER" -d postgres \
+    -c 'DROP DATABASE IF EXISTS crm WITH (FORCE)' -c 'CREATE DATABASE crm' >/dev/null
+  PGPASSWORD="$EF__DB_PASSWORD" "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U "$EF__DB_USER" -d crm \
+    -c "CREATE TABLE contacts AS SELECT i AS id, '联系人 ' || i AS name FROM generate_series(1, 1000) i" >/dev/null
+  printf '$ EF__DB_NAME= EF__DB_NAMES=%s EF__DB_EXCLUDE=demo_restored ef-backup backup --no-s3\n' "'*'"
+  EF__STATE_DIR="$STATE/cli-state" EF__DB_NAME='' EF__DB_NAMES='*' EF__DB_EXCLUDE=demo_restored "$BIN" backup --no-s3 2>/dev/null
+  show ls "$backups"
+
   STEP="swap the policy"
   say "Swapping in another policy while the service keeps running: grandfather-father-son retention, names with the database in them, English messages"
   show cp "$gfs" "$STATE/policy.wasm.new"
