@@ -24,6 +24,28 @@ pub struct Gauges {
     pub backups_on_disk: u64,
     pub running: bool,
     pub next_run: Option<i64>,
+    /// Per database (and the globals, kind `globals`): recognised backups on disk and the run
+    /// time of the newest, from the backup directory (so they survive restarts).
+    pub per_database: Vec<PerDatabase>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PerDatabase {
+    pub database: String,
+    pub kind: &'static str,
+    pub on_disk: u64,
+    pub newest_run_at: i64,
+    /// Whether this database's file of the last run was written; None when the last run of
+    /// this process did not include it.
+    pub last_run_ok: Option<bool>,
+}
+
+/// One family's value for a database; None for no sample.
+type SampleOf = fn(&PerDatabase) -> Option<String>;
+
+/// A label value as the Prometheus text format wants it: `\`, `"` and line breaks escaped.
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 impl Metrics {
@@ -104,6 +126,31 @@ impl Metrics {
             "Unix time of the next scheduled backup (0: no schedule).",
             g.next_run.unwrap_or(0).to_string(),
         );
+        let families: [(&str, &str, SampleOf); 3] = [
+            (
+                "ef_backup_database_backups_on_disk",
+                "Recognised backups in the backup directory, per database (kind globals: the server's roles).",
+                |d| Some(d.on_disk.to_string()),
+            ),
+            (
+                "ef_backup_database_newest_backup_timestamp_seconds",
+                "Run time of the newest recognised backup in the backup directory, per database: alert when it grows old.",
+                |d| Some(d.newest_run_at.to_string()),
+            ),
+            ("ef_backup_database_last_run_success", "1 when the last run wrote this database's backup, 0 when it failed.", |d| {
+                d.last_run_ok.map(|ok| u8::from(ok).to_string())
+            }),
+        ];
+        for (name, help, value) in families {
+            let samples: Vec<String> = g
+                .per_database
+                .iter()
+                .filter_map(|d| Some(format!("{name}{{database=\"{}\",kind=\"{}\"}} {}\n", label(&d.database), d.kind, value(d)?)))
+                .collect();
+            if !samples.is_empty() {
+                let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{}", samples.concat());
+            }
+        }
         out
     }
 }
@@ -113,10 +160,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn per_database_gauges_are_labelled_and_escaped() {
+        let odd = PerDatabase { database: "we\"ird\\db".into(), kind: "database", on_disk: 2, newest_run_at: 99, last_run_ok: Some(false) };
+        let globals = PerDatabase { database: "pg42".into(), kind: "globals", on_disk: 1, newest_run_at: 98, last_run_ok: None };
+        let text = Metrics::default().render(&Gauges { per_database: vec![odd, globals], ..Gauges::default() });
+        assert!(text.contains("\nef_backup_database_newest_backup_timestamp_seconds{database=\"we\\\"ird\\\\db\",kind=\"database\"} 99\n"), "{text}");
+        assert!(text.contains("\nef_backup_database_backups_on_disk{database=\"pg42\",kind=\"globals\"} 1\n"), "{text}");
+        assert!(text.contains("\nef_backup_database_last_run_success{database=\"we\\\"ird\\\\db\",kind=\"database\"} 0\n"), "{text}");
+        assert!(!text.contains("last_run_success{database=\"pg42\""), "not in the last run: no sample");
+    }
+
+    #[test]
     fn every_metric_has_help_type_and_one_sample() {
         let m = Metrics::default();
         m.failures_total.store(3, Ordering::Relaxed);
-        let text = m.render(&Gauges { backups_on_disk: 2, running: true, next_run: Some(10) });
+        let text = m.render(&Gauges { backups_on_disk: 2, running: true, next_run: Some(10), per_database: Vec::new() });
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len() % 3, 0);
         for chunk in lines.chunks(3) {

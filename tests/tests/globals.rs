@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use ef_backup_e2e::{backup_json, drop_db, ef, files, gunzip, own_db, psql, psql_on, tempdir, Cluster};
+use ef_backup_e2e::{backup_json, drop_db, ef, files, gunzip, own_db, psql, psql_on, tempdir, Cluster, Serve};
 
 /// The test server's system identifier: the globals' label is `pg<it>`.
 fn system_identifier() -> String {
@@ -165,4 +165,42 @@ fn every_database_of_a_server_minus_the_excluded() {
     dbs.sort();
     assert_eq!(dbs, ["crm", "postgres", "shop"]);
     assert_eq!(files(&backups).len(), 3, "{:?}", files(&backups));
+}
+
+/// The service answers a run of several databases with every entry, and `/metrics` carries a
+/// `database` label: the newest backup of each, and whether the last run wrote it.
+#[test]
+fn the_service_reports_every_database_and_labels_its_metrics() {
+    let (a, b) = (own_db("ef_multi_serve_a"), own_db("ef_multi_serve_b"));
+    let dir = tempdir();
+    let names = format!("{a},{b},ef_multi_serve_gone");
+    let serve = Serve::start(a, dir.path(), &[("EF__DB_NAME", ""), ("EF__DB_NAMES", names.as_str()), ("EF__BACKUP_GLOBALS", "auto")]);
+    let reply = serve.post("/api/ef/v1/backup/manual");
+    assert_eq!(reply.status, 500, "one database does not exist: {}", reply.body);
+    let v: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    let ok: Vec<(String, bool)> = v["data"]["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["database"].as_str().unwrap().to_string(), e["success"].as_bool().unwrap()))
+        .collect();
+    let label = format!("pg{}", system_identifier());
+    assert_eq!(ok, [(label.clone(), true), (a.to_string(), true), (b.to_string(), true), ("ef_multi_serve_gone".to_string(), false)]);
+    let metrics = ef_backup_e2e::http(serve.port, "GET", "/metrics", &[], b"").body;
+    for (db, kind, success) in [(a, "database", 1), (b, "database", 1), (label.as_str(), "globals", 1), ("ef_multi_serve_gone", "database", 0)] {
+        let sample = format!("ef_backup_database_last_run_success{{database=\"{db}\",kind=\"{kind}\"}} {success}\n");
+        assert!(metrics.contains(&sample), "{sample} in {metrics}");
+    }
+    assert!(metrics.contains(&format!("ef_backup_database_backups_on_disk{{database=\"{a}\",kind=\"database\"}} 1\n")), "{metrics}");
+    // A database of the last run with nothing on disk shows 0 backups, newest at 0: alertable.
+    assert!(metrics.contains("ef_backup_database_backups_on_disk{database=\"ef_multi_serve_gone\",kind=\"database\"} 0\n"), "{metrics}");
+    assert!(
+        metrics.contains("ef_backup_database_newest_backup_timestamp_seconds{database=\"ef_multi_serve_gone\",kind=\"database\"} 0\n"),
+        "{metrics}"
+    );
+    let status = serve.get("/api/ef/v1/backup/status");
+    assert!(status.body.contains("ef_multi_serve_gone"), "the last run's message names the failure: {}", status.body);
+    for db in [a, b] {
+        drop_db(db);
+    }
 }

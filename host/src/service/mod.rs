@@ -72,6 +72,8 @@ pub struct Service {
     /// The policy's view as the last run resolved it (the databases `EF__DB_NAMES=*` found, the
     /// globals' label): status and `/metrics` recognise backups under it.
     view: Mutex<crate::model::PolicyConfig>,
+    /// Each file of this process's last run: (database, kind, written).
+    last_entries: Mutex<Vec<(String, crate::model::BackupKind, bool)>>,
     pub metrics: Metrics,
 }
 
@@ -130,6 +132,7 @@ impl Service {
             cancel: Arc::new(AtomicBool::new(false)),
             listing: Mutex::new(None),
             listing_refresh: tokio::sync::Mutex::new(()),
+            last_entries: Mutex::new(Vec::new()),
             metrics,
         })
     }
@@ -329,6 +332,9 @@ impl Service {
         if let Some(view) = report.and_then(|r| r.view.clone()) {
             *lock(&self.view) = view;
         }
+        if let Some(r) = report.filter(|r| !r.entries.is_empty()) {
+            *lock(&self.last_entries) = r.entries.iter().map(|e| (e.database.clone(), e.kind, e.outcome.is_ok())).collect();
+        }
         let Some(finished) = Finished::of(outcome, report, now()) else { return };
         self.metrics.count(&finished);
         tracing::info!("{} backup run recorded: {}", trigger.as_str(), finished.message);
@@ -416,7 +422,39 @@ impl Service {
     /// Prometheus text.
     pub async fn metrics_text(self: &Arc<Self>) -> String {
         let listing = self.listing().await;
+        let mut per_database: Vec<crate::metrics::PerDatabase> = Vec::new();
+        for (_, info) in &listing.recognised {
+            let kind = crate::policy::kind_id(info.kind);
+            match per_database.iter_mut().find(|d| d.database == info.database && d.kind == kind) {
+                Some(d) => {
+                    d.on_disk += 1;
+                    d.newest_run_at = d.newest_run_at.max(info.run_at);
+                }
+                None => per_database.push(crate::metrics::PerDatabase {
+                    database: info.database.clone(),
+                    kind,
+                    on_disk: 1,
+                    newest_run_at: info.run_at,
+                    last_run_ok: None,
+                }),
+            }
+        }
+        for (database, kind, ok) in lock(&self.last_entries).iter() {
+            let kind = crate::policy::kind_id(*kind);
+            match per_database.iter_mut().find(|d| &d.database == database && d.kind == kind) {
+                Some(d) => d.last_run_ok = Some(*ok),
+                None => per_database.push(crate::metrics::PerDatabase {
+                    database: database.clone(),
+                    kind,
+                    on_disk: 0,
+                    newest_run_at: 0,
+                    last_run_ok: Some(*ok),
+                }),
+            }
+        }
+        per_database.sort_by(|a, b| (a.kind, &a.database).cmp(&(b.kind, &b.database)));
         self.metrics.render(&Gauges {
+            per_database,
             backups_on_disk: listing.recognised.len() as u64,
             running: self.running().is_some(),
             next_run: *lock(&self.next_run),
