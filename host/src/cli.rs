@@ -184,3 +184,134 @@ pub fn load_summary(load: &crate::restore::parallel::LoadStats) -> String {
     }
     parts.join(", ")
 }
+
+/// Opens a listed backup of the store `restore --all` reads.
+type Opener = Box<dyn Fn(&str) -> crate::restore::Source>;
+
+/// What `restore --all` was asked.
+pub struct RestoreAll {
+    pub from_s3: bool,
+    pub at: Option<i64>,
+    pub label: Option<String>,
+    pub overwrite_roles: bool,
+    pub drop_existing: bool,
+    pub allow_system_db: bool,
+    pub load: crate::restore::parallel::LoadOptions,
+}
+
+/// `restore --all`: the globals of a set, then each of its databases (each atomically, as a
+/// single restore). Exit code 0 when every database came back; the globals' problems (a
+/// statement the server refused, a tablespace directory missing) are reported and do not stop
+/// the databases.
+pub fn restore_all(
+    config: &Config,
+    policy: &dyn crate::policy::Policy,
+    s3: Option<std::sync::Arc<dyn crate::store::Mirror>>,
+    tools: &crate::db::PgTools,
+    args: RestoreAll,
+) -> anyhow::Result<std::process::ExitCode> {
+    use crate::restore::{self, all, globals, Source};
+    use crate::store::local::LocalStore;
+    use crate::store::BackupStore;
+    let local = LocalStore::new(&config.backup_dir);
+    let (listing, location, open): (Vec<crate::store::StoredBackup>, String, Opener) = match (args.from_s3, &s3) {
+        (true, None) => anyhow::bail!("--from-s3, but S3 is not configured"),
+        (true, Some(s3)) => {
+            let store = std::sync::Arc::clone(s3);
+            let listing = s3.list_backups().map_err(|e| anyhow::anyhow!("{}: could not be listed: {e}", s3.url("")))?;
+            (listing, s3.url(""), Box::new(move |name: &str| Source::Store { store: std::sync::Arc::clone(&store), name: name.to_string() }))
+        }
+        (false, _) => {
+            let listing = local.list_backups().map_err(|e| anyhow::anyhow!("{}: could not be listed: {e}", config.backup_dir.display()))?;
+            let dir = config.backup_dir.clone();
+            (listing, dir.display().to_string(), Box::new(move |name: &str| Source::File(dir.join(name))))
+        }
+    };
+    // The old server's label: given, configured, or (restoring onto the same server) this one's.
+    let mut view = match &args.label {
+        Some(label) => crate::model::PolicyConfig { globals_label: Some(label.clone()), ..config.policy.clone() },
+        None => crate::engine::resolved_view(config),
+    };
+    if view.globals_label.is_none() {
+        view.globals_label = args.label.clone();
+    }
+    let set = all::choose(policy, &view, &listing, &location, args.at, &*open)?;
+    println!(
+        "restoring the set taken at {} ({}) from {location}: globals {}, then {} database(s)",
+        set.run_at,
+        format_time(set.run_at),
+        set.globals.backup.name,
+        set.dumps.len()
+    );
+    let report = globals::restore_globals(tools, &open(&set.globals.backup.name), globals::GlobalsOptions { overwrite_roles: args.overwrite_roles })?;
+    let esc = |s: &str| crate::db::escape_controls(s);
+    let names = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.iter().map(|r| esc(r)).collect::<Vec<_>>().join(", ") };
+    println!("  roles created: {}", names(&report.created_roles));
+    if !report.existing_roles.is_empty() {
+        println!(
+            "  roles already there, left exactly as they were: {} (--overwrite-roles gives them the backup's attributes)",
+            names(&report.existing_roles)
+        );
+    }
+    if !report.overwritten_roles.is_empty() {
+        println!("  roles already there, given the backup's attributes: {}", names(&report.overwritten_roles));
+    }
+    println!(
+        "  memberships added: {}, role settings added: {}, tablespaces created: {}",
+        report.memberships_added,
+        report.settings_added,
+        names(&report.tablespaces_created)
+    );
+    if report.header.as_ref().is_some_and(|h| !h.passwords) || !report.without_password.is_empty() {
+        println!(
+            "  roles that can log in but got no password (the backup was taken without role passwords): {} — set them with ALTER ROLE … PASSWORD",
+            names(&report.without_password)
+        );
+    }
+    for p in &report.problems {
+        println!("  problem: {}", esc(p));
+    }
+    let (mut failed, mut restored, mut skipped) = (Vec::new(), 0, 0);
+    for dump in &set.dumps {
+        let db = &dump.info.database;
+        let opts = restore::RestoreOptions {
+            create: true,
+            drop_existing: args.drop_existing,
+            allow_system_db: args.allow_system_db,
+            create_with: Default::default(),
+            load: args.load,
+        };
+        match restore::restore(tools, &open(&dump.backup.name), db, &opts) {
+            Ok(r) => {
+                restored += 1;
+                println!(
+                    "  database {}: restored from {} ({:.1} s; {})",
+                    esc(db),
+                    dump.backup.name,
+                    r.elapsed.as_secs_f64(),
+                    load_summary(&r.check.load)
+                )
+            }
+            // `postgres` of an `EF__DB_NAMES=*` run: the new server has its own.
+            Err(e @ restore::RestoreError::SystemDb { .. }) => {
+                skipped += 1;
+                println!("  database {}: skipped: {e}", esc(db))
+            }
+            Err(e) => {
+                println!("  database {}: FAILED: {e}", esc(db));
+                failed.push(db.clone());
+            }
+        }
+        if let Some(sig) = restore::interrupted_by() {
+            anyhow::bail!("interrupted by signal {sig}; the databases restored so far stay, the one in progress was dropped");
+        }
+    }
+    let skipped = if skipped > 0 { format!(", {skipped} system database(s) skipped") } else { String::new() };
+    if failed.is_empty() {
+        println!("done: the globals and {restored} database(s) restored{skipped}");
+        Ok(std::process::ExitCode::SUCCESS)
+    } else {
+        println!("{} of {} database(s) failed: {}; {restored} restored{skipped}", failed.len(), set.dumps.len(), names(&failed));
+        Ok(std::process::ExitCode::FAILURE)
+    }
+}

@@ -49,13 +49,31 @@ enum Command {
     /// renamed into place.
     Restore {
         /// Backup: a path, a name in EF__BACKUP_DIR, or s3://bucket/key.
-        backup: String,
-        /// BACKUP is a name in the configured bucket (EF__AWS_S3_BACKUP_BUCKET, EF__S3_PREFIX).
+        #[arg(required_unless_present = "all")]
+        backup: Option<String>,
+        /// BACKUP is a name in the configured bucket (EF__AWS_S3_BACKUP_BUCKET, EF__S3_PREFIX);
+        /// with --all, the set is taken from the bucket.
         #[arg(long)]
         from_s3: bool,
         /// Database to restore into.
-        #[arg(long, value_name = "NAME")]
-        target_db: String,
+        #[arg(long, value_name = "NAME", required_unless_present = "all")]
+        target_db: Option<String>,
+        /// Restore a whole run onto this server: its globals (roles, memberships, role settings,
+        /// tablespaces) statement by statement, then every database of the run, each created.
+        #[arg(long, conflicts_with_all = ["backup", "target_db", "create"])]
+        all: bool,
+        /// With --all: the set taken at this time (Unix seconds, as `list --json` shows
+        /// `created_at`); default: the newest complete set.
+        #[arg(long, value_name = "UNIX_SECONDS", requires = "all")]
+        at: Option<i64>,
+        /// With --all: the label of the globals backups (default: EF__DEPLOYMENT_NAME, else
+        /// `pg` and this server's system identifier — give the old server's on a new server).
+        #[arg(long, value_name = "LABEL", requires = "all")]
+        label: Option<String>,
+        /// With --all: roles that exist get the backup's attributes, password, settings and
+        /// comment (by default they are left exactly as they are).
+        #[arg(long, requires = "all")]
+        overwrite_roles: bool,
         /// Create the target database when it does not exist.
         #[arg(long)]
         create: bool,
@@ -272,8 +290,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::from(exit::of_backup(&report)))
         }
-        Command::Restore { backup, from_s3, target_db, create, drop_existing, allow_system_db, props, load } => {
+        Command::Restore { all: true, from_s3, at, label, overwrite_roles, drop_existing, allow_system_db, load, .. } => {
             restore::drop_scratch_on_signal();
+            let policy = load_policy(cli.policy, &config)?;
+            let s3 = s3_store(&config)?;
+            let tools = PgTools::for_server_via(&config.db, config.pg_bin.as_deref(), restore::MAINTENANCE_DB)?;
+            let all = cli::RestoreAll { from_s3, at, label, overwrite_roles, drop_existing, allow_system_db, load: load.options() };
+            let s3 = s3.as_ref().map(|(_, s)| Arc::new(s.clone()) as Arc<dyn ef_backup::store::Mirror>);
+            cli::restore_all(&config, &policy, s3, &tools, all)
+        }
+        Command::Restore { backup, from_s3, target_db, create, drop_existing, allow_system_db, props, load, .. } => {
+            restore::drop_scratch_on_signal();
+            let (Some(backup), Some(target_db)) = (backup, target_db) else { anyhow::bail!("restore needs BACKUP and --target-db, or --all") };
             let s3 = s3_store(&config)?;
             let source = source(&config, s3.as_ref().map(|(_, s)| s), &backup, from_s3)?;
             // The target (EF__DB_NAME by default) may not exist yet: the restore creates it.

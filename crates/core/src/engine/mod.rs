@@ -174,8 +174,9 @@ pub struct Survey {
 /// The server a run backs up: what it holds, and a dump of one file of the run.
 pub trait Server: Sync {
     fn survey(&self, list_databases: bool) -> Result<Survey, BackupError>;
-    /// The dump of `file` (a database, or the globals with or without role passwords).
-    fn source(&self, file: &NameInfo, passwords: bool) -> Result<Box<dyn DumpSource + '_>, BackupError>;
+    /// The dump of `file` (a database, or the globals with or without role passwords; their
+    /// backup lists `databases`, the run's).
+    fn source(&self, file: &NameInfo, passwords: bool, databases: &[String]) -> Result<Box<dyn DumpSource + '_>, BackupError>;
 }
 
 /// The configured PostgreSQL server, through its client tools (found on first use: a run the
@@ -218,7 +219,7 @@ impl Server for PgServer<'_> {
         Ok(Survey { databases, system_identifier, can_read_passwords })
     }
 
-    fn source(&self, file: &NameInfo, passwords: bool) -> Result<Box<dyn DumpSource + '_>, BackupError> {
+    fn source(&self, file: &NameInfo, passwords: bool, databases: &[String]) -> Result<Box<dyn DumpSource + '_>, BackupError> {
         let (database, dumper) = match file.kind {
             BackupKind::Database => (file.database.clone(), Dumper::Database),
             // pg_dumpall starts in the database the user may connect to.
@@ -228,6 +229,7 @@ impl Server for PgServer<'_> {
             tools: self.tools()?,
             database,
             dumper,
+            run_databases: databases.to_vec(),
             timeout: Duration::from_secs(self.config.timeout_secs),
             lock_wait: Duration::from_secs(self.config.lock_wait_timeout_secs),
         }))
@@ -240,6 +242,7 @@ pub struct PgDump<'a> {
     tools: &'a PgTools,
     database: String,
     dumper: Dumper,
+    run_databases: Vec<String>,
     timeout: Duration,
     lock_wait: Duration,
 }
@@ -247,12 +250,18 @@ pub struct PgDump<'a> {
 impl DumpSource for PgDump<'_> {
     /// A database's properties first (one comment line, see `restore::props::header_line`:
     /// a plain dump carries no owner, ACL, settings or comment of the database itself), then
-    /// pg_dump's output.
+    /// pg_dump's output. The globals start with the run's databases
+    /// (`restore::globals::header_line`: what `restore --all` restores with them).
     fn dump(&self, cancel: &Arc<AtomicBool>, mut out: &mut dyn std::io::Write) -> Result<dump::DumpStats, DumpError> {
-        if self.dumper == Dumper::Database {
-            if let Some(line) = self.properties_line() {
-                out.write_all(line.as_bytes()).map_err(DumpError::Write)?;
-            }
+        let first = match self.dumper {
+            Dumper::Database => self.properties_line(),
+            Dumper::Globals { passwords } => Some(crate::restore::globals::header_line(&crate::restore::globals::GlobalsHeader {
+                databases: self.run_databases.clone(),
+                passwords,
+            })),
+        };
+        if let Some(line) = first {
+            out.write_all(line.as_bytes()).map_err(DumpError::Write)?;
         }
         dump::run(self.tools, &self.database, self.dumper, self.timeout, self.lock_wait, cancel, &mut out)
     }
@@ -651,7 +660,7 @@ pub fn run_from(
     let one_at_a_time = config.parallel_dbs <= 1 || databases.len() <= 1;
     let dump_one = |file: &File| -> (RunEntry, u64) {
         let done = server
-            .source(&file.info, plan.globals_passwords)
+            .source(&file.info, plan.globals_passwords, &plan.view.databases)
             .and_then(|source| dump_to_file(config, &plan.view, policy, &*source, &store, s3, file, &opts, opts.progress && one_at_a_time));
         let (outcome, bytes) = match done {
             Ok(d) => {

@@ -78,7 +78,7 @@ impl Server for FakeServer {
         Ok(self.survey.clone())
     }
 
-    fn source(&self, file: &NameInfo, _: bool) -> Result<Box<dyn DumpSource + '_>, BackupError> {
+    fn source(&self, file: &NameInfo, _: bool, _: &[String]) -> Result<Box<dyn DumpSource + '_>, BackupError> {
         self.asked.store(true, Ordering::SeqCst);
         let fail_after = if self.failing.contains(&file.database) { Some(self.data.len() / 2) } else { self.fail_after };
         Ok(Box::new(Scripted { data: self.data.clone(), fail_after }))

@@ -19,6 +19,8 @@ use crate::store::Mirror;
 use crate::util::lock;
 use parallel::{LoadError, LoadOptions, LoadStats, Loader};
 
+pub mod all;
+pub mod globals;
 pub mod props;
 pub mod swap;
 

@@ -1,0 +1,110 @@
+//! `restore --all`: which set to restore onto a new server. A set is the files of one run (they
+//! share the run's time): the globals and the dump of every database the run backed up, which
+//! the globals backup lists in its first line. The newest complete set is the default.
+
+use std::io::BufRead;
+
+use crate::catalog::{recognised, Recognised};
+use crate::model::{BackupKind, PolicyConfig};
+use crate::policy::{Policy, PolicyError};
+use crate::store::StoredBackup;
+
+use super::globals::{parse_header, GlobalsHeader};
+use super::{RestoreError, Source};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetError {
+    #[error("no globals backup of this deployment in {location} (globals label {label:?}){seen} — restore --all starts from a run's globals backup: pass --label with the label of the server the backups came from (EF__DEPLOYMENT_NAME, or `pg` and its system identifier, as in the globals backups' names)")]
+    NoGlobals { location: String, label: String, seen: String },
+    #[error("no set of {location} was taken at {at} (the times of the sets there: {times}); `ef-backup list` shows them")]
+    NoSuchSet { location: String, at: i64, times: String },
+    #[error("the set taken at {at} in {location} is incomplete: no backup of {missing} (the run failed for it, or it was deleted){older}")]
+    Incomplete { location: String, at: i64, missing: String, older: String },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Read(#[from] Box<RestoreError>),
+}
+
+impl From<RestoreError> for SetError {
+    fn from(e: RestoreError) -> SetError {
+        SetError::Read(Box::new(e))
+    }
+}
+
+/// One run's files.
+#[derive(Debug, Clone)]
+pub struct Set {
+    pub run_at: i64,
+    pub globals: Recognised,
+    pub header: Option<GlobalsHeader>,
+    /// The dumps, in the order of the run's database list.
+    pub dumps: Vec<Recognised>,
+}
+
+/// The globals backup's first line, read without reading the rest.
+pub fn header_of(source: &Source) -> Result<Option<GlobalsHeader>, RestoreError> {
+    let mut first = Vec::new();
+    let mut reader = std::io::BufReader::new(super::format_of(source).decoder(source.open()?));
+    std::io::Read::take(&mut reader, 1 << 20)
+        .read_until(b'\n', &mut first)
+        .map_err(|e| super::damaged(source, format!("gzip data is corrupt or truncated ({e})")))?;
+    parse_header(&first).map_err(|r| super::damaged(source, r))
+}
+
+/// The set to restore from `listing` (one store, `location`): the one taken at `at`, or the
+/// newest complete one. `view` names the deployment's databases (may be empty for `*`) and
+/// the globals' label; `open` opens a listed backup.
+pub fn choose(
+    policy: &dyn Policy,
+    view: &PolicyConfig,
+    listing: &[StoredBackup],
+    location: &str,
+    at: Option<i64>,
+    open: &dyn Fn(&str) -> Source,
+) -> Result<Set, SetError> {
+    let label = view.globals_label.clone().unwrap_or_default();
+    let globals: Vec<Recognised> = recognised(policy, view, listing)?.into_iter().filter(|r| r.info.kind == BackupKind::Globals).collect();
+    if globals.is_empty() {
+        // Only a hint for the message: labels of names that look like globals backups.
+        let mut seen: Vec<&str> = listing.iter().filter_map(|b| b.name.split_once("_globals_").map(|(l, _)| l)).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        let seen = if seen.is_empty() { String::new() } else { format!("; globals backups there are labelled {}", seen.join(", ")) };
+        return Err(SetError::NoGlobals { location: location.into(), label, seen });
+    }
+    let candidates: Vec<&Recognised> = match at {
+        Some(t) => {
+            let found: Vec<&Recognised> = globals.iter().filter(|g| g.info.run_at == t).collect();
+            if found.is_empty() {
+                let times: Vec<String> = globals.iter().map(|g| g.info.run_at.to_string()).collect();
+                return Err(SetError::NoSuchSet { location: location.into(), at: t, times: times.join(", ") });
+            }
+            found
+        }
+        None => globals.iter().collect(),
+    };
+    let mut first_incomplete: Option<(i64, String)> = None;
+    for g in candidates {
+        let header = header_of(&open(&g.backup.name))?;
+        // The run's databases as its globals backup lists them, else as configured.
+        let databases = header.as_ref().map_or_else(|| view.databases.clone(), |h| h.databases.clone());
+        let set_view = PolicyConfig { databases: databases.clone(), ..view.clone() };
+        let ours = recognised(policy, &set_view, listing)?;
+        let mut dumps = Vec::new();
+        let mut missing = Vec::new();
+        for db in &databases {
+            match ours.iter().find(|r| r.info.kind == BackupKind::Database && &r.info.database == db && r.info.run_at == g.info.run_at) {
+                Some(r) => dumps.push(r.clone()),
+                None => missing.push(format!("{db:?}")),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(Set { run_at: g.info.run_at, globals: g.clone(), header, dumps });
+        }
+        first_incomplete.get_or_insert((g.info.run_at, missing.join(", ")));
+    }
+    let (at_time, missing) = first_incomplete.unwrap_or_default();
+    let older = if at.is_some() { String::new() } else { "; no older set is complete either".to_string() };
+    Err(SetError::Incomplete { location: location.into(), at: at_time, missing, older })
+}
