@@ -44,13 +44,16 @@ fn the_default_takes_the_globals_with_passwords_beside_the_dump_and_keeps_the_or
     // The same run: the same time in both names.
     assert_eq!(globals[0], dump.replace("ef_glob_default_backup_", &format!("{label}_globals_")));
     let text = String::from_utf8(gunzip(&backups.join(&globals[0]))).unwrap();
-    assert!(text.starts_with("--\n-- PostgreSQL database cluster dump\n--\n"), "{}", &text[..200.min(text.len())]);
+    // ef-backup's line first (the run's databases: what `restore --all` restores), then pg_dumpall's.
+    let (first, body) = text.split_once('\n').unwrap();
+    assert_eq!(first, r#"-- ef-backup globals v1: {"databases":["ef_glob_default"],"passwords":true}"#);
+    assert!(body.starts_with("--\n-- PostgreSQL database cluster dump\n--\n"), "{}", &body[..200.min(body.len())]);
     assert!(text.contains("-- PostgreSQL database cluster dump complete"));
     assert!(text.contains("CREATE ROLE postgres;"));
     assert!(text.contains("PASSWORD 'SCRAM-SHA-256$"), "the superuser takes role passwords");
     assert!(!run.all().contains("without role passwords"), "{}", run.all());
 
-    // `list` shows both; a second run's retention counts the globals as a set of their own.
+    // `list` shows both.
     let listed = ef(db, &backups, &[("EF__BACKUP_GLOBALS", "auto")], &["list", "--json"]);
     assert!(listed.ok(), "{}", listed.all());
     assert!(listed.stdout.contains(&globals[0]) && listed.stdout.contains(dump), "{}", listed.stdout);
