@@ -255,3 +255,83 @@ fn a_cancelled_run_leaves_nothing_behind() {
     assert!(run.mirror.names().is_empty());
     assert_eq!(run.mirror.aborted_uploads().len(), 1);
 }
+
+fn config_with(dir: &Path, extra: &[(&str, &str)]) -> Config {
+    let mut vars: BTreeMap<String, String> = [
+        ("EF__BACKUP_DIR", dir.join("backups").display().to_string()),
+        ("EF__STATE_DIR", dir.join("state").display().to_string()),
+        ("EF__BACKUP_THREADS", "2".to_string()),
+        ("EF__BACKUP_MIN_KEEP", "1".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Config::from_vars(&vars, dir).unwrap()
+}
+
+/// Several databases and the globals: the globals first, each file on its own; the database
+/// whose dump fails keeps every old backup, the others' old ones go.
+#[test]
+fn a_run_of_several_databases_fails_only_the_failing_ones_file_and_keeps_its_old_backups() {
+    let mut run = Run::new(1);
+    run.config = config_with(run._dir.path(), &[("EF__DB_NAMES", "shop,crm,hr"), ("EF__BACKUP_PARALLEL_DBS", "2")]);
+    for db in ["shop", "crm", "hr"] {
+        run.earlier(&format!("{db}_backup_{}.sql.gz", NOW - DAY), NOW - DAY);
+    }
+    run.earlier(&format!("crm_backup_{}.sql.gz", NOW - 2 * DAY), NOW - 2 * DAY);
+    run.earlier(&format!("pg42_globals_{}.sql.gz", NOW - DAY), NOW - DAY);
+    let mut server = FakeServer::new(dump_text(), None);
+    server.failing = vec!["crm".into()];
+    let report = run.backup_from(&server, NOW);
+
+    let BackupOutcome::Several(r) = &report.outcome else { panic!("{:?}", report.outcome) };
+    let got: Vec<(&str, BackupKind, bool)> = r.entries.iter().map(|e| (e.database.as_str(), e.kind, e.outcome.is_ok())).collect();
+    assert_eq!(
+        got,
+        [
+            ("pg42", BackupKind::Globals, true),
+            ("shop", BackupKind::Database, true),
+            ("crm", BackupKind::Database, false),
+            ("hr", BackupKind::Database, true)
+        ]
+    );
+    assert!(!r.succeeded());
+    let names = run.local_names();
+    for written in [format!("shop_backup_{NOW}.sql.gz"), format!("hr_backup_{NOW}.sql.gz"), format!("pg42_globals_{NOW}.sql.gz")] {
+        assert!(names.contains(&written), "{written} in {names:?}");
+    }
+    assert!(!names.iter().any(|n| n.starts_with(&format!("crm_backup_{NOW}"))), "no crm file, no partial: {names:?}");
+    let mut deleted = report.retention.deleted.clone();
+    deleted.sort();
+    let old = |db: &str, infix: &str| format!("{db}_{infix}_{}.sql.gz", NOW - DAY);
+    assert_eq!(deleted, [old("hr", "backup"), old("pg42", "globals"), old("shop", "backup")], "keep 1: the written ones' old backups go");
+    // The policy (keep 1) selects crm's older backup; the run wrote none of crm, so both stay.
+    assert!(names.contains(&old("crm", "backup")) && names.contains(&format!("crm_backup_{}.sql.gz", NOW - 2 * DAY)), "{names:?}");
+}
+
+/// With one database and `EF__BACKUP_GLOBALS=auto`, a globals dump that fails is a note, not a
+/// failure: the original's answer for the database; with `true` the run fails, the dump stands.
+#[test]
+fn a_failed_globals_dump_fails_the_run_only_when_required() {
+    for (mode, fails) in [("auto", false), ("true", true)] {
+        let mut run = Run::new(5);
+        run.config = config_with(run._dir.path(), &[("EF__DB_NAME", "app"), ("EF__BACKUP_GLOBALS", mode)]);
+        let mut server = FakeServer::new(dump_text(), None);
+        server.failing = vec!["pg42".into()];
+        let report = run.backup_from(&server, NOW);
+        let dump = format!("app_backup_{NOW}.sql.gz");
+        assert!(run.local_names().contains(&dump), "{mode}: {:?}", run.local_names());
+        match (&report.outcome, fails) {
+            (BackupOutcome::Done(d), false) => {
+                assert_eq!(d.file_name, dump);
+                assert!(report.notes.iter().any(|n| n.contains("globals backup failed")), "{:?}", report.notes);
+            }
+            (BackupOutcome::Failed(f), true) => {
+                assert!(f.message.contains("globals backup failed") && f.message.contains("was written"), "{}", f.message);
+                assert_eq!(f.file_name.as_deref(), Some(dump.as_str()));
+            }
+            (other, _) => panic!("{mode}: {other:?}"),
+        }
+    }
+}
