@@ -39,6 +39,7 @@ stop_all() {
     rm -f "$d/serve.pid"
   fi
   pg_cluster stop "$d/pg" >/dev/null 2>&1 || true
+  pg_cluster stop "$d/pg2" >/dev/null 2>&1 || true
   "$TESTENV/s3-server.sh" stop "$d-s3" >/dev/null 2>&1 || true
 }
 
@@ -161,6 +162,23 @@ cmd_run() {
   printf '$ EF__DB_NAME= EF__DB_NAMES=%s EF__DB_EXCLUDE=demo_restored ef-backup backup --no-s3\n' "'*'"
   EF__STATE_DIR="$STATE/cli-state" EF__DB_NAME='' EF__DB_NAMES='*' EF__DB_EXCLUDE=demo_restored "$BIN" backup --no-s3 2>/dev/null
   show ls "$backups"
+
+  STEP="disaster recovery"
+  say "Disaster recovery: the server is gone; a second, empty PostgreSQL gets that whole run back with restore --all (roles first, then every database)"
+  local label old_env new_port
+  label="pg$(PGPASSWORD="$EF__DB_PASSWORD" "$PG_BIN/psql" -X -At -h 127.0.0.1 -p "$PG_PORT" -U "$EF__DB_USER" -d postgres -c 'SELECT system_identifier FROM pg_control_system()')"
+  old_env="$(declare -p PG_PORT EF__DB_HOST EF__DB_PORT EF__DB_USER EF__DB_PASSWORD EF__DB_NAME)"
+  start_cluster "$STATE/pg2" "${EF_DEMO_PG2_PORT:-55462}"
+  new_port="$PG_PORT"
+  eval "$old_env"
+  printf '$ EF__DB_PORT=%s EF__DB_NAME= EF__DB_NAMES=%s ef-backup restore --all --label %s\n' "$new_port" "'*'" "$label"
+  EF__STATE_DIR="$STATE/cli-state" EF__DB_PORT="$new_port" EF__DB_NAME='' EF__DB_NAMES='*' "$BIN" restore --all --label "$label" 2>/dev/null
+  say "The new server's databases, and proof that 'demo' there equals its backup (verify: restore into a scratch database, compare every table)"
+  PGPASSWORD="$EF__DB_PASSWORD" "$PG_BIN/psql" -X -h 127.0.0.1 -p "$new_port" -U "$EF__DB_USER" -d postgres \
+    -c "SELECT datname, pg_get_userbyid(datdba) AS owner FROM pg_database WHERE NOT datistemplate ORDER BY 1"
+  local set_dump; set_dump="$(find "$backups" -maxdepth 1 -name 'demo_backup_*.sql.gz' -printf '%f\n' | sort | tail -n 1)"
+  EF__STATE_DIR="$STATE/cli-state" EF__DB_PORT="$new_port" "$BIN" verify "$set_dump" 2>/dev/null
+  pg_cluster stop "$STATE/pg2" >/dev/null 2>&1 || true
 
   STEP="swap the policy"
   say "Swapping in another policy while the service keeps running: grandfather-father-son retention, names with the database in them, English messages"
