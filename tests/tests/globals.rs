@@ -53,6 +53,11 @@ fn the_default_takes_the_globals_with_passwords_beside_the_dump_and_keeps_the_or
     assert!(text.contains("PASSWORD 'SCRAM-SHA-256$"), "the superuser takes role passwords");
     assert!(!run.all().contains("without role passwords"), "{}", run.all());
 
+    // A globals backup is no database to verify or restore: the error says what restores it.
+    let run = ef(db, &backups, &[], &["verify", &globals[0]]);
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    assert!(run.stderr.contains("globals") && run.stderr.contains("restore --all"), "{}", run.stderr);
+
     // `list` shows both.
     let listed = ef(db, &backups, &[("EF__BACKUP_GLOBALS", "auto")], &["list", "--json"]);
     assert!(listed.ok(), "{}", listed.all());

@@ -61,6 +61,8 @@ pub enum RestoreError {
     Open { backup: String, err: String },
     #[error("backup {backup} is damaged: {reason}; nothing was restored — use another backup (ef-backup list)")]
     Damaged { backup: String, reason: String },
+    #[error("backup {backup} holds a server's globals (roles, tablespaces), not a database: `ef-backup restore --all` restores it with the databases of its run")]
+    GlobalsBackup { backup: String },
     #[error("database {db} already exists and is not empty; pass --drop-existing to replace it (the current contents are dropped only after the restore succeeded)")]
     TargetNotEmpty { db: String },
     #[error("database {db} does not exist; pass --create to create it")]
@@ -113,6 +115,9 @@ pub fn scan(source: &Source, mut sink: impl FnMut(&[u8]) -> Result<(), RestoreEr
     // ef-backup's own first line (the database's properties) is not part of the dump: it is
     // read here and never reaches psql or the dump's checks.
     let (first, properties) = first_line(source, &mut gz)?;
+    if matches!(globals::parse_header(&first), Ok(Some(_))) {
+        return Err(RestoreError::GlobalsBackup { backup: source.label() });
+    }
     let mut complete = Completeness::default();
     let mut facts = DumpFacts::default();
     let mut dump_bytes = 0u64;
