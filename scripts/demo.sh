@@ -156,9 +156,11 @@ cmd_run() {
   STEP="whole server"
   say "Backing up the whole server in one run: the roles and tablespaces (pg_dumpall --globals-only) first, then every database on its own (EF__DB_NAMES=*)"
   PGPASSWORD="$EF__DB_PASSWORD" PGOPTIONS='-c client_min_messages=warning' "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U "$EF__DB_USER" -d postgres \
-    -c 'DROP DATABASE IF EXISTS crm WITH (FORCE)' -c 'CREATE DATABASE crm' >/dev/null
+    -c 'DROP DATABASE IF EXISTS crm WITH (FORCE)' -c 'DROP ROLE IF EXISTS crm_owner' \
+    -c "CREATE ROLE crm_owner LOGIN PASSWORD 'crm-demo-pw'" -c "ALTER ROLE crm_owner SET work_mem = '16MB'" \
+    -c 'CREATE DATABASE crm OWNER crm_owner' >/dev/null
   PGPASSWORD="$EF__DB_PASSWORD" "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U "$EF__DB_USER" -d crm \
-    -c "CREATE TABLE contacts AS SELECT i AS id, '联系人 ' || i AS name FROM generate_series(1, 1000) i" >/dev/null
+    -c "CREATE TABLE contacts AS SELECT i AS id, '联系人 ' || i AS name FROM generate_series(1, 1000) i" -c 'ALTER TABLE contacts OWNER TO crm_owner' >/dev/null
   printf '$ EF__DB_NAME= EF__DB_NAMES=%s EF__DB_EXCLUDE=demo_restored ef-backup backup --no-s3\n' "'*'"
   EF__STATE_DIR="$STATE/cli-state" EF__DB_NAME='' EF__DB_NAMES='*' EF__DB_EXCLUDE=demo_restored "$BIN" backup --no-s3 2>/dev/null
   show ls "$backups"
