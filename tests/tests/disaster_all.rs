@@ -91,9 +91,18 @@ fn a_whole_server_comes_back_on_a_brand_new_cluster() {
 
     let backups = dir.path().join("backups");
     let all = [("EF__DB_PORT", old.port.as_str()), ("EF__DB_NAME", ""), ("EF__DB_NAMES", "*"), ("EF__BACKUP_GLOBALS", "true")];
-    let run = ef("unused", &backups, &all, &["backup", "--json"]);
+    let s3 = ef_backup_e2e::s3();
+    let prefix = format!("dr-{}/", std::process::id());
+    let s3_vars = s3.vars(&prefix);
+    let with_s3 = ef_backup_e2e::vars(&s3_vars, &all);
+    let run = ef("unused", &backups, &with_s3, &["backup", "--json"]);
     assert!(run.ok(), "backup: {}", run.all());
-    let label = format!("pg{}", psql_on(&old.port, "postgres", "SELECT system_identifier FROM pg_control_system()"));
+    let sysid = psql_on(&old.port, "postgres", "SELECT system_identifier FROM pg_control_system()");
+    let globals: Vec<String> = ef_backup_e2e::files(&backups).into_iter().filter(|f| f.contains("_globals_")).collect();
+    assert_eq!(globals.len(), 1, "{globals:?}");
+    let label = globals[0].split_once("_globals_").unwrap().0.to_string();
+    assert!(label.starts_with(&format!("pg{sysid}-")), "{label}");
+    // The label-less attempt below looks in the local directory, as an operator would first.
     drop(old); // the server is gone
 
     let new = Cluster::start(&dir.path().join("new"));
@@ -103,7 +112,10 @@ fn a_whole_server_comes_back_on_a_brand_new_cluster() {
     assert_eq!(run.code, Some(1), "{}", run.all());
     assert!(run.stderr.contains("--label") && run.stderr.contains(&label), "{}", run.stderr);
 
-    let run = ef("unused", &backups, &on_new, &["restore", "--all", "--label", &label, "--jobs", "2"]);
+    // From the bucket: the local backup directory is gone with the server.
+    std::fs::remove_dir_all(&backups).unwrap();
+    let on_new_s3 = ef_backup_e2e::vars(&s3_vars, &on_new);
+    let run = ef("unused", &backups, &on_new_s3, &["restore", "--all", "--from-s3", "--label", &label, "--jobs", "2"]);
     assert!(run.ok(), "restore --all: {}", run.all());
     assert!(run.stdout.contains("roles created: ef_crm_owner, ef_reader, ef_shop_owner"), "{}", run.stdout);
     assert!(run.stdout.contains("roles already there, left exactly as they were: postgres"), "{}", run.stdout);
@@ -124,7 +136,7 @@ fn a_whole_server_comes_back_on_a_brand_new_cluster() {
 
     // Again onto the same server: the roles are there and stay as they are; the databases exist.
     psql_on(&new.port, "postgres", "ALTER ROLE ef_reader CONNECTION LIMIT 3");
-    let run = ef("unused", &backups, &on_new, &["restore", "--all", "--label", &label]);
+    let run = ef("unused", &backups, &on_new_s3, &["restore", "--all", "--from-s3", "--label", &label]);
     assert_eq!(run.code, Some(1), "the databases exist: {}", run.all());
     assert!(run.stdout.contains("left exactly as they were: ef_crm_owner, ef_reader, ef_shop_owner, postgres"), "{}", run.stdout);
     assert!(run.stdout.contains("--drop-existing"), "{}", run.stdout);

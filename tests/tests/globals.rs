@@ -6,9 +6,19 @@ use std::path::Path;
 
 use ef_backup_e2e::{backup_json, drop_db, ef, files, gunzip, own_db, psql, psql_on, tempdir, Cluster, Serve};
 
-/// The test server's system identifier: the globals' label is `pg<it>`.
+/// The test server's system identifier: the globals' label is `pg<it>-<selection key>`.
 fn system_identifier() -> String {
     psql("postgres", "SELECT system_identifier FROM pg_control_system()")
+}
+
+/// The label of the one globals backup in `dir`, checked to carry the server's identifier.
+fn label_in(dir: &Path) -> String {
+    let globals = globals_files(dir);
+    assert_eq!(globals.len(), 1, "{:?}", files(dir));
+    let label = globals[0].split_once("_globals_").unwrap().0.to_string();
+    let prefix = format!("pg{}-", system_identifier());
+    assert!(label.starts_with(&prefix) && label.len() == prefix.len() + 8, "{label}");
+    label
 }
 
 fn globals_files(dir: &Path) -> Vec<String> {
@@ -38,9 +48,8 @@ fn the_default_takes_the_globals_with_passwords_beside_the_dump_and_keeps_the_or
     let dump = data["backup_file"].as_str().unwrap();
     assert!(dump.starts_with("ef_glob_default_backup_"), "{dump}");
 
-    let label = format!("pg{}", system_identifier());
+    let label = label_in(&backups);
     let globals = globals_files(&backups);
-    assert_eq!(globals.len(), 1, "{:?}", files(&backups));
     // The same run: the same time in both names.
     assert_eq!(globals[0], dump.replace("ef_glob_default_backup_", &format!("{label}_globals_")));
     let text = String::from_utf8(gunzip(&backups.join(&globals[0]))).unwrap();
@@ -115,7 +124,7 @@ fn several_databases_each_get_their_own_file_and_entry_and_one_failing_fails_onl
     let entries = v["data"]["backups"].as_array().unwrap();
     let who: Vec<(&str, &str, bool)> =
         entries.iter().map(|e| (e["database"].as_str().unwrap(), e["kind"].as_str().unwrap(), e["success"].as_bool().unwrap())).collect();
-    let label = format!("pg{}", system_identifier());
+    let label = label_in(&backups);
     assert_eq!(who, [(label.as_str(), "globals", true), (a, "database", true), (b, "database", true)], "the globals first");
     for e in entries {
         assert!(backups.join(e["backup_file"].as_str().unwrap()).is_file(), "{e}");
@@ -192,7 +201,7 @@ fn the_service_reports_every_database_and_labels_its_metrics() {
         .iter()
         .map(|e| (e["database"].as_str().unwrap().to_string(), e["success"].as_bool().unwrap()))
         .collect();
-    let label = format!("pg{}", system_identifier());
+    let label = label_in(&dir.path().join("backups"));
     assert_eq!(ok, [(label.clone(), true), (a.to_string(), true), (b.to_string(), true), ("ef_multi_serve_gone".to_string(), false)]);
     let metrics = ef_backup_e2e::http(serve.port, "GET", "/metrics", &[], b"").body;
     for (db, kind, success) in [(a, "database", 1), (b, "database", 1), (label.as_str(), "globals", 1), ("ef_multi_serve_gone", "database", 0)] {
@@ -209,6 +218,52 @@ fn the_service_reports_every_database_and_labels_its_metrics() {
     let status = serve.get("/api/ef/v1/backup/status");
     assert!(status.body.contains("ef_multi_serve_gone"), "the last run's message names the failure: {}", status.body);
     for db in [a, b] {
+        drop_db(db);
+    }
+}
+
+/// Two deployments of one server — `EF__DB_NAME=a` and `EF__DB_NAMES=b,c` — share a bucket
+/// prefix and run at the same second, three times, with retention keeping one of each: each
+/// keeps its own globals (their labels differ) and neither deletes or overwrites the other's.
+#[test]
+fn two_deployments_sharing_a_prefix_never_touch_each_others_backups() {
+    let s3 = ef_backup_e2e::s3();
+    let (a, b, c) = (own_db("ef_share_a"), own_db("ef_share_b"), own_db("ef_share_c"));
+    let dir = tempdir();
+    let prefix = "shared-deployments/";
+    let keep_one = [
+        ("EF__BACKUP_GLOBALS", "auto"),
+        ("EF__BACKUP_MIN_KEEP", "1"),
+        ("EF__BACKUP_RETENTION_DAYS", "1"),
+        ("EF__POLICY_S3_KEEP_LAST", "1"),
+        ("EF__POLICY_LOCAL_KEEP_LAST", "1"),
+        ("EF__POLICY_LOCAL_RETENTION_DAYS", "1"),
+    ];
+    let vars = s3.vars(prefix);
+    let names = format!("{b},{c}");
+    let one = ef_backup_e2e::vars(&vars, &keep_one);
+    let mut several = one.clone();
+    several.extend([("EF__DB_NAME", ""), ("EF__DB_NAMES", names.as_str())]);
+    const DAY: i64 = 86_400;
+    let now = 1_762_191_000;
+    for at in [now - 40 * DAY, now - 20 * DAY, now] {
+        let at = at.to_string();
+        let first = ef(a, &dir.path().join("a"), &one, &["backup", "--json", "--now", &at]);
+        let second = ef(a, &dir.path().join("bc"), &several, &["backup", "--json", "--now", &at]);
+        assert!(first.ok() && second.ok(), "{}\n{}", first.all(), second.all());
+    }
+    let mut keys: Vec<String> = serde_json::from_value(s3.probe_json(&["list", &s3.bucket, prefix])).unwrap();
+    keys.sort();
+    let stamp = "20251104_013000";
+    let labels: Vec<String> = keys.iter().filter_map(|k| k.strip_prefix(prefix)?.split_once("_globals_").map(|(l, _)| l.to_string())).collect();
+    assert_eq!(labels.len(), 2, "one globals backup per deployment: {keys:?}");
+    assert_ne!(labels[0], labels[1]);
+    for db in [a, b, c] {
+        assert!(keys.contains(&format!("{prefix}{db}_backup_{stamp}.sql.gz")), "{db} in {keys:?}");
+    }
+    assert!(keys.iter().all(|k| k.contains(stamp)), "each kept only its newest, and only its own went: {keys:?}");
+    assert_eq!(keys.len(), 5, "{keys:?}");
+    for db in [a, b, c] {
         drop_db(db);
     }
 }

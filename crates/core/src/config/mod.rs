@@ -373,9 +373,29 @@ impl Config {
         }
         view.databases = databases;
         if view.globals_label.is_none() {
-            view.globals_label = system_identifier.map(|id| format!("pg{id}"));
+            view.globals_label = system_identifier.map(|id| format!("pg{id}-{}", self.selection_key()));
         }
         view
+    }
+
+    /// Eight hex digits that tell this deployment's database selection apart from another's on
+    /// the same server (`EF__DB_NAME=a` from `EF__DB_NAMES=b,c` from `*`): two deployments of one
+    /// server sharing a directory or prefix each keep their own globals, never the other's.
+    pub fn selection_key(&self) -> String {
+        let canonical = match &self.databases {
+            Databases::One(db) => format!("one\n{db}"),
+            Databases::Listed(dbs) => {
+                let mut dbs = dbs.clone();
+                dbs.sort();
+                format!("list\n{}", dbs.join("\n"))
+            }
+            Databases::All { exclude } => {
+                let mut exclude = exclude.clone();
+                exclude.sort();
+                format!("all\n{}", exclude.join("\n"))
+            }
+        };
+        format!("{:08x}", crate::lock::lock_key(&canonical) as u64 as u32)
     }
 
     /// Whether the configuration names several databases (the run's response lists them all).
@@ -564,7 +584,26 @@ mod tests {
         assert_eq!(c.databases, Databases::All { exclude: vec!["scratch".into(), "tmp".into()] });
         assert_eq!((c.db.name.as_str(), c.policy.databases.len()), ("postgres", 0));
         let resolved = c.policy_resolved(vec!["a".into(), "b".into()], Some("7716"));
-        assert_eq!((resolved.database.as_str(), resolved.globals_label.as_deref()), ("a", Some("pg7716")));
+        assert_eq!(resolved.database, "a");
+        assert_eq!(resolved.globals_label, Some(format!("pg7716-{}", c.selection_key())));
+        // Each selection its own label on the same server; the order of a list does not matter.
+        let keys: Vec<String> = [
+            vec![("EF__DB_NAMES", "a,b")],
+            vec![("EF__DB_NAMES", "b,a")],
+            vec![("EF__DB_NAME", "a")],
+            vec![("EF__DB_NAMES", "a")],
+            vec![("EF__DB_NAMES", "*")],
+            vec![("EF__DB_NAMES", "*"), ("EF__DB_EXCLUDE", "x")],
+        ]
+        .iter()
+        .map(|v| load(v).unwrap().selection_key())
+        .collect();
+        assert_eq!(keys[0], keys[1]);
+        let mut distinct = [&keys[0], &keys[2], &keys[3], &keys[4], &keys[5]].to_vec();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 5, "{keys:?}");
+        assert!(keys.iter().all(|k| k.len() == 8 && k.bytes().all(|c| c.is_ascii_hexdigit())), "{keys:?}");
         let named = load(&[("EF__DEPLOYMENT_NAME", "prod-eu")]).unwrap();
         assert_eq!(named.policy_resolved(vec!["x".into()], Some("7716")).globals_label.as_deref(), Some("prod-eu"));
         for (pairs, var) in [
