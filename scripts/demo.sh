@@ -168,7 +168,8 @@ cmd_run() {
   STEP="disaster recovery"
   say "Disaster recovery: the server is gone; a second, empty PostgreSQL gets that whole run back with restore --all (roles first, then every database)"
   local label old_env new_port
-  label="pg$(PGPASSWORD="$EF__DB_PASSWORD" "$PG_BIN/psql" -X -At -h 127.0.0.1 -p "$PG_PORT" -U "$EF__DB_USER" -d postgres -c 'SELECT system_identifier FROM pg_control_system()')"
+  # The label of that run's globals: the old server's identity, in the name of its globals backup.
+  label="$(basename "$(ls -t "$backups"/*_globals_* | head -n 1)")"; label="${label%%_globals_*}"
   old_env="$(declare -p PG_PORT EF__DB_HOST EF__DB_PORT EF__DB_USER EF__DB_PASSWORD EF__DB_NAME)"
   start_cluster "$STATE/pg2" "${EF_DEMO_PG2_PORT:-55462}"
   new_port="$PG_PORT"
