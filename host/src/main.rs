@@ -225,6 +225,20 @@ impl LoadArgs {
     }
 }
 
+/// The globals backup of the run `source` belongs to, in the same place (directory or bucket).
+fn globals_beside(config: &Config, cli_policy: Option<PathBuf>, source: &restore::Source) -> Option<String> {
+    use ef_backup::store::BackupStore as _;
+    let policy = load_policy(cli_policy, config).ok()?;
+    let (listing, name) = match source {
+        restore::Source::File(path) => {
+            let dir = path.parent()?;
+            (LocalStore::new(dir).list_backups().ok()?, path.file_name()?.to_str()?.to_string())
+        }
+        restore::Source::Store { store, name } => (store.list_backups().ok()?, name.clone()),
+    };
+    ef_backup::catalog::globals_of_run(&policy, &config.policy, &listing, &name)
+}
+
 /// Where a restore/verify reads from: `s3://bucket/key`, a name in the configured bucket
 /// (`--from-s3`), or a local path or name.
 fn source(config: &Config, s3: Option<&S3Store>, backup: &str, from_s3: bool) -> Result<restore::Source> {
@@ -316,7 +330,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ..Default::default()
             };
             let opts = restore::RestoreOptions { create, drop_existing, allow_system_db, create_with, load: load.options() };
-            let report = restore::restore(&tools, &source, &target_db, &opts)?;
+            let report = match restore::restore(&tools, &source, &target_db, &opts) {
+                Ok(r) => r,
+                Err(e @ restore::RestoreError::MissingRoles { .. }) => {
+                    // The roles are in the globals backup of the same run, when there is one beside it.
+                    let hint = globals_beside(&config, cli.policy.clone(), &source).map(|g| {
+                        format!("\nthe globals backup of the same run is {g}: `ef-backup restore --all` restores its roles (and the run's databases)")
+                    });
+                    return Err(anyhow::anyhow!("{e}{}", hint.unwrap_or_default()));
+                }
+                Err(e) => return Err(e.into()),
+            };
             println!(
                 "restored {} into database {} ({} of SQL, {:.1} s; {}){}",
                 source.label(),

@@ -65,6 +65,15 @@ fn a_whole_server_comes_back_on_a_brand_new_cluster() {
     let dir = tempdir();
     let old = Cluster::start(&dir.path().join("old"));
     let sql = |db: &str, s: &str| psql_on(&old.port, db, s);
+    // A tablespace whose directory the new server will not have.
+    let space = dir.path().join("fast-disk");
+    std::fs::create_dir(&space).unwrap();
+    let root = std::process::Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    if root {
+        // The clusters run as the postgres OS user when the tests run as root.
+        assert!(std::process::Command::new("chown").args(["postgres:postgres", space.to_str().unwrap()]).status().unwrap().success());
+    }
+    sql("postgres", &format!("CREATE TABLESPACE ef_fast LOCATION '{}'", space.display()));
     for s in [
         "CREATE ROLE ef_shop_owner LOGIN PASSWORD 'shop-pw'",
         "CREATE ROLE ef_crm_owner LOGIN PASSWORD 'crm-pw' CONNECTION LIMIT 7",
@@ -102,8 +111,9 @@ fn a_whole_server_comes_back_on_a_brand_new_cluster() {
     assert_eq!(globals.len(), 1, "{globals:?}");
     let label = globals[0].split_once("_globals_").unwrap().0.to_string();
     assert!(label.starts_with(&format!("pg{sysid}-")), "{label}");
-    // The label-less attempt below looks in the local directory, as an operator would first.
+    let shop_dump = ef_backup_e2e::files(&backups).into_iter().find(|f| f.starts_with("shop_backup_")).unwrap();
     drop(old); // the server is gone
+    std::fs::rename(&space, dir.path().join("fast-disk-gone")).unwrap();
 
     let new = Cluster::start(&dir.path().join("new"));
     let on_new = [("EF__DB_PORT", new.port.as_str()), ("EF__DB_NAME", ""), ("EF__DB_NAMES", "*")];
@@ -111,6 +121,11 @@ fn a_whole_server_comes_back_on_a_brand_new_cluster() {
     let run = ef("unused", &backups, &on_new, &["restore", "--all"]);
     assert_eq!(run.code, Some(1), "{}", run.all());
     assert!(run.stderr.contains("--label") && run.stderr.contains(&label), "{}", run.stderr);
+    // One database alone: its owner is missing there; the error names the globals of its run.
+    let run = ef("shop", &backups, &[("EF__DB_PORT", new.port.as_str())], &["restore", &shop_dump, "--target-db", "shop", "--create"]);
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    assert!(run.stderr.contains("\"ef_shop_owner\""), "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("the globals backup of the same run is {}", globals[0])), "{}", run.stderr);
 
     // From the bucket: the local backup directory is gone with the server.
     std::fs::remove_dir_all(&backups).unwrap();
@@ -121,7 +136,9 @@ fn a_whole_server_comes_back_on_a_brand_new_cluster() {
     assert!(run.stdout.contains("roles already there, left exactly as they were: postgres"), "{}", run.stdout);
     assert!(run.stdout.contains("database postgres: skipped"), "{}", run.stdout);
     assert!(run.stdout.contains("done: the globals and 2 database(s) restored, 1 system database(s) skipped"), "{}", run.stdout);
-    assert!(!run.stdout.contains("problem:"), "{}", run.stdout);
+    let problems: Vec<&str> = run.stdout.lines().filter(|l| l.contains("problem:")).collect();
+    assert_eq!(problems.len(), 1, "{}", run.stdout);
+    assert!(problems[0].contains("CREATE TABLESPACE ef_fast") && problems[0].contains("create the directory"), "{}", problems[0]);
     let got = server_state(&new.port);
     for ((what, w), (_, g)) in want.iter().zip(&got) {
         assert_eq!(g, w, "{what} differs after restore --all");

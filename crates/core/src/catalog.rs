@@ -175,3 +175,30 @@ mod tests {
         assert_eq!(place.backups[1].backup.name, "app_backup_05.sql.gz");
     }
 }
+
+/// The globals backup of the run `dump` (a database's backup listed in `listing`) belongs to:
+/// its name, when the policy recognises one of the same run beside it. Tried under this
+/// deployment's label first, then under each label a globals name there carries (a restore on
+/// a new server does not know the old server's): the policy decides what a name is.
+pub fn globals_of_run(policy: &dyn Policy, view: &PolicyConfig, listing: &[StoredBackup], dump: &str) -> Option<String> {
+    let mut labels: Vec<Option<String>> = vec![view.globals_label.clone()];
+    for b in listing {
+        if let Some((label, _)) = b.name.split_once("_globals_") {
+            if !labels.iter().any(|l| l.as_deref() == Some(label)) {
+                labels.push(Some(label.to_string()));
+            }
+        }
+    }
+    for label in labels {
+        let v = PolicyConfig { globals_label: label, ..view.clone() };
+        let Ok(Some(info)) = policy.parse_name(&v, dump) else { continue };
+        let found = recognised(policy, &v, listing)
+            .ok()?
+            .into_iter()
+            .find(|r| r.info.kind == crate::model::BackupKind::Globals && r.info.run_at == info.run_at);
+        if let Some(g) = found {
+            return Some(g.backup.name);
+        }
+    }
+    None
+}
