@@ -171,6 +171,9 @@ cmd_run() {
   # The label of that run's globals: the old server's identity, in the name of its globals backup.
   label="$(basename "$(ls -t "$backups"/*_globals_* | head -n 1)")"; label="${label%%_globals_*}"
   old_env="$(declare -p PG_PORT EF__DB_HOST EF__DB_PORT EF__DB_USER EF__DB_PASSWORD EF__DB_NAME)"
+  # Brand-new every time: initdb, nothing in it but its superuser.
+  pg_cluster stop "$STATE/pg2" >/dev/null 2>&1 || true
+  rm -rf "$STATE/pg2"
   start_cluster "$STATE/pg2" "${EF_DEMO_PG2_PORT:-55462}"
   new_port="$PG_PORT"
   eval "$old_env"
