@@ -366,17 +366,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             restore::drop_scratch_on_signal();
             let s3 = s3_store(&config)?;
             let s3 = s3.as_ref().map(|(_, s)| s);
+            // Needed to pick the newest backup, and to tell a named one's database; a named
+            // backup of one database (EF__DB_NAME) verifies without it.
+            let policy = load_policy(cli.policy, &config);
+            let config = Config { policy: engine::resolved_view(&config), ..config };
             let backup = match backup {
                 Some(b) => b,
                 None => {
-                    let policy = load_policy(cli.policy, &config)?;
+                    let policy = policy.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
                     let local = LocalStore::new(&config.backup_dir);
                     let (store, place): (&dyn ef_backup::store::BackupStore, String) = match (from_s3, s3) {
                         (true, Some(s3)) => (s3, s3.url("")),
                         (true, None) => anyhow::bail!("--from-s3, but S3 is not configured"),
                         (false, _) => (&local, config.backup_dir.display().to_string()),
                     };
-                    match catalog::newest(&policy, &config, store, &place) {
+                    match catalog::newest(policy, &config, store, &place) {
                         Err(CatalogError::Empty { location }) => anyhow::bail!("no backups in {location} to verify (run `ef-backup backup` first)"),
                         r => r?.backup.name,
                     }
@@ -384,7 +388,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let source = source(&config, s3, &backup, from_s3)?;
             let tools = PgTools::for_server(&config.db, config.pg_bin.as_deref())?;
-            let report = verify::verify(&tools, &config.db.name, &source, against_dump, load.options())?;
+            // The live database to compare with: the one the backup's name says (several are
+            // backed up with EF__DB_NAMES), else EF__DB_NAME.
+            let file_name = std::path::Path::new(&backup).file_name().and_then(|n| n.to_str()).unwrap_or(&backup);
+            let named = policy.as_ref().ok().and_then(|p| p.parse_name(&config.policy, file_name).ok().flatten());
+            let live = match named {
+                Some(info) if info.kind == ef_backup::model::BackupKind::Database => info.database,
+                _ if config.several_databases() => anyhow::bail!(
+                    "cannot tell which database {backup} is a backup of (its name is not one of this deployment's dumps): \
+                     verify it with EF__DB_NAME set to that database (and EF__DB_NAMES unset)"
+                ),
+                _ => config.db.name.clone(),
+            };
+            let report = verify::verify(&tools, &live, &source, against_dump, load.options())?;
             cli::print_verify(&report, json);
             Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

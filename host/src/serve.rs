@@ -328,6 +328,7 @@ impl Server {
         let grace = Duration::from_secs(config.shutdown_grace_secs);
         let max_connections = config.http_max_connections;
         let service = Service::new(config, Arc::new(policy), s3, state);
+        service.resolve_view_in_background();
         let listener = match listener {
             Some(l) => l,
             None => {

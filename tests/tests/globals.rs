@@ -111,6 +111,8 @@ fn a_user_who_cannot_read_passwords_gets_globals_without_them_and_true_fails_lou
 fn several_databases_each_get_their_own_file_and_entry_and_one_failing_fails_only_its_own() {
     let (a, b, locked) = (own_db("ef_multi_a"), own_db("ef_multi_b"), own_db("ef_multi_locked"));
     let (password, role) = app_role("ef_multi_app", a);
+    // Not the same rows as a: verify must compare each dump with its own database.
+    psql(b, "INSERT INTO t VALUES (0, 'only in b')");
     psql("postgres", &format!("ALTER DATABASE {b} OWNER TO {role}"));
     psql(b, &format!("ALTER TABLE t OWNER TO {role}"));
     // The app role may not connect to this one: its dump fails with permission denied.
@@ -130,6 +132,12 @@ fn several_databases_each_get_their_own_file_and_entry_and_one_failing_fails_onl
         assert!(backups.join(e["backup_file"].as_str().unwrap()).is_file(), "{e}");
     }
     assert_eq!(files(&backups).len(), 3);
+    // verify compares each dump with its own database: the newest (by name, b's), and a's.
+    let a_dump = entries[1]["backup_file"].as_str().unwrap();
+    for args in [vec!["verify"], vec!["verify", a_dump]] {
+        let run = ef(a, &backups, &env, &args);
+        assert!(run.ok(), "{args:?}: {}", run.all());
+    }
 
     // As the app role, with a database it may not connect to: that one fails, the others stand.
     let names = format!("{a},{locked},{b}");
@@ -266,4 +274,28 @@ fn two_deployments_sharing_a_prefix_never_touch_each_others_backups() {
     for db in [a, b, c] {
         drop_db(db);
     }
+}
+
+/// A restarted service counts the globals already on disk before its first run: it asks the
+/// server for their label at start-up.
+#[test]
+fn a_restarted_service_knows_its_globals_before_its_first_run() {
+    let db = own_db("ef_glob_restart");
+    let dir = tempdir();
+    let auto = [("EF__BACKUP_GLOBALS", "auto")];
+    let (run, _) = backup_json(db, &dir.path().join("backups"), &auto, &[]);
+    assert!(run.ok(), "{}", run.all());
+    let label = label_in(&dir.path().join("backups"));
+    let serve = Serve::start(db, dir.path(), &auto);
+    let want = format!("ef_backup_database_backups_on_disk{{database=\"{label}\",kind=\"globals\"}} 1\n");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let metrics = ef_backup_e2e::http(serve.port, "GET", "/metrics", &[], b"").body;
+        if metrics.contains(&want) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{want} never in {metrics}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    drop_db(db);
 }

@@ -122,6 +122,33 @@ pub fn warn_legacy_names(policy: &dyn Policy, config: &Config, place: &str, list
     }
 }
 
+/// The globals backup of the run `dump` (a database's backup listed in `listing`) belongs to:
+/// its name, when the policy recognises one of the same run beside it. Tried under this
+/// deployment's label first, then under each label a globals name there carries (a restore on
+/// a new server does not know the old server's): the policy decides what a name is.
+pub fn globals_of_run(policy: &dyn Policy, view: &PolicyConfig, listing: &[StoredBackup], dump: &str) -> Option<String> {
+    let mut labels: Vec<Option<String>> = vec![view.globals_label.clone()];
+    for b in listing {
+        if let Some((label, _)) = b.name.split_once("_globals_") {
+            if !labels.iter().any(|l| l.as_deref() == Some(label)) {
+                labels.push(Some(label.to_string()));
+            }
+        }
+    }
+    for label in labels {
+        let v = PolicyConfig { globals_label: label, ..view.clone() };
+        let Ok(Some(info)) = policy.parse_name(&v, dump) else { continue };
+        let found = recognised(policy, &v, listing)
+            .ok()?
+            .into_iter()
+            .find(|r| r.info.kind == crate::model::BackupKind::Globals && r.info.run_at == info.run_at);
+        if let Some(g) = found {
+            return Some(g.backup.name);
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -174,31 +201,25 @@ mod tests {
         assert_eq!(place.backups[0].backup.name, "app_backup_5.sql.gz");
         assert_eq!(place.backups[1].backup.name, "app_backup_05.sql.gz");
     }
-}
 
-/// The globals backup of the run `dump` (a database's backup listed in `listing`) belongs to:
-/// its name, when the policy recognises one of the same run beside it. Tried under this
-/// deployment's label first, then under each label a globals name there carries (a restore on
-/// a new server does not know the old server's): the policy decides what a name is.
-pub fn globals_of_run(policy: &dyn Policy, view: &PolicyConfig, listing: &[StoredBackup], dump: &str) -> Option<String> {
-    let mut labels: Vec<Option<String>> = vec![view.globals_label.clone()];
-    for b in listing {
-        if let Some((label, _)) = b.name.split_once("_globals_") {
-            if !labels.iter().any(|l| l.as_deref() == Some(label)) {
-                labels.push(Some(label.to_string()));
-            }
-        }
+    #[test]
+    fn the_globals_of_a_dumps_run_are_found_under_whatever_label_they_carry() {
+        let policy = crate::policy::native::NativePolicy::keeping(1);
+        let listing: Vec<StoredBackup> =
+            ["app_backup_100.sql.gz", "app_backup_200.sql.gz", "pgold-1_globals_100.sql.gz", "pgold-1_globals_300.sql.gz"]
+                .iter()
+                .map(|n| StoredBackup { name: n.to_string(), size_bytes: 1, modified: 0 })
+                .collect();
+        let view = PolicyConfig {
+            database: "app".into(),
+            databases: vec!["app".into()],
+            globals_label: Some("pgnew-2".into()),
+            backup_dir: String::new(),
+            s3: None,
+            settings: vec![],
+        };
+        assert_eq!(globals_of_run(&policy, &view, &listing, "app_backup_100.sql.gz").as_deref(), Some("pgold-1_globals_100.sql.gz"));
+        assert_eq!(globals_of_run(&policy, &view, &listing, "app_backup_200.sql.gz"), None, "no globals of that run");
+        assert_eq!(globals_of_run(&policy, &view, &listing, "other_backup_100.sql.gz"), None, "not a dump of ours");
     }
-    for label in labels {
-        let v = PolicyConfig { globals_label: label, ..view.clone() };
-        let Ok(Some(info)) = policy.parse_name(&v, dump) else { continue };
-        let found = recognised(policy, &v, listing)
-            .ok()?
-            .into_iter()
-            .find(|r| r.info.kind == crate::model::BackupKind::Globals && r.info.run_at == info.run_at);
-        if let Some(g) = found {
-            return Some(g.backup.name);
-        }
-    }
-    None
 }

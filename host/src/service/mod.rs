@@ -171,6 +171,21 @@ impl Service {
         Ok(Some(schedule))
     }
 
+    /// Asks the server, off the async threads, for what the policy's view needs before the first
+    /// run (the globals' label, the databases of `EF__DB_NAMES=*`), so that status and `/metrics`
+    /// count this deployment's globals right after a restart. A run that finishes first wins.
+    pub fn resolve_view_in_background(self: &Arc<Self>) {
+        let svc = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let view = crate::engine::resolved_view(&svc.config);
+            let mut current = lock(&svc.view);
+            if *current == svc.config.policy {
+                *current = view;
+                *lock(&svc.listing) = None;
+            }
+        });
+    }
+
     pub fn set_next_run(&self, at: Option<i64>) {
         *lock(&self.next_run) = at;
     }
