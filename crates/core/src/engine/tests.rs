@@ -280,7 +280,9 @@ fn a_run_of_several_databases_fails_only_the_failing_ones_file_and_keeps_its_old
         run.earlier(&format!("{db}_backup_{}.sql.gz", NOW - DAY), NOW - DAY);
     }
     run.earlier(&format!("crm_backup_{}.sql.gz", NOW - 2 * DAY), NOW - 2 * DAY);
-    run.earlier(&format!("pg42_globals_{}.sql.gz", NOW - DAY), NOW - DAY);
+    // The globals' label: the server's identifier (42) and this deployment's selection key.
+    let label = run.config.policy_resolved(Vec::new(), Some("42")).globals_label.unwrap();
+    run.earlier(&format!("{label}_globals_{}.sql.gz", NOW - DAY), NOW - DAY);
     let mut server = FakeServer::new(dump_text(), None);
     server.failing = vec!["crm".into()];
     let report = run.backup_from(&server, NOW);
@@ -290,7 +292,7 @@ fn a_run_of_several_databases_fails_only_the_failing_ones_file_and_keeps_its_old
     assert_eq!(
         got,
         [
-            ("pg42", BackupKind::Globals, true),
+            (label.as_str(), BackupKind::Globals, true),
             ("shop", BackupKind::Database, true),
             ("crm", BackupKind::Database, false),
             ("hr", BackupKind::Database, true)
@@ -298,14 +300,16 @@ fn a_run_of_several_databases_fails_only_the_failing_ones_file_and_keeps_its_old
     );
     assert!(!r.succeeded());
     let names = run.local_names();
-    for written in [format!("shop_backup_{NOW}.sql.gz"), format!("hr_backup_{NOW}.sql.gz"), format!("pg42_globals_{NOW}.sql.gz")] {
+    for written in [format!("shop_backup_{NOW}.sql.gz"), format!("hr_backup_{NOW}.sql.gz"), format!("{label}_globals_{NOW}.sql.gz")] {
         assert!(names.contains(&written), "{written} in {names:?}");
     }
     assert!(!names.iter().any(|n| n.starts_with(&format!("crm_backup_{NOW}"))), "no crm file, no partial: {names:?}");
     let mut deleted = report.retention.deleted.clone();
     deleted.sort();
     let old = |db: &str, infix: &str| format!("{db}_{infix}_{}.sql.gz", NOW - DAY);
-    assert_eq!(deleted, [old("hr", "backup"), old("pg42", "globals"), old("shop", "backup")], "keep 1: the written ones' old backups go");
+    let mut want = vec![old("hr", "backup"), old(&label, "globals"), old("shop", "backup")];
+    want.sort();
+    assert_eq!(deleted, want, "keep 1: the written ones' old backups go");
     // The policy (keep 1) selects crm's older backup; the run wrote none of crm, so both stay.
     assert!(names.contains(&old("crm", "backup")) && names.contains(&format!("crm_backup_{}.sql.gz", NOW - 2 * DAY)), "{names:?}");
 }
@@ -318,7 +322,7 @@ fn a_failed_globals_dump_fails_the_run_only_when_required() {
         let mut run = Run::new(5);
         run.config = config_with(run._dir.path(), &[("EF__DB_NAME", "app"), ("EF__BACKUP_GLOBALS", mode)]);
         let mut server = FakeServer::new(dump_text(), None);
-        server.failing = vec!["pg42".into()];
+        server.failing = run.config.policy_resolved(Vec::new(), Some("42")).globals_label.into_iter().collect();
         let report = run.backup_from(&server, NOW);
         let dump = format!("app_backup_{NOW}.sql.gz");
         assert!(run.local_names().contains(&dump), "{mode}: {:?}", run.local_names());
