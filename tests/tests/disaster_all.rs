@@ -189,3 +189,53 @@ fn roles_from_a_passwordless_globals_backup_are_listed() {
     assert_eq!(psql_on(&new.port, "app", "SELECT tableowner FROM pg_tables WHERE tablename = 't'"), "ef_app");
     assert_eq!(psql_on(&new.port, "postgres", "SELECT rolpassword IS NULL FROM pg_authid WHERE rolname = 'ef_app'"), "t");
 }
+
+/// A globals backup is untrusted input too: only the statements a globals backup holds run,
+/// one per call; anything else is refused and reported, and a psql meta-command makes the whole
+/// file refused before anything runs.
+#[test]
+fn a_crafted_globals_backup_runs_nothing_but_globals_statements() {
+    let dir = tempdir();
+    let server = Cluster::start(&dir.path().join("pg"));
+    psql_on(&server.port, "postgres", "CREATE DATABASE victim");
+    let marker = dir.path().join("pwned");
+    let write = |name: &str, body: &str| {
+        let backups = dir.path().join("backups");
+        std::fs::create_dir_all(&backups).unwrap();
+        let text = format!(
+            "-- ef-backup globals v1: {{\"databases\":[],\"passwords\":true}}\n--\n-- PostgreSQL database cluster dump\n--\n\n{body}\n--\n-- PostgreSQL database cluster dump complete\n--\n\n"
+        );
+        let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(backups.join(name)).unwrap(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, text.as_bytes()).unwrap();
+        gz.finish().unwrap();
+        backups
+    };
+    let env = [("EF__DB_PORT", server.port.as_str()), ("EF__DEPLOYMENT_NAME", "crafted")];
+    let evil =
+        "CREATE ROLE ef_crafted_ok;\nDROP DATABASE victim;\nCREATE ROLE ef_crafted_super SUPERUSER;\nALTER ROLE postgres WITH PASSWORD 'taken';\n";
+    let backups = write("crafted_globals_20251104_013000.sql.gz", evil);
+    let run = ef("victim", &backups, &env, &["restore", "--all"]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(run.stdout.contains("roles created: ef_crafted_ok"), "{}", run.stdout);
+    let refused = run.stdout.lines().filter(|l| l.contains("problem: refused")).count();
+    assert_eq!(refused, 2, "DROP DATABASE and CREATE ROLE … SUPERUSER are refused: {}", run.stdout);
+    assert_eq!(psql_on(&server.port, "postgres", "SELECT count(*) FROM pg_database WHERE datname = 'victim'"), "1");
+    assert!(!marker.exists());
+    assert_eq!(psql_on(&server.port, "postgres", "SELECT count(*) FROM pg_roles WHERE rolname = 'ef_crafted_super'"), "0");
+    // The superuser exists: its password is left as it was (the suite still logs in with it).
+    assert_eq!(psql_on(&server.port, "postgres", "SELECT 1"), "1");
+
+    // A meta-command or a COPY anywhere: the file is refused before any statement runs.
+    for (body, why) in [
+        (format!("CREATE ROLE ef_crafted_two;\n\\! touch {}\n", marker.display()), "meta-command"),
+        (format!("CREATE ROLE ef_crafted_two;\nCOPY (SELECT 1) TO PROGRAM 'touch {}';\n", marker.display()), "holds a COPY"),
+    ] {
+        std::fs::remove_dir_all(dir.path().join("backups")).unwrap();
+        let backups = write("crafted_globals_20251104_013000.sql.gz", &body);
+        let run = ef("victim", &backups, &env, &["restore", "--all"]);
+        assert_eq!(run.code, Some(1), "{}", run.all());
+        assert!(run.stderr.contains(why), "{}", run.stderr);
+        assert_eq!(psql_on(&server.port, "postgres", "SELECT count(*) FROM pg_roles WHERE rolname = 'ef_crafted_two'"), "0");
+        assert!(!marker.exists());
+    }
+}

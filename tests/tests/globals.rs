@@ -176,6 +176,8 @@ fn every_database_of_a_server_minus_the_excluded() {
         psql_on(&cluster.port, "postgres", &format!("CREATE DATABASE {db}"));
         psql_on(&cluster.port, db, "CREATE TABLE t AS SELECT 1 AS a");
     }
+    // A name that would forge a log line: left out, and said so.
+    psql_on(&cluster.port, "postgres", "CREATE DATABASE \"evil\nERROR forged\"");
     let backups = dir.path().join("b");
     let env = [
         ("EF__DB_PORT", cluster.port.as_str()),
@@ -189,6 +191,7 @@ fn every_database_of_a_server_minus_the_excluded() {
     let mut dbs: Vec<&str> = v["data"]["backups"].as_array().unwrap().iter().map(|e| e["database"].as_str().unwrap()).collect();
     dbs.sort();
     assert_eq!(dbs, ["crm", "postgres", "shop"]);
+    assert!(run.stderr.contains(r#"database "evil\nERROR forged" is not backed up"#), "{}", run.stderr);
     assert_eq!(files(&backups).len(), 3, "{:?}", files(&backups));
 }
 

@@ -535,7 +535,12 @@ fn databases_of(config: &Config, survey: &Survey) -> Result<Vec<String>, BackupE
         Databases::One(db) => Ok(vec![db.clone()]),
         Databases::Listed(dbs) => Ok(dbs.clone()),
         Databases::All { exclude } => {
-            let found: Vec<String> = survey.databases.iter().filter(|d| !exclude.contains(d)).cloned().collect();
+            // A name with control characters would reach logs and file names: such a database
+            // is left out, loudly (rename it to back it up).
+            for odd in survey.databases.iter().filter(|d| d.chars().any(char::is_control)) {
+                tracing::error!("database {odd:?} is not backed up: its name holds control characters; rename it (ALTER DATABASE … RENAME TO …)");
+            }
+            let found: Vec<String> = survey.databases.iter().filter(|d| !exclude.contains(d) && !d.chars().any(char::is_control)).cloned().collect();
             if found.is_empty() {
                 return Err(BackupError::NothingToBackUp(format!(
                     "EF__DB_NAMES=* found no database to back up (the server lists {:?}, EF__DB_EXCLUDE removes {exclude:?}): \

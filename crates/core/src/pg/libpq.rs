@@ -112,6 +112,16 @@ impl Conn {
         self.finish_result(res, STATEMENT_OK)
     }
 
+    /// Runs exactly one statement, over the extended protocol: text that holds several (a
+    /// scanner and the server disagreeing on where one ends) is refused whole by the server.
+    pub fn execute_one(&mut self, sql: &[u8]) -> Result<(), PqError> {
+        self.usable()?;
+        let sql = CString::new(sql).map_err(|_| PqError::Server("the SQL holds a NUL byte".into()))?;
+        // SAFETY: raw is live; sql is NUL-terminated and outlives the call; no parameters.
+        let res = unsafe { ffi::PQexecParams(self.raw, sql.as_ptr(), 0, std::ptr::null(), std::ptr::null(), std::ptr::null(), std::ptr::null(), 0) };
+        self.finish_result(res, STATEMENT_OK)
+    }
+
     /// Runs SQL (one or more statements) and returns the rows of the last one as text (NULL as
     /// an empty string).
     pub fn query(&mut self, sql: &str) -> Result<Vec<Vec<String>>, PqError> {

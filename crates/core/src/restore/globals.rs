@@ -266,7 +266,8 @@ pub fn restore_globals(tools: &PgTools, source: &Source, opts: GlobalsOptions) -
         if !run {
             continue;
         }
-        match conn.execute(sql.as_bytes()) {
+        // One statement per call, as classified: never a second one riding along.
+        match conn.execute_one(sql.as_bytes()) {
             Ok(()) => match stmt {
                 Stmt::CreateRole(role) => report.created_roles.push(role),
                 Stmt::Membership => report.memberships_added += 1,
