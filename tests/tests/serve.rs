@@ -182,6 +182,8 @@ fn concurrent_triggers_give_one_backup_and_409s() {
     assert_eq!(samples["ef_backup_successes_total"], 1.0);
     assert_eq!(samples["ef_backup_backups_on_disk"], 1.0);
     assert!(samples["ef_backup_last_success_timestamp_seconds"] > 1.7e9);
+    let db = sample_db();
+    assert_eq!(samples[&format!("ef_backup_database_last_run_success{{database=\"{db}\",kind=\"database\"}}")], 1.0);
 }
 
 /// Parses the Prometheus text format strictly enough to catch malformed output: comment
@@ -200,10 +202,23 @@ fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
             }
             continue;
         }
-        let (name, value) = line.split_once(' ').unwrap_or_else(|| panic!("bad sample line {line:?}"));
+        // `name value` or `name{label="value",…} value` (a label value may hold spaces).
+        let (sample, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line {line:?}"));
+        let name = match sample.split_once('{') {
+            Some((name, labels)) => {
+                let labels = labels.strip_suffix('}').unwrap_or_else(|| panic!("unterminated labels in {line:?}"));
+                for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+                    let (key, quoted) = pair.split_once("=\"").unwrap_or_else(|| panic!("bad label {pair:?} in {line:?}"));
+                    assert!(key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");
+                    assert!(!quoted.trim_end_matches('"').contains('\n'), "{line}");
+                }
+                name
+            }
+            None => sample,
+        };
         assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");
         assert!(typed.contains(name), "{name} has no TYPE line");
-        out.insert(name.to_string(), value.parse::<f64>().unwrap_or_else(|_| panic!("bad value in {line:?}")));
+        out.insert(sample.to_string(), value.parse::<f64>().unwrap_or_else(|_| panic!("bad value in {line:?}")));
     }
     assert!(!out.is_empty());
     out
