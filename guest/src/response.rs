@@ -169,6 +169,17 @@ struct StatusBody {
     last_run: Option<LastRun>,
     next_run_at: Option<f64>,
     running_backup: Option<String>,
+    /// Per database (and the globals): how many recognised backups, and the newest.
+    databases: Vec<DbStatus>,
+}
+
+#[derive(Serialize)]
+struct DbStatus {
+    database: String,
+    kind: &'static str,
+    count: usize,
+    newest_backup: String,
+    newest_at: f64,
 }
 
 #[derive(Serialize)]
@@ -246,8 +257,28 @@ pub fn status(s: &Status, settings: &Settings) -> HttpResponse {
         }),
         next_run_at: s.next_run.map(|t| t as f64),
         running_backup: s.running.clone(),
+        databases: per_database(&ours),
     };
     json(200, &body)
+}
+
+/// `ours` (newest first) grouped by database and kind, in order of each group's newest backup.
+fn per_database(ours: &[&crate::types::BackupEntry]) -> Vec<DbStatus> {
+    let mut out: Vec<DbStatus> = Vec::new();
+    for b in ours {
+        let kind = kind_label(b.info.kind);
+        match out.iter_mut().find(|d| d.database == b.info.database && d.kind == kind) {
+            Some(d) => d.count += 1,
+            None => out.push(DbStatus {
+                database: b.info.database.clone(),
+                kind,
+                count: 1,
+                newest_backup: b.name.clone(),
+                newest_at: b.info.run_at as f64,
+            }),
+        }
+    }
+    out
 }
 
 /// The databases a message is about, for its subject.
@@ -392,8 +423,36 @@ mod tests {
                 r#""schedule":"每天北京时间 01:00 和 13:00","#,
                 r#""policy":{"path":"/p.wasm","sha256":"ab","wit_version":"0.2.0-draft"},"#,
                 r#""last_run":{"success":true,"backup_file":"euraflow_backup_20251104_010000.sql.gz","message":"ok","started_at":1762189200.0,"finished_at":1762189210.0},"#,
-                r#""next_run_at":1762232400.0,"running_backup":null}"#
+                r#""next_run_at":1762232400.0,"running_backup":null,"#,
+                r#""databases":[{"database":"euraflow","kind":"database","count":2,"newest_backup":"euraflow_backup_20251104_010000.sql.gz","newest_at":1762189200.0}]}"#
             )
+        );
+    }
+
+    #[test]
+    fn status_per_database_counts_each_database_and_the_globals() {
+        let e = |name: &str, database: &str, kind: BackupKind, run_at: i64| BackupEntry {
+            name: name.into(),
+            size_bytes: 1,
+            modified: run_at,
+            info: crate::types::NameInfo { database: database.into(), kind, run_at },
+        };
+        let ours = [
+            e("shop_backup_2", "shop", BackupKind::Database, 2),
+            e("pg1-ab_globals_2", "pg1-ab", BackupKind::Globals, 2),
+            e("crm_backup_1", "crm", BackupKind::Database, 1),
+            e("shop_backup_1", "shop", BackupKind::Database, 1),
+        ];
+        let refs: Vec<&BackupEntry> = ours.iter().collect();
+        let got: Vec<(String, &str, usize, String)> =
+            per_database(&refs).into_iter().map(|d| (d.database, d.kind, d.count, d.newest_backup)).collect();
+        assert_eq!(
+            got,
+            [
+                ("shop".to_string(), "database", 2, "shop_backup_2".to_string()),
+                ("pg1-ab".to_string(), "globals", 1, "pg1-ab_globals_2".to_string()),
+                ("crm".to_string(), "database", 1, "crm_backup_1".to_string())
+            ]
         );
     }
 

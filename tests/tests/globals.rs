@@ -228,6 +228,19 @@ fn the_service_reports_every_database_and_labels_its_metrics() {
     );
     let status = serve.get("/api/ef/v1/backup/status");
     assert!(status.body.contains("ef_multi_serve_gone"), "the last run's message names the failure: {}", status.body);
+    // The default policy's status lists each database and the globals with their newest backup.
+    let v: serde_json::Value = serde_json::from_str(&status.body).unwrap();
+    let mut per: Vec<(String, String, u64)> = v["databases"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", status.body))
+        .iter()
+        .map(|d| (d["database"].as_str().unwrap().to_string(), d["kind"].as_str().unwrap().to_string(), d["count"].as_u64().unwrap()))
+        .collect();
+    per.sort();
+    let mut want =
+        vec![(a.to_string(), "database".to_string(), 1), (b.to_string(), "database".to_string(), 1), (label.clone(), "globals".to_string(), 1)];
+    want.sort();
+    assert_eq!(per, want, "{}", status.body);
     for db in [a, b] {
         drop_db(db);
     }

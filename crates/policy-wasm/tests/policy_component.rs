@@ -175,7 +175,8 @@ fn status_bytes() {
         r#""s3":{"enabled":true,"bucket":"your-backup-bucket-name","region":"us-east-1","retention_days":30},"#,
         r#""schedule":"每天北京时间 01:00 和 13:00","#,
         &format!(r#""policy":{{"path":{},"sha256":"{}","wit_version":"0.2.0-draft"}},"#, serde_json::json!(loaded.path), loaded.sha256),
-        r#""last_run":null,"next_run_at":null,"running_backup":null}"#,
+        r#""last_run":null,"next_run_at":null,"running_backup":null,"#,
+        r#""databases":[{"database":"euraflow","kind":"database","count":1,"newest_backup":"euraflow_backup_20251104_130000.sql.gz","newest_at":1762232400.0}]}"#,
     ]
     .concat();
     assert_eq!(r.body, want);
