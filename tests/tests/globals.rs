@@ -315,3 +315,31 @@ fn a_restarted_service_knows_its_globals_before_its_first_run() {
     }
     drop_db(db);
 }
+
+/// A server that will not tell its system identifier (a managed service restricting
+/// pg_control_system) costs the globals their label — said in the log — and never the run;
+/// with EF__DEPLOYMENT_NAME they are taken all the same.
+#[test]
+fn a_server_that_hides_its_identity_never_fails_the_run() {
+    let dir = tempdir();
+    let cluster = Cluster::start(&dir.path().join("pg"));
+    for s in ["CREATE ROLE ef_hidden LOGIN PASSWORD 'hidden-pw'", "CREATE DATABASE app OWNER ef_hidden"] {
+        psql_on(&cluster.port, "postgres", s);
+    }
+    // Function privileges are per database: in the one ef-backup connects to.
+    psql_on(&cluster.port, "app", "REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC");
+    let base =
+        [("EF__DB_PORT", cluster.port.as_str()), ("EF__DB_USER", "ef_hidden"), ("EF__DB_PASSWORD", "hidden-pw"), ("EF__BACKUP_GLOBALS", "auto")];
+    let backups = dir.path().join("b");
+    let (run, v) = backup_json("app", &backups, &base, &[]);
+    assert!(run.ok(), "{}", run.all());
+    assert_eq!(v["success"], true);
+    assert!(run.stderr.contains("did not tell its system identifier"), "{}", run.stderr);
+    assert!(globals_files(&backups).is_empty(), "{:?}", files(&backups));
+
+    let mut named = base.to_vec();
+    named.push(("EF__DEPLOYMENT_NAME", "hidden"));
+    let (run, _) = backup_json("app", &backups, &named, &["--now", "1762191000"]);
+    assert!(run.ok(), "{}", run.all());
+    assert_eq!(globals_files(&backups), ["hidden_globals_20251104_013000.sql.gz"]);
+}
