@@ -337,6 +337,11 @@ fn a_server_that_hides_its_identity_never_fails_the_run() {
     assert!(run.stderr.contains("did not tell its system identifier"), "{}", run.stderr);
     assert!(globals_files(&backups).is_empty(), "{:?}", files(&backups));
 
+    // Nor may the user connect anywhere but its own database (pg_dumpall starts in `postgres`
+    // unless told otherwise).
+    for db in ["postgres", "template1"] {
+        psql_on(&cluster.port, "postgres", &format!("REVOKE CONNECT ON DATABASE {db} FROM PUBLIC"));
+    }
     let mut named = base.to_vec();
     named.push(("EF__DEPLOYMENT_NAME", "hidden"));
     let (run, _) = backup_json("app", &backups, &named, &["--now", "1762191000"]);

@@ -324,7 +324,9 @@ pub fn run(
             command.args(["--format=plain", "--no-password", &format!("--lock-wait-timeout={}ms", lock_wait.as_millis())]);
         }
         Dumper::Globals { passwords } => {
-            command.args(["--globals-only", "--no-password"]);
+            // pg_dumpall ignores the dbname of `-d` and starts in `postgres` (or template1),
+            // which a user of one database may not connect to: start in that database.
+            command.args(["--globals-only", "--no-password", "-l", database]);
             if !passwords {
                 command.arg("--no-role-passwords");
             }
