@@ -714,6 +714,13 @@ pub fn run_from(
                 tracing::warn!("the globals backup failed; EF__BACKUP_GLOBALS=auto does not fail the run for it");
                 notes.push(format!("the globals backup failed (EF__BACKUP_GLOBALS=auto does not fail the run for it): {}", f.message))
             }
+            // With one database the response shows only its dump's upload: say this one's.
+            Ok(d) if entry.kind == BackupKind::Globals && !config.several_databases() => {
+                if let S3Outcome::Failed(why) = &d.s3 {
+                    notes.push(format!("the globals backup's S3 upload failed (the local copy stands): {why}"));
+                }
+                entries.push(entry)
+            }
             _ => entries.push(entry),
         }
     }

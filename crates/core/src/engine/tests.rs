@@ -339,3 +339,15 @@ fn a_failed_globals_dump_fails_the_run_only_when_required() {
         }
     }
 }
+
+/// With one database the response shows its dump's upload only: the globals' failed upload is
+/// said in the run's notes (and so in its status message).
+#[test]
+fn a_failed_globals_upload_is_noted_when_one_database_is_backed_up() {
+    let mut run = Run::new(5);
+    run.config = config_with(run._dir.path(), &[("EF__DB_NAME", "app"), ("EF__BACKUP_GLOBALS", "auto")]);
+    run.mirror.fail_uploads.store(true, Ordering::SeqCst);
+    let report = run.backup_from(&FakeServer::new(dump_text(), None), NOW);
+    assert!(matches!(&report.outcome, BackupOutcome::Done(d) if matches!(d.s3, S3Outcome::Failed(_))), "{:?}", report.outcome);
+    assert!(report.notes.iter().any(|n| n.contains("globals backup's S3 upload failed")), "{:?}", report.notes);
+}
