@@ -178,7 +178,7 @@ fn every_database_of_a_server_minus_the_excluded() {
     }
     // A name that would forge a log line: left out, and said so.
     psql_on(&cluster.port, "postgres", "CREATE DATABASE \"evil\nERROR forged\"");
-    let backups = dir.path().join("b");
+    let backups = dir.path().join("backups");
     let env = [
         ("EF__DB_PORT", cluster.port.as_str()),
         ("EF__DB_NAME", ""),
@@ -193,6 +193,22 @@ fn every_database_of_a_server_minus_the_excluded() {
     assert_eq!(dbs, ["crm", "postgres", "shop"]);
     assert!(run.stderr.contains(r#"database "evil\nERROR forged" is not backed up"#), "{}", run.stderr);
     assert_eq!(files(&backups).len(), 3, "{:?}", files(&backups));
+
+    // The service starts with `*` (its policy check samples a database it can name) and, once it
+    // has asked the server, counts every database's backups.
+    let serve = Serve::start("unused", dir.path(), &env);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let metrics = ef_backup_e2e::http(serve.port, "GET", "/metrics", &[], b"").body;
+        if ["crm", "postgres", "shop"]
+            .iter()
+            .all(|db| metrics.contains(&format!("ef_backup_database_backups_on_disk{{database=\"{db}\",kind=\"database\"}} 1\n")))
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// The service answers a run of several databases with every entry, and `/metrics` carries a
