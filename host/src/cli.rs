@@ -228,13 +228,10 @@ pub fn restore_all(
         }
     };
     // The old server's label: given, configured, or (restoring onto the same server) this one's.
-    let mut view = match &args.label {
+    let view = match &args.label {
         Some(label) => crate::model::PolicyConfig { globals_label: Some(label.clone()), ..config.policy.clone() },
         None => crate::engine::resolved_view(config),
     };
-    if view.globals_label.is_none() {
-        view.globals_label = args.label.clone();
-    }
     let set = all::choose(policy, &view, &listing, &location, args.at, &*open)?;
     println!(
         "restoring the set taken at {} ({}) from {location}: globals {}, then {} database(s)",
@@ -262,11 +259,10 @@ pub fn restore_all(
         report.settings_added,
         names(&report.tablespaces_created)
     );
-    if report.header.as_ref().is_some_and(|h| !h.passwords) || !report.without_password.is_empty() {
-        println!(
-            "  roles that can log in but got no password (the backup was taken without role passwords): {} — set them with ALTER ROLE … PASSWORD",
-            names(&report.without_password)
-        );
+    let taken_without = report.header.as_ref().is_some_and(|h| !h.passwords);
+    if taken_without || !report.without_password.is_empty() {
+        let why = if taken_without { "the backup was taken without role passwords" } else { "they had none in the backup" };
+        println!("  roles that can log in but got no password ({why}): {} — set them with ALTER ROLE … PASSWORD", names(&report.without_password));
     }
     for p in &report.problems {
         println!("  problem: {}", esc(p));
