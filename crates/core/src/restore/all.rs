@@ -108,3 +108,62 @@ pub fn choose(
     let older = if at.is_some() { String::new() } else { "; no older set is complete either".to_string() };
     Err(SetError::Incomplete { location: location.into(), at: at_time, missing, older })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::native::NativePolicy;
+
+    /// A backup directory: globals under `srv` with their run's database list, and dumps.
+    fn dir(globals: &[(i64, &[&str])], dumps: &[(&str, i64)]) -> (tempfile::TempDir, Vec<StoredBackup>) {
+        let d = tempfile::tempdir().unwrap();
+        let mut listing = Vec::new();
+        let mut put = |name: String, text: String| {
+            let mut enc = crate::codec::Format::Gzip.encoder(Vec::new(), 1, 1, Default::default());
+            std::io::Write::write_all(&mut enc, text.as_bytes()).unwrap();
+            std::fs::write(d.path().join(&name), enc.finish().unwrap()).unwrap();
+            listing.push(StoredBackup { name, size_bytes: 1, modified: 0 });
+        };
+        for (t, dbs) in globals {
+            let header = GlobalsHeader { databases: dbs.iter().map(|s| s.to_string()).collect(), passwords: true };
+            put(format!("srv_globals_{t}.sql.gz"), super::super::globals::header_line(&header));
+        }
+        for (db, t) in dumps {
+            put(format!("{db}_backup_{t}.sql.gz"), "--\n".into());
+        }
+        (d, listing)
+    }
+
+    fn view(label: &str) -> PolicyConfig {
+        PolicyConfig {
+            database: "a".into(),
+            databases: vec!["a".into()],
+            globals_label: Some(label.into()),
+            backup_dir: String::new(),
+            s3: None,
+            settings: vec![],
+        }
+    }
+
+    #[test]
+    fn the_newest_complete_set_or_the_one_asked_for() {
+        let policy = NativePolicy::keeping(1);
+        // Run 100 backed up a and b, but b's dump is gone; run 50 is whole.
+        let (d, listing) = dir(&[(100, &["a", "b"]), (50, &["a", "b"])], &[("a", 100), ("a", 50), ("b", 50)]);
+        let open = |name: &str| Source::File(d.path().join(name));
+        let choose_at = |at| choose(&policy, &view("srv"), &listing, "here", at, &open);
+
+        let set = choose_at(None).unwrap();
+        assert_eq!(set.run_at, 50, "100 is incomplete");
+        assert_eq!(set.dumps.iter().map(|r| r.backup.name.as_str()).collect::<Vec<_>>(), ["a_backup_50.sql.gz", "b_backup_50.sql.gz"]);
+        assert_eq!(set.header.unwrap().databases, ["a", "b"], "the run's list, not only the configured database");
+
+        let err = choose_at(Some(100)).unwrap_err().to_string();
+        assert!(err.contains("incomplete") && err.contains("\"b\""), "{err}");
+        let err = choose_at(Some(7)).unwrap_err().to_string();
+        assert!(err.contains("taken at 7") && err.contains("100, 50"), "{err}");
+        // Under another label there is nothing: the error names the labels that are there.
+        let err = choose(&policy, &view("other"), &listing, "here", None, &open).unwrap_err().to_string();
+        assert!(err.contains("labelled srv") && err.contains("--label"), "{err}");
+    }
+}
