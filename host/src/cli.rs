@@ -75,25 +75,32 @@ pub fn print_list(places: &[Place], json: bool) {
                 p.backups.iter().map(move |r| {
                     serde_json::json!({"name": r.backup.name, "location": p.target.id(),
                         "url": format!("{}{}{}", p.location, if p.target == Target::S3 || p.location.ends_with('/') { "" } else { "/" }, r.backup.name),
-                        "size_bytes": r.backup.size_bytes, "created_at": r.info.run_at, "modified_at": r.backup.modified})
+                        "size_bytes": r.backup.size_bytes, "created_at": r.info.run_at, "modified_at": r.backup.modified,
+                        "format": format_of(&r.backup.name).map(|f| f.id()),
+                        "encrypted": format_of(&r.backup.name).map(|f| f.encrypted)})
                 })
             })
             .collect();
         println!("{}", serde_json::Value::Array(rows));
         return;
     }
-    println!("{:<48} {:>12}  {:<24} where", "backup", "size", "created");
+    println!("{:<48} {:>12}  {:<24} {:<9} where", "backup", "size", "created", "format");
     for p in places {
         for r in &p.backups {
-            println!("{:<48} {:>12}  {:<24} {}", r.backup.name, mb(r.backup.size_bytes), format_time(r.info.run_at), p.target.id());
+            let format = format_of(&r.backup.name).map_or_else(|| "?".to_string(), |f| f.describe());
+            println!("{:<48} {:>12}  {:<24} {:<9} {}", r.backup.name, mb(r.backup.size_bytes), format_time(r.info.run_at), format, p.target.id());
         }
     }
     for p in places {
         println!("{} backup(s) in {}", p.backups.len(), p.location);
     }
     if foreign > 0 {
-        println!("({foreign} other *.sql.gz file(s) there are not this policy's and are left alone)");
+        println!("({foreign} other backup file(s) there are not this policy's and are left alone)");
     }
+}
+
+fn format_of(name: &str) -> Option<crate::codec::Format> {
+    crate::codec::Format::of_name(name)
 }
 
 /// A backup argument: an existing path, or a file name in the backup directory.
@@ -214,17 +221,18 @@ pub fn restore_all(
     use crate::store::local::LocalStore;
     use crate::store::BackupStore;
     let local = LocalStore::new(&config.backup_dir);
+    let keys = config.keys.clone();
     let (listing, location, open): (Vec<crate::store::StoredBackup>, String, Opener) = match (args.from_s3, &s3) {
         (true, None) => anyhow::bail!("--from-s3, but S3 is not configured"),
         (true, Some(s3)) => {
             let store = std::sync::Arc::clone(s3);
             let listing = s3.list_backups().map_err(|e| anyhow::anyhow!("{}: could not be listed: {e}", s3.url("")))?;
-            (listing, s3.url(""), Box::new(move |name: &str| Source::Store { store: std::sync::Arc::clone(&store), name: name.to_string() }))
+            (listing, s3.url(""), Box::new(move |name: &str| Source::store(std::sync::Arc::clone(&store), name, &keys)))
         }
         (false, _) => {
             let listing = local.list_backups().map_err(|e| anyhow::anyhow!("{}: could not be listed: {e}", config.backup_dir.display()))?;
             let dir = config.backup_dir.clone();
-            (listing, dir.display().to_string(), Box::new(move |name: &str| Source::File(dir.join(name))))
+            (listing, dir.display().to_string(), Box::new(move |name: &str| Source::file(dir.join(name), &keys)))
         }
     };
     // The old server's label: given, configured, or (restoring onto the same server) this one's.

@@ -213,6 +213,10 @@ struct LoadArgs {
     /// Leave out the dump's GRANT/REVOKE statements (privileges stay the restoring role's defaults).
     #[arg(long)]
     no_privileges: bool,
+    /// age identity file (from `age-keygen`) that decrypts encrypted backups; overrides
+    /// EF__BACKUP_AGE_IDENTITY_FILE.
+    #[arg(long, value_name = "FILE")]
+    identity: Option<PathBuf>,
 }
 
 impl LoadArgs {
@@ -229,12 +233,12 @@ impl LoadArgs {
 fn globals_beside(config: &Config, cli_policy: Option<PathBuf>, source: &restore::Source) -> Option<String> {
     use ef_backup::store::BackupStore as _;
     let policy = load_policy(cli_policy, config).ok()?;
-    let (listing, name) = match source {
-        restore::Source::File(path) => {
+    let (listing, name) = match &source.origin {
+        restore::Origin::File(path) => {
             let dir = path.parent()?;
             (LocalStore::new(dir).list_backups().ok()?, path.file_name()?.to_str()?.to_string())
         }
-        restore::Source::Store { store, name } => (store.list_backups().ok()?, name.clone()),
+        restore::Origin::Store { store, name } => (store.list_backups().ok()?, name.clone()),
     };
     ef_backup::catalog::globals_of_run(&policy, &config.policy, &listing, &name)
 }
@@ -245,16 +249,22 @@ fn source(config: &Config, s3: Option<&S3Store>, backup: &str, from_s3: bool) ->
     let need_s3 = || s3.cloned().context("S3 is not configured: set EF__AWS_ACCESS_KEY_ID, EF__AWS_SECRET_ACCESS_KEY and EF__AWS_S3_BACKUP_BUCKET");
     if backup.starts_with("s3://") {
         let (bucket, key) = s3::parse_url(backup).with_context(|| format!("{backup:?} is not an s3://bucket/key URL"))?;
-        return Ok(restore::Source::Store { store: Arc::new(need_s3()?.in_bucket(bucket)), name: key.to_string() });
+        return Ok(restore::Source::store(Arc::new(need_s3()?.in_bucket(bucket)), key, &config.keys));
     }
     if from_s3 {
-        return Ok(restore::Source::Store { store: Arc::new(need_s3()?), name: backup.to_string() });
+        return Ok(restore::Source::store(Arc::new(need_s3()?), backup, &config.keys));
     }
-    Ok(restore::Source::File(cli::resolve_backup(config, backup)?))
+    Ok(restore::Source::file(cli::resolve_backup(config, backup)?, &config.keys))
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let config = Config::load(cli.env_file.as_deref()).context("invalid configuration")?;
+    let mut config = Config::load(cli.env_file.as_deref()).context("invalid configuration")?;
+    if let Command::Restore { load, .. } | Command::Verify { load, .. } = &cli.command {
+        if let Some(path) = &load.identity {
+            config.keys = ef_backup::codec::Keys::from_file(std::path::absolute(path).unwrap_or_else(|_| path.clone()));
+        }
+    }
+    let config = config;
     init_logging(config.log_format);
     for w in &config.warnings {
         tracing::warn!("{w}");

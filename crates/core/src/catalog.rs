@@ -76,7 +76,7 @@ pub const LEGACY_PREFIX: &str = "euraflow_backup_";
 pub fn legacy_notice(policy: &dyn Policy, config: &Config, place: &str, listing: &[StoredBackup]) -> Option<String> {
     let legacy: Vec<BackupEntry> = listing
         .iter()
-        .filter(|b| b.name.starts_with(LEGACY_PREFIX) && Format::of_name(&b.name) == Some(Format::Gzip))
+        .filter(|b| b.name.starts_with(LEGACY_PREFIX) && Format::of_name(&b.name) == Some(Format::GZIP))
         .map(BackupEntry::from)
         .collect();
     if legacy.is_empty() {
@@ -217,6 +217,7 @@ mod tests {
             backup_dir: String::new(),
             s3: None,
             settings: vec![],
+            format: crate::codec::Format::GZIP,
         };
         assert_eq!(globals_of_run(&policy, &view, &listing, "app_backup_100.sql.gz").as_deref(), Some("pgold-1_globals_100.sql.gz"));
         assert_eq!(globals_of_run(&policy, &view, &listing, "app_backup_200.sql.gz"), None, "no globals of that run");

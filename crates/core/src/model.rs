@@ -23,6 +23,8 @@ pub struct PolicyConfig {
     pub s3: Option<PolicyS3Config>,
     /// `EF__POLICY_<NAME>` → (`name` in lower case, value), in a stable order.
     pub settings: Vec<(String, String)>,
+    /// The format new backups are written in: their names end with its suffix.
+    pub format: crate::codec::Format,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -273,6 +273,12 @@ impl Policy for WasmPolicy {
     fn name_file(&self, config: &PolicyConfig, file: &NameInfo) -> Result<String, PolicyError> {
         let name = self.call("backup-name", |p, s| p.calls().name_file(s, config, file))?;
         validate_name(&name).map_err(|reason| self.bad("backup-name", format!("{name:?}: {reason}")))?;
+        // Restore and verify decode a backup by its name: it must say the format it is in.
+        if !name.ends_with(config.format.suffix()) {
+            return Err(
+                self.bad("backup-name", format!("{name:?} does not end with {:?}, the suffix of the backups being written", config.format.suffix()))
+            );
+        }
         Ok(name)
     }
 

@@ -37,9 +37,8 @@ impl BackupPolicyImports for State {
     }
 }
 
-/// The only format the host writes today.
-fn gzip() -> wit::Format {
-    wit::Format { suffix: ".sql.gz".into(), codec: "gzip".into(), encrypted: false }
+fn format(f: ef_backup_core::codec::Format) -> wit::Format {
+    wit::Format { suffix: f.suffix().into(), codec: f.id().into(), encrypted: f.encrypted }
 }
 
 fn context(now: i64) -> wit::Context {
@@ -177,7 +176,7 @@ impl<'a> Calls<'a> {
     }
 
     pub fn name_file(&self, store: &mut Store<State>, c: &model::PolicyConfig, file: &model::NameInfo) -> wasmtime::Result<String> {
-        let request = wit::NameRequest { database: file.database.clone(), kind: kind(file.kind), format: gzip(), run_at: file.run_at };
+        let request = wit::NameRequest { database: file.database.clone(), kind: kind(file.kind), format: format(c.format), run_at: file.run_at };
         run_until(self.deadline, self.exports.call_backup_name(store, context(file.run_at), &config(c), &request))
     }
 

@@ -36,6 +36,7 @@ fn config(s3_days: Option<u32>, settings: &[(&str, &str)]) -> PolicyConfig {
             retention_days: d,
         }),
         settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        format: ef_backup_core::codec::Format::GZIP,
     }
 }
 
@@ -66,6 +67,19 @@ fn names_round_trip() {
     assert_eq!(p.parse_name(&c, "euraflow_backup_20251104_013000.sql.gz").unwrap(), Some(policy::NameInfo::dump("euraflow", NOW)));
     for foreign in ["notes.sql.gz", "euraflow_backup_20251104_013000.sql.gz.partial", "euraflow_backup_2025.sql.gz"] {
         assert_eq!(p.parse_name(&c, foreign).unwrap(), None, "{foreign}");
+    }
+}
+
+/// The host tells the policy the format; the default policy's names end with its suffix and
+/// are recognised again, whatever the format.
+#[test]
+fn names_carry_every_formats_suffix() {
+    let p = load();
+    for format in ef_backup_core::codec::FORMATS {
+        let c = PolicyConfig { format: *format, ..config(None, &[]) };
+        let name = p.backup_name(&c, NOW).unwrap();
+        assert_eq!(name, format!("euraflow_backup_20251104_013000{}", format.suffix()));
+        assert_eq!(p.parse_name(&c, &name).unwrap(), Some(policy::NameInfo::dump("euraflow", NOW)), "{name}");
     }
 }
 

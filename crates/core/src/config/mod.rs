@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::codec::{Codec, EncodeSettings, Format, Keys, Recipients};
 use crate::model::{PolicyConfig, PolicyS3Config};
 
 /// A value that must never be printed: `Debug` and `Display` show `***`.
@@ -115,6 +116,17 @@ pub struct Config {
     /// `EF__BACKUP_RETENTION_DAYS`: S3 retention, passed to the policy.
     pub retention_days: u32,
     pub gzip_level: u32,
+    /// `EF__BACKUP_FORMAT` (gzip, the default, or zstd) and, with `EF__BACKUP_AGE_RECIPIENTS`,
+    /// encrypted: the format every new backup is written in.
+    pub format: Format,
+    /// `EF__BACKUP_ZSTD_LEVEL`.
+    pub zstd_level: u32,
+    /// `EF__BACKUP_AGE_RECIPIENTS`: the age public keys backups are encrypted to (inline, or a
+    /// file of them); empty for no encryption.
+    pub age_recipients: Recipients,
+    /// `EF__BACKUP_AGE_IDENTITY_FILE`: where restore and verify find the private key (a CLI
+    /// `--identity` overrides it).
+    pub keys: Keys,
     /// Compression threads; 0 means one per CPU.
     pub threads: usize,
     pub timeout_secs: u64,
@@ -147,6 +159,8 @@ pub struct Config {
 /// whose output is smaller than `gzip -9`'s by a margin (2% on pgbench data, 4% on the mixed
 /// app schema); levels 1-2 are larger than `gzip -9`, 3 is close, 9 is larger again.
 pub const DEFAULT_GZIP_LEVEL: u32 = 4;
+/// zstd's own default: measured with bench/backup.sh --formats (README, "Performance").
+pub const DEFAULT_ZSTD_LEVEL: u32 = 3;
 pub const DEFAULT_TIMEOUT_SECS: u64 = 4 * 3600;
 pub const DEFAULT_MIN_KEEP: u32 = 3;
 pub const DEFAULT_LOCK_WAIT_TIMEOUT_SECS: u64 = 300;
@@ -200,6 +214,7 @@ impl Config {
                 retention_days: self.retention_days,
             }),
             settings: self.policy_settings.clone(),
+            format: self.format,
         }
     }
 
@@ -285,6 +300,33 @@ impl Config {
             Some(dir) => absolute(dir.trim()),
             None => default_state_dir(&v, &cwd.join(".ef-backup-state")),
         };
+        let age_recipients = match v.get("EF__BACKUP_AGE_RECIPIENTS").map(str::trim) {
+            None => Recipients::default(),
+            // Inline keys start like one; anything else names a recipients file.
+            Some(keys) if keys.starts_with("age1") => {
+                Recipients::parse(keys).map_err(|reason| ConfigError::Invalid { var: "EF__BACKUP_AGE_RECIPIENTS", reason })?
+            }
+            Some(path) => {
+                let text = std::fs::read_to_string(absolute(path)).map_err(|e| ConfigError::Invalid {
+                    var: "EF__BACKUP_AGE_RECIPIENTS",
+                    reason: format!("{path:?} is neither age public keys (age1…) nor a readable recipients file: {e}"),
+                })?;
+                let keys = Recipients::parse(&text)
+                    .map_err(|reason| ConfigError::Invalid { var: "EF__BACKUP_AGE_RECIPIENTS", reason: format!("{path}: {reason}") })?;
+                if keys.is_empty() {
+                    return Err(ConfigError::Invalid {
+                        var: "EF__BACKUP_AGE_RECIPIENTS", reason: format!("{path} holds no age public key (age1…)")
+                    });
+                }
+                keys
+            }
+        };
+        let codec = match v.get("EF__BACKUP_FORMAT").map(|s| s.trim().to_ascii_lowercase()) {
+            None => Codec::Gzip,
+            Some(id) => Codec::of_id(&id)
+                .ok_or_else(|| ConfigError::Invalid { var: "EF__BACKUP_FORMAT", reason: format!("{id:?} is not `gzip` (the default) or `zstd`") })?,
+        };
+        let format = Format { codec, encrypted: !age_recipients.is_empty() };
         let mut warnings = Vec::new();
         if let Some(s3) = &s3 {
             if !s3.prefix.is_empty() && !s3.prefix.ends_with('/') {
@@ -338,6 +380,10 @@ impl Config {
             s3_part_size: v.number("EF__S3_PART_SIZE_MB", 8usize, 5, 5120)? << 20,
             retention_days: v.number("EF__BACKUP_RETENTION_DAYS", 30u32, 1, 36_500)?,
             gzip_level: v.number("EF__BACKUP_GZIP_LEVEL", DEFAULT_GZIP_LEVEL, 1, 9)?,
+            format,
+            zstd_level: v.number("EF__BACKUP_ZSTD_LEVEL", DEFAULT_ZSTD_LEVEL, 1, 19)?,
+            age_recipients,
+            keys: v.get("EF__BACKUP_AGE_IDENTITY_FILE").map(|p| Keys::from_file(absolute(p.trim()))).unwrap_or_default(),
             threads: v.number("EF__BACKUP_THREADS", 0usize, 0, 256)?,
             timeout_secs: v.number("EF__BACKUP_TIMEOUT_SECS", DEFAULT_TIMEOUT_SECS, 1, 7 * 86_400)?,
             shutdown_grace_secs: v.number("EF__SHUTDOWN_GRACE_SECS", 60u64, 0, 86_400)?,
@@ -358,6 +404,7 @@ impl Config {
                 backup_dir: String::new(),
                 s3: None,
                 settings: Vec::new(),
+                format: Format::GZIP,
             },
         };
         config.policy = config.policy_view();
@@ -404,6 +451,15 @@ impl Config {
     }
 
     /// Compression threads to use.
+    /// How the engine encodes a new backup.
+    pub fn encode_settings(&self) -> EncodeSettings {
+        let level = match self.format.codec {
+            Codec::Gzip => self.gzip_level,
+            Codec::Zstd => self.zstd_level,
+        };
+        EncodeSettings { level, threads: self.compression_threads(), recipients: self.age_recipients.clone() }
+    }
+
     pub fn compression_threads(&self) -> usize {
         if self.threads > 0 {
             self.threads

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::codec::{Format, Progress};
+use crate::codec::Progress;
 use crate::config::{Config, Databases, GlobalsMode};
 use crate::db::{DbError, PgTools};
 use crate::dump::{self, DumpError, Dumper};
@@ -348,8 +348,12 @@ fn dump_to_file(
     let sinks = Sinks { file, s3: upload };
     let progress = Arc::new(Progress::default());
     let bar = progress_bar(&progress, progress_bar_on);
-    // The only format so far; the policy's name was checked to end in its suffix.
-    let mut gz = Format::Gzip.encoder(sinks, config.gzip_level, config.compression_threads(), Arc::clone(&progress));
+    // The policy's name was checked to end in the configured format's suffix.
+    let mut gz = config.format.encoder(sinks, &config.encode_settings(), Arc::clone(&progress)).map_err(|err| BackupError::Write {
+        path: path.clone(),
+        hint: String::new(),
+        err,
+    })?;
     // Progress is read from the compressor's counters (`progress_bar`), not from pg_dump.
     let dumped = source.dump(&opts.cancel, &mut gz);
     if let Some((bar, ticker)) = bar {

@@ -140,7 +140,7 @@ impl Run {
 
 fn decoded(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    Format::Gzip.decoder(bytes).read_to_end(&mut out).unwrap();
+    crate::codec::Format::GZIP.decoder(bytes, &crate::codec::Keys::none()).unwrap().read_to_end(&mut out).unwrap();
     out
 }
 

@@ -101,6 +101,12 @@ pub fn check_fits(policy: &dyn Policy, config: &crate::config::Config) -> Result
     if config.globals == crate::config::GlobalsMode::Required {
         return Err(PolicyError::Unsupported { path: path(), what: "cannot name the globals backup EF__BACKUP_GLOBALS=true asks for" });
     }
+    if config.format != Format::GZIP {
+        return Err(PolicyError::Unsupported {
+            path: path(),
+            what: "names every backup .sql.gz, so it cannot name zstd (EF__BACKUP_FORMAT) or encrypted (EF__BACKUP_AGE_RECIPIENTS) backups",
+        });
+    }
     Ok(())
 }
 
@@ -196,7 +202,7 @@ pub fn validate_name(name: &str) -> Result<(), &'static str> {
     // Listings only ever show names of a known format: a backup of another name would never
     // be listed again, so never recognised, never deleted.
     if Format::of_name(name).is_none() {
-        return Err("must end with the suffix of a backup format (.sql.gz)");
+        return Err("must end with the suffix of a backup format (.sql.gz, .sql.zst, .sql.gz.age, .sql.zst.age)");
     }
     Ok(())
 }

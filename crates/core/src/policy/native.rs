@@ -48,7 +48,7 @@ impl Policy for NativePolicy {
         })
     }
 
-    fn name_file(&self, _: &PolicyConfig, file: &NameInfo) -> Result<String, PolicyError> {
+    fn name_file(&self, config: &PolicyConfig, file: &NameInfo) -> Result<String, PolicyError> {
         if self.fail_naming.load(Ordering::SeqCst) {
             return Err(self.fails("backup-name"));
         }
@@ -56,13 +56,14 @@ impl Policy for NativePolicy {
             BackupKind::Database => "backup",
             BackupKind::Globals => "globals",
         };
-        Ok(format!("{}_{infix}_{}.sql.gz", file.database, file.run_at))
+        Ok(format!("{}_{infix}_{}{}", file.database, file.run_at, config.format.suffix()))
     }
 
-    /// `<db>_backup_<unix>.sql.gz` (a dump of one of `config.databases`) and
-    /// `<label>_globals_<unix>.sql.gz` (the globals under `config.globals_label`).
+    /// `<db>_backup_<unix><suffix>` (a dump of one of `config.databases`) and
+    /// `<label>_globals_<unix><suffix>` (the globals under `config.globals_label`), in any format.
     fn parse_name(&self, config: &PolicyConfig, name: &str) -> Result<Option<NameInfo>, PolicyError> {
-        let Some(rest) = name.strip_suffix(".sql.gz") else { return Ok(None) };
+        let Some(format) = crate::codec::Format::of_name(name) else { return Ok(None) };
+        let rest = &name[..name.len() - format.suffix().len()];
         let Some((head, time)) = rest.rsplit_once('_') else { return Ok(None) };
         let (database, kind) = match (head.strip_suffix("_backup"), head.strip_suffix("_globals")) {
             (Some(db), _) if config.databases.iter().any(|d| d == db) => (db, BackupKind::Database),

@@ -45,10 +45,8 @@ pub struct Set {
 /// The globals backup's first line, read without reading the rest.
 pub fn header_of(source: &Source) -> Result<Option<GlobalsHeader>, RestoreError> {
     let mut first = Vec::new();
-    let mut reader = std::io::BufReader::new(super::format_of(source).decoder(source.open()?));
-    std::io::Read::take(&mut reader, 1 << 20)
-        .read_until(b'\n', &mut first)
-        .map_err(|e| super::damaged(source, format!("gzip data is corrupt or truncated ({e})")))?;
+    let mut reader = std::io::BufReader::new(source.decoded()?);
+    std::io::Read::take(&mut reader, 1 << 20).read_until(b'\n', &mut first).map_err(|e| super::corrupt(source, e))?;
     parse_header(&first).map_err(|r| super::damaged(source, r))
 }
 
@@ -119,7 +117,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut listing = Vec::new();
         let mut put = |name: String, text: String| {
-            let mut enc = crate::codec::Format::Gzip.encoder(Vec::new(), 1, 1, Default::default());
+            let settings = crate::codec::EncodeSettings { level: 1, threads: 1, recipients: Default::default() };
+            let mut enc = crate::codec::Format::GZIP.encoder(Vec::new(), &settings, Default::default()).unwrap();
             std::io::Write::write_all(&mut enc, text.as_bytes()).unwrap();
             std::fs::write(d.path().join(&name), enc.finish().unwrap()).unwrap();
             listing.push(StoredBackup { name, size_bytes: 1, modified: 0 });
@@ -142,6 +141,7 @@ mod tests {
             backup_dir: String::new(),
             s3: None,
             settings: vec![],
+            format: crate::codec::Format::GZIP,
         }
     }
 
@@ -150,7 +150,7 @@ mod tests {
         let policy = NativePolicy::keeping(1);
         // Run 100 backed up a and b, but b's dump is gone; run 50 is whole.
         let (d, listing) = dir(&[(100, &["a", "b"]), (50, &["a", "b"])], &[("a", 100), ("a", 50), ("b", 50)]);
-        let open = |name: &str| Source::File(d.path().join(name));
+        let open = |name: &str| Source::file(d.path().join(name), &crate::codec::Keys::none());
         let choose_at = |at| choose(&policy, &view("srv"), &listing, "here", at, &open);
 
         let set = choose_at(None).unwrap();

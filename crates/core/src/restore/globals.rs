@@ -97,8 +97,8 @@ fn statement_text(text: &[u8]) -> Result<String, String> {
 /// any of them runs.
 fn statements(source: &Source) -> Result<(Option<GlobalsHeader>, Vec<String>), RestoreError> {
     let mut decoded = Vec::new();
-    let reader = super::format_of(source).decoder(source.open()?);
-    reader.take(MAX_BYTES + 1).read_to_end(&mut decoded).map_err(|e| damaged(source, format!("gzip data is corrupt or truncated ({e})")))?;
+    let reader = source.decoded()?;
+    reader.take(MAX_BYTES + 1).read_to_end(&mut decoded).map_err(|e| super::corrupt(source, e))?;
     if decoded.len() as u64 > MAX_BYTES {
         return Err(damaged(source, format!("it is larger than {} MiB, which no globals backup is", MAX_BYTES >> 20)));
     }

@@ -12,7 +12,7 @@ use std::io::{self, BufRead, Read};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::codec::Format;
+use crate::codec::{DecodeError, Format, Keys};
 use crate::db::{quote_ident, quote_literal, DbError, PgTools};
 use crate::dump::{Completeness, DumpFacts};
 use crate::store::Mirror;
@@ -26,7 +26,7 @@ pub mod swap;
 
 /// Where a backup is read from.
 #[derive(Debug, Clone)]
-pub enum Source {
+pub enum Origin {
     File(PathBuf),
     /// A backup of a mirror store (S3): `name` as the store lists it.
     Store {
@@ -35,20 +35,60 @@ pub enum Source {
     },
 }
 
+/// A backup to read, and the keys that decrypt it if it is encrypted.
+pub struct Source {
+    pub origin: Origin,
+    pub keys: Keys,
+}
+
 impl Source {
+    pub fn file(path: impl Into<PathBuf>, keys: &Keys) -> Source {
+        Source { origin: Origin::File(path.into()), keys: keys.clone() }
+    }
+
+    pub fn store(store: std::sync::Arc<dyn Mirror>, name: impl Into<String>, keys: &Keys) -> Source {
+        Source { origin: Origin::Store { store, name: name.into() }, keys: keys.clone() }
+    }
+
     pub fn label(&self) -> String {
-        match self {
-            Source::File(p) => p.display().to_string(),
-            Source::Store { store, name } => store.url(name),
+        match &self.origin {
+            Origin::File(p) => p.display().to_string(),
+            Origin::Store { store, name } => store.url(name),
         }
     }
 
     fn open(&self) -> Result<Box<dyn Read>, RestoreError> {
         let open_err = |err: String| RestoreError::Open { backup: self.label(), err };
-        Ok(match self {
-            Source::File(p) => Box::new(std::fs::File::open(p).map_err(|e| open_err(e.to_string()))?),
-            Source::Store { store, name } => store.open(name).map_err(open_err)?,
+        Ok(match &self.origin {
+            Origin::File(p) => Box::new(std::fs::File::open(p).map_err(|e| open_err(e.to_string()))?),
+            Origin::Store { store, name } => store.open(name).map_err(open_err)?,
         })
+    }
+
+    /// The format the name says. A file of another name (a copy renamed by hand) is read as
+    /// gzip, the original's format, unless it starts like an age file; the decoder says so
+    /// clearly when it is neither.
+    fn format(&self) -> Format {
+        Format::of_name(&self.label()).unwrap_or(Format::GZIP)
+    }
+
+    /// The plain dump of `encoded` (this backup's bytes, possibly counted on the way).
+    fn decode<'a>(&self, encoded: impl Read + 'a) -> Result<Box<dyn Read + 'a>, RestoreError> {
+        let mut encoded = io::BufReader::with_capacity(256 * 1024, encoded);
+        let mut format = self.format();
+        if !format.encrypted && crate::codec::seal::looks_like_age(&mut encoded) {
+            format = format.sealed();
+        }
+        format.decoder(encoded, &self.keys).map_err(|e| match e {
+            DecodeError::Io(e) => corrupt(self, e),
+            e @ DecodeError::NotAge(_) => damaged(self, e.to_string()),
+            other => RestoreError::Key { backup: self.label(), reason: other.to_string() },
+        })
+    }
+
+    /// The plain dump of this backup.
+    fn decoded(&self) -> Result<Box<dyn Read>, RestoreError> {
+        self.decode(self.open()?)
     }
 }
 
@@ -59,6 +99,8 @@ pub const MAINTENANCE_DB: &str = "postgres";
 pub enum RestoreError {
     #[error("cannot open backup {backup}: {err}")]
     Open { backup: String, err: String },
+    #[error("cannot decrypt backup {backup}: {reason}; nothing was restored")]
+    Key { backup: String, reason: String },
     #[error("backup {backup} is damaged: {reason}; nothing was restored — use another backup (ef-backup list)")]
     Damaged { backup: String, reason: String },
     #[error("backup {backup} holds a server's globals (roles, tablespaces), not a database: `ef-backup restore --all` restores it with the databases of its run")]
@@ -106,12 +148,17 @@ fn damaged(source: &Source, reason: impl Into<String>) -> RestoreError {
     RestoreError::Damaged { backup: source.label(), reason: reason.into() }
 }
 
+/// The stream failed to decode: a damaged file (or a failing store, whose error says so).
+fn corrupt(source: &Source, e: io::Error) -> RestoreError {
+    damaged(source, format!("{} data is corrupt or truncated ({e})", source.format().describe()))
+}
+
 /// Reads a whole backup: gzip integrity (every member's CRC and length), the dump's footer,
 /// and the rows of each COPY block. Calls `sink` with the SQL as it goes.
 pub fn scan(source: &Source, mut sink: impl FnMut(&[u8]) -> Result<(), RestoreError>) -> Result<BackupCheck, RestoreError> {
     let mut counted = Counted { inner: source.open()?, bytes: 0 };
-    let mut gz = io::BufReader::with_capacity(256 * 1024, format_of(source).decoder(&mut counted));
-    let gzip_err = |e: io::Error| damaged(source, format!("gzip data is corrupt or truncated ({e})"));
+    let mut gz = io::BufReader::with_capacity(256 * 1024, source.decode(&mut counted)?);
+    let gzip_err = |e: io::Error| corrupt(source, e);
     // ef-backup's own first line (the database's properties) is not part of the dump: it is
     // read here and never reaches psql or the dump's checks.
     let (first, properties) = first_line(source, &mut gz)?;
@@ -153,13 +200,7 @@ pub fn scan(source: &Source, mut sink: impl FnMut(&[u8]) -> Result<(), RestoreEr
 /// The database properties a backup carries in its first line, read without reading the rest
 /// (restore plans the new database before it loads it).
 pub fn backup_properties(source: &Source) -> Result<Option<props::DbProps>, RestoreError> {
-    Ok(first_line(source, &mut io::BufReader::new(format_of(source).decoder(source.open()?)))?.1)
-}
-
-/// A file of another name (a copy renamed by hand) is read as gzip, the format of every backup
-/// so far; the decoder says so clearly when it is not.
-fn format_of(source: &Source) -> Format {
-    Format::of_name(&source.label()).unwrap_or(Format::Gzip)
+    Ok(first_line(source, &mut io::BufReader::new(source.decoded()?))?.1)
 }
 
 /// The decoded stream's first line (at most [`props::HEADER_MAX`] bytes) and the properties it
@@ -167,7 +208,7 @@ fn format_of(source: &Source) -> Format {
 fn first_line(source: &Source, decoded: &mut impl BufRead) -> Result<(Vec<u8>, Option<props::DbProps>), RestoreError> {
     let mut first = Vec::new();
     let read = decoded.take(props::HEADER_MAX as u64).read_until(b'\n', &mut first);
-    read.map_err(|e| damaged(source, format!("gzip data is corrupt or truncated ({e})")))?;
+    read.map_err(|e| corrupt(source, e))?;
     let properties = props::properties_of(&first).map_err(|r| damaged(source, r))?;
     Ok((first, properties))
 }
