@@ -281,7 +281,20 @@ pub fn apply(store: &dyn BackupStore, policy: &dyn Selection, guard: &Guard, wri
     if target == Target::S3 {
         tracing::info!("开始删除 S3 中 {} 个超过{}天的旧备份...", expired.len(), retention_days);
     }
-    let deleted = store.delete_backups(&expired);
+    let mut deleted = store.delete_backups(&expired);
+    for (name, why) in &deleted.kept {
+        tracing::info!("{place} retention keeps {name:?}, which the policy selected: {why}");
+    }
+    if deleted.not_permitted {
+        let refused = deleted.error.take().unwrap_or_default();
+        // An immutable deployment (no delete permission, a lifecycle rule expires objects)
+        // is a supported setup: the backups are safe, so this is not a failed run.
+        tracing::warn!(
+            "{place} retention skipped: this deployment may not delete objects ({}); expected when the bucket is meant to be \
+             immutable, with a lifecycle rule expiring old backups. Grant s3:DeleteObject if ef-backup should delete them",
+            refused
+        );
+    }
     if let (Target::S3, Some(e)) = (target, &deleted.error) {
         tracing::error!("S3 备份清理失败: {e}");
     }
@@ -486,18 +499,21 @@ mod apply_tests {
 
     use super::*;
 
-    /// A store in memory; `fail_list` and `fail_delete` make it misbehave.
+    /// A store in memory; `fail_list` and `fail_delete` make it misbehave, `locked` names it
+    /// keeps (an object lock) and `deny` refuses every delete (no permission).
     struct MemStore {
         target: Target,
         items: RefCell<Vec<StoredBackup>>,
         fail_list: bool,
         fail_delete: Vec<&'static str>,
+        locked: Vec<&'static str>,
+        deny: bool,
     }
 
     impl MemStore {
         fn new(target: Target, names: &[(&str, i64)]) -> MemStore {
             let items = names.iter().map(|(n, t)| StoredBackup { name: n.to_string(), size_bytes: 1, modified: *t }).collect();
-            MemStore { target, items: RefCell::new(items), fail_list: false, fail_delete: Vec::new() }
+            MemStore { target, items: RefCell::new(items), fail_list: false, fail_delete: Vec::new(), locked: Vec::new(), deny: false }
         }
 
         fn names(&self) -> Vec<String> {
@@ -519,7 +535,14 @@ mod apply_tests {
 
         fn delete_backups(&self, names: &[String]) -> Deleted {
             let mut out = Deleted::default();
+            if self.deny {
+                return Deleted { error: Some("AccessDenied".into()), not_permitted: true, ..Deleted::default() };
+            }
             for n in names {
+                if self.locked.contains(&n.as_str()) {
+                    out.kept.push((n.clone(), "locked until tomorrow".into()));
+                    continue;
+                }
                 if self.fail_delete.contains(&n.as_str()) {
                     out.error = Some(format!("cannot delete {n}"));
                     continue;
@@ -627,6 +650,23 @@ mod apply_tests {
         assert_eq!(report.deleted, ["db_backup_200"]);
         assert_eq!(report.error.as_deref(), Some("cannot delete db_backup_100"));
         assert!(store.names().contains(&"db_backup_100".to_string()));
+    }
+
+    /// Issue 16: an object lock keeps a selected backup without failing the run, and a
+    /// deployment that may not delete at all (immutable on purpose) is warned about, not failed.
+    #[test]
+    fn locked_and_undeletable_backups_are_kept_without_an_error() {
+        let store = MemStore { locked: vec!["db_backup_100"], ..MemStore::new(Target::S3, LISTING) };
+        let report = apply(&store, &select(&["db_backup_100", "db_backup_200"]), &GUARD, &wrote("db_backup_400"), 7);
+        assert_eq!((report.deleted, report.error), (vec!["db_backup_200".to_string()], None));
+        assert!(store.names().contains(&"db_backup_100".to_string()));
+        let store = MemStore { deny: true, ..MemStore::new(Target::S3, LISTING) };
+        let report = apply(&store, &select(&["db_backup_100"]), &GUARD, &wrote("db_backup_400"), 7);
+        assert_eq!((report.deleted.len(), report.error), (0, None));
+        assert_eq!(store.names().len(), LISTING.len());
+        // Any other failure still is one.
+        let store = MemStore { fail_delete: vec!["db_backup_100"], ..MemStore::new(Target::S3, LISTING) };
+        assert!(apply(&store, &select(&["db_backup_100"]), &GUARD, &wrote("db_backup_400"), 7).error.is_some());
     }
 
     #[test]

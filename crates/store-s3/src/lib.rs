@@ -23,7 +23,7 @@ use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use aws_sdk_s3::Client;
 use ef_backup_core::codec::Format;
-use ef_backup_core::config::S3Config;
+use ef_backup_core::config::{ObjectLock, S3Config};
 use ef_backup_core::model::Target;
 use ef_backup_core::store::{BackupStore, Deleted, Mirror, StoredBackup, Upload};
 use tokio::runtime::Handle;
@@ -77,7 +77,7 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn unix(t: &aws_sdk_s3::primitives::DateTime) -> i64 {
+pub(crate) fn unix(t: &aws_sdk_s3::primitives::DateTime) -> i64 {
     t.secs()
 }
 
@@ -88,6 +88,7 @@ pub struct S3Store {
     prefix: String,
     handle: Handle,
     part_size: usize,
+    object_lock: Option<ObjectLock>,
 }
 
 impl std::fmt::Debug for S3Store {
@@ -119,7 +120,14 @@ impl S3Store {
         if let Some(endpoint) = &cfg.endpoint_url {
             b = b.endpoint_url(endpoint).force_path_style(true);
         }
-        S3Store { client: Client::from_conf(b.build()), bucket: cfg.bucket.clone(), prefix: cfg.prefix.clone(), handle, part_size }
+        S3Store {
+            client: Client::from_conf(b.build()),
+            bucket: cfg.bucket.clone(),
+            prefix: cfg.prefix.clone(),
+            handle,
+            part_size,
+            object_lock: cfg.object_lock,
+        }
     }
 
     pub fn bucket(&self) -> &str {
@@ -163,33 +171,55 @@ impl S3Store {
         })
     }
 
-    /// Deletes the named backups in batches; returns the names deleted.
-    pub fn delete(&self, names: &[String]) -> Result<Vec<String>, S3Error> {
+    /// When each name's object lock ends, for those still locked (unix seconds). S3 itself
+    /// refuses to remove a locked object version, but in a bucket with Object Lock (always
+    /// versioned) a plain delete "succeeds" by hiding the object behind a delete marker: the
+    /// backup would vanish from every listing while still costing storage. Looking first keeps
+    /// it listed and restorable. A name that cannot be looked at is left to the delete.
+    async fn locked_until(&self, names: &[String]) -> Vec<(String, i64)> {
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        let mut locked = Vec::new();
+        for name in names {
+            let Ok(head) = self.client.head_object().bucket(&self.bucket).key(self.key(name)).send().await else { continue };
+            if let Some(until) = head.object_lock_retain_until_date().map(unix).filter(|until| *until > now) {
+                locked.push((name.clone(), until));
+            }
+        }
+        locked
+    }
+
+    /// Deletes the named backups in batches, except those under an object lock.
+    pub fn delete(&self, names: &[String]) -> Result<Deleted, S3Error> {
         self.handle.block_on(async {
+            let locked = self.locked_until(names).await;
+            let kept: Vec<(String, String)> = locked
+                .iter()
+                .map(|(n, until)| (n.clone(), format!("its S3 Object Lock holds it until {}", ef_backup_core::util::format_time(*until))))
+                .collect();
+            let names: Vec<String> = names.iter().filter(|n| !locked.iter().any(|(l, _)| l == *n)).cloned().collect();
             let mut deleted = Vec::new();
             for batch in names.chunks(1000) {
                 let ids: Vec<ObjectIdentifier> = batch.iter().filter_map(|n| ObjectIdentifier::builder().key(self.key(n)).build().ok()).collect();
                 let delete = Delete::builder().set_objects(Some(ids)).quiet(true).build().map_err(|e| S3Error(e.to_string()))?;
-                let out = self
-                    .client
-                    .delete_objects()
-                    .bucket(&self.bucket)
-                    .delete(delete)
-                    .send()
-                    .await
-                    .map_err(|e| S3Error(describe("deleting old backups", &e)))?;
+                let out = self.client.delete_objects().bucket(&self.bucket).delete(delete).send().await;
+                let out = match out {
+                    Ok(out) => out,
+                    Err(e) => {
+                        let denied = e.code() == Some("AccessDenied");
+                        let error = Some(describe("deleting old backups", &e));
+                        return Ok(Deleted { names: deleted, kept, error, not_permitted: denied });
+                    }
+                };
                 let failed: Vec<String> = out.errors().iter().filter_map(|e| e.key().map(str::to_string)).collect();
                 deleted.extend(batch.iter().filter(|n| !failed.contains(&self.key(n))).cloned());
                 if let Some(e) = out.errors().first() {
-                    return Err(S3Error(format!(
-                        "deleting {}: {}: {}",
-                        e.key().unwrap_or_default(),
-                        e.code().unwrap_or_default(),
-                        e.message().unwrap_or_default()
-                    )));
+                    let error =
+                        format!("deleting {}: {}: {}", e.key().unwrap_or_default(), e.code().unwrap_or_default(), e.message().unwrap_or_default());
+                    let denied = out.errors().iter().all(|e| e.code() == Some("AccessDenied"));
+                    return Ok(Deleted { names: deleted, kept, error: Some(error), not_permitted: denied });
                 }
             }
-            Ok(deleted)
+            Ok(Deleted { names: deleted, kept, ..Deleted::default() })
         })
     }
 
@@ -349,8 +379,8 @@ impl BackupStore for S3Store {
 
     fn delete_backups(&self, names: &[String]) -> Deleted {
         match self.delete(names) {
-            Ok(names) => Deleted { names, error: None },
-            Err(e) => Deleted { names: Vec::new(), error: Some(e.to_string()) },
+            Ok(deleted) => deleted,
+            Err(e) => Deleted { error: Some(e.to_string()), ..Deleted::default() },
         }
     }
 }

@@ -11,10 +11,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass};
+use aws_sdk_s3::primitives::{ByteStream, DateTime};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, ObjectLockMode, ObjectLockRetention, ObjectLockRetentionMode, ServerSideEncryption, StorageClass,
+};
 use aws_sdk_s3::Client;
 use base64::Engine as _;
+use ef_backup_core::codec::Format;
+use ef_backup_core::config::LockMode;
 use md5::{Digest, Md5};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
@@ -44,7 +48,10 @@ impl S3Store {
         // Unbounded as a channel, bounded by `Shared::queued`: a send never waits.
         let (tx, rx) = mpsc::unbounded_channel::<Msg>();
         let shared = Arc::new(Shared::default());
-        let task = self.handle.spawn(upload_task(self.client.clone(), self.bucket.clone(), self.key(name), rx, Arc::clone(&shared)));
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        let lock = self.object_lock.map(|l| (l.mode, now + i64::from(l.days) * 86_400));
+        let object = NewObject { content_type: content_type(name), lock };
+        let task = self.handle.spawn(upload_task(self.client.clone(), self.bucket.clone(), self.key(name), object, rx, Arc::clone(&shared)));
         S3Upload {
             tx: Some(tx),
             buf: Vec::with_capacity(self.part_size),
@@ -59,9 +66,29 @@ impl S3Store {
             store: self.clone(),
             name: name.to_string(),
             error: None,
+            lock,
         }
     }
 }
+
+/// What an object is created with besides its bytes.
+pub(crate) struct NewObject {
+    content_type: &'static str,
+    /// Object Lock mode and retain-until date (unix seconds).
+    lock: Option<(LockMode, i64)>,
+}
+
+fn content_type(name: &str) -> &'static str {
+    match Format::of_name(name) {
+        Some(f) if f.encrypted => "application/octet-stream",
+        Some(f) if f == Format::ZSTD => "application/zstd",
+        _ => "application/gzip",
+    }
+}
+
+/// A lock the store reports up to this much earlier than asked still counts as set (the
+/// store may round the date).
+const LOCK_SLACK: i64 = 60;
 
 pub(crate) enum Msg {
     Part {
@@ -210,6 +237,7 @@ pub(crate) async fn upload_task(
     client: Client,
     bucket: String,
     key: String,
+    object: NewObject,
     mut rx: mpsc::UnboundedReceiver<Msg>,
     shared: Arc<Shared>,
 ) -> Result<Completed, String> {
@@ -223,16 +251,21 @@ pub(crate) async fn upload_task(
         // If-None-Match still refuses to replace an object.
         Err(e) => tracing::debug!("{}", describe("checking that the key is free", &e)),
     }
-    let created = client
+    let mut create = client
         .create_multipart_upload()
         .bucket(&bucket)
         .key(&key)
         .server_side_encryption(ServerSideEncryption::Aes256)
         .storage_class(StorageClass::StandardIa)
-        .content_type("application/gzip")
-        .send()
-        .await
-        .map_err(|e| describe("starting the upload", &e))?;
+        .content_type(object.content_type);
+    if let Some((mode, until)) = object.lock {
+        let mode = match mode {
+            LockMode::Governance => ObjectLockMode::Governance,
+            LockMode::Compliance => ObjectLockMode::Compliance,
+        };
+        create = create.object_lock_mode(mode).object_lock_retain_until_date(DateTime::from_secs(until));
+    }
+    let created = create.send().await.map_err(|e| describe("starting the upload", &e))?;
     let upload_id = created.upload_id().ok_or("the store returned no upload id")?.to_string();
     let _ = shared.upload_id.set(upload_id.clone());
 
@@ -342,6 +375,7 @@ pub struct S3Upload {
     store: S3Store,
     name: String,
     error: Option<String>,
+    lock: Option<(LockMode, i64)>,
 }
 
 /// Part `n` (1-based) is `base` for the first 1000 parts, then doubles every 1000 parts: any
@@ -499,7 +533,43 @@ impl S3Upload {
         if reported.is_empty() {
             return Err(self.discard("the store reported no ETag for the uploaded object, so it cannot be verified".to_string()));
         }
+        if let Some((mode, until)) = self.lock {
+            let held = head.object_lock_retain_until_date().map(crate::unix);
+            if held.is_none_or(|held| held < until - LOCK_SLACK) {
+                self.lock_object(mode, until, held, deadline, cancel)?;
+            }
+        }
         Ok(self.store.url(&self.name))
+    }
+
+    /// Sets the object's retention after the fact: some S3-compatible stores take an
+    /// upload's lock headers only on a single PUT, never on a multipart upload's start. A
+    /// backup that is stored and verified but not locked is reported as a failed copy (it is
+    /// kept): the operator asked for copies nobody here can erase, and this one is not.
+    fn lock_object(&self, mode: LockMode, until: i64, held: Option<i64>, deadline: Instant, cancel: &AtomicBool) -> Result<(), String> {
+        let key = self.store.key(&self.name);
+        let mode = match mode {
+            LockMode::Governance => ObjectLockRetentionMode::Governance,
+            LockMode::Compliance => ObjectLockRetentionMode::Compliance,
+        };
+        let retention = ObjectLockRetention::builder().mode(mode).retain_until_date(DateTime::from_secs(until)).build();
+        let put = self.store.client.put_object_retention().bucket(&self.store.bucket).key(&key).retention(retention).send();
+        let unlocked = |why: String| {
+            format!(
+                "{why}: {} is stored and verified but NOT under Object Lock (it held {}). Check that the bucket was created with \
+                 Object Lock enabled and that the IAM user may s3:PutObjectRetention",
+                self.store.url(&self.name),
+                held.map(ef_backup_core::util::format_time).unwrap_or_else(|| "no lock".into())
+            )
+        };
+        match self.bounded(put, deadline, cancel) {
+            Ok(Ok(_)) => {
+                tracing::debug!("locked {key} until {}", ef_backup_core::util::format_time(until));
+                Ok(())
+            }
+            Ok(Err(e)) => Err(unlocked(describe("locking the uploaded object", &e))),
+            Err(stop) => Err(unlocked(stop.describe().to_string())),
+        }
     }
 
     /// A completed object that failed verification must not stay under a backup's name,

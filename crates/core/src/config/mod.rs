@@ -58,6 +58,33 @@ pub struct S3Config {
     pub region: String,
     pub prefix: String,
     pub endpoint_url: Option<String>,
+    /// `EF__S3_OBJECT_LOCK_DAYS` / `EF__S3_OBJECT_LOCK_MODE`: every object uploaded with a
+    /// retain-until date, so no credential of this host can erase it before then.
+    pub object_lock: Option<ObjectLock>,
+}
+
+/// S3 Object Lock retention for every uploaded object (the bucket must have Object Lock on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectLock {
+    pub mode: LockMode,
+    pub days: u32,
+}
+
+/// S3's two retention modes: GOVERNANCE can be lifted by a user with
+/// `s3:BypassGovernanceRetention`; COMPLIANCE by nobody, the root account included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    Governance,
+    Compliance,
+}
+
+impl LockMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Governance => "GOVERNANCE",
+            LockMode::Compliance => "COMPLIANCE",
+        }
+    }
 }
 
 /// Which databases a run backs up.
@@ -556,6 +583,9 @@ const S3_REQUIRED: [&str; 3] = ["EF__AWS_ACCESS_KEY_ID", "EF__AWS_SECRET_ACCESS_
 fn s3_config(v: &Vars) -> Result<Option<S3Config>, ConfigError> {
     let present: Vec<&str> = S3_REQUIRED.iter().copied().filter(|var| v.get(var).is_some()).collect();
     if present.is_empty() {
+        if let Some(var) = ["EF__S3_OBJECT_LOCK_DAYS", "EF__S3_OBJECT_LOCK_MODE"].into_iter().find(|var| v.get(var).is_some()) {
+            return Err(ConfigError::Invalid { var, reason: format!("set, but S3 is off: set {} too, or unset {var}", S3_REQUIRED.join(", ")) });
+        }
         return Ok(None);
     }
     if let Some(missing) = S3_REQUIRED.iter().copied().find(|var| v.get(var).is_none()) {
@@ -578,6 +608,7 @@ fn s3_config(v: &Vars) -> Result<Option<S3Config>, ConfigError> {
         });
     }
     let prefix = v.string("EF__S3_PREFIX", "");
+    let object_lock = object_lock(v)?;
     if prefix.starts_with('/') || prefix.contains("..") || prefix.chars().any(|c| c.is_control()) {
         return Err(ConfigError::Invalid {
             var: "EF__S3_PREFIX",
@@ -591,7 +622,36 @@ fn s3_config(v: &Vars) -> Result<Option<S3Config>, ConfigError> {
         region: v.string("EF__AWS_REGION", "us-east-1"),
         prefix,
         endpoint_url: v.get("EF__AWS_ENDPOINT_URL").or_else(|| v.get("AWS_ENDPOINT_URL_S3")).map(|s| s.trim().to_string()),
+        object_lock,
     }))
+}
+
+/// Ten years: past that a mistyped number would lock the bucket's storage bill for good.
+const MAX_LOCK_DAYS: u32 = 3650;
+
+fn object_lock(v: &Vars) -> Result<Option<ObjectLock>, ConfigError> {
+    let mode = match v.get("EF__S3_OBJECT_LOCK_MODE").map(|m| m.trim().to_ascii_uppercase()) {
+        None => None,
+        Some(m) if m == "GOVERNANCE" => Some(LockMode::Governance),
+        Some(m) if m == "COMPLIANCE" => Some(LockMode::Compliance),
+        Some(m) => {
+            return Err(ConfigError::Invalid {
+                var: "EF__S3_OBJECT_LOCK_MODE",
+                reason: format!("{m:?} is not an S3 Object Lock mode: GOVERNANCE or COMPLIANCE"),
+            })
+        }
+    };
+    if v.get("EF__S3_OBJECT_LOCK_DAYS").is_none() {
+        return match mode {
+            None => Ok(None),
+            Some(_) => Err(ConfigError::Invalid {
+                var: "EF__S3_OBJECT_LOCK_DAYS",
+                reason: "not set, but EF__S3_OBJECT_LOCK_MODE is: set how many days every uploaded object is locked".into(),
+            }),
+        };
+    }
+    let days = v.number("EF__S3_OBJECT_LOCK_DAYS", 1, 1, MAX_LOCK_DAYS)?;
+    Ok(Some(ObjectLock { mode: mode.unwrap_or(LockMode::Governance), days }))
 }
 
 #[cfg(test)]
@@ -696,6 +756,34 @@ mod tests {
         assert!(!format!("{s3:?}").contains("very-secret"));
         let err = load(&[("EF__AWS_ACCESS_KEY_ID", "AK"), ("EF__AWS_SECRET_ACCESS_KEY", "s"), ("EF__AWS_S3_BACKUP_BUCKET", "B!")]).unwrap_err();
         assert!(err.to_string().starts_with("EF__AWS_S3_BACKUP_BUCKET"), "{err}");
+    }
+
+    #[test]
+    fn object_lock_settings() {
+        let s3 = [("EF__AWS_ACCESS_KEY_ID", "AK"), ("EF__AWS_SECRET_ACCESS_KEY", "s"), ("EF__AWS_S3_BACKUP_BUCKET", "bkt")];
+        let lock = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = s3.to_vec();
+            vars.extend_from_slice(extra);
+            load(&vars).map(|c| c.s3.unwrap().object_lock)
+        };
+        assert_eq!(lock(&[]).unwrap(), None);
+        assert_eq!(lock(&[("EF__S3_OBJECT_LOCK_DAYS", "35")]).unwrap(), Some(ObjectLock { mode: LockMode::Governance, days: 35 }));
+        assert_eq!(
+            lock(&[("EF__S3_OBJECT_LOCK_DAYS", "7"), ("EF__S3_OBJECT_LOCK_MODE", "compliance")]).unwrap(),
+            Some(ObjectLock { mode: LockMode::Compliance, days: 7 })
+        );
+        for (extra, var) in [
+            (vec![("EF__S3_OBJECT_LOCK_DAYS", "0")], "EF__S3_OBJECT_LOCK_DAYS"),
+            (vec![("EF__S3_OBJECT_LOCK_DAYS", "99999")], "EF__S3_OBJECT_LOCK_DAYS"),
+            (vec![("EF__S3_OBJECT_LOCK_DAYS", "7"), ("EF__S3_OBJECT_LOCK_MODE", "forever")], "EF__S3_OBJECT_LOCK_MODE"),
+            (vec![("EF__S3_OBJECT_LOCK_MODE", "COMPLIANCE")], "EF__S3_OBJECT_LOCK_DAYS"),
+        ] {
+            let err = lock(&extra).unwrap_err().to_string();
+            assert!(err.starts_with(var), "{extra:?}: {err}");
+        }
+        // Without S3 a lock setting is a mistake, not something to ignore.
+        let err = load(&[("EF__S3_OBJECT_LOCK_DAYS", "7")]).unwrap_err().to_string();
+        assert!(err.starts_with("EF__S3_OBJECT_LOCK_DAYS: set, but S3 is off"), "{err}");
     }
 
     #[test]

@@ -83,10 +83,10 @@ impl BackupStore for MemoryStore {
 
     fn delete_backups(&self, names: &[String]) -> Deleted {
         if self.fail_delete.load(Ordering::SeqCst) {
-            return Deleted { names: Vec::new(), error: Some("deleting failed (test switch)".into()) };
+            return Deleted { error: Some("deleting failed (test switch)".into()), ..Deleted::default() };
         }
         let mut inner = self.lock();
-        Deleted { names: names.iter().filter(|n| inner.objects.remove(n.as_str()).is_some()).cloned().collect(), error: None }
+        Deleted { names: names.iter().filter(|n| inner.objects.remove(n.as_str()).is_some()).cloned().collect(), ..Deleted::default() }
     }
 }
 

@@ -29,12 +29,17 @@ impl From<&StoredBackup> for BackupEntry {
     }
 }
 
-/// What became of a batch of deletions: the names gone, and the last error met (the other
-/// names were still tried).
+/// What became of a batch of deletions: the names gone, the names the store keeps on purpose
+/// (with why), and the last error met (the other names were still tried).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Deleted {
     pub names: Vec<String>,
+    /// Not tried: the store protects them (an S3 Object Lock retain-until date not reached).
+    pub kept: Vec<(String, String)>,
     pub error: Option<String>,
+    /// The store refused deleting for lack of permission: a deployment made immutable on
+    /// purpose (no `s3:DeleteObject`), where expiry is the store's own job.
+    pub not_permitted: bool,
 }
 
 /// What retention and listings need of a store: which one it is, its listing, and deleting
