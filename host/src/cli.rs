@@ -77,18 +77,28 @@ pub fn print_list(places: &[Place], json: bool) {
                         "url": format!("{}{}{}", p.location, if p.target == Target::S3 || p.location.ends_with('/') { "" } else { "/" }, r.backup.name),
                         "size_bytes": r.backup.size_bytes, "created_at": r.info.run_at, "modified_at": r.backup.modified,
                         "format": format_of(&r.backup.name).map(|f| f.id()),
-                        "encrypted": format_of(&r.backup.name).map(|f| f.encrypted)})
+                        "encrypted": format_of(&r.backup.name).map(|f| f.encrypted),
+                        "manifest": r.backup.manifest})
                 })
             })
             .collect();
         println!("{}", serde_json::Value::Array(rows));
         return;
     }
-    println!("{:<48} {:>12}  {:<24} {:<9} where", "backup", "size", "created", "format");
+    println!("{:<48} {:>12}  {:<24} {:<9} {:<9} where", "backup", "size", "created", "format", "manifest");
     for p in places {
         for r in &p.backups {
             let format = format_of(&r.backup.name).map_or_else(|| "?".to_string(), |f| f.describe());
-            println!("{:<48} {:>12}  {:<24} {:<9} {}", r.backup.name, mb(r.backup.size_bytes), format_time(r.info.run_at), format, p.target.id());
+            let manifest = if r.backup.manifest { "yes" } else { "no" };
+            println!(
+                "{:<48} {:>12}  {:<24} {:<9} {:<9} {}",
+                r.backup.name,
+                mb(r.backup.size_bytes),
+                format_time(r.info.run_at),
+                format,
+                manifest,
+                p.target.id()
+            );
         }
     }
     for p in places {
@@ -114,6 +124,23 @@ pub fn resolve_backup(config: &Config, arg: &str) -> anyhow::Result<std::path::P
         return Ok(in_dir);
     }
     anyhow::bail!("backup {arg:?} not found (neither a file nor a backup in {}; see `ef-backup list`)", config.backup_dir.display())
+}
+
+pub fn print_offline(report: &crate::provenance::OfflineReport, json: bool) {
+    if json {
+        let checks: Vec<serde_json::Value> =
+            report.checks.iter().map(|c| serde_json::json!({"check": c.what, "ok": c.ok, "detail": c.detail})).collect();
+        println!(
+            "{}",
+            serde_json::json!({"backup": report.backup, "ok": report.ok(), "manifest": report.manifest, "signed": report.signed, "checks": checks})
+        );
+        return;
+    }
+    println!("verify --offline {}", report.backup);
+    for c in &report.checks {
+        println!("  {:<13} {} — {}", c.what, if c.ok { "ok" } else { "FAILED" }, crate::db::escape_controls(&c.detail));
+    }
+    println!("{}", report.verdict());
 }
 
 pub fn print_verify(report: &VerifyReport, json: bool) {
@@ -204,6 +231,7 @@ pub struct RestoreAll {
     pub drop_existing: bool,
     pub allow_system_db: bool,
     pub load: crate::restore::parallel::LoadOptions,
+    pub allow_unsigned: bool,
 }
 
 /// `restore --all`: the globals of a set, then each of its databases (each atomically, as a
@@ -248,7 +276,18 @@ pub fn restore_all(
         set.globals.backup.name,
         set.dumps.len()
     );
-    let report = globals::restore_globals(tools, &open(&set.globals.backup.name), globals::GlobalsOptions { overwrite_roles: args.overwrite_roles })?;
+    // Every file of the set is checked before anything is restored: a set is trusted whole.
+    // A signed file's bytes are checked then and pinned, so what is restored is what was
+    // checked (the globals are applied statement by statement as they are read).
+    let trusted = |name: &str| -> anyhow::Result<Source> {
+        let mut source = open(name);
+        let trust = crate::provenance::establish(&mut source, &config.trusted_keys, args.allow_unsigned)?;
+        println!("  {name}: {}", trust.describe());
+        Ok(source)
+    };
+    let globals_source = trusted(&set.globals.backup.name)?;
+    let dump_sources = set.dumps.iter().map(|d| trusted(&d.backup.name)).collect::<anyhow::Result<Vec<Source>>>()?;
+    let report = globals::restore_globals(tools, &globals_source, globals::GlobalsOptions { overwrite_roles: args.overwrite_roles })?;
     let esc = |s: &str| crate::db::escape_controls(s);
     let names = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.iter().map(|r| esc(r)).collect::<Vec<_>>().join(", ") };
     println!("  roles created: {}", names(&report.created_roles));
@@ -276,7 +315,7 @@ pub fn restore_all(
         println!("  problem: {}", esc(p));
     }
     let (mut failed, mut restored, mut skipped) = (Vec::new(), 0, 0);
-    for dump in &set.dumps {
+    for (dump, source) in set.dumps.iter().zip(&dump_sources) {
         let db = &dump.info.database;
         let opts = restore::RestoreOptions {
             create: true,
@@ -285,7 +324,7 @@ pub fn restore_all(
             create_with: Default::default(),
             load: args.load,
         };
-        match restore::restore(tools, &open(&dump.backup.name), db, &opts) {
+        match restore::restore(tools, source, db, &opts) {
             Ok(r) => {
                 restored += 1;
                 println!(

@@ -16,7 +16,10 @@ pub mod schedule;
 pub mod serve;
 pub mod service;
 
-pub use ef_backup_core::{catalog, codec, config, db, dump, engine, libpq, lock, model, pg, restore, retention, signals, space, state, util, verify};
+pub use ef_backup_core::{
+    catalog, codec, config, db, dump, engine, libpq, lock, manifest, model, pg, provenance, restore, retention, sign, signals, space, state, util,
+    verify,
+};
 
 /// The policy: the trait and the host's rules ([`ef_backup_core::policy`]) and the WebAssembly
 /// runtime that implements it ([`ef_backup_policy_wasm`]).

@@ -100,8 +100,13 @@ enum Command {
         from_s3: bool,
         /// Compare with what the dump itself says (COPY row counts, setval calls, large objects)
         /// instead of the live database; the schema is then not compared.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "offline")]
         against_dump: bool,
+        /// Check the backup against its manifest without a database: SHA-256 and size, that it
+        /// decodes to the end and is complete, every table's row count and content hash, every
+        /// sequence and large object.
+        #[arg(long)]
+        offline: bool,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -217,6 +222,10 @@ struct LoadArgs {
     /// EF__BACKUP_AGE_IDENTITY_FILE.
     #[arg(long, value_name = "FILE")]
     identity: Option<PathBuf>,
+    /// With EF__BACKUP_TRUSTED_KEYS set: go on with a backup whose manifest is missing or not
+    /// signed by a trusted key (logged as a warning).
+    #[arg(long)]
+    allow_unsigned: bool,
 }
 
 impl LoadArgs {
@@ -319,7 +328,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let policy = load_policy(cli.policy, &config)?;
             let s3 = s3_store(&config)?;
             let tools = PgTools::for_server_via(&config.db, config.pg_bin.as_deref(), restore::MAINTENANCE_DB)?;
-            let all = cli::RestoreAll { from_s3, at, label, overwrite_roles, drop_existing, allow_system_db, load: load.options() };
+            let all = cli::RestoreAll {
+                from_s3,
+                at,
+                label,
+                overwrite_roles,
+                drop_existing,
+                allow_system_db,
+                load: load.options(),
+                allow_unsigned: load.allow_unsigned,
+            };
             let s3 = s3.as_ref().map(|(_, s)| Arc::new(s.clone()) as Arc<dyn ef_backup::store::Mirror>);
             cli::restore_all(&config, &policy, s3, &tools, all)
         }
@@ -327,7 +345,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             restore::drop_scratch_on_signal();
             let (Some(backup), Some(target_db)) = (backup, target_db) else { anyhow::bail!("restore needs BACKUP and --target-db, or --all") };
             let s3 = s3_store(&config)?;
-            let source = source(&config, s3.as_ref().map(|(_, s)| s), &backup, from_s3)?;
+            let mut source = source(&config, s3.as_ref().map(|(_, s)| s), &backup, from_s3)?;
+            let trust = ef_backup::provenance::establish(&mut source, &config.trusted_keys, load.allow_unsigned)?;
             // The target (EF__DB_NAME by default) may not exist yet: the restore creates it.
             let tools = PgTools::for_server_via(&config.db, config.pg_bin.as_deref(), restore::MAINTENANCE_DB)?;
             let create_with = restore::props::CreateOptions {
@@ -360,6 +379,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 cli::load_summary(&report.check.load),
                 if report.replaced_existing { "; its previous contents were dropped" } else { "" }
             );
+            println!("  provenance: {}", trust.describe());
             // Values come from the backup file: shown escaped, so none can drive the terminal.
             for p in &report.properties {
                 println!("  {}: {} ({})", p.name, ef_backup::db::escape_controls(&p.value), ef_backup::db::escape_controls(&p.from));
@@ -372,7 +392,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { backup, from_s3, against_dump, json, load } => {
+        Command::Verify { backup, from_s3, against_dump, offline, json, load } => {
             restore::drop_scratch_on_signal();
             let s3 = s3_store(&config)?;
             let s3 = s3.as_ref().map(|(_, s)| s);
@@ -396,7 +416,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }
                 }
             };
-            let source = source(&config, s3, &backup, from_s3)?;
+            let mut source = source(&config, s3, &backup, from_s3)?;
+            let trust = ef_backup::provenance::establish(&mut source, &config.trusted_keys, load.allow_unsigned)?;
+            if offline {
+                let report = ef_backup::provenance::verify_offline(&source, &trust);
+                cli::print_offline(&report, json);
+                return Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            }
             let tools = PgTools::for_server(&config.db, config.pg_bin.as_deref())?;
             // The live database to compare with: the one the backup's name says (several are
             // backed up with EF__DB_NAMES), else EF__DB_NAME.
@@ -412,6 +438,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let report = verify::verify(&tools, &live, &source, against_dump, load.options())?;
             cli::print_verify(&report, json);
+            if !json {
+                println!("provenance: {}", trust.describe());
+            }
             Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::List { json } => {

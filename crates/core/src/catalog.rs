@@ -22,7 +22,10 @@ pub fn recognised(policy: &dyn Policy, config: &PolicyConfig, listing: &[StoredB
     let mut out: Vec<Recognised> = policy
         .recognise(config, &entries)?
         .into_iter()
-        .map(|(e, info)| Recognised { backup: StoredBackup { name: e.name, size_bytes: e.size_bytes, modified: e.modified }, info })
+        .map(|(e, info)| {
+            let manifest = listing.iter().any(|l| l.name == e.name && l.manifest);
+            Recognised { backup: StoredBackup { name: e.name, size_bytes: e.size_bytes, modified: e.modified, manifest }, info }
+        })
         .collect();
     out.sort_by(|a, b| b.info.run_at.cmp(&a.info.run_at).then_with(|| b.backup.name.cmp(&a.backup.name)));
     Ok(out)
@@ -208,7 +211,7 @@ mod tests {
         let listing: Vec<StoredBackup> =
             ["app_backup_100.sql.gz", "app_backup_200.sql.gz", "pgold-1_globals_100.sql.gz", "pgold-1_globals_300.sql.gz"]
                 .iter()
-                .map(|n| StoredBackup { name: n.to_string(), size_bytes: 1, modified: 0 })
+                .map(|n| StoredBackup { name: n.to_string(), size_bytes: 1, modified: 0, manifest: false })
                 .collect();
         let view = PolicyConfig {
             database: "app".into(),

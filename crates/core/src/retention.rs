@@ -512,7 +512,7 @@ mod apply_tests {
 
     impl MemStore {
         fn new(target: Target, names: &[(&str, i64)]) -> MemStore {
-            let items = names.iter().map(|(n, t)| StoredBackup { name: n.to_string(), size_bytes: 1, modified: *t }).collect();
+            let items = names.iter().map(|(n, t)| StoredBackup { name: n.to_string(), size_bytes: 1, modified: *t, manifest: false }).collect();
             MemStore { target, items: RefCell::new(items), fail_list: false, fail_delete: Vec::new(), locked: Vec::new(), deny: false }
         }
 

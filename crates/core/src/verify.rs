@@ -474,13 +474,10 @@ fn compare_live(restored: &DbState, live: &DbState) -> (Vec<TableResult>, Vec<Ki
 /// Compares a restored database with what its dump says.
 fn compare_dump(restored: &DbState, dump: &DumpFacts) -> (Vec<TableResult>, Vec<KindCheck>) {
     // Materialized views have no COPY block: only the dump's tables are compared.
-    let mut copied: BTreeMap<&QualifiedName, u64> = BTreeMap::new();
-    for (t, n) in &dump.tables {
-        *copied.entry(t).or_default() += n;
-    }
+    let copied = dump.table_totals();
     let tables: Vec<TableResult> = copied
         .iter()
-        .map(|(name, n)| TableResult {
+        .map(|(name, (n, _))| TableResult {
             table: name.to_string(),
             restored: restored.tables.get(*name).map(|r| r.0),
             reference: Some(*n),

@@ -73,6 +73,13 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Line breaks and runs of blanks become one space: an error is one log line.
+/// How long one small PUT (a manifest) may take.
+const SMALL_PUT_WAIT: Duration = Duration::from_secs(60);
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -151,11 +158,15 @@ impl S3Store {
     pub fn list(&self) -> Result<Vec<StoredBackup>, S3Error> {
         self.handle.block_on(async {
             let mut out = Vec::new();
+            let mut manifests = std::collections::HashSet::new();
             let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(&self.prefix).into_paginator().send();
             while let Some(page) = pages.next().await {
                 let page = page.map_err(|e| S3Error(describe(&format!("listing s3://{}/{}", self.bucket, self.prefix), &e)))?;
                 for o in page.contents() {
                     let Some(name) = o.key().and_then(|k| k.strip_prefix(&self.prefix)) else { continue };
+                    if let Some(backup) = name.strip_suffix(ef_backup_core::manifest::MANIFEST_SUFFIX) {
+                        manifests.insert(backup.to_string());
+                    }
                     if name.contains('/') || Format::of_name(name).is_none() {
                         continue;
                     }
@@ -163,8 +174,12 @@ impl S3Store {
                         name: name.to_string(),
                         size_bytes: o.size().unwrap_or(0).max(0) as u64,
                         modified: o.last_modified().map(unix).unwrap_or(0),
+                        manifest: false,
                     });
                 }
+            }
+            for b in &mut out {
+                b.manifest = manifests.contains(&b.name);
             }
             out.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(out)
@@ -197,9 +212,17 @@ impl S3Store {
                 .map(|(n, until)| (n.clone(), format!("its S3 Object Lock holds it until {}", ef_backup_core::util::format_time(*until))))
                 .collect();
             let names: Vec<String> = names.iter().filter(|n| !locked.iter().any(|(l, _)| l == *n)).cloned().collect();
+            // The manifest and its signature go with their backup (in the same batch: a backup
+            // is never left without them while they linger). Keys that do not exist (backups
+            // older than manifests) delete as a no-op.
+            let companions = |n: &String| {
+                let manifest = ef_backup_core::manifest::manifest_name(n);
+                [ef_backup_core::sign::signature_name(&manifest), manifest]
+            };
             let mut deleted = Vec::new();
-            for batch in names.chunks(1000) {
-                let ids: Vec<ObjectIdentifier> = batch.iter().filter_map(|n| ObjectIdentifier::builder().key(self.key(n)).build().ok()).collect();
+            for batch in names.chunks(300) {
+                let keys = batch.iter().flat_map(|n| std::iter::once(n.clone()).chain(companions(n)));
+                let ids: Vec<ObjectIdentifier> = keys.filter_map(|n| ObjectIdentifier::builder().key(self.key(&n)).build().ok()).collect();
                 let delete = Delete::builder().set_objects(Some(ids)).quiet(true).build().map_err(|e| S3Error(e.to_string()))?;
                 let out = self.client.delete_objects().bucket(&self.bucket).delete(delete).send().await;
                 let out = match out {
@@ -266,13 +289,121 @@ impl S3Store {
         Ok(stale.len())
     }
 
+    /// Stores a small object beside a backup (its manifest or signature): one PUT with its
+    /// MD5, SSE, and the backup's Object Lock (set afterwards where the store ignored it).
+    pub fn put_small(&self, name: &str, bytes: &[u8]) -> Result<(), S3Error> {
+        use aws_sdk_s3::types::{ObjectLockMode, ObjectLockRetention, ObjectLockRetentionMode, ServerSideEncryption};
+        use base64::Engine as _;
+        use md5::Digest as _;
+        let key = self.key(name);
+        let url = self.url(name);
+        let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(bytes));
+        let lock = self.object_lock.map(|l| (l.mode, unix_now() + i64::from(l.days) * 86_400));
+        let mut put = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .body(aws_sdk_s3::primitives::ByteStream::from(bytes.to_vec()))
+            .content_md5(md5)
+            .content_type(if name.ends_with(".json") { "application/json" } else { "text/plain" })
+            .server_side_encryption(ServerSideEncryption::Aes256);
+        if let Some((mode, until)) = lock {
+            let mode = match mode {
+                ef_backup_core::config::LockMode::Governance => ObjectLockMode::Governance,
+                ef_backup_core::config::LockMode::Compliance => ObjectLockMode::Compliance,
+            };
+            put = put.object_lock_mode(mode).object_lock_retain_until_date(aws_sdk_s3::primitives::DateTime::from_secs(until));
+        }
+        self.handle.block_on(async {
+            let timed = |what: &str| S3Error(format!("{what} {url}: no answer within {} s", SMALL_PUT_WAIT.as_secs()));
+            tokio::time::timeout(SMALL_PUT_WAIT, put.send())
+                .await
+                .map_err(|_| timed("uploading"))?
+                .map_err(|e| S3Error(describe(&format!("uploading {url}"), &e)))?;
+            let Some((mode, until)) = lock else { return Ok(()) };
+            let head = self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| S3Error(describe(&format!("checking {url}"), &e)))?;
+            if head.object_lock_retain_until_date().map(unix).is_some_and(|held| held >= until - 60) {
+                return Ok(());
+            }
+            let mode = match mode {
+                ef_backup_core::config::LockMode::Governance => ObjectLockRetentionMode::Governance,
+                ef_backup_core::config::LockMode::Compliance => ObjectLockRetentionMode::Compliance,
+            };
+            let retention = ObjectLockRetention::builder().mode(mode).retain_until_date(aws_sdk_s3::primitives::DateTime::from_secs(until)).build();
+            let set = self.client.put_object_retention().bucket(&self.bucket).key(&key).retention(retention).send();
+            tokio::time::timeout(SMALL_PUT_WAIT, set)
+                .await
+                .map_err(|_| timed("locking"))?
+                .map_err(|e| S3Error(describe(&format!("locking {url} (it is stored, NOT under Object Lock)"), &e)))?;
+            Ok(())
+        })
+    }
+
+    /// A small object beside a backup (its manifest or signature), at most `max` bytes; None
+    /// when there is no such key.
+    pub fn get_small(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>, S3Error> {
+        let key = self.key(name);
+        let url = self.url(name);
+        self.handle.block_on(async {
+            let got = tokio::time::timeout(SMALL_PUT_WAIT, self.client.get_object().bucket(&self.bucket).key(&key).send())
+                .await
+                .map_err(|_| S3Error(format!("downloading {url}: no answer within {} s", SMALL_PUT_WAIT.as_secs())))?;
+            let out = match got {
+                Ok(out) => out,
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+                Err(e) => return Err(S3Error(describe(&format!("downloading {url}"), &e))),
+            };
+            let too_large = || S3Error(format!("{url} is larger than {max} bytes: not a file ef-backup wrote"));
+            if out.content_length().unwrap_or(0).max(0) as u64 > max {
+                return Err(too_large());
+            }
+            // Read with the cap as it comes: a store need not say the length.
+            let mut body = out.body;
+            let mut bytes = Vec::new();
+            let read = async {
+                while let Some(chunk) = body.try_next().await.map_err(|e| S3Error(format!("downloading {url}: {}", error_chain(&e))))? {
+                    if (bytes.len() + chunk.len()) as u64 > max {
+                        return Err(too_large());
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                Ok(())
+            };
+            tokio::time::timeout(SMALL_PUT_WAIT, read).await.map_err(|_| S3Error(format!("downloading {url}: stalled")))??;
+            Ok(Some(bytes))
+        })
+    }
+
     /// Streams an object's bytes (for restore and verify, without a temporary file).
     pub fn open(&self, name: &str) -> Result<S3Reader, S3Error> {
+        Ok(self.open_at(name, None)?.0)
+    }
+
+    /// Streams an object's bytes and says its ETag; with `etag`, only that version (If-Match:
+    /// a replaced object fails with PreconditionFailed instead of reading other bytes).
+    pub fn open_at(&self, name: &str, etag: Option<&str>) -> Result<(S3Reader, Option<String>), S3Error> {
         let key = self.key(name);
-        let out = self
-            .handle
-            .block_on(self.client.get_object().bucket(&self.bucket).key(&key).send())
-            .map_err(|e| S3Error(describe(&format!("downloading s3://{}/{key}", self.bucket), &e)))?;
+        let mut get = self.client.get_object().bucket(&self.bucket).key(&key);
+        if let Some(etag) = etag {
+            get = get.if_match(etag);
+        }
+        let out = self.handle.block_on(get.send()).map_err(|e| {
+            let replaced = if etag.is_some() && e.raw_response().is_some_and(|r| r.status().as_u16() == 412) {
+                " (the object was replaced since it was checked against its manifest)"
+            } else {
+                ""
+            };
+            S3Error(format!("{}{replaced}", describe(&format!("downloading s3://{}/{key}", self.bucket), &e)))
+        })?;
+        let version = out.e_tag().map(str::to_string);
         let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<bytes::Bytes>>(4);
         let mut body = out.body;
         self.handle.spawn(async move {
@@ -291,7 +422,7 @@ impl S3Store {
                 }
             }
         });
-        Ok(S3Reader { rx, chunk: bytes::Bytes::new() })
+        Ok((S3Reader { rx, chunk: bytes::Bytes::new() }, version))
     }
 }
 
@@ -396,6 +527,19 @@ impl Mirror for S3Store {
 
     fn open(&self, name: &str) -> Result<Box<dyn Read + Send>, String> {
         Ok(Box::new(S3Store::open(self, name).map_err(|e| e.to_string())?))
+    }
+
+    fn open_at(&self, name: &str, version: Option<&str>) -> Result<(Box<dyn Read + Send>, Option<String>), String> {
+        let (reader, etag) = S3Store::open_at(self, name, version).map_err(|e| e.to_string())?;
+        Ok((Box::new(reader), etag))
+    }
+
+    fn put_small(&self, name: &str, bytes: &[u8]) -> Result<(), String> {
+        S3Store::put_small(self, name, bytes).map_err(|e| e.to_string())
+    }
+
+    fn get_small(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>, String> {
+        S3Store::get_small(self, name, max).map_err(|e| e.to_string())
     }
 
     fn abort_stale_uploads(&self, older_than: Duration, ours: &dyn Fn(&str) -> bool) -> Result<usize, String> {

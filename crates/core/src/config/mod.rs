@@ -154,6 +154,11 @@ pub struct Config {
     /// `EF__BACKUP_AGE_IDENTITY_FILE`: where restore and verify find the private key (a CLI
     /// `--identity` overrides it).
     pub keys: Keys,
+    /// `EF__BACKUP_SIGNING_KEY`: the minisign key every manifest is signed with.
+    pub signing_key: Option<std::sync::Arc<crate::sign::SigningKey>>,
+    /// `EF__BACKUP_TRUSTED_KEYS`: when set, restore and verify refuse a backup whose manifest is
+    /// missing or not signed by one of these keys (unless told `--allow-unsigned`).
+    pub trusted_keys: crate::sign::TrustedKeys,
     /// Compression threads; 0 means one per CPU.
     pub threads: usize,
     pub timeout_secs: u64,
@@ -348,6 +353,34 @@ impl Config {
                 keys
             }
         };
+        let signing_key = match v.get("EF__BACKUP_SIGNING_KEY").map(str::trim) {
+            None => None,
+            Some(path) => Some(std::sync::Arc::new(
+                crate::sign::SigningKey::load(&absolute(path))
+                    .map_err(|e| ConfigError::Invalid { var: "EF__BACKUP_SIGNING_KEY", reason: e.to_string() })?,
+            )),
+        };
+        let trusted_keys = match v.get("EF__BACKUP_TRUSTED_KEYS").map(str::trim) {
+            None => crate::sign::TrustedKeys::default(),
+            // Inline keys start like one (minisign's ed25519 keys all begin `RW`).
+            Some(keys) if keys.starts_with("RW") => {
+                crate::sign::TrustedKeys::parse(keys).map_err(|reason| ConfigError::Invalid { var: "EF__BACKUP_TRUSTED_KEYS", reason })?
+            }
+            Some(path) => {
+                let text = std::fs::read_to_string(absolute(path)).map_err(|e| ConfigError::Invalid {
+                    var: "EF__BACKUP_TRUSTED_KEYS",
+                    reason: format!("{path:?} is neither minisign public keys (RW…) nor a readable file of them: {e}"),
+                })?;
+                crate::sign::TrustedKeys::parse(&text)
+                    .map_err(|reason| ConfigError::Invalid { var: "EF__BACKUP_TRUSTED_KEYS", reason: format!("{path}: {reason}") })?
+            }
+        };
+        if v.get("EF__BACKUP_TRUSTED_KEYS").is_some() && trusted_keys.is_empty() {
+            return Err(ConfigError::Invalid {
+                var: "EF__BACKUP_TRUSTED_KEYS",
+                reason: "holds no minisign public key (RW…): unset it to accept unsigned backups".into(),
+            });
+        }
         let codec = match v.get("EF__BACKUP_FORMAT").map(|s| s.trim().to_ascii_lowercase()) {
             None => Codec::Gzip,
             Some(id) => Codec::of_id(&id)
@@ -411,6 +444,8 @@ impl Config {
             zstd_level: v.number("EF__BACKUP_ZSTD_LEVEL", DEFAULT_ZSTD_LEVEL, 1, 19)?,
             age_recipients,
             keys: v.get("EF__BACKUP_AGE_IDENTITY_FILE").map(|p| Keys::from_file(absolute(p.trim()))).unwrap_or_default(),
+            signing_key,
+            trusted_keys,
             threads: v.number("EF__BACKUP_THREADS", 0usize, 0, 256)?,
             timeout_secs: v.number("EF__BACKUP_TIMEOUT_SECS", DEFAULT_TIMEOUT_SECS, 1, 7 * 86_400)?,
             shutdown_grace_secs: v.number("EF__SHUTDOWN_GRACE_SECS", 60u64, 0, 86_400)?,

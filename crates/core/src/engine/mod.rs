@@ -110,18 +110,24 @@ struct Done {
     size: u64,
     dump_bytes: u64,
     s3: S3Outcome,
+    /// What went wrong with the manifest (the backup itself is good).
+    manifest_problem: Option<String>,
 }
 
 /// The compressed stream's destinations: the local file (its errors fail the backup) and the
-/// S3 upload (its errors are recorded by the upload and only reported).
+/// S3 upload (its errors are recorded by the upload and only reported). The SHA-256 of the
+/// stored bytes goes into the manifest.
 struct Sinks {
     file: PartialFile,
     s3: Option<Box<dyn Upload>>,
+    sha256: sha2::Sha256,
 }
 
 impl std::io::Write for Sinks {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
         self.file.write_all(buf)?;
+        self.sha256.update(buf);
         if let Some(s3) = &mut self.s3 {
             s3.write_all(buf)?;
         }
@@ -150,6 +156,24 @@ fn progress_bar(progress: &Arc<Progress>, enabled: bool) -> Option<(indicatif::P
         }
     });
     Some((bar, ticker))
+}
+
+/// The plain dump on its way to the encoder: what it holds (tables, sequences, large objects,
+/// versions) is read as it passes, for the manifest.
+struct Watched<'a> {
+    inner: &'a mut dyn std::io::Write,
+    facts: &'a mut crate::dump::DumpFacts,
+}
+
+impl std::io::Write for Watched<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.facts.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Where the plain dump comes from: `pg_dump` or `pg_dumpall` ([`PgDump`]) in production; the
@@ -269,11 +293,33 @@ impl DumpSource for PgDump<'_> {
         if let Some(line) = first {
             out.write_all(line.as_bytes()).map_err(DumpError::Write)?;
         }
-        dump::run(self.tools, &self.database, self.dumper, self.timeout, self.lock_wait, cancel, &mut out)
+        let session = match self.dumper {
+            Dumper::Database => self.session_settings(),
+            Dumper::Globals { .. } => Default::default(),
+        };
+        let stats = dump::run(self.tools, &self.database, self.dumper, self.timeout, self.lock_wait, cancel, &mut out)?;
+        Ok(dump::DumpStats { session, ..stats })
     }
 }
 
 impl PgDump<'_> {
+    /// The session defaults pg_dump's session gets too (same role, database and server) and
+    /// leaves alone, that shape its COPY text: for the manifest. Never fails the backup.
+    fn session_settings(&self) -> std::collections::BTreeMap<String, String> {
+        const NAMES: [&str; 3] = ["TimeZone", "bytea_output", "lc_monetary"];
+        let sql = format!("SELECT {}", NAMES.map(|n| format!("pg_catalog.current_setting('{n}')")).join(", "));
+        match self.tools.query(&self.database, &sql) {
+            Ok(rows) => match rows.into_iter().next() {
+                Some(values) if values.len() == NAMES.len() => NAMES.iter().map(|n| n.to_ascii_lowercase()).zip(values).collect(),
+                _ => Default::default(),
+            },
+            Err(e) => {
+                tracing::warn!("the manifest of the backup of {} goes without the session's TimeZone and bytea_output: {e}", self.database);
+                Default::default()
+            }
+        }
+    }
+
     /// The backup's first line; None (with a warning) when the properties cannot be read or do
     /// not fit: the backup itself never fails for them.
     fn properties_line(&self) -> Option<String> {
@@ -328,6 +374,8 @@ fn dump_to_file(
     progress_bar_on: bool,
 ) -> Result<Done, BackupError> {
     let name = what.name.as_str();
+    let started = crate::util::now();
+    let s3_store = s3;
     // The whole run, upload included, ends by the backup timeout.
     let deadline = Instant::now() + Duration::from_secs(config.timeout_secs);
     store.ensure_dir()?;
@@ -339,13 +387,16 @@ fn dump_to_file(
         .and_then(|r| r.into_iter().find(|r| r.info.database == what.info.database && r.info.kind == what.info.kind));
     crate::space::check_room(store.dir(), newest.map_or(0, |r| r.backup.size_bytes))?;
     let file = store.create(name)?;
+    // No backup of this name exists (create made sure): a manifest or signature under it is
+    // left from one deleted by hand, and must not vouch for the new file.
+    store.delete_companions(name);
     let path = store.path_of(name).display().to_string();
     tracing::info!("开始备份数据库到: {path}");
     let upload = s3.map(|s3| {
         tracing::info!("开始上传到 S3: {}", s3.url(name));
         s3.upload(name)
     });
-    let sinks = Sinks { file, s3: upload };
+    let sinks = Sinks { file, s3: upload, sha256: Default::default() };
     let progress = Arc::new(Progress::default());
     let bar = progress_bar(&progress, progress_bar_on);
     // The policy's name was checked to end in the configured format's suffix.
@@ -355,7 +406,8 @@ fn dump_to_file(
         err,
     })?;
     // Progress is read from the compressor's counters (`progress_bar`), not from pg_dump.
-    let dumped = source.dump(&opts.cancel, &mut gz);
+    let mut facts = crate::dump::DumpFacts::default();
+    let dumped = source.dump(&opts.cancel, &mut Watched { inner: &mut gz, facts: &mut facts });
     if let Some((bar, ticker)) = bar {
         bar.finish_and_clear();
         let _ = ticker.join();
@@ -371,7 +423,7 @@ fn dump_to_file(
             });
         }
     };
-    let Sinks { file, s3: mut upload } = gz.finish().map_err(write_err)?;
+    let Sinks { file, s3: mut upload, sha256 } = gz.finish().map_err(write_err)?;
     if let Some(lock) = &opts.run_lock {
         lock.still_held()?;
     }
@@ -394,7 +446,59 @@ fn dump_to_file(
             S3Outcome::Failed(e)
         }
     };
-    Ok(Done { name: name.to_string(), path, size, dump_bytes: stats.bytes, s3 })
+    use sha2::Digest;
+    let written = crate::manifest::Written {
+        backup: name,
+        database: &what.info.database,
+        globals: what.info.kind == BackupKind::Globals,
+        format: config.format,
+        settings: &config.encode_settings(),
+        dump_bytes: stats.bytes,
+        stored_bytes: size,
+        sha256: sha256.finalize().into(),
+        started,
+        finished: crate::util::now(),
+        session: &stats.session,
+    };
+    let mirror = match &s3 {
+        S3Outcome::Uploaded(_) => s3_store,
+        _ => None,
+    };
+    let manifest_problem = write_manifest(config, store, mirror, &written, &facts).err();
+    if let Some(problem) = &manifest_problem {
+        tracing::error!("the backup {name} is good, but its manifest: {problem}");
+    }
+    Ok(Done { name: name.to_string(), path, size, dump_bytes: stats.bytes, s3, manifest_problem })
+}
+
+/// Writes the manifest (and its signature, first, so that a manifest is never seen unsigned)
+/// beside the committed backup, and copies both to the mirror that holds the backup.
+fn write_manifest(
+    config: &Config,
+    store: &LocalStore,
+    mirror: Option<&dyn Mirror>,
+    written: &crate::manifest::Written<'_>,
+    facts: &crate::dump::DumpFacts,
+) -> Result<(), String> {
+    use crate::manifest::{manifest_name, Manifest};
+    let manifest = Manifest::new(written, facts).map_err(|e| e.to_string())?;
+    let bytes = manifest.to_bytes();
+    let name = manifest_name(written.backup);
+    let mut files = Vec::new();
+    if let Some(key) = &config.signing_key {
+        let signature = key.sign(&bytes, written.backup).map_err(|e| e.to_string())?;
+        files.push((crate::sign::signature_name(&name), signature.into_bytes()));
+    }
+    files.push((name, bytes));
+    for (file, content) in &files {
+        store.write_companion(file, content).map_err(|e| format!("writing {file} failed: {e}"))?;
+    }
+    if let Some(mirror) = mirror {
+        for (file, content) in &files {
+            mirror.put_small(file, content).map_err(|e| format!("the local copy was written, the copy in S3 failed: {e}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// The running policy as retention's [`Selection`]: recognition per name
@@ -673,29 +777,32 @@ pub fn run_from(
     // `EF__BACKUP_PARALLEL_DBS` at a time; each file succeeds or fails on its own.
     let (globals, databases): (Vec<&File>, Vec<&File>) = plan.files.iter().partition(|f| f.info.kind == BackupKind::Globals);
     let one_at_a_time = config.parallel_dbs <= 1 || databases.len() <= 1;
-    let dump_one = |file: &File| -> (RunEntry, u64) {
+    // Each file's entry, its dump's size, and a note (a manifest that could not be written).
+    type Result3 = (RunEntry, u64, Option<String>);
+    let dump_one = |file: &File| -> Result3 {
         let done = server
             .source(&file.info, plan.globals_passwords, &plan.view.databases)
             .and_then(|source| dump_to_file(config, &plan.view, policy, &*source, &store, s3, file, &opts, opts.progress && one_at_a_time));
-        let (outcome, bytes) = match done {
+        let (outcome, bytes, note) = match done {
             Ok(d) => {
+                let note = d.manifest_problem.map(|p| format!("{} was written, but its manifest: {p}", d.name));
                 let done =
                     BackupDone { file_name: d.name, path: d.path, size_bytes: d.size, started_at: opts.now, finished_at: finished_at(), s3: d.s3 };
-                (Ok(done), d.dump_bytes)
+                (Ok(done), d.dump_bytes, note)
             }
             Err(err) => {
                 tracing::error!("数据库备份失败: {err}");
-                (Err(BackupFailed { kind: err.kind(), message: err.to_string(), file_name: Some(file.name.clone()) }), 0)
+                (Err(BackupFailed { kind: err.kind(), message: err.to_string(), file_name: Some(file.name.clone()) }), 0, None)
             }
         };
-        (RunEntry { database: file.info.database.clone(), kind: file.info.kind, outcome }, bytes)
+        (RunEntry { database: file.info.database.clone(), kind: file.info.kind, outcome }, bytes, note)
     };
-    let mut results: Vec<(RunEntry, u64)> = globals.iter().map(|f| dump_one(f)).collect();
+    let mut results: Vec<Result3> = globals.iter().map(|f| dump_one(f)).collect();
     if one_at_a_time {
         results.extend(databases.iter().map(|f| dump_one(f)));
     } else {
         let next = std::sync::atomic::AtomicUsize::new(0);
-        let slots: Vec<std::sync::Mutex<Option<(RunEntry, u64)>>> = databases.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        let slots: Vec<std::sync::Mutex<Option<Result3>>> = databases.iter().map(|_| std::sync::Mutex::new(None)).collect();
         std::thread::scope(|scope| {
             for _ in 0..config.parallel_dbs.min(databases.len()) {
                 scope.spawn(|| loop {
@@ -708,10 +815,11 @@ pub fn run_from(
         });
         results.extend(slots.into_iter().filter_map(|s| s.into_inner().unwrap_or_else(|e| e.into_inner())));
     }
-    let dump_bytes = results.iter().map(|(_, b)| b).sum();
+    let dump_bytes = results.iter().map(|(_, b, _)| b).sum();
     let mut notes = plan.notes.clone();
+    notes.extend(results.iter().filter_map(|(_, _, note)| note.clone()));
     let mut entries: Vec<RunEntry> = plan.refused.clone();
-    for (entry, _) in results {
+    for (entry, _, _) in results {
         match &entry.outcome {
             // EF__BACKUP_GLOBALS=auto never fails a run for the globals.
             Err(f) if entry.kind == BackupKind::Globals && config.globals == GlobalsMode::Auto => {

@@ -12,6 +12,7 @@ use super::*;
 use crate::model::{BackupOutcome, ErrorKind, S3Outcome, Target};
 use crate::policy::native::NativePolicy;
 use crate::store::memory::MemoryStore;
+use crate::store::BackupStore as _;
 
 const NOW: i64 = 1_762_191_000;
 const DAY: i64 = 86_400;
@@ -50,7 +51,9 @@ impl DumpSource for Scripted {
         }
         match self.fail_after {
             Some(_) => Err(DumpError::Failed { tool: "pg_dump", status: "exited with status 1".into(), stderr: "connection lost".into() }),
-            None => Ok(dump::DumpStats { bytes: self.data.len() as u64 }),
+            None => {
+                Ok(dump::DumpStats { bytes: self.data.len() as u64, session: [("timezone".to_string(), "UTC".to_string())].into_iter().collect() })
+            }
         }
     }
 }
@@ -209,6 +212,40 @@ fn a_failed_upload_keeps_the_local_backup_and_spares_the_mirrors_old_copies() {
     assert_eq!(run.mirror.names(), [old]);
     let asked: Vec<Target> = run.policy.asked.lock().unwrap().iter().map(|(t, _)| *t).collect();
     assert_eq!(asked, [Target::Local], "the mirror's retention is not even asked");
+}
+
+/// Issue 16: a good run leaves a manifest (signed when a key is set) beside the backup in both
+/// stores, recording the stored bytes and the dump's rows; a failed run leaves none.
+#[test]
+fn a_good_run_writes_a_signed_manifest_in_both_stores_and_a_failed_one_none() {
+    use sha2::Digest;
+    let mut run = Run::new(3);
+    let (key, public) = crate::sign::tests::key_pair();
+    run.config.signing_key = Some(Arc::new(key));
+    let report = run.backup(Scripted { data: dump_text(), fail_after: None }, NOW);
+    let BackupOutcome::Done(done) = &report.outcome else { panic!("{:?}", report.outcome) };
+    assert!(report.notes.is_empty(), "{:?}", report.notes);
+    let name = &done.file_name;
+    let manifest_name = crate::manifest::manifest_name(name);
+    let local = std::fs::read(run.local().path_of(&manifest_name)).unwrap();
+    assert_eq!(run.mirror.bytes(&manifest_name).as_deref(), Some(&local[..]), "the same manifest in the mirror");
+    let m = crate::manifest::Manifest::parse(&local).unwrap();
+    let stored = std::fs::read(run.local().path_of(name)).unwrap();
+    assert_eq!(m.sha256, crate::util::hex(&sha2::Sha256::digest(&stored)));
+    assert_eq!((m.stored_bytes, m.dump_bytes), (stored.len() as u64, dump_text().len() as u64));
+    let content = m.content.as_ref().unwrap();
+    assert_eq!((content.tables.len(), content.tables[0].rows), (1, 200_000));
+    assert_eq!(content.copy_settings["timezone"], "UTC");
+    let signature = std::fs::read_to_string(run.local().path_of(&crate::sign::signature_name(&manifest_name))).unwrap();
+    assert!(crate::sign::TrustedKeys::parse(&public).unwrap().check(&local, &signature).is_ok());
+    assert!(run.mirror.bytes(&crate::sign::signature_name(&manifest_name)).is_some());
+    let listed = run.mirror.list_backups().unwrap();
+    assert!(listed.iter().all(|b| b.name == *name && b.manifest), "companions are not listed as backups: {listed:?}");
+
+    let before = run.local_names();
+    let failed = run.backup(Scripted { data: dump_text(), fail_after: Some(1000) }, NOW + 60);
+    assert!(matches!(failed.outcome, BackupOutcome::Failed(_)));
+    assert_eq!(run.local_names(), before, "no manifest of a failed run");
 }
 
 #[test]

@@ -159,48 +159,137 @@ pub struct SequenceState {
 }
 
 /// What a plain dump says about its own contents, read from the raw SQL stream as it goes by:
-/// the rows of each `COPY ... FROM stdin;` block, the `setval` of each sequence and the large
-/// objects it creates. Memory stays flat apart from one oid per large object.
+/// the rows of each `COPY ... FROM stdin;` block (count and an order-independent hash), the
+/// `setval` of each sequence, the large objects it creates (with their bytes' size and hash)
+/// and the versions in its head. Memory stays flat apart from one entry per large object.
 #[derive(Debug, Default)]
 pub struct DumpFacts {
     partial: Vec<u8>,
     current: Option<usize>,
-    /// Rows per COPY block, in dump order. A header whose name cannot be parsed keeps its raw
-    /// text as the name (empty schema), so it shows up as missing rather than vanishing.
-    pub tables: Vec<(QualifiedName, u64)>,
+    /// The large object `lowrite` calls write into (`lo_open` names it).
+    open_lo: Option<u32>,
+    /// The hash so far of a COPY row longer than `LINE_START_LEN`.
+    long_row: Option<Box<LongRow>>,
+    /// COPY blocks in dump order. A header whose name cannot be parsed keeps its raw text as
+    /// the name (empty schema), so it shows up as missing rather than vanishing.
+    pub tables: Vec<CopyBlock>,
     /// `SELECT pg_catalog.setval('name', value, is_called);` calls, in dump order.
     pub sequences: Vec<(QualifiedName, SequenceState)>,
     /// Oids of the large objects the dump creates (`lo_create`) or fills (`lo_open`): a dump
     /// made with --data-only has only the latter.
     pub large_objects: std::collections::BTreeSet<u32>,
+    /// What the dump's `lowrite` calls write into each large object.
+    pub lo_content: std::collections::BTreeMap<u32, LoContent>,
+    /// `-- Dumped from database version 15.18 (...)`.
+    pub server_version: Option<String>,
+    /// `-- Dumped by pg_dump version 15.18 (...)`.
+    pub pg_dump_version: Option<String>,
+    /// `SET client_encoding = 'UTF8';`: the encoding of the COPY text.
+    pub client_encoding: Option<String>,
 }
 
-/// Longest line start kept. COPY headers of wide tables and `lowrite` lines run long, and
-/// a header cut short would not be recognised as one.
+/// The running hash of a long COPY row.
+struct LongRow(xxhash_rust::xxh3::Xxh3);
+
+impl std::fmt::Debug for LongRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LongRow")
+    }
+}
+
+/// One `COPY ... FROM stdin;` block: its rows, and a hash of them that does not depend on their
+/// order: the wrapping sum of every row's XXH3-128 (the row's bytes as COPY text, without the
+/// newline). `COPY table TO STDOUT` of a faithful restore, under the same DateStyle,
+/// IntervalStyle, extra_float_digits and TimeZone, gives the same rows and so the same hash in
+/// any order; a changed, lost or duplicated row changes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyBlock {
+    pub table: QualifiedName,
+    pub rows: u64,
+    pub hash: u128,
+}
+
+/// A large object's bytes as the dump writes them.
+#[derive(Debug, Clone, Default)]
+pub struct LoContent {
+    pub bytes: u64,
+    pub sha256: sha2::Sha256,
+}
+
+/// Longest line start kept. COPY headers of wide tables and `lowrite` lines (pg_dump writes
+/// 16 KiB per call, 32 KiB of hex) run long, and a header cut short would not be recognised.
 const LINE_START_LEN: usize = 64 * 1024;
 
 impl DumpFacts {
     pub fn update(&mut self, data: &[u8]) {
         let mut rest = data;
         while let Some(nl) = memchr::memchr(b'\n', rest) {
-            if self.partial.is_empty() {
+            if self.partial.is_empty() && self.long_row.is_none() {
                 self.line(&rest[..nl]);
             } else {
-                let mut line = std::mem::take(&mut self.partial);
-                line.extend_from_slice(&rest[..nl]);
-                self.line(&line);
+                self.piece(&rest[..nl]);
+                match self.long_row.take() {
+                    Some(hasher) => self.row_hash(hasher.0.digest128()),
+                    None => {
+                        let line = std::mem::take(&mut self.partial);
+                        self.line(&line);
+                    }
+                }
             }
             rest = &rest[nl + 1..];
         }
-        let room = LINE_START_LEN.saturating_sub(self.partial.len());
-        self.partial.extend_from_slice(&rest[..rest.len().min(room)]);
+        if !rest.is_empty() {
+            self.piece(rest);
+        }
+    }
+
+    /// Part of a line whose end has not come yet. Outside COPY data only the line's start
+    /// matters (kept up to `LINE_START_LEN`); a COPY row longer than that is hashed as it comes,
+    /// so that every byte of every row counts whatever its length.
+    fn piece(&mut self, bytes: &[u8]) {
+        if let Some(hasher) = &mut self.long_row {
+            hasher.0.update(bytes);
+        } else if self.current.is_some() && self.partial.len() + bytes.len() > LINE_START_LEN {
+            let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+            hasher.update(&self.partial);
+            hasher.update(bytes);
+            self.partial.clear();
+            self.long_row = Some(Box::new(LongRow(hasher)));
+        } else {
+            let room = LINE_START_LEN.saturating_sub(self.partial.len());
+            self.partial.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        }
+    }
+
+    fn row_hash(&mut self, hash: u128) {
+        if let Some(i) = self.current {
+            let block = &mut self.tables[i];
+            block.rows += 1;
+            block.hash = block.hash.wrapping_add(hash);
+        }
+    }
+
+    /// The dump's tables, each block's rows and hash added up (a table may come in more than
+    /// one block, e.g. a data-only dump written twice).
+    pub fn table_totals(&self) -> std::collections::BTreeMap<&QualifiedName, (u64, u128)> {
+        let mut totals: std::collections::BTreeMap<&QualifiedName, (u64, u128)> = std::collections::BTreeMap::new();
+        for b in &self.tables {
+            let t = totals.entry(&b.table).or_default();
+            t.0 += b.rows;
+            t.1 = t.1.wrapping_add(b.hash);
+        }
+        totals
     }
 
     fn line(&mut self, line: &[u8]) {
         match self.current {
             Some(_) if line == b"\\." => self.current = None,
-            Some(i) => self.tables[i].1 += 1,
+            Some(_) => self.row_hash(xxhash_rust::xxh3::xxh3_128(line)),
             None => {
+                if let Some(hex) = line.strip_prefix(b"SELECT pg_catalog.lowrite(0, '\\x").and_then(|l| l.strip_suffix(b"');")) {
+                    self.lowrite(hex);
+                    return;
+                }
                 let line = String::from_utf8_lossy(line);
                 if let Some(header) = line.strip_prefix("COPY ") {
                     if line.ends_with(" FROM stdin;") {
@@ -208,22 +297,51 @@ impl DumpFacts {
                         let name = QualifiedName::parse(header)
                             .map(|(n, _)| n)
                             .unwrap_or_else(|| QualifiedName { schema: String::new(), name: header.trim_end_matches(" FROM stdin;").to_string() });
-                        self.tables.push((name, 0));
+                        self.tables.push(CopyBlock { table: name, rows: 0, hash: 0 });
                         self.current = Some(self.tables.len() - 1);
                     }
                 } else if let Some(args) = line.strip_prefix("SELECT pg_catalog.setval(") {
                     if let Some(seq) = Self::setval(args) {
                         self.sequences.push(seq);
                     }
-                } else if let Some(args) =
-                    line.strip_prefix("SELECT pg_catalog.lo_create('").or_else(|| line.strip_prefix("SELECT pg_catalog.lo_open('"))
-                {
+                } else if let Some(args) = line.strip_prefix("SELECT pg_catalog.lo_create('") {
                     if let Some(Ok(oid)) = args.split('\'').next().map(str::parse::<u32>) {
                         self.large_objects.insert(oid);
+                        self.lo_content.entry(oid).or_default();
                     }
+                } else if let Some(args) = line.strip_prefix("SELECT pg_catalog.lo_open('") {
+                    if let Some(Ok(oid)) = args.split('\'').next().map(str::parse::<u32>) {
+                        self.large_objects.insert(oid);
+                        self.lo_content.entry(oid).or_default();
+                        self.open_lo = Some(oid);
+                    }
+                } else if line.starts_with("SELECT pg_catalog.lo_close(") {
+                    self.open_lo = None;
+                } else if let Some(v) = line.strip_prefix("SET client_encoding = '").and_then(|v| v.strip_suffix("';")) {
+                    self.client_encoding.get_or_insert_with(|| v.to_string());
+                } else if let Some(v) = line.strip_prefix("-- Dumped from database version ") {
+                    self.server_version.get_or_insert_with(|| v.trim().to_string());
+                } else if let Some(v) = line.strip_prefix("-- Dumped by pg_dump version ") {
+                    self.pg_dump_version.get_or_insert_with(|| v.trim().to_string());
                 }
             }
         }
+    }
+
+    /// `SELECT pg_catalog.lowrite(0, '\x0a1b...');`: the hex-encoded bytes go into the open
+    /// large object's size and hash.
+    fn lowrite(&mut self, hex: &[u8]) {
+        use sha2::Digest;
+        let Some(content) = self.open_lo.and_then(|oid| self.lo_content.get_mut(&oid)) else { return };
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => 0,
+        };
+        let bytes: Vec<u8> = hex.chunks_exact(2).map(|p| nibble(p[0]) << 4 | nibble(p[1])).collect();
+        content.bytes += bytes.len() as u64;
+        content.sha256.update(&bytes);
     }
 
     /// `'public."Odd seq"', 5, true);` -> the sequence and its state.
@@ -266,9 +384,12 @@ pub enum DumpError {
     Write(io::Error),
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct DumpStats {
     pub bytes: u64,
+    /// The dump session's defaults that shape COPY text and pg_dump leaves alone (TimeZone:
+    /// every timestamptz; bytea_output; lc_monetary): recorded in the manifest.
+    pub session: std::collections::BTreeMap<String, String>,
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -431,12 +552,17 @@ pub fn run(
         return Err(failed(describe(status), stderr));
     }
     check.verify().map_err(DumpError::Incomplete)?;
-    Ok(DumpStats { bytes })
+    Ok(DumpStats { bytes, session: Default::default() })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each COPY block's table and row count.
+    fn counts(f: &DumpFacts) -> Vec<(QualifiedName, u64)> {
+        f.tables.iter().map(|b| (b.table.clone(), b.rows)).collect()
+    }
 
     const HEAD: &str = "--\n-- PostgreSQL database dump\n--\n\n\\restrict abc123\n\n-- Dumped from database version 15.18\n";
     const BODY: &str = "SET statement_timeout = 0;\nCOPY public.t (a, b) FROM stdin;\n1\tx\n2\ty\n\\.\n\nCOPY app.\"Odd\" (a) FROM stdin;\n\\.\n";
@@ -513,7 +639,7 @@ mod tests {
             for chunk in text.as_bytes().chunks(piece) {
                 c.update(chunk);
             }
-            assert_eq!(c.tables, vec![(QualifiedName::new("public", "t"), 2), (QualifiedName::new("app", "Odd"), 0)], "piece {piece}");
+            assert_eq!(counts(&c), vec![(QualifiedName::new("public", "t"), 2), (QualifiedName::new("app", "Odd"), 0)], "piece {piece}");
         }
     }
 
@@ -527,7 +653,7 @@ mod tests {
         let mut c = DumpFacts::default();
         c.update(text.as_bytes());
         assert_eq!(
-            c.tables,
+            counts(&c),
             vec![
                 (QualifiedName::new("my schema", "my \"odd\" Table"), 1),
                 (QualifiedName::new("Upper", "plain"), 0),
@@ -535,8 +661,8 @@ mod tests {
                 (QualifiedName::new("public", "a.b"), 1),
             ]
         );
-        assert_eq!(c.tables[0].0.to_string(), "\"my schema\".\"my \"\"odd\"\" Table\"");
-        assert_eq!(c.tables[2].0.to_string(), "public.\"a.b\"");
+        assert_eq!(c.tables[0].table.to_string(), "\"my schema\".\"my \"\"odd\"\" Table\"");
+        assert_eq!(c.tables[2].table.to_string(), "public.\"a.b\"");
     }
 
     #[test]
@@ -561,7 +687,7 @@ mod tests {
                 "piece {piece}"
             );
             assert_eq!(c.large_objects.iter().copied().collect::<Vec<_>>(), vec![16402, 16403, 16404], "piece {piece}");
-            assert_eq!(c.tables, vec![(QualifiedName::new("public", "t"), 1)]);
+            assert_eq!(counts(&c), vec![(QualifiedName::new("public", "t"), 1)]);
         }
     }
 
@@ -574,6 +700,6 @@ mod tests {
         for chunk in text.as_bytes().chunks(1000) {
             c.update(chunk);
         }
-        assert_eq!(c.tables, vec![(QualifiedName::new("public", "wide"), 1)]);
+        assert_eq!(counts(&c), vec![(QualifiedName::new("public", "wide"), 1)]);
     }
 }

@@ -121,7 +121,7 @@ mod tests {
             let mut enc = crate::codec::Format::GZIP.encoder(Vec::new(), &settings, Default::default()).unwrap();
             std::io::Write::write_all(&mut enc, text.as_bytes()).unwrap();
             std::fs::write(d.path().join(&name), enc.finish().unwrap()).unwrap();
-            listing.push(StoredBackup { name, size_bytes: 1, modified: 0 });
+            listing.push(StoredBackup { name, size_bytes: 1, modified: 0, manifest: false });
         };
         for (t, dbs) in globals {
             let header = GlobalsHeader { databases: dbs.iter().map(|s| s.to_string()).collect(), passwords: true };

@@ -36,18 +36,81 @@ pub enum Origin {
 }
 
 /// A backup to read, and the keys that decrypt it if it is encrypted.
+#[derive(Clone)]
 pub struct Source {
     pub origin: Origin,
     pub keys: Keys,
+    /// The SHA-256 its (trusted) manifest records: a stream whose bytes end up hashing to
+    /// anything else fails as damaged, before anything restored from it is put in place.
+    pub sha256: Option<[u8; 32]>,
+    /// The very bytes [`Source::verify_and_pin`] checked: later reads get them, whatever
+    /// replaces the file or object meanwhile.
+    pin: Option<Pin>,
+}
+
+#[derive(Debug, Clone)]
+enum Pin {
+    /// The file as it was opened: a new file under the same name is not read.
+    File(std::sync::Arc<std::fs::File>),
+    /// The object version with this ETag: a replaced object fails the read.
+    Etag(String),
+}
+
+/// Reads a pinned file from the start, by position, so readers never share an offset.
+struct PinnedFile {
+    file: std::sync::Arc<std::fs::File>,
+    at: u64,
+}
+
+impl Read for PinnedFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
 }
 
 impl Source {
     pub fn file(path: impl Into<PathBuf>, keys: &Keys) -> Source {
-        Source { origin: Origin::File(path.into()), keys: keys.clone() }
+        Source { origin: Origin::File(path.into()), keys: keys.clone(), sha256: None, pin: None }
     }
 
     pub fn store(store: std::sync::Arc<dyn Mirror>, name: impl Into<String>, keys: &Keys) -> Source {
-        Source { origin: Origin::Store { store, name: name.into() }, keys: keys.clone() }
+        Source { origin: Origin::Store { store, name: name.into() }, keys: keys.clone(), sha256: None, pin: None }
+    }
+
+    /// The backup's file (object) name, without directory or key prefix.
+    pub fn file_name(&self) -> String {
+        let full = match &self.origin {
+            Origin::File(p) => p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            Origin::Store { name, .. } => name.clone(),
+        };
+        full.rsplit('/').next().unwrap_or_default().to_string()
+    }
+
+    /// A small file beside the backup (its manifest or signature), at most `max` bytes; None
+    /// when there is none.
+    pub fn companion(&self, suffix: &str, max: u64) -> Result<Option<Vec<u8>>, String> {
+        match &self.origin {
+            Origin::File(p) => {
+                let mut path = p.clone().into_os_string();
+                path.push(suffix);
+                let path = PathBuf::from(path);
+                let file = match std::fs::File::open(&path) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+                };
+                let mut bytes = Vec::new();
+                file.take(max + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                if bytes.len() as u64 > max {
+                    return Err(format!("{} is larger than {max} bytes: not a file ef-backup wrote", path.display()));
+                }
+                Ok(Some(bytes))
+            }
+            Origin::Store { store, name } => store.get_small(&format!("{name}{suffix}"), max),
+        }
     }
 
     pub fn label(&self) -> String {
@@ -57,12 +120,57 @@ impl Source {
         }
     }
 
+    /// The stored bytes, undecoded.
+    pub fn raw(&self) -> Result<Box<dyn Read>, RestoreError> {
+        self.open()
+    }
+
     fn open(&self) -> Result<Box<dyn Read>, RestoreError> {
         let open_err = |err: String| RestoreError::Open { backup: self.label(), err };
-        Ok(match &self.origin {
-            Origin::File(p) => Box::new(std::fs::File::open(p).map_err(|e| open_err(e.to_string()))?),
-            Origin::Store { store, name } => store.open(name).map_err(open_err)?,
+        Ok(match (&self.origin, &self.pin) {
+            (Origin::File(_), Some(Pin::File(file))) => Box::new(PinnedFile { file: std::sync::Arc::clone(file), at: 0 }),
+            (Origin::File(p), _) => Box::new(std::fs::File::open(p).map_err(|e| open_err(e.to_string()))?),
+            (Origin::Store { store, name }, Some(Pin::Etag(etag))) => store.open_at(name, Some(etag)).map_err(open_err)?.0,
+            (Origin::Store { store, name }, _) => store.open(name).map_err(open_err)?,
         })
+    }
+
+    /// Reads the whole stored backup once and checks it against [`Source::sha256`], before a
+    /// single byte of it reaches psql; then pins what was read (the open file, or the S3
+    /// object's ETag), so that the restore reads exactly the bytes that were checked. Without
+    /// this, a file swapped in beside a genuine signed manifest would run its SQL before the
+    /// hash at the end of the stream caught it.
+    pub fn verify_and_pin(&mut self) -> Result<(), RestoreError> {
+        use sha2::Digest;
+        let Some(want) = self.sha256 else { return Ok(()) };
+        let open_err = |err: String| RestoreError::Open { backup: self.label(), err };
+        let mut hasher = sha2::Sha256::new();
+        let read_err = |e: io::Error| RestoreError::Damaged { backup: self.label(), reason: format!("reading it failed: {e}") };
+        let pin = match &self.origin {
+            Origin::File(p) => {
+                let file = std::sync::Arc::new(std::fs::File::open(p).map_err(|e| open_err(e.to_string()))?);
+                io::copy(&mut PinnedFile { file: std::sync::Arc::clone(&file), at: 0 }, &mut hasher).map_err(read_err)?;
+                Some(Pin::File(file))
+            }
+            Origin::Store { store, name } => {
+                let (mut reader, etag) = store.open_at(name, None).map_err(open_err)?;
+                io::copy(&mut reader, &mut hasher).map_err(read_err)?;
+                etag.map(Pin::Etag)
+            }
+        };
+        let got: [u8; 32] = hasher.finalize().into();
+        if got != want {
+            return Err(damaged(
+                self,
+                format!(
+                    "its bytes hash to SHA-256 {}, not the {} its manifest records: it was changed or damaged after it was written",
+                    crate::util::hex(&got),
+                    crate::util::hex(&want)
+                ),
+            ));
+        }
+        self.pin = pin;
+        Ok(())
     }
 
     /// The format the name says. A file of another name (a copy renamed by hand) is read as
@@ -127,6 +235,8 @@ pub enum RestoreError {
 #[derive(Debug, Default)]
 pub struct BackupCheck {
     pub compressed_bytes: u64,
+    /// The SHA-256 of the stored bytes.
+    pub sha256: [u8; 32],
     pub dump_bytes: u64,
     /// What the dump says it holds: COPY row counts, sequence values, large objects.
     pub facts: DumpFacts,
@@ -156,7 +266,7 @@ fn corrupt(source: &Source, e: io::Error) -> RestoreError {
 /// Reads a whole backup: gzip integrity (every member's CRC and length), the dump's footer,
 /// and the rows of each COPY block. Calls `sink` with the SQL as it goes.
 pub fn scan(source: &Source, mut sink: impl FnMut(&[u8]) -> Result<(), RestoreError>) -> Result<BackupCheck, RestoreError> {
-    let mut counted = Counted { inner: source.open()?, bytes: 0 };
+    let mut counted = Counted { inner: source.open()?, bytes: 0, sha256: Default::default() };
     let mut gz = io::BufReader::with_capacity(256 * 1024, source.decode(&mut counted)?);
     let gzip_err = |e: io::Error| corrupt(source, e);
     // ef-backup's own first line (the database's properties) is not part of the dump: it is
@@ -194,7 +304,22 @@ pub fn scan(source: &Source, mut sink: impl FnMut(&[u8]) -> Result<(), RestoreEr
     }
     complete.verify().map_err(|r| damaged(source, r))?;
     drop(gz);
-    Ok(BackupCheck { compressed_bytes: counted.bytes, dump_bytes, facts, load: LoadStats::default(), properties })
+    // The decoder may stop before the end (bytes after the last gzip member or zstd frame are
+    // an error there, but not every path reads that far): the hash covers every byte.
+    io::copy(&mut counted, &mut io::sink()).map_err(|e| corrupt(source, e))?;
+    use sha2::Digest;
+    let sha256: [u8; 32] = counted.sha256.finalize().into();
+    if let Some(want) = source.sha256.filter(|want| *want != sha256) {
+        return Err(damaged(
+            source,
+            format!(
+                "its bytes hash to SHA-256 {}, not the {} its manifest records: it was changed or damaged after it was written",
+                crate::util::hex(&sha256),
+                crate::util::hex(&want)
+            ),
+        ));
+    }
+    Ok(BackupCheck { compressed_bytes: counted.bytes, sha256, dump_bytes, facts, load: LoadStats::default(), properties })
 }
 
 /// The database properties a backup carries in its first line, read without reading the rest
@@ -216,12 +341,15 @@ fn first_line(source: &Source, decoded: &mut impl BufRead) -> Result<(Vec<u8>, O
 struct Counted<R> {
     inner: R,
     bytes: u64,
+    sha256: sha2::Sha256,
 }
 
 impl<R: Read> Read for Counted<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use sha2::Digest;
         let n = self.inner.read(buf)?;
         self.bytes += n as u64;
+        self.sha256.update(&buf[..n]);
         Ok(n)
     }
 }

@@ -80,7 +80,8 @@ impl LocalStore {
                 continue;
             }
             let modified = meta.modified().map(unix_secs).unwrap_or(0);
-            out.push(StoredBackup { name, size_bytes: meta.len(), modified });
+            let manifest = self.path_of(&crate::manifest::manifest_name(&name)).is_file();
+            out.push(StoredBackup { name, size_bytes: meta.len(), modified, manifest });
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -113,6 +114,26 @@ impl LocalStore {
         fs::remove_file(&path).map_err(|err| LocalError::Delete { path, err })
     }
 
+    /// Removes the files that accompany a deleted backup (manifest, signature); absent ones are
+    /// fine (backups older than manifests), others are logged.
+    pub fn delete_companions(&self, name: &str) {
+        let manifest = crate::manifest::manifest_name(name);
+        for companion in [crate::sign::signature_name(&manifest), manifest] {
+            match fs::remove_file(self.path_of(&companion)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => tracing::warn!("cannot delete {}: {e}", self.path_of(&companion).display()),
+                _ => {}
+            }
+        }
+    }
+
+    /// Writes a small file beside a backup (its manifest or signature) the way a backup is
+    /// written: partial file, fsync, rename that never replaces.
+    pub fn write_companion(&self, name: &str, bytes: &[u8]) -> Result<PathBuf, LocalError> {
+        let mut file = self.create(name)?;
+        io::Write::write_all(&mut file, bytes).map_err(|err| LocalError::Create { path: self.path_of(name), err })?;
+        Ok(file.commit()?.0)
+    }
+
     /// `*.sql.gz.partial` regular files, each under the backup name it would become.
     pub fn list_partials(&self) -> Vec<StoredBackup> {
         let Ok(entries) = fs::read_dir(&self.dir) else { return Vec::new() };
@@ -125,6 +146,7 @@ impl LocalStore {
                     name,
                     size_bytes: meta.len(),
                     modified: meta.modified().map(unix_secs).unwrap_or(0),
+                    manifest: false,
                 })
             })
             .collect();

@@ -78,7 +78,17 @@ impl BackupStore for MemoryStore {
             return Err(format!("listing the {} store failed (test switch)", self.target.id()));
         }
         let inner = self.lock();
-        Ok(inner.objects.iter().map(|(n, (b, t))| StoredBackup { name: n.clone(), size_bytes: b.len() as u64, modified: *t }).collect())
+        Ok(inner
+            .objects
+            .iter()
+            .filter(|(n, _)| !crate::manifest::is_companion(n))
+            .map(|(n, (b, t))| StoredBackup {
+                name: n.clone(),
+                size_bytes: b.len() as u64,
+                modified: *t,
+                manifest: inner.objects.contains_key(&crate::manifest::manifest_name(n)),
+            })
+            .collect())
     }
 
     fn delete_backups(&self, names: &[String]) -> Deleted {
@@ -86,7 +96,13 @@ impl BackupStore for MemoryStore {
             return Deleted { error: Some("deleting failed (test switch)".into()), ..Deleted::default() };
         }
         let mut inner = self.lock();
-        Deleted { names: names.iter().filter(|n| inner.objects.remove(n.as_str()).is_some()).cloned().collect(), ..Deleted::default() }
+        let deleted: Vec<String> = names.iter().filter(|n| inner.objects.remove(n.as_str()).is_some()).cloned().collect();
+        for n in &deleted {
+            let manifest = crate::manifest::manifest_name(n);
+            inner.objects.remove(&crate::sign::signature_name(&manifest));
+            inner.objects.remove(&manifest);
+        }
+        Deleted { names: deleted, ..Deleted::default() }
     }
 }
 
@@ -103,6 +119,25 @@ impl Mirror for MemoryStore {
     fn open(&self, name: &str) -> Result<Box<dyn Read + Send>, String> {
         let bytes = self.bytes(name).ok_or_else(|| format!("{} does not exist", self.url(name)))?;
         Ok(Box::new(Cursor::new(bytes)))
+    }
+
+    fn open_at(&self, name: &str, _version: Option<&str>) -> Result<(Box<dyn Read + Send>, Option<String>), String> {
+        Ok((self.open(name)?, None))
+    }
+
+    fn put_small(&self, name: &str, bytes: &[u8]) -> Result<(), String> {
+        if self.fail_uploads.load(Ordering::SeqCst) {
+            return Err(format!("uploading {name} failed (test switch)"));
+        }
+        self.lock().objects.insert(name.to_string(), (bytes.to_vec(), crate::util::now()));
+        Ok(())
+    }
+
+    fn get_small(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>, String> {
+        match self.bytes(name) {
+            Some(b) if b.len() as u64 > max => Err(format!("{} is larger than {max} bytes", self.url(name))),
+            other => Ok(other),
+        }
     }
 
     fn abort_stale_uploads(&self, _older_than: Duration, _ours: &dyn Fn(&str) -> bool) -> Result<usize, String> {

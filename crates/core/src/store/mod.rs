@@ -15,12 +15,14 @@ use std::time::{Duration, Instant};
 use crate::model::{BackupEntry, Target};
 
 /// One stored backup, as listed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StoredBackup {
     pub name: String,
     pub size_bytes: u64,
     /// Unix seconds (file mtime, or S3 LastModified).
     pub modified: i64,
+    /// A manifest (`NAME.manifest.json`) sits beside it.
+    pub manifest: bool,
 }
 
 impl From<&StoredBackup> for BackupEntry {
@@ -60,8 +62,16 @@ pub trait Mirror: BackupStore + Send + Sync + std::fmt::Debug {
     fn url(&self, name: &str) -> String;
     /// Starts the copy of `name`; the engine writes the encoded stream into it.
     fn upload(&self, name: &str) -> Box<dyn Upload>;
-    /// Reads a stored backup (restore and verify).
+    /// Reads a stored backup, or a file beside one (its manifest), for restore and verify.
     fn open(&self, name: &str) -> Result<Box<dyn Read + Send>, String>;
+    /// Reads a stored backup and says which version it is (an ETag); given one, reads that
+    /// version or fails. A store without versions answers None and reads what is there.
+    fn open_at(&self, name: &str, version: Option<&str>) -> Result<(Box<dyn Read + Send>, Option<String>), String>;
+    /// Stores a small file beside a backup (its manifest or signature), under the same
+    /// protection as the backup (encryption at rest, object lock).
+    fn put_small(&self, name: &str, bytes: &[u8]) -> Result<(), String>;
+    /// Reads a small file beside a backup (at most `max` bytes); None when there is none.
+    fn get_small(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>, String>;
     /// Ends uploads of names `ours` accepts that started more than `older_than` ago (an
     /// interrupted run's); returns how many.
     fn abort_stale_uploads(&self, older_than: Duration, ours: &dyn Fn(&str) -> bool) -> Result<usize, String>;
@@ -90,7 +100,10 @@ impl BackupStore for local::LocalStore {
         let mut out = Deleted::default();
         for name in names {
             match self.delete(name) {
-                Ok(()) => out.names.push(name.clone()),
+                Ok(()) => {
+                    out.names.push(name.clone());
+                    self.delete_companions(name);
+                }
                 Err(e) => {
                     tracing::warn!("{e}");
                     out.error = Some(e.to_string());
