@@ -35,7 +35,7 @@
 # Methods: ef-backup backup (release build), pg_dump | gzip -9, pg_dump | pigz -9, and bare
 # pg_dump > /dev/null (the limit). Wall time, CPU time and peak RSS come from GNU time.
 # ef-backup runs with EF__BACKUP_GLOBALS=false (the database only, like pg_dump).
-# Every ef-backup backup is checked: exactly one file in the backup dir, named as its format
+# Every ef-backup backup is checked: exactly one backup (and its manifest) in the backup dir, named as its format
 # says; encrypted ones decrypt (age -d) and decompress to the end after every run, the others
 # pass gzip -t / zstd -t in round 1. Needs pigz, and with --formats zstd and age (apt packages).
 # `bench/backup.sh stop` stops the benchmark's PostgreSQL and deletes its state.
@@ -267,10 +267,10 @@ suffix_of() {
   esac
 }
 
-ef_file() {  # $1 = backup dir; prints the one file ef-backup wrote there
+ef_file() {  # $1 = backup dir; prints the one backup ef-backup wrote there (beside its manifest)
   local files=()
-  mapfile -t files < <(find "$1" -mindepth 1 -maxdepth 1)
-  [ ${#files[@]} -eq 1 ] || die "ef-backup left ${#files[@]} files in $1, expected exactly one: ${files[*]##*/}"
+  mapfile -t files < <(find "$1" -mindepth 1 -maxdepth 1 ! -name '*.manifest.json')
+  [ ${#files[@]} -eq 1 ] || die "ef-backup left ${#files[@]} files in $1 besides the manifest, expected exactly one: ${files[*]##*/}"
   echo "${files[0]}"
 }
 

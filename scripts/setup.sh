@@ -2,7 +2,7 @@
 # Installs what the tests and the demo need on a Debian 12 machine (run as root, or as a user
 # with sudo). Idempotent: packages already present are only checked, so a re-run takes a second.
 #   PostgreSQL server + client   the throwaway cluster (scripts/testenv/pg-cluster.sh) and pg_dump/psql
-#   pigz, zstd, age              the stock tools the tests read backups with (gzip -t, zstd -t, age -d)
+#   pigz, zstd, age, minisign    the stock tools the tests read backups with (gzip -t, zstd -t, age -d, minisign -V)
 #   python3-venv                 the local S3 server (scripts/testenv/s3-server.sh, moto in a venv)
 #   faketime                     S3 tests move the S3 server's clock
 #   util-linux, e2fsprogs        runuser and flock (test scripts), mke2fs (tests)
@@ -38,7 +38,7 @@ fi
 need=()
 have_postgres || need+=(postgresql)
 # faketime: the S3 tests move the S3 server's clock (object and upload times cannot be set).
-for p in pigz zstd age python3-venv util-linux e2fsprogs faketime time curl; do installed "$p" || need+=("$p"); done
+for p in pigz zstd age minisign python3-venv util-linux e2fsprogs faketime time curl; do installed "$p" || need+=("$p"); done
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 for p in libpq-dev pkg-config; do installed "$p" || need+=("$p"); done
 optional=()

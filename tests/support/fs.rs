@@ -13,8 +13,14 @@ pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("t").tempdir_in(base).unwrap()
 }
 
-/// Files in a directory, sorted.
+/// Files in a directory, sorted, without the manifests and signatures beside the backups
+/// (only the manifest suite looks at those: [`all_files`]).
 pub fn files(dir: &Path) -> Vec<String> {
+    all_files(dir).into_iter().filter(|f| !(f.ends_with(".manifest.json") || f.ends_with(".manifest.json.minisig"))).collect()
+}
+
+/// Every file in a directory, sorted.
+pub fn all_files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> =
         std::fs::read_dir(dir).map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
     v.sort();

@@ -3,7 +3,8 @@
     s3probe.py head BUCKET KEY          -> {"size", "sse", "storage_class", "etag", "lock_mode", "lock_until"}
     s3probe.py get BUCKET KEY FILE      download to FILE
     s3probe.py put BUCKET KEY FILE      upload FILE (plain put)
-    s3probe.py list BUCKET PREFIX       -> [keys]
+    s3probe.py list BUCKET PREFIX       -> [keys], without manifests and signatures
+    s3probe.py list-all BUCKET PREFIX   -> [keys], all of them
     s3probe.py uploads BUCKET           -> [{"key", "upload_id"}] incomplete multipart uploads
     s3probe.py mkbucket BUCKET [locked] create a bucket (with Object Lock enabled)
     s3probe.py put-locked BUCKET KEY FILE MODE UNTIL
@@ -39,10 +40,14 @@ elif cmd == "get":
     c.download_file(args[0], args[1], args[2])
 elif cmd == "put":
     c.upload_file(args[2], args[0], args[1])
-elif cmd == "list":
+elif cmd in ("list", "list-all"):
+    # `list`: the backups (and anything else) without their manifests and signatures, which
+    # only the manifest suite looks at (`list-all`).
     keys = []
     for page in c.get_paginator("list_objects_v2").paginate(Bucket=args[0], Prefix=args[1]):
         keys += [o["Key"] for o in page.get("Contents", [])]
+    if cmd == "list":
+        keys = [k for k in keys if not (k.endswith(".manifest.json") or k.endswith(".manifest.json.minisig"))]
     print(json.dumps(keys))
 elif cmd == "uploads":
     ups = c.list_multipart_uploads(Bucket=args[0]).get("Uploads", [])
