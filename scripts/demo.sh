@@ -153,6 +153,10 @@ cmd_run() {
   say "Proving the backup: restore into a scratch database and compare every table with the live one"
   ef_backup verify "$first"
 
+  STEP="verify offline"
+  say "Checking the copy in the bucket against its manifest, without a database: SHA-256, complete, every table's rows and content hash"
+  ef_backup verify --offline --from-s3 "$first"
+
   STEP="whole server"
   say "Backing up the whole server in one run: the roles and tablespaces (pg_dumpall --globals-only) first, then every database on its own (EF__DB_NAMES=*)"
   PGPASSWORD="$EF__DB_PASSWORD" PGOPTIONS='-c client_min_messages=warning' "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U "$EF__DB_USER" -d postgres \
