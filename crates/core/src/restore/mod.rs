@@ -160,14 +160,7 @@ impl Source {
         };
         let got: [u8; 32] = hasher.finalize().into();
         if got != want {
-            return Err(damaged(
-                self,
-                format!(
-                    "its bytes hash to SHA-256 {}, not the {} its manifest records: it was changed or damaged after it was written",
-                    crate::util::hex(&got),
-                    crate::util::hex(&want)
-                ),
-            ));
+            return Err(hash_mismatch(self, &got, &want));
         }
         self.pin = pin;
         Ok(())
@@ -258,6 +251,11 @@ fn damaged(source: &Source, reason: impl Into<String>) -> RestoreError {
     RestoreError::Damaged { backup: source.label(), reason: reason.into() }
 }
 
+fn hash_mismatch(source: &Source, got: &[u8; 32], want: &[u8; 32]) -> RestoreError {
+    let (got, want) = (crate::util::hex(got), crate::util::hex(want));
+    damaged(source, format!("its bytes hash to SHA-256 {got}, not the {want} its manifest records: it was changed or damaged after it was written"))
+}
+
 /// The stream failed to decode: a damaged file (or a failing store, whose error says so).
 fn corrupt(source: &Source, e: io::Error) -> RestoreError {
     damaged(source, format!("{} data is corrupt or truncated ({e})", source.format().describe()))
@@ -310,14 +308,7 @@ pub fn scan(source: &Source, mut sink: impl FnMut(&[u8]) -> Result<(), RestoreEr
     use sha2::Digest;
     let sha256: [u8; 32] = counted.sha256.finalize().into();
     if let Some(want) = source.sha256.filter(|want| *want != sha256) {
-        return Err(damaged(
-            source,
-            format!(
-                "its bytes hash to SHA-256 {}, not the {} its manifest records: it was changed or damaged after it was written",
-                crate::util::hex(&sha256),
-                crate::util::hex(&want)
-            ),
-        ));
+        return Err(hash_mismatch(source, &sha256, &want));
     }
     Ok(BackupCheck { compressed_bytes: counted.bytes, sha256, dump_bytes, facts, load: LoadStats::default(), properties })
 }
