@@ -25,6 +25,9 @@
 #                    ef-backup-zstd-age (both) and pg_dump | zstd -3 -T2 (zstd-3). An ef-backup
 #                    without these settings (it refuses them, or writes .sql.gz anyway) gets a
 #                    `bench: skipping ...` line instead of those methods
+#     --baseline BIN also run another ef-backup build (BIN, e.g. the previous release) and this one
+#                    both at gzip level 4 (baseline-L4, ef-backup-L4), and print this build's wall
+#                    and CPU time against it: what a change costs (e.g. the manifest's hashing)
 #     --s3           also run ef-backup with the S3 upload on, against two S3 servers started here:
 #                    moto (the test suite's store) and Garage (a production store; bench/garage.sh
 #                    builds it once, ~6 min), and report each one's wall time against the
@@ -52,6 +55,7 @@ die() { echo "bench: error: $*" >&2; exit 1; }
 source "$ROOT/scripts/lib.sh"
 
 ALL_CORPORA=(app pgbench text jsonb bytea)
+BASELINE=""
 SIZE_MB=760 CORPUS_MB=200 ROUNDS=3 LEVELS=false FORMATS=false S3=false CORPORA_ARG=app
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -62,6 +66,7 @@ while [ $# -gt 0 ]; do
     --levels) LEVELS=true; shift ;;
     --formats) FORMATS=true; shift ;;
     --s3) S3=true; shift ;;
+    --baseline) BASELINE="$(realpath "$2")"; [ -x "$BASELINE" ] || die "--baseline $2: not an executable"; shift 2 ;;
     stop) state="$(state_dir bench)"; pg_cluster stop "$state/pg"; "$TESTENV/s3-server.sh" stop "$state-s3"
           "$ROOT/bench/garage.sh" stop "$state-garage"; rm -rf "$state"; exit 0 ;;
     *) die "unknown argument $1 (see the header of $0)" ;;
@@ -290,16 +295,17 @@ check_file() {  # $1 = method, $2 = file, $3 = round
 run_method() {  # $1 = method name, $2 = round; prints "wall cpu rss_kb bytes"
   local m f
   case "$1" in
-    ef-backup|ef-backup-L*|ef-backup+moto|ef-backup+garage|ef-backup-zstd|ef-backup-age|ef-backup-zstd-age)
+    ef-backup|ef-backup-L*|ef-backup+moto|ef-backup+garage|ef-backup-zstd|ef-backup-age|ef-backup-zstd-age|baseline-L4)
       rm -rf "$OUT/ef"; mkdir -p "$OUT/ef"
-      local level="" s3=() fmt=()
+      local level="" s3=() fmt=() bin="$BIN"
       case "$1" in
         ef-backup-L*) level="${1#ef-backup-L}" ;;
+        baseline-L4) level=4 bin="$BASELINE" ;;
         ef-backup+moto) s3=("${MOTO_VARS[@]}") ;;
         ef-backup+garage) s3=("${GARAGE_VARS[@]}") ;;
         ef-backup-zstd|ef-backup-age|ef-backup-zstd-age) mapfile -t fmt < <(format_vars "$1") ;;
       esac
-      m="$(measure env "${s3[@]}" "${fmt[@]}" EF__BACKUP_DIR="$OUT/ef" EF__BACKUP_GZIP_LEVEL="$level" "$BIN" backup --json)"
+      m="$(measure env "${s3[@]}" "${fmt[@]}" EF__BACKUP_DIR="$OUT/ef" EF__BACKUP_GZIP_LEVEL="$level" "$bin" backup --json)"
       if [ ${#s3[@]} -gt 0 ]; then
         grep -q '"s3_uploaded":true' "$OUT/stdout" || die "the S3 upload failed: $(cat "$OUT/stdout")"
       fi
@@ -320,7 +326,7 @@ run_method() {  # $1 = method name, $2 = round; prints "wall cpu rss_kb bytes"
       echo "$m $PLAIN_BYTES" ;;
   esac
 }
-export OUT
+export OUT BASELINE
 
 # Whether this ef-backup writes format $1 (sets SUPPORTED): one backup of the nearly empty
 # postgres database. An ef-backup from before these settings refuses them by name or ignores them.
@@ -355,6 +361,10 @@ if $FORMATS; then
   methods+=(zstd-3)
 fi
 $LEVELS && for l in 1 2 3 4 5 6 7 8 9; do methods+=("ef-backup-L$l"); done
+if [ -n "$BASELINE" ]; then
+  methods+=(baseline-L4)
+  $LEVELS || methods+=(ef-backup-L4)
+fi
 has_method() { [[ " ${methods[*]} " == *" $1 "* ]]; }
 
 declare -A results plain_of
@@ -427,6 +437,10 @@ report() {  # $1 = corpus: its table and ratios
     printf "ef-backup+garage time / ef-backup time: %.2fx   (goal <= 1.10)\n", g/ef
     printf "ef-backup+moto time / ef-backup time:   %.2fx   (moto rewrites the object on completion, in Python)\n", m/ef
   }'
+  if [ -n "$BASELINE" ]; then
+    awk -v w="$(col "$c" ef-backup-L4 1)" -v bw="$(col "$c" baseline-L4 1)" -v u="$(col "$c" ef-backup-L4 2)" -v bu="$(col "$c" baseline-L4 2)" 'BEGIN {
+      printf "ef-backup-L4 / baseline-L4 (%s): wall %.3fx, CPU %.3fx (%+.2f CPU s)\n", ENVIRON["BASELINE"], w/bw, u/bu, u-bu }'
+  fi
   if $LEVELS; then
     local l
     echo
