@@ -218,6 +218,9 @@ fn signed_manifests_check_with_stock_minisign_and_trusted_keys_refuse_planted_ba
     }
 
     let trusting = vars(&s3vars, &[("EF__BACKUP_TRUSTED_KEYS", pk.to_str().unwrap())]);
+    // The copy in the bucket, streamed once, without a database.
+    let offline = ef(db(), &backups, &trusting, &["verify", "--offline", "--from-s3", &name]);
+    assert!(offline.ok() && offline.stdout.contains("OK: the backup is what its signed manifest says"), "{}", offline.all());
     let target = "ef_e2e_manifest_trusted";
     for from in [vec![name.as_str()], vec!["--from-s3", name.as_str()]] {
         drop_db(target);

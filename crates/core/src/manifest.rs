@@ -35,6 +35,11 @@ pub fn is_companion(name: &str) -> bool {
     name.ends_with(MANIFEST_SUFFIX) || name.ends_with(crate::sign::SIGNATURE_SUFFIX)
 }
 
+/// The backup a manifest or signature name belongs to.
+pub fn backup_of_companion(name: &str) -> Option<&str> {
+    name.strip_suffix(crate::sign::SIGNATURE_SUFFIX).unwrap_or(name).strip_suffix(MANIFEST_SUFFIX)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     pub manifest_version: u32,

@@ -573,18 +573,20 @@ pub fn remove_abandoned_partials(store: &LocalStore, policy: &dyn Policy, view: 
     if partials.is_empty() {
         return;
     }
-    let entries: Vec<BackupEntry> = partials.iter().map(BackupEntry::from).collect();
-    let ours = match policy.recognise(view, &entries) {
-        Ok(o) => o,
+    // A partial manifest or signature is recognised by its backup's name.
+    let backup_of = |name: &str| crate::manifest::backup_of_companion(name).unwrap_or(name).to_string();
+    let entries: Vec<BackupEntry> = partials.iter().map(|p| BackupEntry { name: backup_of(&p.name), ..BackupEntry::from(p) }).collect();
+    let ours: std::collections::BTreeSet<String> = match policy.recognise(view, &entries) {
+        Ok(o) => o.into_iter().map(|(b, _)| b.name).collect(),
         Err(e) => {
             tracing::warn!("left partial files in {} alone: {e}", store.dir().display());
             return;
         }
     };
-    for (b, _) in ours {
-        match store.remove_abandoned_partial(&b.name, PARTIAL_MIN_IDLE) {
+    for p in partials.iter().filter(|p| ours.contains(&backup_of(&p.name))) {
+        match store.remove_abandoned_partial(&p.name, PARTIAL_MIN_IDLE) {
             Ok(true) => {
-                tracing::info!("removed {}{}, left over by an interrupted backup ({})", b.name, crate::store::local::PARTIAL_SUFFIX, mb(b.size_bytes))
+                tracing::info!("removed {}{}, left over by an interrupted backup ({})", p.name, crate::store::local::PARTIAL_SUFFIX, mb(p.size_bytes))
             }
             Ok(false) => {}
             Err(e) => tracing::warn!("{e}"),

@@ -134,7 +134,8 @@ impl LocalStore {
         Ok(file.commit()?.0)
     }
 
-    /// `*.sql.gz.partial` regular files, each under the backup name it would become.
+    /// `*.sql.gz.partial` regular files (and partial manifests and signatures:
+    /// `*.sql.gz.manifest.json.partial`), each under the name it would become.
     pub fn list_partials(&self) -> Vec<StoredBackup> {
         let Ok(entries) = fs::read_dir(&self.dir) else { return Vec::new() };
         let mut out: Vec<StoredBackup> = entries
@@ -142,7 +143,9 @@ impl LocalStore {
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?.strip_suffix(PARTIAL_SUFFIX)?.to_string();
                 let meta = e.metadata().ok()?;
-                (Format::of_name(&name).is_some() && meta.is_file()).then(|| StoredBackup {
+                // A manifest or signature being written counts as its backup's.
+                let backup = crate::manifest::backup_of_companion(&name).unwrap_or(&name);
+                (Format::of_name(backup).is_some() && meta.is_file()).then(|| StoredBackup {
                     name,
                     size_bytes: meta.len(),
                     modified: meta.modified().map(unix_secs).unwrap_or(0),
@@ -339,9 +342,12 @@ mod tests {
         age("live.sql.gz.partial", 3 * 86_400);
         fs::write(dir.path().join("other.partial"), b"1").unwrap();
         fs::write(dir.path().join("x.sql.gz"), b"1").unwrap();
+        fs::write(dir.path().join("x.sql.gz.manifest.json.partial"), b"{").unwrap();
+        age("x.sql.gz.manifest.json.partial", 120);
 
         let listed: Vec<String> = store.list_partials().into_iter().map(|b| b.name).collect();
-        assert_eq!(listed, ["crashed.sql.gz", "fresh.sql.gz", "live.sql.gz"]);
+        assert_eq!(listed, ["crashed.sql.gz", "fresh.sql.gz", "live.sql.gz", "x.sql.gz.manifest.json"]);
+        assert!(store.remove_abandoned_partial("x.sql.gz.manifest.json", Duration::from_secs(60)).unwrap());
         let idle = Duration::from_secs(60);
         assert!(store.remove_abandoned_partial("crashed.sql.gz", idle).unwrap());
         assert!(!store.remove_abandoned_partial("fresh.sql.gz", idle).unwrap(), "written within the grace");
