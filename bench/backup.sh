@@ -25,6 +25,9 @@
 #                    ef-backup-zstd-age (both) and pg_dump | zstd -3 -T2 (zstd-3). An ef-backup
 #                    without these settings (it refuses them, or writes .sql.gz anyway) gets a
 #                    `bench: skipping ...` line instead of those methods
+#     --zstd-levels  also run ef-backup with EF__BACKUP_FORMAT=zstd at levels 1 3 5 7 9 12 on every
+#                    corpus: size against gzip -9 (goal <= 0.85) and wall against the gzip path
+#                    (ef-backup at its default, goal <= 1.00), then which level meets both where
 #     --baseline BIN also run another ef-backup build (BIN, e.g. the previous release) and this one
 #                    both at gzip level 4 (baseline-L4, ef-backup-L4), and print this build's wall
 #                    and CPU time against it: what a change costs (e.g. the manifest's hashing)
@@ -55,7 +58,8 @@ die() { echo "bench: error: $*" >&2; exit 1; }
 source "$ROOT/scripts/lib.sh"
 
 ALL_CORPORA=(app pgbench text jsonb bytea)
-BASELINE=""
+BASELINE="" ZSTD_LEVELS=false
+ZSTD_SWEEP=(1 3 5 7 9 12)
 SIZE_MB=760 CORPUS_MB=200 ROUNDS=3 LEVELS=false FORMATS=false S3=false CORPORA_ARG=app
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -64,6 +68,7 @@ while [ $# -gt 0 ]; do
     --corpus-mb) CORPUS_MB="$2"; shift 2 ;;
     --rounds) ROUNDS="$2"; shift 2 ;;
     --levels) LEVELS=true; shift ;;
+    --zstd-levels) ZSTD_LEVELS=true; shift ;;
     --formats) FORMATS=true; shift ;;
     --s3) S3=true; shift ;;
     --baseline) BASELINE="$(realpath "$2")"; [ -x "$BASELINE" ] || die "--baseline $2: not an executable"; shift 2 ;;
@@ -265,7 +270,7 @@ format_vars() {
 }
 suffix_of() {
   case "$1" in
-    ef-backup-zstd) echo .sql.zst ;;
+    ef-backup-zstd|ef-backup-zstd-L*) echo .sql.zst ;;
     ef-backup-age) echo .sql.gz.age ;;
     ef-backup-zstd-age) echo .sql.zst.age ;;
     *) echo .sql.gz ;;
@@ -295,12 +300,13 @@ check_file() {  # $1 = method, $2 = file, $3 = round
 run_method() {  # $1 = method name, $2 = round; prints "wall cpu rss_kb bytes"
   local m f
   case "$1" in
-    ef-backup|ef-backup-L*|ef-backup+moto|ef-backup+garage|ef-backup-zstd|ef-backup-age|ef-backup-zstd-age|baseline-L4)
+    ef-backup|ef-backup-L*|ef-backup+moto|ef-backup+garage|ef-backup-zstd|ef-backup-age|ef-backup-zstd-age|baseline-L4|ef-backup-zstd-L*)
       rm -rf "$OUT/ef"; mkdir -p "$OUT/ef"
       local level="" s3=() fmt=() bin="$BIN"
       case "$1" in
         ef-backup-L*) level="${1#ef-backup-L}" ;;
         baseline-L4) level=4 bin="$BASELINE" ;;
+        ef-backup-zstd-L*) fmt=(EF__BACKUP_FORMAT=zstd "EF__BACKUP_ZSTD_LEVEL=${1#ef-backup-zstd-L}") ;;
         ef-backup+moto) s3=("${MOTO_VARS[@]}") ;;
         ef-backup+garage) s3=("${GARAGE_VARS[@]}") ;;
         ef-backup-zstd|ef-backup-age|ef-backup-zstd-age) mapfile -t fmt < <(format_vars "$1") ;;
@@ -361,6 +367,7 @@ if $FORMATS; then
   methods+=(zstd-3)
 fi
 $LEVELS && for l in 1 2 3 4 5 6 7 8 9; do methods+=("ef-backup-L$l"); done
+$ZSTD_LEVELS && for l in "${ZSTD_SWEEP[@]}"; do methods+=("ef-backup-zstd-L$l"); done
 if [ -n "$BASELINE" ]; then
   methods+=(baseline-L4)
   $LEVELS || methods+=(ef-backup-L4)
@@ -441,6 +448,15 @@ report() {  # $1 = corpus: its table and ratios
     awk -v w="$(col "$c" ef-backup-L4 1)" -v bw="$(col "$c" baseline-L4 1)" -v u="$(col "$c" ef-backup-L4 2)" -v bu="$(col "$c" baseline-L4 2)" 'BEGIN {
       printf "ef-backup-L4 / baseline-L4 (%s): wall %.3fx, CPU %.3fx (%+.2f CPU s)\n", ENVIRON["BASELINE"], w/bw, u/bu, u-bu }'
   fi
+  if $ZSTD_LEVELS; then
+    echo
+    echo "EF__BACKUP_ZSTD_LEVEL on $(db_of "$c"): size / gzip-9 size (goal <= 0.85), wall / the gzip path's wall (goal <= 1.00)"
+    printf '%-6s %13s %15s\n' level size/gzip-9 wall/gzip-path
+    for l in "${ZSTD_SWEEP[@]}"; do
+      awk -v l="$l" -v s="$(col "$c" "ef-backup-zstd-L$l" 4)" -v gs="$(col "$c" gzip-9 4)" -v w="$(col "$c" "ef-backup-zstd-L$l" 1)" \
+          -v g="$(col "$c" ef-backup 1)" 'BEGIN { printf "%-6s %13.3f %14.2fx\n", "L" l, s/gs, w/g }'
+    done
+  fi
   if $LEVELS; then
     local l
     echo
@@ -452,6 +468,31 @@ report() {  # $1 = corpus: its table and ratios
           'BEGIN { printf "%-6s %13.3f %13.2fx %12.2fx\n", "L" l, s/gs, w/d, p/w }'
     done
   fi
+}
+
+# Per zstd level, every corpus against the zstd goals: >= 15% smaller than gzip -9, no more wall
+# time than the gzip path (ef-backup at its default).
+zstd_summary() {
+  local l c
+  echo "EF__BACKUP_ZSTD_LEVEL against the goals on every corpus (${CORPORA[*]}): size <= 0.85x gzip -9's, wall <= the gzip path's"
+  for l in "${ZSTD_SWEEP[@]}"; do
+    for c in "${CORPORA[@]}"; do
+      echo "$l $c $(col "$c" "ef-backup-zstd-L$l" 4) $(col "$c" gzip-9 4) $(col "$c" "ef-backup-zstd-L$l" 1) $(col "$c" ef-backup 1)"
+    done
+  done | awk '
+    { l = $1; c = $2; s = $3 / $4; w = $5 / $6
+      if (!(l in seen)) { seen[l] = 1; order[++n] = l; met[l] = 0; worst_s[l] = 0 }
+      line[l] = line[l] sprintf(" %s %.3f/%.2fx%s", c, s, w, (s <= 0.85 && w <= 1) ? "" : "*")
+      if (s <= 0.85 && w <= 1) met[l]++
+      if (s > worst_s[l]) worst_s[l] = s }
+    END {
+      print "level  corpus size/gzip-9 / wall/gzip-path (* = a goal missed)"
+      for (i = 1; i <= n; i++) {
+        l = order[i]; printf "L%-5s%s\n", l, line[l]
+        if (best == "" || met[l] > met[best] || (met[l] == met[best] && worst_s[l] < worst_s[best])) best = l
+      }
+      printf "choice: L%s meets both goals on the most corpora (%d of %d)\n", best, met[best], NR / n
+    }'
 }
 
 # Per level, every corpus against the three goals; the size goal wins when they conflict.
@@ -499,6 +540,10 @@ done
 if $LEVELS; then
   echo
   level_summary
+fi
+if $ZSTD_LEVELS; then
+  echo
+  zstd_summary
 fi
 echo
 "$BIN" policy bench --rounds 500 | sed 's/^/policy: /'
