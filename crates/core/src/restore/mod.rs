@@ -443,8 +443,11 @@ pub fn restore_into_new<'a>(
         if failed.is_none() {
             failed = loader.feed(data).err();
         }
-        // A refusal is final, and an interrupted run must not first read the rest of a big file.
-        if matches!(failed, Some(LoadError::Refused { .. })) || (failed.is_some() && interrupted_by().is_some()) {
+        // An interrupted run must not first read the rest of a big file. A refusal is final
+        // for psql (nothing more is fed), but the rest is still read: a gzip stream is one
+        // member, its CRC comes last, and garbage from a damaged byte can look like a statement
+        // pg_dump never writes — "the backup is damaged" is then the true report.
+        if failed.is_some() && interrupted_by().is_some() {
             return Err(load_err(failed.take().expect("a failure")));
         }
         Ok(())
