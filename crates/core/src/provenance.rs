@@ -274,3 +274,41 @@ pub fn verify_offline(source: &Source, trust: &Trust) -> OfflineReport {
     }
     report(checks)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::sync::Arc;
+
+    use sha2::Digest;
+
+    use crate::codec::Keys;
+    use crate::model::Target;
+    use crate::restore::{RestoreError, Source};
+    use crate::store::memory::MemoryStore;
+
+    /// The bytes a signed restore checks are the bytes it reads: a mismatch is refused before
+    /// anything is read for psql, and an object replaced after the check is not read at all.
+    #[test]
+    fn checked_bytes_are_pinned() {
+        let store = MemoryStore::new(Target::S3);
+        store.put("b.sql.gz", b"good bytes", 1);
+        let source = |sha: [u8; 32]| {
+            let mut s = Source::store(Arc::new(store.clone()), "b.sql.gz", &Keys::none());
+            s.sha256 = Some(sha);
+            s
+        };
+        let good: [u8; 32] = sha2::Sha256::digest(b"good bytes").into();
+        let err = source(sha2::Sha256::digest(b"other").into()).verify_and_pin().unwrap_err();
+        assert!(matches!(&err, RestoreError::Damaged { reason, .. } if reason.contains("its manifest records")), "{err}");
+
+        let mut pinned = source(good);
+        pinned.verify_and_pin().unwrap();
+        let mut read = Vec::new();
+        pinned.raw().unwrap().read_to_end(&mut read).unwrap();
+        assert_eq!(read, b"good bytes");
+        store.put("b.sql.gz", b"swapped in", 2);
+        let err = pinned.raw().err().expect("the replaced object is not read");
+        assert!(err.to_string().contains("replaced"), "{err}");
+    }
+}

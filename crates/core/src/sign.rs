@@ -132,6 +132,13 @@ impl TrustedKeys {
 
     /// The key id (as minisign shows it) of the trusted key that signed `data`.
     pub fn check(&self, data: &[u8], signature: &str) -> Result<String, SignError> {
+        // The crate takes the signature lines' lengths on trust (a short last line makes it
+        // panic): a minisign signature is 74 bytes, its trusted comment's signature 64.
+        let lines: Vec<&str> = signature.lines().collect();
+        let decoded = |i: usize| lines.get(i).and_then(|l| base64::engine::general_purpose::STANDARD.decode(l.trim()).ok()).map(|b| b.len());
+        if lines.len() < 4 || decoded(1) != Some(74) || decoded(3) != Some(64) {
+            return Err(SignError::Invalid("not a minisign signature file (four lines: comment, signature, trusted comment, its signature)".into()));
+        }
         let sig = minisign::SignatureBox::from_string(signature).map_err(|e| SignError::Invalid(format!("not a minisign signature ({e})")))?;
         let signer = key_id(sig.keynum());
         let Some((id, pk)) = self.0.iter().find(|(id, _)| *id == signer) else {
@@ -175,6 +182,14 @@ pub(crate) mod tests {
         assert!(err.contains("not in EF__BACKUP_TRUSTED_KEYS"), "{err}");
         assert!(TrustedKeys::parse(&format!("{other}, {public}")).unwrap().check(b"manifest", &sig).is_ok());
         assert!(trusted.check(b"manifest", "garbage").is_err());
+        // Lines cut short (the crate would panic on them): refused with a reason.
+        let lines: Vec<&str> = sig.lines().collect();
+        for (i, cut) in [(3, "AAAA"), (1, "RW")] {
+            let mut damaged = lines.clone();
+            damaged[i] = cut;
+            let err = trusted.check(b"manifest", &damaged.join("\n")).unwrap_err().to_string();
+            assert!(err.contains("not a minisign signature"), "{err}");
+        }
         assert!(TrustedKeys::parse("RWnope").unwrap_err().contains("not a minisign public key"));
     }
 

@@ -186,63 +186,89 @@ impl S3Store {
         })
     }
 
-    /// When each name's object lock ends, for those still locked (unix seconds). S3 itself
-    /// refuses to remove a locked object version, but in a bucket with Object Lock (always
-    /// versioned) a plain delete "succeeds" by hiding the object behind a delete marker: the
-    /// backup would vanish from every listing while still costing storage. Looking first keeps
-    /// it listed and restorable. A name that cannot be looked at is left to the delete.
-    async fn locked_until(&self, names: &[String]) -> Vec<(String, i64)> {
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-        let mut locked = Vec::new();
+    /// The names retention must keep, with why: still under an Object Lock, or their lock
+    /// could not be read. S3 itself refuses to remove a locked object version, but in a bucket
+    /// with Object Lock (always versioned) a plain delete "succeeds" by hiding the object
+    /// behind a delete marker: the backup would vanish from every listing while still costing
+    /// storage. Looking first keeps it listed and restorable; a name whose lock cannot be read
+    /// (an error, no answer) is kept this time rather than guessed about, and the second value
+    /// says why (the retention did not finish: reported as its error).
+    async fn protected(&self, names: &[String]) -> (Vec<(String, String)>, Option<String>) {
+        let now = unix_now();
+        let mut kept = Vec::new();
+        let mut unreadable = None;
         for name in names {
-            let Ok(head) = self.client.head_object().bucket(&self.bucket).key(self.key(name)).send().await else { continue };
-            if let Some(until) = head.object_lock_retain_until_date().map(unix).filter(|until| *until > now) {
-                locked.push((name.clone(), until));
-            }
-        }
-        locked
-    }
-
-    /// Deletes the named backups in batches, except those under an object lock.
-    pub fn delete(&self, names: &[String]) -> Result<Deleted, S3Error> {
-        self.handle.block_on(async {
-            let locked = self.locked_until(names).await;
-            let kept: Vec<(String, String)> = locked
-                .iter()
-                .map(|(n, until)| (n.clone(), format!("its S3 Object Lock holds it until {}", ef_backup_core::util::format_time(*until))))
-                .collect();
-            let names: Vec<String> = names.iter().filter(|n| !locked.iter().any(|(l, _)| l == *n)).cloned().collect();
-            // The manifest and its signature go with their backup (in the same batch: a backup
-            // is never left without them while they linger). Keys that do not exist (backups
-            // older than manifests) delete as a no-op.
-            let companions = |n: &String| {
-                let manifest = ef_backup_core::manifest::manifest_name(n);
-                [ef_backup_core::sign::signature_name(&manifest), manifest]
-            };
-            let mut deleted = Vec::new();
-            for batch in names.chunks(300) {
-                let keys = batch.iter().flat_map(|n| std::iter::once(n.clone()).chain(companions(n)));
-                let ids: Vec<ObjectIdentifier> = keys.filter_map(|n| ObjectIdentifier::builder().key(self.key(&n)).build().ok()).collect();
-                let delete = Delete::builder().set_objects(Some(ids)).quiet(true).build().map_err(|e| S3Error(e.to_string()))?;
-                let out = self.client.delete_objects().bucket(&self.bucket).delete(delete).send().await;
-                let out = match out {
-                    Ok(out) => out,
-                    Err(e) => {
-                        let denied = e.code() == Some("AccessDenied");
-                        let error = Some(describe("deleting old backups", &e));
-                        return Ok(Deleted { names: deleted, kept, error, not_permitted: denied });
+            let head = self.client.head_object().bucket(&self.bucket).key(self.key(name)).send();
+            match tokio::time::timeout(SMALL_PUT_WAIT, head).await {
+                Ok(Ok(head)) => {
+                    if let Some(until) = head.object_lock_retain_until_date().map(unix).filter(|until| *until > now) {
+                        kept.push((name.clone(), format!("its S3 Object Lock holds it until {}", ef_backup_core::util::format_time(until))));
                     }
-                };
-                let failed: Vec<String> = out.errors().iter().filter_map(|e| e.key().map(str::to_string)).collect();
-                deleted.extend(batch.iter().filter(|n| !failed.contains(&self.key(n))).cloned());
-                if let Some(e) = out.errors().first() {
-                    let error =
-                        format!("deleting {}: {}: {}", e.key().unwrap_or_default(), e.code().unwrap_or_default(), e.message().unwrap_or_default());
-                    let denied = out.errors().iter().all(|e| e.code() == Some("AccessDenied"));
-                    return Ok(Deleted { names: deleted, kept, error: Some(error), not_permitted: denied });
+                }
+                // Gone already: the delete is a no-op.
+                Ok(Err(e)) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {}
+                Ok(Err(e)) => {
+                    let why = describe(&format!("reading the Object Lock of {}", self.url(name)), &e);
+                    kept.push((name.clone(), format!("{why}; it is kept this time")));
+                    unreadable = Some(why);
+                }
+                Err(_) => {
+                    let why = format!("reading the Object Lock of {}: no answer within {} s", self.url(name), SMALL_PUT_WAIT.as_secs());
+                    kept.push((name.clone(), format!("{why}; it is kept this time")));
+                    unreadable = Some(why);
                 }
             }
-            Ok(Deleted { names: deleted, kept, ..Deleted::default() })
+        }
+        (kept, unreadable)
+    }
+
+    /// Deletes `keys` (object names under the prefix) in batches; the names deleted, or the
+    /// names deleted so far with the error and whether it was a refusal for lack of permission.
+    async fn delete_keys(&self, keys: &[String]) -> Result<Vec<String>, (Vec<String>, String, bool)> {
+        let mut deleted = Vec::new();
+        for batch in keys.chunks(1000) {
+            let ids: Vec<ObjectIdentifier> = batch.iter().filter_map(|n| ObjectIdentifier::builder().key(self.key(n)).build().ok()).collect();
+            let delete = Delete::builder().set_objects(Some(ids)).quiet(true).build().map_err(|e| (deleted.clone(), e.to_string(), false))?;
+            let out = match self.client.delete_objects().bucket(&self.bucket).delete(delete).send().await {
+                Ok(out) => out,
+                Err(e) => return Err((deleted, describe("deleting old backups", &e), e.code() == Some("AccessDenied"))),
+            };
+            let failed: Vec<String> = out.errors().iter().filter_map(|e| e.key().map(str::to_string)).collect();
+            deleted.extend(batch.iter().filter(|n| !failed.contains(&self.key(n))).cloned());
+            if let Some(e) = out.errors().first() {
+                let error =
+                    format!("deleting {}: {}: {}", e.key().unwrap_or_default(), e.code().unwrap_or_default(), e.message().unwrap_or_default());
+                let denied = out.errors().iter().all(|e| e.code() == Some("AccessDenied"));
+                return Err((deleted, error, denied));
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Deletes the named backups, except those under an object lock, then the manifests and
+    /// signatures of the ones deleted (a backup that stays keeps them).
+    pub fn delete(&self, names: &[String]) -> Result<Deleted, S3Error> {
+        self.handle.block_on(async {
+            let (kept, unreadable) = self.protected(names).await;
+            let names: Vec<String> = names.iter().filter(|n| !kept.iter().any(|(k, _)| k == *n)).cloned().collect();
+            let (deleted, failure) = match self.delete_keys(&names).await {
+                Ok(d) => (d, None),
+                Err((d, error, denied)) => (d, Some((error, denied))),
+            };
+            // Keys that do not exist (backups older than manifests) delete as a no-op.
+            let companions: Vec<String> = deleted
+                .iter()
+                .flat_map(|n| {
+                    let manifest = ef_backup_core::manifest::manifest_name(n);
+                    [ef_backup_core::sign::signature_name(&manifest), manifest]
+                })
+                .collect();
+            let companion_failure = self.delete_keys(&companions).await.err().map(|(_, e, denied)| (e, denied));
+            let (error, not_permitted) = match failure.or(companion_failure).or(unreadable.map(|e| (e, false))) {
+                Some((e, denied)) => (Some(e), denied),
+                None => (None, false),
+            };
+            Ok(Deleted { names: deleted, kept, error, not_permitted })
         })
     }
 
@@ -322,13 +348,9 @@ impl S3Store {
                 .map_err(|_| timed("uploading"))?
                 .map_err(|e| S3Error(describe(&format!("uploading {url}"), &e)))?;
             let Some((mode, until)) = lock else { return Ok(()) };
-            let head = self
-                .client
-                .head_object()
-                .bucket(&self.bucket)
-                .key(&key)
-                .send()
+            let head = tokio::time::timeout(SMALL_PUT_WAIT, self.client.head_object().bucket(&self.bucket).key(&key).send())
                 .await
+                .map_err(|_| timed("checking"))?
                 .map_err(|e| S3Error(describe(&format!("checking {url}"), &e)))?;
             if head.object_lock_retain_until_date().map(unix).is_some_and(|held| held >= until - 60) {
                 return Ok(());

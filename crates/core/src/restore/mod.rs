@@ -154,8 +154,10 @@ impl Source {
             }
             Origin::Store { store, name } => {
                 let (mut reader, etag) = store.open_at(name, None).map_err(open_err)?;
+                // Without a version to ask for, a later read could get other bytes.
+                let etag = etag.ok_or_else(|| open_err("the store names no version (ETag) of it, so the bytes checked cannot be pinned".into()))?;
                 io::copy(&mut reader, &mut hasher).map_err(read_err)?;
-                etag.map(Pin::Etag)
+                Some(Pin::Etag(etag))
             }
         };
         let got: [u8; 32] = hasher.finalize().into();

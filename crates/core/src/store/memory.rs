@@ -121,8 +121,14 @@ impl Mirror for MemoryStore {
         Ok(Box::new(Cursor::new(bytes)))
     }
 
-    fn open_at(&self, name: &str, _version: Option<&str>) -> Result<(Box<dyn Read + Send>, Option<String>), String> {
-        Ok((self.open(name)?, None))
+    /// The version is a hash of the bytes, as an ETag would be.
+    fn open_at(&self, name: &str, version: Option<&str>) -> Result<(Box<dyn Read + Send>, Option<String>), String> {
+        let bytes = self.bytes(name).ok_or_else(|| format!("{} does not exist", self.url(name)))?;
+        let etag = format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes));
+        if version.is_some_and(|v| v != etag) {
+            return Err(format!("{}: PreconditionFailed (the object was replaced)", self.url(name)));
+        }
+        Ok((Box::new(Cursor::new(bytes)), Some(etag)))
     }
 
     fn put_small(&self, name: &str, bytes: &[u8]) -> Result<(), String> {
