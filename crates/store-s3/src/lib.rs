@@ -8,6 +8,7 @@
 //! uploads that could not even be aborted (the store was unreachable) are aborted by a later
 //! run. A completed upload never replaces an existing object.
 
+mod lock;
 mod upload;
 
 use std::future::Future;
@@ -318,13 +319,13 @@ impl S3Store {
     /// Stores a small object beside a backup (its manifest or signature): one PUT with its
     /// MD5, SSE, and the backup's Object Lock (set afterwards where the store ignored it).
     pub fn put_small(&self, name: &str, bytes: &[u8]) -> Result<(), S3Error> {
-        use aws_sdk_s3::types::{ObjectLockMode, ObjectLockRetention, ObjectLockRetentionMode, ServerSideEncryption};
+        use aws_sdk_s3::types::ServerSideEncryption;
         use base64::Engine as _;
         use md5::Digest as _;
         let key = self.key(name);
         let url = self.url(name);
         let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(bytes));
-        let lock = self.object_lock.map(|l| (l.mode, unix_now() + i64::from(l.days) * 86_400));
+        let lock = self.new_lock();
         let mut put = self
             .client
             .put_object()
@@ -335,11 +336,7 @@ impl S3Store {
             .content_type(if name.ends_with(".json") { "application/json" } else { "text/plain" })
             .server_side_encryption(ServerSideEncryption::Aes256);
         if let Some((mode, until)) = lock {
-            let mode = match mode {
-                ef_backup_core::config::LockMode::Governance => ObjectLockMode::Governance,
-                ef_backup_core::config::LockMode::Compliance => ObjectLockMode::Compliance,
-            };
-            put = put.object_lock_mode(mode).object_lock_retain_until_date(aws_sdk_s3::primitives::DateTime::from_secs(until));
+            put = put.object_lock_mode(lock::header_mode(mode)).object_lock_retain_until_date(aws_sdk_s3::primitives::DateTime::from_secs(until));
         }
         self.handle.block_on(async {
             let timed = |what: &str| S3Error(format!("{what} {url}: no answer within {} s", SMALL_PUT_WAIT.as_secs()));
@@ -352,16 +349,10 @@ impl S3Store {
                 .await
                 .map_err(|_| timed("checking"))?
                 .map_err(|e| S3Error(describe(&format!("checking {url}"), &e)))?;
-            if head.object_lock_retain_until_date().map(unix).is_some_and(|held| held >= until - 60) {
+            if lock::holds(head.object_lock_retain_until_date().map(unix), until) {
                 return Ok(());
             }
-            let mode = match mode {
-                ef_backup_core::config::LockMode::Governance => ObjectLockRetentionMode::Governance,
-                ef_backup_core::config::LockMode::Compliance => ObjectLockRetentionMode::Compliance,
-            };
-            let retention = ObjectLockRetention::builder().mode(mode).retain_until_date(aws_sdk_s3::primitives::DateTime::from_secs(until)).build();
-            let set = self.client.put_object_retention().bucket(&self.bucket).key(&key).retention(retention).send();
-            tokio::time::timeout(SMALL_PUT_WAIT, set)
+            tokio::time::timeout(SMALL_PUT_WAIT, self.set_retention(&key, mode, until).send())
                 .await
                 .map_err(|_| timed("locking"))?
                 .map_err(|e| S3Error(describe(&format!("locking {url} (it is stored, NOT under Object Lock)"), &e)))?;

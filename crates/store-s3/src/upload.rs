@@ -12,9 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
-use aws_sdk_s3::types::{
-    CompletedMultipartUpload, CompletedPart, ObjectLockMode, ObjectLockRetention, ObjectLockRetentionMode, ServerSideEncryption, StorageClass,
-};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass};
 use aws_sdk_s3::Client;
 use base64::Engine as _;
 use ef_backup_core::codec::Format;
@@ -48,8 +46,7 @@ impl S3Store {
         // Unbounded as a channel, bounded by `Shared::queued`: a send never waits.
         let (tx, rx) = mpsc::unbounded_channel::<Msg>();
         let shared = Arc::new(Shared::default());
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-        let lock = self.object_lock.map(|l| (l.mode, now + i64::from(l.days) * 86_400));
+        let lock = self.new_lock();
         let object = NewObject { content_type: content_type(name), lock };
         let task = self.handle.spawn(upload_task(self.client.clone(), self.bucket.clone(), self.key(name), object, rx, Arc::clone(&shared)));
         S3Upload {
@@ -85,10 +82,6 @@ fn content_type(name: &str) -> &'static str {
         _ => "application/gzip",
     }
 }
-
-/// A lock the store reports up to this much earlier than asked still counts as set (the
-/// store may round the date).
-const LOCK_SLACK: i64 = 60;
 
 pub(crate) enum Msg {
     Part {
@@ -259,11 +252,7 @@ pub(crate) async fn upload_task(
         .storage_class(StorageClass::StandardIa)
         .content_type(object.content_type);
     if let Some((mode, until)) = object.lock {
-        let mode = match mode {
-            LockMode::Governance => ObjectLockMode::Governance,
-            LockMode::Compliance => ObjectLockMode::Compliance,
-        };
-        create = create.object_lock_mode(mode).object_lock_retain_until_date(DateTime::from_secs(until));
+        create = create.object_lock_mode(crate::lock::header_mode(mode)).object_lock_retain_until_date(DateTime::from_secs(until));
     }
     let created = create.send().await.map_err(|e| describe("starting the upload", &e))?;
     let upload_id = created.upload_id().ok_or("the store returned no upload id")?.to_string();
@@ -535,7 +524,7 @@ impl S3Upload {
         }
         if let Some((mode, until)) = self.lock {
             let held = head.object_lock_retain_until_date().map(crate::unix);
-            if held.is_none_or(|held| held < until - LOCK_SLACK) {
+            if !crate::lock::holds(held, until) {
                 self.lock_object(mode, until, held, deadline, cancel)?;
             }
         }
@@ -548,12 +537,7 @@ impl S3Upload {
     /// kept): the operator asked for copies nobody here can erase, and this one is not.
     fn lock_object(&self, mode: LockMode, until: i64, held: Option<i64>, deadline: Instant, cancel: &AtomicBool) -> Result<(), String> {
         let key = self.store.key(&self.name);
-        let mode = match mode {
-            LockMode::Governance => ObjectLockRetentionMode::Governance,
-            LockMode::Compliance => ObjectLockRetentionMode::Compliance,
-        };
-        let retention = ObjectLockRetention::builder().mode(mode).retain_until_date(DateTime::from_secs(until)).build();
-        let put = self.store.client.put_object_retention().bucket(&self.store.bucket).key(&key).retention(retention).send();
+        let put = self.store.set_retention(&key, mode, until).send();
         let unlocked = |why: String| {
             format!(
                 "{why}: {} is stored and verified but NOT under Object Lock (it held {}). Check that the bucket was created with \
