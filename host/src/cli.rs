@@ -281,7 +281,7 @@ pub fn restore_all(
     // checked (the globals are applied statement by statement as they are read).
     let trusted = |name: &str| -> anyhow::Result<Source> {
         let mut source = open(name);
-        let trust = crate::provenance::establish(&mut source, &config.trusted_keys, args.allow_unsigned)?;
+        let trust = crate::provenance::establish(&mut source, &config.trusted_keys, args.allow_unsigned, crate::provenance::Purpose::Load)?;
         println!("  {name}: {}", trust.describe());
         Ok(source)
     };

@@ -13,6 +13,7 @@ use ef_backup::catalog::{self, CatalogError};
 use ef_backup::config::{Config, LogFormat};
 use ef_backup::db::PgTools;
 use ef_backup::policy::{self, Policy as _, WasmPolicy};
+use ef_backup::provenance::Purpose;
 use ef_backup::store::local::LocalStore;
 use ef_backup::store::s3::{self, S3Store};
 use ef_backup::util::now;
@@ -346,7 +347,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (Some(backup), Some(target_db)) = (backup, target_db) else { anyhow::bail!("restore needs BACKUP and --target-db, or --all") };
             let s3 = s3_store(&config)?;
             let mut source = source(&config, s3.as_ref().map(|(_, s)| s), &backup, from_s3)?;
-            let trust = ef_backup::provenance::establish(&mut source, &config.trusted_keys, load.allow_unsigned)?;
+            let trust = ef_backup::provenance::establish(&mut source, &config.trusted_keys, load.allow_unsigned, Purpose::Load)?;
             // The target (EF__DB_NAME by default) may not exist yet: the restore creates it.
             let tools = PgTools::for_server_via(&config.db, config.pg_bin.as_deref(), restore::MAINTENANCE_DB)?;
             let create_with = restore::props::CreateOptions {
@@ -417,7 +418,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             };
             let mut source = source(&config, s3, &backup, from_s3)?;
-            let trust = ef_backup::provenance::establish(&mut source, &config.trusted_keys, load.allow_unsigned)?;
+            let purpose = if offline { Purpose::Inspect } else { Purpose::Load };
+            let trust = ef_backup::provenance::establish(&mut source, &config.trusted_keys, load.allow_unsigned, purpose)?;
             if offline {
                 let report = ef_backup::provenance::verify_offline(&source, &trust);
                 cli::print_offline(&report, json);

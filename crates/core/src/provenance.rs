@@ -77,9 +77,20 @@ fn expect(source: &mut Source, manifest: &Manifest) -> Result<(), String> {
     Ok(())
 }
 
+/// What the caller does with a trusted backup once it is established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Its SQL runs (restore, verify): a signed backup's bytes are read and checked first, then
+    /// pinned, so that none of a swapped file's SQL runs.
+    Load,
+    /// Only read and compared (`verify --offline`): the one read checks the bytes itself, so
+    /// an S3 object is streamed once.
+    Inspect,
+}
+
 /// Decides whether `source` may be restored or verified, and makes it expect the SHA-256 its
 /// manifest records (so a swapped or damaged file fails before anything is put in place).
-pub fn establish(source: &mut Source, trusted: &TrustedKeys, allow_unsigned: bool) -> Result<Trust, ProvenanceError> {
+pub fn establish(source: &mut Source, trusted: &TrustedKeys, allow_unsigned: bool, purpose: Purpose) -> Result<Trust, ProvenanceError> {
     if trusted.is_empty() {
         // A broken manifest does not stop a restore nobody asked to be checked: say so, go on.
         let manifest = match read_manifest(source) {
@@ -102,7 +113,9 @@ pub fn establish(source: &mut Source, trusted: &TrustedKeys, allow_unsigned: boo
         Ok((key_id, manifest)) => {
             expect(source, &manifest).map_err(|why| ProvenanceError::Untrusted { backup: source.label(), why })?;
             // Only bytes that match the signed hash may reach psql: checked now, then pinned.
-            source.verify_and_pin()?;
+            if purpose == Purpose::Load {
+                source.verify_and_pin()?;
+            }
             Ok(Trust::Signed { key_id, manifest })
         }
         Err(why) if allow_unsigned => {
