@@ -120,12 +120,8 @@ impl Source {
         }
     }
 
-    /// The stored bytes, undecoded.
+    /// The stored bytes, undecoded (the pinned ones once [`Source::verify_and_pin`] ran).
     pub fn raw(&self) -> Result<Box<dyn Read>, RestoreError> {
-        self.open()
-    }
-
-    fn open(&self) -> Result<Box<dyn Read>, RestoreError> {
         let open_err = |err: String| RestoreError::Open { backup: self.label(), err };
         Ok(match (&self.origin, &self.pin) {
             (Origin::File(_), Some(Pin::File(file))) => Box::new(PinnedFile { file: std::sync::Arc::clone(file), at: 0 }),
@@ -191,7 +187,7 @@ impl Source {
 
     /// The plain dump of this backup.
     fn decoded(&self) -> Result<Box<dyn Read>, RestoreError> {
-        self.decode(self.open()?)
+        self.decode(self.raw()?)
     }
 }
 
@@ -266,7 +262,7 @@ fn corrupt(source: &Source, e: io::Error) -> RestoreError {
 /// Reads a whole backup: gzip integrity (every member's CRC and length), the dump's footer,
 /// and the rows of each COPY block. Calls `sink` with the SQL as it goes.
 pub fn scan(source: &Source, mut sink: impl FnMut(&[u8]) -> Result<(), RestoreError>) -> Result<BackupCheck, RestoreError> {
-    let mut counted = Counted { inner: source.open()?, bytes: 0, sha256: Default::default() };
+    let mut counted = Counted { inner: source.raw()?, bytes: 0, sha256: Default::default() };
     let mut gz = io::BufReader::with_capacity(256 * 1024, source.decode(&mut counted)?);
     let gzip_err = |e: io::Error| corrupt(source, e);
     // ef-backup's own first line (the database's properties) is not part of the dump: it is
