@@ -154,7 +154,16 @@ fn serve_rejects_a_hostile_replacement_and_keeps_serving() {
     let st = serve.get("/api/ef/v1/backup/status");
     assert_eq!(st.status, 200);
     assert_eq!(st.json()["policy"]["sha256"], before, "the last good policy keeps running");
-    let r = serve.post("/api/ef/v1/backup/manual");
+    // The other tests of this file back up the same database from the CLI at the same time:
+    // their turn comes first, as an operator's retry would wait for it (`ef` does the same).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let r = loop {
+        let r = serve.post("/api/ef/v1/backup/manual");
+        if r.status != 409 || !r.body.contains("another ef-backup instance") || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.json()["data"]["backup_file"].as_str().unwrap().starts_with("ef_e2e_hostile_backup_"));
 }
