@@ -8,6 +8,7 @@
 #   util-linux, e2fsprogs        runuser and flock (test scripts), mke2fs (tests)
 #   a C compiler (gcc)           the linker cargo calls for the host binary
 #   libpq-dev, pkg-config        the host links libpq (restore loads table data over it)
+#   the ef-drill system user     restore drills run their throwaway server as it (as root)
 # then the wasm32-wasip2 toolchain for the policy component (scripts/wasm-toolchain.sh).
 # Prints nothing on stdout: progress goes to stderr as `setup: ...`.
 set -euo pipefail
@@ -70,6 +71,13 @@ if [ $((${#need[@]} + ${#optional[@]})) -gt 0 ]; then
   have_postgres || die "PostgreSQL installed but no /usr/lib/postgresql/*/bin has initdb, psql, pg_dump and pgbench"
 else
   log "system packages present (PostgreSQL, libpq-dev, pkg-config, pigz, python3-venv, faketime, util-linux, e2fsprogs, cc)"
+fi
+
+# Restore drills start their throwaway PostgreSQL as this unprivileged user when ef-backup runs
+# as root (initdb refuses root; not `postgres`, whose files a crafted backup could then reach).
+if [ "$(id -u)" -eq 0 ] && ! id -u ef-drill >/dev/null 2>&1; then
+  log "creating the system user ef-drill (restore drills run their throwaway server as it)"
+  useradd --system --user-group --no-create-home --shell /usr/sbin/nologin ef-drill || die "useradd ef-drill failed"
 fi
 
 if ! command -v cargo >/dev/null; then

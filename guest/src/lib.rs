@@ -8,6 +8,8 @@
 wit_bindgen::generate!({ world: "backup-policy", path: "../wit/0.2.0-draft", additional_derives: [PartialEq, Eq] });
 
 pub mod civil;
+pub mod drill;
+pub mod notify;
 pub mod policy;
 pub mod response;
 pub mod retention;
@@ -18,10 +20,10 @@ pub use euraflow::backup::types;
 mod component {
     use super::exports::euraflow::backup::policy::Guest;
     use super::types::{
-        BackupEntry, BackupOutcome, BackupSchedule, Config, Context, HttpResponse, Level, Message, NameInfo, NameRequest, Notification,
+        BackupEntry, BackupOutcome, BackupSchedule, Config, Context, Event, HttpResponse, Level, NameInfo, NameRequest, Notification,
         RetentionDecision, Status,
     };
-    use super::{log, policy, response};
+    use super::{drill, log, notify, policy, response};
 
     struct DefaultPolicy;
 
@@ -79,8 +81,14 @@ mod component {
             response::status(&status, &settings)
         }
 
-        fn shape_notification(_ctx: Context, config: Config, event: Notification) -> Option<Message> {
-            response::notification(&config, &event)
+        fn shape_notification(_ctx: Context, config: Config, event: Event) -> Vec<Notification> {
+            let (settings, warnings) = policy::Settings::parse(&config);
+            warn_all(warnings);
+            notify::notifications(&config, &settings, &event)
+        }
+
+        fn select_drill(ctx: Context, _config: Config, backups: Vec<BackupEntry>) -> Vec<String> {
+            drill::select(&backups, ctx.now, ctx.seed)
         }
     }
 

@@ -17,6 +17,8 @@ pub const NAME_SUFFIX: &str = ".sql.gz";
 /// Every suffix a name of ours may end with: the formats the host writes (`format.suffix`),
 /// today `.sql.gz`, and those announced for later (zstd, and both encrypted with age).
 pub const SUFFIXES: [&str; 4] = [".sql.gz", ".sql.zst", ".sql.gz.age", ".sql.zst.age"];
+/// Restore drills every day at 05:00 Beijing time, between the backups of 01:00 and 13:00.
+pub const DEFAULT_DRILL_CRON: &str = "0 5 * * *";
 /// `YYYYMMDD_HHMMSS`.
 const STAMP_LEN: usize = 15;
 
@@ -33,8 +35,12 @@ pub struct Settings {
     pub s3_retention_days: u32,
     /// `schedule_cron`: replaces the default schedule's cron expression (same time zone).
     pub schedule_cron: Option<String>,
-    /// `drill_cron`: when to run restore drills (same time zone); none for never.
+    /// `drill_cron`: when to run restore drills (same time zone), 05:00 daily by default;
+    /// `off` for never.
     pub drill_cron: Option<String>,
+    /// `alert_size_drop_percent`: a backup this much smaller (bytes or rows) than the previous
+    /// good one of its database is alerted (50); 0 for never.
+    pub alert_size_drop_percent: u32,
     /// `legacy_prefix`: names `<legacy_prefix>_backup_YYYYMMDD_HHMMSS.sql.gz` are recognised
     /// as backups of this deployment's (first) database too (backups written before names
     /// carried the database, which were all `euraflow_backup_...`).
@@ -49,7 +55,8 @@ impl Default for Settings {
             s3_keep_last: 14,
             s3_retention_days: 30,
             schedule_cron: None,
-            drill_cron: None,
+            drill_cron: Some(DEFAULT_DRILL_CRON.to_string()),
+            alert_size_drop_percent: 50,
             legacy_prefix: None,
         }
     }
@@ -82,12 +89,20 @@ impl Settings {
                 let v = value.trim();
                 let (slot, otherwise) =
                     if key == "schedule_cron" { (&mut s.schedule_cron, "the default schedule") } else { (&mut s.drill_cron, "no restore drills") };
-                if key == "drill_cron" && v.is_empty() {
-                    continue; // set but empty: no drills, as when unset
+                if key == "drill_cron" && (v.eq_ignore_ascii_case("off") || v.eq_ignore_ascii_case("none")) {
+                    s.drill_cron = None;
+                    continue;
                 }
                 match validate_cron(v) {
                     Ok(()) => *slot = Some(v.to_string()),
-                    Err(why) => warnings.push(format!("EF__POLICY_{}={value:?}: {why}; using {otherwise}", key.to_uppercase())),
+                    Err(why) => {
+                        // An unusable drill cron turns drills off (as the warning says) rather
+                        // than drilling at a time the operator did not choose.
+                        if key == "drill_cron" {
+                            *slot = None;
+                        }
+                        warnings.push(format!("EF__POLICY_{}={value:?}: {why}; using {otherwise}", key.to_uppercase()))
+                    }
                 }
                 continue;
             }
@@ -104,6 +119,16 @@ impl Settings {
                 continue;
             }
             let slot = match key.as_str() {
+                "alert_size_drop_percent" => match value.trim().parse::<u32>() {
+                    Ok(v) if v <= 100 => {
+                        s.alert_size_drop_percent = v;
+                        continue;
+                    }
+                    _ => {
+                        warnings.push(format!("EF__POLICY_ALERT_SIZE_DROP_PERCENT={value:?}: expected a whole number from 0 to 100; using 50"));
+                        continue;
+                    }
+                },
                 "local_retention_days" => &mut s.local_retention_days,
                 "local_keep_last" => &mut s.local_keep_last,
                 "s3_keep_last" => &mut s.s3_keep_last,
@@ -123,7 +148,7 @@ impl Settings {
 
 /// 01:00 and 13:00 in Beijing, which is the original's `0 17,5 * * *` in UTC; or the
 /// operator's `EF__POLICY_SCHEDULE_CRON` in the same zone. Restore drills at
-/// `EF__POLICY_DRILL_CRON`, none without it.
+/// `EF__POLICY_DRILL_CRON` (05:00 daily unless `off`).
 pub fn schedule(settings: &Settings) -> BackupSchedule {
     let drill_crons: Vec<String> = settings.drill_cron.iter().cloned().collect();
     match &settings.schedule_cron {
@@ -395,7 +420,7 @@ pub(crate) mod tests {
         let s = schedule(&settings);
         assert_eq!(s.crons, ["*/5 * * * * *"]);
         assert_eq!(s.timezone, "Asia/Shanghai");
-        assert!(s.drill_crons.is_empty());
+        assert_eq!(s.drill_crons, [DEFAULT_DRILL_CRON]);
     }
 
     #[test]
@@ -404,7 +429,7 @@ pub(crate) mod tests {
         assert_eq!(s.crons, ["0 1,13 * * *"]);
         assert_eq!(s.timezone, "Asia/Shanghai");
         assert_eq!(s.description, "每天北京时间 01:00 和 13:00");
-        assert!(s.drill_crons.is_empty(), "no drills unless asked for");
+        assert_eq!(s.drill_crons, [DEFAULT_DRILL_CRON], "a drill every day unless turned off");
     }
 
     #[test]
@@ -414,9 +439,11 @@ pub(crate) mod tests {
         let s = schedule(&settings);
         assert_eq!(s.drill_crons, ["0 4 * * 0"]);
         assert_eq!((s.crons, s.description), (vec!["0 1,13 * * *".to_string()], "每天北京时间 01:00 和 13:00".to_string()), "the backups' own");
-        // Set but empty: no drills, and nothing to warn about.
-        let (settings, w) = Settings::parse(&config(&[("drill_cron", " ")], None));
-        assert!(w.is_empty() && schedule(&settings).drill_crons.is_empty(), "{w:?}");
+        // `off`: no drills, and nothing to warn about.
+        for off in ["off", " OFF ", "none"] {
+            let (settings, w) = Settings::parse(&config(&[("drill_cron", off)], None));
+            assert!(w.is_empty() && schedule(&settings).drill_crons.is_empty(), "{off}: {w:?}");
+        }
         for bad in ["@weekly", "0 4 * *", "0 4 * * SUN", "0 0 4 * * * *"] {
             let (settings, w) = Settings::parse(&config(&[("drill_cron", bad)], None));
             assert!(schedule(&settings).drill_crons.is_empty(), "{bad}");
@@ -737,7 +764,13 @@ pub(crate) mod tests {
     #[test]
     fn settings_parse_and_warn() {
         let (s, w) = Settings::parse(&config(
-            &[("local_retention_days", "3"), ("local_keep_last", "x"), ("colour", "blue"), ("s3_keep_last", "99999999")],
+            &[
+                ("local_retention_days", "3"),
+                ("local_keep_last", "x"),
+                ("colour", "blue"),
+                ("s3_keep_last", "99999999"),
+                ("alert_size_drop_percent", "30"),
+            ],
             Some(10),
         ));
         assert_eq!(
@@ -748,12 +781,15 @@ pub(crate) mod tests {
                 s3_keep_last: 14,
                 s3_retention_days: 10,
                 schedule_cron: None,
-                drill_cron: None,
+                drill_cron: Some(DEFAULT_DRILL_CRON.into()),
+                alert_size_drop_percent: 30,
                 legacy_prefix: None
             }
         );
         assert_eq!(w.len(), 3, "{w:?}");
         assert!(w[0].contains("EF__POLICY_LOCAL_KEEP_LAST") && w[0].contains("using 14"), "{}", w[0]);
         assert!(w[1].contains("EF__POLICY_COLOUR"), "{}", w[1]);
+        let (s, w) = Settings::parse(&config(&[("alert_size_drop_percent", "101")], None));
+        assert_eq!((s.alert_size_drop_percent, w.len()), (50, 1), "{w:?}");
     }
 }

@@ -1,16 +1,15 @@
-//! Response bodies, in the exact JSON shapes of the original plugin's README, and the
-//! notification messages.
+//! Response bodies, in the exact JSON shapes of the original plugin's README.
 
 use serde::Serialize;
 
 use crate::civil::DateTime;
 use crate::policy::{self, Settings};
-use crate::types::{BackupDone, BackupFailed, BackupKind, BackupOutcome, BackupRun, Config, ErrorKind, HttpResponse, Message, Notification, Status};
+use crate::types::{BackupDone, BackupFailed, BackupKind, BackupOutcome, BackupRun, ErrorKind, HttpResponse, Status};
 
 /// How many backups `recent` lists.
 pub const RECENT: usize = 5;
 
-fn mb(bytes: u64) -> f64 {
+pub(crate) fn mb(bytes: u64) -> f64 {
     (bytes as f64 / (1024.0 * 1024.0) * 100.0).round() / 100.0
 }
 
@@ -49,7 +48,7 @@ struct Busy {
     running_backup: String,
 }
 
-fn kind_name(kind: ErrorKind) -> &'static str {
+pub(crate) fn kind_name(kind: ErrorKind) -> &'static str {
     match kind {
         ErrorKind::Config => "config",
         ErrorKind::Dump => "dump",
@@ -107,7 +106,7 @@ fn failed(f: &BackupFailed) -> HttpResponse {
     )
 }
 
-fn kind_label(kind: BackupKind) -> &'static str {
+pub(crate) fn kind_label(kind: BackupKind) -> &'static str {
     match kind {
         BackupKind::Database => "database",
         BackupKind::Globals => "globals",
@@ -171,6 +170,22 @@ struct StatusBody {
     running_backup: Option<String>,
     /// Per database (and the globals): how many recognised backups, and the newest.
     databases: Vec<DbStatus>,
+    /// The last restore drill, and whether drills run (and if not, why).
+    last_drill: Option<LastRun>,
+    drills: String,
+    /// The newest runs of every kind (the host's history).
+    recent_runs: Vec<RunRow>,
+}
+
+#[derive(Serialize)]
+struct RunRow {
+    kind: String,
+    database: Option<String>,
+    outcome: String,
+    file: Option<String>,
+    message: String,
+    started_at: f64,
+    finished_at: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -258,6 +273,27 @@ pub fn status(s: &Status, settings: &Settings) -> HttpResponse {
         next_run_at: s.next_run.map(|t| t as f64),
         running_backup: s.running.clone(),
         databases: per_database(&ours),
+        last_drill: s.last_drill.as_ref().map(|r| LastRun {
+            success: r.succeeded,
+            backup_file: r.file_name.clone(),
+            message: r.message.clone(),
+            started_at: r.started_at as f64,
+            finished_at: r.finished_at as f64,
+        }),
+        drills: s.drills.clone(),
+        recent_runs: s
+            .recent_runs
+            .iter()
+            .map(|r| RunRow {
+                kind: r.kind.clone(),
+                database: r.database.clone(),
+                outcome: r.outcome.clone(),
+                file: r.file_name.clone(),
+                message: r.message.clone(),
+                started_at: r.started_at as f64,
+                finished_at: r.finished_at.map(|t| t as f64),
+            })
+            .collect(),
     };
     json(200, &body)
 }
@@ -282,50 +318,6 @@ fn per_database(ours: &[&crate::types::BackupEntry]) -> Vec<DbStatus> {
 }
 
 /// The databases a message is about, for its subject.
-fn databases(config: &Config) -> String {
-    if config.databases.is_empty() {
-        "?".to_string()
-    } else {
-        config.databases.join(", ")
-    }
-}
-
-/// A message when a backup failed, and when one succeeded after a failed run ("recovered");
-/// none for an ordinary success or a run refused because another was running.
-pub fn notification(config: &Config, event: &Notification) -> Option<Message> {
-    let dbs = databases(config);
-    match &event.outcome {
-        BackupOutcome::Failed(f) => {
-            let mut body = format!("数据库备份失败: {}\n错误类型: {}", f.message, kind_name(f.kind));
-            if let Some(name) = &f.file_name {
-                body.push_str(&format!("\n备份文件: {name}"));
-            }
-            Some(Message { subject: format!("[ef-backup] 数据库备份失败: {dbs}"), body })
-        }
-        BackupOutcome::Done(d) => {
-            let previous = event.previous.as_ref().filter(|p| !p.succeeded)?;
-            let body = format!("数据库备份已恢复正常: {}（{} MB）\n上次备份失败: {}", d.file_name, mb(d.size_bytes), previous.message);
-            Some(Message { subject: format!("[ef-backup] 数据库备份已恢复: {dbs}"), body })
-        }
-        BackupOutcome::Several(run) if run.entries.iter().any(|e| e.outcome.is_err()) => {
-            let lines: Vec<String> = run
-                .entries
-                .iter()
-                .filter_map(|e| Some(format!("{} ({}): {}", e.database, kind_label(e.kind), e.outcome.as_ref().err()?.message)))
-                .collect();
-            Some(Message {
-                subject: format!("[ef-backup] 数据库备份失败: {dbs}"), body: format!("数据库备份失败:\n{}", lines.join("\n"))
-            })
-        }
-        BackupOutcome::Several(run) => {
-            let previous = event.previous.as_ref().filter(|p| !p.succeeded)?;
-            let body = format!("数据库备份已恢复正常: {} 个文件\n上次备份失败: {}", run.entries.len(), previous.message);
-            Some(Message { subject: format!("[ef-backup] 数据库备份已恢复: {dbs}"), body })
-        }
-        BackupOutcome::Busy(_) => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,6 +402,23 @@ mod tests {
             }),
             next_run: Some(1_762_232_400),
             running: None,
+            last_drill: Some(WitLastRun {
+                started_at: 1_762_203_600,
+                finished_at: 1_762_203_630,
+                succeeded: false,
+                file_name: Some("euraflow_backup_20251104_010000.sql.gz".into()),
+                message: "table public.t: 2 rows restored, the backup holds 3".into(),
+            }),
+            drills: "on".into(),
+            recent_runs: vec![crate::types::RunRecord {
+                kind: "drill".into(),
+                database: Some("euraflow".into()),
+                started_at: 1_762_203_600,
+                finished_at: None,
+                outcome: "running".into(),
+                file_name: None,
+                message: String::new(),
+            }],
         };
         let r = status(&st, &Settings::default());
         assert_eq!(r.status, 200);
@@ -424,7 +433,10 @@ mod tests {
                 r#""policy":{"path":"/p.wasm","sha256":"ab","wit_version":"0.2.0-draft"},"#,
                 r#""last_run":{"success":true,"backup_file":"euraflow_backup_20251104_010000.sql.gz","message":"ok","started_at":1762189200.0,"finished_at":1762189210.0},"#,
                 r#""next_run_at":1762232400.0,"running_backup":null,"#,
-                r#""databases":[{"database":"euraflow","kind":"database","count":2,"newest_backup":"euraflow_backup_20251104_010000.sql.gz","newest_at":1762189200.0}]}"#
+                r#""databases":[{"database":"euraflow","kind":"database","count":2,"newest_backup":"euraflow_backup_20251104_010000.sql.gz","newest_at":1762189200.0}],"#,
+                r#""last_drill":{"success":false,"backup_file":"euraflow_backup_20251104_010000.sql.gz","message":"table public.t: 2 rows restored, the backup holds 3","started_at":1762203600.0,"finished_at":1762203630.0},"#,
+                r#""drills":"on","#,
+                r#""recent_runs":[{"kind":"drill","database":"euraflow","outcome":"running","file":null,"message":"","started_at":1762203600.0,"finished_at":null}]}"#
             )
         );
     }
@@ -460,7 +472,18 @@ mod tests {
     fn status_without_s3() {
         let mut st_config = config(&[], None);
         st_config.backup_dir = "/b".into();
-        let st = Status { now: 0, config: st_config, policy: loaded(), local_backups: vec![], last_run: None, next_run: None, running: None };
+        let st = Status {
+            now: 0,
+            config: st_config,
+            policy: loaded(),
+            local_backups: vec![],
+            last_run: None,
+            next_run: None,
+            running: None,
+            last_drill: None,
+            drills: String::new(),
+            recent_runs: vec![],
+        };
         let v: serde_json::Value = serde_json::from_str(&status(&st, &Settings::default()).body).unwrap();
         assert_eq!(v["s3"], serde_json::json!({"enabled": false, "bucket": null, "region": null, "retention_days": 30}));
         assert_eq!(v["local_backups"]["count"], 0);
@@ -496,40 +519,5 @@ mod tests {
             let v: serde_json::Value = serde_json::from_str(&backup(&outcome).body).unwrap();
             assert_eq!(v["data"]["timestamp"], want, "{name}");
         }
-    }
-
-    fn run(succeeded: bool, message: &str) -> WitLastRun {
-        WitLastRun { started_at: 1, finished_at: 2, succeeded, file_name: None, message: message.into() }
-    }
-
-    #[test]
-    fn notifications() {
-        let c = config(&[], None);
-        let failed = BackupOutcome::Failed(BackupFailed {
-            kind: ErrorKind::Dump,
-            message: "pg_dump exited with status 1".into(),
-            file_name: Some("euraflow_backup_20251104_013000.sql.gz".into()),
-        });
-        for previous in [None, Some(run(true, "ok")), Some(run(false, "disk full"))] {
-            let m = notification(&c, &Notification { outcome: failed.clone(), previous }).expect("a failure is always told");
-            assert_eq!(m.subject, "[ef-backup] 数据库备份失败: euraflow");
-            assert_eq!(m.body, "数据库备份失败: pg_dump exited with status 1\n错误类型: dump\n备份文件: euraflow_backup_20251104_013000.sql.gz");
-        }
-        let done = done_with(vec![]);
-        let recovered =
-            notification(&c, &Notification { outcome: done.clone(), previous: Some(run(false, "pg_dump exited with status 1")) }).expect("recovered");
-        assert_eq!(recovered.subject, "[ef-backup] 数据库备份已恢复: euraflow");
-        assert_eq!(
-            recovered.body,
-            "数据库备份已恢复正常: euraflow_backup_20251104_013000.sql.gz（11.77 MB）\n上次备份失败: pg_dump exited with status 1"
-        );
-        // An ordinary success, the first run, and a refused run say nothing.
-        assert_eq!(notification(&c, &Notification { outcome: done.clone(), previous: Some(run(true, "ok")) }), None);
-        assert_eq!(notification(&c, &Notification { outcome: done, previous: None }), None);
-        assert_eq!(notification(&c, &Notification { outcome: BackupOutcome::Busy("x".into()), previous: Some(run(false, "x")) }), None);
-        // Several databases: the subject names them all.
-        let several = Config { databases: vec!["euraflow".into(), "shop".into()], ..c };
-        let m = notification(&several, &Notification { outcome: failed, previous: None }).unwrap();
-        assert_eq!(m.subject, "[ef-backup] 数据库备份失败: euraflow, shop");
     }
 }

@@ -40,6 +40,7 @@ pub struct Route {
 pub const ROUTES: &[Route] = &[
     Route { method: "post", path: "/api/ef/v1/backup/manual", auth: true, make: || post(manual) },
     Route { method: "get", path: "/api/ef/v1/backup/status", auth: true, make: || timed(get(status)) },
+    Route { method: "get", path: "/api/ef/v1/backup/history", auth: true, make: || timed(get(history)) },
     Route { method: "get", path: "/api/ef/v1/backup/openapi.json", auth: false, make: || timed(get(openapi)) },
     Route { method: "get", path: "/healthz", auth: false, make: || timed(get(healthz)) },
     Route { method: "get", path: "/metrics", auth: false, make: || timed(get(metrics)) },
@@ -114,6 +115,24 @@ async fn manual(State(svc): State<Arc<Service>>, body: Result<Bytes, BytesReject
 
 async fn status(State(svc): State<Arc<Service>>) -> Response {
     respond(svc.status().await)
+}
+
+/// `?limit=N` (1 to 1000, default 50): the newest runs of the history, newest first.
+async fn history(State(svc): State<Arc<Service>>, query: axum::extract::RawQuery) -> Response {
+    let mut limit = 50usize;
+    for (key, value) in query.0.as_deref().unwrap_or("").split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, ""))) {
+        match (key, value.parse::<usize>()) {
+            ("limit", Ok(n)) if (1..=1000).contains(&n) => limit = n,
+            ("limit", _) => return error(StatusCode::BAD_REQUEST, format!("limit must be a whole number from 1 to 1000, not {value:?}")),
+            _ => return error(StatusCode::BAD_REQUEST, format!("unknown parameter {key:?}: only `limit` is taken")),
+        }
+    }
+    let runs = tokio::task::spawn_blocking(move || svc.history(limit)).await;
+    match runs {
+        Ok(Ok(runs)) => json(StatusCode::OK, serde_json::json!({"success": true, "data": {"runs": runs}}).to_string()),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the history could not be read: {e}")),
+    }
 }
 
 async fn openapi() -> Response {

@@ -358,3 +358,78 @@ pub fn restore_all(
         Ok(std::process::ExitCode::FAILURE)
     }
 }
+
+/// `ef-backup drill`: one block per backup, then the verdict.
+pub fn print_drills(drilled: &[crate::drills::Drilled], json: bool) {
+    if json {
+        let rows: Vec<serde_json::Value> = drilled
+            .iter()
+            .map(|d| {
+                let mut v = match &d.result {
+                    Ok(r) => r.detail(),
+                    Err(e) => serde_json::json!({"error": e}),
+                };
+                v["backup"] = serde_json::json!(d.backup);
+                v["database"] = serde_json::json!(d.database);
+                v["ok"] = serde_json::json!(d.passed());
+                v
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return;
+    }
+    for d in drilled {
+        match &d.result {
+            Ok(r) => {
+                println!("{}: {}", if r.passed() { "PASSED" } else { "FAILED" }, r.backup);
+                println!("  restored on:   {}", r.server);
+                println!("  checked with:  {}", r.reference);
+                println!("  restore:       {:.1} s ({} of SQL from {})", r.restore_seconds, mb(r.dump_bytes), mb(r.stored_bytes));
+                println!("  verify:        {:.1} s ({} tables, {} rows)", r.verify_seconds, r.tables, r.rows);
+                for p in &r.problems {
+                    println!("  DIFFERENCE:    {p}");
+                }
+                if r.problem_count > r.problems.len() {
+                    println!("  … and {} more", r.problem_count - r.problems.len());
+                }
+                for n in &r.notes {
+                    println!("  note:          {n}");
+                }
+            }
+            Err(e) => println!("FAILED: {}\n  {e}", d.backup),
+        }
+    }
+    let failed = drilled.iter().filter(|d| !d.passed()).count();
+    if failed == 0 {
+        println!("drill: OK — {} backup(s) restore faithfully", drilled.len());
+    } else {
+        println!("drill: FAILED — {failed} of {} backup(s) did not restore as they should", drilled.len());
+    }
+}
+
+/// `ef-backup history`.
+pub fn print_history(runs: &[crate::state::HistoryEntry], json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(runs).unwrap_or_else(|_| "[]".into()));
+        return;
+    }
+    println!("{:<20} {:<12} {:<9} {:<11} {:<16} {:>8}  message", "started", "kind", "trigger", "outcome", "database", "took");
+    for r in runs {
+        let took = r.duration_ms.map(|ms| format!("{:.1} s", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into());
+        let message = crate::db::escape_controls(r.message.as_deref().unwrap_or(""));
+        let message: String = message.chars().take(160).collect();
+        println!(
+            "{:<20} {:<12} {:<9} {:<11} {:<16} {:>8}  {}",
+            format_time(r.started_at),
+            r.kind,
+            r.trigger,
+            r.outcome.as_deref().unwrap_or("running"),
+            crate::db::escape_controls(r.database.as_deref().unwrap_or("-")),
+            took,
+            message
+        );
+    }
+    if runs.is_empty() {
+        println!("(no runs recorded yet)");
+    }
+}

@@ -8,8 +8,10 @@
 //! other paths of earlier releases still resolve); the policy runtime is
 //! `ef-backup-policy-wasm`, the S3 store `ef-backup-store-s3`.
 
+pub mod alerts;
 pub mod api;
 pub mod cli;
+pub mod drills;
 pub mod exit;
 pub mod metrics;
 pub mod schedule;
@@ -17,8 +19,8 @@ pub mod serve;
 pub mod service;
 
 pub use ef_backup_core::{
-    catalog, codec, config, db, dump, engine, libpq, lock, manifest, model, pg, provenance, restore, retention, sign, signals, space, state, util,
-    verify,
+    catalog, codec, config, db, drill, dump, engine, events, libpq, lock, manifest, model, pg, provenance, restore, retention, sign, signals, space,
+    state, util, verify,
 };
 
 /// The policy: the trait and the host's rules ([`ef_backup_core::policy`]) and the WebAssembly

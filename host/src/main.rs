@@ -118,6 +118,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Restore drill: restore a backup into a scratch database on a throwaway PostgreSQL server
+    /// (or EF__DRILL_DB_HOST), never the production server, and prove it faithful to its
+    /// manifest: the stored bytes' SHA-256, every table's rows and content hash, sequences and
+    /// large objects. Recorded in the history; failures notify. Exit code 1 when one fails.
+    Drill {
+        /// Backups: paths or names in EF__BACKUP_DIR (default: the newest of each database).
+        backups: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The run history: backups, drills, restores, verifies, notifications, newest first.
+    History {
+        /// How many runs to show.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=5000))]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the service: the admin HTTP API on EF__HTTP_ADDR and the policy's schedule.
     Serve,
     /// Inspect policy components.
@@ -288,27 +306,41 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 engine::log_s3_state(&config);
             }
             let started = at.unwrap_or_else(now);
+            // Cron users run the CLI: it notifies like serve, and waits for delivery before it
+            // exits (at most a minute; a channel that is down delays nothing else).
+            let (notify_rt, alerts) = start_alerts(&config)?;
             // The same run lock as `serve`: never a second pg_dump of this database. Busy is not
             // a run (nothing is recorded); a lock that cannot be taken is a failed run.
             let report = match lock::acquire(&config) {
                 Ok(run_lock) => {
                     let recording = ef_backup::state::Recording::begin(&config, ef_backup::state::Trigger::Cli, started);
+                    let started_event = ef_backup::model::Event {
+                        databases: config.policy.databases.clone(),
+                        ..ef_backup::model::Event::new(ef_backup::model::EventKind::BackupStarted, started, "backup started (ef-backup backup)")
+                    };
+                    alerts.emit(&policy, &config.policy, &started_event);
                     let last_recorded_run = recording.last_recorded_run();
+                    let previous = recording.previous();
                     let run_lock = Some(Arc::new(run_lock));
                     let opts = engine::BackupOptions { now: started, progress: !json, cancel, run_lock, last_recorded_run };
                     let report = engine::run(&config, &policy, s3.as_ref().map(|(_, s)| s as &dyn ef_backup::store::Mirror), opts);
                     recording.finish(&report);
+                    emit_backup_events(&config, &policy, &alerts, &report, previous);
                     report
                 }
                 Err(e) => {
                     tracing::error!("{e}");
                     let report = e.into_report(None);
                     if matches!(report.outcome, ef_backup::model::BackupOutcome::Failed(_)) {
-                        ef_backup::state::Recording::begin(&config, ef_backup::state::Trigger::Cli, started).finish(&report);
+                        let recording = ef_backup::state::Recording::begin(&config, ef_backup::state::Trigger::Cli, started);
+                        let previous = recording.previous();
+                        recording.finish(&report);
+                        emit_backup_events(&config, &policy, &alerts, &report, previous);
                     }
                     report
                 }
             };
+            notify_rt.block_on(alerts.flush(NOTIFY_FLUSH));
             let response = policy.shape_backup_response(&report.outcome).unwrap_or_else(|e| {
                 tracing::error!("{e}");
                 policy::fallback_backup_response(&report.outcome)
@@ -474,6 +506,40 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
+        Command::Drill { backups, json } => {
+            restore::drop_scratch_on_signal();
+            let policy = load_policy(cli.policy, &config)?;
+            let config = Config { policy: engine::resolved_view(&config), ..config };
+            if let Err(why) = ef_backup::drills::availability(&config) {
+                anyhow::bail!("restore drills cannot run here: {why}");
+            }
+            let names = if backups.is_empty() {
+                let listing = LocalStore::new(&config.backup_dir).list().map_err(|e| anyhow::anyhow!("{e}"))?;
+                let ours = cli::recognised(&policy, &config.policy, &listing)?;
+                let ours: Vec<_> = ours.into_iter().map(|r| (ef_backup::model::BackupEntry::from(&r.backup), r.info)).collect();
+                let names = policy::fallback_drill_selection(&ours);
+                if names.is_empty() {
+                    anyhow::bail!("no backups in {} to drill (run `ef-backup backup` first)", config.backup_dir.display());
+                }
+                names
+            } else {
+                backups.iter().map(|b| cli::resolve_backup(&config, b).map(|p| p.display().to_string())).collect::<Result<Vec<_>>>()?
+            };
+            let (notify_rt, alerts) = start_alerts(&config)?;
+            let state = ef_backup::state::StateStore::open(&config).map_err(|e| tracing::error!("{e}; this drill is not recorded")).ok();
+            let drilled = ef_backup::drills::run(&config, &policy, &config.policy, &names, ef_backup::state::Trigger::Cli, &alerts, state.as_ref());
+            notify_rt.block_on(alerts.flush(NOTIFY_FLUSH));
+            cli::print_drills(&drilled, json);
+            if let Some(sig) = restore::interrupted_by() {
+                anyhow::bail!("interrupted by signal {sig}; the scratch database was dropped");
+            }
+            Ok(if !drilled.is_empty() && drilled.iter().all(ef_backup::drills::Drilled::passed) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::History { limit, json } => {
+            let state = ef_backup::state::StateStore::open(&config)?;
+            cli::print_history(&state.recent(limit as usize)?, json);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve => {
             let path = policy_path(cli.policy, &config);
             serve::run(config, &path)?;
@@ -509,6 +575,43 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// How long a command waits for its notifications before it exits.
+const NOTIFY_FLUSH: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The notification channels of a one-shot command, on a runtime of their own so that delivery
+/// goes on while the command works.
+fn start_alerts(config: &Config) -> Result<(tokio::runtime::Runtime, ef_backup::alerts::Alerts)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("notify")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime for notifications")?;
+    let alerts = rt.block_on(async { ef_backup::alerts::Alerts::start(config, ef_backup::state::Trigger::Cli) });
+    Ok((rt, alerts))
+}
+
+/// The events of a finished CLI backup, shaped by the policy and queued.
+fn emit_backup_events(
+    config: &Config,
+    policy: &dyn ef_backup::policy::Policy,
+    alerts: &ef_backup::alerts::Alerts,
+    report: &engine::BackupReport,
+    previous: Option<ef_backup::model::LastRun>,
+) {
+    let view = report.view.clone().unwrap_or_else(|| config.policy.clone());
+    let recognised = LocalStore::new(&config.backup_dir)
+        .list()
+        .ok()
+        .map(|l| l.iter().map(ef_backup::model::BackupEntry::from).collect::<Vec<_>>())
+        .and_then(|entries| policy.recognise(&view, &entries).ok())
+        .unwrap_or_default();
+    let changes = ef_backup::events::size_changes(report, &config.backup_dir, &recognised);
+    for event in ef_backup::events::of_backup(report, now(), &view.databases, previous, changes) {
+        alerts.emit(policy, &view, &event);
     }
 }
 

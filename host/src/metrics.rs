@@ -27,6 +27,10 @@ pub struct Gauges {
     /// Per database (and the globals, kind `globals`): recognised backups on disk and the run
     /// time of the newest, from the backup directory (so they survive restarts).
     pub per_database: Vec<PerDatabase>,
+    /// Restore drills per database, from the history (so they survive restarts).
+    pub drills: Vec<crate::state::DrillStats>,
+    /// Notifications given up per channel (after retries, or dropped), from the history.
+    pub notification_failures: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +145,40 @@ impl Metrics {
                 d.last_run_ok.map(|ok| u8::from(ok).to_string())
             }),
         ];
+        let total: u64 = g.notification_failures.iter().map(|(_, n)| n).sum();
+        let _ = write!(
+            out,
+            "# HELP ef_backup_notification_failures_total Notifications given up after their retries (or dropped), per channel.\n\
+             # TYPE ef_backup_notification_failures_total counter\n{}",
+            if g.notification_failures.is_empty() {
+                format!("ef_backup_notification_failures_total {total}\n")
+            } else {
+                g.notification_failures
+                    .iter()
+                    .map(|(c, n)| format!("ef_backup_notification_failures_total{{channel=\"{}\"}} {n}\n", label(c)))
+                    .collect()
+            }
+        );
+        type DrillSample = fn(&crate::state::DrillStats) -> Option<String>;
+        let drill_families: [(&str, &str, &str, DrillSample); 3] = [
+            (
+                "ef_backup_last_drill_success_timestamp_seconds",
+                "gauge",
+                "Unix time of the last restore drill that passed, per database: alert when it is older than 8 days.",
+                |d| d.last_success_at.map(|t| t.to_string()),
+            ),
+            ("ef_backup_last_drill_restore_seconds", "gauge", "How long the last passing drill took to restore, per database.", |d| {
+                d.last_restore_seconds.map(|s| format!("{s:.3}"))
+            }),
+            ("ef_backup_drill_failures_total", "counter", "Restore drills that failed, per database.", |d| Some(d.failures.to_string())),
+        ];
+        for (name, kind, help, value) in drill_families {
+            let samples: Vec<String> =
+                g.drills.iter().filter_map(|d| Some(format!("{name}{{database=\"{}\"}} {}\n", label(&d.database), value(d)?))).collect();
+            if !samples.is_empty() {
+                let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{}", samples.concat());
+            }
+        }
         for (name, help, value) in families {
             let samples: Vec<String> = g
                 .per_database
@@ -170,11 +208,36 @@ mod tests {
         assert!(!text.contains("last_run_success{database=\"pg42\""), "not in the last run: no sample");
     }
 
+    /// Pins issue 17: drill metrics per database and notification failures per channel.
+    #[test]
+    fn drill_and_notification_metrics() {
+        let drills = vec![
+            crate::state::DrillStats {
+                database: "app".into(),
+                last_success_at: Some(77),
+                last_restore_seconds: Some(1.5),
+                failures: 2,
+                successes: 3,
+            },
+            crate::state::DrillStats { database: "shop".into(), last_success_at: None, last_restore_seconds: None, failures: 1, successes: 0 },
+        ];
+        let g = Gauges { drills, notification_failures: vec![("webhook".into(), 4)], ..Gauges::default() };
+        let text = Metrics::default().render(&g);
+        assert!(text.contains("\nef_backup_last_drill_success_timestamp_seconds{database=\"app\"} 77\n"), "{text}");
+        assert!(!text.contains("last_drill_success_timestamp_seconds{database=\"shop\""), "never passed: no sample");
+        assert!(text.contains("\nef_backup_last_drill_restore_seconds{database=\"app\"} 1.500\n"), "{text}");
+        assert!(text.contains("\nef_backup_drill_failures_total{database=\"shop\"} 1\n"), "{text}");
+        assert!(text.contains("# TYPE ef_backup_drill_failures_total counter\n"), "{text}");
+        assert!(text.contains("\nef_backup_notification_failures_total{channel=\"webhook\"} 4\n"), "{text}");
+        let none = Metrics::default().render(&Gauges::default());
+        assert!(none.contains("\nef_backup_notification_failures_total 0\n"), "{none}");
+    }
+
     #[test]
     fn every_metric_has_help_type_and_one_sample() {
         let m = Metrics::default();
         m.failures_total.store(3, Ordering::Relaxed);
-        let text = m.render(&Gauges { backups_on_disk: 2, running: true, next_run: Some(10), per_database: Vec::new() });
+        let text = m.render(&Gauges { backups_on_disk: 2, running: true, next_run: Some(10), ..Gauges::default() });
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len() % 3, 0);
         for chunk in lines.chunks(3) {

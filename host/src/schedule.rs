@@ -15,7 +15,7 @@ use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds};
 use croner::Cron;
 
-use crate::model::{BackupOutcome, BackupSchedule};
+use crate::model::{BackupOutcome, BackupSchedule, EventKind};
 use crate::service::Service;
 use crate::state::Trigger;
 
@@ -35,13 +35,29 @@ pub enum ScheduleError {
     Never { expr: String, zone: String },
 }
 
-/// A parsed schedule: six-field crons (seconds first) in one zone.
+/// A parsed schedule: six-field crons (seconds first) in one zone, and the restore drills'.
 #[derive(Debug, Clone)]
 pub struct Schedule {
     pub exprs: Vec<String>,
     pub zone: Tz,
     pub description: String,
     crons: Vec<Cron>,
+    /// The drill schedule (same zone); None when the policy schedules no drills.
+    pub drills: Option<Arc<Schedule>>,
+}
+
+/// Parses crons (five fields, or six with seconds first) into six-field expressions.
+fn parse_crons(list: &[String]) -> Result<(Vec<String>, Vec<Cron>), ScheduleError> {
+    let mut exprs = Vec::new();
+    let mut crons = Vec::new();
+    for expr in list {
+        // Five fields are standard cron; the parser wants seconds first.
+        let six = if expr.split_whitespace().count() == 5 { format!("0 {expr}") } else { expr.clone() };
+        let cron = parser().parse(&six).map_err(|e| ScheduleError::Cron { expr: expr.clone(), reason: e.to_string() })?;
+        exprs.push(six);
+        crons.push(cron);
+    }
+    Ok((exprs, crons))
 }
 
 fn parser() -> CronParser {
@@ -52,16 +68,14 @@ fn parser() -> CronParser {
 impl Schedule {
     pub fn from_policy(s: &BackupSchedule) -> Result<Schedule, ScheduleError> {
         let zone = Tz::from_str(&s.timezone).map_err(|_| ScheduleError::Zone(s.timezone.clone()))?;
-        let mut exprs = Vec::new();
-        let mut crons = Vec::new();
-        for expr in &s.crons {
-            // Five fields are standard cron; the parser wants seconds first.
-            let six = if expr.split_whitespace().count() == 5 { format!("0 {expr}") } else { expr.clone() };
-            let cron = parser().parse(&six).map_err(|e| ScheduleError::Cron { expr: expr.clone(), reason: e.to_string() })?;
-            exprs.push(six);
-            crons.push(cron);
-        }
-        Ok(Schedule { exprs, zone, description: s.description.clone(), crons })
+        let (exprs, crons) = parse_crons(&s.crons)?;
+        let drills = if s.drill_crons.is_empty() {
+            None
+        } else {
+            let (exprs, crons) = parse_crons(&s.drill_crons)?;
+            Some(Arc::new(Schedule { exprs, zone, description: "restore drills".into(), crons, drills: None }))
+        };
+        Ok(Schedule { exprs, zone, description: s.description.clone(), crons, drills })
     }
 
     /// Every cron fires at least once in the [`MUST_FIRE_WITHIN_DAYS`] after `now`: a
@@ -75,7 +89,10 @@ impl Schedule {
                 return Err(ScheduleError::Never { expr: expr.clone(), zone: self.zone.to_string() });
             }
         }
-        Ok(())
+        match &self.drills {
+            Some(d) => d.validate(now),
+            None => Ok(()),
+        }
     }
 
     /// The latest slot not after `t`.
@@ -137,6 +154,11 @@ async fn tick(service: Arc<Service>, schedule: Arc<Schedule>, slot: DateTime<Utc
     let run = service.backup(Trigger::Scheduled).await;
     if let BackupOutcome::Busy(name) = &run.outcome {
         tracing::warn!("skipping the {slot_label} backup: {name} is still running");
+        // Another instance taking the run is no miss; this process's own backup still
+        // running when the slot came is one.
+        if name != crate::service::OTHER_INSTANCE && !service.closing() {
+            service.announce(EventKind::MissedSlot, format!("the {slot_label} backup did not start: {name} was still running")).await;
+        }
         return;
     }
     let delay = service.config().retry_delay_secs;
@@ -162,16 +184,26 @@ async fn tick(service: Arc<Service>, schedule: Arc<Schedule>, slot: DateTime<Utc
     }
 }
 
-/// The running timer of a schedule. Each slot runs in a task of its own, so stopping the
-/// timer (a policy reload, shutdown) never cuts a running backup or its retry.
+/// The running timers of a schedule (backups, drills). Each slot runs in a task of its own,
+/// so stopping the timers (a policy reload, shutdown) never cuts a running backup or drill.
 pub struct Scheduler {
     timer: tokio::task::JoinHandle<()>,
+    drills: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Scheduler {
     pub fn stop(self) {
         self.timer.abort();
+        if let Some(d) = self.drills {
+            d.abort();
+        }
     }
+}
+
+/// A slot noticed this long after its time was missed (the process was stopped or suspended,
+/// or the clock jumped): it still runs, and the channels hear of it.
+pub fn missed(slot: DateTime<Utc>, noticed: DateTime<Utc>, grace: Duration) -> bool {
+    noticed - slot > grace
 }
 
 async fn timer(service: Arc<Service>, schedule: Arc<Schedule>) {
@@ -184,6 +216,17 @@ async fn timer(service: Arc<Service>, schedule: Arc<Schedule>) {
         // the latest slot of the new time runs once — never a burst of missed ones — and a
         // timer never sleeps towards a slot of a time the clock stepped away from.
         if let Some(slot) = schedule.due(now, last) {
+            let grace = Duration::minutes(service.config().missed_slot_minutes as i64);
+            if missed(slot, now, grace) {
+                let label = slot.with_timezone(&schedule.zone).format("%Y-%m-%d %H:%M:%S %Z");
+                let detail = format!(
+                    "the {label} backup slot was noticed only at {} (was the process stopped, or the clock stepped?); running it now",
+                    now.format("%H:%M:%S UTC")
+                );
+                tracing::warn!("{detail}");
+                let svc = Arc::clone(&service);
+                tokio::spawn(async move { svc.announce(EventKind::MissedSlot, detail).await });
+            }
             tokio::spawn(tick(Arc::clone(&service), Arc::clone(&schedule), slot));
             last = Some(slot);
         }
@@ -194,10 +237,31 @@ async fn timer(service: Arc<Service>, schedule: Arc<Schedule>) {
     }
 }
 
-/// Starts the timer of `schedule`.
+/// Runs the policy's drills at each drill slot, in a task of their own: a drill never holds up
+/// a backup slot, and a slot that comes while a drill runs is skipped (one drill at a time).
+async fn drill_timer(service: Arc<Service>, drills: Arc<Schedule>) {
+    let mut last = drills.latest_at(Utc::now());
+    loop {
+        let now = Utc::now();
+        if let Some(slot) = drills.due(now, last) {
+            last = Some(slot);
+            let svc = Arc::clone(&service);
+            tokio::spawn(async move {
+                let drilled = svc.drill(Trigger::Scheduled).await;
+                tracing::info!("scheduled restore drill: {} backup(s), {} passed", drilled.len(), drilled.iter().filter(|d| d.passed()).count());
+            });
+        }
+        let next = drills.next_after(now);
+        let until_next = next.and_then(|t| (t - now).to_std().ok()).unwrap_or(CLOCK_CHECK);
+        tokio::time::sleep(until_next.min(CLOCK_CHECK)).await;
+    }
+}
+
+/// Starts the timers of `schedule`.
 pub fn start(service: Arc<Service>, schedule: Schedule) -> Scheduler {
     service.set_next_run(schedule.next_after(Utc::now()).map(|t| t.timestamp()));
-    Scheduler { timer: tokio::spawn(timer(service, Arc::new(schedule))) }
+    let drills = schedule.drills.clone().map(|d| tokio::spawn(drill_timer(Arc::clone(&service), d)));
+    Scheduler { timer: tokio::spawn(timer(service, Arc::new(schedule))), drills }
 }
 
 #[cfg(test)]
@@ -307,6 +371,37 @@ mod tests {
         assert_eq!(retry_at(&failed, 0, now, next), None, "0 disables the retry");
         assert_eq!(retry_at(&failed, 600, now, Some(now + Duration::seconds(600))), None, "the next slot comes first");
         assert_eq!(retry_at(&busy, 600, now, next), None);
+    }
+
+    /// Pins issue 17: the drill crons become a timer of their own, validated like the backups'.
+    #[test]
+    fn drill_crons_are_a_schedule_of_their_own() {
+        let s = Schedule::from_policy(&BackupSchedule {
+            crons: vec!["0 1 * * *".into()],
+            timezone: "Asia/Shanghai".into(),
+            description: String::new(),
+            drill_crons: vec!["0 5 * * *".into()],
+        })
+        .unwrap();
+        let d = s.drills.clone().expect("a drill schedule");
+        let t = Utc.with_ymd_and_hms(2025, 11, 4, 0, 0, 0).unwrap();
+        assert_eq!(d.next_after(t), Some(Utc.with_ymd_and_hms(2025, 11, 4, 21, 0, 0).unwrap()), "05:00 in Beijing");
+        assert!(default_schedule().drills.is_none());
+        let never = BackupSchedule {
+            crons: vec!["0 1 * * *".into()],
+            timezone: "UTC".into(),
+            description: String::new(),
+            drill_crons: vec!["0 0 31 2 *".into()],
+        };
+        assert!(matches!(Schedule::from_policy(&never).unwrap().validate(t), Err(ScheduleError::Never { .. })));
+    }
+
+    #[test]
+    fn a_slot_noticed_late_is_missed() {
+        let slot = Utc.with_ymd_and_hms(2025, 11, 4, 1, 0, 0).unwrap();
+        assert!(!missed(slot, slot + Duration::seconds(1), Duration::minutes(30)));
+        assert!(!missed(slot, slot + Duration::minutes(30), Duration::minutes(30)));
+        assert!(missed(slot, slot + Duration::minutes(31), Duration::minutes(30)));
     }
 
     #[test]

@@ -26,6 +26,9 @@ use crate::store::Mirror;
 use crate::util::lock;
 use crate::{api, engine};
 
+/// How long shutdown waits for queued notifications.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
+
 /// How often the policy file is looked at for changes.
 const POLICY_POLL: Duration = Duration::from_secs(2);
 
@@ -120,7 +123,10 @@ async fn watch_policy(service: Arc<Service>, scheduler: Arc<Mutex<Option<Schedul
                     old.stop();
                 }
             }
-            Ok(Err(e)) => tracing::error!("policy reload rejected, the running policy stays (and its schedule): {e}"),
+            Ok(Err(e)) => {
+                tracing::error!("policy reload rejected, the running policy stays (and its schedule): {e}");
+                service.announce(crate::model::EventKind::PolicyRejected, format!("{}: {e}", path.display())).await;
+            }
             Err(e) => tracing::error!("policy reload failed, the running policy stays (and its schedule): {e}"),
         }
     }
@@ -327,8 +333,13 @@ impl Server {
         let addr = config.http_addr.clone();
         let grace = Duration::from_secs(config.shutdown_grace_secs);
         let max_connections = config.http_max_connections;
-        let service = Service::new(config, Arc::new(policy), s3, state);
+        let alerts = crate::alerts::Alerts::start(&config, crate::state::Trigger::Service);
+        let service = Service::new(config, Arc::new(policy), s3, state, alerts);
         service.resolve_view_in_background();
+        match service.drills() {
+            Ok(on) => tracing::info!("restore drills run {on}"),
+            Err(why) => tracing::warn!("restore drills are off: {why}"),
+        }
         let listener = match listener {
             Some(l) => l,
             None => {
@@ -350,6 +361,7 @@ impl Server {
             None => tracing::warn!("schedule: {description}; it never fires"),
         }
         tracing::info!("admin API listening on http://{addr}");
+        service.announce(crate::model::EventKind::ServiceStarted, format!("ef-backup started; schedule: {description}")).await;
         let stop = graceful_stop(Arc::clone(&service), grace, shutdown);
         serve_http(listener, api::router(Arc::clone(&service)), max_connections, stop).await;
         // No new scheduled runs, then let the running one end (or be cancelled).
@@ -360,6 +372,10 @@ impl Server {
         }
         let was_running = service.running();
         service.wait_idle().await;
+        service.announce(crate::model::EventKind::ServiceStopped, "ef-backup stopped".into()).await;
+        // Messages of the last run (and the stop) get a little time; a channel that is down
+        // cannot hold the shutdown up for longer.
+        service.flush_notifications(SHUTDOWN_FLUSH).await;
         match was_running {
             Some(b) => tracing::info!("shutdown complete: backup {b} ended ({})", service.last_message().unwrap_or_default()),
             None => tracing::info!("shutdown complete"),

@@ -17,6 +17,8 @@
 set -euo pipefail
 
 MOTO_SPEC='moto[s3,server]==5.2.5'
+# The end-to-end tests' SMTP sink (notifications by e-mail) lives in the same venv.
+SMTP_SPEC='aiosmtpd==1.4.6'
 die() { echo "s3-server.sh: error: $*" >&2; exit 1; }
 log() { echo "s3-server.sh: $*" >&2; }
 need_port() { [[ "${1:-}" =~ ^[0-9]+$ ]] && [ "$1" -gt 0 ] && [ "$1" -lt 65536 ] || die "invalid PORT '${1:-}'"; }
@@ -26,14 +28,14 @@ alive() {  # pid file points to a live moto_server process
 }
 
 ensure_venv() {
-  local py="$DIR/venv/bin/python" want="${MOTO_SPEC##*==}"
-  if [ -x "$py" ] && [ "$("$py" -c 'import moto; print(moto.__version__)' 2>/dev/null)" = "$want" ]; then return 0; fi
+  local py="$DIR/venv/bin/python" want="${MOTO_SPEC##*==} ${SMTP_SPEC##*==}"
+  if [ -x "$py" ] && [ "$("$py" -c 'import moto, aiosmtpd; print(moto.__version__, aiosmtpd.__version__)' 2>/dev/null)" = "$want" ]; then return 0; fi
   local sys_py="${PYTHON:-python3}"
   command -v "$sys_py" >/dev/null || die "$sys_py not found (set PYTHON)"
-  log "creating venv in $DIR/venv and installing $MOTO_SPEC (about a minute)"
+  log "creating venv in $DIR/venv and installing $MOTO_SPEC $SMTP_SPEC (about a minute)"
   [ -x "$py" ] || "$sys_py" -m venv "$DIR/venv" || die "python venv creation failed (Debian: apt-get install python3-venv)"
-  "$DIR/venv/bin/pip" install -q --disable-pip-version-check "$MOTO_SPEC" >"$DIR/pip.log" 2>&1 \
-    || { tail -n 20 "$DIR/pip.log" >&2; die "pip install $MOTO_SPEC failed (see $DIR/pip.log)"; }
+  "$DIR/venv/bin/pip" install -q --disable-pip-version-check "$MOTO_SPEC" "$SMTP_SPEC" >"$DIR/pip.log" 2>&1 \
+    || { tail -n 20 "$DIR/pip.log" >&2; die "pip install $MOTO_SPEC $SMTP_SPEC failed (see $DIR/pip.log)"; }
 }
 
 cmd_start() {

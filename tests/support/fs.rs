@@ -55,3 +55,21 @@ pub fn gunzip(path: &std::path::Path) -> Vec<u8> {
     std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap()), &mut out).unwrap();
     out
 }
+
+/// A fresh minisign key pair without a password: (secret key file, public key file, key).
+pub fn minisign_key(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let (sk, pk) = (dir.join(format!("{name}.key")), dir.join(format!("{name}.pub")));
+    let out = std::process::Command::new("minisign")
+        .args(["-G", "-W", "-f", "-s"])
+        .arg(&sk)
+        .arg("-p")
+        .arg(&pk)
+        .output()
+        .expect("minisign (apt-get install minisign)");
+    assert!(out.status.success(), "minisign -G: {}", String::from_utf8_lossy(&out.stderr));
+    // Only its owner may read a signing key (ef-backup refuses one others can read).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&sk, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let public = std::fs::read_to_string(&pk).unwrap().lines().nth(1).unwrap().to_string();
+    (sk, pk, public)
+}

@@ -12,15 +12,17 @@ mod fs;
 mod http;
 mod net;
 mod pg;
+mod receiver;
 mod s3;
 mod serve;
 
 pub use ef::{backup_json, ef, ef_command, state_dir_of, vars, Run};
 pub use env::{env, TestEnv};
 pub use fake_pg::fake_pg_bin;
-pub use fs::{all_files, files, gunzip, tempdir, Mount};
+pub use fs::{all_files, files, gunzip, minisign_key, tempdir, Mount};
 pub use http::{http, post_concurrently, try_http, HttpReply};
 pub use net::{free_port, Proxy};
 pub use pg::{big_db, compare_dbs, compare_dbs_on, drop_db, own_db, pg_cluster, psql, psql_on, sample_db, Cluster};
+pub use receiver::{Answer, Received, Receiver};
 pub use s3::{s3, PrivateS3, S3};
 pub use serve::{Serve, TOKEN};

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use ef_backup_e2e::{all_files, backup_json, compare_dbs, drop_db, ef, env, psql, s3, tempdir, vars};
+use ef_backup_e2e::{all_files, backup_json, compare_dbs, drop_db, ef, env, minisign_key, psql, s3, tempdir, vars};
 
 /// A database of this suite's own: rows with text, timestamps in a time zone, floats, a
 /// sequence and a large object.
@@ -182,19 +182,6 @@ fn an_encrypted_backups_manifest_reveals_no_content() {
     let run = ef(db(), &backups, &[], &["verify", "--offline", &name]);
     assert_eq!(run.code, Some(1), "{}", run.all());
     assert!(run.stdout.contains("--identity"), "says what is missing: {}", run.stdout);
-}
-
-/// A fresh minisign key pair without a password: (secret key file, public key file, key).
-fn minisign_key(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf, String) {
-    let (sk, pk) = (dir.join(format!("{name}.key")), dir.join(format!("{name}.pub")));
-    let out =
-        Command::new("minisign").args(["-G", "-W", "-f", "-s"]).arg(&sk).arg("-p").arg(&pk).output().expect("minisign (apt-get install minisign)");
-    assert!(out.status.success(), "minisign -G: {}", String::from_utf8_lossy(&out.stderr));
-    // Only its owner may read a signing key (ef-backup refuses one others can read).
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&sk, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let public = std::fs::read_to_string(&pk).unwrap().lines().nth(1).unwrap().to_string();
-    (sk, pk, public)
 }
 
 #[test]

@@ -9,7 +9,9 @@
 pub mod catalog;
 pub mod codec;
 pub mod config;
+pub mod drill;
 pub mod engine;
+pub mod events;
 pub mod manifest;
 pub mod model;
 pub mod pg;

@@ -198,6 +198,25 @@ pub struct Status {
     pub last_run: Option<LastRun>,
     pub next_run: Option<UnixSeconds>,
     pub running: Option<String>,
+    /// The last restore drill.
+    pub last_drill: Option<LastRun>,
+    /// Whether scheduled drills run, and if not, why.
+    pub drills: String,
+    /// The newest runs of every kind, newest first.
+    pub recent_runs: Vec<RunSummary>,
+}
+
+/// One run of the history, as the policy sees it in the status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    pub kind: String,
+    pub database: Option<String>,
+    pub started_at: UnixSeconds,
+    pub finished_at: Option<UnixSeconds>,
+    /// `ok`, `failed`, `interrupted` or `running`.
+    pub outcome: String,
+    pub file_name: Option<String>,
+    pub message: String,
 }
 
 /// A response the API sends as it is: a status code and a JSON body.
@@ -217,17 +236,91 @@ pub enum Level {
     Error,
 }
 
-/// Something an operator may want to hear about (contract 0.2's `shape-notification`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notification {
-    pub outcome: BackupOutcome,
-    /// The run before this one: lets a message say "recovered".
-    pub previous: Option<LastRun>,
+/// What happened, for notifications (contract 0.2's `event-kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    BackupStarted,
+    BackupSucceeded,
+    BackupFailed,
+    S3UploadFailed,
+    RetentionSkipped,
+    DrillSucceeded,
+    DrillFailed,
+    MissedSlot,
+    PolicyRejected,
+    ServiceStarted,
+    ServiceStopped,
 }
 
-/// A message for notification channels, as the policy shaped it.
+impl EventKind {
+    pub const ALL: [EventKind; 11] = [
+        EventKind::BackupStarted,
+        EventKind::BackupSucceeded,
+        EventKind::BackupFailed,
+        EventKind::S3UploadFailed,
+        EventKind::RetentionSkipped,
+        EventKind::DrillSucceeded,
+        EventKind::DrillFailed,
+        EventKind::MissedSlot,
+        EventKind::PolicyRejected,
+        EventKind::ServiceStarted,
+        EventKind::ServiceStopped,
+    ];
+
+    /// The id webhooks, logs and the history use.
+    pub fn id(self) -> &'static str {
+        match self {
+            EventKind::BackupStarted => "backup-started",
+            EventKind::BackupSucceeded => "backup-succeeded",
+            EventKind::BackupFailed => "backup-failed",
+            EventKind::S3UploadFailed => "s3-upload-failed",
+            EventKind::RetentionSkipped => "retention-skipped",
+            EventKind::DrillSucceeded => "drill-succeeded",
+            EventKind::DrillFailed => "drill-failed",
+            EventKind::MissedSlot => "missed-slot",
+            EventKind::PolicyRejected => "policy-rejected",
+            EventKind::ServiceStarted => "service-started",
+            EventKind::ServiceStopped => "service-stopped",
+        }
+    }
+}
+
+/// How a good backup compares with the previous good backup of the same database.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
+pub struct SizeChange {
+    pub database: String,
+    pub previous_bytes: u64,
+    pub bytes: u64,
+    pub previous_rows: Option<u64>,
+    pub rows: Option<u64>,
+}
+
+/// Something an operator may want to hear about (contract 0.2's `event`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub at: i64,
+    /// The host's account: English, never a secret.
+    pub detail: String,
+    /// The databases concerned; empty for the whole deployment.
+    pub databases: Vec<String>,
+    pub file_name: Option<String>,
+    pub outcome: Option<BackupOutcome>,
+    /// The previous run of the same kind: lets a message say "recovered".
+    pub previous: Option<LastRun>,
+    pub changes: Vec<SizeChange>,
+}
+
+impl Event {
+    pub fn new(kind: EventKind, at: i64, detail: impl Into<String>) -> Event {
+        Event { kind, at, detail: detail.into(), databases: Vec::new(), file_name: None, outcome: None, previous: None, changes: Vec::new() }
+    }
+}
+
+/// A message for one notification channel, as the policy shaped it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    pub channel: crate::config::notify::Channel,
     pub subject: String,
     pub body: String,
 }

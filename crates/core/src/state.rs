@@ -20,8 +20,13 @@ use crate::engine::BackupReport;
 use crate::model::{BackupOutcome, LastRun, S3Outcome};
 use crate::util::{hex, lock, now};
 
-/// The schema this build writes. Version 1: `runs`, `counters`.
-pub const SCHEMA_VERSION: i32 = 1;
+/// The schema this build writes. Version 1: `runs`, `counters`. Version 2: every run has a
+/// kind (backup, drill, retention, restore, verify, notification), a database and a detail,
+/// so the table is the run history and audit trail.
+pub const SCHEMA_VERSION: i32 = 2;
+
+/// Runs kept in the history; older ones are pruned (the counters keep counting).
+pub const DEFAULT_HISTORY_KEEP: u32 = 5_000;
 
 /// The message of a run the process did not live to finish.
 pub const INTERRUPTED: &str = "interrupted: the process ended during the run";
@@ -48,6 +53,8 @@ pub enum Trigger {
     Cli,
     /// The one retry of a failed scheduled run.
     Retry,
+    /// The service of itself (the notifications of its start and stop, of a rejected policy).
+    Service,
 }
 
 impl Trigger {
@@ -57,6 +64,31 @@ impl Trigger {
             Trigger::Scheduled => "scheduled",
             Trigger::Cli => "cli",
             Trigger::Retry => "retry",
+            Trigger::Service => "service",
+        }
+    }
+}
+
+/// What a run did. Only backups count towards the backup counters and `last_run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    Backup,
+    Drill,
+    Retention,
+    Restore,
+    Verify,
+    Notification,
+}
+
+impl RunKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Backup => "backup",
+            RunKind::Drill => "drill",
+            RunKind::Retention => "retention",
+            RunKind::Restore => "restore",
+            RunKind::Verify => "verify",
+            RunKind::Notification => "notification",
         }
     }
 }
@@ -70,7 +102,7 @@ pub enum RunOutcome {
 }
 
 impl RunOutcome {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             RunOutcome::Ok => "ok",
             RunOutcome::Failed => "failed",
@@ -317,6 +349,42 @@ impl StateStore {
                  COMMIT;",
             ))?;
         }
+        if version < 2 {
+            // Runs recorded before version 2 were all backups. The table is rebuilt because
+            // SQLite cannot change a CHECK constraint: `service` is a new trigger (what the
+            // service does of itself: notifications at start and stop).
+            self.sql(conn.execute_batch(
+                "BEGIN IMMEDIATE;
+                 CREATE TABLE runs_v2 (
+                     id INTEGER PRIMARY KEY,
+                     kind TEXT NOT NULL DEFAULT 'backup'
+                         CHECK (kind IN ('backup', 'drill', 'retention', 'restore', 'verify', 'notification')),
+                     trigger TEXT NOT NULL CHECK (trigger IN ('manual', 'scheduled', 'cli', 'retry', 'service')),
+                     database TEXT,
+                     started_at INTEGER NOT NULL,
+                     finished_at INTEGER,
+                     outcome TEXT CHECK (outcome IN ('ok', 'failed', 'interrupted')),
+                     file_name TEXT,
+                     size_bytes INTEGER,
+                     duration_ms INTEGER,
+                     message TEXT,
+                     detail TEXT,
+                     s3 TEXT CHECK (s3 IN ('uploaded', 'failed', 'disabled')),
+                     retention_clock_skips INTEGER NOT NULL DEFAULT 0,
+                     owner TEXT
+                 );
+                 INSERT INTO runs_v2 (id, trigger, started_at, finished_at, outcome, file_name, size_bytes, duration_ms, message, s3,
+                                      retention_clock_skips, owner)
+                     SELECT id, trigger, started_at, finished_at, outcome, file_name, size_bytes, duration_ms, message, s3,
+                            retention_clock_skips, owner FROM runs;
+                 DROP TABLE runs;
+                 ALTER TABLE runs_v2 RENAME TO runs;
+                 CREATE INDEX runs_started_at ON runs (started_at);
+                 CREATE INDEX runs_kind_finished ON runs (kind, finished_at);
+                 PRAGMA user_version = 2;
+                 COMMIT;",
+            ))?;
+        }
         Ok(())
     }
 
@@ -325,19 +393,22 @@ impl StateStore {
     fn mark_interrupted(&self) -> Result<usize, StateError> {
         let mut conn = self.conn();
         let tx = self.sql(conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate))?;
-        let open: Vec<(i64, Option<String>)> = {
-            let mut q = self.sql(tx.prepare("SELECT id, owner FROM runs WHERE finished_at IS NULL"))?;
-            let rows = self.sql(q.query_map([], |r| Ok((r.get(0)?, r.get(1)?))))?;
+        let open: Vec<(i64, Option<String>, String, Option<String>)> = {
+            let mut q = self.sql(tx.prepare("SELECT id, owner, kind, database FROM runs WHERE finished_at IS NULL"))?;
+            let rows = self.sql(q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))))?;
             self.sql(rows.collect())?
         };
-        let cut: Vec<i64> = open.into_iter().filter(|(_, owner)| !owner.as_deref().is_some_and(owner_alive)).map(|(id, _)| id).collect();
-        for id in &cut {
+        let cut: Vec<(i64, String, Option<String>)> =
+            open.into_iter().filter(|(_, owner, _, _)| !owner.as_deref().is_some_and(owner_alive)).map(|(id, _, k, d)| (id, k, d)).collect();
+        for (id, kind, database) in &cut {
             self.sql(
                 tx.execute("UPDATE runs SET finished_at = ?2, outcome = 'interrupted', message = ?3 WHERE id = ?1", params![id, now(), INTERRUPTED]),
             )?;
-        }
-        if !cut.is_empty() {
-            self.sql(bump(&tx, "failures", cut.len() as u64))?;
+            match kind.as_str() {
+                "backup" => self.sql(bump(&tx, "failures", 1))?,
+                "drill" => self.sql(bump(&tx, &drill_counter(database.as_deref(), false), 1))?,
+                _ => 0,
+            };
         }
         self.sql(tx.commit())?;
         Ok(cut.len())
@@ -349,7 +420,7 @@ impl StateStore {
         let last_run = self.sql(
             conn.query_row(
                 "SELECT started_at, finished_at, outcome, file_name, message FROM runs
-                 WHERE finished_at IS NOT NULL ORDER BY finished_at DESC, id DESC LIMIT 1",
+                 WHERE kind = 'backup' AND finished_at IS NOT NULL ORDER BY finished_at DESC, id DESC LIMIT 1",
                 [],
                 |r| {
                     Ok(LastRun {
@@ -366,7 +437,7 @@ impl StateStore {
         let last_success = self.sql(
             conn.query_row(
                 "SELECT finished_at, size_bytes, duration_ms FROM runs
-                 WHERE outcome = 'ok' ORDER BY finished_at DESC, id DESC LIMIT 1",
+                 WHERE kind = 'backup' AND outcome = 'ok' ORDER BY finished_at DESC, id DESC LIMIT 1",
                 [],
                 |r| {
                     Ok(LastSuccess {
@@ -393,7 +464,7 @@ impl StateStore {
 
     /// When the latest recorded run started (the clock guard's reference).
     pub fn latest_start(&self) -> Result<Option<i64>, StateError> {
-        self.sql(self.conn().query_row("SELECT max(started_at) FROM runs", [], |r| r.get(0)))
+        self.sql(self.conn().query_row("SELECT max(started_at) FROM runs WHERE kind = 'backup'", [], |r| r.get(0)))
     }
 
     /// Records a run as started; returns its id for [`StateStore::finish`].
@@ -441,8 +512,215 @@ impl StateStore {
         if f.clock_skips > 0 {
             self.sql(bump(&tx, "retention_clock_skips", u64::from(f.clock_skips)))?;
         }
+        self.sql(prune(&tx, DEFAULT_HISTORY_KEEP))?;
         self.sql(tx.commit())
     }
+}
+
+/// How a run that is not a backup ended (drills, retention, restore, verify, notifications).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    pub finished_at: i64,
+    pub outcome: RunOutcome,
+    pub file_name: Option<String>,
+    pub size_bytes: Option<u64>,
+    pub duration_ms: u64,
+    pub message: String,
+    /// What else the run measured (a drill's seconds and rows, a channel...), as JSON.
+    pub detail: Option<serde_json::Value>,
+}
+
+/// One run of the history, as `ef-backup history` and `GET …/backup/history` show it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct HistoryEntry {
+    pub id: i64,
+    pub kind: String,
+    pub trigger: String,
+    pub database: Option<String>,
+    pub started_at: i64,
+    /// None while the run goes on.
+    pub finished_at: Option<i64>,
+    /// `ok`, `failed`, `interrupted`, or None while the run goes on.
+    pub outcome: Option<String>,
+    pub file_name: Option<String>,
+    pub size_bytes: Option<u64>,
+    pub duration_ms: Option<u64>,
+    pub message: Option<String>,
+    pub detail: Option<serde_json::Value>,
+}
+
+/// What the drill metrics start from after a restart, per database.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DrillStats {
+    pub database: String,
+    pub last_success_at: Option<i64>,
+    pub last_restore_seconds: Option<f64>,
+    pub failures: u64,
+    pub successes: u64,
+}
+
+fn drill_counter(database: Option<&str>, ok: bool) -> String {
+    format!("drill_{}:{}", if ok { "successes" } else { "failures" }, database.unwrap_or(""))
+}
+
+impl StateStore {
+    /// Records a run of `kind` as started; returns its id for [`StateStore::finish_run`].
+    pub fn begin_run(&self, kind: RunKind, trigger: Trigger, database: Option<&str>, started_at: i64) -> Result<i64, StateError> {
+        let conn = self.conn();
+        self.sql(conn.execute(
+            "INSERT INTO runs (kind, trigger, database, started_at, owner) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![kind.as_str(), trigger.as_str(), database, started_at, owner_token(std::process::id())],
+        ))?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Records how a run that is not a backup ended (inserting it whole without an id), counts
+    /// drills per database, and prunes the history to `DEFAULT_HISTORY_KEEP` runs.
+    pub fn finish_run(
+        &self,
+        id: Option<i64>,
+        kind: RunKind,
+        trigger: Trigger,
+        database: Option<&str>,
+        started_at: i64,
+        r: &RunRecord,
+    ) -> Result<(), StateError> {
+        let mut conn = self.conn();
+        let tx = self.sql(conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate))?;
+        let id = match id {
+            Some(id) => id,
+            None => {
+                self.sql(tx.execute(
+                    "INSERT INTO runs (kind, trigger, database, started_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![kind.as_str(), trigger.as_str(), database, started_at],
+                ))?;
+                tx.last_insert_rowid()
+            }
+        };
+        self.sql(tx.execute(
+            "UPDATE runs SET finished_at = ?2, outcome = ?3, file_name = ?4, size_bytes = ?5, duration_ms = ?6,
+                 message = ?7, detail = ?8, owner = NULL WHERE id = ?1",
+            params![
+                id,
+                r.finished_at,
+                r.outcome.as_str(),
+                r.file_name,
+                r.size_bytes.map(|s| s as i64),
+                r.duration_ms as i64,
+                r.message,
+                r.detail.as_ref().map(|d| d.to_string())
+            ],
+        ))?;
+        if kind == RunKind::Drill {
+            self.sql(bump(&tx, &drill_counter(database, r.outcome == RunOutcome::Ok), 1))?;
+        }
+        // A notification run's channel is its detail's `channel`.
+        if kind == RunKind::Notification && r.outcome != RunOutcome::Ok {
+            let channel = r.detail.as_ref().and_then(|d| d.get("channel")).and_then(|c| c.as_str()).unwrap_or("unknown");
+            self.sql(bump(&tx, &format!("notification_failures:{channel}"), 1))?;
+        }
+        self.sql(prune(&tx, DEFAULT_HISTORY_KEEP))?;
+        self.sql(tx.commit())
+    }
+
+    /// The newest `limit` runs of every kind, newest first.
+    pub fn recent(&self, limit: usize) -> Result<Vec<HistoryEntry>, StateError> {
+        let conn = self.conn();
+        let mut q = self.sql(conn.prepare(
+            "SELECT id, kind, trigger, database, started_at, finished_at, outcome, file_name, size_bytes, duration_ms, message, detail
+             FROM runs ORDER BY started_at DESC, id DESC LIMIT ?1",
+        ))?;
+        let rows = self.sql(q.query_map([limit as i64], |r| {
+            Ok(HistoryEntry {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                trigger: r.get(2)?,
+                database: r.get(3)?,
+                started_at: r.get(4)?,
+                finished_at: r.get(5)?,
+                outcome: r.get(6)?,
+                file_name: r.get(7)?,
+                size_bytes: r.get::<_, Option<i64>>(8)?.map(|s| s as u64),
+                duration_ms: r.get::<_, Option<i64>>(9)?.map(|s| s as u64),
+                message: r.get(10)?,
+                detail: r.get::<_, Option<String>>(11)?.and_then(|d| serde_json::from_str(&d).ok()),
+            })
+        }))?;
+        self.sql(rows.collect())
+    }
+
+    /// The last finished run of `kind` for `database` (for "recovered" messages).
+    pub fn last_of(&self, kind: RunKind, database: Option<&str>) -> Result<Option<LastRun>, StateError> {
+        let conn = self.conn();
+        self.sql(
+            conn.query_row(
+                "SELECT started_at, finished_at, outcome, file_name, message FROM runs
+                 WHERE kind = ?1 AND database IS ?2 AND finished_at IS NOT NULL ORDER BY finished_at DESC, id DESC LIMIT 1",
+                params![kind.as_str(), database],
+                |r| {
+                    Ok(LastRun {
+                        started_at: r.get(0)?,
+                        finished_at: r.get(1)?,
+                        succeeded: RunOutcome::parse(&r.get::<_, String>(2)?) == RunOutcome::Ok,
+                        file_name: r.get(3)?,
+                        message: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                    })
+                },
+            )
+            .optional(),
+        )
+    }
+
+    /// Notifications given up, per channel (counted by [`StateStore::finish_run`] for runs of
+    /// kind notification).
+    pub fn notification_failures(&self) -> Result<Vec<(String, u64)>, StateError> {
+        let conn = self.conn();
+        let mut q = self.sql(
+            conn.prepare("SELECT substr(name, 23), value FROM counters WHERE name LIKE 'notification\\_failures:%' ESCAPE '\\' ORDER BY name"),
+        )?;
+        let rows = self.sql(q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))))?;
+        self.sql(rows.collect())
+    }
+
+    /// Per database: the last successful drill, its restore time, and the drill counters.
+    pub fn drill_stats(&self) -> Result<Vec<DrillStats>, StateError> {
+        let conn = self.conn();
+        let mut stats: std::collections::BTreeMap<String, DrillStats> = std::collections::BTreeMap::new();
+        {
+            let mut q = self.sql(conn.prepare("SELECT name, value FROM counters WHERE name LIKE 'drill\\_%' ESCAPE '\\'"))?;
+            let rows: Vec<(String, i64)> = self.sql(self.sql(q.query_map([], |r| Ok((r.get(0)?, r.get(1)?))))?.collect())?;
+            for (name, value) in rows {
+                let Some((which, db)) = name.strip_prefix("drill_").and_then(|n| n.split_once(':')) else { continue };
+                let entry = stats.entry(db.to_string()).or_insert_with(|| DrillStats { database: db.to_string(), ..DrillStats::default() });
+                match which {
+                    "successes" => entry.successes = value as u64,
+                    "failures" => entry.failures = value as u64,
+                    _ => {}
+                }
+            }
+        }
+        let mut q = self.sql(conn.prepare(
+            "SELECT coalesce(database, ''), finished_at, json_extract(detail, '$.restore_seconds') FROM runs r
+             WHERE kind = 'drill' AND outcome = 'ok'
+               AND finished_at = (SELECT max(finished_at) FROM runs WHERE kind = 'drill' AND outcome = 'ok' AND database IS r.database)",
+        ))?;
+        let rows: Vec<(String, i64, Option<f64>)> = self.sql(self.sql(q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))?.collect())?;
+        for (db, at, secs) in rows {
+            let entry = stats.entry(db.clone()).or_insert_with(|| DrillStats { database: db, ..DrillStats::default() });
+            entry.last_success_at = Some(at);
+            entry.last_restore_seconds = secs;
+        }
+        Ok(stats.into_values().collect())
+    }
+}
+
+/// Keeps the newest `keep` finished runs (a run still going on is never pruned).
+fn prune(tx: &rusqlite::Transaction<'_>, keep: u32) -> rusqlite::Result<usize> {
+    tx.execute(
+        "DELETE FROM runs WHERE finished_at IS NOT NULL
+           AND id < (SELECT id FROM runs ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+        [i64::from(keep.max(1)) - 1],
+    )
 }
 
 /// A run recorded from start to end by a one-shot command (`ef-backup backup`). A store that
@@ -453,6 +731,7 @@ pub struct Recording {
     trigger: Trigger,
     started_at: i64,
     last_recorded_run: Option<i64>,
+    previous: Option<LastRun>,
 }
 
 impl Recording {
@@ -463,8 +742,14 @@ impl Recording {
         }
         let log = |e: StateError| tracing::error!("{e}; the backup runs anyway");
         let last_recorded_run = store.as_ref().and_then(|s| s.latest_start().map_err(log).ok().flatten());
+        let previous = store.as_ref().and_then(|s| s.load().map_err(log).ok()).and_then(|l| l.last_run);
         let id = store.as_ref().and_then(|s| s.begin(trigger, started_at).map_err(log).ok());
-        Recording { store, id, trigger, started_at, last_recorded_run }
+        Recording { store, id, trigger, started_at, last_recorded_run, previous }
+    }
+
+    /// The backup run before this one (for "recovered" messages).
+    pub fn previous(&self) -> Option<LastRun> {
+        self.previous.clone()
     }
 
     /// When the latest run recorded before this one started.
@@ -596,5 +881,148 @@ mod tests {
         drop(store);
         let err = StateStore::open_in(dir.path(), "s.sqlite").err().unwrap().to_string();
         assert!(err.contains("schema version 99") && err.contains("EF__STATE_DIR"), "{err}");
+    }
+
+    fn drill(at: i64, ok: bool, secs: f64) -> RunRecord {
+        RunRecord {
+            finished_at: at,
+            outcome: if ok { RunOutcome::Ok } else { RunOutcome::Failed },
+            file_name: Some(format!("app_backup_{at}.sql.gz")),
+            size_bytes: Some(10),
+            duration_ms: (secs * 1000.0) as u64,
+            message: if ok { "ok".into() } else { "table t: 3 rows, the manifest says 4".into() },
+            detail: Some(serde_json::json!({"restore_seconds": secs, "rows": 4})),
+        }
+    }
+
+    /// Pins issue 17 (history): every kind of run is kept with its database and detail,
+    /// newest first; drills count per database and do not touch the backup counters or the
+    /// backup's `last_run`; all of it survives a reopen.
+    #[test]
+    fn the_history_keeps_every_kind_of_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open_in(dir.path(), "s.sqlite").unwrap();
+        let b = store.begin(Trigger::Scheduled, 100).unwrap();
+        store.finish(Some(b), Trigger::Scheduled, 100, &ok_run(105, "app_backup_100.sql.gz", "disabled")).unwrap();
+        let d = store.begin_run(RunKind::Drill, Trigger::Scheduled, Some("app"), 200).unwrap();
+        store.finish_run(Some(d), RunKind::Drill, Trigger::Scheduled, Some("app"), 200, &drill(210, true, 2.5)).unwrap();
+        store.finish_run(None, RunKind::Drill, Trigger::Cli, Some("app"), 300, &drill(301, false, 1.0)).unwrap();
+        store.finish_run(None, RunKind::Drill, Trigger::Cli, Some("shop"), 400, &drill(402, true, 0.5)).unwrap();
+        let verify = RunRecord { detail: None, ..drill(501, true, 0.0) };
+        store.finish_run(None, RunKind::Verify, Trigger::Cli, Some("app"), 500, &verify).unwrap();
+        drop(store);
+
+        let store = StateStore::open_in(dir.path(), "s.sqlite").unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.totals, Totals { successes: 1, failures: 0, s3_upload_failures: 0, retention_clock_skips: 0 }, "drills are not backups");
+        assert_eq!(loaded.last_run.unwrap().started_at, 100);
+        assert_eq!(store.latest_start().unwrap(), Some(100), "the clock guard looks at backups");
+        let recent = store.recent(10).unwrap();
+        let kinds: Vec<(&str, Option<&str>, i64)> = recent.iter().map(|e| (e.kind.as_str(), e.database.as_deref(), e.started_at)).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("verify", Some("app"), 500),
+                ("drill", Some("shop"), 400),
+                ("drill", Some("app"), 300),
+                ("drill", Some("app"), 200),
+                ("backup", None, 100)
+            ]
+        );
+        assert_eq!(recent[3].detail, Some(serde_json::json!({"restore_seconds": 2.5, "rows": 4})));
+        assert_eq!((recent[2].outcome.as_deref(), recent[2].trigger.as_str()), (Some("failed"), "cli"));
+        assert_eq!(store.recent(2).unwrap().len(), 2);
+        let stats = store.drill_stats().unwrap();
+        assert_eq!(
+            stats,
+            [
+                DrillStats { database: "app".into(), last_success_at: Some(210), last_restore_seconds: Some(2.5), failures: 1, successes: 1 },
+                DrillStats { database: "shop".into(), last_success_at: Some(402), last_restore_seconds: Some(0.5), failures: 0, successes: 1 },
+            ]
+        );
+        let last = store.last_of(RunKind::Drill, Some("app")).unwrap().unwrap();
+        assert_eq!((last.started_at, last.succeeded), (300, false));
+        assert!(store.last_of(RunKind::Drill, Some("nope")).unwrap().is_none());
+    }
+
+    /// Pins issue 17: notification outcomes are runs of the history; failures count per channel
+    /// and survive a reopen.
+    #[test]
+    fn notification_outcomes_are_recorded_and_failures_counted_per_channel() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open_in(dir.path(), "s.sqlite").unwrap();
+        let sent = |ok: bool, channel: &str| RunRecord {
+            finished_at: 9,
+            outcome: if ok { RunOutcome::Ok } else { RunOutcome::Failed },
+            file_name: None,
+            size_bytes: None,
+            duration_ms: 5,
+            message: format!("backup-failed to {channel}"),
+            detail: Some(serde_json::json!({"channel": channel, "event": "backup-failed"})),
+        };
+        store.finish_run(None, RunKind::Notification, Trigger::Scheduled, None, 8, &sent(false, "webhook")).unwrap();
+        store.finish_run(None, RunKind::Notification, Trigger::Scheduled, None, 8, &sent(false, "webhook")).unwrap();
+        store.finish_run(None, RunKind::Notification, Trigger::Scheduled, None, 8, &sent(true, "email")).unwrap();
+        store.finish_run(None, RunKind::Notification, Trigger::Scheduled, None, 8, &sent(false, "slack")).unwrap();
+        drop(store);
+        let store = StateStore::open_in(dir.path(), "s.sqlite").unwrap();
+        assert_eq!(store.notification_failures().unwrap(), [("slack".to_string(), 1), ("webhook".to_string(), 2)]);
+        assert_eq!(store.recent(10).unwrap().iter().filter(|r| r.kind == "notification").count(), 4);
+    }
+
+    /// Pins issue 17: a drill cut by a crash is recorded as a failed drill of its database.
+    #[test]
+    fn an_interrupted_drill_counts_as_a_failed_drill() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open_in(dir.path(), "s.sqlite").unwrap();
+        let id = store.begin_run(RunKind::Drill, Trigger::Scheduled, Some("app"), 500).unwrap();
+        store.conn().execute("UPDATE runs SET owner = '999999999:1' WHERE id = ?1", [id]).unwrap();
+        drop(store);
+        let store = StateStore::open_in(dir.path(), "s.sqlite").unwrap();
+        assert_eq!(store.interrupted_at_open(), 1);
+        assert_eq!(store.load().unwrap().totals.failures, 0, "not a backup failure");
+        assert_eq!(store.drill_stats().unwrap()[0].failures, 1);
+        assert_eq!(store.recent(1).unwrap()[0].outcome.as_deref(), Some("interrupted"));
+    }
+
+    #[test]
+    fn the_history_is_pruned_by_count_but_never_a_running_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open_in(dir.path(), "s.sqlite").unwrap();
+        let running = store.begin_run(RunKind::Drill, Trigger::Scheduled, Some("app"), 1).unwrap();
+        for at in 2..12 {
+            store.finish_run(None, RunKind::Verify, Trigger::Cli, None, at, &drill(at, true, 0.0)).unwrap();
+        }
+        let mut conn = store.conn();
+        let tx = conn.transaction().unwrap();
+        prune(&tx, 4).unwrap();
+        tx.commit().unwrap();
+        drop(conn);
+        let left: Vec<i64> = store.recent(100).unwrap().iter().map(|e| e.started_at).collect();
+        assert_eq!(left, [11, 10, 9, 8, 1], "the 4 newest by id, and the run still going on");
+        assert!(store.recent(100).unwrap().iter().any(|e| e.id == running));
+    }
+
+    /// A version-1 store (every run a backup) opens as version 2 with its runs as backups.
+    #[test]
+    fn a_version_1_store_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE runs (id INTEGER PRIMARY KEY, trigger TEXT NOT NULL, started_at INTEGER NOT NULL, finished_at INTEGER,
+                 outcome TEXT, file_name TEXT, size_bytes INTEGER, duration_ms INTEGER, message TEXT, s3 TEXT,
+                 retention_clock_skips INTEGER NOT NULL DEFAULT 0, owner TEXT);
+             CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             INSERT INTO runs (trigger, started_at, finished_at, outcome, message) VALUES ('cli', 7, 8, 'ok', 'ok');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(conn);
+        let store = StateStore::open_in(dir.path(), "s.sqlite").unwrap();
+        let version: i32 = store.conn().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(store.recent(5).unwrap()[0].kind, "backup");
+        assert_eq!(store.load().unwrap().last_run.unwrap().started_at, 7);
     }
 }

@@ -3,8 +3,10 @@
 
 use std::fmt::Write as _;
 
+use ef_backup_core::config::notify::Channel;
+
 use super::{
-    BackupDone, BackupEntry, BackupFailed, BackupOutcome, ErrorKind, LastRun, Notification, Policy, PolicyConfig, PolicyError, S3Outcome, Status,
+    BackupDone, BackupEntry, BackupFailed, BackupOutcome, ErrorKind, Event, EventKind, LastRun, Policy, PolicyConfig, PolicyError, S3Outcome, Status,
     Target, WasmPolicy,
 };
 
@@ -132,6 +134,9 @@ fn exercise(policy: &WasmPolicy, config: &PolicyConfig, now: i64) -> Result<Repo
         last_run: None,
         next_run: Some(now + 12 * HOUR),
         running: None,
+        last_drill: None,
+        drills: "on: every day".into(),
+        recent_runs: Vec::new(),
     };
     let r = policy.shape_status(&status)?;
     lines.push(format!("status:      {} ({} bytes of JSON)", r.status, r.body.len()));
@@ -144,18 +149,26 @@ fn exercise(policy: &WasmPolicy, config: &PolicyConfig, now: i64) -> Result<Repo
             file_name: None,
             message: String::new(),
         };
+        let event = |kind: EventKind, outcome: &BackupOutcome, previous: Option<LastRun>| Event {
+            outcome: Some(outcome.clone()),
+            previous,
+            databases: config.databases.clone(),
+            ..Event::new(kind, now, "a sample event of `policy check`")
+        };
         let events = [
-            ("failure", outcomes[3].1.clone(), Some(ran(true))),
-            ("recovered", outcomes[1].1.clone(), Some(ran(false))),
-            ("success", outcomes[1].1.clone(), Some(ran(true))),
+            ("failure", event(EventKind::BackupFailed, &outcomes[3].1, Some(ran(true)))),
+            ("recovered", event(EventKind::BackupSucceeded, &outcomes[1].1, Some(ran(false)))),
+            ("success", event(EventKind::BackupSucceeded, &outcomes[1].1, Some(ran(true)))),
+            ("drill failure", Event { databases: config.databases.clone(), ..Event::new(EventKind::DrillFailed, now, "sample") }),
         ];
         let mut shaped = Vec::new();
-        for (label, outcome, previous) in events {
-            let m = policy.shape_notification(config, now, &Notification { outcome, previous })?;
-            if label == "failure" && m.is_none() {
-                return Err(policy.bad("shape-notification", "a failed backup gets no message: operators would never hear of it"));
+        for (label, event) in events {
+            let m = policy.shape_notification(config, now, &event)?.unwrap_or_default();
+            if label.contains("failure") && !m.iter().any(|m| m.channel != Channel::Heartbeat) {
+                return Err(policy.bad("shape-notification", format!("a {label} sends no message: operators would never hear of it")));
             }
-            shaped.push(format!("{label} → {}", m.map(|m| format!("{:?}", m.subject)).unwrap_or_else(|| "none".into())));
+            let to: Vec<&str> = m.iter().map(|m| m.channel.as_str()).collect();
+            shaped.push(format!("{label} → {}", if to.is_empty() { "none".to_string() } else { to.join("+") }));
         }
         lines.push(format!("notices:     {}", shaped.join(", ")));
     }

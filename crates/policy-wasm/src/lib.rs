@@ -28,7 +28,7 @@ pub use ef_backup_core::model::{
     BackupDone, BackupEntry, BackupFailed, BackupOutcome, BackupSchedule, ErrorKind, HttpResponse, LastRun, Level, LoadedPolicy, PolicyConfig,
     PolicyS3Config, S3Outcome, Status, Target,
 };
-pub use ef_backup_core::model::{BackupKind, Message, NameInfo, Notification};
+pub use ef_backup_core::model::{BackupKind, Event, EventKind, NameInfo, Notification};
 use ef_backup_core::policy::{validate_cron, validate_name};
 pub use ef_backup_core::policy::{Policy, PolicyError};
 use ef_backup_core::util::{hex, lock};
@@ -47,6 +47,8 @@ pub const RECOGNISE_BASE: Duration = Duration::from_secs(1);
 pub const RECOGNISE_PER_NAME: Duration = Duration::from_millis(10);
 /// Names whose parse-name failure was already logged are remembered up to this many.
 const WARNED_NAMES_MAX: usize = 10_000;
+/// Messages one event may send (5 channels, a few each).
+const MAX_NOTIFICATIONS: usize = 20;
 /// What identifies a loaded policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyInfo {
@@ -381,15 +383,42 @@ impl Policy for WasmPolicy {
         Ok(out)
     }
 
-    /// The message the policy shapes for a notification; None when it sends none (or, for a
-    /// 0.1.0 policy, cannot shape one).
-    fn shape_notification(&self, config: &PolicyConfig, now: i64, event: &Notification) -> Result<Option<Message>, PolicyError> {
-        let m = self.call("shape-notification", |p, s| p.calls().shape_notification(s, config, now, event))?;
-        match m {
-            Some(m) if m.subject.trim().is_empty() => Err(self.bad("shape-notification", "the message has an empty subject")),
-            Some(m) if m.subject.chars().any(char::is_control) => Err(self.bad("shape-notification", "the subject holds a control character")),
-            other => Ok(other),
+    /// The messages the policy shapes for an event; None for a 0.1.0 policy, which cannot.
+    fn shape_notification(&self, config: &PolicyConfig, now: i64, event: &Event) -> Result<Option<Vec<Notification>>, PolicyError> {
+        let messages = self.call("shape-notification", |p, s| p.calls().shape_notification(s, config, now, event))?;
+        let Some(messages) = messages else { return Ok(None) };
+        // A policy that floods channels would get the deployment's webhooks rate-limited.
+        if messages.len() > MAX_NOTIFICATIONS {
+            return Err(self.bad("shape-notification", format!("{} messages for one event (at most {MAX_NOTIFICATIONS})", messages.len())));
         }
+        for m in &messages {
+            if m.subject.trim().is_empty() {
+                return Err(self.bad("shape-notification", "a message has an empty subject"));
+            }
+            if m.subject.chars().any(char::is_control) {
+                return Err(self.bad("shape-notification", "a subject holds a control character"));
+            }
+            if m.subject.len() > 1_000 || m.body.len() > 64_000 {
+                return Err(self.bad("shape-notification", "a message is longer than 1000 bytes of subject or 64000 of body"));
+            }
+        }
+        Ok(Some(messages))
+    }
+
+    /// The names the policy picks for a drill; None for a 0.1.0 policy, which cannot.
+    fn select_drill(&self, config: &PolicyConfig, now: i64, ours: &[(BackupEntry, NameInfo)]) -> Result<Option<Vec<String>>, PolicyError> {
+        let names = self.call("select-drill", |p, s| p.calls().select_drill(s, config, now, ours))?;
+        let Some(names) = names else { return Ok(None) };
+        let mut picked: Vec<String> = Vec::new();
+        for name in names {
+            if !ours.iter().any(|(b, _)| b.name == name) {
+                return Err(self.bad("select-drill", format!("{name:?} is not among the backups it was given")));
+            }
+            if !picked.contains(&name) {
+                picked.push(name);
+            }
+        }
+        Ok(Some(picked))
     }
 
     fn shape_backup_response(&self, outcome: &BackupOutcome) -> Result<HttpResponse, PolicyError> {

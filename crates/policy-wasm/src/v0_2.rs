@@ -66,6 +66,34 @@ fn config(c: &model::PolicyConfig) -> wit::Config {
     }
 }
 
+fn event_kind(k: model::EventKind) -> wit::EventKind {
+    use model::EventKind as K;
+    match k {
+        K::BackupStarted => wit::EventKind::BackupStarted,
+        K::BackupSucceeded => wit::EventKind::BackupSucceeded,
+        K::BackupFailed => wit::EventKind::BackupFailed,
+        K::S3UploadFailed => wit::EventKind::S3UploadFailed,
+        K::RetentionSkipped => wit::EventKind::RetentionSkipped,
+        K::DrillSucceeded => wit::EventKind::DrillSucceeded,
+        K::DrillFailed => wit::EventKind::DrillFailed,
+        K::MissedSlot => wit::EventKind::MissedSlot,
+        K::PolicyRejected => wit::EventKind::PolicyRejected,
+        K::ServiceStarted => wit::EventKind::ServiceStarted,
+        K::ServiceStopped => wit::EventKind::ServiceStopped,
+    }
+}
+
+fn channel(c: wit::Channel) -> ef_backup_core::config::notify::Channel {
+    use ef_backup_core::config::notify::Channel as C;
+    match c {
+        wit::Channel::Webhook => C::Webhook,
+        wit::Channel::Slack => C::Slack,
+        wit::Channel::Telegram => C::Telegram,
+        wit::Channel::Email => C::Email,
+        wit::Channel::Heartbeat => C::Heartbeat,
+    }
+}
+
 /// The store id a target has in this contract.
 pub fn store_id(t: model::Target) -> &'static str {
     match t {
@@ -229,6 +257,21 @@ impl<'a> Calls<'a> {
             last_run: s.last_run.as_ref().map(last_run),
             next_run: s.next_run,
             running: s.running.clone(),
+            last_drill: s.last_drill.as_ref().map(last_run),
+            drills: s.drills.clone(),
+            recent_runs: s
+                .recent_runs
+                .iter()
+                .map(|r| wit::RunRecord {
+                    kind: r.kind.clone(),
+                    database: r.database.clone(),
+                    started_at: r.started_at,
+                    finished_at: r.finished_at,
+                    outcome: r.outcome.clone(),
+                    file_name: r.file_name.clone(),
+                    message: r.message.clone(),
+                })
+                .collect(),
         };
         run_until(self.deadline, self.exports.call_shape_status(store, &status)).map(response)
     }
@@ -238,10 +281,41 @@ impl<'a> Calls<'a> {
         store: &mut Store<State>,
         c: &model::PolicyConfig,
         now: i64,
-        n: &model::Notification,
-    ) -> wasmtime::Result<Option<model::Message>> {
-        let event = wit::Notification { outcome: outcome(&n.outcome), previous: n.previous.as_ref().map(last_run) };
+        e: &model::Event,
+    ) -> wasmtime::Result<Vec<model::Notification>> {
+        let event = wit::Event {
+            kind: event_kind(e.kind),
+            at: e.at,
+            detail: e.detail.clone(),
+            databases: e.databases.clone(),
+            file_name: e.file_name.clone(),
+            outcome: e.outcome.as_ref().map(outcome),
+            previous: e.previous.as_ref().map(last_run),
+            changes: e
+                .changes
+                .iter()
+                .map(|c| wit::SizeChange {
+                    database: c.database.clone(),
+                    previous_bytes: c.previous_bytes,
+                    bytes: c.bytes,
+                    previous_rows: c.previous_rows,
+                    rows: c.rows,
+                })
+                .collect(),
+        };
         let m = run_until(self.deadline, self.exports.call_shape_notification(store, context(now), &config(c), &event))?;
-        Ok(m.map(|m| model::Message { subject: m.subject, body: m.body }))
+        Ok(m.into_iter().map(|m| model::Notification { channel: channel(m.channel), subject: m.subject, body: m.body }).collect())
+    }
+
+    pub fn select_drill(
+        &self,
+        store: &mut Store<State>,
+        c: &model::PolicyConfig,
+        now: i64,
+        ours: &[(model::BackupEntry, model::NameInfo)],
+    ) -> wasmtime::Result<Vec<String>> {
+        let mut entries = entries(ours);
+        entries.sort_by(|a, b| b.info.run_at.cmp(&a.info.run_at).then_with(|| b.name.cmp(&a.name)));
+        run_until(self.deadline, self.exports.call_select_drill(store, context(now), &config(c), &entries))
     }
 }

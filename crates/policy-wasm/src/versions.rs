@@ -7,7 +7,7 @@ use std::time::Instant;
 use wasmtime::{Engine, Store};
 
 use crate::sandbox::State;
-use crate::{v0_1, v0_2, BackupEntry, BackupOutcome, BackupSchedule, HttpResponse, Message, NameInfo, Notification, PolicyConfig, Status, Target};
+use crate::{v0_1, v0_2, BackupEntry, BackupOutcome, BackupSchedule, Event, HttpResponse, NameInfo, Notification, PolicyConfig, Status, Target};
 
 /// A linked component of one of the contract versions, ready to instantiate.
 pub(crate) enum Pre {
@@ -107,14 +107,29 @@ impl Calls<'_> {
         store: &mut Store<State>,
         c: &PolicyConfig,
         now: i64,
-        n: &Notification,
-    ) -> wasmtime::Result<Option<Message>> {
+        e: &Event,
+    ) -> wasmtime::Result<Option<Vec<Notification>>> {
         match self {
             Calls::V01(_) => Ok(None),
-            Calls::V02(x) => x.shape_notification(store, c, now, n),
+            Calls::V02(x) => x.shape_notification(store, c, now, e).map(Some),
+        }
+    }
+
+    /// None from a 0.1.0 policy, which cannot choose drills.
+    pub(crate) fn select_drill(
+        &self,
+        store: &mut Store<State>,
+        c: &PolicyConfig,
+        now: i64,
+        ours: &[(BackupEntry, NameInfo)],
+    ) -> wasmtime::Result<Option<Vec<String>>> {
+        match self {
+            Calls::V01(_) => Ok(None),
+            Calls::V02(x) => x.select_drill(store, c, now, ours).map(Some),
         }
     }
 }
+
 /// One instance of the policy, with the deadline of the whole policy call.
 pub(crate) struct Instance {
     pub(crate) exports: World,

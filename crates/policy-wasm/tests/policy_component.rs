@@ -179,6 +179,9 @@ fn status_bytes() {
         last_run: None,
         next_run: None,
         running: None,
+        last_drill: None,
+        drills: String::new(),
+        recent_runs: Vec::new(),
     };
     let r = p.shape_status(&st).unwrap();
     assert_eq!(r.status, 200);
@@ -190,7 +193,8 @@ fn status_bytes() {
         r#""schedule":"每天北京时间 01:00 和 13:00","#,
         &format!(r#""policy":{{"path":{},"sha256":"{}","wit_version":"0.2.0-draft"}},"#, serde_json::json!(loaded.path), loaded.sha256),
         r#""last_run":null,"next_run_at":null,"running_backup":null,"#,
-        r#""databases":[{"database":"euraflow","kind":"database","count":1,"newest_backup":"euraflow_backup_20251104_130000.sql.gz","newest_at":1762232400.0}]}"#,
+        r#""databases":[{"database":"euraflow","kind":"database","count":1,"newest_backup":"euraflow_backup_20251104_130000.sql.gz","newest_at":1762232400.0}],"#,
+        r#""last_drill":null,"drills":"","recent_runs":[]}"#,
     ]
     .concat();
     assert_eq!(r.body, want);

@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::alerts::Alerts;
 use crate::config::Config;
 use crate::engine::{self, BackupOptions, BackupReport};
 use crate::lock::{self, LockError, SlotLock};
 use crate::metrics::{Gauges, Metrics};
-use crate::model::{BackupEntry, BackupOutcome, HttpResponse, LastRun, Status};
+use crate::model::{BackupEntry, BackupOutcome, Event, EventKind, HttpResponse, LastRun, RunSummary, Status};
 use crate::policy::{self, Policy, PolicyError, WasmPolicy};
 use crate::schedule::{Schedule, ScheduleError};
 use crate::state::{Finished, StateStore, Trigger};
@@ -22,6 +23,9 @@ use crate::util::{lock, now};
 /// How long a listing of the backup directory and the policy's recognition of it serve
 /// status and `/metrics` before they are computed again (a finished run refreshes it at once).
 pub const LISTING_TTL: Duration = Duration::from_secs(2);
+
+/// What a run that another instance (a replica, a CLI backup) holds the lock of is busy with.
+pub const OTHER_INSTANCE: &str = "another ef-backup instance";
 
 /// What the service answers for a backup request.
 #[derive(Debug, Clone)]
@@ -75,6 +79,10 @@ pub struct Service {
     /// Each file of this process's last run: (database, kind, written).
     last_entries: Mutex<Vec<(String, crate::model::BackupKind, bool)>>,
     pub metrics: Metrics,
+    /// The notification channels.
+    alerts: Alerts,
+    /// Where drills run, or why they cannot (status and the start-up log).
+    drills: Result<String, String>,
 }
 
 fn busy(what: impl Into<String>) -> BackupRun {
@@ -101,7 +109,7 @@ impl Drop for RunningGuard {
 
 impl Service {
     /// The service, starting from what `state` recorded (last run, counters).
-    pub fn new(config: Config, policy: Arc<dyn Policy>, s3: Option<Arc<dyn Mirror>>, state: StateStore) -> Arc<Service> {
+    pub fn new(config: Config, policy: Arc<dyn Policy>, s3: Option<Arc<dyn Mirror>>, state: StateStore, alerts: Alerts) -> Arc<Service> {
         let metrics = Metrics::default();
         let mut last_run = None;
         match state.load() {
@@ -117,7 +125,10 @@ impl Service {
                 state.interrupted_at_open()
             );
         }
+        let drills = crate::drills::availability(&config);
         Arc::new(Service {
+            alerts,
+            drills,
             view: Mutex::new(config.policy.clone()),
             config,
             policy: RwLock::new(policy),
@@ -197,6 +208,11 @@ impl Service {
     /// The last run's message (for the shutdown log line).
     pub fn last_message(&self) -> Option<String> {
         lock(&self.last_run).as_ref().map(|r| r.message.clone())
+    }
+
+    /// Whether shutdown has begun.
+    pub fn closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
     }
 
     pub fn running(&self) -> Option<String> {
@@ -311,13 +327,15 @@ impl Service {
             Err(LockError::Busy { .. }) => {
                 tracing::info!("another ef-backup instance is running a backup of this database; not starting a second one");
                 self.metrics.busy_rejections_total.fetch_add(1, Ordering::Relaxed);
-                return busy("another ef-backup instance");
+                return busy(OTHER_INSTANCE);
             }
             Err(e) => {
                 tracing::error!("数据库备份失败: {e}");
                 let report = e.into_report(name.ok());
                 let id = self.state.begin(trigger, started).map_err(|e| tracing::error!("{e}")).ok();
+                let previous = lock(&self.last_run).clone();
                 self.record(trigger, id, started, &report.outcome, Some(&report));
+                self.tell(policy, &report, previous);
                 return BackupRun { outcome: report.outcome.clone(), report: Some(report) };
             }
         };
@@ -326,6 +344,12 @@ impl Service {
             None
         });
         let id = self.state.begin(trigger, started).map_err(|e| tracing::error!("{e}; the backup runs anyway")).ok();
+        let view = lock(&self.view).clone();
+        let started_event = Event {
+            databases: view.databases.clone(),
+            ..Event::new(EventKind::BackupStarted, started, format!("{} backup started", trigger.as_str()))
+        };
+        self.alerts.emit(policy, &view, &started_event);
         let opts = BackupOptions { now: started, progress: false, cancel: Arc::clone(&self.cancel), last_recorded_run, run_lock: Some(run_lock) };
         let file_name = name.as_ref().ok().cloned();
         let ran = std::panic::catch_unwind(AssertUnwindSafe(|| engine::run_named(&self.config, policy, self.s3.as_deref(), name, opts)));
@@ -337,8 +361,93 @@ impl Service {
                 BackupRun { outcome: internal_failure(message, file_name), report: None }
             }
         };
+        let previous = lock(&self.last_run).clone();
         self.record(trigger, id, started, &run.outcome, run.report.as_ref());
+        match &run.report {
+            Some(report) => self.tell(policy, report, previous),
+            // The engine panicked: still a failed backup that someone must hear of.
+            None => {
+                let detail = match &run.outcome {
+                    BackupOutcome::Failed(f) => f.message.clone(),
+                    _ => "the backup stopped on an internal error".into(),
+                };
+                let event = Event {
+                    databases: view.databases.clone(),
+                    outcome: Some(run.outcome.clone()),
+                    previous,
+                    ..Event::new(EventKind::BackupFailed, now(), detail)
+                };
+                self.alerts.emit(policy, &view, &event);
+            }
+        }
         run
+    }
+
+    /// The events of a finished run, to the channels.
+    fn tell(&self, policy: &dyn Policy, report: &BackupReport, previous: Option<LastRun>) {
+        let view = lock(&self.view).clone();
+        let recognised = self.compute_listing().recognised;
+        let changes = crate::events::size_changes(report, &self.config.backup_dir, &recognised);
+        for event in crate::events::of_backup(report, now(), &view.databases, previous, changes) {
+            self.alerts.emit(policy, &view, &event);
+        }
+    }
+
+    /// Tells the channels of something the service saw (started, stopped, a rejected policy,
+    /// a missed slot), off the async threads.
+    pub async fn announce(self: &Arc<Self>, kind: EventKind, detail: String) {
+        let svc = Arc::clone(self);
+        let _ = tokio::task::spawn_blocking(move || {
+            let view = lock(&svc.view).clone();
+            let event = Event { databases: view.databases.clone(), ..Event::new(kind, now(), detail) };
+            svc.alerts.emit(&*svc.policy(), &view, &event);
+        })
+        .await;
+    }
+
+    /// Waits (at most `deadline`) for queued notifications: at shutdown.
+    pub async fn flush_notifications(&self, deadline: Duration) {
+        self.alerts.flush(deadline).await;
+    }
+
+    /// Where drills run, or why they cannot.
+    pub fn drills(&self) -> &Result<String, String> {
+        &self.drills
+    }
+
+    /// The drills the policy picks among the local backups, run one after another on a blocking
+    /// thread. Holds no backup lock: a backup slot during a drill runs.
+    pub async fn drill(self: &Arc<Self>, trigger: Trigger) -> Vec<crate::drills::Drilled> {
+        if let Err(why) = &self.drills {
+            tracing::warn!("restore drill skipped: {why}");
+            return Vec::new();
+        }
+        let svc = Arc::clone(self);
+        let ran = tokio::task::spawn_blocking(move || {
+            let policy = svc.policy();
+            let view = lock(&svc.view).clone();
+            let listing = svc.compute_listing();
+            let mut ours = listing.recognised.clone();
+            ours.sort_by(|a, b| b.1.run_at.cmp(&a.1.run_at).then_with(|| b.0.name.cmp(&a.0.name)));
+            let names = match policy.select_drill(&view, now(), &ours) {
+                Ok(Some(names)) => names,
+                Ok(None) => policy::fallback_drill_selection(&ours),
+                Err(e) => {
+                    tracing::error!("{e}; drilling the newest backup of each database instead");
+                    policy::fallback_drill_selection(&ours)
+                }
+            };
+            if names.is_empty() {
+                tracing::info!("restore drill: no backup to drill");
+                return Vec::new();
+            }
+            crate::drills::run(&svc.config, &*policy, &view, &names, trigger, &svc.alerts, Some(&svc.state))
+        })
+        .await;
+        ran.unwrap_or_else(|e| {
+            tracing::error!("the drill task failed: {e}");
+            Vec::new()
+        })
     }
 
     /// Counts the run, makes it the last run and writes it to the state store. A store that
@@ -422,6 +531,12 @@ impl Service {
             last_run: lock(&self.last_run).clone(),
             next_run: *lock(&self.next_run),
             running: self.running(),
+            last_drill: self.state.last_of(crate::state::RunKind::Drill, None).ok().flatten().or_else(|| self.last_drill()),
+            drills: match &self.drills {
+                Ok(on) => format!("on: {on}"),
+                Err(why) => format!("off: {why}"),
+            },
+            recent_runs: self.recent_runs(10),
         };
         let shaped = tokio::task::spawn_blocking(move || policy.shape_status(&status)).await;
         let shaped = shaped.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
@@ -432,6 +547,43 @@ impl Service {
                 body: serde_json::json!({"success": false, "message": format!("the backup policy could not shape the status: {e}")}).to_string(),
             }
         })
+    }
+
+    /// The last drill of any database (status shows one).
+    fn last_drill(&self) -> Option<LastRun> {
+        let recent = self.state.recent(200).ok()?;
+        let r = recent.into_iter().find(|r| r.kind == "drill" && r.finished_at.is_some())?;
+        Some(LastRun {
+            started_at: r.started_at,
+            finished_at: r.finished_at.unwrap_or(r.started_at),
+            succeeded: r.outcome.as_deref() == Some("ok"),
+            file_name: r.file_name,
+            message: r.message.unwrap_or_default(),
+        })
+    }
+
+    /// The newest `n` runs of the history, for status.
+    fn recent_runs(&self, n: usize) -> Vec<RunSummary> {
+        let runs = self.state.recent(n).unwrap_or_else(|e| {
+            tracing::error!("{e}");
+            Vec::new()
+        });
+        runs.into_iter()
+            .map(|r| RunSummary {
+                kind: r.kind,
+                database: r.database,
+                started_at: r.started_at,
+                finished_at: r.finished_at,
+                outcome: r.outcome.unwrap_or_else(|| "running".into()),
+                file_name: r.file_name,
+                message: r.message.unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// The history's newest runs (the API's `history`).
+    pub fn history(&self, limit: usize) -> Result<Vec<crate::state::HistoryEntry>, crate::state::StateError> {
+        self.state.recent(limit)
     }
 
     /// Prometheus text.
@@ -468,7 +620,14 @@ impl Service {
             }
         }
         per_database.sort_by(|a, b| (a.kind, &a.database).cmp(&(b.kind, &b.database)));
+        let drills = self.state.drill_stats().unwrap_or_else(|e| {
+            tracing::error!("{e}");
+            Vec::new()
+        });
+        let notification_failures = self.state.notification_failures().unwrap_or_default();
         self.metrics.render(&Gauges {
+            drills,
+            notification_failures,
             per_database,
             backups_on_disk: listing.recognised.len() as u64,
             running: self.running().is_some(),

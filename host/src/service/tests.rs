@@ -29,7 +29,7 @@ fn service(dir: &Path) -> Arc<Service> {
     let config = config(dir);
     let state = StateStore::open(&config).unwrap();
     let mirror: Arc<dyn Mirror> = Arc::new(MemoryStore::new(Target::S3));
-    Service::new(config, Arc::new(NativePolicy::keeping(3)), Some(mirror), state)
+    Service::new(config, Arc::new(NativePolicy::keeping(3)), Some(mirror), state, crate::alerts::Alerts::none())
 }
 
 fn body(r: &HttpResponse) -> serde_json::Value {

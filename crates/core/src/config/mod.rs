@@ -1,7 +1,9 @@
 //! Configuration: read once from the environment (and an optional `.env` file) into a typed
 //! [`Config`]. Nothing else in the program reads environment variables.
 
+pub mod drill;
 pub mod envfile;
+pub mod notify;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -181,6 +183,13 @@ pub struct Config {
     pub retry_delay_secs: u64,
     /// `EF__HTTP_MAX_CONNECTIONS`: admin API connections served at once.
     pub http_max_connections: usize,
+    /// `EF__BACKUP_MISSED_SLOT_MINUTES`: a scheduled backup that has not started this long
+    /// after its slot is a missed slot (notified).
+    pub missed_slot_minutes: u64,
+    /// `EF__DRILL_*`: where restore drills restore.
+    pub drill: drill::DrillPlace,
+    /// `EF__NOTIFY_*`: where events are reported (webhook, Slack, Telegram, e-mail, heartbeat).
+    pub notify: notify::NotifyConfig,
     /// Things an operator should fix that do not stop the program (logged at start-up).
     pub warnings: Vec<String>,
     /// Derived once from the fields above: what the policy is told about the deployment.
@@ -430,6 +439,7 @@ impl Config {
             }
         }
 
+        let drill = drill::parse(&v, &db)?;
         let mut config = Config {
             db,
             databases,
@@ -463,6 +473,9 @@ impl Config {
             lock_wait_timeout_secs: v.number("EF__PG_LOCK_WAIT_TIMEOUT_SECS", DEFAULT_LOCK_WAIT_TIMEOUT_SECS, 1, 86_400)?,
             retry_delay_secs: v.number("EF__BACKUP_RETRY_DELAY_SECS", DEFAULT_RETRY_DELAY_SECS, 0, 86_400)?,
             http_max_connections: v.number("EF__HTTP_MAX_CONNECTIONS", DEFAULT_HTTP_MAX_CONNECTIONS, 1, 10_000)?,
+            missed_slot_minutes: v.number("EF__BACKUP_MISSED_SLOT_MINUTES", 30u64, 1, 7 * 24 * 60)?,
+            drill,
+            notify: notify::parse(&v)?,
             warnings,
             policy: PolicyConfig {
                 database: String::new(),

@@ -182,6 +182,43 @@ impl Conn {
         self.finish_result(res, &[ffi::ExecStatusType::PGRES_COMMAND_OK])
     }
 
+    /// Runs `statement` (a `COPY … TO STDOUT`, text format) and hands each row to `row`, without
+    /// its newline. Rows are never held together: memory stays flat whatever the table's size.
+    pub fn copy_out(&mut self, statement: &str, mut row: impl FnMut(&[u8])) -> Result<u64, PqError> {
+        self.usable()?;
+        let sql = CString::new(statement).map_err(|_| PqError::Server("the COPY statement holds a NUL byte".into()))?;
+        // SAFETY: raw is live; sql is NUL-terminated and outlives the call; no parameters.
+        let res = unsafe { ffi::PQexecParams(self.raw, sql.as_ptr(), 0, std::ptr::null(), std::ptr::null(), std::ptr::null(), std::ptr::null(), 0) };
+        if res.is_null() || unsafe { ffi::PQresultStatus(res) } != ffi::ExecStatusType::PGRES_COPY_OUT {
+            return self.finish_result(res, &[ffi::ExecStatusType::PGRES_COPY_OUT]).map(|_| 0);
+        }
+        // SAFETY: res is not used after this.
+        unsafe { ffi::PQclear(res) };
+        let mut rows = 0u64;
+        loop {
+            let mut buf: *mut c_char = std::ptr::null_mut();
+            // SAFETY: raw is live; blocking mode (async = 0); libpq allocates buf, freed below.
+            let n = unsafe { ffi::PQgetCopyData(self.raw, &mut buf, 0) };
+            if n == -1 {
+                break; // the COPY is done; its result follows
+            }
+            if n < 0 || buf.is_null() {
+                self.broken = true;
+                return Err(PqError::Server(self.error()));
+            }
+            // SAFETY: libpq returned n bytes at buf; one row per call in text format.
+            let data = unsafe { std::slice::from_raw_parts(buf as *const u8, n as usize) };
+            row(data.strip_suffix(b"\n").unwrap_or(data));
+            rows += 1;
+            // SAFETY: buf came from PQgetCopyData and is not used after this.
+            unsafe { ffi::PQfreemem(buf.cast()) };
+        }
+        // SAFETY: raw is live.
+        let res = unsafe { ffi::PQgetResult(self.raw) };
+        self.finish_result(res, &[ffi::ExecStatusType::PGRES_COMMAND_OK])?;
+        Ok(rows)
+    }
+
     /// A COPY we did not start: libpq would answer every later PQgetResult with it for ever.
     /// The connection is given up (the caller fails; Drop closes it).
     fn unasked_copy(&mut self) -> PqError {

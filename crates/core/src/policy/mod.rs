@@ -9,8 +9,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::codec::Format;
+use crate::config::notify::Channel;
 use crate::model::{
-    BackupEntry, BackupOutcome, BackupSchedule, HttpResponse, LoadedPolicy, Message, NameInfo, Notification, PolicyConfig, Status, Target,
+    BackupEntry, BackupKind, BackupOutcome, BackupSchedule, Event, EventKind, HttpResponse, LoadedPolicy, NameInfo, Notification, PolicyConfig,
+    Status, Target,
 };
 
 /// Retention reasons of one answer that are logged, and how much of each.
@@ -53,8 +55,13 @@ pub trait Policy: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<(String, Option<String>)>, PolicyError>;
     fn shape_backup_response(&self, outcome: &BackupOutcome) -> Result<HttpResponse, PolicyError>;
     fn shape_status(&self, status: &Status) -> Result<HttpResponse, PolicyError>;
-    /// None when the policy does not shape notifications (contract 0.1.0).
-    fn shape_notification(&self, config: &PolicyConfig, now: i64, event: &Notification) -> Result<Option<Message>, PolicyError>;
+    /// The messages `event` sends, each for one channel; None when the policy does not shape
+    /// notifications (contract 0.1.0): the host then uses [`fallback_notifications`].
+    fn shape_notification(&self, config: &PolicyConfig, now: i64, event: &Event) -> Result<Option<Vec<Notification>>, PolicyError>;
+    /// Which of `ours` (the local store's recognised backups, newest first) a scheduled drill
+    /// restores; None when the policy does not choose (contract 0.1.0): the host then uses
+    /// [`fallback_drill_selection`]. Only names among `ours` are returned.
+    fn select_drill(&self, config: &PolicyConfig, now: i64, ours: &[(BackupEntry, NameInfo)]) -> Result<Option<Vec<String>>, PolicyError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +180,52 @@ pub fn fallback_backup_response(outcome: &BackupOutcome) -> HttpResponse {
         }
     };
     HttpResponse { status, body: body.to_string() }
+}
+
+/// What the host sends when the policy does not shape notifications (a 0.1.0 policy) or
+/// failed to: failures and recoveries to every channel but the heartbeat, and the heartbeat's
+/// start, success and fail pings; in English, from the host's own account of the event.
+pub fn fallback_notifications(event: &Event) -> Vec<Notification> {
+    let all_but_heartbeat = [Channel::Webhook, Channel::Slack, Channel::Telegram, Channel::Email];
+    let to = |channels: &[Channel], subject: String| -> Vec<Notification> {
+        channels.iter().map(|&channel| Notification { channel, subject: subject.clone(), body: event.detail.clone() }).collect()
+    };
+    let what = if event.databases.is_empty() { String::from("ef-backup") } else { event.databases.join(", ") };
+    let recovered = event.previous.as_ref().is_some_and(|p| !p.succeeded);
+    let mut out = Vec::new();
+    match event.kind {
+        EventKind::BackupStarted => out.extend(to(&[Channel::Heartbeat], format!("[ef-backup] backup of {what} started"))),
+        EventKind::BackupSucceeded => {
+            out.extend(to(&[Channel::Heartbeat], format!("[ef-backup] backup of {what} succeeded")));
+            if recovered {
+                out.extend(to(&all_but_heartbeat, format!("[ef-backup] backup of {what} recovered")));
+            }
+        }
+        EventKind::BackupFailed => {
+            out.extend(to(&[Channel::Heartbeat], format!("[ef-backup] backup of {what} failed")));
+            out.extend(to(&all_but_heartbeat, format!("[ef-backup] backup of {what} failed")));
+        }
+        EventKind::DrillSucceeded if recovered => out.extend(to(&all_but_heartbeat, format!("[ef-backup] restore drill of {what} recovered"))),
+        EventKind::DrillSucceeded | EventKind::ServiceStarted | EventKind::ServiceStopped => {}
+        EventKind::S3UploadFailed => out.extend(to(&all_but_heartbeat, format!("[ef-backup] S3 upload of {what} failed"))),
+        EventKind::RetentionSkipped => out.extend(to(&all_but_heartbeat, format!("[ef-backup] retention of {what} skipped"))),
+        EventKind::DrillFailed => out.extend(to(&all_but_heartbeat, format!("[ef-backup] restore drill of {what} failed"))),
+        EventKind::MissedSlot => out.extend(to(&all_but_heartbeat, format!("[ef-backup] scheduled backup of {what} did not start"))),
+        EventKind::PolicyRejected => out.extend(to(&all_but_heartbeat, "[ef-backup] policy reload rejected".to_string())),
+    }
+    out
+}
+
+/// The drill the host runs when the policy does not choose: the newest dump of each database.
+pub fn fallback_drill_selection(ours: &[(BackupEntry, NameInfo)]) -> Vec<String> {
+    let mut newest: std::collections::BTreeMap<&str, (&BackupEntry, i64)> = std::collections::BTreeMap::new();
+    for (entry, info) in ours.iter().filter(|(_, i)| i.kind == BackupKind::Database) {
+        let slot = newest.entry(info.database.as_str()).or_insert((entry, info.run_at));
+        if (info.run_at, &entry.name) > (slot.1, &slot.0.name) {
+            *slot = (entry, info.run_at);
+        }
+    }
+    newest.into_values().map(|(e, _)| e.name.clone()).collect()
 }
 
 /// How responses and logs name a kind of backup.

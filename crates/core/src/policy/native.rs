@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use super::{fallback_backup_response, Policy, PolicyError};
 use crate::model::{
-    BackupEntry, BackupKind, BackupOutcome, BackupSchedule, HttpResponse, LoadedPolicy, Message, NameInfo, Notification, PolicyConfig, Status, Target,
+    BackupEntry, BackupKind, BackupOutcome, BackupSchedule, Event, HttpResponse, LoadedPolicy, NameInfo, Notification, PolicyConfig, Status, Target,
 };
 use crate::util::lock;
 
@@ -114,13 +114,11 @@ impl Policy for NativePolicy {
         Ok(HttpResponse { status: 200, body: body.to_string() })
     }
 
-    fn shape_notification(&self, _: &PolicyConfig, _: i64, event: &Notification) -> Result<Option<Message>, PolicyError> {
-        let subject = match &event.outcome {
-            BackupOutcome::Done(d) => format!("backup {} done", d.file_name),
-            BackupOutcome::Failed(f) => format!("backup failed: {}", f.message),
-            BackupOutcome::Several(run) => format!("backup run: {} files, all good: {}", run.entries.len(), run.succeeded()),
-            BackupOutcome::Busy(_) => return Ok(None),
-        };
-        Ok(Some(Message { subject, body: String::new() }))
+    fn shape_notification(&self, _: &PolicyConfig, _: i64, event: &Event) -> Result<Option<Vec<Notification>>, PolicyError> {
+        Ok(Some(super::fallback_notifications(event)))
+    }
+
+    fn select_drill(&self, _: &PolicyConfig, _: i64, ours: &[(BackupEntry, NameInfo)]) -> Result<Option<Vec<String>>, PolicyError> {
+        Ok(Some(super::fallback_drill_selection(ours)))
     }
 }

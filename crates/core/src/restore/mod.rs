@@ -186,7 +186,7 @@ impl Source {
     }
 
     /// The plain dump of this backup.
-    fn decoded(&self) -> Result<Box<dyn Read>, RestoreError> {
+    pub(crate) fn decoded(&self) -> Result<Box<dyn Read>, RestoreError> {
         self.decode(self.raw()?)
     }
 }

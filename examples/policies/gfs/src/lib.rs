@@ -18,8 +18,8 @@ wit_bindgen::generate!({ world: "backup-policy", path: "../../../wit/0.2.0-draft
 pub use euraflow::backup::types;
 use serde_json::json;
 use types::{
-    BackupEntry, BackupKind, BackupOutcome, BackupSchedule, Config, HttpResponse, Message, NameInfo, NameRequest, Notification, RetentionDecision,
-    Status,
+    BackupEntry, BackupKind, BackupOutcome, BackupSchedule, Channel, Config, Event, EventKind, HttpResponse, NameInfo, NameRequest, Notification,
+    RetentionDecision, Status,
 };
 
 pub const KEEP_LAST: usize = 14;
@@ -225,20 +225,46 @@ pub fn shape_status(s: &Status) -> HttpResponse {
     )
 }
 
-/// A failed backup, and the first success after a failure; nothing for an ordinary success.
-pub fn shape_notification(config: &Config, event: &Notification) -> Option<Message> {
-    let dbs = config.databases.join(", ");
-    match &event.outcome {
-        BackupOutcome::Failed(f) => Some(Message { subject: format!("Backup of {dbs} failed"), body: f.message.clone() }),
-        BackupOutcome::Several(run) if run.entries.iter().any(|e| e.outcome.is_err()) => {
-            let body = run.entries.iter().filter_map(|e| Some(format!("{}: {}", e.database, e.outcome.as_ref().err()?.message))).collect::<Vec<_>>();
-            Some(Message { subject: format!("Backup of {dbs} failed"), body: body.join("\n") })
+/// Failures (and the first success after one) to Slack and email only; every backup pings
+/// the heartbeat; drills are drilled by the host's default choice (the newest of each database).
+pub fn shape_notification(config: &Config, event: &Event) -> Vec<Notification> {
+    let dbs = if event.databases.is_empty() { config.databases.join(", ") } else { event.databases.join(", ") };
+    let told = |subject: String, body: String| -> Vec<Notification> {
+        [Channel::Slack, Channel::Email].into_iter().map(|channel| Notification { channel, subject: subject.clone(), body: body.clone() }).collect()
+    };
+    let ping = |subject: &str| Notification { channel: Channel::Heartbeat, subject: subject.to_string(), body: event.detail.clone() };
+    let recovered = event.previous.as_ref().is_some_and(|p| !p.succeeded);
+    match event.kind {
+        EventKind::BackupStarted => vec![ping("backup started")],
+        EventKind::BackupFailed => {
+            let body = match &event.outcome {
+                Some(BackupOutcome::Failed(f)) => f.message.clone(),
+                Some(BackupOutcome::Several(run)) => run
+                    .entries
+                    .iter()
+                    .filter_map(|e| Some(format!("{}: {}", e.database, e.outcome.as_ref().err()?.message)))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                _ => event.detail.clone(),
+            };
+            let mut out = vec![ping("backup failed")];
+            out.extend(told(format!("Backup of {dbs} failed"), body));
+            out
         }
-        BackupOutcome::Done(d) if event.previous.as_ref().is_some_and(|p| !p.succeeded) => Some(Message {
-            subject: format!("Backup of {dbs} recovered"),
-            body: format!("{} ({} MB) succeeded after a failed run", d.file_name, mb(d.size_bytes)),
-        }),
-        _ => None,
+        EventKind::BackupSucceeded => {
+            let mut out = vec![ping("backup succeeded")];
+            if let (true, Some(BackupOutcome::Done(d))) = (recovered, &event.outcome) {
+                out.extend(told(
+                    format!("Backup of {dbs} recovered"),
+                    format!("{} ({} MB) succeeded after a failed run", d.file_name, mb(d.size_bytes)),
+                ));
+            }
+            out
+        }
+        EventKind::DrillFailed | EventKind::S3UploadFailed | EventKind::MissedSlot => {
+            told(format!("ef-backup: {} ({dbs})", event.detail), event.detail.clone())
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -246,7 +272,7 @@ pub fn shape_notification(config: &Config, event: &Notification) -> Option<Messa
 mod component {
     use super::exports::euraflow::backup::policy::Guest;
     use super::types::{
-        BackupEntry, BackupOutcome, BackupSchedule, Config, Context, HttpResponse, Message, NameInfo, NameRequest, Notification, RetentionDecision,
+        BackupEntry, BackupOutcome, BackupSchedule, Config, Context, Event, HttpResponse, NameInfo, NameRequest, Notification, RetentionDecision,
         Status,
     };
 
@@ -272,8 +298,20 @@ mod component {
         fn shape_status(status: Status) -> HttpResponse {
             super::shape_status(&status)
         }
-        fn shape_notification(_ctx: Context, config: Config, event: Notification) -> Option<Message> {
+        fn shape_notification(_ctx: Context, config: Config, event: Event) -> Vec<Notification> {
             super::shape_notification(&config, &event)
+        }
+        // The newest dump of each database, every time the drill schedule fires.
+        fn select_drill(_ctx: Context, _config: Config, backups: Vec<BackupEntry>) -> Vec<String> {
+            let mut seen: Vec<String> = Vec::new();
+            let mut out = Vec::new();
+            for b in backups.iter().filter(|b| b.info.kind == super::BackupKind::Database) {
+                if !seen.contains(&b.info.database) {
+                    seen.push(b.info.database.clone());
+                    out.push(b.name.clone());
+                }
+            }
+            out
         }
     }
 
@@ -415,12 +453,24 @@ mod tests {
     fn notifications() {
         let c = config();
         let run = |succeeded| LastRun { started_at: 0, finished_at: 1, succeeded, file_name: None, message: String::new() };
+        let event = |kind, outcome, previous| Event {
+            kind,
+            at: NOW,
+            detail: "detail".into(),
+            databases: vec![],
+            file_name: None,
+            outcome: Some(outcome),
+            previous,
+            changes: vec![],
+        };
+        let channels = |n: &[Notification]| n.iter().map(|n| n.channel).collect::<Vec<_>>();
         let failed = BackupOutcome::Failed(BackupFailed { kind: ErrorKind::Dump, message: "pg_dump failed".into(), file_name: None });
-        let m = shape_notification(&c, &Notification { outcome: failed, previous: Some(run(true)) }).unwrap();
-        assert_eq!((m.subject.as_str(), m.body.as_str()), ("Backup of euraflow failed", "pg_dump failed"));
-        let m = shape_notification(&c, &Notification { outcome: done(vec![]), previous: Some(run(false)) }).unwrap();
-        assert_eq!(m.subject, "Backup of euraflow recovered");
-        assert!(shape_notification(&c, &Notification { outcome: done(vec![]), previous: Some(run(true)) }).is_none());
-        assert!(shape_notification(&c, &Notification { outcome: done(vec![]), previous: None }).is_none());
+        let n = shape_notification(&c, &event(EventKind::BackupFailed, failed, Some(run(true))));
+        assert_eq!(channels(&n), [Channel::Heartbeat, Channel::Slack, Channel::Email]);
+        assert_eq!((n[1].subject.as_str(), n[1].body.as_str()), ("Backup of euraflow failed", "pg_dump failed"));
+        let n = shape_notification(&c, &event(EventKind::BackupSucceeded, done(vec![]), Some(run(false))));
+        assert_eq!(n[1].subject, "Backup of euraflow recovered");
+        assert_eq!(channels(&shape_notification(&c, &event(EventKind::BackupSucceeded, done(vec![]), Some(run(true))))), [Channel::Heartbeat]);
+        assert_eq!(channels(&shape_notification(&c, &event(EventKind::BackupSucceeded, done(vec![]), None))), [Channel::Heartbeat]);
     }
 }

@@ -20,7 +20,8 @@
 wit_bindgen::generate!({ world: "backup-policy", path: "../../../wit/0.2.0-draft" });
 
 use euraflow::backup::types::{
-    BackupEntry, BackupKind, BackupOutcome, Config, HttpResponse, Message, NameInfo, NameRequest, Notification, RetentionDecision, Status,
+    BackupEntry, BackupKind, BackupOutcome, Channel, Config, Event, EventKind, HttpResponse, NameInfo, NameRequest, Notification, RetentionDecision,
+    Status,
 };
 use serde_json::json;
 
@@ -115,14 +116,19 @@ pub fn shape_status(s: &Status) -> HttpResponse {
     HttpResponse { status: 200, body: body.to_string() }
 }
 
-/// Tell about failures, and about the first success after one; stay quiet otherwise.
-pub fn shape_notification(event: &Notification) -> Option<Message> {
-    match &event.outcome {
-        BackupOutcome::Failed(f) => Some(Message { subject: "backup failed".into(), body: f.message.clone() }),
-        BackupOutcome::Done(d) if event.previous.as_ref().is_some_and(|p| !p.succeeded) => {
-            Some(Message { subject: "backup recovered".into(), body: format!("{} is done", d.file_name) })
-        }
-        _ => None,
+/// Tell every channel about failures, and about the first success after one; stay quiet
+/// otherwise (no heartbeat pings: add `Channel::Heartbeat` messages to have them).
+pub fn shape_notification(event: &Event) -> Vec<Notification> {
+    let all = [Channel::Webhook, Channel::Slack, Channel::Telegram, Channel::Email];
+    let message = |subject: &str, body: String| {
+        all.iter().map(|&channel| Notification { channel, subject: subject.to_string(), body: body.clone() }).collect::<Vec<_>>()
+    };
+    let recovered = event.previous.as_ref().is_some_and(|p| !p.succeeded);
+    match (event.kind, &event.outcome) {
+        (EventKind::BackupFailed, Some(BackupOutcome::Failed(f))) => message("backup failed", f.message.clone()),
+        (EventKind::BackupFailed | EventKind::DrillFailed | EventKind::MissedSlot, _) => message("ef-backup needs attention", event.detail.clone()),
+        (EventKind::BackupSucceeded, Some(BackupOutcome::Done(d))) if recovered => message("backup recovered", format!("{} is done", d.file_name)),
+        _ => Vec::new(),
     }
 }
 
@@ -153,8 +159,12 @@ mod component {
         fn shape_status(status: Status) -> HttpResponse {
             super::shape_status(&status)
         }
-        fn shape_notification(_ctx: Context, _config: Config, event: Notification) -> Option<Message> {
+        fn shape_notification(_ctx: Context, _config: Config, event: Event) -> Vec<Notification> {
             super::shape_notification(&event)
+        }
+        // Drill the newest backup of the listing (newest first) only.
+        fn select_drill(_ctx: Context, _config: Config, backups: Vec<BackupEntry>) -> Vec<String> {
+            backups.iter().find(|b| b.info.kind == BackupKind::Database).map(|b| b.name.clone()).into_iter().collect()
         }
     }
 
@@ -207,8 +217,20 @@ mod tests {
 
     #[test]
     fn notifications() {
+        let event = |kind, outcome, previous| Event {
+            kind,
+            at: 43,
+            detail: "detail".into(),
+            databases: vec![],
+            file_name: None,
+            outcome: Some(outcome),
+            previous,
+            changes: vec![],
+        };
         let failed = BackupOutcome::Failed(BackupFailed { kind: ErrorKind::Dump, message: "pg_dump failed".into(), file_name: None });
-        assert_eq!(shape_notification(&Notification { outcome: failed, previous: None }).unwrap().subject, "backup failed");
+        let n = shape_notification(&event(EventKind::BackupFailed, failed, None));
+        assert_eq!(n.len(), 4);
+        assert_eq!(n[0].subject, "backup failed");
         let run = |succeeded| LastRun { started_at: 0, finished_at: 1, succeeded, file_name: None, message: String::new() };
         let done = || {
             let file_name = "app-42.sql.gz".to_string();
@@ -221,9 +243,8 @@ mod tests {
                 copies: vec![],
             })
         };
-        let recovered = shape_notification(&Notification { outcome: done(), previous: Some(run(false)) }).unwrap();
-        assert_eq!((recovered.subject.as_str(), recovered.body.as_str()), ("backup recovered", "app-42.sql.gz is done"));
-        assert!(shape_notification(&Notification { outcome: done(), previous: Some(run(true)) }).is_none());
-        assert!(shape_notification(&Notification { outcome: BackupOutcome::Busy("x".into()), previous: Some(run(false)) }).is_none());
+        let recovered = shape_notification(&event(EventKind::BackupSucceeded, done(), Some(run(false))));
+        assert_eq!((recovered[0].subject.as_str(), recovered[0].body.as_str()), ("backup recovered", "app-42.sql.gz is done"));
+        assert!(shape_notification(&event(EventKind::BackupSucceeded, done(), Some(run(true)))).is_empty());
     }
 }

@@ -1,0 +1,344 @@
+//! Restore drills: prove a backup restores, without the live database (which has moved on since
+//! the backup), on a server that is not production — a throwaway cluster of our own
+//! ([`cluster`]), or `EF__DRILL_DB_*`.
+//!
+//! A drill restores the backup into a scratch database and compares what came back with what the
+//! backup says it holds: with a manifest, the stored bytes' SHA-256 and every table's row count
+//! and content hash (recomputed with `COPY … TO STDOUT` under the dump's own session settings,
+//! so the rows render to the same text), every sequence and every large object; without one (a
+//! backup written before manifests), the row counts, sequences and large objects of the dump's
+//! own COPY blocks and calls. The scratch database is always dropped, the throwaway server
+//! stopped and removed.
+
+pub mod cluster;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+use std::time::Instant;
+
+use crate::config::drill::DrillPlace;
+use crate::config::DbConfig;
+use crate::db::{quote_ident, quote_literal, DbError, PgTools};
+use crate::manifest::Content;
+use crate::provenance::{self, ProvenanceError, Purpose, Trust};
+use crate::restore::parallel::LoadOptions;
+use crate::restore::{self, RestoreError, Source, MAINTENANCE_DB};
+use crate::sign::TrustedKeys;
+
+/// At most this many differences are listed in a report.
+const MAX_PROBLEMS: usize = 20;
+
+/// The settings a drill session may take from a manifest (anything else in it is ignored: an
+/// unsigned manifest is untrusted input).
+const COPY_SETTINGS: [&str; 9] =
+    ["datestyle", "intervalstyle", "extra_float_digits", "search_path", "row_security", "timezone", "bytea_output", "lc_monetary", "client_encoding"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DrillError {
+    #[error(transparent)]
+    Provenance(#[from] ProvenanceError),
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    #[error("the drill server: {0}")]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
+    #[error("reading the restored database {db} failed: {err} (the drill server broke off; run the drill again)")]
+    Read { db: String, err: String },
+}
+
+/// What one drill found and measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrillReport {
+    pub backup: String,
+    /// The database the backup is of, as its manifest says (None without one).
+    pub database: Option<String>,
+    /// Where it was restored: "a throwaway PostgreSQL 15 server", or the drill server.
+    pub server: String,
+    /// What the restore was compared with: "its signed manifest", "its manifest (unsigned)",
+    /// "its dump's COPY blocks (no manifest)".
+    pub reference: String,
+    pub restore_seconds: f64,
+    pub verify_seconds: f64,
+    pub tables: usize,
+    pub rows: u64,
+    /// The plain dump's size (the SQL that was run).
+    pub dump_bytes: u64,
+    pub stored_bytes: u64,
+    /// Every difference found, the first [`MAX_PROBLEMS`]; empty when the drill passed.
+    pub problems: Vec<String>,
+    /// How many differences there were in all.
+    pub problem_count: usize,
+    /// What was not compared, and why.
+    pub notes: Vec<String>,
+}
+
+impl DrillReport {
+    pub fn passed(&self) -> bool {
+        self.problem_count == 0
+    }
+
+    /// One line for logs, history and notifications.
+    pub fn summary(&self) -> String {
+        let head = format!(
+            "{}: restored in {:.1} s on {} and checked against {} in {:.1} s ({} tables, {} rows)",
+            self.backup, self.restore_seconds, self.server, self.reference, self.verify_seconds, self.tables, self.rows
+        );
+        if self.passed() {
+            format!("{head}: OK")
+        } else {
+            format!("{head}: {} difference(s): {}", self.problem_count, self.problems.join("; "))
+        }
+    }
+
+    /// The history's detail of this drill.
+    pub fn detail(&self) -> serde_json::Value {
+        serde_json::json!({
+            "server": self.server, "reference": self.reference,
+            "restore_seconds": self.restore_seconds, "verify_seconds": self.verify_seconds,
+            "tables": self.tables, "rows": self.rows, "dump_bytes": self.dump_bytes, "stored_bytes": self.stored_bytes,
+            "problems": self.problems, "problem_count": self.problem_count, "notes": self.notes,
+        })
+    }
+}
+
+/// The major version of the server a backup was dumped from: from its manifest, else from the
+/// dump's head (`-- Dumped from database version 15.18 …`).
+fn dumped_from_major(source: &Source, trust: &Trust) -> Result<Option<u32>, RestoreError> {
+    let from_text = |v: &str| v.split(['.', ' ']).next().and_then(|m| m.parse::<u32>().ok());
+    if let Some(v) = trust.manifest().and_then(|m| m.server_version.as_deref()) {
+        return Ok(from_text(v));
+    }
+    let mut head = Vec::with_capacity(64 * 1024);
+    source.decoded()?.take(64 * 1024).read_to_end(&mut head).map_err(|e| RestoreError::Open { backup: source.label(), err: e.to_string() })?;
+    let text = String::from_utf8_lossy(&head);
+    Ok(text.lines().find_map(|l| l.strip_prefix("-- Dumped from database version ")).and_then(from_text))
+}
+
+/// Restores `source` on `place` and checks it. `Err` when the drill could not run or the backup
+/// did not restore; `Ok` with problems when it restored differently from what it says.
+pub fn drill(source: &mut Source, trusted: &TrustedKeys, place: &DrillPlace, pg_bin: Option<&Path>) -> Result<DrillReport, DrillError> {
+    // A drill runs the backup's SQL: an untrusted backup is refused like a restore refuses it.
+    let trust = provenance::establish(source, trusted, false, Purpose::Load)?;
+    let reference = match &trust {
+        Trust::Signed { .. } => "its signed manifest",
+        Trust::NotRequired { manifest: Some(_) } | Trust::Overridden { manifest: Some(_), .. } => "its manifest (signature not checked)",
+        _ => "its dump's COPY blocks (no manifest)",
+    };
+    let content = match trust.manifest() {
+        Some(m) => Some(m.open_content(&source.keys).map_err(|e| RestoreError::Key { backup: source.label(), reason: e.to_string() })?),
+        None => None,
+    };
+    match place {
+        DrillPlace::Server(db) => {
+            let tools = PgTools::for_server_via(db, pg_bin, MAINTENANCE_DB)?;
+            let server = format!("drill server {}:{}", db.host, db.port);
+            run(&tools, source, &trust, content.as_ref(), reference, server, false)
+        }
+        DrillPlace::Throwaway { os_user } => {
+            let major = dumped_from_major(source, &trust)?;
+            let bins = server_bins(major, pg_bin)?;
+            let server = format!("a throwaway PostgreSQL {} server", bins.major);
+            let throwaway = cluster::Throwaway::start(&bins, os_user, None)?;
+            let db = DbConfig {
+                host: throwaway.socket_dir().display().to_string(),
+                port: throwaway.port(),
+                name: MAINTENANCE_DB.into(),
+                user: throwaway.superuser().into(),
+                password: None,
+            };
+            let result = PgTools::for_server_via(&db, Some(&bins.dir), MAINTENANCE_DB)
+                .map_err(DrillError::from)
+                .and_then(|tools| run(&tools, source, &trust, content.as_ref(), reference, server, true));
+            // The server goes whatever happened; a failure to stop it is logged, not the verdict.
+            if let Err(e) = throwaway.stop() {
+                tracing::warn!("{e}");
+            }
+            result
+        }
+    }
+}
+
+/// The server binaries for a dump of `major`: that major's, else the nearest newer one installed
+/// (a newer server restores an older plain dump); for an unknown major, the newest installed.
+fn server_bins(major: Option<u32>, pg_bin: Option<&Path>) -> Result<cluster::ServerBins, cluster::ClusterError> {
+    const NEWEST: u32 = 40;
+    let first_err = match cluster::find_server_bins(major.unwrap_or(NEWEST), pg_bin) {
+        Ok(bins) => return Ok(bins),
+        Err(e) => e,
+    };
+    let others: Vec<u32> = match major {
+        Some(m) => (m + 1..=NEWEST).collect(),
+        None => (13..NEWEST).rev().collect(),
+    };
+    for m in others {
+        if let Ok(bins) = cluster::find_server_bins(m, pg_bin) {
+            tracing::info!("drill: no PostgreSQL {} server binaries; using {m}'s", major.map_or("?".into(), |m| m.to_string()));
+            return Ok(bins);
+        }
+    }
+    Err(first_err)
+}
+
+fn run(
+    tools: &PgTools,
+    source: &Source,
+    trust: &Trust,
+    content: Option<&Content>,
+    reference: &str,
+    server: String,
+    own_server: bool,
+) -> Result<DrillReport, DrillError> {
+    let mut notes = Vec::new();
+    // Owners and grants name roles of the production server. On our own throwaway server they
+    // are created (without login), so the restore runs as the real one would; on a shared
+    // drill server ownership and grants are left out instead when roles are missing.
+    let properties = restore::backup_properties(source)?;
+    let mut load = LoadOptions::default();
+    match &properties {
+        Some(p) => {
+            let (owners, grantees) = restore::props::missing_roles(tools, MAINTENANCE_DB, &p.object_roles, false, false)?;
+            let mut missing: Vec<String> = owners.into_iter().chain(grantees).collect();
+            missing.sort();
+            missing.dedup();
+            if !missing.is_empty() && own_server {
+                for role in &missing {
+                    tools.execute(MAINTENANCE_DB, &format!("CREATE ROLE {} NOLOGIN", quote_ident(role)))?;
+                }
+            } else if !missing.is_empty() {
+                load.no_owner = true;
+                load.no_privileges = true;
+                notes.push(format!("owners and grants left out: the drill server lacks the roles {}", missing.join(", ")));
+            }
+        }
+        None => {
+            load.no_owner = true;
+            load.no_privileges = true;
+            notes.push("owners and grants left out: the backup does not list the roles it names".into());
+        }
+    }
+    // The database is created as the backup's had it where that matters for the text of its
+    // rows (the encoding); the C locale accepts every encoding.
+    let scratch_db = restore::scratch_name("drill");
+    let encoding = properties.as_ref().map(|p| format!(" ENCODING {} LC_COLLATE 'C' LC_CTYPE 'C'", quote_literal(&p.encoding))).unwrap_or_default();
+    let create_sql = format!("CREATE DATABASE {} TEMPLATE template0{encoding}", quote_ident(&scratch_db));
+    tracing::info!("drill: restoring {} into {scratch_db} on {server}", source.label());
+    let started = Instant::now();
+    let (scratch, check) = restore::restore_into_new(tools, source, &scratch_db, &create_sql, load)?;
+    let restore_seconds = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let mut problems = Vec::new();
+    let (tables, rows) = match content {
+        Some(want) => {
+            // The stream itself against the manifest first: a dump that says something else
+            // than its manifest is wrong whatever the database makes of it.
+            let session: BTreeMap<String, String> =
+                want.copy_settings.iter().filter(|(k, _)| k.as_str() != "client_encoding").map(|(k, v)| (k.clone(), v.clone())).collect();
+            let (_, lines) = Content::of(&check.facts, &session).differences(want, MAX_PROBLEMS);
+            problems.extend(lines.into_iter().map(|l| format!("the dump's stream: {l}")));
+            compare(tools, &scratch.name, want, true, &mut problems)?
+        }
+        None => {
+            notes.push("table contents compared by row count only: without a manifest the dump session's TimeZone is unknown".into());
+            let want = Content::of(&check.facts, &BTreeMap::new());
+            compare(tools, &scratch.name, &want, false, &mut problems)?
+        }
+    };
+    drop(scratch);
+    let verify_seconds = started.elapsed().as_secs_f64();
+    let problem_count = problems.len();
+    problems.truncate(MAX_PROBLEMS);
+    Ok(DrillReport {
+        backup: source.label(),
+        database: trust.manifest().map(|m| m.database.clone()),
+        server,
+        reference: reference.to_string(),
+        restore_seconds,
+        verify_seconds,
+        tables,
+        rows,
+        dump_bytes: check.dump_bytes,
+        stored_bytes: check.compressed_bytes,
+        problems,
+        problem_count,
+        notes,
+    })
+}
+
+/// Compares the restored database `db` with `want`; returns the tables and rows read.
+fn compare(tools: &PgTools, db: &str, want: &Content, hashes: bool, problems: &mut Vec<String>) -> Result<(usize, u64), DrillError> {
+    let read_err = |err: String| DrillError::Read { db: db.to_string(), err };
+    let mut conn = tools.connect(db, None)?;
+    for (key, value) in want.copy_settings.iter().filter(|(k, _)| COPY_SETTINGS.contains(&k.as_str())) {
+        let sql = format!("SELECT pg_catalog.set_config({}, {}, false)", quote_literal(key), quote_literal(value));
+        if let Err(e) = conn.query(&sql) {
+            problems.push(format!("cannot set {key} = {value:?} as the dump's session had it: {e}"));
+        }
+    }
+    let mut rows_total = 0u64;
+    for t in &want.tables {
+        let name = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
+        let kind = conn
+            .query(&format!(
+                "SELECT c.relkind FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = {} AND c.relname = {}",
+                quote_literal(&t.schema),
+                quote_literal(&t.name)
+            ))
+            .map_err(|e| read_err(e.to_string()))?;
+        let Some(kind) = kind.into_iter().next().and_then(|r| r.into_iter().next()) else {
+            problems.push(format!("table {name}: in the backup, missing from the restored database"));
+            continue;
+        };
+        // A partitioned table (a dump made with --load-via-partition-root) has no rows of its
+        // own to COPY; its rows are read through a query.
+        let statement = if kind == "p" { format!("COPY (SELECT * FROM {name}) TO STDOUT") } else { format!("COPY {name} TO STDOUT") };
+        let mut sum = 0u128;
+        let rows = conn.copy_out(&statement, |row| sum = sum.wrapping_add(xxhash_rust::xxh3::xxh3_128(row))).map_err(|e| read_err(e.to_string()))?;
+        rows_total += rows;
+        if rows != t.rows {
+            problems.push(format!("table {name}: {rows} rows restored, the backup holds {}", t.rows));
+        } else if hashes && format!("{sum:032x}") != t.rows_xxh3_sum {
+            problems.push(format!("table {name}: {rows} rows as expected, but their content differs from the backup's (row hash)"));
+        }
+    }
+    for s in &want.sequences {
+        let name = format!("{}.{}", quote_ident(&s.schema), quote_ident(&s.name));
+        match conn.query(&format!("SELECT last_value, is_called FROM {name}")) {
+            Ok(r) => {
+                let got = r.into_iter().next().unwrap_or_default();
+                let want_row = vec![s.last_value.to_string(), if s.is_called { "t".to_string() } else { "f".to_string() }];
+                if got != want_row {
+                    problems.push(format!(
+                        "sequence {name}: restored last_value {} is_called {}, the backup holds {} {}",
+                        got.first().map_or("?", |v| v.as_str()),
+                        got.get(1).map_or("?", |v| v.as_str()),
+                        s.last_value,
+                        s.is_called
+                    ));
+                }
+            }
+            Err(e) => problems.push(format!("sequence {name}: cannot be read in the restored database: {e}")),
+        }
+    }
+    let restored: BTreeMap<u32, (u64, String)> = conn
+        .query(
+            "SELECT oid, octet_length(pg_catalog.lo_get(oid)), encode(pg_catalog.sha256(pg_catalog.lo_get(oid)), 'hex') \
+             FROM pg_catalog.pg_largeobject_metadata",
+        )
+        .map_err(|e| read_err(e.to_string()))?
+        .into_iter()
+        .filter_map(|r| Some((r.first()?.parse().ok()?, (r.get(1)?.parse().ok()?, r.get(2)?.clone()))))
+        .collect();
+    for lo in &want.large_objects {
+        match restored.get(&lo.oid) {
+            None => problems.push(format!("large object {}: in the backup, missing from the restored database", lo.oid)),
+            Some((bytes, sha)) if *bytes != lo.bytes || *sha != lo.sha256 => {
+                problems.push(format!("large object {}: {bytes} bytes restored with another content than the backup's {}", lo.oid, lo.bytes))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok((want.tables.len(), rows_total))
+}

@@ -1,0 +1,200 @@
+//! Restore drills (issue 17 item 1) through the real binary: a good backup restores on a
+//! throwaway PostgreSQL that ef-backup starts (initdb as the unprivileged `ef-drill` user, a
+//! private socket) and matches its manifest; a backup changed after it was written (one value in
+//! a COPY block, re-compressed so gzip is valid) fails, with the manifest as it was and with a
+//! manifest made to match its bytes; a backup without a manifest is checked against its own
+//! COPY blocks; with trusted keys an unsigned backup is refused; the history keeps every drill;
+//! and nothing — no process, no directory — is left behind.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ef_backup_e2e::{backup_json, drop_db, ef, gunzip, minisign_key, psql, tempdir};
+
+/// A database of this suite's own: text in two scripts, timestamps in a time zone, floats,
+/// bytea, jsonb, a sequence moved on, a quoted table name and a large object.
+fn db() -> &'static str {
+    static MADE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    const NAME: &str = "ef_e2e_drill";
+    MADE.get_or_init(|| {
+        drop_db(NAME);
+        psql("postgres", &format!("CREATE DATABASE {NAME}"));
+        psql(
+            NAME,
+            "CREATE TABLE items (id serial PRIMARY KEY, body text, at timestamptz, f float8, raw bytea, doc jsonb); \
+             INSERT INTO items (body, at, f, raw, doc) SELECT md5(g::text) || ' 备份 ü', '2026-01-01 00:00:00+08'::timestamptz + g * interval '1 minute', \
+               g / 7.0, decode(md5(g::text), 'hex'), jsonb_build_object('n', g, 'tags', jsonb_build_array('a', g)) FROM generate_series(1, 3000) g; \
+             CREATE TABLE \"Odd Name\" (\"a b\" int); INSERT INTO \"Odd Name\" SELECT generate_series(1, 10); \
+             CREATE SEQUENCE counter; SELECT setval('counter', 42); \
+             SELECT lo_from_bytea(0, decode(repeat('ab', 5000), 'hex'))",
+        );
+    });
+    NAME
+}
+
+/// A temporary directory the `ef-drill` user can pass through (the throwaway cluster lives in
+/// it), so that what a drill leaves behind can be looked for.
+fn drill_tmp(parent: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = parent.join("tmp");
+    std::fs::create_dir_all(&dir).unwrap();
+    for d in [parent, dir.as_path()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    dir
+}
+
+/// Processes whose command line mentions `needle` (a throwaway cluster's directory).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(needle) {
+                found.push(format!("{}: {text}", entry.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+fn drill_json(dir: &Path, tmp: &Path, extra: &[(&str, &str)], args: &[&str]) -> (ef_backup_e2e::Run, serde_json::Value) {
+    let mut env = vec![("TMPDIR", tmp.to_str().unwrap())];
+    env.extend_from_slice(extra);
+    let mut all = vec!["drill", "--json"];
+    all.extend_from_slice(args);
+    let run = ef(db(), dir, &env, &all);
+    let v = serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", run.all()));
+    (run, v)
+}
+
+/// The dump with one value of the `items` COPY block changed, gzip-compressed again.
+fn changed_backup(path: &Path) -> Vec<u8> {
+    let sql = String::from_utf8(gunzip(path)).unwrap();
+    let start = sql.find("COPY public.items ").expect("the items COPY block");
+    let row = start + sql[start..].find('\n').unwrap() + 1;
+    // The first row's body, md5('1') = c4ca…, becomes d4ca…: same length, still valid text,
+    // and no key or constraint notices.
+    assert!(sql[row..].starts_with("1\tc4ca4238"), "{}", &sql[row..row + 40]);
+    let changed = format!("{}d{}", &sql[..row + 2], &sql[row + 3..]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(changed.as_bytes()).unwrap();
+    gz.finish().unwrap()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(bytes)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn a_good_backup_passes_a_changed_one_fails_and_nothing_is_left_behind() {
+    let work = tempdir();
+    let dir = work.path().join("b");
+    let tmp = drill_tmp(work.path());
+    let (run, v) = backup_json(db(), &dir, &[], &[]);
+    assert!(run.ok(), "{}", run.all());
+    let name = v["data"]["backup_file"].as_str().unwrap().to_string();
+    let path = dir.join(&name);
+
+    // A good backup: restored on a throwaway server and equal to its manifest.
+    let (run, report) = drill_json(&dir, &tmp, &[], &[]);
+    assert!(run.ok(), "{}", run.all());
+    let r = &report[0];
+    assert_eq!((r["backup"].as_str(), r["ok"].as_bool()), (Some(name.as_str()), Some(true)), "{report}");
+    assert!(r["server"].as_str().unwrap().contains("throwaway PostgreSQL"), "{r}");
+    assert!(r["reference"].as_str().unwrap().contains("manifest"), "{r}");
+    assert_eq!(r["tables"], 2, "{r}");
+    assert_eq!(r["rows"], 3010, "{r}");
+    assert_eq!(r["problem_count"], 0, "{r}");
+    assert!(std::fs::read_dir(&tmp).unwrap().next().is_none(), "the throwaway cluster's directory is gone");
+    let tmp_text = tmp.to_str().unwrap().to_string();
+    assert!(processes_mentioning(&tmp_text).is_empty(), "{:?}", processes_mentioning(&tmp_text));
+
+    // One value changed inside a COPY block, gzip valid, the manifest as it was.
+    let good = std::fs::read(&path).unwrap();
+    let changed = changed_backup(&path);
+    std::fs::write(&path, &changed).unwrap();
+    let (run, report) = drill_json(&dir, &tmp, &[], &[&name]);
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    assert_eq!(report[0]["ok"], false, "{report}");
+    let error = report[0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("SHA-256") && error.contains("manifest"), "{report}");
+
+    // The same change under a manifest made to vouch for these bytes (its SHA-256 and size
+    // rewritten, the content as the dump really was): the rows themselves give it away.
+    let manifest_path = dir.join(format!("{name}.manifest.json"));
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    manifest["sha256"] = serde_json::json!(sha256_hex(&changed));
+    manifest["stored_bytes"] = serde_json::json!(changed.len());
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let (run, report) = drill_json(&dir, &tmp, &[], &[&name]);
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    let problems = report[0]["problems"].to_string();
+    assert!(problems.contains("public.items") && problems.contains("content differs"), "{report}");
+
+    // Without a manifest (a backup from before manifests): checked against its own COPY
+    // blocks, which the changed file still satisfies row for row — so the good file is used.
+    std::fs::write(&path, &good).unwrap();
+    std::fs::remove_file(&manifest_path).unwrap();
+    let _ = std::fs::remove_file(dir.join(format!("{name}.manifest.json.minisig")));
+    let (run, report) = drill_json(&dir, &tmp, &[], &[&name]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(report[0]["reference"].as_str().unwrap().contains("COPY blocks"), "{report}");
+    assert!(report[0]["notes"].to_string().contains("row count only"), "{report}");
+
+    // Every drill is in the history, newest first.
+    let history = ef(db(), &dir, &[], &["history", "--json", "--limit", "10"]);
+    assert!(history.ok(), "{}", history.all());
+    let runs: serde_json::Value = serde_json::from_str(history.stdout.trim()).unwrap();
+    let drills: Vec<(&str, &str)> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "drill")
+        .map(|r| (r["outcome"].as_str().unwrap(), r["database"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(drills, [("ok", db()), ("failed", db()), ("failed", db()), ("ok", db())], "{runs}");
+    let text = ef(db(), &dir, &[], &["history"]);
+    assert!(text.ok() && text.stdout.contains("drill") && text.stdout.contains("backup"), "{}", text.all());
+
+    assert!(std::fs::read_dir(&tmp).unwrap().next().is_none(), "nothing left in TMPDIR after four drills");
+    assert!(processes_mentioning(&tmp_text).is_empty(), "{:?}", processes_mentioning(&tmp_text));
+}
+
+/// With trusted signing keys, a drill refuses a backup its manifest does not vouch for (it
+/// would run the backup's SQL), like restore does.
+#[test]
+fn trusted_keys_refuse_an_unsigned_backup() {
+    let work = tempdir();
+    let dir = work.path().join("b");
+    let tmp = drill_tmp(work.path());
+    let (run, _) = backup_json(db(), &dir, &[], &[]);
+    assert!(run.ok(), "{}", run.all());
+    let (_, pk, _) = minisign_key(work.path(), "trusted");
+    let (run, report) = drill_json(&dir, &tmp, &[("EF__BACKUP_TRUSTED_KEYS", pk.to_str().unwrap())], &[]);
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    assert!(report[0]["error"].as_str().unwrap().contains("not signed"), "{report}");
+    assert!(std::fs::read_dir(&tmp).unwrap().next().is_none(), "no cluster was even started");
+}
+
+/// A drill cannot run where it would need a user that does not exist: it says why and what to
+/// do, and no drill is recorded as passed.
+#[test]
+fn a_missing_drill_user_is_named() {
+    let work = tempdir();
+    let dir = work.path().join("b");
+    let (run, _) = backup_json(db(), &dir, &[], &[]);
+    assert!(run.ok(), "{}", run.all());
+    let run = ef(db(), &dir, &[("EF__DRILL_OS_USER", "ef-no-such-user")], &["drill"]);
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    assert!(run.stderr.contains("ef-no-such-user") && run.stderr.contains("useradd"), "{}", run.all());
+}
