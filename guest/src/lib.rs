@@ -1,11 +1,11 @@
 //! The default ef-backup policy, compiled to a WASI Preview 2 component implementing
-//! `euraflow:backup@0.2.0-draft` (the 0.1.0 original is kept as a test fixture in
+//! `euraflow:backup@0.2.0` (the 0.1.0 original is kept as a test fixture in
 //! `tests/guests/v0_1`).
 //!
 //! The decisions live in plain Rust modules (`policy`, `retention`, `response`, `civil`) that are
 //! unit-tested natively with `cargo test`; this file only binds them to the WIT exports.
 
-wit_bindgen::generate!({ world: "backup-policy", path: "../wit/0.2.0-draft", additional_derives: [PartialEq, Eq] });
+wit_bindgen::generate!({ world: "backup-policy", path: "../wit/0.2.0", additional_derives: [PartialEq, Eq] });
 
 pub mod civil;
 pub mod drill;

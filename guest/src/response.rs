@@ -325,7 +325,7 @@ mod tests {
     use crate::types::{BackupEntry, CopyOutcome, LastRun as WitLastRun, LoadedPolicy};
 
     fn loaded() -> LoadedPolicy {
-        LoadedPolicy { path: "/p.wasm".into(), sha256: "ab".into(), wit_version: "0.2.0-draft".into() }
+        LoadedPolicy { path: "/p.wasm".into(), sha256: "ab".into(), wit_version: "0.2.0".into() }
     }
 
     fn done_with(copies: Vec<CopyOutcome>) -> BackupOutcome {
@@ -430,7 +430,7 @@ mod tests {
                 r#"{"filename":"euraflow_backup_20251103_130000.sql.gz","size_mb":11.77,"created_at":1762146000.0}]},"#,
                 r#""s3":{"enabled":true,"bucket":"b","region":"us-east-1","retention_days":30},"#,
                 r#""schedule":"每天北京时间 01:00 和 13:00","#,
-                r#""policy":{"path":"/p.wasm","sha256":"ab","wit_version":"0.2.0-draft"},"#,
+                r#""policy":{"path":"/p.wasm","sha256":"ab","wit_version":"0.2.0"},"#,
                 r#""last_run":{"success":true,"backup_file":"euraflow_backup_20251104_010000.sql.gz","message":"ok","started_at":1762189200.0,"finished_at":1762189210.0},"#,
                 r#""next_run_at":1762232400.0,"running_backup":null,"#,
                 r#""databases":[{"database":"euraflow","kind":"database","count":2,"newest_backup":"euraflow_backup_20251104_010000.sql.gz","newest_at":1762189200.0}],"#,

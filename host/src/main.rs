@@ -297,283 +297,358 @@ fn run(cli: Cli) -> Result<ExitCode> {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    match cli.command {
-        Command::Backup { json, no_s3, now: at } => {
-            let cancel = cancel_backup_on_signal();
-            let policy = load_policy(cli.policy, &config)?;
-            let s3 = if no_s3 { None } else { s3_store(&config)? };
-            if !no_s3 {
-                engine::log_s3_state(&config);
-            }
-            let started = at.unwrap_or_else(now);
-            // Cron users run the CLI: it notifies like serve, and waits for delivery before it
-            // exits (at most a minute; a channel that is down delays nothing else).
-            let (notify_rt, alerts) = start_alerts(&config)?;
-            // The same run lock as `serve`: never a second pg_dump of this database. Busy is not
-            // a run (nothing is recorded); a lock that cannot be taken is a failed run.
-            let report = match lock::acquire(&config) {
-                Ok(run_lock) => {
-                    let recording = ef_backup::state::Recording::begin(&config, ef_backup::state::Trigger::Cli, started);
-                    let started_event = ef_backup::model::Event {
-                        databases: config.policy.databases.clone(),
-                        ..ef_backup::model::Event::new(ef_backup::model::EventKind::BackupStarted, started, "backup started (ef-backup backup)")
-                    };
-                    alerts.emit(&policy, &config.policy, &started_event);
-                    let last_recorded_run = recording.last_recorded_run();
-                    let previous = recording.previous();
-                    let run_lock = Some(Arc::new(run_lock));
-                    let opts = engine::BackupOptions { now: started, progress: !json, cancel, run_lock, last_recorded_run };
-                    let report = engine::run(&config, &policy, s3.as_ref().map(|(_, s)| s as &dyn ef_backup::store::Mirror), opts);
-                    recording.finish(&report);
-                    emit_backup_events(&config, &policy, &alerts, &report, previous);
-                    report
+    // Restores and verifies are the audit trail: each is a run of the history, whatever ends it.
+    let audit = Audit::begin(&config, &cli.command);
+    let cli_policy = cli.policy;
+    let result = (move || -> Result<ExitCode> {
+        match cli.command {
+            Command::Backup { json, no_s3, now: at } => {
+                let cancel = cancel_backup_on_signal();
+                let policy = load_policy(cli_policy, &config)?;
+                let s3 = if no_s3 { None } else { s3_store(&config)? };
+                if !no_s3 {
+                    engine::log_s3_state(&config);
                 }
-                Err(e) => {
-                    tracing::error!("{e}");
-                    let report = e.into_report(None);
-                    if matches!(report.outcome, ef_backup::model::BackupOutcome::Failed(_)) {
+                let started = at.unwrap_or_else(now);
+                // Cron users run the CLI: it notifies like serve, and waits for delivery before it
+                // exits (at most a minute; a channel that is down delays nothing else).
+                let (notify_rt, alerts) = start_alerts(&config)?;
+                // The same run lock as `serve`: never a second pg_dump of this database. Busy is not
+                // a run (nothing is recorded); a lock that cannot be taken is a failed run.
+                let report = match lock::acquire(&config) {
+                    Ok(run_lock) => {
                         let recording = ef_backup::state::Recording::begin(&config, ef_backup::state::Trigger::Cli, started);
+                        let started_event = ef_backup::model::Event {
+                            databases: config.policy.databases.clone(),
+                            ..ef_backup::model::Event::new(ef_backup::model::EventKind::BackupStarted, started, "backup started (ef-backup backup)")
+                        };
+                        alerts.emit(&policy, &config.policy, &started_event);
+                        let last_recorded_run = recording.last_recorded_run();
                         let previous = recording.previous();
+                        let run_lock = Some(Arc::new(run_lock));
+                        let opts = engine::BackupOptions { now: started, progress: !json, cancel, run_lock, last_recorded_run };
+                        let report = engine::run(&config, &policy, s3.as_ref().map(|(_, s)| s as &dyn ef_backup::store::Mirror), opts);
                         recording.finish(&report);
                         emit_backup_events(&config, &policy, &alerts, &report, previous);
+                        report
                     }
-                    report
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        let report = e.into_report(None);
+                        if matches!(report.outcome, ef_backup::model::BackupOutcome::Failed(_)) {
+                            let recording = ef_backup::state::Recording::begin(&config, ef_backup::state::Trigger::Cli, started);
+                            let previous = recording.previous();
+                            recording.finish(&report);
+                            emit_backup_events(&config, &policy, &alerts, &report, previous);
+                        }
+                        report
+                    }
+                };
+                notify_rt.block_on(alerts.flush(NOTIFY_FLUSH));
+                let response = policy.shape_backup_response(&report.outcome).unwrap_or_else(|e| {
+                    tracing::error!("{e}");
+                    policy::fallback_backup_response(&report.outcome)
+                });
+                if json {
+                    println!("{}", response.body);
+                } else {
+                    cli::print_backup_summary(&report, &response);
                 }
-            };
-            notify_rt.block_on(alerts.flush(NOTIFY_FLUSH));
-            let response = policy.shape_backup_response(&report.outcome).unwrap_or_else(|e| {
-                tracing::error!("{e}");
-                policy::fallback_backup_response(&report.outcome)
-            });
-            if json {
-                println!("{}", response.body);
-            } else {
-                cli::print_backup_summary(&report, &response);
+                if let Some(sig) = ef_backup::signals::received().filter(|_| !matches!(report.outcome, ef_backup::model::BackupOutcome::Done(_))) {
+                    eprintln!("ef-backup: interrupted by signal {sig}; pg_dump was stopped and the partial backup file removed");
+                    return Ok(ExitCode::from(exit::signalled(sig)));
+                }
+                Ok(ExitCode::from(exit::of_backup(&report)))
             }
-            if let Some(sig) = ef_backup::signals::received().filter(|_| !matches!(report.outcome, ef_backup::model::BackupOutcome::Done(_))) {
-                eprintln!("ef-backup: interrupted by signal {sig}; pg_dump was stopped and the partial backup file removed");
-                return Ok(ExitCode::from(exit::signalled(sig)));
+            Command::Restore { all: true, from_s3, at, label, overwrite_roles, drop_existing, allow_system_db, load, .. } => {
+                restore::drop_scratch_on_signal();
+                let policy = load_policy(cli_policy, &config)?;
+                let s3 = s3_store(&config)?;
+                let tools = PgTools::for_server_via(&config.db, config.pg_bin.as_deref(), restore::MAINTENANCE_DB)?;
+                let all = cli::RestoreAll {
+                    from_s3,
+                    at,
+                    label,
+                    overwrite_roles,
+                    drop_existing,
+                    allow_system_db,
+                    load: load.options(),
+                    allow_unsigned: load.allow_unsigned,
+                };
+                let s3 = s3.as_ref().map(|(_, s)| Arc::new(s.clone()) as Arc<dyn ef_backup::store::Mirror>);
+                cli::restore_all(&config, &policy, s3, &tools, all)
             }
-            Ok(ExitCode::from(exit::of_backup(&report)))
-        }
-        Command::Restore { all: true, from_s3, at, label, overwrite_roles, drop_existing, allow_system_db, load, .. } => {
-            restore::drop_scratch_on_signal();
-            let policy = load_policy(cli.policy, &config)?;
-            let s3 = s3_store(&config)?;
-            let tools = PgTools::for_server_via(&config.db, config.pg_bin.as_deref(), restore::MAINTENANCE_DB)?;
-            let all = cli::RestoreAll {
-                from_s3,
-                at,
-                label,
-                overwrite_roles,
-                drop_existing,
-                allow_system_db,
-                load: load.options(),
-                allow_unsigned: load.allow_unsigned,
-            };
-            let s3 = s3.as_ref().map(|(_, s)| Arc::new(s.clone()) as Arc<dyn ef_backup::store::Mirror>);
-            cli::restore_all(&config, &policy, s3, &tools, all)
-        }
-        Command::Restore { backup, from_s3, target_db, create, drop_existing, allow_system_db, props, load, .. } => {
-            restore::drop_scratch_on_signal();
-            let (Some(backup), Some(target_db)) = (backup, target_db) else { anyhow::bail!("restore needs BACKUP and --target-db, or --all") };
-            let s3 = s3_store(&config)?;
-            let mut source = source(&config, s3.as_ref().map(|(_, s)| s), &backup, from_s3)?;
-            let trust = ef_backup::provenance::establish(&mut source, &config.trusted_keys, load.allow_unsigned, Purpose::Load)?;
-            // The target (EF__DB_NAME by default) may not exist yet: the restore creates it.
-            let tools = PgTools::for_server_via(&config.db, config.pg_bin.as_deref(), restore::MAINTENANCE_DB)?;
-            let create_with = restore::props::CreateOptions {
-                owner: props.owner,
-                encoding: props.encoding,
-                locale: props.locale,
-                tablespace: props.tablespace,
-                connection_limit: props.connection_limit,
-                // From the load options, in restore.
-                ..Default::default()
-            };
-            let opts = restore::RestoreOptions { create, drop_existing, allow_system_db, create_with, load: load.options() };
-            let report = match restore::restore(&tools, &source, &target_db, &opts) {
-                Ok(r) => r,
-                Err(e @ restore::RestoreError::MissingRoles { .. }) => {
-                    // The roles are in the globals backup of the same run, when there is one beside it.
-                    let hint = globals_beside(&config, cli.policy.clone(), &source).map(|g| {
+            Command::Restore { backup, from_s3, target_db, create, drop_existing, allow_system_db, props, load, .. } => {
+                restore::drop_scratch_on_signal();
+                let (Some(backup), Some(target_db)) = (backup, target_db) else { anyhow::bail!("restore needs BACKUP and --target-db, or --all") };
+                let s3 = s3_store(&config)?;
+                let mut source = source(&config, s3.as_ref().map(|(_, s)| s), &backup, from_s3)?;
+                let trust = ef_backup::provenance::establish(&mut source, &config.trusted_keys, load.allow_unsigned, Purpose::Load)?;
+                // The target (EF__DB_NAME by default) may not exist yet: the restore creates it.
+                let tools = PgTools::for_server_via(&config.db, config.pg_bin.as_deref(), restore::MAINTENANCE_DB)?;
+                let create_with = restore::props::CreateOptions {
+                    owner: props.owner,
+                    encoding: props.encoding,
+                    locale: props.locale,
+                    tablespace: props.tablespace,
+                    connection_limit: props.connection_limit,
+                    // From the load options, in restore.
+                    ..Default::default()
+                };
+                let opts = restore::RestoreOptions { create, drop_existing, allow_system_db, create_with, load: load.options() };
+                let report =
+                    match restore::restore(&tools, &source, &target_db, &opts) {
+                        Ok(r) => r,
+                        Err(e @ restore::RestoreError::MissingRoles { .. }) => {
+                            // The roles are in the globals backup of the same run, when there is one beside it.
+                            let hint = globals_beside(&config, cli_policy.clone(), &source).map(|g| {
                         format!("\nthe globals backup of the same run is {g}: `ef-backup restore --all` restores its roles (and the run's databases)")
                     });
-                    return Err(anyhow::anyhow!("{e}{}", hint.unwrap_or_default()));
-                }
-                Err(e) => return Err(e.into()),
-            };
-            println!(
-                "restored {} into database {} ({} of SQL, {:.1} s; {}){}",
-                source.label(),
-                report.target,
-                cli::mb(report.check.dump_bytes),
-                report.elapsed.as_secs_f64(),
-                cli::load_summary(&report.check.load),
-                if report.replaced_existing { "; its previous contents were dropped" } else { "" }
-            );
-            println!("  provenance: {}", trust.describe());
-            // Values come from the backup file: shown escaped, so none can drive the terminal.
-            for p in &report.properties {
-                println!("  {}: {} ({})", p.name, ef_backup::db::escape_controls(&p.value), ef_backup::db::escape_controls(&p.from));
-            }
-            if let Some(left) = &report.leftover {
-                println!(
-                    "warning: the previous contents of {} are still there as database {}: {} — drop it by hand",
-                    report.target, left.name, left.err
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Verify { backup, from_s3, against_dump, offline, json, load } => {
-            restore::drop_scratch_on_signal();
-            let s3 = s3_store(&config)?;
-            let s3 = s3.as_ref().map(|(_, s)| s);
-            // Needed to pick the newest backup, and to tell a named one's database; a named
-            // backup of one database (EF__DB_NAME) verifies without it.
-            let policy = load_policy(cli.policy, &config);
-            let config = Config { policy: engine::resolved_view(&config), ..config };
-            let backup = match backup {
-                Some(b) => b,
-                None => {
-                    let policy = policy.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
-                    let local = LocalStore::new(&config.backup_dir);
-                    let (store, place): (&dyn ef_backup::store::BackupStore, String) = match (from_s3, s3) {
-                        (true, Some(s3)) => (s3, s3.url("")),
-                        (true, None) => anyhow::bail!("--from-s3, but S3 is not configured"),
-                        (false, _) => (&local, config.backup_dir.display().to_string()),
+                            return Err(anyhow::anyhow!("{e}{}", hint.unwrap_or_default()));
+                        }
+                        Err(e) => return Err(e.into()),
                     };
-                    match catalog::newest(policy, &config, store, &place) {
-                        Err(CatalogError::Empty { location }) => anyhow::bail!("no backups in {location} to verify (run `ef-backup backup` first)"),
-                        r => r?.backup.name,
-                    }
+                println!(
+                    "restored {} into database {} ({} of SQL, {:.1} s; {}){}",
+                    source.label(),
+                    report.target,
+                    cli::mb(report.check.dump_bytes),
+                    report.elapsed.as_secs_f64(),
+                    cli::load_summary(&report.check.load),
+                    if report.replaced_existing { "; its previous contents were dropped" } else { "" }
+                );
+                println!("  provenance: {}", trust.describe());
+                // Values come from the backup file: shown escaped, so none can drive the terminal.
+                for p in &report.properties {
+                    println!("  {}: {} ({})", p.name, ef_backup::db::escape_controls(&p.value), ef_backup::db::escape_controls(&p.from));
                 }
-            };
-            let mut source = source(&config, s3, &backup, from_s3)?;
-            let purpose = if offline { Purpose::Inspect } else { Purpose::Load };
-            let trust = ef_backup::provenance::establish(&mut source, &config.trusted_keys, load.allow_unsigned, purpose)?;
-            if offline {
-                let report = ef_backup::provenance::verify_offline(&source, &trust);
-                cli::print_offline(&report, json);
-                return Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+                if let Some(left) = &report.leftover {
+                    println!(
+                        "warning: the previous contents of {} are still there as database {}: {} — drop it by hand",
+                        report.target, left.name, left.err
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
             }
-            let tools = PgTools::for_server(&config.db, config.pg_bin.as_deref())?;
-            // The live database to compare with: the one the backup's name says (several are
-            // backed up with EF__DB_NAMES), else EF__DB_NAME.
-            let file_name = std::path::Path::new(&backup).file_name().and_then(|n| n.to_str()).unwrap_or(&backup);
-            let named = policy.as_ref().ok().and_then(|p| p.parse_name(&config.policy, file_name).ok().flatten());
-            let live = match named {
-                Some(info) if info.kind == ef_backup::model::BackupKind::Database => info.database,
-                _ if config.several_databases() => anyhow::bail!(
-                    "cannot tell which database {backup} is a backup of (its name is not one of this deployment's dumps): \
+            Command::Verify { backup, from_s3, against_dump, offline, json, load } => {
+                restore::drop_scratch_on_signal();
+                let s3 = s3_store(&config)?;
+                let s3 = s3.as_ref().map(|(_, s)| s);
+                // Needed to pick the newest backup, and to tell a named one's database; a named
+                // backup of one database (EF__DB_NAME) verifies without it.
+                let policy = load_policy(cli_policy, &config);
+                let config = Config { policy: engine::resolved_view(&config), ..config };
+                let backup = match backup {
+                    Some(b) => b,
+                    None => {
+                        let policy = policy.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+                        let local = LocalStore::new(&config.backup_dir);
+                        let (store, place): (&dyn ef_backup::store::BackupStore, String) = match (from_s3, s3) {
+                            (true, Some(s3)) => (s3, s3.url("")),
+                            (true, None) => anyhow::bail!("--from-s3, but S3 is not configured"),
+                            (false, _) => (&local, config.backup_dir.display().to_string()),
+                        };
+                        match catalog::newest(policy, &config, store, &place) {
+                            Err(CatalogError::Empty { location }) => {
+                                anyhow::bail!("no backups in {location} to verify (run `ef-backup backup` first)")
+                            }
+                            r => r?.backup.name,
+                        }
+                    }
+                };
+                let mut source = source(&config, s3, &backup, from_s3)?;
+                let purpose = if offline { Purpose::Inspect } else { Purpose::Load };
+                let trust = ef_backup::provenance::establish(&mut source, &config.trusted_keys, load.allow_unsigned, purpose)?;
+                if offline {
+                    let report = ef_backup::provenance::verify_offline(&source, &trust);
+                    cli::print_offline(&report, json);
+                    return Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+                }
+                let tools = PgTools::for_server(&config.db, config.pg_bin.as_deref())?;
+                // The live database to compare with: the one the backup's name says (several are
+                // backed up with EF__DB_NAMES), else EF__DB_NAME.
+                let file_name = std::path::Path::new(&backup).file_name().and_then(|n| n.to_str()).unwrap_or(&backup);
+                let named = policy.as_ref().ok().and_then(|p| p.parse_name(&config.policy, file_name).ok().flatten());
+                let live = match named {
+                    Some(info) if info.kind == ef_backup::model::BackupKind::Database => info.database,
+                    _ if config.several_databases() => anyhow::bail!(
+                        "cannot tell which database {backup} is a backup of (its name is not one of this deployment's dumps): \
                      verify it with EF__DB_NAME set to that database (and EF__DB_NAMES unset)"
-                ),
-                _ => config.db.name.clone(),
-            };
-            let report = verify::verify(&tools, &live, &source, against_dump, load.options())?;
-            cli::print_verify(&report, json);
-            if !json {
-                println!("provenance: {}", trust.describe());
-            }
-            Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-        }
-        Command::List { json } => {
-            let policy = load_policy(cli.policy, &config)?;
-            let config = Config { policy: engine::resolved_view(&config), ..config };
-            let location = config.backup_dir.display().to_string();
-            let mut places = vec![catalog::place(&policy, &config, &LocalStore::new(&config.backup_dir), &location)?];
-            // An unreachable store must not hide the local backups: they are listed, the S3
-            // error follows, and the exit code (1) says the listing is incomplete.
-            let mut s3_error = None;
-            if let Some((_rt, s3)) = s3_store(&config)? {
-                match catalog::place(&policy, &config, &s3, &s3.url("")) {
-                    Ok(place) => places.push(place),
-                    Err(e @ CatalogError::List { .. }) => s3_error = Some(format!("S3 {e}")),
-                    Err(e) => return Err(e.into()),
+                    ),
+                    _ => config.db.name.clone(),
+                };
+                let report = verify::verify(&tools, &live, &source, against_dump, load.options())?;
+                cli::print_verify(&report, json);
+                if !json {
+                    println!("provenance: {}", trust.describe());
                 }
+                Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
             }
-            cli::print_list(&places, json);
-            match s3_error {
-                None => Ok(ExitCode::SUCCESS),
-                Some(e) => {
-                    // With --json, stdout stays one JSON document (the local rows).
-                    if json {
-                        eprintln!("ef-backup: {e}");
-                    } else {
-                        println!("{e}");
+            Command::List { json } => {
+                let policy = load_policy(cli_policy, &config)?;
+                let config = Config { policy: engine::resolved_view(&config), ..config };
+                let location = config.backup_dir.display().to_string();
+                let mut places = vec![catalog::place(&policy, &config, &LocalStore::new(&config.backup_dir), &location)?];
+                // An unreachable store must not hide the local backups: they are listed, the S3
+                // error follows, and the exit code (1) says the listing is incomplete.
+                let mut s3_error = None;
+                if let Some((_rt, s3)) = s3_store(&config)? {
+                    match catalog::place(&policy, &config, &s3, &s3.url("")) {
+                        Ok(place) => places.push(place),
+                        Err(e @ CatalogError::List { .. }) => s3_error = Some(format!("S3 {e}")),
+                        Err(e) => return Err(e.into()),
                     }
-                    Ok(ExitCode::FAILURE)
+                }
+                cli::print_list(&places, json);
+                match s3_error {
+                    None => Ok(ExitCode::SUCCESS),
+                    Some(e) => {
+                        // With --json, stdout stays one JSON document (the local rows).
+                        if json {
+                            eprintln!("ef-backup: {e}");
+                        } else {
+                            println!("{e}");
+                        }
+                        Ok(ExitCode::FAILURE)
+                    }
                 }
             }
-        }
-        Command::Drill { backups, json } => {
-            restore::drop_scratch_on_signal();
-            let policy = load_policy(cli.policy, &config)?;
-            let config = Config { policy: engine::resolved_view(&config), ..config };
-            if let Err(why) = ef_backup::drills::availability(&config) {
-                anyhow::bail!("restore drills cannot run here: {why}");
-            }
-            let names = if backups.is_empty() {
-                let listing = LocalStore::new(&config.backup_dir).list().map_err(|e| anyhow::anyhow!("{e}"))?;
-                let ours = cli::recognised(&policy, &config.policy, &listing)?;
-                let ours: Vec<_> = ours.into_iter().map(|r| (ef_backup::model::BackupEntry::from(&r.backup), r.info)).collect();
-                let names = policy::fallback_drill_selection(&ours);
-                if names.is_empty() {
-                    anyhow::bail!("no backups in {} to drill (run `ef-backup backup` first)", config.backup_dir.display());
+            Command::Drill { backups, json } => {
+                restore::drop_scratch_on_signal();
+                let policy = load_policy(cli_policy, &config)?;
+                let config = Config { policy: engine::resolved_view(&config), ..config };
+                if let Err(why) = ef_backup::drills::availability(&config) {
+                    anyhow::bail!("restore drills cannot run here: {why}");
                 }
-                names
-            } else {
-                backups.iter().map(|b| cli::resolve_backup(&config, b).map(|p| p.display().to_string())).collect::<Result<Vec<_>>>()?
-            };
-            let (notify_rt, alerts) = start_alerts(&config)?;
-            let state = ef_backup::state::StateStore::open(&config).map_err(|e| tracing::error!("{e}; this drill is not recorded")).ok();
-            let drilled = ef_backup::drills::run(&config, &policy, &config.policy, &names, ef_backup::state::Trigger::Cli, &alerts, state.as_ref());
-            notify_rt.block_on(alerts.flush(NOTIFY_FLUSH));
-            cli::print_drills(&drilled, json);
-            if let Some(sig) = restore::interrupted_by() {
-                anyhow::bail!("interrupted by signal {sig}; the scratch database was dropped");
+                let names = if backups.is_empty() {
+                    let listing = LocalStore::new(&config.backup_dir).list().map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let ours = cli::recognised(&policy, &config.policy, &listing)?;
+                    let ours: Vec<_> = ours.into_iter().map(|r| (ef_backup::model::BackupEntry::from(&r.backup), r.info)).collect();
+                    let names = policy::fallback_drill_selection(&ours);
+                    if names.is_empty() {
+                        anyhow::bail!("no backups in {} to drill (run `ef-backup backup` first)", config.backup_dir.display());
+                    }
+                    names
+                } else {
+                    backups.iter().map(|b| cli::resolve_backup(&config, b).map(|p| p.display().to_string())).collect::<Result<Vec<_>>>()?
+                };
+                let (notify_rt, alerts) = start_alerts(&config)?;
+                let state = ef_backup::state::StateStore::open(&config).map_err(|e| tracing::error!("{e}; this drill is not recorded")).ok();
+                let drilled =
+                    ef_backup::drills::run(&config, &policy, &config.policy, &names, ef_backup::state::Trigger::Cli, &alerts, state.as_ref());
+                notify_rt.block_on(alerts.flush(NOTIFY_FLUSH));
+                cli::print_drills(&drilled, json);
+                if let Some(sig) = restore::interrupted_by() {
+                    anyhow::bail!("interrupted by signal {sig}; the scratch database was dropped");
+                }
+                Ok(if !drilled.is_empty() && drilled.iter().all(ef_backup::drills::Drilled::passed) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
             }
-            Ok(if !drilled.is_empty() && drilled.iter().all(ef_backup::drills::Drilled::passed) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-        }
-        Command::History { limit, json } => {
-            let state = ef_backup::state::StateStore::open(&config)?;
-            cli::print_history(&state.recent(limit as usize)?, json);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Serve => {
-            let path = policy_path(cli.policy, &config);
-            serve::run(config, &path)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Policy { command: PolicyCommand::Check { path } } => {
-            let path = policy_path(path.or(cli.policy), &config);
-            let policy = WasmPolicy::load_cached(&path, config.policy_cache_dir.as_deref())?;
-            let report = policy::check::run(&policy, &config.policy, now())?;
-            for line in report.lines {
-                println!("{line}");
+            Command::History { limit, json } => {
+                let state = ef_backup::state::StateStore::open(&config)?;
+                cli::print_history(&state.recent(limit as usize)?, json);
+                Ok(ExitCode::SUCCESS)
             }
-            println!("ok: the policy answered every call with valid values");
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Policy { command: PolicyCommand::Bench { path, rounds } } => {
-            let path = policy_path(path.or(cli.policy), &config);
-            let t = std::time::Instant::now();
-            let policy = WasmPolicy::load(&path)?;
-            let compile = t.elapsed();
-            let cache = tempfile_dir()?;
-            WasmPolicy::load_cached(&path, Some(&cache))?;
-            let t = std::time::Instant::now();
-            WasmPolicy::load_cached(&path, Some(&cache))?;
-            let cached = t.elapsed();
-            let _ = std::fs::remove_dir_all(&cache);
-            let (mean, max, calls) = policy::check::bench(&policy, &config.policy, now(), rounds, 100)?;
-            println!("policy load: compile {:.1} ms, from the compile cache {:.1} ms", compile.as_secs_f64() * 1e3, cached.as_secs_f64() * 1e3);
-            println!(
+            Command::Serve => {
+                let path = policy_path(cli_policy, &config);
+                serve::run(config, &path)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Policy { command: PolicyCommand::Check { path } } => {
+                let path = policy_path(path.or(cli_policy), &config);
+                let policy = WasmPolicy::load_cached(&path, config.policy_cache_dir.as_deref())?;
+                let report = policy::check::run(&policy, &config.policy, now())?;
+                for line in report.lines {
+                    println!("{line}");
+                }
+                println!("ok: the policy answered every call with valid values");
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Policy { command: PolicyCommand::Bench { path, rounds } } => {
+                let path = policy_path(path.or(cli_policy), &config);
+                let t = std::time::Instant::now();
+                let policy = WasmPolicy::load(&path)?;
+                let compile = t.elapsed();
+                let cache = tempfile_dir()?;
+                WasmPolicy::load_cached(&path, Some(&cache))?;
+                let t = std::time::Instant::now();
+                WasmPolicy::load_cached(&path, Some(&cache))?;
+                let cached = t.elapsed();
+                let _ = std::fs::remove_dir_all(&cache);
+                let (mean, max, calls) = policy::check::bench(&policy, &config.policy, now(), rounds, 100)?;
+                println!("policy load: compile {:.1} ms, from the compile cache {:.1} ms", compile.as_secs_f64() * 1e3, cached.as_secs_f64() * 1e3);
+                println!(
                 "policy calls per backup ({calls} calls, each a fresh instance, 100 backups listed): mean {:.3} ms, max {:.3} ms over {rounds} backups",
                 mean.as_secs_f64() * 1e3,
                 max.as_secs_f64() * 1e3
             );
-            Ok(ExitCode::SUCCESS)
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })();
+    audit.finish(&result);
+    result
+}
+
+/// A restore or verify as a run of the history (kind `restore` or `verify`, trigger `cli`).
+struct Audit {
+    open: Option<Audited>,
+}
+
+struct Audited {
+    store: ef_backup::state::StateStore,
+    id: Option<i64>,
+    kind: ef_backup::state::RunKind,
+    database: Option<String>,
+    started: i64,
+    detail: serde_json::Value,
+    clock: std::time::Instant,
+}
+
+impl Audit {
+    fn begin(config: &Config, command: &Command) -> Audit {
+        use ef_backup::state::RunKind;
+        let (kind, database, detail) = match command {
+            Command::Restore { all: true, from_s3, .. } => (RunKind::Restore, None, serde_json::json!({"all": true, "from_s3": from_s3})),
+            Command::Restore { backup, target_db, from_s3, .. } => {
+                (RunKind::Restore, target_db.clone(), serde_json::json!({"backup": backup, "from_s3": from_s3}))
+            }
+            Command::Verify { backup, from_s3, offline, against_dump, .. } => {
+                (RunKind::Verify, None, serde_json::json!({"backup": backup, "from_s3": from_s3, "offline": offline, "against_dump": against_dump}))
+            }
+            _ => return Audit { open: None },
+        };
+        let store = match ef_backup::state::StateStore::open(config) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("{e}; this {} is not recorded in the history", kind.as_str());
+                return Audit { open: None };
+            }
+        };
+        let started = now();
+        let id = store.begin_run(kind, ef_backup::state::Trigger::Cli, database.as_deref(), started).ok();
+        Audit { open: Some(Audited { store, id, kind, database, started, detail, clock: std::time::Instant::now() }) }
+    }
+
+    fn finish(self, result: &Result<ExitCode>) {
+        use ef_backup::state::{RunOutcome, RunRecord};
+        let Some(Audited { store, id, kind, database, started, detail, clock }) = self.open else { return };
+        let (outcome, message) = match result {
+            Ok(code) if *code == ExitCode::SUCCESS => (RunOutcome::Ok, "ok".to_string()),
+            Ok(_) => (RunOutcome::Failed, if kind == ef_backup::state::RunKind::Verify { "mismatch" } else { "failed" }.to_string()),
+            Err(e) => (RunOutcome::Failed, format!("{e:#}")),
+        };
+        let finished = now();
+        let r = RunRecord {
+            finished_at: finished,
+            outcome,
+            file_name: None,
+            size_bytes: None,
+            duration_ms: clock.elapsed().as_millis() as u64,
+            message,
+            detail: Some(detail),
+        };
+        if let Err(e) = store.finish_run(id, kind, ef_backup::state::Trigger::Cli, database.as_deref(), started, &r) {
+            tracing::warn!("{e}; this {} is missing from the history", kind.as_str());
         }
     }
 }

@@ -349,6 +349,7 @@ impl Server {
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
         let zone = schedule.zone;
         let description = schedule.description.clone();
+        service.check_missed_at_start(&schedule).await;
         let scheduler = Arc::new(Mutex::new(Some(schedule::start(Arc::clone(&service), schedule))));
         let watcher = tokio::spawn(watch_policy(Arc::clone(&service), Arc::clone(&scheduler), policy_path, sighup));
         let next = service.status_next_run();

@@ -73,3 +73,12 @@ pub fn minisign_key(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::P
     let public = std::fs::read_to_string(&pk).unwrap().lines().nth(1).unwrap().to_string();
     (sk, pk, public)
 }
+
+/// A fresh age identity file in `dir` and its public key (`age1…`).
+pub fn age_key(dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let out = Command::new("age-keygen").arg("-o").arg(&path).output().expect("age-keygen (apt-get install age)");
+    assert!(out.status.success(), "age-keygen: {}", String::from_utf8_lossy(&out.stderr));
+    let public = Command::new("age-keygen").arg("-y").arg(&path).output().unwrap();
+    (path, String::from_utf8(public.stdout).unwrap().trim().to_string())
+}

@@ -600,8 +600,8 @@ impl World {
         let state = ef_backup_e2e::state_dir_of(&self.backups);
         let db = files(&state).into_iter().find(|f| f.starts_with("state-chaos-") && f.ends_with(".sqlite"))?;
         let script = "import sqlite3,sys,json\nc=sqlite3.connect('file:'+sys.argv[1]+'?mode=ro',uri=True)\n\
-            n=c.execute('SELECT count(*) FROM runs WHERE finished_at IS NOT NULL').fetchone()[0]\n\
-            ok=[r[0] for r in c.execute(\"SELECT file_name FROM runs WHERE outcome='ok'\")]\nprint(json.dumps([n,ok]))";
+            n=c.execute(\"SELECT count(*) FROM runs WHERE kind='backup' AND finished_at IS NOT NULL\").fetchone()[0]\n\
+            ok=[r[0] for r in c.execute(\"SELECT file_name FROM runs WHERE kind='backup' AND outcome='ok'\")]\nprint(json.dumps([n,ok]))";
         let out = Command::new("python3").args(["-c", script]).arg(state.join(db)).output().ok()?;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
         let names = v[1].as_array()?.iter().filter_map(|n| n.as_str().map(str::to_string)).collect();

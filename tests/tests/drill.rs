@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ef_backup_e2e::{backup_json, drop_db, ef, gunzip, minisign_key, psql, tempdir};
+use ef_backup_e2e::{age_key, backup_json, drop_db, ef, env, gunzip, minisign_key, psql, tempdir};
 
 /// A database of this suite's own: text in two scripts, timestamps in a time zone, floats,
 /// bytea, jsonb, a sequence moved on, a quoted table name and a large object.
@@ -197,4 +197,77 @@ fn a_missing_drill_user_is_named() {
     let run = ef(db(), &dir, &[("EF__DRILL_OS_USER", "ef-no-such-user")], &["drill"]);
     assert_eq!(run.code, Some(1), "{}", run.all());
     assert!(run.stderr.contains("ef-no-such-user") && run.stderr.contains("useradd"), "{}", run.all());
+}
+
+/// An encrypted backup drills on a separate drill server (`EF__DRILL_DB_HOST`) with the age
+/// identity given for it, checked against its sealed manifest; without the identity the drill
+/// says what it needs. Nothing is left on the drill server.
+#[test]
+fn an_encrypted_backup_on_a_drill_server() {
+    let work = tempdir();
+    let dir = work.path().join("b");
+    let tmp = drill_tmp(work.path());
+    let (identity, public) = age_key(work.path(), "key.txt");
+    let (run, v) = backup_json(db(), &dir, &[("EF__BACKUP_AGE_RECIPIENTS", &public)], &[]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(v["data"]["backup_file"].as_str().unwrap().ends_with(".sql.gz.age"), "{v}");
+    let e = env();
+    // The test cluster under another name, as a separate drill server would be.
+    let server = [
+        ("EF__DRILL_DB_HOST", "localhost"),
+        ("EF__DRILL_DB_PORT", e.pg_port.as_str()),
+        ("EF__DRILL_DB_USER", e.db_user.as_str()),
+        ("EF__DRILL_DB_PASSWORD", e.db_password.as_str()),
+    ];
+    let (run, report) = drill_json(&dir, &tmp, &server, &[]);
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    assert!(report[0]["error"].as_str().unwrap().contains("EF__BACKUP_AGE_IDENTITY_FILE"), "{report}");
+
+    let mut with_key = server.to_vec();
+    with_key.push(("EF__BACKUP_AGE_IDENTITY_FILE", identity.to_str().unwrap()));
+    let (run, report) = drill_json(&dir, &tmp, &with_key, &[]);
+    assert!(run.ok(), "{}", run.all());
+    let r = &report[0];
+    assert_eq!(r["server"], format!("drill server localhost:{}", e.pg_port), "{r}");
+    assert!(r["reference"].as_str().unwrap().contains("manifest"), "{r}");
+    assert_eq!((r["tables"].as_u64(), r["rows"].as_u64()), (Some(2), Some(3010)), "{r}");
+    assert_eq!(psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'ef\\_drill\\_%'"), "0", "scratch databases are dropped");
+    assert!(std::fs::read_dir(&tmp).unwrap().next().is_none(), "no throwaway cluster was started");
+}
+
+/// A drill killed with SIGKILL is recorded as interrupted at the next start, and its
+/// throwaway server dies with it (only its directory stays, as documented).
+#[test]
+fn a_drill_killed_mid_run_is_recorded_and_takes_its_server_along() {
+    let work = tempdir();
+    let dir = work.path().join("b");
+    let tmp = drill_tmp(work.path());
+    let big = ef_backup_e2e::big_db();
+    let run = ef(big, &dir, &[], &["backup"]);
+    assert!(run.ok(), "{}", run.all());
+    let mut child = ef_backup_e2e::ef_command(big, &dir, &[("TMPDIR", tmp.to_str().unwrap())])
+        .arg("drill")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Until the throwaway server is up and loading.
+    let tmp_text = tmp.to_str().unwrap().to_string();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !processes_mentioning(&tmp_text).iter().any(|p| p.contains("postgres")) {
+        assert!(std::time::Instant::now() < end, "the throwaway server never started");
+        assert!(child.try_wait().unwrap().is_none(), "the drill ended before it could be killed");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !processes_mentioning(&tmp_text).is_empty() {
+        assert!(std::time::Instant::now() < end, "left running: {:?}", processes_mentioning(&tmp_text));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let history = ef(big, &dir, &[], &["history", "--json"]);
+    let runs: serde_json::Value = serde_json::from_str(history.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", history.all()));
+    let drill = runs.as_array().unwrap().iter().find(|r| r["kind"] == "drill").unwrap_or_else(|| panic!("{runs}"));
+    assert_eq!(drill["outcome"], "interrupted", "{runs}");
 }

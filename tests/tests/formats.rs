@@ -5,10 +5,10 @@
 //! encrypted backup's file never holding a plaintext byte while it is written.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
-use ef_backup_e2e::{backup_json, compare_dbs, drop_db, ef, ef_command, env, files, psql, s3, tempdir, vars};
+use ef_backup_e2e::{age_key, backup_json, compare_dbs, drop_db, ef, ef_command, env, files, psql, s3, tempdir, vars};
 
 /// A database of this suite's own: a table with text and a large object.
 fn db() -> &'static str {
@@ -25,15 +25,6 @@ fn db() -> &'static str {
         );
     });
     NAME
-}
-
-/// A fresh age key pair: (identity file, public key).
-fn age_key(dir: &Path, name: &str) -> (PathBuf, String) {
-    let path = dir.join(name);
-    let out = Command::new("age-keygen").arg("-o").arg(&path).output().expect("age-keygen (apt-get install age)");
-    assert!(out.status.success(), "age-keygen: {}", String::from_utf8_lossy(&out.stderr));
-    let public = Command::new("age-keygen").arg("-y").arg(&path).output().unwrap();
-    (path, String::from_utf8(public.stdout).unwrap().trim().to_string())
 }
 
 /// `cmd` fed `input`; its stdout.

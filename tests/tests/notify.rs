@@ -245,3 +245,27 @@ fn serve_drills_on_the_policys_schedule_and_keeps_their_record() {
     let m = serve.get("/metrics").body;
     assert!(m.contains(&sample) && m.contains(&format!("ef_backup_drill_failures_total{{database=\"{db}\"}} 0")), "{m}");
 }
+
+/// A slot that passed while ef-backup was not running is told at the next start (missed
+/// slot); a deployment that had never run before has missed nothing.
+#[test]
+fn a_slot_missed_while_down_is_told_at_start() {
+    let db = own_db("ef_e2e_notify_missed");
+    let work = tempdir();
+    let r = Receiver::start(Answer::Ok);
+    let hook = r.url("/hook/k3y");
+    let vars = [("EF__NOTIFY_WEBHOOK_URL", hook.as_str()), ("EF__POLICY_SCHEDULE_CRON", "*/5 * * * *"), ("EF__BACKUP_MISSED_SLOT_MINUTES", "1")];
+    // Never run before: nothing missed.
+    let serve = Serve::start(db, &work.path().join("fresh"), &vars);
+    assert!(r.wait_for(Duration::from_secs(3), |q| webhook_event(q, "missed-slot")).is_err(), "{}", serve.log_text());
+    drop(serve);
+    // A backup an hour ago (the last before ef-backup went down), then a start now: the slots
+    // since then passed without one.
+    let dir = work.path().join("down");
+    let an_hour_ago = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 3600).to_string();
+    let run = ef(db, &dir.join("backups"), &[], &["backup", "--now", &an_hour_ago]);
+    assert!(run.ok(), "{}", run.all());
+    let serve = Serve::start(db, &dir, &vars);
+    let missed = r.wait_for(WAIT, |q| webhook_event(q, "missed-slot")).unwrap_or_else(|got| panic!("{got:?}\n{}", serve.log_text()));
+    assert!(missed.json()["subject"].as_str().unwrap().contains("定时备份未执行"), "{}", missed.json());
+}

@@ -17,7 +17,7 @@ fn check_accepts_the_built_component() {
     let dir = tempdir();
     let run = ef("unused", dir.path(), &[], &["policy", "check"]);
     assert!(run.ok(), "{}", run.all());
-    assert!(run.stdout.contains("wit package: euraflow:backup@0.2.0-draft"), "{}", run.stdout);
+    assert!(run.stdout.contains("wit package: euraflow:backup@0.2.0"), "{}", run.stdout);
     assert!(run.stdout.contains("schedule:    0 1,13 * * * (Asia/Shanghai) — 每天北京时间 01:00 和 13:00"), "{}", run.stdout);
     assert!(run.stdout.contains("sample name: unused_backup_"), "{}", run.stdout);
     assert!(run.stdout.contains(&format!("sha256:      {}", sha256_hex(&std::fs::read(&env().wasm).unwrap()))), "{}", run.stdout);

@@ -1,8 +1,8 @@
 //! Both contract versions, through the real binary: a component built from the released
 //! `euraflow:backup@0.1.0` (tests/guests/v0_1, today's default policy as it was when 0.1.0 was
-//! frozen) keeps loading, checking and backing up, and the default policy (0.2.0-draft) does
-//! the same, takes over the 0.1.0 policy's backups (the names did not change) and is accepted
-//! with the draft warning.
+//! frozen) keeps loading, checking and backing up, and the default policy (0.2.0, frozen since
+//! drills and notifications landed) does the same and takes over the 0.1.0 policy's backups
+//! (the names did not change).
 
 use ef_backup_e2e::{ef, files, psql, tempdir};
 
@@ -30,7 +30,6 @@ fn a_0_1_0_component_loads_checks_and_backs_up() {
     assert!(check.ok(), "{}", check.all());
     assert!(check.stdout.contains("wit package: euraflow:backup@0.1.0"), "{}", check.stdout);
     assert!(!check.stdout.contains("notices:"), "0.1.0 cannot shape notifications: {}", check.stdout);
-    assert!(!check.stderr.contains("pre-release"), "0.1.0 is no draft: {}", check.stderr);
 
     for _ in 0..2 {
         let run = ef(db(), &backups, &with, &["backup"]);
@@ -46,7 +45,7 @@ fn a_0_1_0_component_loads_checks_and_backs_up() {
 }
 
 #[test]
-fn the_default_draft_policy_checks_backs_up_and_takes_over_0_1_0_backups() {
+fn the_default_0_2_0_policy_checks_backs_up_and_takes_over_0_1_0_backups() {
     let dir = tempdir();
     let backups = dir.path().join("backups");
     let v01 = v01();
@@ -57,8 +56,8 @@ fn the_default_draft_policy_checks_backs_up_and_takes_over_0_1_0_backups() {
 
     let check = ef(db(), &backups, &[], &["policy", "check"]);
     assert!(check.ok(), "{}", check.all());
-    assert!(check.stdout.contains("wit package: euraflow:backup@0.2.0-draft"), "{}", check.stdout);
-    assert!(check.stderr.contains("pre-release of the contract"), "a draft is accepted with a warning: {}", check.stderr);
+    assert!(check.stdout.contains("wit package: euraflow:backup@0.2.0"), "{}", check.stdout);
+    assert!(!check.stderr.contains("pre-release"), "0.2.0 is released: {}", check.stderr);
     assert!(check.stdout.contains("notices:     failure → "), "{}", check.stdout);
     assert!(!check.stderr.contains("for deletion"), "sample retention is not logged as if it were real: {}", check.stderr);
 
@@ -72,7 +71,7 @@ fn the_default_draft_policy_checks_backs_up_and_takes_over_0_1_0_backups() {
 }
 
 #[test]
-fn a_draft_policy_names_its_retention_reasons_in_the_log() {
+fn a_0_2_0_policy_names_its_retention_reasons_in_the_log() {
     let dir = tempdir();
     let backups = dir.path().join("backups");
     // Keep one local backup: every older one is selected, with the policy's reason logged.
@@ -94,7 +93,7 @@ fn a_draft_policy_names_its_retention_reasons_in_the_log() {
 /// enough other files made every answer time out: retention never ran, the disk filled. Now
 /// recognition runs once, each name on its own budget, and the 0.2 calls get its result.
 #[test]
-fn many_other_files_do_not_stop_a_draft_policys_retention() {
+fn many_other_files_do_not_stop_a_0_2_0_policys_retention() {
     let dir = tempdir();
     let backups = dir.path().join("backups");
     std::fs::create_dir_all(&backups).unwrap();

@@ -623,6 +623,18 @@ impl StateStore {
         self.sql(tx.commit())
     }
 
+    /// Whether a backup run started in `[from, to]`, and whether any run was recorded before
+    /// `from` (a deployment that did not exist yet has missed nothing).
+    pub fn backup_started_between(&self, from: i64, to: i64) -> Result<(bool, bool), StateError> {
+        let conn = self.conn();
+        let within: i64 =
+            self.sql(
+                conn.query_row("SELECT count(*) FROM runs WHERE kind = 'backup' AND started_at BETWEEN ?1 AND ?2", params![from, to], |r| r.get(0)),
+            )?;
+        let before: i64 = self.sql(conn.query_row("SELECT count(*) FROM runs WHERE started_at < ?1", [from], |r| r.get(0)))?;
+        Ok((within > 0, before > 0))
+    }
+
     /// The newest `limit` runs of every kind, newest first.
     pub fn recent(&self, limit: usize) -> Result<Vec<HistoryEntry>, StateError> {
         let conn = self.conn();
@@ -723,6 +735,41 @@ fn prune(tx: &rusqlite::Transaction<'_>, keep: u32) -> rusqlite::Result<usize> {
     )
 }
 
+/// The retention passes of a backup run worth a line of the history (something deleted, or
+/// skipped or failed), as records: retention is part of the audit trail.
+pub fn retention_records(report: &BackupReport, at: i64) -> Vec<RunRecord> {
+    let mut out = Vec::new();
+    for (store, r) in [("local", &report.retention), ("s3", &report.s3_retention)] {
+        if r.deleted.is_empty() && r.error.is_none() {
+            continue;
+        }
+        let mut message = format!("{store}: {} old backup(s) deleted", r.deleted.len());
+        if let Some(e) = &r.error {
+            message.push_str(&format!("; {e}"));
+        }
+        out.push(RunRecord {
+            finished_at: at,
+            outcome: if r.error.is_some() { RunOutcome::Failed } else { RunOutcome::Ok },
+            file_name: None,
+            size_bytes: None,
+            duration_ms: 0,
+            message,
+            detail: Some(serde_json::json!({"store": store, "deleted": r.deleted, "clock_behind": r.clock_behind})),
+        });
+    }
+    out
+}
+
+impl StateStore {
+    /// Records the retention passes of a finished backup run (see [`retention_records`]).
+    pub fn record_retention(&self, trigger: Trigger, report: &BackupReport) -> Result<(), StateError> {
+        for r in retention_records(report, now()) {
+            self.finish_run(None, RunKind::Retention, trigger, None, r.finished_at, &r)?;
+        }
+        Ok(())
+    }
+}
+
 /// A run recorded from start to end by a one-shot command (`ef-backup backup`). A store that
 /// cannot be opened or written is logged and the backup goes on without it.
 pub struct Recording {
@@ -761,6 +808,9 @@ impl Recording {
         let (Some(store), Some(f)) = (&self.store, Finished::of(&report.outcome, Some(report), now())) else { return };
         if let Err(e) = store.finish(self.id, self.trigger, self.started_at, &f) {
             tracing::error!("{e}; this run is missing from the history");
+        }
+        if let Err(e) = store.record_retention(self.trigger, report) {
+            tracing::error!("{e}; this run's retention is missing from the history");
         }
     }
 }
@@ -968,6 +1018,38 @@ mod tests {
         let store = StateStore::open_in(dir.path(), "s.sqlite").unwrap();
         assert_eq!(store.notification_failures().unwrap(), [("slack".to_string(), 1), ("webhook".to_string(), 2)]);
         assert_eq!(store.recent(10).unwrap().iter().filter(|r| r.kind == "notification").count(), 4);
+    }
+
+    /// Pins issue 17 (audit trail): a retention pass that deleted or failed is a run of the
+    /// history; one that did nothing is not.
+    #[test]
+    fn retention_passes_are_recorded_when_they_did_something() {
+        let mut report = crate::engine::BackupReport {
+            outcome: BackupOutcome::Busy(String::new()),
+            entries: Vec::new(),
+            notes: Vec::new(),
+            view: None,
+            retention: crate::retention::RetentionReport { deleted: vec!["a.sql.gz".into(), "b.sql.gz".into()], ..Default::default() },
+            s3_retention: crate::retention::RetentionReport::default(),
+            dump_bytes: 0,
+            elapsed: std::time::Duration::ZERO,
+        };
+        let r = retention_records(&report, 5);
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].outcome, r[0].message.as_str()), (RunOutcome::Ok, "local: 2 old backup(s) deleted"));
+        report.retention = crate::retention::RetentionReport::default();
+        report.s3_retention.error = Some("clock behind".into());
+        report.s3_retention.clock_behind = true;
+        let r = retention_records(&report, 5);
+        assert_eq!((r.len(), r[0].outcome), (1, RunOutcome::Failed));
+        assert_eq!(r[0].detail.as_ref().unwrap()["store"], "s3");
+        report.s3_retention = crate::retention::RetentionReport::default();
+        assert!(retention_records(&report, 5).is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open_in(dir.path(), "s.sqlite").unwrap();
+        report.retention.deleted = vec!["x.sql.gz".into()];
+        store.record_retention(Trigger::Scheduled, &report).unwrap();
+        assert_eq!(store.recent(5).unwrap()[0].kind, "retention");
     }
 
     /// Pins issue 17: a drill cut by a crash is recorded as a failed drill of its database.

@@ -33,8 +33,7 @@ use ef_backup_core::policy::{validate_cron, validate_name};
 pub use ef_backup_core::policy::{Policy, PolicyError};
 use ef_backup_core::util::{hex, lock};
 
-/// The WIT package versions this host can run. A `-draft` version is a pre-release of the next
-/// one: accepted with a warning, as it may still change.
+/// The WIT package versions this host can run, each released and frozen.
 pub const ACCEPTED_VERSIONS: &[&str] = &[v0_1::VERSION, v0_2::VERSION];
 
 /// Export name of the policy interface, without the version.
@@ -153,13 +152,6 @@ impl WasmPolicy {
             v0_1::World::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s).map_err(link_err)?;
             Pre::V01(linker.instantiate_pre(&component).and_then(v0_1::WorldPre::new).map_err(link_err)?)
         };
-        if wit_version.contains("-draft") {
-            tracing::warn!(
-                "policy {} implements euraflow:backup@{wit_version}, a pre-release of the contract: drafts change between ef-backup \
-                 releases, so rebuild the policy when you upgrade ef-backup",
-                path.display()
-            );
-        }
         let info = PolicyInfo { path: p(), sha256, wit_version, size_bytes: bytes.len() as u64 };
         let label: Arc<str> = path.display().to_string().into();
         Ok(WasmPolicy { pre, info, label, warned_names: Mutex::new(HashSet::new()) })

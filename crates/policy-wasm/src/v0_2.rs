@@ -1,13 +1,12 @@
-//! `euraflow:backup@0.2.0-draft`, the contract's next version (a pre-release: it changes until
-//! it is published as 0.2.0 and frozen): the host bindings wasmtime generates for its world, and
-//! the conversions between its types and the host's own ([`ef_backup_core::model`]).
+//! `euraflow:backup@0.2.0` (released and frozen): the host bindings wasmtime generates for its
+//! world, and the conversions between its types and the host's own ([`ef_backup_core::model`]).
 //!
 //! Where 0.2 asks for more than the host's model holds today, the host fills it in here: the
 //! format (gzip, unencrypted), the kind (a database dump), the store id of a target, a context
 //! with `now` and a fresh random seed, and the name-info of every backup it passes back (asked
 //! of the same instance's `parse-name`: only recognised backups ever go back to the policy).
 
-wasmtime::component::bindgen!({ world: "backup-policy", path: "../../wit/0.2.0-draft", exports: { default: async } });
+wasmtime::component::bindgen!({ world: "backup-policy", path: "../../wit/0.2.0", exports: { default: async } });
 
 use wasmtime::Store;
 
@@ -17,7 +16,7 @@ use euraflow::backup::types as wit;
 use exports::euraflow::backup::policy::Guest as Exports;
 
 /// The contract version this module speaks.
-pub const VERSION: &str = "0.2.0-draft";
+pub const VERSION: &str = "0.2.0";
 
 pub use BackupPolicy as World;
 pub use BackupPolicyPre as WorldPre;

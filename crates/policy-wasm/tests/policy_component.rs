@@ -47,7 +47,7 @@ fn entry(name: String, modified: i64) -> BackupEntry {
 #[test]
 fn identity() {
     let p = load();
-    assert_eq!(p.info().wit_version, "0.2.0-draft");
+    assert_eq!(p.info().wit_version, "0.2.0");
     assert_eq!(p.info().sha256.len(), 64);
 }
 
@@ -191,7 +191,7 @@ fn status_bytes() {
         r#""recent":[{"filename":"euraflow_backup_20251104_130000.sql.gz","size_mb":11.77,"created_at":1730707200.0}]},"#,
         r#""s3":{"enabled":true,"bucket":"your-backup-bucket-name","region":"us-east-1","retention_days":30},"#,
         r#""schedule":"每天北京时间 01:00 和 13:00","#,
-        &format!(r#""policy":{{"path":{},"sha256":"{}","wit_version":"0.2.0-draft"}},"#, serde_json::json!(loaded.path), loaded.sha256),
+        &format!(r#""policy":{{"path":{},"sha256":"{}","wit_version":"0.2.0"}},"#, serde_json::json!(loaded.path), loaded.sha256),
         r#""last_run":null,"next_run_at":null,"running_backup":null,"#,
         r#""databases":[{"database":"euraflow","kind":"database","count":1,"newest_backup":"euraflow_backup_20251104_130000.sql.gz","newest_at":1762232400.0}],"#,
         r#""last_drill":null,"drills":"","recent_runs":[]}"#,
@@ -216,7 +216,7 @@ fn policy_check_runs_every_export() {
     let p = load();
     let report = policy::check::run(p, &config(Some(30), &[]), NOW).unwrap();
     let text = report.lines.join("\n");
-    assert!(text.contains("wit package: euraflow:backup@0.2.0-draft"), "{text}");
+    assert!(text.contains("wit package: euraflow:backup@0.2.0"), "{text}");
     assert!(text.contains("sample name: euraflow_backup_20251104_013000.sql.gz"), "{text}");
     assert!(text.contains("busy → 409"), "{text}");
 }

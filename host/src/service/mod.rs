@@ -405,6 +405,33 @@ impl Service {
         .await;
     }
 
+    /// At start-up: the latest slot whose grace time has passed, when no backup started within
+    /// it (the service was down, or never got to it), is a missed slot. A backup of that window
+    /// in the backup directory (another replica's, a CLI run's) is no miss, and neither is a
+    /// slot before the deployment's first recorded run.
+    pub async fn check_missed_at_start(self: &Arc<Self>, schedule: &crate::schedule::Schedule) {
+        let grace = chrono::Duration::minutes(self.config.missed_slot_minutes as i64);
+        let Some(slot) = schedule.latest_at(chrono::Utc::now() - grace) else { return };
+        let (from, to) = (slot.timestamp(), (slot + grace).timestamp());
+        let svc = Arc::clone(self);
+        let missed = tokio::task::spawn_blocking(move || {
+            let (started, known) = svc.state.backup_started_between(from, to).unwrap_or((true, false));
+            let on_disk = svc.compute_listing().recognised.iter().any(|(_, i)| (from..=to).contains(&i.run_at));
+            known && !started && !on_disk
+        })
+        .await
+        .unwrap_or(false);
+        if missed {
+            let label = slot.with_timezone(&schedule.zone).format("%Y-%m-%d %H:%M:%S %Z");
+            let detail = format!(
+                "no backup started within {} minutes after the {label} slot (ef-backup was not running then?)",
+                self.config.missed_slot_minutes
+            );
+            tracing::warn!("missed slot: {detail}");
+            self.announce(EventKind::MissedSlot, detail).await;
+        }
+    }
+
     /// Waits (at most `deadline`) for queued notifications: at shutdown.
     pub async fn flush_notifications(&self, deadline: Duration) {
         self.alerts.flush(deadline).await;
@@ -466,6 +493,11 @@ impl Service {
         *lock(&self.listing) = None;
         if let Err(e) = self.state.finish(id, trigger, started, &finished) {
             tracing::error!("{e}; this run will be missing from the history after a restart");
+        }
+        if let Some(r) = report {
+            if let Err(e) = self.state.record_retention(trigger, r) {
+                tracing::error!("{e}; this run's retention is missing from the history");
+            }
         }
     }
 

@@ -13,7 +13,7 @@
 //! Build: `scripts/build-policy.sh examples/policies/gfs`; check: `ef-backup policy check
 //! <the printed path>`; deploy: point `EF__BACKUP_POLICY` at it (a running `serve` picks it up).
 
-wit_bindgen::generate!({ world: "backup-policy", path: "../../../wit/0.2.0-draft" });
+wit_bindgen::generate!({ world: "backup-policy", path: "../../../wit/0.2.0" });
 
 pub use euraflow::backup::types;
 use serde_json::json;

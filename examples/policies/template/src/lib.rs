@@ -7,7 +7,7 @@
 //! EF__BACKUP_POLICY=/path/to/your_policy.wasm ef-backup serve   # or swap it under a running serve
 //! ```
 //!
-//! Rules of the contract (`wit/0.2.0-draft/backup-policy.wit`): no filesystem, network,
+//! Rules of the contract (`wit/0.2.0/backup-policy.wit`): no filesystem, network,
 //! environment or clock — everything comes in as arguments (the time and a random seed in
 //! `ctx`); each call gets a fresh instance, 64 MiB and 1 s; a name is a plain file name ending in
 //! the format's suffix that says which database and kind it holds, and `parse-name` reads that
@@ -17,7 +17,7 @@
 //! `config.settings`.
 
 // Point `path` at the ef-backup repository's wit/ directory (or a copy of it).
-wit_bindgen::generate!({ world: "backup-policy", path: "../../../wit/0.2.0-draft" });
+wit_bindgen::generate!({ world: "backup-policy", path: "../../../wit/0.2.0" });
 
 use euraflow::backup::types::{
     BackupEntry, BackupKind, BackupOutcome, Channel, Config, Event, EventKind, HttpResponse, NameInfo, NameRequest, Notification, RetentionDecision,
