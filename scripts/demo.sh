@@ -3,8 +3,11 @@
 #   scripts/demo.sh          install what is missing, build, start a throwaway PostgreSQL with a
 #                            EuraFlow-like sample database and a local S3 server, run
 #                            `ef-backup serve`, back up through the API, show status and the
-#                            backups, restore and verify, swap the policy while the service
-#                            runs, then stop everything it started
+#                            backups, restore and verify, run a restore drill, show a failed
+#                            backup and its recovery arriving at a (local, signed) webhook and
+#                            the run history, back up the whole server and restore it onto a
+#                            new one, swap the policy while the service runs, then stop
+#                            everything it started
 #   scripts/demo.sh --keep   the same, but leave the stack running and print how to use it
 #   scripts/demo.sh stop     stop what a --keep run left running and delete the demo state
 # Env: EF_DEMO_PG_PORT (first port to try, default 55442), EF_DEMO_SCALE_MB (size of the
@@ -38,6 +41,7 @@ stop_all() {
     fi
     rm -f "$d/serve.pid"
   fi
+  if [ -f "$d/webhook.pid" ]; then kill "$(cat "$d/webhook.pid")" 2>/dev/null || true; rm -f "$d/webhook.pid"; fi
   pg_cluster stop "$d/pg" >/dev/null 2>&1 || true
   pg_cluster stop "$d/pg2" >/dev/null 2>&1 || true
   "$TESTENV/s3-server.sh" stop "$d-s3" >/dev/null 2>&1 || true
@@ -113,13 +117,37 @@ cmd_run() {
   eval "$(start_s3 "$STATE-s3" "${EF_DEMO_S3_PORT:-55920}" ef-demo-backups)"
   export EF__AWS_ENDPOINT_URL="$AWS_ENDPOINT_URL_S3"
 
+  STEP="start a webhook receiver"
+  say "Starting a local webhook receiver standing in for your alerting (it prints what ef-backup sends, and checks the signature)"
+  local hook_port; hook_port="$(free_port 58090)"
+  cat > "$STATE/webhook.py" <<'PY'
+import hashlib, hmac, http.server, json, sys
+secret = sys.argv[2].encode()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        want = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+        msg = json.loads(body)
+        ok = hmac.compare_digest(want, self.headers.get("X-EF-Backup-Signature", ""))
+        with open(sys.argv[3], "a") as log:
+            log.write(f"[{msg['event']}] {msg['subject']} (signature {'valid' if ok else 'INVALID'})\n    {msg['body'].replace(chr(10), chr(10) + '    ')}\n")
+        self.send_response(200); self.end_headers()
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+PY
+  local hook_secret; hook_secret="$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
+  : > "$STATE/webhook.log"
+  python3 "$STATE/webhook.py" "$hook_port" "$hook_secret" "$STATE/webhook.log" &
+  echo $! > "$STATE/webhook.pid"
+  export EF__NOTIFY_WEBHOOK_URL="http://127.0.0.1:$hook_port/hook" EF__NOTIFY_WEBHOOK_SECRET="$hook_secret"
+
   STEP="start ef-backup serve"
   local backups="$STATE/backups"
   rm -rf "$backups"; mkdir -p "$backups"
   # The service runs the policy from this file; swapping the file swaps the policy.
   cp "$wasm" "$STATE/policy.wasm"
   export EF__DB_HOST EF__DB_PORT EF__DB_USER EF__DB_PASSWORD EF__DB_NAME
-  export EF__BACKUP_DIR="$backups" EF__BACKUP_POLICY="$STATE/policy.wasm"
+  export EF__BACKUP_DIR="$backups" EF__BACKUP_POLICY="$STATE/policy.wasm" EF__STATE_DIR="$STATE/state"
   EF__ADMIN_TOKEN="$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
   EF__HTTP_ADDR="127.0.0.1:$(free_port 58080)"
   export EF__ADMIN_TOKEN EF__HTTP_ADDR
@@ -156,6 +184,26 @@ cmd_run() {
   STEP="verify offline"
   say "Checking the copy in the bucket against its manifest, without a database: SHA-256, complete, every table's rows and content hash"
   ef_backup verify --offline --from-s3 "$first"
+
+  STEP="drill"
+  say "A restore drill: the backup restored on a throwaway PostgreSQL that ef-backup starts itself (never the production server) and checked against its manifest, row for row"
+  ef_backup drill "$first"
+
+  STEP="notifications"
+  say "A backup that fails (the database refuses connections for a moment) is told to the webhook, signed; the next good one says it recovered"
+  psql_demo() { PGPASSWORD="$EF__DB_PASSWORD" PGOPTIONS='-c client_min_messages=warning' "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U "$EF__DB_USER" -d postgres -c "$1" >/dev/null; }
+  psql_demo 'ALTER DATABASE demo ALLOW_CONNECTIONS false'
+  api POST /api/ef/v1/backup/manual
+  psql_demo 'ALTER DATABASE demo ALLOW_CONNECTIONS true'
+  sleep 1  # names carry the second
+  api POST /api/ef/v1/backup/manual >/dev/null
+  for _ in $(seq 1 50); do grep -q 'backup-succeeded' "$STATE/webhook.log" && break; sleep 0.2; done
+  echo "what the webhook received:"
+  sed 's/^/    /' "$STATE/webhook.log"
+
+  STEP="history"
+  say "The run history (backups, the drill, every notification), kept across restarts"
+  ef_backup history --limit 12
 
   STEP="whole server"
   say "Backing up the whole server in one run: the roles and tablespaces (pg_dumpall --globals-only) first, then every database on its own (EF__DB_NAMES=*)"

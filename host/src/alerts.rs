@@ -122,7 +122,12 @@ fn record(store: &Arc<Mutex<StateStore>>, trigger: Trigger, s: Settled) {
             tracing::error!("{e}; this notification's outcome is missing from the history");
         }
     };
-    write();
+    // Off the async worker when there is one to hand the work to (both runtimes ef-backup
+    // starts are multi-threaded); written before the message counts as settled either way.
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(write),
+        _ => write(),
+    }
 }
 
 /// Which heartbeat URL an event pings: only a backup's start and end do.

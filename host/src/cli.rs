@@ -378,25 +378,28 @@ pub fn print_drills(drilled: &[crate::drills::Drilled], json: bool) {
         println!("{}", serde_json::Value::Array(rows));
         return;
     }
+    // Names and messages come from the backup and the server: shown escaped, so none can
+    // drive the terminal.
+    let esc = |s: &str| crate::db::escape_controls(s);
     for d in drilled {
         match &d.result {
             Ok(r) => {
-                println!("{}: {}", if r.passed() { "PASSED" } else { "FAILED" }, r.backup);
-                println!("  restored on:   {}", r.server);
+                println!("{}: {}", if r.passed() { "PASSED" } else { "FAILED" }, esc(&r.backup));
+                println!("  restored on:   {}", esc(&r.server));
                 println!("  checked with:  {}", r.reference);
                 println!("  restore:       {:.1} s ({} of SQL from {})", r.restore_seconds, mb(r.dump_bytes), mb(r.stored_bytes));
                 println!("  verify:        {:.1} s ({} tables, {} rows)", r.verify_seconds, r.tables, r.rows);
                 for p in &r.problems {
-                    println!("  DIFFERENCE:    {p}");
+                    println!("  DIFFERENCE:    {}", esc(p));
                 }
                 if r.problem_count > r.problems.len() {
                     println!("  … and {} more", r.problem_count - r.problems.len());
                 }
                 for n in &r.notes {
-                    println!("  note:          {n}");
+                    println!("  note:          {}", esc(n));
                 }
             }
-            Err(e) => println!("FAILED: {}\n  {e}", d.backup),
+            Err(e) => println!("FAILED: {}\n  {}", esc(&d.backup), esc(e)),
         }
     }
     let failed = drilled.iter().filter(|d| !d.passed()).count();

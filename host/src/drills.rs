@@ -79,9 +79,14 @@ pub fn run(
     alerts: &Alerts,
     state: Option<&StateStore>,
 ) -> Vec<Drilled> {
-    let Ok(_one_at_a_time) = DRILLING.try_lock() else {
-        tracing::warn!("a restore drill is already running in this process; not starting another");
-        return Vec::new();
+    // A drill that panicked poisons the lock; the next one must still run.
+    let _one_at_a_time = match DRILLING.try_lock() {
+        Ok(guard) => guard,
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => {
+            tracing::warn!("a restore drill is already running in this process; not starting another");
+            return Vec::new();
+        }
     };
     let log = |e: crate::state::StateError| tracing::error!("{e}; the drill runs anyway");
     let mut out = Vec::new();
@@ -102,6 +107,28 @@ pub fn run(
             started_at,
             result,
         };
+        // Ctrl-C or SIGTERM (the CLI drops the scratch database on them, which fails the
+        // load): the drill proved nothing either way, so it is recorded as interrupted, told
+        // to nobody, and no further backup is drilled.
+        if let Some(sig) = crate::signals::received() {
+            tracing::warn!("restore drill of {file_name} interrupted by signal {sig}");
+            if let Some(s) = state {
+                let record = RunRecord {
+                    finished_at: now(),
+                    outcome: RunOutcome::Interrupted,
+                    file_name: Some(file_name.clone()),
+                    size_bytes: None,
+                    duration_ms: 0,
+                    message: format!("interrupted by signal {sig}"),
+                    detail: None,
+                };
+                if let Err(e) = s.finish_run(id, RunKind::Drill, trigger, drilled.database.as_deref(), started_at, &record) {
+                    tracing::error!("{e}; this drill is missing from the history");
+                }
+            }
+            out.push(drilled);
+            break;
+        }
         let passed = drilled.passed();
         let summary = drilled.summary();
         if passed {

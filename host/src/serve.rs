@@ -407,7 +407,12 @@ fn start_up(config: Config, policy_path: &Path) -> Result<(Config, crate::policy
 /// SIGTERM or SIGINT.
 pub fn run(config: Config, policy_path: &Path) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
-    rt.block_on(Server::new(config, policy_path).reload_on_sighup(true).run())
+    let result = rt.block_on(Server::new(config, policy_path).reload_on_sighup(true).run());
+    // A restore drill may still run on a blocking thread (shutdown waits for backups, not for
+    // drills): it is abandoned, its throwaway server dies with the process, and the next start
+    // records it as interrupted.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    result
 }
 
 #[cfg(test)]

@@ -271,3 +271,61 @@ fn a_drill_killed_mid_run_is_recorded_and_takes_its_server_along() {
     let drill = runs.as_array().unwrap().iter().find(|r| r["kind"] == "drill").unwrap_or_else(|| panic!("{runs}"));
     assert_eq!(drill["outcome"], "interrupted", "{runs}");
 }
+
+/// The backup's SQL runs as a role without superuser rights on the throwaway server: a
+/// function planted by a production role, called by a CHECK constraint while the rows load,
+/// cannot run a program there (it could on a superuser session). The drill fails, naming why,
+/// and the program never runs.
+#[test]
+fn a_backups_functions_cannot_run_programs_during_a_drill() {
+    let db = "ef_e2e_drill_hostile";
+    let work = tempdir();
+    let dir = work.path().join("b");
+    let tmp = drill_tmp(work.path());
+    // Where the drill server's OS user could write, so a program that ran would leave it.
+    let out = work.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let marker = out.join("pwned");
+    drop_db(db);
+    psql("postgres", &format!("CREATE DATABASE {db}"));
+    let me = &env().db_user;
+    psql(
+        db,
+        &format!(
+            "CREATE FUNCTION sneaky(int) RETURNS boolean LANGUAGE plpgsql VOLATILE AS $f$ BEGIN \
+               IF current_user <> '{me}' THEN EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', 'touch {}'); END IF; \
+               RETURN true; END $f$; \
+             CREATE TABLE t (a int CHECK (sneaky(a))); INSERT INTO t SELECT generate_series(1, 5);",
+            marker.display()
+        ),
+    );
+    let run = ef(db, &dir, &[], &["backup"]);
+    assert!(run.ok(), "{}", run.all());
+    let (run, report) = {
+        let run = ef(db, &dir, &[("TMPDIR", tmp.to_str().unwrap())], &["drill", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", run.all()));
+        (run, v)
+    };
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    let error = report[0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("permission denied") || error.contains("superuser"), "{report}");
+    assert!(!marker.exists(), "the backup's program ran");
+    assert!(std::fs::read_dir(&tmp).unwrap().next().is_none(), "nothing left behind");
+}
+
+/// A manifest that is there but unusable is damage, not an older backup: the drill fails
+/// instead of checking row counts only.
+#[test]
+fn a_damaged_manifest_fails_the_drill() {
+    let work = tempdir();
+    let dir = work.path().join("b");
+    let tmp = drill_tmp(work.path());
+    let (run, v) = backup_json(db(), &dir, &[], &[]);
+    assert!(run.ok(), "{}", run.all());
+    let name = v["data"]["backup_file"].as_str().unwrap();
+    std::fs::write(dir.join(format!("{name}.manifest.json")), b"{\"manifest_version\": 1, \"backu").unwrap();
+    let (run, report) = drill_json(&dir, &tmp, &[], &[]);
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    assert!(report[0]["error"].as_str().unwrap().contains("manifest is unusable"), "{report}");
+}

@@ -262,6 +262,7 @@ fn a_slot_missed_while_down_is_told_at_start() {
     // A backup an hour ago (the last before ef-backup went down), then a start now: the slots
     // since then passed without one.
     let dir = work.path().join("down");
+    std::fs::create_dir_all(&dir).unwrap();
     let an_hour_ago = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 3600).to_string();
     let run = ef(db, &dir.join("backups"), &[], &["backup", "--now", &an_hour_ago]);
     assert!(run.ok(), "{}", run.all());

@@ -553,6 +553,8 @@ impl Service {
     /// The status response, shaped by the policy.
     pub async fn status(self: &Arc<Self>) -> HttpResponse {
         let listing = self.listing().await;
+        let svc = Arc::clone(self);
+        let (last_drill, recent_runs) = tokio::task::spawn_blocking(move || (svc.last_drill(), svc.recent_runs(10))).await.unwrap_or_default();
         let policy = self.policy();
         let status = Status {
             now: now(),
@@ -563,12 +565,12 @@ impl Service {
             last_run: lock(&self.last_run).clone(),
             next_run: *lock(&self.next_run),
             running: self.running(),
-            last_drill: self.state.last_of(crate::state::RunKind::Drill, None).ok().flatten().or_else(|| self.last_drill()),
+            last_drill,
             drills: match &self.drills {
                 Ok(on) => format!("on: {on}"),
                 Err(why) => format!("off: {why}"),
             },
-            recent_runs: self.recent_runs(10),
+            recent_runs,
         };
         let shaped = tokio::task::spawn_blocking(move || policy.shape_status(&status)).await;
         let shaped = shaped.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
@@ -583,14 +585,9 @@ impl Service {
 
     /// The last drill of any database (status shows one).
     fn last_drill(&self) -> Option<LastRun> {
-        let recent = self.state.recent(200).ok()?;
-        let r = recent.into_iter().find(|r| r.kind == "drill" && r.finished_at.is_some())?;
-        Some(LastRun {
-            started_at: r.started_at,
-            finished_at: r.finished_at.unwrap_or(r.started_at),
-            succeeded: r.outcome.as_deref() == Some("ok"),
-            file_name: r.file_name,
-            message: r.message.unwrap_or_default(),
+        self.state.last_of_kind(crate::state::RunKind::Drill).unwrap_or_else(|e| {
+            tracing::error!("{e}");
+            None
         })
     }
 
@@ -652,11 +649,17 @@ impl Service {
             }
         }
         per_database.sort_by(|a, b| (a.kind, &a.database).cmp(&(b.kind, &b.database)));
-        let drills = self.state.drill_stats().unwrap_or_else(|e| {
-            tracing::error!("{e}");
-            Vec::new()
-        });
-        let notification_failures = self.state.notification_failures().unwrap_or_default();
+        // From the history, off the async threads.
+        let svc = Arc::clone(self);
+        let (drills, notification_failures) = tokio::task::spawn_blocking(move || {
+            let drills = svc.state.drill_stats().unwrap_or_else(|e| {
+                tracing::error!("{e}");
+                Vec::new()
+            });
+            (drills, svc.state.notification_failures().unwrap_or_default())
+        })
+        .await
+        .unwrap_or_default();
         self.metrics.render(&Gauges {
             drills,
             notification_failures,

@@ -574,9 +574,18 @@ fn searchable(dir: &Path, r: RunAs) -> bool {
     }
 }
 
-/// stdout and stderr of a child, both appending to `path` (created by us, read only by us).
+/// stdout and stderr of a child, both appending to `path` (created by us, read only by us). The
+/// directory belongs to the drill's OS user, who could plant a symlink at the name: it is never
+/// followed (ef-backup may be root), neither here nor in [`log_tail`].
 fn log_files(path: &Path) -> Result<(File, File), ClusterError> {
-    let out = OpenOptions::new().create(true).append(true).open(path).map_err(ClusterError::io("cannot create the log", path))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(ClusterError::io("cannot create the log", path))?;
     let err = out.try_clone().map_err(ClusterError::io("cannot create the log", path))?;
     Ok((out, err))
 }
@@ -584,7 +593,8 @@ fn log_files(path: &Path) -> Result<(File, File), ClusterError> {
 /// The last lines of a log, on one line, control characters escaped.
 fn log_tail(path: &Path) -> String {
     const TAIL_BYTES: u64 = 16 * 1024;
-    let mut f = match File::open(path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path) {
         Ok(f) => f,
         Err(e) => return format!("(no log at {}: {e})", path.display()),
     };

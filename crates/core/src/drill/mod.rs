@@ -26,13 +26,20 @@ use crate::restore::parallel::LoadOptions;
 use crate::restore::{self, RestoreError, Source, MAINTENANCE_DB};
 use crate::sign::TrustedKeys;
 
+/// The role the backup's SQL runs as on a throwaway server: no superuser, so nothing the
+/// backup's own functions do during the load (a CHECK constraint or index expression calling
+/// `COPY … TO PROGRAM`) reaches the OS; it owns the scratch database and is a member of the
+/// roles the backup names, so owners and grants restore as on production.
+pub const LOADER: &str = "ef_drill_loader";
+
 /// At most this many differences are listed in a report.
 const MAX_PROBLEMS: usize = 20;
 
 /// The settings a drill session may take from a manifest (anything else in it is ignored: an
-/// unsigned manifest is untrusted input).
-const COPY_SETTINGS: [&str; 9] =
-    ["datestyle", "intervalstyle", "extra_float_digits", "search_path", "row_security", "timezone", "bytea_output", "lc_monetary", "client_encoding"];
+/// unsigned manifest is untrusted input). Not `search_path`: it is always empty (as pg_dump has
+/// it), so no name the backup created can stand in for a catalog function or operator.
+const COPY_SETTINGS: [&str; 8] =
+    ["datestyle", "intervalstyle", "extra_float_digits", "row_security", "timezone", "bytea_output", "lc_monetary", "client_encoding"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DrillError {
@@ -130,11 +137,24 @@ pub fn drill(source: &mut Source, trusted: &TrustedKeys, place: &DrillPlace, pg_
         Some(m) => Some(m.open_content(&source.keys).map_err(|e| RestoreError::Key { backup: source.label(), reason: e.to_string() })?),
         None => None,
     };
+    // Every backup this release writes has a manifest: one that is there but unusable (cut
+    // off, not JSON, a bad hash) is damage, not an older backup, and must not lower the bar to
+    // row counts.
+    if content.is_none() {
+        let present = source.companion(crate::manifest::MANIFEST_SUFFIX, crate::manifest::MANIFEST_MAX);
+        if !matches!(present, Ok(None)) {
+            let why = match present {
+                Err(e) => e,
+                _ => "it cannot be read as a manifest ef-backup wrote (see the warning above)".into(),
+            };
+            return Err(RestoreError::Damaged { backup: source.label(), reason: format!("its manifest is unusable: {why}") }.into());
+        }
+    }
     match place {
         DrillPlace::Server(db) => {
             let tools = PgTools::for_server_via(db, pg_bin, MAINTENANCE_DB)?;
             let server = format!("drill server {}:{}", db.host, db.port);
-            run(&tools, source, &trust, content.as_ref(), reference, server, false)
+            run(&tools, &tools, source, &trust, content.as_ref(), reference, server, false)
         }
         DrillPlace::Throwaway { os_user } => {
             let major = dumped_from_major(source, &trust)?;
@@ -148,9 +168,12 @@ pub fn drill(source: &mut Source, trusted: &TrustedKeys, place: &DrillPlace, pg_
                 user: throwaway.superuser().into(),
                 password: None,
             };
-            let result = PgTools::for_server_via(&db, Some(&bins.dir), MAINTENANCE_DB)
-                .map_err(DrillError::from)
-                .and_then(|tools| run(&tools, source, &trust, content.as_ref(), reference, server, true));
+            let result = (|| {
+                let admin = PgTools::for_server_via(&db, Some(&bins.dir), MAINTENANCE_DB)?;
+                admin.execute(MAINTENANCE_DB, &format!("CREATE ROLE {LOADER} LOGIN CREATEDB NOSUPERUSER"))?;
+                let loader = PgTools::for_server_via(&DbConfig { user: LOADER.into(), ..db.clone() }, Some(&bins.dir), MAINTENANCE_DB)?;
+                run(&admin, &loader, source, &trust, content.as_ref(), reference, server, true)
+            })();
             // The server goes whatever happened; a failure to stop it is logged, not the verdict.
             if let Err(e) = throwaway.stop() {
                 tracing::warn!("{e}");
@@ -181,8 +204,11 @@ fn server_bins(major: Option<u32>, pg_bin: Option<&Path>) -> Result<cluster::Ser
     Err(first_err)
 }
 
+/// Restores with `loader` (the backup's SQL runs as it) and checks with `admin`.
+#[allow(clippy::too_many_arguments)]
 fn run(
-    tools: &PgTools,
+    admin: &PgTools,
+    loader: &PgTools,
     source: &Source,
     trust: &Trust,
     content: Option<&Content>,
@@ -196,16 +222,23 @@ fn run(
     // drill server ownership and grants are left out instead when roles are missing.
     let properties = restore::backup_properties(source)?;
     let mut load = LoadOptions::default();
+    // Roles created here, which will own objects in the pre-existing schema `public`.
+    let mut created: Vec<String> = Vec::new();
     match &properties {
         Some(p) => {
-            let (owners, grantees) = restore::props::missing_roles(tools, MAINTENANCE_DB, &p.object_roles, false, false)?;
+            let (owners, grantees) = restore::props::missing_roles(admin, MAINTENANCE_DB, &p.object_roles, false, false)?;
             let mut missing: Vec<String> = owners.into_iter().chain(grantees).collect();
             missing.sort();
             missing.dedup();
             if !missing.is_empty() && own_server {
+                // Plain roles, no login, nothing but membership for the loader: whatever the
+                // backup names, it cannot make the loader more than it is.
                 for role in &missing {
-                    tools.execute(MAINTENANCE_DB, &format!("CREATE ROLE {} NOLOGIN", quote_ident(role)))?;
+                    let role = quote_ident(role);
+                    admin.execute(MAINTENANCE_DB, &format!("CREATE ROLE {role} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"))?;
+                    admin.execute(MAINTENANCE_DB, &format!("GRANT {role} TO {LOADER}"))?;
                 }
+                created = missing;
             } else if !missing.is_empty() {
                 load.no_owner = true;
                 load.no_privileges = true;
@@ -222,10 +255,27 @@ fn run(
     // rows (the encoding); the C locale accepts every encoding.
     let scratch_db = restore::scratch_name("drill");
     let encoding = properties.as_ref().map(|p| format!(" ENCODING {} LC_COLLATE 'C' LC_CTYPE 'C'", quote_literal(&p.encoding))).unwrap_or_default();
-    let create_sql = format!("CREATE DATABASE {} TEMPLATE template0{encoding}", quote_ident(&scratch_db));
+    let template = if created.is_empty() {
+        "template0".to_string()
+    } else {
+        // `ALTER … OWNER TO r` needs r to have CREATE on the object's schema; on production the
+        // owners usually have it on `public` (its owner, a superuser, PostgreSQL 14's default),
+        // on a new PostgreSQL 15 database only the database owner does. A template of our own
+        // gives the roles the backup names that right in `public`.
+        let template = restore::scratch_name("drilltpl");
+        admin.execute(MAINTENANCE_DB, &format!("CREATE DATABASE {} TEMPLATE template0{encoding} IS_TEMPLATE true", quote_ident(&template)))?;
+        let roles: Vec<String> = created.iter().map(|r| quote_ident(r)).collect();
+        admin.execute(&template, &format!("GRANT CREATE ON SCHEMA public TO {}", roles.join(", ")))?;
+        template
+    };
+    let create_sql = if created.is_empty() {
+        format!("CREATE DATABASE {} TEMPLATE template0{encoding}", quote_ident(&scratch_db))
+    } else {
+        format!("CREATE DATABASE {} TEMPLATE {}", quote_ident(&scratch_db), quote_ident(&template))
+    };
     tracing::info!("drill: restoring {} into {scratch_db} on {server}", source.label());
     let started = Instant::now();
-    let (scratch, check) = restore::restore_into_new(tools, source, &scratch_db, &create_sql, load)?;
+    let (scratch, check) = restore::restore_into_new(loader, source, &scratch_db, &create_sql, load)?;
     let restore_seconds = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
@@ -238,12 +288,12 @@ fn run(
                 want.copy_settings.iter().filter(|(k, _)| k.as_str() != "client_encoding").map(|(k, v)| (k.clone(), v.clone())).collect();
             let (_, lines) = Content::of(&check.facts, &session).differences(want, MAX_PROBLEMS);
             problems.extend(lines.into_iter().map(|l| format!("the dump's stream: {l}")));
-            compare(tools, &scratch.name, want, true, &mut problems)?
+            compare(loader, &scratch.name, want, true, &mut problems)?
         }
         None => {
             notes.push("table contents compared by row count only: without a manifest the dump session's TimeZone is unknown".into());
             let want = Content::of(&check.facts, &BTreeMap::new());
-            compare(tools, &scratch.name, &want, false, &mut problems)?
+            compare(loader, &scratch.name, &want, false, &mut problems)?
         }
     };
     drop(scratch);
@@ -267,10 +317,15 @@ fn run(
     })
 }
 
-/// Compares the restored database `db` with `want`; returns the tables and rows read.
+/// Compares the restored database `db` with `want`; returns the tables and rows read. Runs as
+/// the role that loaded it (on a throwaway server, no superuser): the restored database is the
+/// backup's, and reading it must not run its code with more rights than loading it did.
 fn compare(tools: &PgTools, db: &str, want: &Content, hashes: bool, problems: &mut Vec<String>) -> Result<(usize, u64), DrillError> {
     let read_err = |err: String| DrillError::Read { db: db.to_string(), err };
     let mut conn = tools.connect(db, None)?;
+    // Before anything else: a database setting the load made (`ALTER DATABASE … SET
+    // search_path`) must not decide which functions the checks below call.
+    conn.query("SELECT pg_catalog.set_config('search_path', '', false)").map_err(|e| read_err(e.to_string()))?;
     for (key, value) in want.copy_settings.iter().filter(|(k, _)| COPY_SETTINGS.contains(&k.as_str())) {
         let sql = format!("SELECT pg_catalog.set_config({}, {}, false)", quote_literal(key), quote_literal(value));
         if let Err(e) = conn.query(&sql) {
@@ -280,19 +335,17 @@ fn compare(tools: &PgTools, db: &str, want: &Content, hashes: bool, problems: &m
     let mut rows_total = 0u64;
     for t in &want.tables {
         let name = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
-        let kind = conn
-            .query(&format!(
-                "SELECT c.relkind FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = {} AND c.relname = {}",
-                quote_literal(&t.schema),
-                quote_literal(&t.name)
-            ))
-            .map_err(|e| read_err(e.to_string()))?;
-        let Some(kind) = kind.into_iter().next().and_then(|r| r.into_iter().next()) else {
+        let Some(kind) = relkind(&mut conn, &t.schema, &t.name).map_err(|e| read_err(e.to_string()))? else {
             problems.push(format!("table {name}: in the backup, missing from the restored database"));
             continue;
         };
         // A partitioned table (a dump made with --load-via-partition-root) has no rows of its
-        // own to COPY; its rows are read through a query.
+        // own to COPY; its rows are read through a query. Anything else but a table (a view
+        // the load put in its place) is not read: its code would run.
+        if kind != "r" && kind != "p" {
+            problems.push(format!("table {name}: in the backup, not a table in the restored database (relkind {kind})"));
+            continue;
+        }
         let statement = if kind == "p" { format!("COPY (SELECT * FROM {name}) TO STDOUT") } else { format!("COPY {name} TO STDOUT") };
         let mut sum = 0u128;
         let rows = conn.copy_out(&statement, |row| sum = sum.wrapping_add(xxhash_rust::xxh3::xxh3_128(row))).map_err(|e| read_err(e.to_string()))?;
@@ -305,6 +358,12 @@ fn compare(tools: &PgTools, db: &str, want: &Content, hashes: bool, problems: &m
     }
     for s in &want.sequences {
         let name = format!("{}.{}", quote_ident(&s.schema), quote_ident(&s.name));
+        // Only a sequence is read: a view put in its place by the load would run its code.
+        let kind = relkind(&mut conn, &s.schema, &s.name).map_err(|e| read_err(e.to_string()))?;
+        if kind.as_deref() != Some("S") {
+            problems.push(format!("sequence {name}: in the backup, not a sequence in the restored database"));
+            continue;
+        }
         match conn.query(&format!("SELECT last_value, is_called FROM {name}")) {
             Ok(r) => {
                 let got = r.into_iter().next().unwrap_or_default();
@@ -341,4 +400,15 @@ fn compare(tools: &PgTools, db: &str, want: &Content, hashes: bool, problems: &m
         }
     }
     Ok((want.tables.len(), rows_total))
+}
+
+/// The `relkind` of `schema.name`, None when there is no such relation.
+fn relkind(conn: &mut crate::libpq::Conn, schema: &str, name: &str) -> Result<Option<String>, crate::libpq::PqError> {
+    let rows = conn.query(&format!(
+        "SELECT c.relkind FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+         WHERE n.nspname OPERATOR(pg_catalog.=) {} AND c.relname OPERATOR(pg_catalog.=) {}",
+        quote_literal(schema),
+        quote_literal(name)
+    ))?;
+    Ok(rows.into_iter().next().and_then(|r| r.into_iter().next()))
 }
