@@ -416,13 +416,13 @@ pub fn print_history(runs: &[crate::state::HistoryEntry], json: bool) {
         println!("{}", serde_json::to_string(runs).unwrap_or_else(|_| "[]".into()));
         return;
     }
-    println!("{:<20} {:<12} {:<9} {:<11} {:<16} {:>8}  message", "started", "kind", "trigger", "outcome", "database", "took");
+    println!("{:<23} {:<12} {:<9} {:<11} {:<16} {:>8}  message", "started", "kind", "trigger", "outcome", "database", "took");
     for r in runs {
         let took = r.duration_ms.map(|ms| format!("{:.1} s", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into());
         let message = crate::db::escape_controls(r.message.as_deref().unwrap_or(""));
         let message: String = message.chars().take(160).collect();
         println!(
-            "{:<20} {:<12} {:<9} {:<11} {:<16} {:>8}  {}",
+            "{:<23} {:<12} {:<9} {:<11} {:<16} {:>8}  {}",
             format_time(r.started_at),
             r.kind,
             r.trigger,

@@ -84,7 +84,8 @@ fn a_failure_and_its_recovery_reach_every_channel_signed_and_without_secrets() {
     assert!(recovered.json()["subject"].as_str().unwrap().contains("已恢复"), "{}", recovered.json());
     assert!(got.iter().any(|q| q.path == "/ping/0f1e2d3c"), "the success ping");
 
-    // A third, ordinary success tells only the heartbeat.
+    // A third, ordinary success tells only the heartbeat (a second later: names carry the second).
+    std::thread::sleep(Duration::from_millis(1100));
     let before = r.received().len();
     let run = ef(db, &dir, &channels, &["backup"]);
     assert!(run.ok(), "{}", run.all());
@@ -234,8 +235,12 @@ fn serve_drills_on_the_policys_schedule_and_keeps_their_record() {
     assert_eq!(status["last_drill"]["success"], true, "{status}");
     assert!(status["drills"].as_str().unwrap().starts_with("on:"), "{status}");
     assert!(status["recent_runs"].as_array().unwrap().iter().any(|r| r["kind"] == "drill"), "{status}");
-    let history = serve.get("/api/ef/v1/backup/history?limit=5").json();
-    assert_eq!(history["data"]["runs"].as_array().unwrap().len(), 5, "{history}");
+    // A backup and a drill at least: the limit is obeyed, newest first.
+    let history = serve.get("/api/ef/v1/backup/history?limit=2").json();
+    let runs = history["data"]["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{history}");
+    assert!(runs[0]["started_at"].as_i64() >= runs[1]["started_at"].as_i64(), "{history}");
+    assert!(serve.get("/api/ef/v1/backup/history").json()["data"]["runs"].as_array().unwrap().iter().any(|r| r["kind"] == "drill"));
     assert_eq!(serve.get("/api/ef/v1/backup/history?limit=0").status, 400);
     assert_eq!(serve.terminate(Duration::from_secs(120)), Some(0), "{}", serve.log_text());
     assert!(!serve.log_text().contains("FAILED"), "{}", serve.log_text());
@@ -269,4 +274,26 @@ fn a_slot_missed_while_down_is_told_at_start() {
     let serve = Serve::start(db, &dir, &vars);
     let missed = r.wait_for(WAIT, |q| webhook_event(q, "missed-slot")).unwrap_or_else(|got| panic!("{got:?}\n{}", serve.log_text()));
     assert!(missed.json()["subject"].as_str().unwrap().contains("定时备份未执行"), "{}", missed.json());
+}
+
+/// A policy file replaced by something that is no policy is refused — the running policy
+/// stays — and the channels hear of it.
+#[test]
+fn a_rejected_policy_reload_is_told() {
+    let db = own_db("ef_e2e_notify_reload");
+    let work = tempdir();
+    let r = Receiver::start(Answer::Ok);
+    let hook = r.url("/hook/k3y");
+    let policy = work.path().join("policy.wasm");
+    std::fs::copy(&env().wasm, &policy).unwrap();
+    let serve = Serve::start(db, work.path(), &[("EF__NOTIFY_WEBHOOK_URL", &hook), ("EF__BACKUP_POLICY", policy.to_str().unwrap())]);
+    let next = work.path().join("policy.wasm.new");
+    std::fs::write(&next, b"not a component").unwrap();
+    std::fs::rename(&next, &policy).unwrap();
+    let told = r.wait_for(WAIT, |q| webhook_event(q, "policy-rejected")).unwrap_or_else(|got| panic!("{got:?}\n{}", serve.log_text()));
+    let body = told.json();
+    assert!(body["subject"].as_str().unwrap().contains("策略重新加载被拒绝"), "{body}");
+    assert!(body["body"].as_str().unwrap().contains("not a WebAssembly file"), "{body}");
+    // The running policy still answers.
+    assert_eq!(serve.post("/api/ef/v1/backup/manual").status, 200, "{}", serve.log_text());
 }

@@ -81,7 +81,8 @@ fn authentication_and_malformed_requests() {
         ("empty bearer", vec![("Authorization", "Bearer ")]),
         ("token without scheme", vec![("Authorization", TOKEN)]),
     ] {
-        for (method, path) in [("POST", MANUAL), ("GET", STATUS)] {
+        for (method, path) in [("POST", MANUAL), ("GET", STATUS), ("GET", "/api/ef/v1/backup/history"), ("GET", "/api/ef/v1/backup/history?limit=5")]
+        {
             let r = http(serve.port, method, path, &headers, b"");
             assert_eq!(r.status, 401, "{label} {method} {path}: {}", r.body);
             assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"ef-backup\""), "{label}");

@@ -10,14 +10,19 @@ use crate::manifest::{manifest_name, Manifest};
 use crate::model::{BackupEntry, RunEntry};
 use crate::model::{BackupKind, BackupOutcome, Event, EventKind, LastRun, NameInfo, S3Outcome, SizeChange};
 
-/// The databases a run's outcome is about (the globals' label included), in run order.
+/// The databases a run's outcome is about, in run order: its database dumps (the globals'
+/// label only when the run wrote nothing else, as it names no database of the operator's).
 fn databases(outcome: &BackupOutcome, entries: &[RunEntry], fallback: &[String]) -> Vec<String> {
-    if !entries.is_empty() {
-        return entries.iter().map(|e| e.database.clone()).collect();
-    }
-    match outcome {
-        BackupOutcome::Several(run) => run.entries.iter().map(|e| e.database.clone()).collect(),
-        _ => fallback.to_vec(),
+    let entries: &[RunEntry] = match (entries.is_empty(), outcome) {
+        (false, _) => entries,
+        (true, BackupOutcome::Several(run)) => &run.entries,
+        _ => return fallback.to_vec(),
+    };
+    let dumps: Vec<String> = entries.iter().filter(|e| e.kind == BackupKind::Database).map(|e| e.database.clone()).collect();
+    if dumps.is_empty() {
+        entries.iter().map(|e| e.database.clone()).collect()
+    } else {
+        dumps
     }
 }
 
@@ -187,6 +192,12 @@ mod tests {
         let e = of_backup(&r, 5, &[], None, Vec::new());
         assert_eq!(kinds(&e), [EventKind::BackupFailed]);
         assert_eq!(e[0].databases, ["a", "b"]);
+        // The globals of a run are no database of the operator's: not named.
+        let mut with_globals = r.entries.clone();
+        with_globals
+            .insert(0, RunEntry { database: "pg42-ab".into(), kind: BackupKind::Globals, outcome: Ok(done("g.sql.gz", 1, S3Outcome::Disabled)) });
+        r.entries = with_globals;
+        assert_eq!(of_backup(&r, 5, &[], None, Vec::new())[0].databases, ["a", "b"]);
         assert_eq!(e[0].detail, "1 of 2 files failed: b (database): boom");
     }
 
