@@ -82,3 +82,18 @@ pub fn age_key(dir: &Path, name: &str) -> (PathBuf, String) {
     let public = Command::new("age-keygen").arg("-y").arg(&path).output().unwrap();
     (path, String::from_utf8(public.stdout).unwrap().trim().to_string())
 }
+
+/// The SHA-256 of `bytes`, lower-case hex, by the stock `sha256sum`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use std::io::Write;
+    let out = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(bytes)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
+}

@@ -19,7 +19,7 @@ mod serve;
 pub use ef::{backup_json, ef, ef_command, state_dir_of, vars, Run};
 pub use env::{env, TestEnv};
 pub use fake_pg::fake_pg_bin;
-pub use fs::{age_key, all_files, files, gunzip, minisign_key, tempdir, Mount};
+pub use fs::{age_key, all_files, files, gunzip, minisign_key, sha256_hex, tempdir, Mount};
 pub use http::{http, post_concurrently, try_http, HttpReply};
 pub use net::{free_port, Proxy};
 pub use pg::{big_db, compare_dbs, compare_dbs_on, drop_db, own_db, pg_cluster, psql, psql_on, sample_db, Cluster};

@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ef_backup_e2e::{age_key, backup_json, drop_db, ef, env, gunzip, minisign_key, psql, tempdir};
+use ef_backup_e2e::{age_key, backup_json, drop_db, ef, env, gunzip, minisign_key, psql, sha256_hex, tempdir};
 
 /// A database of this suite's own: text in two scripts, timestamps in a time zone, floats,
 /// bytea, jsonb, a sequence moved on, a quoted table name and a large object.
@@ -80,19 +80,6 @@ fn changed_backup(path: &Path) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(changed.as_bytes()).unwrap();
     gz.finish().unwrap()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            c.stdin.take().unwrap().write_all(bytes)?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! `ef-backup policy check` and configuration errors, through the real binary.
 
-use ef_backup_e2e::{ef, env, tempdir};
+use ef_backup_e2e::{ef, env, sha256_hex, tempdir};
 
 fn assert_clean_failure(run: &ef_backup_e2e::Run, needle: &str) {
     assert_ne!(run.code, Some(0), "must fail: {}", run.all());
@@ -21,20 +21,6 @@ fn check_accepts_the_built_component() {
     assert!(run.stdout.contains("schedule:    0 1,13 * * * (Asia/Shanghai) — 每天北京时间 01:00 和 13:00"), "{}", run.stdout);
     assert!(run.stdout.contains("sample name: unused_backup_"), "{}", run.stdout);
     assert!(run.stdout.contains(&format!("sha256:      {}", sha256_hex(&std::fs::read(&env().wasm).unwrap()))), "{}", run.stdout);
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(bytes)?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
 }
 
 #[test]

@@ -419,18 +419,9 @@ impl StateStore {
         let conn = self.conn();
         let last_run = self.sql(
             conn.query_row(
-                "SELECT started_at, finished_at, outcome, file_name, message FROM runs
-                 WHERE kind = 'backup' AND finished_at IS NOT NULL ORDER BY finished_at DESC, id DESC LIMIT 1",
+                &format!("SELECT {LAST_RUN_COLUMNS} FROM runs WHERE kind = 'backup' AND finished_at IS NOT NULL {NEWEST_FIRST} LIMIT 1"),
                 [],
-                |r| {
-                    Ok(LastRun {
-                        started_at: r.get(0)?,
-                        finished_at: r.get(1)?,
-                        succeeded: RunOutcome::parse(&r.get::<_, String>(2)?) == RunOutcome::Ok,
-                        file_name: r.get(3)?,
-                        message: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
-                    })
-                },
+                last_run_row,
             )
             .optional(),
         )?;
@@ -666,18 +657,9 @@ impl StateStore {
         let conn = self.conn();
         self.sql(
             conn.query_row(
-                "SELECT started_at, finished_at, outcome, file_name, message FROM runs
-                 WHERE kind = ?1 AND finished_at IS NOT NULL ORDER BY finished_at DESC, id DESC LIMIT 1",
+                &format!("SELECT {LAST_RUN_COLUMNS} FROM runs WHERE kind = ?1 AND finished_at IS NOT NULL {NEWEST_FIRST} LIMIT 1"),
                 params![kind.as_str()],
-                |r| {
-                    Ok(LastRun {
-                        started_at: r.get(0)?,
-                        finished_at: r.get(1)?,
-                        succeeded: RunOutcome::parse(&r.get::<_, String>(2)?) == RunOutcome::Ok,
-                        file_name: r.get(3)?,
-                        message: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
-                    })
-                },
+                last_run_row,
             )
             .optional(),
         )
@@ -688,18 +670,9 @@ impl StateStore {
         let conn = self.conn();
         self.sql(
             conn.query_row(
-                "SELECT started_at, finished_at, outcome, file_name, message FROM runs
-                 WHERE kind = ?1 AND database IS ?2 AND finished_at IS NOT NULL ORDER BY finished_at DESC, id DESC LIMIT 1",
+                &format!("SELECT {LAST_RUN_COLUMNS} FROM runs WHERE kind = ?1 AND database IS ?2 AND finished_at IS NOT NULL {NEWEST_FIRST} LIMIT 1"),
                 params![kind.as_str(), database],
-                |r| {
-                    Ok(LastRun {
-                        started_at: r.get(0)?,
-                        finished_at: r.get(1)?,
-                        succeeded: RunOutcome::parse(&r.get::<_, String>(2)?) == RunOutcome::Ok,
-                        file_name: r.get(3)?,
-                        message: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
-                    })
-                },
+                last_run_row,
             )
             .optional(),
         )
@@ -835,6 +808,20 @@ impl Recording {
             tracing::error!("{e}; this run's retention is missing from the history");
         }
     }
+}
+
+/// The columns [`last_run_row`] reads, and the order that makes the first row the last run.
+const LAST_RUN_COLUMNS: &str = "started_at, finished_at, outcome, file_name, message";
+const NEWEST_FIRST: &str = "ORDER BY finished_at DESC, id DESC";
+
+fn last_run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LastRun> {
+    Ok(LastRun {
+        started_at: r.get(0)?,
+        finished_at: r.get(1)?,
+        succeeded: RunOutcome::parse(&r.get::<_, String>(2)?) == RunOutcome::Ok,
+        file_name: r.get(3)?,
+        message: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+    })
 }
 
 fn bump(tx: &rusqlite::Transaction<'_>, name: &str, by: u64) -> rusqlite::Result<usize> {
