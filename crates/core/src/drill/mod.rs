@@ -204,7 +204,7 @@ fn server_bins(major: Option<u32>, pg_bin: Option<&Path>) -> Result<cluster::Ser
     Err(first_err)
 }
 
-/// Restores with `loader` (the backup's SQL runs as it) and checks with `admin`.
+/// Restores and checks with `loader` (the backup's SQL runs as it); `admin` only creates the roles the backup names and the template that lets them own objects in `public`.
 #[allow(clippy::too_many_arguments)]
 fn run(
     admin: &PgTools,
