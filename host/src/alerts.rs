@@ -51,6 +51,11 @@ impl Alerts {
         Alerts { notifier: None }
     }
 
+    /// Whether any channel is configured (otherwise an event needs no preparing).
+    pub fn is_active(&self) -> bool {
+        self.notifier.is_some()
+    }
+
     /// Shapes `event` with the policy and queues its messages. Blocking (the policy call):
     /// call it off the async threads.
     pub fn emit(&self, policy: &dyn Policy, view: &PolicyConfig, event: &Event) {

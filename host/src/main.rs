@@ -677,6 +677,9 @@ fn emit_backup_events(
     report: &engine::BackupReport,
     previous: Option<ef_backup::model::LastRun>,
 ) {
+    if !alerts.is_active() {
+        return;
+    }
     let view = report.view.clone().unwrap_or_else(|| config.policy.clone());
     let recognised = LocalStore::new(&config.backup_dir)
         .list()

@@ -126,23 +126,13 @@ pub fn size_changes(report: &BackupReport, dir: &Path, recognised: &[(BackupEntr
 mod tests {
     use super::*;
     use crate::model::{BackupDone, BackupFailed, BackupRun, ErrorKind};
-    use crate::retention::RetentionReport;
 
     fn done(name: &str, size: u64, s3: S3Outcome) -> BackupDone {
         BackupDone { file_name: name.into(), path: format!("/b/{name}"), size_bytes: size, started_at: 1, finished_at: 2, s3 }
     }
 
     fn report(outcome: BackupOutcome) -> BackupReport {
-        BackupReport {
-            outcome,
-            entries: Vec::new(),
-            notes: Vec::new(),
-            view: None,
-            retention: RetentionReport::default(),
-            s3_retention: RetentionReport::default(),
-            dump_bytes: 0,
-            elapsed: std::time::Duration::from_secs(3),
-        }
+        BackupReport::only(outcome, std::time::Duration::from_secs(3))
     }
 
     fn kinds(events: &[Event]) -> Vec<EventKind> {

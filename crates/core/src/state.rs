@@ -460,12 +460,7 @@ impl StateStore {
 
     /// Records a run as started; returns its id for [`StateStore::finish`].
     pub fn begin(&self, trigger: Trigger, started_at: i64) -> Result<i64, StateError> {
-        let conn = self.conn();
-        self.sql(conn.execute(
-            "INSERT INTO runs (trigger, started_at, owner) VALUES (?1, ?2, ?3)",
-            params![trigger.as_str(), started_at, owner_token(std::process::id())],
-        ))?;
-        Ok(conn.last_insert_rowid())
+        self.begin_run(RunKind::Backup, trigger, None, started_at)
     }
 
     /// Records how a run ended and counts it, in one transaction. Without an id (its start
@@ -473,13 +468,7 @@ impl StateStore {
     pub fn finish(&self, id: Option<i64>, trigger: Trigger, started_at: i64, f: &Finished) -> Result<(), StateError> {
         let mut conn = self.conn();
         let tx = self.sql(conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate))?;
-        let id = match id {
-            Some(id) => id,
-            None => {
-                self.sql(tx.execute("INSERT INTO runs (trigger, started_at) VALUES (?1, ?2)", params![trigger.as_str(), started_at]))?;
-                tx.last_insert_rowid()
-            }
-        };
+        let id = self.sql(run_id(&tx, id, RunKind::Backup, trigger, None, started_at))?;
         self.sql(tx.execute(
             "UPDATE runs SET finished_at = ?2, outcome = ?3, file_name = ?4, size_bytes = ?5, duration_ms = ?6,
                  message = ?7, s3 = ?8, retention_clock_skips = ?9, owner = NULL WHERE id = ?1",
@@ -578,16 +567,7 @@ impl StateStore {
     ) -> Result<(), StateError> {
         let mut conn = self.conn();
         let tx = self.sql(conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate))?;
-        let id = match id {
-            Some(id) => id,
-            None => {
-                self.sql(tx.execute(
-                    "INSERT INTO runs (kind, trigger, database, started_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![kind.as_str(), trigger.as_str(), database, started_at],
-                ))?;
-                tx.last_insert_rowid()
-            }
-        };
+        let id = self.sql(run_id(&tx, id, kind, trigger, database, started_at))?;
         self.sql(tx.execute(
             "UPDATE runs SET finished_at = ?2, outcome = ?3, file_name = ?4, size_bytes = ?5, duration_ms = ?6,
                  message = ?7, detail = ?8, owner = NULL WHERE id = ?1",
@@ -719,6 +699,25 @@ impl StateStore {
         }
         Ok(stats.into_values().collect())
     }
+}
+
+/// The run `id`, or, when its start could not be recorded, a row inserted for it now.
+fn run_id(
+    tx: &rusqlite::Transaction<'_>,
+    id: Option<i64>,
+    kind: RunKind,
+    trigger: Trigger,
+    database: Option<&str>,
+    started_at: i64,
+) -> rusqlite::Result<i64> {
+    if let Some(id) = id {
+        return Ok(id);
+    }
+    tx.execute(
+        "INSERT INTO runs (kind, trigger, database, started_at) VALUES (?1, ?2, ?3, ?4)",
+        params![kind.as_str(), trigger.as_str(), database, started_at],
+    )?;
+    Ok(tx.last_insert_rowid())
 }
 
 /// Keeps the newest `keep` finished runs (a run still going on is never pruned).
@@ -1034,14 +1033,8 @@ mod tests {
     #[test]
     fn retention_passes_are_recorded_when_they_did_something() {
         let mut report = crate::engine::BackupReport {
-            outcome: BackupOutcome::Busy(String::new()),
-            entries: Vec::new(),
-            notes: Vec::new(),
-            view: None,
             retention: crate::retention::RetentionReport { deleted: vec!["a.sql.gz".into(), "b.sql.gz".into()], ..Default::default() },
-            s3_retention: crate::retention::RetentionReport::default(),
-            dump_bytes: 0,
-            elapsed: std::time::Duration::ZERO,
+            ..crate::engine::BackupReport::only(BackupOutcome::Busy(String::new()), std::time::Duration::ZERO)
         };
         let r = retention_records(&report, 5);
         assert_eq!(r.len(), 1);

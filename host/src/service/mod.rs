@@ -385,6 +385,11 @@ impl Service {
 
     /// The events of a finished run, to the channels.
     fn tell(&self, policy: &dyn Policy, report: &BackupReport, previous: Option<LastRun>) {
+        // The size changes need a listing of the backup directory: not after every run of a
+        // deployment that tells nobody.
+        if !self.alerts.is_active() {
+            return;
+        }
         let view = lock(&self.view).clone();
         let recognised = self.compute_listing().recognised;
         let changes = crate::events::size_changes(report, &self.config.backup_dir, &recognised);

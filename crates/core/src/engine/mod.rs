@@ -90,6 +90,22 @@ pub struct BackupReport {
     pub elapsed: Duration,
 }
 
+impl BackupReport {
+    /// The report of a run that wrote nothing and kept nothing: only its outcome.
+    pub fn only(outcome: BackupOutcome, elapsed: Duration) -> BackupReport {
+        BackupReport {
+            outcome,
+            entries: Vec::new(),
+            notes: Vec::new(),
+            view: None,
+            retention: RetentionReport::default(),
+            s3_retention: RetentionReport::default(),
+            dump_bytes: 0,
+            elapsed,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct BackupOptions {
     pub now: i64,
@@ -758,16 +774,7 @@ pub fn run_from(
             } else {
                 BackupOutcome::Failed(failed)
             };
-            return BackupReport {
-                outcome,
-                entries: Vec::new(),
-                notes: Vec::new(),
-                view: None,
-                retention: RetentionReport::default(),
-                s3_retention: RetentionReport::default(),
-                dump_bytes: 0,
-                elapsed: started.elapsed(),
-            };
+            return BackupReport::only(outcome, started.elapsed());
         }
     };
     for note in &plan.notes {

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::db::{tail_lines, DbError, PgTools, Running};
-use crate::engine::{BackupReport, RetentionReport};
+use crate::engine::BackupReport;
 use crate::model::{BackupFailed, BackupOutcome, ErrorKind};
 use crate::util::lock;
 
@@ -62,16 +62,7 @@ impl LockError {
             LockError::Busy { .. } => BackupOutcome::Busy("another ef-backup instance".into()),
             LockError::Failed { .. } => BackupOutcome::Failed(BackupFailed { kind: ErrorKind::Dump, message: self.to_string(), file_name }),
         };
-        BackupReport {
-            outcome,
-            entries: Vec::new(),
-            notes: Vec::new(),
-            view: None,
-            retention: RetentionReport::default(),
-            s3_retention: RetentionReport::default(),
-            dump_bytes: 0,
-            elapsed: Duration::ZERO,
-        }
+        BackupReport::only(outcome, Duration::ZERO)
     }
 }
 
