@@ -70,8 +70,9 @@ if [ "$(cat "$STATE/seeded" 2>/dev/null)" != "$SCALE" ]; then
   "$PG_BIN/pg_dump" -Fc -f "$STATE/backups/bench.dump" bench
   echo "$SCALE" > "$STATE/seeded"
 fi
-FILE="$(ls "$STATE"/backups/big/*.sql.gz)"
-SMALL="$(ls "$STATE"/backups/small/*.sql.gz)"
+# The database's own dump; a backup run also writes the server's globals beside it.
+FILE="$(ls "$STATE"/backups/big/bench_backup_*.sql.gz)"
+SMALL="$(ls "$STATE"/backups/small/bench_small_backup_*.sql.gz)"
 CUSTOM="$STATE/backups/bench.dump"
 rm -rf "$OUT"; mkdir -p "$OUT"
 

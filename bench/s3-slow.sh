@@ -101,7 +101,7 @@ done
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 col() { printf '%s' "${results[$1]}" | awk -v c="$2" 'NF {print $c}' | median; }
-size="$(stat -c %s "$(ls "$OUT"/ef/*.sql.gz)")"
+size="$(stat -c %s "$(ls "$OUT"/ef/bench_backup_*.sql.gz)")"  # not the globals file beside it
 
 echo
 echo "S3 slow-store benchmark: $(nproc) cores; database bench (~$SIZE_MB MB on disk, $(awk -v b="$size" 'BEGIN {printf "%.1f MB", b/1e6}') compressed); $ROUNDS rounds, medians"
