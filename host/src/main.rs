@@ -364,7 +364,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 restore::drop_scratch_on_signal();
                 let policy = load_policy(cli_policy, &config)?;
                 let s3 = s3_store(&config)?;
-                let tools = PgTools::for_server_via(&config.db, config.pg_bin.as_deref(), restore::MAINTENANCE_DB)?;
+                let tools = PgTools::for_maintenance(&config.db, config.pg_bin.as_deref())?;
                 let all = cli::RestoreAll {
                     from_s3,
                     at,
@@ -385,7 +385,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let mut source = source(&config, s3.as_ref().map(|(_, s)| s), &backup, from_s3)?;
                 let trust = ef_backup::provenance::establish(&mut source, &config.trusted_keys, load.allow_unsigned, Purpose::Load)?;
                 // The target (EF__DB_NAME by default) may not exist yet: the restore creates it.
-                let tools = PgTools::for_server_via(&config.db, config.pg_bin.as_deref(), restore::MAINTENANCE_DB)?;
+                let tools = PgTools::for_maintenance(&config.db, config.pg_bin.as_deref())?;
                 let create_with = restore::props::CreateOptions {
                     owner: props.owner,
                     encoding: props.encoding,
@@ -464,7 +464,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     cli::print_offline(&report, json);
                     return Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
                 }
-                let tools = PgTools::for_server(&config.db, config.pg_bin.as_deref())?;
+                // Verify restores into a scratch database, made from `postgres` like a restore's.
+                let tools = PgTools::for_maintenance(&config.db, config.pg_bin.as_deref())?;
                 // The live database to compare with: the one the backup's name says (several are
                 // backed up with EF__DB_NAMES), else EF__DB_NAME.
                 let file_name = std::path::Path::new(&backup).file_name().and_then(|n| n.to_str()).unwrap_or(&backup);

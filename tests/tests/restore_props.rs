@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use ef_backup_e2e::{drop_db, ef, env, files, gunzip, psql, tempdir};
+use ef_backup_e2e::{drop_db, ef, env, files, gunzip, psql, psql_on, tempdir, Cluster};
 
 /// Roles the tests give databases to (cluster-wide, so created once and never dropped).
 fn roles() {
@@ -440,6 +440,33 @@ fn system_databases_are_refused_without_the_flag() {
         assert_eq!(psql(db, "SELECT count(*) FROM pg_class WHERE relname = 'must_not_spread'"), "0", "{db} untouched");
     }
     drop_db(src);
+}
+
+// Pins: with --allow-system-db, `postgres` itself can be replaced. A restore keeps one session
+// on `postgres` for its catalog queries (instead of a login per query); had it kept that session
+// into the swap, PostgreSQL would refuse to rename the database ("being accessed by other
+// users"). On a server of the test's own: replacing the shared server's `postgres` would cut
+// every other test's sessions.
+#[test]
+fn postgres_itself_can_be_replaced_with_the_flag() {
+    let dir = tempdir();
+    let own = Cluster::start(&dir.path().join("pg"));
+    let on_own = [("EF__DB_PORT", own.port.as_str())];
+    psql_on(&own.port, "postgres", "CREATE TABLE kept_before (a int); INSERT INTO kept_before VALUES (1), (2)");
+    let backups = dir.path().join("backups");
+    let run = ef("postgres", &backups, &on_own, &["backup", "--json"]);
+    assert!(run.ok(), "backup: {}", run.all());
+    let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    let file = backups.join(v["data"]["backup_file"].as_str().unwrap());
+    psql_on(&own.port, "postgres", "DROP TABLE kept_before; CREATE TABLE added_after (a int)");
+
+    let run =
+        ef("postgres", &backups, &on_own, &["restore", file.to_str().unwrap(), "--target-db", "postgres", "--drop-existing", "--allow-system-db"]);
+    assert!(run.ok(), "restore into postgres: {}", run.all());
+    assert_eq!(psql_on(&own.port, "postgres", "SELECT count(*) FROM kept_before"), "2");
+    assert_eq!(psql_on(&own.port, "postgres", "SELECT count(*) FROM pg_class WHERE relname = 'added_after'"), "0");
+    let leftovers = "SELECT count(*) FROM pg_database WHERE datname LIKE 'ef\\_%'";
+    assert_eq!(psql_on(&own.port, "template1", leftovers), "0", "no scratch or replaced database is left");
 }
 
 // Pins: client tools whose psql has no \restrict are refused at tool selection, for every

@@ -152,7 +152,7 @@ pub fn drill(source: &mut Source, trusted: &TrustedKeys, place: &DrillPlace, pg_
     }
     match place {
         DrillPlace::Server(db) => {
-            let tools = PgTools::for_server_via(db, pg_bin, MAINTENANCE_DB)?;
+            let tools = PgTools::for_maintenance(db, pg_bin)?;
             let server = format!("drill server {}:{}", db.host, db.port);
             run(&tools, &tools, source, &trust, content.as_ref(), reference, server, false)
         }
@@ -169,9 +169,9 @@ pub fn drill(source: &mut Source, trusted: &TrustedKeys, place: &DrillPlace, pg_
                 password: None,
             };
             let result = (|| {
-                let admin = PgTools::for_server_via(&db, Some(&bins.dir), MAINTENANCE_DB)?;
+                let admin = PgTools::for_maintenance(&db, Some(&bins.dir))?;
                 admin.execute(MAINTENANCE_DB, &format!("CREATE ROLE {LOADER} LOGIN CREATEDB NOSUPERUSER"))?;
-                let loader = PgTools::for_server_via(&DbConfig { user: LOADER.into(), ..db.clone() }, Some(&bins.dir), MAINTENANCE_DB)?;
+                let loader = PgTools::for_maintenance(&DbConfig { user: LOADER.into(), ..db.clone() }, Some(&bins.dir))?;
                 run(&admin, &loader, source, &trust, content.as_ref(), reference, server, true)
             })();
             // The server goes whatever happened; a failure to stop it is logged, not the verdict.

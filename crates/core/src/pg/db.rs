@@ -6,9 +6,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::config::DbConfig;
+use crate::libpq::Conn;
+use crate::util::lock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -38,7 +42,34 @@ pub struct PgTools {
     pub bin_dir: PathBuf,
     pub server_major: u32,
     db: DbConfig,
+    /// Set by [`PgTools::for_maintenance`]: queries to the maintenance database share one
+    /// connection instead of a login each.
+    admin: Option<AdminSession>,
 }
+
+/// The maintenance database, whose connection [`PgTools::for_maintenance`] keeps. Only this
+/// one: an idle session on `template1` would make everyone's plain `CREATE DATABASE` fail, and
+/// on the database being restored would stop it being renamed.
+const ADMIN_DB: &str = "postgres";
+/// A kept connection idle longer than this is closed rather than reused: the server may have
+/// dropped it meanwhile (idle_session_timeout, a restart), and a new login costs little then.
+const ADMIN_IDLE: Duration = Duration::from_secs(60);
+
+/// The idle connection to [`ADMIN_DB`] between two queries of one operation (a restore or
+/// verify runs a dozen catalog queries before its load: a login each cost 15 ms). Taken out
+/// while a query runs, so threads never wait on each other for it: a second thread opens its
+/// own connection.
+#[derive(Clone, Default)]
+struct AdminSession(Arc<Mutex<Option<(Conn, Instant)>>>);
+
+impl std::fmt::Debug for AdminSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminSession")
+    }
+}
+
+/// Server settings of ef-backup's own queries.
+const QUERY_OPTIONS: &str = "-c standard_conforming_strings=on";
 
 /// The last lines of a tool's stderr, trimmed, for error messages. Control characters are
 /// escaped, so a tool's output (which may quote data or server messages) cannot forge log lines
@@ -212,13 +243,25 @@ impl PgTools {
     /// [`PgTools::for_server`], asking the server's version over a connection to `probe_db`:
     /// a restore onto a new server cannot connect to the database it is about to create.
     pub fn for_server_via(db: &DbConfig, configured_bin: Option<&Path>, probe_db: &str) -> Result<PgTools, DbError> {
+        PgTools::find(db, configured_bin, probe_db, None)
+    }
+
+    /// [`PgTools::for_server_via`] the maintenance database `postgres`, for restore, verify and
+    /// drills: their queries to it share one connection (see [`AdminSession`]), the version
+    /// probe's first, until this value and its clones are dropped. Call
+    /// [`PgTools::forget_admin_session`] before renaming or dropping `postgres` itself.
+    pub fn for_maintenance(db: &DbConfig, configured_bin: Option<&Path>) -> Result<PgTools, DbError> {
+        PgTools::find(db, configured_bin, ADMIN_DB, Some(AdminSession::default()))
+    }
+
+    fn find(db: &DbConfig, configured_bin: Option<&Path>, probe_db: &str, admin: Option<AdminSession>) -> Result<PgTools, DbError> {
         let dirs = candidate_dirs(configured_bin);
         let psql = dirs
             .iter()
             .map(|d| d.join("psql"))
             .find(|p| p.is_file())
             .ok_or_else(|| DbError::NoClient { looked: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ") })?;
-        let probe = PgTools { bin_dir: psql.parent().unwrap_or(Path::new("/")).to_path_buf(), server_major: 0, db: db.clone() };
+        let probe = PgTools { bin_dir: psql.parent().unwrap_or(Path::new("/")).to_path_buf(), server_major: 0, db: db.clone(), admin: admin.clone() };
         let num = probe.query_value(probe_db, "SHOW server_version_num")?;
         let server_num =
             num.trim().parse::<u32>().map_err(|_| DbError::Tool { tool: "psql".into(), detail: format!("unexpected server_version_num {num:?}") })?;
@@ -235,7 +278,7 @@ impl PgTools {
             match tool_version(&pg_dump).map(|v| v.major) {
                 Some(m) if m == server_major && dir.join("psql").is_file() => {
                     check_psql(&dir.join("psql"))?;
-                    return Ok(PgTools { bin_dir: dir.clone(), server_major, db: db.clone() });
+                    return Ok(PgTools { bin_dir: dir.clone(), server_major, db: db.clone(), admin });
                 }
                 Some(m) => found.push(format!("{m} in {}", dir.display())),
                 None => found.push(format!("unknown version in {}", dir.display())),
@@ -243,6 +286,13 @@ impl PgTools {
         }
         found.dedup();
         Err(DbError::VersionMismatch { server: server_major, found: if found.is_empty() { "none".into() } else { found.join(", ") } })
+    }
+
+    /// Closes the kept connection to the maintenance database, if any.
+    pub fn forget_admin_session(&self) {
+        if let Some(a) = &self.admin {
+            lock(&a.0).take();
+        }
     }
 
     pub fn tool(&self, name: &str) -> PathBuf {
@@ -289,7 +339,7 @@ impl PgTools {
     /// environment's PGOPTIONS); the password goes in memory. (`main` removes PGPASSWORD from
     /// the environment, so libpq cannot fall back to it: the password comes only from
     /// EF__DB_PASSWORD, as for the client tools.)
-    pub fn connect(&self, database: &str, options: Option<&str>) -> Result<crate::libpq::Conn, DbError> {
+    pub fn connect(&self, database: &str, options: Option<&str>) -> Result<Conn, DbError> {
         let port = self.db.port.to_string();
         let mut params = self.params(&port, database, "ef-backup");
         params.extend_from_slice(&[
@@ -313,17 +363,35 @@ impl PgTools {
         if let Some(p) = &self.db.password {
             params.push(("password", p.expose()));
         }
-        crate::libpq::Conn::connect(&params).map_err(|e| self.connect_error(database, e.to_string()))
+        Conn::connect(&params).map_err(|e| self.connect_error(database, e.to_string()))
     }
 
     /// Runs SQL and returns the rows of its last statement, over a libpq connection of this
     /// process (a psql per query cost a process start and a login each: 25 ms, several times per
     /// command). A connection failure is [`DbError::Connect`] with libpq's reason.
     pub fn query(&self, database: &str, sql: &str) -> Result<Vec<Vec<String>>, DbError> {
+        let session = self.admin.as_ref().filter(|_| database == ADMIN_DB);
+        let kept = session.and_then(|s| lock(&s.0).take()).filter(|(_, idle_since)| idle_since.elapsed() < ADMIN_IDLE);
+        let reused = kept.is_some();
         // The statements ef-backup builds quote literals for standard_conforming_strings=on
         // (`quote_literal`); a server or role configured otherwise must not change what they mean.
-        let mut conn = self.connect(database, Some("-c standard_conforming_strings=on"))?;
-        conn.query(sql).map_err(|e| DbError::Sql { detail: e.to_string() })
+        let mut conn = match kept {
+            Some((conn, _)) => conn,
+            None => self.connect(database, Some(QUERY_OPTIONS))?,
+        };
+        let mut result = conn.query(sql);
+        if reused && result.is_err() && conn.lost() {
+            // The kept session is gone (the server restarted or ended it): the statement found no
+            // backend, or died with it. Once more on a new login, as without the kept session;
+            // ef-backup's statements there are catalog reads and CREATE/DROP/ALTER DATABASE,
+            // which a second run repeats or refuses with their own clear error.
+            conn = self.connect(database, Some(QUERY_OPTIONS))?;
+            result = conn.query(sql);
+        }
+        if let Some(s) = session.filter(|_| conn.reusable()) {
+            *lock(&s.0) = Some((conn, Instant::now()));
+        }
+        result.map_err(|e| DbError::Sql { detail: e.to_string() })
     }
 
     /// "Cannot connect to `database`" with the client's reason.

@@ -91,6 +91,22 @@ impl Conn {
         Ok(conn)
     }
 
+    /// Whether another command may run on this connection with nothing left of the last one:
+    /// the connection is up, no COPY was left half-done, and no transaction is open.
+    pub fn reusable(&self) -> bool {
+        // SAFETY: raw is live until Drop.
+        let (status, transaction) = unsafe { (ffi::PQstatus(self.raw), ffi::PQtransactionStatus(self.raw)) };
+        !self.broken && status == ffi::ConnStatusType::CONNECTION_OK && transaction == ffi::PGTransactionStatusType::PQTRANS_IDLE
+    }
+
+    /// Whether the connection itself is gone (the server went away), as opposed to a statement
+    /// having failed on a live one.
+    pub fn lost(&self) -> bool {
+        // SAFETY: raw is live until Drop.
+        let status = unsafe { ffi::PQstatus(self.raw) };
+        status == ffi::ConnStatusType::CONNECTION_BAD
+    }
+
     fn error(&self) -> String {
         // SAFETY: raw is live; the message is copied out.
         text(unsafe { ffi::PQerrorMessage(self.raw) })

@@ -533,6 +533,10 @@ pub fn restore(tools: &PgTools, source: &Source, target: &str, opts: &RestoreOpt
     }
     let refused = plan.apply_after_load(tools, admin_db, &scratch_db, target)?;
     let old = scratch_name("replaced");
+    if target == MAINTENANCE_DB {
+        // Renaming `postgres` waits for no session of ours to be on it.
+        tools.forget_admin_session();
+    }
     let leftover = swap::swap(
         &swap::Swap { target, scratch: &scratch_db, old: exists.then_some(old.as_str()), old_is_template: plan.props.is_template },
         |sql| tools.execute(admin_db, sql),

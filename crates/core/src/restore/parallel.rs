@@ -315,7 +315,10 @@ fn work(
     target: CopyTarget,
 ) {
     let mut shared_open = true;
-    let mut conn: Option<Conn> = None;
+    // With several sessions the rows go over a connection of our own: made now, while session 0
+    // runs the dump's first statements, not when the first batch is waiting for it. A failure
+    // here is tried again, and reported, at the first batch.
+    let mut conn: Option<Conn> = if sessions > 1 { target.tools.connect(&target.db, Some(SESSION_OPTIONS)).ok() } else { None };
     loop {
         let job = if shared_open {
             select! {
