@@ -23,6 +23,14 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> 
     Ok(out)
 }
 
+/// The current disposition of SIGHUP (SIG_DFL, SIG_IGN or a handler's address).
+fn sighup_action() -> libc::sighandler_t {
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: reads the current action into a zeroed struct; changes nothing.
+    assert_eq!(unsafe { libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut action) }, 0);
+    action.sa_sigaction
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedding_app_serves_the_api_and_stops_it_with_its_own_signal() {
     let dir = tempfile::tempdir().unwrap();
@@ -38,6 +46,9 @@ async fn an_embedding_app_serves_the_api_and_stops_it_with_its_own_signal() {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let config = ef_backup::config::Config::from_vars(&vars, dir.path()).unwrap();
+    // What the app has for SIGHUP before the server starts: the default, or "ignore" when the
+    // tests run under nohup.
+    let hup_before = sighup_action();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -60,12 +71,8 @@ async fn an_embedding_app_serves_the_api_and_stops_it_with_its_own_signal() {
         }
     };
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
-    // The embedded server left the app's SIGHUP alone (the binary's reload-on-SIGHUP is opt-in):
-    // its disposition is still the default.
-    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: reads the current action into a zeroed struct; changes nothing.
-    assert_eq!(unsafe { libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut action) }, 0);
-    assert_eq!(action.sa_sigaction, libc::SIG_DFL, "an embedded server installed a SIGHUP handler");
+    // The embedded server left the app's SIGHUP alone (the binary's reload-on-SIGHUP is opt-in).
+    assert_eq!(sighup_action(), hup_before, "an embedded server changed the app's SIGHUP disposition");
     let status = get(addr, "/api/ef/v1/backup/status").await.unwrap();
     assert!(status.starts_with("HTTP/1.1 401"), "the API is protected by the configured token: {status}");
 
