@@ -25,6 +25,9 @@ struct ProxyState {
     /// Change the first hex digit of every `<ETag>` element in responses: a store that
     /// reports an object other than the one uploaded.
     corrupt_etags: std::sync::atomic::AtomicBool,
+    /// Hold every answer to the start of a multipart upload this many milliseconds (0: none):
+    /// the store has made the upload, the client does not know it yet.
+    hold_upload_starts_ms: std::sync::atomic::AtomicU64,
 }
 
 /// Flips the first hex digit after each `<ETag>` in `buf` (lengths stay the same, so the
@@ -82,6 +85,10 @@ impl Proxy {
                             if !up && st.corrupt_etags.load(SeqCst) {
                                 corrupt_etags(&mut buf[..n]);
                             }
+                            let hold = st.hold_upload_starts_ms.load(SeqCst);
+                            if !up && hold > 0 && buf[..n].windows(30).any(|w| w == b"<InitiateMultipartUploadResult") {
+                                std::thread::sleep(std::time::Duration::from_millis(hold));
+                            }
                             let bps = st.throttle.load(SeqCst);
                             if bps > 0 {
                                 std::thread::sleep(std::time::Duration::from_secs_f64(n as f64 / bps as f64));
@@ -125,6 +132,11 @@ impl Proxy {
     /// Makes every `<ETag>` in the store's XML answers wrong (see [`ProxyState`]).
     pub fn corrupt_etags(&self) {
         self.state.corrupt_etags.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Holds the store's answers to the start of a multipart upload for `hold` (see [`ProxyState`]).
+    pub fn hold_upload_starts(&self, hold: std::time::Duration) {
+        self.state.hold_upload_starts_ms.store(hold.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Slows forwarding to `bytes_per_sec` per connection and direction.

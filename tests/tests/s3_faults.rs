@@ -172,6 +172,28 @@ fn a_stalled_store_does_not_hold_a_run_cancelled_mid_dump() {
     assert!(files(&backups).is_empty(), "no partial or final file: {:?}", files(&backups));
 }
 
+/// Pins: a run that failed while the store had not yet answered the start of its upload left
+/// that upload behind: the upload task was stopped with its request at the store, which made
+/// the upload after the run had given up on it (until a sweep an hour later). Now the run waits
+/// for that answer, as long as for an abort, and aborts the upload.
+#[test]
+fn a_run_that_fails_while_its_upload_starts_leaves_no_upload() {
+    let _one = ONE_BACKUP.lock().unwrap_or_else(|e| e.into_inner());
+    let s3 = s3();
+    let dir = tempdir();
+    let (proxy, via) = proxied(&s3);
+    // The store makes the upload at once; its answer reaches ef-backup 1.5 s later.
+    proxy.hold_upload_starts(Duration::from_millis(1500));
+    // pg_dump fails 0.5 s in, while that answer is held.
+    let bin = fake_pg_bin(dir.path(), "sleep 0.5\necho 'pg_dump: error: server closed the connection unexpectedly' >&2\nexit 1");
+    let list = via.vars("held-start/");
+    let run = ef(sample_db(), &dir.path().join("backups"), &vars(&list, &[("EF__PG_BIN", bin.to_str().unwrap())]), &["backup", "--json"]);
+    assert!(!run.ok() && run.all().contains("server closed the connection unexpectedly"), "{}", run.all());
+    // Whatever was still on its way has arrived by now.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(s3.open_uploads("held-start/"), Vec::<String>::new(), "{}", run.all());
+}
+
 /// Pins issue 12 item 10: after the local commit, finishing the upload waited for the stalled
 /// store without looking at the cancel flag. Cancelled then, the run ends within 5 s, keeps its
 /// local backup and reports the upload as failed.

@@ -128,6 +128,9 @@ impl CatchUp {
 pub(crate) struct Shared {
     queued: AtomicUsize,
     upload_id: OnceLock<String>,
+    /// The request that starts the upload has been sent: from here the store may make the
+    /// upload even when no answer arrives.
+    starting: AtomicBool,
 }
 
 /// A completed upload: the ETag the store reports (if any) and the one computed from the
@@ -254,6 +257,7 @@ pub(crate) async fn upload_task(
     if let Some((mode, until)) = object.lock {
         create = create.object_lock_mode(crate::lock::header_mode(mode)).object_lock_retain_until_date(DateTime::from_secs(until));
     }
+    shared.starting.store(true, Ordering::SeqCst);
     let created = create.send().await.map_err(|e| describe("starting the upload", &e))?;
     let upload_id = created.upload_id().ok_or("the store returned no upload id")?.to_string();
     let _ = shared.upload_id.set(upload_id.clone());
@@ -438,10 +442,20 @@ impl S3Upload {
     /// the upload, or why the abort did not get through.
     fn abandon(&mut self) -> Result<&'static str, String> {
         self.tx = None;
-        let Some(task) = self.task.take() else { return Ok("nothing was left to abort") };
+        let Some(mut task) = self.task.take() else { return Ok("nothing was left to abort") };
+        if !task.is_finished() && self.shared.upload_id.get().is_none() && self.shared.starting.load(Ordering::SeqCst) {
+            // The start is at the store, unanswered: stopping the task now would leave behind
+            // the upload the store makes meanwhile. With the stream closed the task aborts it
+            // itself once it has the id; that is waited for as long as an abort is.
+            let _ = self.handle.block_on(async { tokio::time::timeout(ABORT_WAIT, &mut task).await });
+        }
         if task.is_finished() {
             // It completed nothing (completion needs `finish`) and aborted on its own error.
-            return Ok("the incomplete upload was aborted");
+            return Ok(if self.shared.upload_id.get().is_some() {
+                "the incomplete upload was aborted"
+            } else {
+                "the store did not start the upload"
+            });
         }
         task.abort();
         let Some(id) = self.shared.upload_id.get() else {
