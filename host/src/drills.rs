@@ -100,7 +100,7 @@ pub fn run(
         let id = state.and_then(|s| s.begin_run(RunKind::Drill, trigger, database.as_deref(), started_at).map_err(log).ok());
         tracing::info!("restore drill of {file_name} starting");
         let mut source = Source::file(&path, &config.keys);
-        let result = drill::drill(&mut source, &config.trusted_keys, &config.drill, config.pg_bin.as_deref()).map_err(|e| e.to_string());
+        let result = drill::drill(&mut source, &config.trusted_keys, &config.drill, &config.db, config.pg_bin.as_deref()).map_err(|e| e.to_string());
         let drilled = Drilled {
             backup: file_name.clone(),
             database: database.clone().or_else(|| result.as_ref().ok().and_then(|r| r.database.clone())),

@@ -9,7 +9,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ef_backup_e2e::{age_key, backup_json, drop_db, ef, env, gunzip, minisign_key, psql, sha256_hex, tempdir};
+use ef_backup_e2e::{age_key, backup_json, drop_db, ef, env, gunzip, minisign_key, psql, psql_on, sha256_hex, tempdir, Cluster};
 
 /// A database of this suite's own: text in two scripts, timestamps in a time zone, floats,
 /// bytea, jsonb, a sequence moved on, a quoted table name and a large object.
@@ -199,10 +199,11 @@ fn an_encrypted_backup_on_a_drill_server() {
     assert!(run.ok(), "{}", run.all());
     assert!(v["data"]["backup_file"].as_str().unwrap().ends_with(".sql.gz.age"), "{v}");
     let e = env();
-    // The test cluster under another name, as a separate drill server would be.
+    // A separate drill server: a cluster of the test's own.
+    let own = Cluster::start(&work.path().join("drill-server"));
     let server = [
-        ("EF__DRILL_DB_HOST", "localhost"),
-        ("EF__DRILL_DB_PORT", e.pg_port.as_str()),
+        ("EF__DRILL_DB_HOST", "127.0.0.1"),
+        ("EF__DRILL_DB_PORT", own.port.as_str()),
         ("EF__DRILL_DB_USER", e.db_user.as_str()),
         ("EF__DRILL_DB_PASSWORD", e.db_password.as_str()),
     ];
@@ -215,11 +216,39 @@ fn an_encrypted_backup_on_a_drill_server() {
     let (run, report) = drill_json(&dir, &tmp, &with_key, &[]);
     assert!(run.ok(), "{}", run.all());
     let r = &report[0];
-    assert_eq!(r["server"], format!("drill server localhost:{}", e.pg_port), "{r}");
+    assert_eq!(r["server"], format!("drill server 127.0.0.1:{}", own.port), "{r}");
     assert!(r["reference"].as_str().unwrap().contains("manifest"), "{r}");
     assert_eq!((r["tables"].as_u64(), r["rows"].as_u64()), (Some(2), Some(3010)), "{r}");
-    assert_eq!(psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'ef\\_drill\\_%'"), "0", "scratch databases are dropped");
+    let scratch = "SELECT count(*) FROM pg_database WHERE datname LIKE 'ef\\_drill\\_%'";
+    assert_eq!(psql_on(&own.port, "postgres", scratch), "0", "scratch databases are dropped");
     assert!(std::fs::read_dir(&tmp).unwrap().next().is_none(), "no throwaway cluster was started");
+}
+
+/// Pins: the production server under another name (`localhost` for EF__DB_HOST=127.0.0.1) was
+/// accepted as the drill server — the configuration compares host strings — and the backup's
+/// SQL ran on production. The servers' system identifiers tell them apart now; nothing is
+/// created there.
+#[test]
+fn the_production_server_under_another_name_is_refused_as_drill_server() {
+    let work = tempdir();
+    let dir = work.path().join("b");
+    let tmp = drill_tmp(work.path());
+    let (run, _) = backup_json(db(), &dir, &[], &[]);
+    assert!(run.ok(), "{}", run.all());
+    let e = env();
+    let scratch = "SELECT count(*) FROM pg_database WHERE datname LIKE 'ef\\_drill\\_%'";
+    let before = psql("postgres", scratch);
+    let alias = [
+        ("EF__DRILL_DB_HOST", "localhost"),
+        ("EF__DRILL_DB_PORT", e.pg_port.as_str()),
+        ("EF__DRILL_DB_USER", e.db_user.as_str()),
+        ("EF__DRILL_DB_PASSWORD", e.db_password.as_str()),
+    ];
+    let (run, report) = drill_json(&dir, &tmp, &alias, &[]);
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    let error = report[0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("is the production server") && error.contains("system identifier"), "{report}");
+    assert_eq!(psql("postgres", scratch), before, "no scratch database was made on production");
 }
 
 /// A drill killed with SIGKILL is recorded as interrupted at the next start, and its

@@ -53,6 +53,8 @@ pub enum DrillError {
     Cluster(#[from] cluster::ClusterError),
     #[error("reading the restored database {db} failed: {err} (the drill server broke off; run the drill again)")]
     Read { db: String, err: String },
+    #[error("the drill server {drill} is the production server {production} or a replica of it (both report system identifier {id}): a drill runs the backup's SQL, so it needs a server of its own — point EF__DRILL_DB_HOST at another server, or unset it to drill on a throwaway server ef-backup starts itself")]
+    ProductionServer { drill: String, production: String, id: String },
 }
 
 /// What one drill found and measured.
@@ -123,9 +125,35 @@ fn dumped_from_major(source: &Source, trust: &Trust) -> Result<Option<u32>, Rest
     Ok(text.lines().find_map(|l| l.strip_prefix("-- Dumped from database version ")).and_then(from_text))
 }
 
+/// The configuration refuses the production server's host and port as the drill server; another
+/// name for it (`localhost` for `127.0.0.1`, a DNS alias) or a replica of it is found here by the
+/// cluster's system identifier. Checked only when both servers tell it: a production server that
+/// is down, or a role that may not read it, must not stop a drill.
+fn refuse_production(drill: &PgTools, server: &str, production: &DbConfig, pg_bin: Option<&Path>) -> Result<(), DrillError> {
+    const IDENTIFIER: &str = "SELECT system_identifier::text FROM pg_control_system()";
+    let Ok(here) = drill.query_value(MAINTENANCE_DB, IDENTIFIER) else { return Ok(()) };
+    let there = PgTools::for_server(production, pg_bin).and_then(|p| p.query_value(&production.name, IDENTIFIER));
+    match there {
+        Ok(id) if !id.is_empty() && id == here => {
+            Err(DrillError::ProductionServer { drill: server.to_string(), production: format!("{}:{}", production.host, production.port), id })
+        }
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::debug!("cannot tell whether the drill server is the production server: {e}");
+            Ok(())
+        }
+    }
+}
+
 /// Restores `source` on `place` and checks it. `Err` when the drill could not run or the backup
 /// did not restore; `Ok` with problems when it restored differently from what it says.
-pub fn drill(source: &mut Source, trusted: &TrustedKeys, place: &DrillPlace, pg_bin: Option<&Path>) -> Result<DrillReport, DrillError> {
+pub fn drill(
+    source: &mut Source,
+    trusted: &TrustedKeys,
+    place: &DrillPlace,
+    production: &DbConfig,
+    pg_bin: Option<&Path>,
+) -> Result<DrillReport, DrillError> {
     // A drill runs the backup's SQL: an untrusted backup is refused like a restore refuses it.
     let trust = provenance::establish(source, trusted, false, Purpose::Load)?;
     let reference = match &trust {
@@ -154,6 +182,7 @@ pub fn drill(source: &mut Source, trusted: &TrustedKeys, place: &DrillPlace, pg_
         DrillPlace::Server(db) => {
             let tools = PgTools::for_maintenance(db, pg_bin)?;
             let server = format!("drill server {}:{}", db.host, db.port);
+            refuse_production(&tools, &server, production, pg_bin)?;
             run(&tools, &tools, source, &trust, content.as_ref(), reference, server, false)
         }
         DrillPlace::Throwaway { os_user } => {
