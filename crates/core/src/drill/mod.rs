@@ -129,10 +129,11 @@ fn dumped_from_major(source: &Source, trust: &Trust) -> Result<Option<u32>, Rest
 /// name for it (`localhost` for `127.0.0.1`, a DNS alias) or a replica of it is found here by the
 /// cluster's system identifier. Checked only when both servers tell it: a production server that
 /// is down, or a role that may not read it, must not stop a drill.
-fn refuse_production(drill: &PgTools, server: &str, production: &DbConfig, pg_bin: Option<&Path>) -> Result<(), DrillError> {
+fn refuse_production(drill: &PgTools, server: &str, production: &DbConfig) -> Result<(), DrillError> {
     const IDENTIFIER: &str = "SELECT system_identifier::text FROM pg_control_system()";
     let Ok(here) = drill.query_value(MAINTENANCE_DB, IDENTIFIER) else { return Ok(()) };
-    let there = PgTools::for_server(production, pg_bin).and_then(|p| p.query_value(&production.name, IDENTIFIER));
+    // One query over libpq: production's client tools need not be installed on the drill host.
+    let there = PgTools::queries_only(production).query_value(&production.name, IDENTIFIER);
     match there {
         Ok(id) if !id.is_empty() && id == here => {
             Err(DrillError::ProductionServer { drill: server.to_string(), production: format!("{}:{}", production.host, production.port), id })
@@ -182,7 +183,7 @@ pub fn drill(
         DrillPlace::Server(db) => {
             let tools = PgTools::for_maintenance(db, pg_bin)?;
             let server = format!("drill server {}:{}", db.host, db.port);
-            refuse_production(&tools, &server, production, pg_bin)?;
+            refuse_production(&tools, &server, production)?;
             run(&tools, &tools, source, &trust, content.as_ref(), reference, server, false)
         }
         DrillPlace::Throwaway { os_user } => {

@@ -256,12 +256,11 @@ impl PgTools {
 
     fn find(db: &DbConfig, configured_bin: Option<&Path>, probe_db: &str, admin: Option<AdminSession>) -> Result<PgTools, DbError> {
         let dirs = candidate_dirs(configured_bin);
-        let psql = dirs
-            .iter()
-            .map(|d| d.join("psql"))
-            .find(|p| p.is_file())
-            .ok_or_else(|| DbError::NoClient { looked: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ") })?;
-        let probe = PgTools { bin_dir: psql.parent().unwrap_or(Path::new("/")).to_path_buf(), server_major: 0, db: db.clone(), admin: admin.clone() };
+        // No client tools at all is said before the server is asked anything.
+        if !dirs.iter().any(|d| d.join("psql").is_file()) {
+            return Err(DbError::NoClient { looked: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ") });
+        }
+        let probe = PgTools { admin: admin.clone(), ..PgTools::queries_only(db) };
         let num = probe.query_value(probe_db, "SHOW server_version_num")?;
         let server_num =
             num.trim().parse::<u32>().map_err(|_| DbError::Tool { tool: "psql".into(), detail: format!("unexpected server_version_num {num:?}") })?;
@@ -286,6 +285,12 @@ impl PgTools {
         }
         found.dedup();
         Err(DbError::VersionMismatch { server: server_major, found: if found.is_empty() { "none".into() } else { found.join(", ") } })
+    }
+
+    /// For ef-backup's own queries (libpq, in this process) to a server whose client tools are
+    /// not needed: no tool lookup, no version check, no `--version` run.
+    pub fn queries_only(db: &DbConfig) -> PgTools {
+        PgTools { bin_dir: PathBuf::new(), server_major: 0, db: db.clone(), admin: None }
     }
 
     /// Closes the kept connection to the maintenance database, if any.
