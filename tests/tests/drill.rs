@@ -186,6 +186,12 @@ fn a_missing_drill_user_is_named() {
     assert!(run.stderr.contains("ef-no-such-user") && run.stderr.contains("useradd"), "{}", run.all());
 }
 
+/// `EF__DRILL_DB_*` for the server at `host:port`, as the test superuser.
+fn drill_server<'a>(host: &'a str, port: &'a str) -> [(&'static str, &'a str); 4] {
+    let e = env();
+    [("EF__DRILL_DB_HOST", host), ("EF__DRILL_DB_PORT", port), ("EF__DRILL_DB_USER", &e.db_user), ("EF__DRILL_DB_PASSWORD", &e.db_password)]
+}
+
 /// An encrypted backup drills on a separate drill server (`EF__DRILL_DB_HOST`) with the age
 /// identity given for it, checked against its sealed manifest; without the identity the drill
 /// says what it needs. Nothing is left on the drill server.
@@ -198,15 +204,9 @@ fn an_encrypted_backup_on_a_drill_server() {
     let (run, v) = backup_json(db(), &dir, &[("EF__BACKUP_AGE_RECIPIENTS", &public)], &[]);
     assert!(run.ok(), "{}", run.all());
     assert!(v["data"]["backup_file"].as_str().unwrap().ends_with(".sql.gz.age"), "{v}");
-    let e = env();
     // A separate drill server: a cluster of the test's own.
     let own = Cluster::start(&work.path().join("drill-server"));
-    let server = [
-        ("EF__DRILL_DB_HOST", "127.0.0.1"),
-        ("EF__DRILL_DB_PORT", own.port.as_str()),
-        ("EF__DRILL_DB_USER", e.db_user.as_str()),
-        ("EF__DRILL_DB_PASSWORD", e.db_password.as_str()),
-    ];
+    let server = drill_server("127.0.0.1", &own.port);
     let (run, report) = drill_json(&dir, &tmp, &server, &[]);
     assert_eq!(run.code, Some(1), "{}", run.all());
     assert!(report[0]["error"].as_str().unwrap().contains("EF__BACKUP_AGE_IDENTITY_FILE"), "{report}");
@@ -235,15 +235,9 @@ fn the_production_server_under_another_name_is_refused_as_drill_server() {
     let tmp = drill_tmp(work.path());
     let (run, _) = backup_json(db(), &dir, &[], &[]);
     assert!(run.ok(), "{}", run.all());
-    let e = env();
     let scratch = "SELECT count(*) FROM pg_database WHERE datname LIKE 'ef\\_drill\\_%'";
     let before = psql("postgres", scratch);
-    let alias = [
-        ("EF__DRILL_DB_HOST", "localhost"),
-        ("EF__DRILL_DB_PORT", e.pg_port.as_str()),
-        ("EF__DRILL_DB_USER", e.db_user.as_str()),
-        ("EF__DRILL_DB_PASSWORD", e.db_password.as_str()),
-    ];
+    let alias = drill_server("localhost", &env().pg_port);
     let (run, report) = drill_json(&dir, &tmp, &alias, &[]);
     assert_eq!(run.code, Some(1), "{}", run.all());
     let error = report[0]["error"].as_str().unwrap_or_default();
