@@ -204,10 +204,11 @@ pub fn print_verify(report: &VerifyReport, json: bool) {
 /// How a dump was loaded, for the restore's summary line.
 pub fn load_summary(load: &crate::restore::parallel::LoadStats) -> String {
     let mut parts = vec![format!(
-        "{} session{}: {} COPY batches, {} parallel builds",
+        "{} session{}: {} COPY batches, {} tables read ahead, {} parallel builds",
         load.sessions,
         if load.sessions == 1 { "" } else { "s" },
         load.copy_batches,
+        load.tables_read_ahead,
         load.parallel_builds
     )];
     if load.owner_statements_skipped > 0 {

@@ -7,7 +7,7 @@
 
 use std::sync::OnceLock;
 
-use ef_backup_e2e::{compare_dbs, drop_db, ef, psql, tempdir};
+use ef_backup_e2e::{compare_dbs, drop_db, ef, gunzip, psql, tempdir};
 
 const SEED: &str = r#"
 CREATE SCHEMA "Odd Schema";
@@ -117,6 +117,118 @@ fn parallel_restore_equals_serial_restore_table_by_table() {
     for t in targets {
         drop_db(&t);
     }
+}
+
+/// A database whose first table takes a while to load, so that the read-ahead reaches the
+/// next tables first: their keys and indexes, a foreign key between them, a sequence and a
+/// large object after the rows.
+const AHEAD_SEED: &str = r#"
+CREATE SCHEMA a;
+CREATE SCHEMA b;
+CREATE TABLE a.first (id int, t text);
+INSERT INTO a.first SELECT g, md5(g::text) FROM generate_series(1, 300000) g;
+CREATE TABLE b.second (id int PRIMARY KEY, v text);
+INSERT INTO b.second SELECT g, md5((g * 3)::text) FROM generate_series(1, 100000) g;
+CREATE INDEX second_v ON b.second (v);
+ALTER TABLE b.second ADD CONSTRAINT second_v_u UNIQUE (v);
+COMMENT ON INDEX b.second_v IS 'on the read-ahead''s table';
+CREATE TABLE b.third (id int PRIMARY KEY, s int REFERENCES b.second (id));
+INSERT INTO b.third SELECT g, g FROM generate_series(1, 1000) g;
+CREATE TABLE b.audit (n int);
+CREATE TABLE b.t2 (x int);
+INSERT INTO b.t2 SELECT generate_series(1, 50);
+CREATE FUNCTION b.audit_it() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO b.audit VALUES (NEW.x); RETURN NEW; END $$;
+CREATE SEQUENCE b.seq;
+SELECT setval('b.seq', 77);
+SELECT lo_from_bytea(0, convert_to('large object', 'UTF8'));
+"#;
+
+/// The read-ahead loads later tables on a session of its own while the first one loads, their
+/// key and index builds wait for their rows, and the result equals a serial restore.
+#[test]
+fn later_tables_are_read_ahead_and_their_builds_wait_for_their_rows() {
+    let src = "ef_e2e_ahead";
+    drop_db(src);
+    psql("postgres", &format!("CREATE DATABASE {src}"));
+    psql(src, AHEAD_SEED);
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    let name = backup(src, &backups);
+
+    for jobs in ["2", "1"] {
+        let target = format!("ef_e2e_ahead_j{jobs}");
+        drop_db(&target);
+        let run = ef(src, &backups, &[], &["restore", &name, "--target-db", &target, "--create", "--jobs", jobs]);
+        assert!(run.ok(), "--jobs {jobs}: {}", run.all());
+        let ahead = stat(&run.stdout, "tables read ahead");
+        if jobs == "1" {
+            assert_eq!(ahead, 0, "{}", run.stdout);
+        } else {
+            assert!(ahead >= 1, "nothing was read ahead: {}", run.stdout);
+        }
+        let (same, report) = compare_dbs(src, &target);
+        assert!(same, "--jobs {jobs} differs from the source: {report}");
+        assert_eq!(psql(&target, "SELECT obj_description('b.second_v'::regclass, 'pg_class')"), "on the read-ahead's table");
+        drop_db(&target);
+    }
+
+    // Cut in the middle of the read-ahead's table: the restore fails as damaged (it neither
+    // hangs nor reports the read-ahead's half-loaded table as the cause), and leaves nothing.
+    let sql = gunzip(&backups.join(&name));
+    let at = find(&sql, b"COPY b.second ") + 1_000_000;
+    let cut = at + sql[at..].iter().position(|&b| b == b'\n').unwrap() + 1;
+    let truncated = dir.path().join("cut.sql.gz");
+    write_gz(&truncated, &sql[..cut]);
+    let target = "ef_e2e_ahead_cut";
+    drop_db(target);
+    let run = ef(src, &backups, &[], &["restore", truncated.to_str().unwrap(), "--target-db", target, "--create"]);
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    assert!(run.stderr.contains("footer is missing"), "{}", run.stderr);
+    assert_eq!(psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{target}' OR datname LIKE 'ef\\_restore\\_%'")), "0");
+    drop_db(src);
+}
+
+/// pg_dump writes nothing but table rows between the first table's rows and the last's. A
+/// file that does (here a trigger created between them) must restore as psql would run it:
+/// the read-ahead stops there, so no row after the trigger goes in before the trigger exists.
+#[test]
+fn the_read_ahead_stops_at_anything_but_table_rows() {
+    let src = "ef_e2e_ahead_stop";
+    drop_db(src);
+    psql("postgres", &format!("CREATE DATABASE {src}"));
+    psql(src, AHEAD_SEED);
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    let name = backup(src, &backups);
+    let sql = gunzip(&backups.join(&name));
+    let first_rows = find(&sql, b"COPY a.first ");
+    let end = first_rows + find(&sql[first_rows..], b"\n\\.\n") + 4;
+    let mut crafted = sql[..end].to_vec();
+    crafted.extend_from_slice(b"\nCREATE TRIGGER t2_audit AFTER INSERT ON b.t2 FOR EACH ROW EXECUTE FUNCTION b.audit_it();\n");
+    crafted.extend_from_slice(&sql[end..]);
+    let file = dir.path().join("crafted.sql.gz");
+    write_gz(&file, &crafted);
+
+    for jobs in ["1", "2"] {
+        let target = format!("ef_e2e_ahead_stop_j{jobs}");
+        drop_db(&target);
+        let run = ef(src, &backups, &[], &["restore", file.to_str().unwrap(), "--target-db", &target, "--create", "--jobs", jobs]);
+        assert!(run.ok(), "--jobs {jobs}: {}", run.all());
+        // Every row of b.t2 went in after the trigger, as in the file.
+        assert_eq!(psql(&target, "SELECT count(*) FROM b.audit"), "50", "--jobs {jobs}: {}", run.stdout);
+        drop_db(&target);
+    }
+    drop_db(src);
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> usize {
+    hay.windows(needle.len()).position(|w| w == needle).unwrap_or_else(|| panic!("{:?} not found", String::from_utf8_lossy(needle)))
+}
+
+fn write_gz(path: &std::path::Path, data: &[u8]) {
+    let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(path).unwrap(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut enc, data).unwrap();
+    enc.finish().unwrap();
 }
 
 /// `--no-owner` / `--no-privileges`: restoring as a role that cannot take ownership works, and

@@ -7,6 +7,7 @@
 
 pub mod parallel;
 pub mod sqlscan;
+mod tee;
 
 use std::io::{self, BufRead, Read};
 use std::path::PathBuf;
@@ -121,7 +122,7 @@ impl Source {
     }
 
     /// The stored bytes, undecoded (the pinned ones once [`Source::verify_and_pin`] ran).
-    pub fn raw(&self) -> Result<Box<dyn Read>, RestoreError> {
+    pub fn raw(&self) -> Result<Box<dyn Read + Send>, RestoreError> {
         let open_err = |err: String| RestoreError::Open { backup: self.label(), err };
         Ok(match (&self.origin, &self.pin) {
             (Origin::File(_), Some(Pin::File(file))) => Box::new(PinnedFile { file: std::sync::Arc::clone(file), at: 0 }),
@@ -261,8 +262,17 @@ fn corrupt(source: &Source, e: io::Error) -> RestoreError {
 
 /// Reads a whole backup: gzip integrity (every member's CRC and length), the dump's footer,
 /// and the rows of each COPY block. Calls `sink` with the SQL as it goes.
-pub fn scan(source: &Source, mut sink: impl FnMut(&[u8]) -> Result<(), RestoreError>) -> Result<BackupCheck, RestoreError> {
-    let mut counted = Counted { inner: source.raw()?, bytes: 0, sha256: Default::default() };
+pub fn scan(source: &Source, sink: impl FnMut(&[u8]) -> Result<(), RestoreError>) -> Result<BackupCheck, RestoreError> {
+    scan_from(source, source.raw()?, sink)
+}
+
+/// [`scan`] of `raw`, the source's stored bytes.
+fn scan_from(
+    source: &Source,
+    raw: Box<dyn Read + Send>,
+    mut sink: impl FnMut(&[u8]) -> Result<(), RestoreError>,
+) -> Result<BackupCheck, RestoreError> {
+    let mut counted = Counted { inner: raw, bytes: 0, sha256: Default::default() };
     let mut gz = io::BufReader::with_capacity(256 * 1024, source.decode(&mut counted)?);
     let gzip_err = |e: io::Error| corrupt(source, e);
     // ef-backup's own first line (the database's properties) is not part of the dump: it is
@@ -433,11 +443,20 @@ pub fn restore_into_new<'a>(
     let scratch = Scratch::new(tools, name);
     let load_err = |err| RestoreError::Load { db: name.to_string(), err };
     let mut loader = Loader::start(tools, name, load).map_err(load_err)?;
+    let raw = source.raw()?;
+    let (raw, ahead) = match loader.take_ahead() {
+        Some(ahead) => {
+            let (main, second) = tee::tee(raw, READ_AHEAD_WINDOW);
+            let source = source.clone();
+            (Box::new(main) as Box<dyn Read + Send>, Some(std::thread::spawn(move || read_ahead(&source, second, ahead))))
+        }
+        None => (raw, None),
+    };
     // After a session fails, the rest is still read and checked: garbage from a corrupt gzip
     // member reaches psql before the member's CRC does, and "the backup is damaged" is the
     // truer report than psql's syntax error.
     let mut failed = None;
-    let scanned = scan(source, |data| {
+    let scanned = scan_from(source, raw, |data| {
         if failed.is_none() {
             failed = loader.feed(data).err();
         }
@@ -458,7 +477,39 @@ pub fn restore_into_new<'a>(
         (Ok(check), None) => check,
     };
     check.load = loader.finish().map_err(load_err)?;
+    if let Some(thread) = ahead {
+        let _ = thread.join();
+    }
     Ok((scratch, check))
+}
+
+/// How far (in stored bytes) the read-ahead may get in front of the restore's own reading, or
+/// the restore in front of it: the memory a restore may use for that.
+const READ_AHEAD_WINDOW: usize = 32 << 20;
+
+/// Feeds the read-ahead the dump as the restore reads it: the same stored bytes, decoded again
+/// (ef-backup's properties line left out the same way). Ends when it has nothing more to do.
+fn read_ahead(source: &Source, raw: tee::TeeReader, mut ahead: parallel::Ahead) {
+    let fail = |ahead: parallel::Ahead, e: RestoreError| ahead.read_failed(e.to_string());
+    let mut dump = match source.decode(raw) {
+        Ok(d) => io::BufReader::with_capacity(256 * 1024, d),
+        Err(e) => return fail(ahead, e),
+    };
+    match first_line(source, &mut dump) {
+        Ok((first, None)) if !ahead.feed(&first) => return,
+        Ok(_) => {}
+        Err(e) => return fail(ahead, e),
+    }
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match dump.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) if !ahead.feed(&buf[..n]) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return fail(ahead, corrupt(source, e)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]

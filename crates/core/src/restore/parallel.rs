@@ -31,7 +31,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 
-use super::sqlscan::{Event, Scanner, StatementKind, Toc};
+use super::sqlscan::{build_table, Event, Scanner, StatementKind, Toc};
 use crate::db::{tail_lines, DbError, PgTools, Running};
 use crate::libpq::Conn;
 use crate::util::lock;
@@ -75,6 +75,8 @@ pub struct LoadStats {
     pub restrict_lines_dropped: u64,
     pub owner_statements_skipped: u64,
     pub privilege_statements_skipped: u64,
+    /// COPY blocks the read-ahead loaded (on a session of their own, while the loader went on).
+    pub tables_read_ahead: u64,
 }
 
 /// The longest statement or COPY row held in memory: PostgreSQL refuses more (1 GB) anyway,
@@ -90,6 +92,8 @@ pub enum LoadError {
     /// Something pg_dump never writes; it never reaches psql.
     #[error("the backup holds {what}, which pg_dump never writes: the file was not made by pg_dump or was changed since — that part never reached psql, and what ran before it went with the scratch database; check where the file came from and restore another backup (ef-backup list)")]
     Refused { what: String },
+    #[error("reading ahead to load {table} stopped in its rows: {err} — the backup could not be read to the end of that table; if the restore reports no other cause, try again or restore with --jobs 1")]
+    ReadAhead { table: String, err: String },
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -101,7 +105,9 @@ enum Job {
     Parallel(Vec<u8>),
     /// A batch of COPY rows any session may load, over its libpq connection: `buf` holds the
     /// session settings, then the COPY statement, then the rows. Counted like `Parallel`.
-    Copy { buf: Vec<u8>, settings_len: usize, statement_len: usize },
+    /// `ahead`: the read-ahead's block this batch belongs to (counted there, not in
+    /// `outstanding`).
+    Copy { buf: Vec<u8>, settings_len: usize, statement_len: usize, ahead: Option<usize> },
     /// Reply once everything sent to this session before has run.
     Sync(Sender<()>),
 }
@@ -123,6 +129,60 @@ struct SharedState {
     /// Set by the first failure or an abandoned load, never cleared (the failure itself is
     /// taken by whoever reports it): queued batches are then dropped, not loaded.
     over: bool,
+    /// Who loads each `TABLE DATA` COPY block, by its number in the dump (claimed by whoever
+    /// gets there first).
+    blocks: Vec<Option<Block>>,
+    /// The loader has run everything before the first table's rows: the tables exist.
+    data_started: bool,
+    /// The loader is past the tables' rows: nothing is left to read ahead for.
+    ahead_stop: bool,
+    /// COPY batches the read-ahead sent.
+    ahead_batches: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Block {
+    Loader,
+    /// Loaded once every batch is sent (`sent`) and loaded (`loading` back to 0).
+    Ahead {
+        table: String,
+        sent: bool,
+        loading: usize,
+    },
+}
+
+impl SharedState {
+    /// Claims block `k` for the loader or the read-ahead; false when the other has it.
+    fn claim(&mut self, k: usize, block: Block) -> bool {
+        if self.blocks.len() <= k {
+            self.blocks.resize(k + 1, None);
+        }
+        if self.blocks[k].is_some() {
+            return false;
+        }
+        self.blocks[k] = Some(block);
+        true
+    }
+
+    /// A read-ahead block of `table` (of any table, for None) is still loading.
+    fn ahead_loading(&self, table: Option<&str>) -> bool {
+        self.blocks.iter().any(|b| match b {
+            Some(Block::Ahead { table: t, sent, loading }) => !(*sent && *loading == 0) && table.is_none_or(|x| x == t),
+            _ => false,
+        })
+    }
+
+    /// Counts a batch of read-ahead block `k` sent (`by` 1), loaded (-1), or the block's last
+    /// batch sent (`last`).
+    fn ahead_block(&mut self, k: usize, by: isize, last: bool) {
+        if let Some(Some(Block::Ahead { sent, loading, table })) = self.blocks.get_mut(k) {
+            *loading = loading.saturating_add_signed(by);
+            *sent |= last;
+            if *sent && *loading == 0 {
+                tracing::debug!("read-ahead: {table} loaded (block {k})");
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -137,6 +197,13 @@ impl Shared {
     fn done_one(&self) {
         let mut s = lock(&self.state);
         s.outstanding -= 1;
+        self.changed.notify_all();
+    }
+
+    /// A batch of read-ahead block `k` is loaded.
+    fn ahead_batch_done(&self, k: usize) {
+        let mut s = lock(&self.state);
+        s.ahead_block(k, -1, false);
         self.changed.notify_all();
     }
 
@@ -300,15 +367,24 @@ fn copy_batch(conn: &mut Option<Conn>, target: &CopyTarget, buf: &[u8], settings
     c.copy_in(statement, rows).map_err(|e| e.to_string())
 }
 
+/// Where the read-ahead's batches come from.
+struct Lane {
+    rx: Receiver<Job>,
+    /// Before any other work.
+    first: bool,
+}
+
 /// Server settings of every session: a scratch database is the unit of atomicity, nothing in it
 /// counts before the swap, whose own commit flushes the WAL written before it.
 const SESSION_OPTIONS: &str = "-c client_min_messages=warning -c synchronous_commit=off";
 
 /// Runs one session's jobs until the loader hangs up.
+#[allow(clippy::too_many_arguments)]
 fn work(
     mut session: Session,
     private: Receiver<Job>,
     shared_jobs: Receiver<Job>,
+    mut lane: Option<Lane>,
     shared: Arc<Shared>,
     key: String,
     sessions: usize,
@@ -319,16 +395,29 @@ fn work(
     // runs the dump's first statements, not when the first batch is waiting for it. A failure
     // here is tried again, and reported, at the first batch.
     let mut conn: Option<Conn> = if sessions > 1 { target.tools.connect(&target.db, Some(SESSION_OPTIONS)).ok() } else { None };
+    let never = crossbeam_channel::never();
     loop {
-        let job = if shared_open {
+        // The read-ahead's session takes its rows first: it is the one session loading that
+        // table, so other work would hold the table up rather than share it. The others take
+        // the loader's work first, and help with the read-ahead's table when there is none.
+        let first = match &lane {
+            Some(l) if l.first => l.rx.try_recv().ok(),
+            _ if shared_open => shared_jobs.try_recv().ok(),
+            _ => None,
+        };
+        let lane_rx = lane.as_ref().map_or(&never, |l| &l.rx);
+        let job = if let Some(j) = first {
+            j
+        } else if shared_open {
             select! {
                 recv(private) -> j => match j { Ok(j) => j, Err(_) => break },
                 recv(shared_jobs) -> j => match j { Ok(j) => j, Err(_) => { shared_open = false; continue } },
+                recv(lane_rx) -> j => match j { Ok(j) => j, Err(_) => { lane = None; continue } },
             }
         } else {
-            match private.recv() {
-                Ok(j) => j,
-                Err(_) => break,
+            select! {
+                recv(private) -> j => match j { Ok(j) => j, Err(_) => break },
+                recv(lane_rx) -> j => match j { Ok(j) => j, Err(_) => { lane = None; continue } },
             }
         };
         // A Sync's reply is held until a failure is recorded, so the loader, woken by the
@@ -336,7 +425,7 @@ fn work(
         let mut reply = None;
         let ok = match job {
             Job::Serial(bytes) => session.write(&bytes),
-            Job::Copy { buf, settings_len, statement_len } => {
+            Job::Copy { buf, settings_len, statement_len, ahead } => {
                 // After a failure anywhere the load is over: no more batches go to the server.
                 let failed_elsewhere = lock(&shared.state).over;
                 let loaded = if failed_elsewhere {
@@ -347,6 +436,7 @@ fn work(
                 let table = copy_table(&buf[settings_len..settings_len + statement_len]);
                 shared.recycle(buf);
                 match loaded {
+                    Ok(()) if let Some(k) = ahead => shared.ahead_batch_done(k),
                     Ok(()) => shared.done_one(),
                     Err(err) => {
                         shared.fail(LoadError::Copy { table, session: session.index, sessions, err });
@@ -410,6 +500,36 @@ struct Copy {
     /// The batch being filled: `head`, then rows.
     batch: Vec<u8>,
     parallel: bool,
+    /// The read-ahead loads this block: its rows are read past.
+    skip: bool,
+}
+
+/// The session settings in force at a point of the dump, in order of first appearance.
+#[derive(Default)]
+struct Settings {
+    list: Vec<(String, Vec<u8>)>,
+    /// Changes with them.
+    version: u64,
+}
+
+impl Settings {
+    fn set(&mut self, name: String, text: &[u8]) {
+        // Replayed in the order they take effect: `RESET ALL` undoes everything before it, and
+        // a setting set again moves to the end (an in-place update would replay
+        // `SET x; RESET ALL` for `RESET ALL; SET x; RESET ALL`, leaving a session with `x` the
+        // scanner believes reset).
+        if name == "all" {
+            self.list.clear();
+        } else {
+            self.list.retain(|(n, _)| *n != name);
+        }
+        self.list.push((name, text.to_vec()));
+        self.version += 1;
+    }
+
+    fn text(&self) -> Vec<u8> {
+        self.list.iter().flat_map(|(_, t)| t.iter().copied()).collect()
+    }
 }
 
 /// Feeds a dump to the sessions: `feed` the decompressed SQL as it arrives, then `finish`.
@@ -417,6 +537,7 @@ struct Copy {
 pub struct Loader {
     scanner: Scanner,
     d: Dispatch,
+    ahead: Option<Ahead>,
 }
 
 /// Where each scanned piece of the dump goes.
@@ -430,14 +551,17 @@ struct Dispatch {
     children: Vec<Arc<Mutex<Option<Child>>>>,
     mode: Mode,
     toc: Option<Toc>,
-    /// Session settings in force, in order of first appearance, and a version that changes with them.
-    settings: Vec<(String, Vec<u8>)>,
-    settings_version: u64,
+    settings: Settings,
     serial_version: u64,
     serial_buf: Vec<u8>,
     copy: Option<Copy>,
-    /// An index/constraint entry being collected (it may hold several statements).
-    entry: Option<Vec<u8>>,
+    /// An index/constraint entry being collected (it may hold several statements), and the
+    /// table it builds on (None: not known).
+    entry: Option<(Vec<u8>, Option<String>)>,
+    /// Builds that wait for the read-ahead to load their table (or, table unknown, every table).
+    pending: Vec<(Option<String>, Vec<u8>)>,
+    /// `TABLE DATA` COPY blocks met so far.
+    blocks_seen: usize,
     /// Comments met between builds, run at the next barrier.
     deferred: Vec<u8>,
     stats: LoadStats,
@@ -456,6 +580,8 @@ impl Loader {
         let mut private_txs = Vec::new();
         let mut workers = Vec::new();
         let mut children = Vec::new();
+        // The read-ahead's rows go to the last session, one batch queued at a time.
+        let (lane_tx, lane_rx) = bounded::<Job>(1);
         for index in 0..jobs {
             let session = Session::start(tools, db, index, &key, &nonce)?;
             children.push(Arc::clone(&session.child));
@@ -464,7 +590,10 @@ impl Loader {
             private_txs.push(tx);
             let (shared_rx, shared, key) = (shared_rx.clone(), Arc::clone(&shared), key.clone());
             let target = CopyTarget { tools: tools.clone(), db: db.to_string() };
-            workers.push(std::thread::spawn(move || work(session, rx, shared_rx, shared, key, jobs, target)));
+            // Every session may load the read-ahead's rows when it has nothing else to do; the
+            // last one takes them before anything else.
+            let lane = (jobs > 1).then(|| Lane { rx: lane_rx.clone(), first: index == jobs - 1 });
+            workers.push(std::thread::spawn(move || work(session, rx, shared_rx, lane, shared, key, jobs, target)));
         }
         let d = Dispatch {
             opts: LoadOptions { jobs, ..opts },
@@ -476,18 +605,38 @@ impl Loader {
             children,
             mode: Mode::Serial,
             toc: None,
-            settings: Vec::new(),
-            settings_version: 0,
+            settings: Settings::default(),
             serial_version: 0,
             serial_buf: Vec::new(),
             copy: None,
             entry: None,
+            pending: Vec::new(),
+            blocks_seen: 0,
             deferred: Vec::new(),
             stats: LoadStats { sessions: jobs, ..LoadStats::default() },
             finished: false,
             started: std::time::Instant::now(),
         };
-        Ok(Loader { scanner: Scanner::new(), d })
+        let ahead = (jobs > 1).then(|| Ahead {
+            scanner: Scanner::new(),
+            a: AheadScan {
+                shared: Arc::clone(&d.shared),
+                lane: lane_tx,
+                opts: d.opts,
+                toc: None,
+                settings: Settings::default(),
+                blocks_seen: 0,
+                loading: None,
+                why: None,
+            },
+        });
+        Ok(Loader { scanner: Scanner::new(), d, ahead })
+    }
+
+    /// The read-ahead of this load (once; None with one session): run it on a thread of its
+    /// own, fed the same dump from its start.
+    pub fn take_ahead(&mut self) -> Option<Ahead> {
+        self.ahead.take()
     }
 
     /// Scans and dispatches the next piece of the dump.
@@ -511,9 +660,16 @@ impl Loader {
 impl Dispatch {
     fn end(&mut self) -> Result<LoadStats, LoadError> {
         self.enter(Mode::Serial)?;
+        {
+            let mut s = lock(&self.shared.state);
+            s.ahead_stop = true;
+            self.shared.changed.notify_all();
+        }
+        self.settle(true)?;
         self.flush_serial()?;
         self.finished = true;
         self.hang_up();
+        self.stats.copy_batches += lock(&self.shared.state).ahead_batches;
         match self.shared.failure() {
             Some(e) => Err(e),
             None => Ok(std::mem::take(&mut self.stats)),
@@ -540,7 +696,7 @@ impl Dispatch {
     }
 
     fn settings_text(&self) -> Vec<u8> {
-        self.settings.iter().flat_map(|(_, t)| t.iter().copied()).collect()
+        self.settings.text()
     }
 
     fn on_event(&mut self, ev: Event<'_>) -> Result<(), LoadError> {
@@ -563,6 +719,7 @@ impl Dispatch {
             }
             Event::Incomplete { text } => self.serial(text)?,
             Event::CopyData(rows) => match self.copy.as_mut() {
+                Some(c) if c.skip => {}
                 Some(c) if c.parallel => {
                     c.batch.extend_from_slice(rows);
                     if c.batch.len() - c.head.len() >= BATCH_BYTES {
@@ -572,6 +729,7 @@ impl Dispatch {
                 _ => self.serial(rows)?,
             },
             Event::CopyEnd(line) => match self.copy.as_ref() {
+                Some(c) if c.skip => self.copy = None,
                 Some(c) if c.parallel => {
                     self.dispatch_batch()?;
                     self.copy = None;
@@ -599,17 +757,7 @@ impl Dispatch {
             StatementKind::SessionSetting { name } => {
                 // The entry collected so far ran under the previous settings.
                 self.flush_entry()?;
-                // Replayed in the order they take effect: `RESET ALL` undoes everything before
-                // it, and a setting set again moves to the end (an in-place update would replay
-                // `SET x; RESET ALL` for `RESET ALL; SET x; RESET ALL`, leaving a session with
-                // `x` the scanner believes reset).
-                if name == "all" {
-                    self.settings.clear();
-                } else {
-                    self.settings.retain(|(n, _)| *n != name);
-                }
-                self.settings.push((name, text.to_vec()));
-                self.settings_version += 1;
+                self.settings.set(name, text);
             }
             StatementKind::Owner if self.opts.no_owner => self.stats.owner_statements_skipped += 1,
             StatementKind::Privilege if self.opts.no_privileges => self.stats.privilege_statements_skipped += 1,
@@ -621,22 +769,35 @@ impl Dispatch {
                 self.flush_entry()?;
                 self.stats.copy_blocks += 1;
                 if parallel && self.toc_kind() == "TABLE DATA" {
+                    let k = self.blocks_seen;
+                    self.blocks_seen += 1;
+                    if !lock(&self.shared.state).claim(k, Block::Loader) {
+                        self.stats.tables_read_ahead += 1;
+                        self.copy = Some(Copy { head: Vec::new(), batch: Vec::new(), settings_len: 0, parallel: true, skip: true });
+                        return Ok(());
+                    }
                     self.enter(Mode::Data)?;
+                    if k == 0 {
+                        // Everything before the first table's rows has run: the read-ahead may load.
+                        let mut s = lock(&self.shared.state);
+                        s.data_started = true;
+                        self.shared.changed.notify_all();
+                    }
                     let mut head = self.settings_text();
                     let settings_len = head.len();
                     head.extend_from_slice(text);
-                    self.copy = Some(Copy { batch: self.fresh_batch(&head), head, settings_len, parallel: true });
+                    self.copy = Some(Copy { batch: self.fresh_batch(&head), head, settings_len, parallel: true, skip: false });
                 } else {
                     self.serial(text)?;
-                    self.copy = Some(Copy { head: Vec::new(), batch: Vec::new(), settings_len: 0, parallel: false });
+                    self.copy = Some(Copy { head: Vec::new(), batch: Vec::new(), settings_len: 0, parallel: false, skip: false });
                 }
             }
             _ if parallel && matches!(self.toc_kind(), "INDEX" | "CONSTRAINT") => {
                 self.enter(Mode::Builds)?;
                 if self.entry.is_none() {
-                    self.entry = Some(self.settings_text());
+                    self.entry = Some((self.settings_text(), build_table(text)));
                 }
-                self.entry.as_mut().expect("entry").extend_from_slice(text);
+                self.entry.as_mut().expect("entry").0.extend_from_slice(text);
             }
             // A comment on an index only needs the index: it waits for the builds to finish.
             _ if self.mode == Mode::Builds && self.toc_kind() == "COMMENT" => {
@@ -652,10 +813,13 @@ impl Dispatch {
     fn serial(&mut self, text: &[u8]) -> Result<(), LoadError> {
         self.flush_entry()?;
         self.enter(Mode::Serial)?;
-        if self.serial_version != self.settings_version {
+        if self.blocks_seen > 0 {
+            self.after_data()?;
+        }
+        if self.serial_version != self.settings.version {
             let settings = self.settings_text();
             self.serial_buf.extend_from_slice(&settings);
-            self.serial_version = self.settings_version;
+            self.serial_version = self.settings.version;
         }
         if text.len() >= SERIAL_FLUSH_BYTES {
             self.flush_serial()?;
@@ -709,7 +873,7 @@ impl Dispatch {
         let buf = std::mem::replace(&mut c.batch, next);
         let (settings_len, statement_len) = (c.settings_len, c.head.len() - c.settings_len);
         self.stats.copy_batches += 1;
-        self.send_parallel(Job::Copy { buf, settings_len, statement_len })
+        self.send_parallel(Job::Copy { buf, settings_len, statement_len, ahead: None })
     }
 
     fn fresh_batch(&self, head: &[u8]) -> Vec<u8> {
@@ -725,13 +889,44 @@ impl Dispatch {
     }
 
     fn flush_entry(&mut self) -> Result<(), LoadError> {
-        match self.entry.take() {
-            Some(job) => {
-                self.stats.parallel_builds += 1;
-                self.parallel(job)
-            }
-            None => Ok(()),
+        let Some((job, table)) = self.entry.take() else { return Ok(()) };
+        self.stats.parallel_builds += 1;
+        if lock(&self.shared.state).ahead_loading(table.as_deref()) {
+            self.pending.push((table, job));
+            return self.dispatch_ready();
         }
+        self.parallel(job)
+    }
+
+    /// Hands out the waiting builds whose tables the read-ahead has loaded by now.
+    fn dispatch_ready(&mut self) -> Result<(), LoadError> {
+        let mut i = 0;
+        while i < self.pending.len() {
+            if lock(&self.shared.state).ahead_loading(self.pending[i].0.as_deref()) {
+                i += 1;
+                continue;
+            }
+            let (_, job) = self.pending.remove(i);
+            self.parallel(job)?;
+        }
+        Ok(())
+    }
+
+    /// A serial statement met once tables' rows were loading: past the data, the read-ahead
+    /// has nothing left to do, and the statement waits for its tables (and the builds waiting
+    /// for them) — but for sequence values and large objects, which touch no table.
+    fn after_data(&mut self) -> Result<(), LoadError> {
+        {
+            let mut s = lock(&self.shared.state);
+            if !s.ahead_stop {
+                s.ahead_stop = true;
+                self.shared.changed.notify_all();
+            }
+        }
+        if matches!(self.toc_kind(), "SEQUENCE SET" | "BLOBS") {
+            return Ok(());
+        }
+        self.settle(true)
     }
 
     /// Waits for the work of the current mode to finish before work of another mode starts.
@@ -741,7 +936,7 @@ impl Dispatch {
         }
         if self.mode != Mode::Serial {
             self.flush_entry()?;
-            self.wait_parallel()?;
+            self.settle(false)?;
             self.mode = Mode::Serial;
             if !self.deferred.is_empty() {
                 let deferred = std::mem::take(&mut self.deferred);
@@ -757,14 +952,24 @@ impl Dispatch {
         Ok(())
     }
 
-    fn wait_parallel(&self) -> Result<(), LoadError> {
-        let mut s = lock(&self.shared.state);
-        while s.outstanding > 0 && s.failure.is_none() {
-            s = self.shared.changed.wait(s).unwrap_or_else(|e| e.into_inner());
-        }
-        match s.failure.take() {
-            Some(e) => Err(e),
-            None => Ok(()),
+    /// Waits until the parallel work handed out has run; with `ahead`, also until the
+    /// read-ahead's tables are loaded and the builds that waited for them have run.
+    fn settle(&mut self, ahead: bool) -> Result<(), LoadError> {
+        loop {
+            self.dispatch_ready()?;
+            let mut s = lock(&self.shared.state);
+            if let Some(e) = s.failure.take() {
+                return Err(e);
+            }
+            // A build that became ready since `dispatch_ready`: hand it out before waiting.
+            if self.pending.iter().any(|(t, _)| !s.ahead_loading(t.as_deref())) {
+                continue;
+            }
+            let busy = s.outstanding > 0 || (ahead && (s.ahead_loading(None) || !self.pending.is_empty()));
+            if !busy {
+                return Ok(());
+            }
+            drop(self.shared.changed.wait(s).unwrap_or_else(|e| e.into_inner()));
         }
     }
 
@@ -782,14 +987,193 @@ impl Drop for Dispatch {
             return;
         }
         // Abandoned (a failed session, a damaged backup): stop every psql before it commits more,
-        // and let no queued batch reach the server.
+        // and let no queued batch reach the server (nor the read-ahead send more).
         lock(&self.shared.state).over = true;
+        self.shared.changed.notify_all();
         for child in &self.children {
             if let Some(c) = lock(child).as_mut() {
                 let _ = c.kill();
             }
         }
         self.hang_up();
+    }
+}
+
+/// Loads tables further on in the dump while the loader is busy with earlier ones, the way
+/// `pg_restore -j` gives each session a table of its own: fed the same dump from its start (a
+/// second decoding of the same stored bytes, see `tee`), it scans past what the loader does and
+/// claims each table's COPY block the loader has not reached yet, loading its rows on the last
+/// session, alone. The loader reads past the blocks it finds claimed, and builds a table's
+/// indexes and keys once its rows are in, while other tables still load.
+///
+/// It only ever loads `TABLE DATA` rows, under the settings in force where they are, and only
+/// once the loader has run everything before the first table's rows; at the first statement
+/// among the tables' rows that is not a COPY (pg_dump writes none) it stops reading ahead, and
+/// the loader goes on alone. The loader stays the judge of the dump: it reads and checks
+/// every byte, and a failure anywhere drops the whole scratch database.
+pub struct Ahead {
+    scanner: Scanner,
+    a: AheadScan,
+}
+
+struct AheadScan {
+    shared: Arc<Shared>,
+    lane: Sender<Job>,
+    opts: LoadOptions,
+    toc: Option<Toc>,
+    settings: Settings,
+    blocks_seen: usize,
+    loading: Option<AheadCopy>,
+    /// Why reading stopped, for a block left half loaded.
+    why: Option<String>,
+}
+
+struct AheadCopy {
+    k: usize,
+    table: String,
+    head: Vec<u8>,
+    settings_len: usize,
+    batch: Vec<u8>,
+}
+
+impl Ahead {
+    /// Scans the next piece of the dump; false once there is nothing more to read ahead for.
+    pub fn feed(&mut self, data: &[u8]) -> bool {
+        let a = &mut self.a;
+        if self.scanner.feed(data, &mut |ev| a.on_event(ev)).is_err() {
+            return false;
+        }
+        if self.scanner.buffered() > MAX_PENDING_BYTES {
+            self.a.why = Some(format!("a statement or COPY row longer than {} MiB", MAX_PENDING_BYTES >> 20));
+            return false;
+        }
+        true
+    }
+
+    /// Reading the dump failed: a table left half loaded fails the load with `why`.
+    pub fn read_failed(mut self, why: String) {
+        self.a.why = Some(why);
+    }
+}
+
+impl AheadScan {
+    fn toc_kind(&self) -> &str {
+        self.toc.as_ref().map(|t| t.kind.as_str()).unwrap_or("")
+    }
+
+    fn stopped(&self) -> bool {
+        let s = lock(&self.shared.state);
+        s.over || s.ahead_stop
+    }
+
+    fn on_event(&mut self, ev: Event<'_>) -> Result<(), ()> {
+        match ev {
+            Event::Toc(toc) => {
+                if self.loading.is_none() && self.blocks_seen > 0 && self.stopped() {
+                    return Err(());
+                }
+                self.toc = Some(toc);
+                Ok(())
+            }
+            Event::Statement { text, kind } => self.statement(text, kind),
+            // Before the data the loader handles (or refuses) them; among the rows, stop.
+            Event::Meta { .. } | Event::Incomplete { .. } if self.blocks_seen == 0 => Ok(()),
+            Event::Meta { .. } | Event::Incomplete { .. } => Err(()),
+            Event::CopyData(rows) => {
+                let Some(c) = self.loading.as_mut() else { return Ok(()) };
+                c.batch.extend_from_slice(rows);
+                if c.batch.len() - c.head.len() >= BATCH_BYTES {
+                    self.send_batch()?;
+                }
+                Ok(())
+            }
+            Event::CopyEnd(_) => {
+                let Some(k) = self.loading.as_ref().map(|c| c.k) else { return Ok(()) };
+                self.send_batch()?;
+                {
+                    let mut s = lock(&self.shared.state);
+                    s.ahead_block(k, 0, true);
+                    self.shared.changed.notify_all();
+                }
+                let c = self.loading.take().expect("loading");
+                self.shared.recycle(c.batch);
+                Ok(())
+            }
+        }
+    }
+
+    fn statement(&mut self, text: &[u8], kind: StatementKind) -> Result<(), ()> {
+        match kind {
+            StatementKind::SessionSetting { name } if self.opts.no_owner && name == "session_authorization" => Ok(()),
+            StatementKind::SessionSetting { name } => {
+                self.settings.set(name, text);
+                Ok(())
+            }
+            StatementKind::CopyFromStdin { table } if self.toc_kind() == "TABLE DATA" && is_text_copy(text) => {
+                let k = self.blocks_seen;
+                self.blocks_seen += 1;
+                if k == 0 {
+                    // The loader's: it starts the data once everything before has run.
+                    return Ok(());
+                }
+                let mut s = lock(&self.shared.state);
+                loop {
+                    if s.over || s.ahead_stop {
+                        return Err(());
+                    }
+                    if s.data_started {
+                        break;
+                    }
+                    s = self.shared.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+                }
+                if !s.claim(k, Block::Ahead { table: table.clone(), sent: false, loading: 0 }) {
+                    return Ok(());
+                }
+                drop(s);
+                tracing::debug!("read-ahead: loading {table} (block {k})");
+                let mut head = self.settings.text();
+                let settings_len = head.len();
+                head.extend_from_slice(text);
+                let batch = Dispatch::spare_or_new(&self.shared, &head);
+                self.loading = Some(AheadCopy { k, table, head, settings_len, batch });
+                Ok(())
+            }
+            // Before the data: the loader runs it.
+            _ if self.blocks_seen == 0 => Ok(()),
+            // Anything else among the tables' rows: read no further ahead.
+            _ => Err(()),
+        }
+    }
+
+    fn send_batch(&mut self) -> Result<(), ()> {
+        let Some(c) = self.loading.as_mut() else { return Ok(()) };
+        if c.batch.len() == c.head.len() {
+            return Ok(());
+        }
+        {
+            let mut s = lock(&self.shared.state);
+            if s.over {
+                return Err(());
+            }
+            s.ahead_batches += 1;
+            s.ahead_block(c.k, 1, false);
+        }
+        let next = Dispatch::spare_or_new(&self.shared, &c.head);
+        let buf = std::mem::replace(&mut c.batch, next);
+        let (settings_len, statement_len) = (c.settings_len, c.head.len() - c.settings_len);
+        self.lane.send(Job::Copy { buf, settings_len, statement_len, ahead: Some(c.k) }).map_err(|_| ())
+    }
+}
+
+impl Drop for AheadScan {
+    fn drop(&mut self) {
+        // A table half loaded would never be finished: the load fails (unless it already has).
+        if let Some(c) = self.loading.take() {
+            if !lock(&self.shared.state).over {
+                let err = self.why.take().unwrap_or_else(|| "the read-ahead stopped".into());
+                self.shared.fail(LoadError::ReadAhead { table: crate::db::escape_controls(&c.table), err });
+            }
+        }
     }
 }
 

@@ -1075,18 +1075,50 @@ fn string_value(text: &[u8], t: &Tok) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn copy_kind(text: &[u8], v: &[Tok]) -> StatementKind {
+/// A possibly qualified name starting at token `k`: the name joined by '.' (the form of
+/// [`StatementKind::CopyFromStdin`]'s `table`) and the index of the token after it.
+fn qualified_name(text: &[u8], v: &[Tok], mut k: usize) -> Option<(String, usize)> {
     let mut parts: Vec<Vec<u8>> = Vec::new();
-    let mut k = 0;
     loop {
-        let Some(name) = v.get(k).and_then(|t| ident_name(text, t)) else { return StatementKind::Other };
-        parts.push(name);
+        parts.push(v.get(k).and_then(|t| ident_name(text, t))?);
         k += 1;
         if !punct_is(v.get(k), b'.') {
             break;
         }
         k += 1;
     }
+    Some((String::from_utf8_lossy(&parts.join(&b'.')).into_owned(), k))
+}
+
+/// The table an index or key build works on, named as [`StatementKind::CopyFromStdin`] names
+/// the table a COPY loads: `CREATE [UNIQUE] INDEX name ON [ONLY] table …` or
+/// `ALTER TABLE [ONLY] table …` (pg_dump's forms for `INDEX` and `CONSTRAINT` entries). None for
+/// any other statement.
+pub fn build_table(text: &[u8]) -> Option<String> {
+    let v: Vec<Tok> = Tokens { text, i: 0, std_strings: true }.take(16).collect();
+    let w = |k: usize, s: &str| word_is(text, v.get(k), s);
+    let at = if w(0, "create") {
+        let k = if w(1, "unique") { 2 } else { 1 };
+        if !w(k, "index") {
+            return None;
+        }
+        // `INDEX name ON`: pg_dump always names the index.
+        let (_, after) = qualified_name(text, &v, k + 1)?;
+        if !w(after, "on") {
+            return None;
+        }
+        after + 1
+    } else if w(0, "alter") && w(1, "table") {
+        2
+    } else {
+        return None;
+    };
+    let at = if w(at, "only") { at + 1 } else { at };
+    qualified_name(text, &v, at).map(|(name, _)| name)
+}
+
+fn copy_kind(text: &[u8], v: &[Tok]) -> StatementKind {
+    let Some((table, mut k)) = qualified_name(text, v, 0) else { return StatementKind::Other };
     if punct_is(v.get(k), b'(') {
         let mut depth = 0;
         loop {
@@ -1106,7 +1138,7 @@ fn copy_kind(text: &[u8], v: &[Tok]) -> StatementKind {
         }
     }
     if word_is(text, v.get(k), "from") && word_is(text, v.get(k + 1), "stdin") {
-        StatementKind::CopyFromStdin { table: String::from_utf8_lossy(&parts.join(&b'.')).into_owned() }
+        StatementKind::CopyFromStdin { table }
     } else {
         StatementKind::Other
     }
@@ -1780,5 +1812,28 @@ ALTER TABLE public.t OWNER TO app;\n\n\
             assert!(!r.in_copy);
             assert!(!r.events.iter().any(|e| matches!(e, Ev::Incomplete(_))), "{input:?}: {:?}", show(&r.events));
         }
+    }
+
+    #[test]
+    fn build_tables_are_named_as_copy_names_them() {
+        let table = [
+            ("\n--\n-- Name: t_pkey; Type: CONSTRAINT; Schema: public; Owner: o\n--\n\nALTER TABLE ONLY public.t\n    ADD CONSTRAINT t_pkey PRIMARY KEY (id);\n", Some("public.t")),
+            ("CREATE INDEX big_h ON public.big USING btree (h);\n", Some("public.big")),
+            ("CREATE UNIQUE INDEX \"x y\" ON ONLY \"Odd Schema\".\"my \"\"table\"\"\" USING btree (id);", Some("Odd Schema.my \"table\"")),
+            ("ALTER TABLE \"S\".\"T\" ADD CONSTRAINT c UNIQUE (a);", Some("S.T")),
+            ("ALTER INDEX public.p ATTACH PARTITION public.c;", None),
+            ("CREATE INDEX ON public.t (a);", None),
+            ("CREATE TRIGGER tr AFTER INSERT ON public.t FOR EACH ROW EXECUTE FUNCTION f();", None),
+            ("COMMENT ON INDEX public.i IS 'CREATE INDEX i ON public.t';", None),
+        ];
+        for (sql, want) in table {
+            assert_eq!(build_table(sql.as_bytes()).as_deref(), want, "{sql:?}");
+        }
+        // The same name a COPY of that table gives.
+        let copy = |sql: &str| match classify(sql.as_bytes(), true).0 {
+            StatementKind::CopyFromStdin { table } => table,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(copy("COPY \"Odd Schema\".\"my \"\"table\"\"\" (id) FROM stdin;\n"), "Odd Schema.my \"table\"");
     }
 }
