@@ -353,25 +353,84 @@ fn copy_table(statement: &[u8]) -> String {
     crate::db::escape_controls(&name.chars().take(120).collect::<String>())
 }
 
-/// Loads one batch over the session's libpq connection (connecting first if needed).
-fn copy_batch(conn: &mut Option<Conn>, target: &CopyTarget, buf: &[u8], settings_len: usize, statement_len: usize) -> Result<(), String> {
-    if conn.is_none() {
-        *conn = Some(target.tools.connect(&target.db, Some(SESSION_OPTIONS)).map_err(|e| e.to_string())?);
-    }
-    let c = conn.as_mut().expect("connected");
-    let (settings, rest) = buf.split_at(settings_len);
-    let (statement, rows) = rest.split_at(statement_len);
-    if !settings.is_empty() {
-        c.execute(settings).map_err(|e| e.to_string())?;
-    }
-    c.copy_in(statement, rows).map_err(|e| e.to_string())
+/// A session's libpq connection for COPY rows, and the settings last run on it.
+#[derive(Default)]
+struct CopyConn {
+    conn: Option<Conn>,
+    applied: Vec<u8>,
 }
 
-/// Where the read-ahead's batches come from.
-struct Lane {
-    rx: Receiver<Job>,
-    /// Before any other work.
-    first: bool,
+impl CopyConn {
+    fn connect(&mut self, target: &CopyTarget) -> Result<(), String> {
+        self.conn = Some(target.tools.connect(&target.db, Some(SESSION_OPTIONS)).map_err(|e| e.to_string())?);
+        self.applied.clear();
+        Ok(())
+    }
+
+    /// Loads one batch (connecting first if needed). The batch's settings run only when they
+    /// differ from the last ones run here: most batches are a table's next rows, and nothing
+    /// but COPY runs on this connection.
+    fn copy_batch(&mut self, target: &CopyTarget, buf: &[u8], settings_len: usize, statement_len: usize) -> Result<(), String> {
+        if self.conn.is_none() {
+            self.connect(target)?;
+        }
+        let c = self.conn.as_mut().expect("connected");
+        let (settings, rest) = buf.split_at(settings_len);
+        let (statement, rows) = rest.split_at(statement_len);
+        if !settings.is_empty() && settings != self.applied.as_slice() {
+            self.applied.clear();
+            c.execute(settings).map_err(|e| e.to_string())?;
+            self.applied.extend_from_slice(settings);
+        }
+        c.copy_in(statement, rows).map_err(|e| e.to_string())
+    }
+}
+
+/// Where a session's work comes from.
+struct Queues {
+    /// This session's own (the serial statements, for session 0); closed when the load ends.
+    private: Receiver<Job>,
+    /// The loader's COPY batches and its index/key builds, for any session.
+    copies: Option<Receiver<Job>>,
+    builds: Option<Receiver<Job>>,
+    /// The read-ahead's batches, for any session.
+    lane: Option<Receiver<Job>>,
+    /// This session takes the read-ahead's batches before the loader's.
+    lane_first: bool,
+}
+
+impl Queues {
+    /// The next job, None once the load is over. Rows go before builds: the read-ahead's table
+    /// and its builds are what a restore waits for last, so a session with no rows of the
+    /// loader's to load helps with that table before building earlier tables' indexes. The
+    /// read-ahead's own session takes its rows first: loading that table is its job.
+    fn next(&mut self) -> Option<Job> {
+        loop {
+            match self.private.try_recv() {
+                Ok(j) => return Some(j),
+                Err(crossbeam_channel::TryRecvError::Disconnected) => return None,
+                Err(crossbeam_channel::TryRecvError::Empty) => {}
+            }
+            let order = if self.lane_first { [&self.lane, &self.copies, &self.builds] } else { [&self.copies, &self.lane, &self.builds] };
+            for rx in order.into_iter().flatten() {
+                if let Ok(j) = rx.try_recv() {
+                    return Some(j);
+                }
+            }
+            let never = crossbeam_channel::never();
+            let (copies, builds, lane) = (
+                self.copies.clone().unwrap_or_else(|| never.clone()),
+                self.builds.clone().unwrap_or_else(|| never.clone()),
+                self.lane.clone().unwrap_or_else(|| never.clone()),
+            );
+            select! {
+                recv(self.private) -> j => return j.ok(),
+                recv(copies) -> j => match j { Ok(j) => return Some(j), Err(_) => self.copies = None },
+                recv(builds) -> j => match j { Ok(j) => return Some(j), Err(_) => self.builds = None },
+                recv(lane) -> j => match j { Ok(j) => return Some(j), Err(_) => self.lane = None },
+            }
+        }
+    }
 }
 
 /// Server settings of every session: a scratch database is the unit of atomicity, nothing in it
@@ -380,46 +439,15 @@ const SESSION_OPTIONS: &str = "-c client_min_messages=warning -c synchronous_com
 
 /// Runs one session's jobs until the loader hangs up.
 #[allow(clippy::too_many_arguments)]
-fn work(
-    mut session: Session,
-    private: Receiver<Job>,
-    shared_jobs: Receiver<Job>,
-    mut lane: Option<Lane>,
-    shared: Arc<Shared>,
-    key: String,
-    sessions: usize,
-    target: CopyTarget,
-) {
-    let mut shared_open = true;
+fn work(mut session: Session, mut queues: Queues, shared: Arc<Shared>, key: String, sessions: usize, target: CopyTarget) {
     // With several sessions the rows go over a connection of our own: made now, while session 0
     // runs the dump's first statements, not when the first batch is waiting for it. A failure
     // here is tried again, and reported, at the first batch.
-    let mut conn: Option<Conn> = if sessions > 1 { target.tools.connect(&target.db, Some(SESSION_OPTIONS)).ok() } else { None };
-    let never = crossbeam_channel::never();
-    loop {
-        // The read-ahead's session takes its rows first: it is the one session loading that
-        // table, so other work would hold the table up rather than share it. The others take
-        // the loader's work first, and help with the read-ahead's table when there is none.
-        let first = match &lane {
-            Some(l) if l.first => l.rx.try_recv().ok(),
-            _ if shared_open => shared_jobs.try_recv().ok(),
-            _ => None,
-        };
-        let lane_rx = lane.as_ref().map_or(&never, |l| &l.rx);
-        let job = if let Some(j) = first {
-            j
-        } else if shared_open {
-            select! {
-                recv(private) -> j => match j { Ok(j) => j, Err(_) => break },
-                recv(shared_jobs) -> j => match j { Ok(j) => j, Err(_) => { shared_open = false; continue } },
-                recv(lane_rx) -> j => match j { Ok(j) => j, Err(_) => { lane = None; continue } },
-            }
-        } else {
-            select! {
-                recv(private) -> j => match j { Ok(j) => j, Err(_) => break },
-                recv(lane_rx) -> j => match j { Ok(j) => j, Err(_) => { lane = None; continue } },
-            }
-        };
+    let mut conn = CopyConn::default();
+    if sessions > 1 {
+        let _ = conn.connect(&target);
+    }
+    while let Some(job) = queues.next() {
         // A Sync's reply is held until a failure is recorded, so the loader, woken by the
         // dropped reply, finds psql's own reason instead of a bare "ended early".
         let mut reply = None;
@@ -431,7 +459,7 @@ fn work(
                 let loaded = if failed_elsewhere {
                     Err("not loaded: another session failed first".to_string())
                 } else {
-                    copy_batch(&mut conn, &target, &buf, settings_len, statement_len)
+                    conn.copy_batch(&target, &buf, settings_len, statement_len)
                 };
                 let table = copy_table(&buf[settings_len..settings_len + statement_len]);
                 shared.recycle(buf);
@@ -546,6 +574,7 @@ struct Dispatch {
     serial_tx: Sender<Job>,
     private_txs: Vec<Sender<Job>>,
     shared_tx: Option<Sender<Job>>,
+    builds_tx: Option<Sender<Job>>,
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
     children: Vec<Arc<Mutex<Option<Child>>>>,
@@ -577,6 +606,7 @@ impl Loader {
         let nonce = random_key()?;
         let shared = Arc::new(Shared { state: Mutex::default(), changed: Condvar::new(), spare: Mutex::default() });
         let (shared_tx, shared_rx) = bounded::<Job>(jobs);
+        let (builds_tx, builds_rx) = bounded::<Job>(jobs);
         let mut private_txs = Vec::new();
         let mut workers = Vec::new();
         let mut children = Vec::new();
@@ -588,18 +618,24 @@ impl Loader {
             // Serial jobs are small and many: room for a burst without blocking the reader.
             let (tx, rx) = bounded::<Job>(64);
             private_txs.push(tx);
-            let (shared_rx, shared, key) = (shared_rx.clone(), Arc::clone(&shared), key.clone());
+            let (shared, key) = (Arc::clone(&shared), key.clone());
             let target = CopyTarget { tools: tools.clone(), db: db.to_string() };
-            // Every session may load the read-ahead's rows when it has nothing else to do; the
-            // last one takes them before anything else.
-            let lane = (jobs > 1).then(|| Lane { rx: lane_rx.clone(), first: index == jobs - 1 });
-            workers.push(std::thread::spawn(move || work(session, rx, shared_rx, lane, shared, key, jobs, target)));
+            // The read-ahead's rows go to the last session first.
+            let queues = Queues {
+                private: rx,
+                copies: Some(shared_rx.clone()),
+                builds: Some(builds_rx.clone()),
+                lane: (jobs > 1).then(|| lane_rx.clone()),
+                lane_first: index == jobs - 1,
+            };
+            workers.push(std::thread::spawn(move || work(session, queues, shared, key, jobs, target)));
         }
         let d = Dispatch {
             opts: LoadOptions { jobs, ..opts },
             serial_tx: private_txs[0].clone(),
             private_txs,
             shared_tx: Some(shared_tx),
+            builds_tx: Some(builds_tx),
             shared,
             workers,
             children,
@@ -680,6 +716,7 @@ impl Dispatch {
     /// exits), and waits for the workers.
     fn hang_up(&mut self) {
         self.shared_tx = None;
+        self.builds_tx = None;
         self.private_txs.clear();
         let (dummy, _) = bounded(0);
         self.serial_tx = dummy;
@@ -860,7 +897,11 @@ impl Dispatch {
             let mut s = lock(&self.shared.state);
             s.outstanding += 1;
         }
-        let tx = self.shared_tx.as_ref().expect("loader not finished");
+        let tx = match job {
+            Job::Parallel(_) => self.builds_tx.as_ref(),
+            _ => self.shared_tx.as_ref(),
+        };
+        let tx = tx.expect("loader not finished");
         tx.send(job).map_err(|_| self.gone())
     }
 
