@@ -7,7 +7,7 @@
 
 use std::sync::OnceLock;
 
-use ef_backup_e2e::{compare_dbs, drop_db, ef, gunzip, psql, tempdir};
+use ef_backup_e2e::{compare_dbs, drop_db, ef, ef_command, gunzip, psql, tempdir, Run};
 
 const SEED: &str = r#"
 CREATE SCHEMA "Odd Schema";
@@ -158,13 +158,23 @@ fn later_tables_are_read_ahead_and_their_builds_wait_for_their_rows() {
     for jobs in ["2", "1"] {
         let target = format!("ef_e2e_ahead_j{jobs}");
         drop_db(&target);
-        let run = ef(src, &backups, &[], &["restore", &name, "--target-db", &target, "--create", "--jobs", jobs]);
+        let debug = [("EF__LOG", "ef_backup_core=debug,info")];
+        let run = ef(src, &backups, &debug, &["restore", &name, "--target-db", &target, "--create", "--jobs", jobs]);
         assert!(run.ok(), "--jobs {jobs}: {}", run.all());
         let ahead = stat(&run.stdout, "tables read ahead");
         if jobs == "1" {
             assert_eq!(ahead, 0, "{}", run.stdout);
         } else {
-            assert!(ahead >= 1, "nothing was read ahead: {}", run.stdout);
+            // b.second went in on a session of its own, and its three builds started only
+            // once all of its rows were in.
+            assert!(ahead >= 2, "{}", run.stdout);
+            let at = |line: &str| run.stderr.find(line).unwrap_or_else(|| panic!("{line:?} not logged: {}", run.stderr));
+            let loading = at("read-ahead: loading b.second");
+            let loaded = at("read-ahead: b.second loaded");
+            assert!(loading < loaded, "{}", run.stderr);
+            let builds: Vec<usize> = run.stderr.match_indices("load: a build on b.second starts").map(|(i, _)| i).collect();
+            assert_eq!(builds.len(), 3, "{}", run.stderr);
+            assert!(builds.iter().all(|b| *b > loaded), "{}", run.stderr);
         }
         let (same, report) = compare_dbs(src, &target);
         assert!(same, "--jobs {jobs} differs from the source: {report}");
@@ -181,7 +191,7 @@ fn later_tables_are_read_ahead_and_their_builds_wait_for_their_rows() {
     write_gz(&truncated, &sql[..cut]);
     let target = "ef_e2e_ahead_cut";
     drop_db(target);
-    let run = ef(src, &backups, &[], &["restore", truncated.to_str().unwrap(), "--target-db", target, "--create"]);
+    let run = ef(src, &backups, &[], &["restore", truncated.to_str().unwrap(), "--target-db", target, "--create", "--jobs", "2"]);
     assert_eq!(run.code, Some(1), "{}", run.all());
     assert!(run.stderr.contains("footer is missing"), "{}", run.stderr);
     assert_eq!(psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{target}' OR datname LIKE 'ef\\_restore\\_%'")), "0");
@@ -218,6 +228,101 @@ fn the_read_ahead_stops_at_anything_but_table_rows() {
         assert_eq!(psql(&target, "SELECT count(*) FROM b.audit"), "50", "--jobs {jobs}: {}", run.stdout);
         drop_db(&target);
     }
+    drop_db(src);
+}
+
+/// What follows the tables' rows runs after all of them are in, whatever its TOC comment
+/// claims: a statement labelled as a sequence value (which may run while tables still load)
+/// that reads a table the read-ahead is still loading must see all of its rows, as it would
+/// from psql.
+#[test]
+fn a_statement_after_the_rows_waits_for_them_whatever_its_toc_comment_says() {
+    let src = "ef_e2e_ahead_label";
+    drop_db(src);
+    psql("postgres", &format!("CREATE DATABASE {src}"));
+    // The second table checks every row slowly (a sleep each), so that it is still loading when
+    // the loader gets to the statement after it; the first takes long enough to load for the
+    // read-ahead to get to the second one first.
+    psql(
+        src,
+        "CREATE TABLE a_first (id int, t text); INSERT INTO a_first SELECT g, md5(g::text) FROM generate_series(1, 100000) g;
+         CREATE INDEX a_first_id ON a_first (id);
+         CREATE FUNCTION slowly(int) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.0001); RETURN true; END $$;
+         CREATE TABLE b_second (id int CHECK (slowly(id)), t text);
+         INSERT INTO b_second SELECT g, md5(g::text) FROM generate_series(1, 2000) g;",
+    );
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    let name = backup(src, &backups);
+    let sql = gunzip(&backups.join(&name));
+    let second = find(&sql, b"COPY public.b_second ");
+    let end = second + find(&sql[second..], b"\n\\.\n") + 4;
+    let mut crafted = sql[..end].to_vec();
+    crafted.extend_from_slice(
+        b"\n--\n-- Name: counted; Type: SEQUENCE SET; Schema: public; Owner: -\n--\n\nCREATE TABLE public.counted AS SELECT count(*) AS n FROM public.b_second;\n",
+    );
+    crafted.extend_from_slice(&sql[end..]);
+    let file = dir.path().join("labelled.sql.gz");
+    write_gz(&file, &crafted);
+
+    let target = "ef_e2e_ahead_label_j2";
+    drop_db(target);
+    let run = ef(src, &backups, &[], &["restore", file.to_str().unwrap(), "--target-db", target, "--create", "--jobs", "2"]);
+    assert!(run.ok(), "{}", run.all());
+    assert!(stat(&run.stdout, "tables read ahead") >= 1, "the big table was not read ahead: {}", run.stdout);
+    assert_eq!(psql(target, "SELECT n FROM public.counted"), "2000", "{}", run.stdout);
+    drop_db(target);
+    drop_db(src);
+}
+
+/// A file the restore refuses before the first table's rows (a psql meta-command in its
+/// pre-data), with more stored bytes after the second table's COPY than the read-ahead may lag
+/// behind: the refusal ends the restore; the read-ahead, waiting for the data to start, must
+/// not hold the restore's reading of the rest (the gzip check) back forever.
+#[test]
+fn a_file_refused_before_its_rows_does_not_hang_the_read_ahead() {
+    let src = "ef_e2e_ahead_refused";
+    drop_db(src);
+    psql("postgres", &format!("CREATE DATABASE {src}"));
+    // md5 text compresses about 2:1: over 40 MiB of gzip after b_big's COPY.
+    psql(
+        src,
+        "CREATE TABLE a_small (x int); INSERT INTO a_small VALUES (1);
+         CREATE TABLE b_big (a text, b text, c text);
+         INSERT INTO b_big SELECT md5(g::text), md5((g + 1)::text), md5((g + 2)::text) FROM generate_series(1, 1200000) g;",
+    );
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    let name = backup(src, &backups);
+    let sql = gunzip(&backups.join(&name));
+    let at = find(&sql, b"CREATE TABLE public.a_small");
+    let mut crafted = sql[..at].to_vec();
+    crafted.extend_from_slice(b"\\connect other\n");
+    crafted.extend_from_slice(&sql[at..]);
+    let file = dir.path().join("refused.sql.gz");
+    write_gz(&file, &crafted);
+    assert!(std::fs::metadata(&file).unwrap().len() > 36 << 20, "too small to test the window");
+
+    let target = "ef_e2e_ahead_refused_j2";
+    drop_db(target);
+    let mut child = ef_command(src, &backups, &[])
+        .args(["restore", file.to_str().unwrap(), "--target-db", target, "--create", "--jobs", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the restore of a refused file hangs");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let run = Run::from(child.wait_with_output().unwrap());
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    assert!(run.stderr.contains("psql meta-command \\connect"), "{}", run.stderr);
+    assert_eq!(psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{target}' OR datname LIKE 'ef\\_restore\\_%'")), "0");
     drop_db(src);
 }
 

@@ -504,6 +504,8 @@ fn read_ahead(source: &Source, raw: tee::TeeReader, mut ahead: parallel::Ahead) 
     loop {
         match dump.read(&mut buf) {
             Ok(0) => return,
+            // The restore refuses it (see `scan`); nothing from here on is loaded.
+            Ok(n) if memchr::memchr(0, &buf[..n]).is_some() => return ahead.read_failed("it contains a NUL byte".into()),
             Ok(n) if !ahead.feed(&buf[..n]) => return,
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -31,7 +31,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 
-use super::sqlscan::{build_table, Event, Scanner, StatementKind, Toc};
+use super::sqlscan::{build_table, touches_no_table, Event, Scanner, StatementKind, Toc};
 use crate::db::{tail_lines, DbError, PgTools, Running};
 use crate::libpq::Conn;
 use crate::util::lock;
@@ -138,6 +138,10 @@ struct SharedState {
     ahead_stop: bool,
     /// COPY batches the read-ahead sent.
     ahead_batches: u64,
+    /// The read-ahead's blocks not loaded yet, by table (kept beside `blocks` so that asking
+    /// costs the same with a hundred thousand tables).
+    ahead_open: std::collections::HashMap<String, usize>,
+    ahead_open_total: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,26 +164,35 @@ impl SharedState {
         if self.blocks[k].is_some() {
             return false;
         }
+        if let Block::Ahead { table, .. } = &block {
+            *self.ahead_open.entry(table.clone()).or_default() += 1;
+            self.ahead_open_total += 1;
+        }
         self.blocks[k] = Some(block);
         true
     }
 
     /// A read-ahead block of `table` (of any table, for None) is still loading.
     fn ahead_loading(&self, table: Option<&str>) -> bool {
-        self.blocks.iter().any(|b| match b {
-            Some(Block::Ahead { table: t, sent, loading }) => !(*sent && *loading == 0) && table.is_none_or(|x| x == t),
-            _ => false,
-        })
+        match table {
+            None => self.ahead_open_total > 0,
+            Some(t) => self.ahead_open.get(t).is_some_and(|n| *n > 0),
+        }
     }
 
     /// Counts a batch of read-ahead block `k` sent (`by` 1), loaded (-1), or the block's last
     /// batch sent (`last`).
     fn ahead_block(&mut self, k: usize, by: isize, last: bool) {
         if let Some(Some(Block::Ahead { sent, loading, table })) = self.blocks.get_mut(k) {
+            let was_open = !(*sent && *loading == 0);
             *loading = loading.saturating_add_signed(by);
             *sent |= last;
-            if *sent && *loading == 0 {
+            if was_open && *sent && *loading == 0 {
                 tracing::debug!("read-ahead: {table} loaded (block {k})");
+                if let Some(n) = self.ahead_open.get_mut(table.as_str()) {
+                    *n -= 1;
+                }
+                self.ahead_open_total -= 1;
             }
         }
     }
@@ -678,11 +691,18 @@ impl Loader {
     /// Scans and dispatches the next piece of the dump.
     pub fn feed(&mut self, data: &[u8]) -> Result<(), LoadError> {
         let d = &mut self.d;
-        self.scanner.feed(data, &mut |ev| d.on_event(ev))?;
-        if self.scanner.buffered() > MAX_PENDING_BYTES {
-            return Err(LoadError::Refused { what: format!("a statement or COPY row longer than {} MiB", MAX_PENDING_BYTES >> 20) });
+        let mut fed = self.scanner.feed(data, &mut |ev| d.on_event(ev));
+        if fed.is_ok() && self.scanner.buffered() > MAX_PENDING_BYTES {
+            fed = Err(LoadError::Refused { what: format!("a statement or COPY row longer than {} MiB", MAX_PENDING_BYTES >> 20) });
         }
-        Ok(())
+        if fed.is_err() {
+            // Fed no more: the read-ahead, which may be waiting for the data to start (or
+            // hold the reader of the stored bytes back), must stop now.
+            let mut s = lock(&self.d.shared.state);
+            s.over = true;
+            self.d.shared.changed.notify_all();
+        }
+        fed
     }
 
     /// End of the dump: waits until every session has run everything and exited 0.
@@ -851,7 +871,7 @@ impl Dispatch {
         self.flush_entry()?;
         self.enter(Mode::Serial)?;
         if self.blocks_seen > 0 {
-            self.after_data()?;
+            self.after_data(text)?;
         }
         if self.serial_version != self.settings.version {
             let settings = self.settings_text();
@@ -932,10 +952,13 @@ impl Dispatch {
     fn flush_entry(&mut self) -> Result<(), LoadError> {
         let Some((job, table)) = self.entry.take() else { return Ok(()) };
         self.stats.parallel_builds += 1;
+        let named = table.as_deref().unwrap_or("(a table not named)").to_string();
         if lock(&self.shared.state).ahead_loading(table.as_deref()) {
+            tracing::debug!("load: a build on {named} waits for its rows");
             self.pending.push((table, job));
             return self.dispatch_ready();
         }
+        tracing::debug!("load: a build on {named} starts");
         self.parallel(job)
     }
 
@@ -947,7 +970,8 @@ impl Dispatch {
                 i += 1;
                 continue;
             }
-            let (_, job) = self.pending.remove(i);
+            let (table, job) = self.pending.remove(i);
+            tracing::debug!("load: a build on {} starts", table.as_deref().unwrap_or("(a table not named)"));
             self.parallel(job)?;
         }
         Ok(())
@@ -955,8 +979,9 @@ impl Dispatch {
 
     /// A serial statement met once tables' rows were loading: past the data, the read-ahead
     /// has nothing left to do, and the statement waits for its tables (and the builds waiting
-    /// for them) — but for sequence values and large objects, which touch no table.
-    fn after_data(&mut self) -> Result<(), LoadError> {
+    /// for them) — but for pg_dump's sequence values and large objects, which touch no table
+    /// (checked on the statement, not trusted from the TOC comment).
+    fn after_data(&mut self, text: &[u8]) -> Result<(), LoadError> {
         {
             let mut s = lock(&self.shared.state);
             if !s.ahead_stop {
@@ -964,7 +989,7 @@ impl Dispatch {
                 self.shared.changed.notify_all();
             }
         }
-        if matches!(self.toc_kind(), "SEQUENCE SET" | "BLOBS") {
+        if matches!(self.toc_kind(), "SEQUENCE SET" | "BLOBS") && touches_no_table(text) {
             return Ok(());
         }
         self.settle(true)
@@ -1110,7 +1135,7 @@ impl AheadScan {
     fn on_event(&mut self, ev: Event<'_>) -> Result<(), ()> {
         match ev {
             Event::Toc(toc) => {
-                if self.loading.is_none() && self.blocks_seen > 0 && self.stopped() {
+                if self.loading.is_none() && self.stopped() {
                     return Err(());
                 }
                 self.toc = Some(toc);

@@ -1117,6 +1117,34 @@ pub fn build_table(text: &[u8]) -> Option<String> {
     qualified_name(text, &v, at).map(|(name, _)| name)
 }
 
+/// True for the statements pg_dump writes after the tables' rows that read and write no table:
+/// `SELECT pg_catalog.setval(…);` (`SEQUENCE SET`), `SELECT pg_catalog.lo_open|lowrite|lo_close(…);`,
+/// `BEGIN;` and `COMMIT;` (`BLOBS`) — with literal arguments only (numbers, strings,
+/// `true`/`false`). A TOC comment may say anything; this looks at the statement itself.
+pub fn touches_no_table(text: &[u8]) -> bool {
+    let v: Vec<Tok> = Tokens { text, i: 0, std_strings: true }.collect();
+    let w = |k: usize, s: &str| word_is(text, v.get(k), s);
+    if v.len() == 2 && (w(0, "begin") || w(0, "commit")) && punct_is(v.get(1), b';') {
+        return true;
+    }
+    let n = v.len();
+    if n < 7 || !w(0, "select") || !w(1, "pg_catalog") || !punct_is(v.get(2), b'.') || !punct_is(v.get(4), b'(') {
+        return false;
+    }
+    if !["setval", "lo_open", "lowrite", "lo_close"].iter().any(|f| w(3, f)) {
+        return false;
+    }
+    if !punct_is(v.get(n - 1), b';') || !punct_is(v.get(n - 2), b')') {
+        return false;
+    }
+    v[5..n - 2].iter().enumerate().all(|(k, t)| match t.t {
+        T::Punct(b',') => k % 2 == 1,
+        T::Str { .. } | T::Other => k % 2 == 0,
+        T::Word => k % 2 == 0 && (w(5 + k, "true") || w(5 + k, "false")),
+        _ => false,
+    })
+}
+
 fn copy_kind(text: &[u8], v: &[Tok]) -> StatementKind {
     let Some((table, mut k)) = qualified_name(text, v, 0) else { return StatementKind::Other };
     if punct_is(v.get(k), b'(') {
@@ -1835,5 +1863,29 @@ ALTER TABLE public.t OWNER TO app;\n\n\
             other => panic!("{other:?}"),
         };
         assert_eq!(copy("COPY \"Odd Schema\".\"my \"\"table\"\"\" (id) FROM stdin;\n"), "Odd Schema.my \"table\"");
+    }
+
+    #[test]
+    fn only_table_free_statements_are_table_free() {
+        let table = [
+            ("\n--\n-- Name: s; Type: SEQUENCE SET; Schema: public; Owner: o\n--\n\nSELECT pg_catalog.setval('public.s', 42, true);\n", true),
+            ("SELECT pg_catalog.setval('\"Odd\".\"s q\"', 1, false);", true),
+            ("SELECT pg_catalog.lo_open('16401', 131072);", true),
+            ("SELECT pg_catalog.lowrite(0, '\\x6c61726765');", true),
+            ("SELECT pg_catalog.lo_close(0);", true),
+            ("BEGIN;", true),
+            ("COMMIT;\n", true),
+            ("SELECT pg_catalog.setval('s', (SELECT max(id) FROM t), true);", false),
+            ("SELECT pg_catalog.setval('s', 1, true); DELETE FROM t;", false),
+            ("SELECT setval('s', 1, true);", false),
+            ("SELECT pg_catalog.set_config('search_path', '', false);", false),
+            ("SELECT pg_catalog.setval('s', 1, x);", false),
+            ("SELECT pg_catalog.setval('s' 1);", false),
+            ("INSERT INTO t VALUES (1);", false),
+            ("CREATE TRIGGER tr AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION f();", false),
+        ];
+        for (sql, want) in table {
+            assert_eq!(touches_no_table(sql.as_bytes()), want, "{sql:?}");
+        }
     }
 }

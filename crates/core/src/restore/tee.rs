@@ -19,6 +19,8 @@ const CHUNK: usize = 256 << 10;
 pub struct TeeReader {
     shared: Arc<Shared>,
     me: usize,
+    /// Where this reader reads the source into (the buffer keeps exact copies).
+    scratch: Vec<u8>,
 }
 
 struct Shared {
@@ -91,7 +93,7 @@ pub fn tee(source: Box<dyn Read + Send>, window: usize) -> (TeeReader, TeeReader
         changed: Condvar::new(),
         window: window as u64,
     });
-    (TeeReader { shared: Arc::clone(&shared), me: 0 }, TeeReader { shared, me: 1 })
+    (TeeReader { shared: Arc::clone(&shared), me: 0, scratch: Vec::new() }, TeeReader { shared, me: 1, scratch: Vec::new() })
 }
 
 impl Read for TeeReader {
@@ -124,26 +126,38 @@ impl Read for TeeReader {
             let mut source = s.source.take().expect("source present when nobody reads");
             s.reading = true;
             drop(s);
-            let mut chunk = vec![0u8; CHUNK];
-            let got = source.read(&mut chunk);
+            self.scratch.resize(CHUNK, 0);
+            // A source that panics must not leave the other reader waiting for it forever.
+            let guard = Unwinding(&self.shared);
+            let got = source.read(&mut self.scratch);
+            std::mem::forget(guard);
             s = lock(&self.shared.state);
             s.source = Some(source);
             s.reading = false;
             match got {
                 Ok(0) => s.eof = true,
                 Ok(n) => {
-                    chunk.truncate(n);
-                    if n < CHUNK / 4 {
-                        chunk.shrink_to_fit();
-                    }
                     s.end += n as u64;
-                    s.buf.push_back(chunk);
+                    s.buf.push_back(self.scratch[..n].to_vec());
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => s.error = Some((e.kind(), e.to_string())),
             }
             self.shared.changed.notify_all();
         }
+    }
+}
+
+/// Dropped only while a read from the source unwinds: the source is gone, and both readers
+/// get an error instead of waiting for it.
+struct Unwinding<'a>(&'a Shared);
+
+impl Drop for Unwinding<'_> {
+    fn drop(&mut self) {
+        let mut s = lock(&self.0.state);
+        s.reading = false;
+        s.error = Some((io::ErrorKind::Other, "reading the backup failed (the reader panicked)".into()));
+        self.0.changed.notify_all();
     }
 }
 
@@ -222,6 +236,24 @@ mod tests {
         // A reader that goes away holds nobody back.
         drop(a);
         assert_eq!(front.join().unwrap(), 4 << 20);
+    }
+
+    #[test]
+    fn a_source_that_panics_leaves_no_reader_waiting() {
+        struct Panicking;
+        impl Read for Panicking {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                panic!("boom")
+            }
+        }
+        let (mut a, mut b) = tee(Box::new(Panicking), 1 << 20);
+        let first = std::thread::spawn(move || {
+            let mut buf = [0u8; 10];
+            let _ = a.read(&mut buf);
+        });
+        assert!(first.join().is_err(), "the source panicked");
+        let mut buf = [0u8; 10];
+        assert!(b.read(&mut buf).unwrap_err().to_string().contains("panicked"));
     }
 
     #[test]
