@@ -148,12 +148,7 @@ SELECT lo_from_bytea(0, convert_to('large object', 'UTF8'));
 #[test]
 fn later_tables_are_read_ahead_and_their_builds_wait_for_their_rows() {
     let src = "ef_e2e_ahead";
-    drop_db(src);
-    psql("postgres", &format!("CREATE DATABASE {src}"));
-    psql(src, AHEAD_SEED);
-    let dir = tempdir();
-    let backups = dir.path().join("backups");
-    let name = backup(src, &backups);
+    let Seeded { dir, backups, name, sql } = seeded_backup(src, AHEAD_SEED);
 
     for jobs in ["2", "1"] {
         let target = format!("ef_e2e_ahead_j{jobs}");
@@ -184,7 +179,6 @@ fn later_tables_are_read_ahead_and_their_builds_wait_for_their_rows() {
 
     // Cut in the middle of the read-ahead's table: the restore fails as damaged (it neither
     // hangs nor reports the read-ahead's half-loaded table as the cause), and leaves nothing.
-    let sql = gunzip(&backups.join(&name));
     let at = find(&sql, b"COPY b.second ") + 1_000_000;
     let cut = at + sql[at..].iter().position(|&b| b == b'\n').unwrap() + 1;
     let truncated = dir.path().join("cut.sql.gz");
@@ -204,20 +198,10 @@ fn later_tables_are_read_ahead_and_their_builds_wait_for_their_rows() {
 #[test]
 fn the_read_ahead_stops_at_anything_but_table_rows() {
     let src = "ef_e2e_ahead_stop";
-    drop_db(src);
-    psql("postgres", &format!("CREATE DATABASE {src}"));
-    psql(src, AHEAD_SEED);
-    let dir = tempdir();
-    let backups = dir.path().join("backups");
-    let name = backup(src, &backups);
-    let sql = gunzip(&backups.join(&name));
-    let first_rows = find(&sql, b"COPY a.first ");
-    let end = first_rows + find(&sql[first_rows..], b"\n\\.\n") + 4;
-    let mut crafted = sql[..end].to_vec();
-    crafted.extend_from_slice(b"\nCREATE TRIGGER t2_audit AFTER INSERT ON b.t2 FOR EACH ROW EXECUTE FUNCTION b.audit_it();\n");
-    crafted.extend_from_slice(&sql[end..]);
+    let Seeded { dir, backups, sql, .. } = seeded_backup(src, AHEAD_SEED);
     let file = dir.path().join("crafted.sql.gz");
-    write_gz(&file, &crafted);
+    let trigger = b"\nCREATE TRIGGER t2_audit AFTER INSERT ON b.t2 FOR EACH ROW EXECUTE FUNCTION b.audit_it();\n";
+    write_gz(&file, &splice(&sql, rows_end(&sql, b"COPY a.first "), trigger));
 
     for jobs in ["1", "2"] {
         let target = format!("ef_e2e_ahead_stop_j{jobs}");
@@ -238,32 +222,18 @@ fn the_read_ahead_stops_at_anything_but_table_rows() {
 #[test]
 fn a_statement_after_the_rows_waits_for_them_whatever_its_toc_comment_says() {
     let src = "ef_e2e_ahead_label";
-    drop_db(src);
-    psql("postgres", &format!("CREATE DATABASE {src}"));
     // The second table checks every row slowly (a sleep each), so that it is still loading when
     // the loader gets to the statement after it; the first takes long enough to load for the
     // read-ahead to get to the second one first.
-    psql(
-        src,
-        "CREATE TABLE a_first (id int, t text); INSERT INTO a_first SELECT g, md5(g::text) FROM generate_series(1, 100000) g;
+    let seed = "CREATE TABLE a_first (id int, t text); INSERT INTO a_first SELECT g, md5(g::text) FROM generate_series(1, 100000) g;
          CREATE INDEX a_first_id ON a_first (id);
          CREATE FUNCTION slowly(int) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.0001); RETURN true; END $$;
          CREATE TABLE b_second (id int CHECK (slowly(id)), t text);
-         INSERT INTO b_second SELECT g, md5(g::text) FROM generate_series(1, 2000) g;",
-    );
-    let dir = tempdir();
-    let backups = dir.path().join("backups");
-    let name = backup(src, &backups);
-    let sql = gunzip(&backups.join(&name));
-    let second = find(&sql, b"COPY public.b_second ");
-    let end = second + find(&sql[second..], b"\n\\.\n") + 4;
-    let mut crafted = sql[..end].to_vec();
-    crafted.extend_from_slice(
-        b"\n--\n-- Name: counted; Type: SEQUENCE SET; Schema: public; Owner: -\n--\n\nCREATE TABLE public.counted AS SELECT count(*) AS n FROM public.b_second;\n",
-    );
-    crafted.extend_from_slice(&sql[end..]);
+         INSERT INTO b_second SELECT g, md5(g::text) FROM generate_series(1, 2000) g;";
+    let Seeded { dir, backups, sql, .. } = seeded_backup(src, seed);
+    let labelled = b"\n--\n-- Name: counted; Type: SEQUENCE SET; Schema: public; Owner: -\n--\n\nCREATE TABLE public.counted AS SELECT count(*) AS n FROM public.b_second;\n";
     let file = dir.path().join("labelled.sql.gz");
-    write_gz(&file, &crafted);
+    write_gz(&file, &splice(&sql, rows_end(&sql, b"COPY public.b_second "), labelled));
 
     let target = "ef_e2e_ahead_label_j2";
     drop_db(target);
@@ -282,25 +252,13 @@ fn a_statement_after_the_rows_waits_for_them_whatever_its_toc_comment_says() {
 #[test]
 fn a_file_refused_before_its_rows_does_not_hang_the_read_ahead() {
     let src = "ef_e2e_ahead_refused";
-    drop_db(src);
-    psql("postgres", &format!("CREATE DATABASE {src}"));
     // md5 text compresses about 2:1: over 40 MiB of gzip after b_big's COPY.
-    psql(
-        src,
-        "CREATE TABLE a_small (x int); INSERT INTO a_small VALUES (1);
+    let seed = "CREATE TABLE a_small (x int); INSERT INTO a_small VALUES (1);
          CREATE TABLE b_big (a text, b text, c text);
-         INSERT INTO b_big SELECT md5(g::text), md5((g + 1)::text), md5((g + 2)::text) FROM generate_series(1, 1200000) g;",
-    );
-    let dir = tempdir();
-    let backups = dir.path().join("backups");
-    let name = backup(src, &backups);
-    let sql = gunzip(&backups.join(&name));
-    let at = find(&sql, b"CREATE TABLE public.a_small");
-    let mut crafted = sql[..at].to_vec();
-    crafted.extend_from_slice(b"\\connect other\n");
-    crafted.extend_from_slice(&sql[at..]);
+         INSERT INTO b_big SELECT md5(g::text), md5((g + 1)::text), md5((g + 2)::text) FROM generate_series(1, 1200000) g;";
+    let Seeded { dir, backups, sql, .. } = seeded_backup(src, seed);
     let file = dir.path().join("refused.sql.gz");
-    write_gz(&file, &crafted);
+    write_gz(&file, &splice(&sql, find(&sql, b"CREATE TABLE public.a_small"), b"\\connect other\n"));
     assert!(std::fs::metadata(&file).unwrap().len() > 36 << 20, "too small to test the window");
 
     let target = "ef_e2e_ahead_refused_j2";
@@ -324,6 +282,37 @@ fn a_file_refused_before_its_rows_does_not_hang_the_read_ahead() {
     assert!(run.stderr.contains("psql meta-command \\connect"), "{}", run.stderr);
     assert_eq!(psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{target}' OR datname LIKE 'ef\\_restore\\_%'")), "0");
     drop_db(src);
+}
+
+/// A database seeded afresh and backed up with the real binary.
+struct Seeded {
+    dir: tempfile::TempDir,
+    backups: std::path::PathBuf,
+    name: String,
+    /// The backup's SQL, for crafting files from.
+    sql: Vec<u8>,
+}
+
+fn seeded_backup(src: &str, seed: &str) -> Seeded {
+    drop_db(src);
+    psql("postgres", &format!("CREATE DATABASE {src}"));
+    psql(src, seed);
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    let name = backup(src, &backups);
+    let sql = gunzip(&backups.join(&name));
+    Seeded { dir, backups, name, sql }
+}
+
+/// Where the COPY rows after `copy` end (after their `\.` line).
+fn rows_end(sql: &[u8], copy: &[u8]) -> usize {
+    let at = find(sql, copy);
+    at + find(&sql[at..], b"\n\\.\n") + 4
+}
+
+/// `sql` with `insert` put in at `at`.
+fn splice(sql: &[u8], at: usize, insert: &[u8]) -> Vec<u8> {
+    [&sql[..at], insert, &sql[at..]].concat()
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> usize {

@@ -451,7 +451,6 @@ impl Queues {
 const SESSION_OPTIONS: &str = "-c client_min_messages=warning -c synchronous_commit=off";
 
 /// Runs one session's jobs until the loader hangs up.
-#[allow(clippy::too_many_arguments)]
 fn work(mut session: Session, mut queues: Queues, shared: Arc<Shared>, key: String, sessions: usize, target: CopyTarget) {
     // With several sessions the rows go over a connection of our own: made now, while session 0
     // runs the dump's first statements, not when the first batch is waiting for it. A failure
