@@ -185,10 +185,17 @@ fn later_tables_are_read_ahead_and_their_builds_wait_for_their_rows() {
     write_gz(&truncated, &sql[..cut]);
     let target = "ef_e2e_ahead_cut";
     drop_db(target);
-    let run = ef(src, &backups, &[], &["restore", truncated.to_str().unwrap(), "--target-db", target, "--create", "--jobs", "2"]);
+    let child = ef_command(src, &backups, &[])
+        .args(["restore", truncated.to_str().unwrap(), "--target-db", target, "--create", "--jobs", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let run = Run::from(child.wait_with_output().unwrap());
     assert_eq!(run.code, Some(1), "{}", run.all());
     assert!(run.stderr.contains("footer is missing"), "{}", run.stderr);
-    assert_eq!(psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{target}' OR datname LIKE 'ef\\_restore\\_%'")), "0");
+    assert_nothing_left(target, pid);
     drop_db(src);
 }
 
@@ -277,11 +284,19 @@ fn a_file_refused_before_its_rows_does_not_hang_the_read_ahead() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    let pid = child.id();
     let run = Run::from(child.wait_with_output().unwrap());
     assert_eq!(run.code, Some(1), "{}", run.all());
     assert!(run.stderr.contains("psql meta-command \\connect"), "{}", run.stderr);
-    assert_eq!(psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{target}' OR datname LIKE 'ef\\_restore\\_%'")), "0");
+    assert_nothing_left(target, pid);
     drop_db(src);
+}
+
+/// Neither the target nor the scratch database of the restore run by process `pid` (named
+/// after it; other tests' restores may be under way) is there.
+fn assert_nothing_left(target: &str, pid: u32) {
+    let sql = format!("SELECT count(*) FROM pg_database WHERE datname = '{target}' OR datname LIKE 'ef\\_restore\\_{pid}\\_%'");
+    assert_eq!(psql("postgres", &sql), "0", "a database was left behind");
 }
 
 /// A database seeded afresh and backed up with the real binary.
