@@ -11,12 +11,18 @@
 #   zcat|psql      zcat FILE | psql (the naive pipe, from the same .sql.gz)
 #   pg_restore-j2  pg_restore -j2 from a custom-format dump of the same database
 #   pg_restore-j1  pg_restore from the same custom-format dump
+# ef-backup restore --create creates the database it restores into (a scratch database,
+# renamed into place at the end), so each other method's time includes creating its database
+# too (`CREATE DATABASE restored TEMPLATE template0` from a psql run, as `createdb` would):
+# the same job, timed whole. Their load alone is printed as well (`load only`).
 # Wall time, CPU time (of the client side; the server's work is not in it) and peak RSS come
 # from GNU time. Peak RSS of ef-backup is also measured on a database a fifth the size, to show
 # it does not grow with the database.
 # `bench/restore.sh stop` stops the benchmark's PostgreSQL and deletes its state.
 # shellcheck disable=SC2016  # the sh -c scripts below expand their own arguments
 set -euo pipefail
+# A failed step inside $(…) stops the benchmark too.
+shopt -s inherit_errexit
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -88,19 +94,29 @@ measure() {
   echo "$wall $(awk -v u="$user" -v s="$sys" 'BEGIN {print u + s}') $rss"
 }
 
-run_method() {  # $1 = method; prints "wall cpu rss_kb"
+# The other methods' database, created the way a user would before loading into it; prints
+# "wall cpu rss_kb" of that step.
+create_db() { measure "${PSQL[@]}" -d postgres -c "CREATE DATABASE restored TEMPLATE template0"; }
+
+# Two measurements of one method's steps as one: times and CPU add up, peak RSS is the larger.
+plus() { awk -v a="$1" -v b="$2" 'BEGIN {split(a, x, " "); split(b, y, " "); printf "%.2f %.2f %d\n", x[1] + y[1], x[2] + y[2], (x[3] > y[3] ? x[3] : y[3])}'; }
+
+run_method() {  # $1 = method; prints "wall cpu rss_kb load_wall" (load_wall: without creating the database)
   fresh
+  local created loaded
   case "$1" in
-    ef-backup) EF__DB_NAME=bench measure "$BIN" restore "$FILE" --target-db restored --create ;;
-    ef-backup-j1) EF__DB_NAME=bench measure "$BIN" restore "$FILE" --target-db restored --create --jobs 1 ;;
-    ef-backup-small) EF__DB_NAME=bench measure "$BIN" restore "$SMALL" --target-db restored --create ;;
+    ef-backup) loaded="$(EF__DB_NAME=bench measure "$BIN" restore "$FILE" --target-db restored --create)" ;;
+    ef-backup-j1) loaded="$(EF__DB_NAME=bench measure "$BIN" restore "$FILE" --target-db restored --create --jobs 1)" ;;
+    ef-backup-small) loaded="$(EF__DB_NAME=bench measure "$BIN" restore "$SMALL" --target-db restored --create)" ;;
     zcat\|psql)
-      "${PSQL[@]}" -d postgres -c "CREATE DATABASE restored TEMPLATE template0"
-      measure sh -c 'zcat "$0" | "$1" -X -q -v ON_ERROR_STOP=1 -d restored' "$FILE" "$PG_BIN/psql" ;;
+      created="$(create_db)"
+      loaded="$(measure sh -c 'zcat "$0" | "$1" -X -q -v ON_ERROR_STOP=1 -d restored' "$FILE" "$PG_BIN/psql")" ;;
     pg_restore-j*)
-      "${PSQL[@]}" -d postgres -c "CREATE DATABASE restored TEMPLATE template0"
-      measure "$PG_BIN/pg_restore" -j "${1#pg_restore-j}" -d restored "$CUSTOM" ;;
+      created="$(create_db)"
+      loaded="$(measure "$PG_BIN/pg_restore" -j "${1#pg_restore-j}" -d restored "$CUSTOM")" ;;
   esac
+  # ef-backup creates its database within its own run.
+  echo "$(plus "${created:-0 0 0}" "$loaded") ${loaded%% *}"
 }
 
 methods=(ef-backup ef-backup-j1 "zcat|psql" pg_restore-j2 pg_restore-j1 ef-backup-small)
@@ -109,7 +125,7 @@ for r in $(seq 1 "$ROUNDS"); do
   for m in "${methods[@]}"; do
     res="$(run_method "$m")"
     results[$m]+="$res"$'\n'
-    log "round $r/$ROUNDS $m: $res (wall s, cpu s, peak RSS KiB)"
+    log "round $r/$ROUNDS $m: $res (wall s, cpu s, peak RSS KiB, load-only wall s)"
   done
 done
 fresh
@@ -120,16 +136,19 @@ col() { printf '%s' "${results[$1]}" | awk -v c="$2" 'NF {print $c}' | median; }
 echo
 echo "ef-backup restore benchmark: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "database: pgbench scale $SCALE + docs (jsonb); backup $(awk -v b="$(stat -c %s "$FILE")" 'BEGIN {printf "%.1f MB", b/1e6}') gzip, $(awk -v b="$(zcat "$FILE" | wc -c)" 'BEGIN {printf "%.1f MB", b/1e6}') of SQL; custom-format dump $(awk -v b="$(stat -c %s "$CUSTOM")" 'BEGIN {printf "%.1f MB", b/1e6}'); $ROUNDS rounds, medians"
-printf '%-16s %9s %9s %10s\n' method wall_s cpu_s rss_MiB
+printf '%-16s %9s %9s %10s %11s\n' method wall_s cpu_s rss_MiB load_only_s
 for m in "${methods[@]}"; do
-  printf '%-16s %9.2f %9.2f %10.1f\n' "$m" "$(col "$m" 1)" "$(col "$m" 2)" "$(awk -v k="$(col "$m" 3)" 'BEGIN {print k/1024}')"
+  printf '%-16s %9.2f %9.2f %10.1f %11.2f\n' "$m" "$(col "$m" 1)" "$(col "$m" 2)" "$(awk -v k="$(col "$m" 3)" 'BEGIN {print k/1024}')" "$(col "$m" 4)"
 done
-echo "(ef-backup-small: the same restore of a database a fifth the size, for peak RSS)"
+echo "(ef-backup-small: the same restore of a database a fifth the size, for peak RSS;"
+echo " wall_s of zcat|psql and pg_restore includes CREATE DATABASE, load_only_s does not)"
 echo
 awk -v ef="$(col ef-backup 1)" -v z="$(col 'zcat|psql' 1)" -v p2="$(col pg_restore-j2 1)" -v j1="$(col ef-backup-j1 1)" \
+    -v zl="$(col 'zcat|psql' 4)" -v p2l="$(col pg_restore-j2 4)" \
     -v rb="$(col ef-backup 3)" -v rs="$(col ef-backup-small 3)" 'BEGIN {
   printf "ef-backup time / zcat|psql time:     %.2fx   (goal <= 0.70)\n", ef/z
   printf "ef-backup time / pg_restore -j2 time: %.2fx   (goal <= 1.00)\n", ef/p2
+  printf "  the same against their load only:   %.2fx and %.2fx (their CREATE DATABASE not timed)\n", ef/zl, ef/p2l
   printf "ef-backup --jobs 1 / zcat|psql time:  %.2fx\n", j1/z
   printf "ef-backup peak RSS, big / small db:   %.2fx   (flat: about 1)\n", rb/rs
 }'

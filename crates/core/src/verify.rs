@@ -10,7 +10,7 @@ use crate::db::{quote_ident, quote_literal, tail_lines, DbError, PgTools};
 use crate::dump::{DumpFacts, QualifiedName, SequenceState};
 use crate::restore::parallel::LoadOptions;
 use crate::restore::props::{self, CreateOptions};
-use crate::restore::{restore_into_new, scratch_name, RestoreError, Source, MAINTENANCE_DB};
+use crate::restore::{restore_into_new, scratch_name, Facts, RestoreError, Source, MAINTENANCE_DB};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -526,7 +526,7 @@ pub fn verify(tools: &PgTools, live_db: &str, source: &Source, against_dump: boo
         props::plan(tools, MAINTENANCE_DB, live_db, true, &CreateOptions { owner: Some(me), ..CreateOptions::default() }, None)?
             .create_sql(&scratch_db)
     };
-    let (scratch, check) = restore_into_new(tools, source, &scratch_db, &create_sql, load)?;
+    let (scratch, check) = restore_into_new(tools, source, &scratch_db, &create_sql, load, if against_dump { Facts::Collect } else { Facts::Skip })?;
     let restored = read_state(tools, &scratch.name, !against_dump)?;
     drop(scratch);
     let (reference, (tables, kinds)) = if against_dump {

@@ -305,7 +305,7 @@ fn run(
     };
     tracing::info!("drill: restoring {} into {scratch_db} on {server}", source.label());
     let started = Instant::now();
-    let (scratch, check) = restore::restore_into_new(loader, source, &scratch_db, &create_sql, load)?;
+    let (scratch, check) = restore::restore_into_new(loader, source, &scratch_db, &create_sql, load, restore::Facts::Collect)?;
     let restore_seconds = started.elapsed().as_secs_f64();
 
     let started = Instant::now();

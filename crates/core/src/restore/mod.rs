@@ -230,7 +230,8 @@ pub struct BackupCheck {
     /// The SHA-256 of the stored bytes.
     pub sha256: [u8; 32],
     pub dump_bytes: u64,
-    /// What the dump says it holds: COPY row counts, sequence values, large objects.
+    /// What the dump says it holds: COPY row counts, sequence values, large objects (empty when
+    /// the reader asked for [`Facts::Skip`]).
     pub facts: DumpFacts,
     /// How the dump was loaded (when it was).
     pub load: LoadStats,
@@ -263,13 +264,24 @@ fn corrupt(source: &Source, e: io::Error) -> RestoreError {
 /// Reads a whole backup: gzip integrity (every member's CRC and length), the dump's footer,
 /// and the rows of each COPY block. Calls `sink` with the SQL as it goes.
 pub fn scan(source: &Source, sink: impl FnMut(&[u8]) -> Result<(), RestoreError>) -> Result<BackupCheck, RestoreError> {
-    scan_from(source, source.raw()?, sink)
+    scan_from(source, source.raw()?, Facts::Collect, sink)
+}
+
+/// Whether a read of a backup collects what the dump holds ([`BackupCheck::facts`]): hashing
+/// every row is a tenth of a restore's client CPU, and only comparisons need it (`verify
+/// --against-dump`, drills, `check`) — a restore's integrity is the stored bytes' hash and
+/// gzip's CRC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Facts {
+    Collect,
+    Skip,
 }
 
 /// [`scan`] of `raw`, the source's stored bytes.
 fn scan_from(
     source: &Source,
     raw: Box<dyn Read + Send>,
+    collect: Facts,
     mut sink: impl FnMut(&[u8]) -> Result<(), RestoreError>,
 ) -> Result<BackupCheck, RestoreError> {
     let mut counted = Counted { inner: raw, bytes: 0, sha256: Default::default() };
@@ -291,7 +303,9 @@ fn scan_from(
             return Err(damaged(source, "it contains a NUL byte, which no pg_dump output does"));
         }
         complete.update(chunk);
-        facts.update(chunk);
+        if collect == Facts::Collect {
+            facts.update(chunk);
+        }
         dump_bytes += chunk.len() as u64;
         sink(chunk)
     };
@@ -438,6 +452,7 @@ pub fn restore_into_new<'a>(
     name: &str,
     create_sql: &str,
     load: LoadOptions,
+    facts: Facts,
 ) -> Result<(Scratch<'a>, BackupCheck), RestoreError> {
     tools.execute(MAINTENANCE_DB, create_sql)?;
     let scratch = Scratch::new(tools, name);
@@ -456,7 +471,7 @@ pub fn restore_into_new<'a>(
     // member reaches psql before the member's CRC does, and "the backup is damaged" is the
     // truer report than psql's syntax error.
     let mut failed = None;
-    let scanned = scan_from(source, raw, |data| {
+    let scanned = scan_from(source, raw, facts, |data| {
         if failed.is_none() {
             failed = loader.feed(data).err();
         }
@@ -579,7 +594,7 @@ pub fn restore(tools: &PgTools, source: &Source, target: &str, opts: &RestoreOpt
     let plan = props::plan(tools, admin_db, target, exists, &create_with, from_backup.as_ref())?;
     let scratch_db = scratch_name("restore");
     tracing::info!("restoring {} into scratch database {scratch_db}", source.label());
-    let (mut scratch, check) = restore_into_new(tools, source, &scratch_db, &plan.create_sql(&scratch_db), opts.load)?;
+    let (mut scratch, check) = restore_into_new(tools, source, &scratch_db, &plan.create_sql(&scratch_db), opts.load, Facts::Skip)?;
     // The plan came from a first look at the file, the data from a second read.
     if !exists && check.properties != from_backup {
         return Err(damaged(source, "its database properties line changed while it was read (was the file replaced meanwhile?)"));
