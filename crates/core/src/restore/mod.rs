@@ -269,8 +269,8 @@ pub fn scan(source: &Source, sink: impl FnMut(&[u8]) -> Result<(), RestoreError>
 
 /// Whether a read of a backup collects what the dump holds ([`BackupCheck::facts`]): hashing
 /// every row is a tenth of a restore's client CPU, and only comparisons need it (`verify
-/// --against-dump`, drills, `check`) — a restore's integrity is the stored bytes' hash and
-/// gzip's CRC.
+/// --against-dump`, `verify --offline`, drills) — a restore's integrity is the stored bytes'
+/// hash and gzip's CRC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Facts {
     Collect,
