@@ -121,12 +121,17 @@ fn parallel_restore_equals_serial_restore_table_by_table() {
 
 /// A database whose first table takes a while to load, so that the read-ahead reaches the
 /// next tables first: their keys and indexes, a foreign key between them, a sequence and a
-/// large object after the rows.
+/// large object after the rows. The loader hands a table's rows out batch by batch and only
+/// waits when every session is busy and the queue is full (16 MiB): the first table is bigger
+/// than that (22 MB) and its check sleeps 1 ms on every 100th row (3 s in all), so the loader is
+/// held there for a second or so while the read-ahead scans on, however busy the machine (CI
+/// once caught the loader first when the whole table fitted in the queue).
 const AHEAD_SEED: &str = r#"
 CREATE SCHEMA a;
 CREATE SCHEMA b;
-CREATE TABLE a.first (id int, t text);
-INSERT INTO a.first SELECT g, md5(g::text) FROM generate_series(1, 300000) g;
+CREATE FUNCTION a.slow(n int) RETURNS boolean LANGUAGE sql AS $$ SELECT n % 100 <> 0 OR pg_catalog.pg_sleep(0.001) IS NOT NULL $$;
+CREATE TABLE a.first (id int CHECK (a.slow(id)), t text);
+INSERT INTO a.first SELECT g, md5(g::text) || md5((g + 1)::text) FROM generate_series(1, 300000) g;
 CREATE TABLE b.second (id int PRIMARY KEY, v text);
 INSERT INTO b.second SELECT g, md5((g * 3)::text) FROM generate_series(1, 100000) g;
 CREATE INDEX second_v ON b.second (v);
@@ -160,16 +165,18 @@ fn later_tables_are_read_ahead_and_their_builds_wait_for_their_rows() {
         if jobs == "1" {
             assert_eq!(ahead, 0, "{}", run.stdout);
         } else {
-            // b.second went in on a session of its own, and its three builds started only
-            // once all of its rows were in.
+            // b.second (and the later tables) went in on a session of their own, and the
+            // builds on each table read ahead started only once all of its rows were in.
             assert!(ahead >= 2, "{}", run.stdout);
             let at = |line: &str| run.stderr.find(line).unwrap_or_else(|| panic!("{line:?} not logged: {}", run.stderr));
-            let loading = at("read-ahead: loading b.second");
-            let loaded = at("read-ahead: b.second loaded");
-            assert!(loading < loaded, "{}", run.stderr);
-            let builds: Vec<usize> = run.stderr.match_indices("load: a build on b.second starts").map(|(i, _)| i).collect();
-            assert_eq!(builds.len(), 3, "{}", run.stderr);
-            assert!(builds.iter().all(|b| *b > loaded), "{}", run.stderr);
+            for (table, builds_expected) in [("b.second", 3), ("b.third", 1)] {
+                let loading = at(&format!("read-ahead: loading {table} "));
+                let loaded = at(&format!("read-ahead: {table} loaded"));
+                assert!(loading < loaded, "{}", run.stderr);
+                let builds: Vec<usize> = run.stderr.match_indices(&format!("load: a build on {table} starts")).map(|(i, _)| i).collect();
+                assert_eq!(builds.len(), builds_expected, "{table}: {}", run.stderr);
+                assert!(builds.iter().all(|b| *b > loaded), "{table}: {}", run.stderr);
+            }
         }
         let (same, report) = compare_dbs(src, &target);
         assert!(same, "--jobs {jobs} differs from the source: {report}");
@@ -230,9 +237,13 @@ fn the_read_ahead_stops_at_anything_but_table_rows() {
 fn a_statement_after_the_rows_waits_for_them_whatever_its_toc_comment_says() {
     let src = "ef_e2e_ahead_label";
     // The second table checks every row slowly (a sleep each), so that it is still loading when
-    // the loader gets to the statement after it; the first takes long enough to load for the
-    // read-ahead to get to the second one first.
-    let seed = "CREATE TABLE a_first (id int, t text); INSERT INTO a_first SELECT g, md5(g::text) FROM generate_series(1, 100000) g;
+    // the loader gets to the statement after it; the first holds the loader back (bigger than
+    // its queue, and a sleep on every 100th row: see AHEAD_SEED), so that the read-ahead gets to
+    // the second one first however busy the machine.
+    let seed =
+        "CREATE FUNCTION now_and_then(n int) RETURNS boolean LANGUAGE sql AS $$ SELECT n % 100 <> 0 OR pg_catalog.pg_sleep(0.001) IS NOT NULL $$;
+         CREATE TABLE a_first (id int CHECK (now_and_then(id)), t text);
+         INSERT INTO a_first SELECT g, md5(g::text) || md5((g + 1)::text) FROM generate_series(1, 300000) g;
          CREATE INDEX a_first_id ON a_first (id);
          CREATE FUNCTION slowly(int) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.0001); RETURN true; END $$;
          CREATE TABLE b_second (id int CHECK (slowly(id)), t text);
