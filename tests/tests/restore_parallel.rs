@@ -119,19 +119,29 @@ fn parallel_restore_equals_serial_restore_table_by_table() {
     }
 }
 
-/// A database whose first table takes a while to load, so that the read-ahead reaches the
-/// next tables first: their keys and indexes, a foreign key between them, a sequence and a
-/// large object after the rows. The loader hands a table's rows out batch by batch and only
-/// waits when every session is busy and the queue is full (16 MiB): the first table is bigger
-/// than that (22 MB) and its check sleeps 1 ms on every 100th row (3 s in all), so the loader is
-/// held there for a second or so while the read-ahead scans on, however busy the machine (CI
-/// once caught the loader first when the whole table fitted in the queue).
-const AHEAD_SEED: &str = r#"
-CREATE SCHEMA a;
+/// SQL of a first table that holds the loader back while the read-ahead scans on, however busy
+/// the machine. The loader hands a table's rows out batch by batch and only waits when every
+/// session is busy and the queue is full (16 MiB): this table is bigger than that (22 MB) and
+/// its check sleeps 1 ms on every 100th row (3 s in all), so the loader is held there for a
+/// second or so (CI once caught the loader first when the whole table fitted in the queue).
+fn holding_table(table: &str) -> String {
+    format!(
+        "CREATE FUNCTION {table}_slow(n int) RETURNS boolean LANGUAGE sql AS $$ SELECT n % 100 <> 0 OR pg_catalog.pg_sleep(0.001) IS NOT NULL $$;
+         CREATE TABLE {table} (id int CHECK ({table}_slow(id)), t text);
+         INSERT INTO {table} SELECT g, md5(g::text) || md5((g + 1)::text) FROM generate_series(1, 300000) g;\n"
+    )
+}
+
+/// A database whose first table takes a while to load ([`holding_table`]), so that the
+/// read-ahead reaches the next tables first: their keys and indexes, a foreign key between
+/// them, a sequence and a large object after the rows.
+fn ahead_seed() -> String {
+    format!("CREATE SCHEMA a;\n{}{AHEAD_REST}", holding_table("a.first"))
+}
+
+/// [`ahead_seed`] after its first table.
+const AHEAD_REST: &str = r#"
 CREATE SCHEMA b;
-CREATE FUNCTION a.slow(n int) RETURNS boolean LANGUAGE sql AS $$ SELECT n % 100 <> 0 OR pg_catalog.pg_sleep(0.001) IS NOT NULL $$;
-CREATE TABLE a.first (id int CHECK (a.slow(id)), t text);
-INSERT INTO a.first SELECT g, md5(g::text) || md5((g + 1)::text) FROM generate_series(1, 300000) g;
 CREATE TABLE b.second (id int PRIMARY KEY, v text);
 INSERT INTO b.second SELECT g, md5((g * 3)::text) FROM generate_series(1, 100000) g;
 CREATE INDEX second_v ON b.second (v);
@@ -153,7 +163,7 @@ SELECT lo_from_bytea(0, convert_to('large object', 'UTF8'));
 #[test]
 fn later_tables_are_read_ahead_and_their_builds_wait_for_their_rows() {
     let src = "ef_e2e_ahead";
-    let Seeded { dir, backups, name, sql } = seeded_backup(src, AHEAD_SEED);
+    let Seeded { dir, backups, name, sql } = seeded_backup(src, &ahead_seed());
 
     for jobs in ["2", "1"] {
         let target = format!("ef_e2e_ahead_j{jobs}");
@@ -212,7 +222,7 @@ fn later_tables_are_read_ahead_and_their_builds_wait_for_their_rows() {
 #[test]
 fn the_read_ahead_stops_at_anything_but_table_rows() {
     let src = "ef_e2e_ahead_stop";
-    let Seeded { dir, backups, sql, .. } = seeded_backup(src, AHEAD_SEED);
+    let Seeded { dir, backups, sql, .. } = seeded_backup(src, &ahead_seed());
     let file = dir.path().join("crafted.sql.gz");
     let trigger = b"\nCREATE TRIGGER t2_audit AFTER INSERT ON b.t2 FOR EACH ROW EXECUTE FUNCTION b.audit_it();\n";
     write_gz(&file, &splice(&sql, rows_end(&sql, b"COPY a.first "), trigger));
@@ -237,18 +247,14 @@ fn the_read_ahead_stops_at_anything_but_table_rows() {
 fn a_statement_after_the_rows_waits_for_them_whatever_its_toc_comment_says() {
     let src = "ef_e2e_ahead_label";
     // The second table checks every row slowly (a sleep each), so that it is still loading when
-    // the loader gets to the statement after it; the first holds the loader back (bigger than
-    // its queue, and a sleep on every 100th row: see AHEAD_SEED), so that the read-ahead gets to
-    // the second one first however busy the machine.
-    let seed =
-        "CREATE FUNCTION now_and_then(n int) RETURNS boolean LANGUAGE sql AS $$ SELECT n % 100 <> 0 OR pg_catalog.pg_sleep(0.001) IS NOT NULL $$;
-         CREATE TABLE a_first (id int CHECK (now_and_then(id)), t text);
-         INSERT INTO a_first SELECT g, md5(g::text) || md5((g + 1)::text) FROM generate_series(1, 300000) g;
-         CREATE INDEX a_first_id ON a_first (id);
+    // the loader gets to the statement after it; the first holds the loader back, so that the
+    // read-ahead gets to the second one first.
+    let seed = holding_table("a_first")
+        + "CREATE INDEX a_first_id ON a_first (id);
          CREATE FUNCTION slowly(int) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.0001); RETURN true; END $$;
          CREATE TABLE b_second (id int CHECK (slowly(id)), t text);
          INSERT INTO b_second SELECT g, md5(g::text) FROM generate_series(1, 2000) g;";
-    let Seeded { dir, backups, sql, .. } = seeded_backup(src, seed);
+    let Seeded { dir, backups, sql, .. } = seeded_backup(src, &seed);
     let labelled = b"\n--\n-- Name: counted; Type: SEQUENCE SET; Schema: public; Owner: -\n--\n\nCREATE TABLE public.counted AS SELECT count(*) AS n FROM public.b_second;\n";
     let file = dir.path().join("labelled.sql.gz");
     write_gz(&file, &splice(&sql, rows_end(&sql, b"COPY public.b_second "), labelled));
