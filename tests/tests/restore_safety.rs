@@ -289,6 +289,95 @@ fn a_copy_hidden_behind_a_settings_trick_fails_and_never_hangs() {
     }
 }
 
+/// A dump can read ef-backup's sync-marker queries in `pg_stat_activity` and print copies of
+/// them by the thousand. The reader of psql's output stopped reading after 16 markers nobody
+/// waited for; psql then blocked writing its output and the restore hung for good (in `serve`,
+/// a drill wedged the drill slot). Now psql's output is always read to its end: the restore
+/// finishes, and what the dump holds is restored.
+#[test]
+fn forged_sync_markers_never_stall_a_restore_or_verify() {
+    let _serial = serial();
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    let toc = |name: &str, kind: &str| format!("\n--\n-- Name: {name}; Type: {kind}; Schema: public; Owner: -\n--\n\n");
+    // Two index builds of a second each, on two tables: both sessions take one, so both have
+    // run a marker query by the time the next statement (serial, on the first session) looks for
+    // one; the build after it keeps the other session open meanwhile.
+    let body = format!(
+        "{slow}CREATE FUNCTION public.slow(integer) RETURNS integer LANGUAGE plpgsql IMMUTABLE AS $$BEGIN PERFORM pg_catalog.pg_sleep(1); RETURN $1; END$$;\n\
+         {forge}CREATE FUNCTION public.forge() RETURNS SETOF text LANGUAGE plpgsql AS $$\n\
+         DECLARE nonce text;\n\
+         BEGIN\n\
+           FOR i IN 1..400 LOOP\n\
+             SELECT substring(query FROM 'ef_sync_([A-Za-z0-9]+)_') INTO nonce FROM pg_catalog.pg_stat_activity\n\
+               WHERE pid <> pg_catalog.pg_backend_pid() AND query LIKE 'SELECT ''ef\\_sync\\_%' LIMIT 1;\n\
+             EXIT WHEN nonce IS NOT NULL;\n\
+             PERFORM pg_catalog.pg_sleep(0.05);\n\
+           END LOOP;\n\
+           IF nonce IS NULL THEN RAISE EXCEPTION 'no sync marker of another session to forge: %', (SELECT string_agg(pid || ':' || coalesce(backend_type, '') || ':' || left(regexp_replace(query, '\\s+', ' ', 'g'), 50), ' / ') FROM pg_catalog.pg_stat_activity); END IF;\n\
+           RETURN QUERY SELECT 'ef_sync_' || nonce || '_' || s || '_' || g FROM generate_series(0, 3) s, generate_series(1, 50000) g;\n\
+         END$$;\n\
+         {t}CREATE TABLE public.t (a integer);\n\
+         {u}CREATE TABLE public.u (a integer);\n\
+         {t_data}COPY public.t (a) FROM stdin;\n1\n2\n\\.\n\
+         {u_data}COPY public.u (a) FROM stdin;\n3\n\\.\n\
+         {t_i}CREATE INDEX t_slow ON public.t USING btree (public.slow(a));\n\
+         {u_i}CREATE INDEX u_slow ON public.u USING btree (public.slow(a));\n\
+         {forged}SELECT * FROM public.forge();\n\
+         {after}CREATE INDEX u_plain ON public.u USING btree (a);\n",
+        slow = toc("slow(integer)", "FUNCTION"),
+        forge = toc("forge()", "FUNCTION"),
+        t = toc("t", "TABLE"),
+        u = toc("u", "TABLE"),
+        t_data = toc("t", "TABLE DATA"),
+        u_data = toc("u", "TABLE DATA"),
+        t_i = toc("t_slow", "INDEX"),
+        u_i = toc("u_slow", "INDEX"),
+        forged = toc("t forge", "FK CONSTRAINT"),
+        after = toc("u_plain", "INDEX"),
+    );
+    let file = gz(&backups, "forged.sql.gz", &dump(&body, true));
+    drop_db("ef_e2e_forged");
+    for args in [
+        vec!["restore", file.to_str().unwrap(), "--target-db", "ef_e2e_forged", "--create", "--jobs", "2"],
+        // Against the dump itself: the sample database it would be compared with by default is another.
+        vec!["verify", file.to_str().unwrap(), "--against-dump", "--jobs", "2"],
+    ] {
+        let started = std::time::Instant::now();
+        let mut child = ef_command(sample_db(), &backups, &[])
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Drained meanwhile, so that a full pipe of ours is never what stalls it.
+        let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let out = std::thread::spawn(move || std::io::read_to_string(&mut out).unwrap_or_default());
+        let err = std::thread::spawn(move || std::io::read_to_string(&mut err).unwrap_or_default());
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if started.elapsed() > std::time::Duration::from_secs(120) {
+                let _ = child.kill();
+                panic!("{args:?} hung on forged sync markers");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        let (out, err) = (out.join().unwrap(), err.join().unwrap());
+        // The dump itself is fine, and the forging found a marker to copy (it fails otherwise).
+        assert_eq!(status.code(), Some(0), "{args:?}: {out}\n{err}");
+        assert_eq!(scratch_dbs(), "0");
+    }
+    assert_eq!(psql("ef_e2e_forged", "SELECT string_agg(a::text, ',' ORDER BY a) FROM t"), "1,2");
+    assert_eq!(
+        psql("ef_e2e_forged", "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname = 'public'"),
+        "t_slow,u_plain,u_slow"
+    );
+    drop_db("ef_e2e_forged");
+}
+
 /// Server notices raised while rows load (a trigger of a crafted file, once per row) never
 /// reach the terminal raw: libpq's default printed them on stderr, escape sequences and all,
 /// one line per row (found by review). They go to the debug log, escaped.

@@ -247,11 +247,86 @@ struct Session {
     child: Arc<Mutex<Option<Child>>>,
     /// None once closed: psql ends its session at end of input.
     stdin: Option<std::io::BufWriter<ChildStdin>>,
-    /// Our sync markers as psql prints them; closed when psql's output ends.
-    markers: Receiver<String>,
+    /// Our sync markers as psql prints them.
+    markers: Arc<Markers>,
     stderr: Option<JoinHandle<Vec<u8>>>,
     marker_prefix: String,
     next_marker: u64,
+}
+
+/// What psql printed of one session's sync markers: the highest number, and whether its output
+/// has ended (psql exited).
+///
+/// The dump's SQL can print lines that look like markers (it can read our marker queries in
+/// `pg_stat_activity` and print thousands of copies): a forged marker can at most end one of
+/// our waits early — an order of statements the dump's own SQL decides anyway — but never
+/// stall psql, whose output is always read to its end, nor fill memory.
+#[derive(Default)]
+struct Markers {
+    state: Mutex<MarkersSeen>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct MarkersSeen {
+    seen: u64,
+    ended: bool,
+}
+
+/// The longest line start kept while reading psql's output: a marker is far shorter, and a
+/// statement may print a line of a gigabyte.
+const MARKER_LINE_MAX: usize = 128;
+
+/// Reads psql's output (`out`) to its end, noting each line that is `prefix` and a number.
+/// Statements print their results too (setval, lo_open…): only our markers matter.
+fn watch_markers(out: impl std::io::Read, prefix: &[u8], markers: &Markers) {
+    let mut out = BufReader::with_capacity(64 << 10, out);
+    let mut head = Vec::with_capacity(MARKER_LINE_MAX);
+    let mut long = false;
+    let note = |head: &[u8]| {
+        let number = head.strip_prefix(prefix).and_then(|n| std::str::from_utf8(n).ok()).and_then(|n| n.trim_end().parse::<u64>().ok());
+        if let Some(n) = number {
+            let mut s = lock(&markers.state);
+            if n > s.seen {
+                s.seen = n;
+                markers.changed.notify_all();
+            }
+        }
+    };
+    loop {
+        let buf = match out.fill_buf() {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Ok([]) | Err(_) => break,
+            Ok(buf) => buf,
+        };
+        let read = buf.len();
+        let mut rest = buf;
+        while !rest.is_empty() {
+            let (piece, line_ends) = match memchr::memchr(b'\n', rest) {
+                Some(i) => (&rest[..i], Some(i + 1)),
+                None => (rest, None),
+            };
+            if !long && head.len() + piece.len() <= MARKER_LINE_MAX {
+                head.extend_from_slice(piece);
+            } else {
+                long = true;
+            }
+            match line_ends {
+                Some(i) => {
+                    if !long {
+                        note(&head);
+                    }
+                    head.clear();
+                    long = false;
+                    rest = &rest[i..];
+                }
+                None => rest = &[],
+            }
+        }
+        out.consume(read);
+    }
+    lock(&markers.state).ended = true;
+    markers.changed.notify_all();
 }
 
 impl Session {
@@ -267,27 +342,9 @@ impl Session {
         let stdin = child.stdin.take().expect("piped stdin");
         // Not the restrict key: the markers go to the server, where the dump's SQL can see them.
         let marker_prefix = format!("ef_sync_{nonce}_{index}_");
-        let (tx, markers) = bounded(16);
-        let prefix = marker_prefix.clone();
-        std::thread::spawn(move || {
-            // Statements print their results too (setval, lo_open…): only our markers matter.
-            let mut out = BufReader::new(stdout);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                match out.read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        if line.starts_with(prefix.as_bytes()) {
-                            let text = String::from_utf8_lossy(&line).trim_end().to_string();
-                            if tx.send(text).is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-        });
+        let markers = Arc::new(Markers::default());
+        let (prefix, seen) = (marker_prefix.clone().into_bytes(), Arc::clone(&markers));
+        std::thread::spawn(move || watch_markers(stdout, &prefix, &seen));
         let mut session = Session {
             index,
             child: Arc::new(Mutex::new(Some(child))),
@@ -318,7 +375,9 @@ impl Session {
         if !(self.write(format!("SELECT '{marker}';\n").as_bytes()) && self.flush()) {
             return false;
         }
-        matches!(self.markers.recv(), Ok(m) if m == marker)
+        let n = self.next_marker;
+        let s = self.markers.changed.wait_while(lock(&self.markers.state), |s| s.seen < n && !s.ended).unwrap_or_else(|e| e.into_inner());
+        s.seen >= n
     }
 
     /// Ends the session (after `\unrestrict`) and tells how psql exited.
@@ -1287,5 +1346,45 @@ mod tests {
         for (sql, want) in table {
             assert_eq!(is_text_copy(sql.as_bytes()), want, "{sql:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod marker_tests {
+    use super::{lock, watch_markers, Markers, MARKER_LINE_MAX};
+
+    /// psql's output as a dump may make it: result rows, a line far longer than any marker (with
+    /// a marker-like text inside it and at its start), forged markers by the ten thousand, other
+    /// sessions' markers, and ours.
+    #[test]
+    fn psql_output_is_read_to_its_end_and_only_whole_marker_lines_count() {
+        let prefix = b"ef_sync_N0nce_0_";
+        let mut out = Vec::new();
+        out.extend_from_slice(b"1\n\nsetval\n ef_sync_N0nce_0_900\n");
+        out.extend_from_slice(b"ef_sync_N0nce_0_800");
+        out.extend(std::iter::repeat_n(b'x', 5 << 20));
+        out.extend_from_slice(b"ef_sync_N0nce_0_700\n");
+        for n in 1..=20_000u64 {
+            out.extend_from_slice(format!("ef_sync_N0nce_1_{}\nef_sync_N0nce_0_{n}x\n", n + 50_000).as_bytes());
+        }
+        out.extend_from_slice(b"ef_sync_N0nce_0_41\r\nef_sync_N0nce_0_7\nef_sync_N0nce_0_\nef_sync_N0nce_0_99999999999999999999999\n");
+        out.extend_from_slice(format!("ef_sync_N0nce_0_{}", "1".repeat(MARKER_LINE_MAX)).as_bytes());
+        let markers = Markers::default();
+        // A thread with a deadline: the reader it replaced stopped reading after 16 markers
+        // nobody waited for, and psql with it.
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(|| watch_markers(std::io::Cursor::new(out), prefix, &markers));
+            let started = std::time::Instant::now();
+            while !reader.is_finished() {
+                assert!(started.elapsed() < std::time::Duration::from_secs(60), "the reader stalled");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        });
+        let seen = lock(&markers.state);
+        assert!(seen.ended);
+        // 41 (a CRLF line) is the highest whole line of prefix and number: not the one inside a
+        // long line, nor another session's, nor one with text after the number, nor an
+        // unterminated last line longer than a marker.
+        assert_eq!(seen.seen, 41);
     }
 }
