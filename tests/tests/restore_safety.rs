@@ -378,6 +378,61 @@ fn forged_sync_markers_never_stall_a_restore_or_verify() {
     drop_db("ef_e2e_forged");
 }
 
+/// Text psql reads differently from ef-backup's scanner leaves a quote open in psql's eyes only:
+/// psql 15 takes `1E` for one (bad) number where the scanner saw `E'…'`, an escape string; or a
+/// `set_config` the scanner does not follow turns `standard_conforming_strings` off, and psql's
+/// lexer with it. psql then took ef-backup's next statement for the inside of a string and
+/// waited for more input: the restore hung for good (found by review). Now a session whose
+/// backend sits idle while psql holds ef-backup's statement fails the load, naming the cause.
+#[test]
+fn text_psql_reads_differently_fails_the_load_instead_of_hanging() {
+    let _serial = serial();
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    let rows = "\n--\n-- Data for Name: t; Type: TABLE DATA; Schema: public; Owner: -\n--\n\nCOPY public.t (a) FROM stdin;\n1\n\\.\n";
+    let files = [
+        ("junk_number", format!("CREATE TABLE public.t (a integer);\nSELECT 1E'\\' ';\n{rows}")),
+        (
+            "set_config",
+            format!(
+                "CREATE TABLE public.t (a integer);\nSELECT pg_catalog.set_config('standard_conforming_strings', 'off', false), 1;\nSELECT 'x\\';\n{rows}"
+            ),
+        ),
+    ];
+    for (name, body) in files {
+        let file = gz(&backups, &format!("{name}.sql.gz"), &dump(&body, true));
+        for args in [
+            vec!["restore", file.to_str().unwrap(), "--target-db", "ef_e2e_desync", "--create", "--jobs", "2"],
+            vec!["verify", file.to_str().unwrap(), "--against-dump", "--jobs", "2"],
+        ] {
+            let started = std::time::Instant::now();
+            let mut child = ef_command(sample_db(), &backups, &[])
+                .args(&args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let status = loop {
+                if let Some(st) = child.try_wait().unwrap() {
+                    break st;
+                }
+                if started.elapsed() > std::time::Duration::from_secs(120) {
+                    let _ = child.kill();
+                    panic!("{name}: {args:?} hung");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            };
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(status.code(), Some(1), "{name}: {args:?}: {stderr}");
+            assert!(stderr.contains("read part of the backup differently from ef-backup"), "{name}: {args:?}: {stderr}");
+            assert_eq!(scratch_dbs(), "0", "{name}: {args:?}");
+        }
+    }
+    assert_eq!(psql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'ef_e2e_desync'"), "0");
+}
+
 /// Server notices raised while rows load (a trigger of a crafted file, once per row) never
 /// reach the terminal raw: libpq's default printed them on stderr, escape sequences and all,
 /// one line per row (found by review). They go to the debug log, escaped.

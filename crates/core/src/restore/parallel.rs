@@ -92,6 +92,8 @@ pub enum LoadError {
     /// Something pg_dump never writes; it never reaches psql.
     #[error("the backup holds {what}, which pg_dump never writes: the file was not made by pg_dump or was changed since — that part never reached psql, and what ran before it went with the scratch database; check where the file came from and restore another backup (ef-backup list)")]
     Refused { what: String },
+    #[error("psql session {session} of {sessions} stopped running statements: it read part of the backup differently from ef-backup (a quote or comment left open by text or a setting pg_dump never writes) and took ef-backup's own statements for part of it — the file was not made by pg_dump or was changed since; what ran went with the scratch database; check where the file came from and restore another backup (ef-backup list)")]
+    Desync { session: usize, sessions: usize },
     #[error("reading ahead to load {table} stopped in its rows: {err} — the backup could not be read to the end of that table; if the restore reports no other cause, try again or restore with --jobs 1")]
     ReadAhead { table: String, err: String },
     #[error(transparent)]
@@ -252,7 +254,40 @@ struct Session {
     stderr: Option<JoinHandle<Vec<u8>>>,
     marker_prefix: String,
     next_marker: u64,
+    /// For asking the server whether this session's backend is idle while a marker is awaited.
+    probe: Probe,
+    /// psql stopped running statements: see [`Session::sync`].
+    stuck: bool,
 }
+
+/// A connection of this process that looks at a session's backend in `pg_stat_activity`.
+struct Probe {
+    tools: PgTools,
+    db: String,
+    conn: Option<Conn>,
+}
+
+impl Probe {
+    /// When backend `pid` last changed state, if it is idle now (None: running a statement,
+    /// gone, or not known).
+    fn idle_since(&mut self, pid: u32) -> Option<String> {
+        if self.conn.is_none() {
+            self.conn = self.tools.connect(&self.db, None).ok();
+        }
+        let sql = format!("SELECT state_change::text FROM pg_catalog.pg_stat_activity WHERE pid = {pid} AND state LIKE 'idle%'");
+        match self.conn.as_mut()?.query(&sql) {
+            Ok(rows) => rows.into_iter().next().and_then(|r| r.into_iter().next()),
+            Err(_) => {
+                self.conn = None;
+                None
+            }
+        }
+    }
+}
+
+/// How often a wait for a marker asks whether the session's backend is idle: twice the same
+/// idle state in a row, and psql has sat on ef-backup's statement for this long.
+const STUCK_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What psql printed of one session's sync markers: the highest number, and whether its output
 /// has ended (psql exited).
@@ -271,26 +306,33 @@ struct Markers {
 struct MarkersSeen {
     seen: u64,
     ended: bool,
+    /// The session's backend, as psql printed it before the dump's first byte.
+    pid: Option<u32>,
 }
 
 /// The longest line start kept while reading psql's output: a marker is far shorter, and a
 /// statement may print a line of a gigabyte.
 const MARKER_LINE_MAX: usize = 128;
 
-/// Reads psql's output (`out`) to its end, noting each line that is `prefix` and a number.
-/// Statements print their results too (setval, lo_open…): only our markers matter.
-fn watch_markers(out: impl std::io::Read, prefix: &[u8], markers: &Markers) {
+/// Reads psql's output (`out`) to its end, noting each line that is `prefix` and a number, and
+/// the first that is `pid_prefix` and a number. Statements print their results too (setval,
+/// lo_open…): only our lines matter.
+fn watch_markers(out: impl std::io::Read, prefix: &[u8], pid_prefix: &[u8], markers: &Markers) {
     let mut out = BufReader::with_capacity(64 << 10, out);
     let mut head = Vec::with_capacity(MARKER_LINE_MAX);
     let mut long = false;
+    let number = |head: &[u8], prefix: &[u8]| {
+        head.strip_prefix(prefix).and_then(|n| std::str::from_utf8(n).ok()).and_then(|n| n.trim_end().parse::<u64>().ok())
+    };
     let note = |head: &[u8]| {
-        let number = head.strip_prefix(prefix).and_then(|n| std::str::from_utf8(n).ok()).and_then(|n| n.trim_end().parse::<u64>().ok());
-        if let Some(n) = number {
+        if let Some(n) = number(head, prefix) {
             let mut s = lock(&markers.state);
             if n > s.seen {
                 s.seen = n;
                 markers.changed.notify_all();
             }
+        } else if let Some(pid) = number(head, pid_prefix).and_then(|p| u32::try_from(p).ok()) {
+            lock(&markers.state).pid.get_or_insert(pid);
         }
     };
     loop {
@@ -342,9 +384,10 @@ impl Session {
         let stdin = child.stdin.take().expect("piped stdin");
         // Not the restrict key: the markers go to the server, where the dump's SQL can see them.
         let marker_prefix = format!("ef_sync_{nonce}_{index}_");
+        let pid_prefix = format!("ef_pid_{nonce}_{index}_");
         let markers = Arc::new(Markers::default());
-        let (prefix, seen) = (marker_prefix.clone().into_bytes(), Arc::clone(&markers));
-        std::thread::spawn(move || watch_markers(stdout, &prefix, &seen));
+        let (prefix, pid_line, seen) = (marker_prefix.clone().into_bytes(), pid_prefix.clone().into_bytes(), Arc::clone(&markers));
+        std::thread::spawn(move || watch_markers(stdout, &prefix, &pid_line, &seen));
         let mut session = Session {
             index,
             child: Arc::new(Mutex::new(Some(child))),
@@ -353,10 +396,15 @@ impl Session {
             stderr: Some(stderr),
             marker_prefix,
             next_marker: 0,
+            probe: Probe { tools: tools.clone(), db: db.to_string(), conn: None },
+            stuck: false,
         };
         // Restricted before the first byte of the dump: from here on psql runs no meta-command
         // but `\unrestrict` with this key.
         session.write(format!("\\restrict {key}\n").as_bytes());
+        // Which backend is this session's, for `sync` to look at; printed before the dump's first
+        // byte, so the dump cannot forge it.
+        session.write(format!("SELECT '{pid_prefix}' || pg_catalog.pg_backend_pid();\n").as_bytes());
         Ok(session)
     }
 
@@ -369,6 +417,13 @@ impl Session {
     }
 
     /// Writes a marker query and waits until psql has printed it, i.e. has run everything before.
+    ///
+    /// psql may never run it: where psql reads the dump differently from the scanner (a quote a
+    /// crafted file leaves open in psql's eyes only — psql's lexer follows settings the server
+    /// reports, which SQL can change behind the scanner's back), it takes ef-backup's statements
+    /// for the inside of a string and waits for more input, forever. So a long wait looks at the
+    /// session's backend: idle, in the same state twice `STUCK_CHECK` apart, means psql holds
+    /// the marker without sending anything — the session is `stuck` and the load fails.
     fn sync(&mut self) -> bool {
         self.next_marker += 1;
         let marker = format!("{}{}", self.marker_prefix, self.next_marker);
@@ -376,8 +431,32 @@ impl Session {
             return false;
         }
         let n = self.next_marker;
-        let s = self.markers.changed.wait_while(lock(&self.markers.state), |s| s.seen < n && !s.ended).unwrap_or_else(|e| e.into_inner());
-        s.seen >= n
+        let started = std::time::Instant::now();
+        let mut next_check = STUCK_CHECK;
+        let mut idle_before: Option<String> = None;
+        loop {
+            let (s, _) = self
+                .markers
+                .changed
+                .wait_timeout_while(lock(&self.markers.state), std::time::Duration::from_millis(500), |s| s.seen < n && !s.ended)
+                .unwrap_or_else(|e| e.into_inner());
+            if s.seen >= n || s.ended {
+                return s.seen >= n;
+            }
+            let pid = s.pid;
+            drop(s);
+            if started.elapsed() < next_check {
+                continue;
+            }
+            next_check += STUCK_CHECK;
+            let idle = pid.and_then(|pid| self.probe.idle_since(pid));
+            if idle.is_some() && idle == idle_before {
+                tracing::debug!("load: psql session {} holds its marker with an idle backend: stuck", self.index);
+                self.stuck = true;
+                return false;
+            }
+            idle_before = idle;
+        }
     }
 
     /// Ends the session (after `\unrestrict`) and tells how psql exited.
@@ -388,8 +467,16 @@ impl Session {
 
     /// psql's exit status and the end of its stderr, as an error (None: it exited 0 and `ok`).
     fn failed(mut self, sessions: usize, ok: bool) -> Result<(), LoadError> {
-        drop(self.stdin.take());
         let child = lock(&self.child).take();
+        if self.stuck {
+            // At the end of its input psql would send the half statement it holds.
+            if let Some(mut c) = child {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            return Err(LoadError::Desync { session: self.index, sessions });
+        }
+        drop(self.stdin.take());
         let status = match child {
             Some(mut c) => c.wait().map_err(|err| DbError::Spawn { tool: "psql".into(), err })?,
             None => return Err(LoadError::Session { session: self.index, sessions, status: "killed".into(), stderr: String::new() }),
@@ -1360,7 +1447,7 @@ mod marker_tests {
     fn psql_output_is_read_to_its_end_and_only_whole_marker_lines_count() {
         let prefix = b"ef_sync_N0nce_0_";
         let mut out = Vec::new();
-        out.extend_from_slice(b"1\n\nsetval\n ef_sync_N0nce_0_900\n");
+        out.extend_from_slice(b"ef_pid_N0nce_0_4242\n1\n\nsetval\n ef_sync_N0nce_0_900\nef_pid_N0nce_0_666\n");
         out.extend_from_slice(b"ef_sync_N0nce_0_800");
         out.extend(std::iter::repeat_n(b'x', 5 << 20));
         out.extend_from_slice(b"ef_sync_N0nce_0_700\n");
@@ -1373,7 +1460,7 @@ mod marker_tests {
         // A thread with a deadline: the reader it replaced stopped reading after 16 markers
         // nobody waited for, and psql with it.
         std::thread::scope(|scope| {
-            let reader = scope.spawn(|| watch_markers(std::io::Cursor::new(out), prefix, &markers));
+            let reader = scope.spawn(|| watch_markers(std::io::Cursor::new(out), prefix, b"ef_pid_N0nce_0_", &markers));
             let started = std::time::Instant::now();
             while !reader.is_finished() {
                 assert!(started.elapsed() < std::time::Duration::from_secs(60), "the reader stalled");
@@ -1386,5 +1473,7 @@ mod marker_tests {
         // long line, nor another session's, nor one with text after the number, nor an
         // unterminated last line longer than a marker.
         assert_eq!(seen.seen, 41);
+        // The first pid line psql printed (before the dump's first byte), not a later one.
+        assert_eq!(seen.pid, Some(4242));
     }
 }
