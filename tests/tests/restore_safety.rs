@@ -433,6 +433,34 @@ fn text_psql_reads_differently_fails_the_load_instead_of_hanging() {
     assert_eq!(psql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'ef_e2e_desync'"), "0");
 }
 
+/// A dump whose last table's rows lack the `\.` line that ends them, its footer intact: psql
+/// ends the COPY at the end of its input and keeps everything after as rows (ef-backup's own
+/// `\unrestrict` line with its key among them), and a parallel load never sent the last batch
+/// — both restored "successfully" (found by review). Every way of reading it now fails.
+#[test]
+fn a_dump_ending_inside_a_tables_rows_fails_every_way() {
+    let _serial = serial();
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    let body = "CREATE TABLE public.t (a text);\n\n--\n-- Data for Name: t; Type: TABLE DATA; Schema: public; Owner: -\n--\n\nCOPY public.t (a) FROM stdin;\nrow1\nrow2\n";
+    let file = gz(&backups, "unterminated.sql.gz", &dump(body, true));
+    drop_db("ef_e2e_unterminated");
+    let f = file.to_str().unwrap();
+    for args in [
+        vec!["restore", f, "--target-db", "ef_e2e_unterminated", "--create", "--jobs", "1"],
+        vec!["restore", f, "--target-db", "ef_e2e_unterminated", "--create", "--jobs", "2"],
+        vec!["verify", f, "--against-dump"],
+        vec!["verify", f, "--offline"],
+    ] {
+        let run = ef(sample_db(), &backups, &[], &args);
+        assert_eq!(run.code, Some(1), "{args:?}: {}", run.all());
+        assert!(run.all().contains("ends inside the rows of public.t, without the `\\.` line"), "{args:?}: {}", run.all());
+        assert_eq!(scratch_dbs(), "0", "{args:?}");
+    }
+    assert_eq!(psql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'ef_e2e_unterminated'"), "0");
+}
+
 /// Server notices raised while rows load (a trigger of a crafted file, once per row) never
 /// reach the terminal raw: libpq's default printed them on stderr, escape sequences and all,
 /// one line per row (found by review). They go to the debug log, escaped.

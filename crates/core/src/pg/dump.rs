@@ -221,6 +221,11 @@ pub struct LoContent {
 const LINE_START_LEN: usize = 64 * 1024;
 
 impl DumpFacts {
+    /// The table whose rows the dump ended in, without the `\.` line that ends them.
+    pub fn unterminated_copy(&self) -> Option<&QualifiedName> {
+        self.current.and_then(|i| self.tables.get(i)).map(|b| &b.table)
+    }
+
     pub fn update(&mut self, data: &[u8]) {
         let mut rest = data;
         while let Some(nl) = memchr::memchr(b'\n', rest) {

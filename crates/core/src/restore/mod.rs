@@ -323,6 +323,10 @@ fn scan_from(
         take(&buf[..n])?;
     }
     complete.verify().map_err(|r| damaged(source, r))?;
+    // A restore's loader finds this too (it follows COPY data whether or not facts are kept).
+    if let Some(table) = facts.unterminated_copy() {
+        return Err(damaged(source, format!("it ends inside the rows of {table}, without the `\\.` line that ends them")));
+    }
     drop(gz);
     // The decoder may stop before the end (bytes after the last gzip member or zstd frame are
     // an error there, but not every path reads that far): the hash covers every byte.

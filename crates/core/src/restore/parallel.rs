@@ -94,6 +94,8 @@ pub enum LoadError {
     Refused { what: String },
     #[error("psql session {session} of {sessions} stopped running statements: it read part of the backup differently from ef-backup (a quote or comment left open by text or a setting pg_dump never writes) and took ef-backup's own statements for part of it — the file was not made by pg_dump or was changed since; what ran went with the scratch database; check where the file came from and restore another backup (ef-backup list)")]
     Desync { session: usize, sessions: usize },
+    #[error("the backup ends inside the rows of {table}, without the `\\.` line that ends them: the file was cut or changed after pg_dump wrote it — nothing of it is kept (the scratch database is dropped); restore another backup (ef-backup list)")]
+    Unterminated { table: String },
     #[error("reading ahead to load {table} stopped in its rows: {err} — the backup could not be read to the end of that table; if the restore reports no other cause, try again or restore with --jobs 1")]
     ReadAhead { table: String, err: String },
     #[error(transparent)]
@@ -688,6 +690,8 @@ struct Copy {
     parallel: bool,
     /// The read-ahead loads this block: its rows are read past.
     skip: bool,
+    /// The table, as the COPY statement names it (for messages).
+    table: String,
 }
 
 /// The session settings in force at a point of the dump, in order of first appearance.
@@ -852,6 +856,11 @@ impl Loader {
 
     /// End of the dump: waits until every session has run everything and exited 0.
     pub fn finish(mut self) -> Result<LoadStats, LoadError> {
+        // psql would end the COPY at the end of its input and keep what came after as rows (our
+        // own `\unrestrict` line among them); a batch would never be sent. Neither is the dump.
+        if self.scanner.in_copy() {
+            return Err(LoadError::Unterminated { table: self.d.copy.as_ref().map(|c| c.table.clone()).unwrap_or_default() });
+        }
         let d = &mut self.d;
         self.scanner.finish(&mut |ev| d.on_event(ev))?;
         self.d.end()
@@ -975,7 +984,8 @@ impl Dispatch {
                     self.blocks_seen += 1;
                     if !lock(&self.shared.state).claim(k, Block::Loader) {
                         self.stats.tables_read_ahead += 1;
-                        self.copy = Some(Copy { head: Vec::new(), batch: Vec::new(), settings_len: 0, parallel: true, skip: true });
+                        self.copy =
+                            Some(Copy { head: Vec::new(), batch: Vec::new(), settings_len: 0, parallel: true, skip: true, table: copy_table(text) });
                         return Ok(());
                     }
                     self.enter(Mode::Data)?;
@@ -988,10 +998,12 @@ impl Dispatch {
                     let mut head = self.settings_text();
                     let settings_len = head.len();
                     head.extend_from_slice(text);
-                    self.copy = Some(Copy { batch: self.fresh_batch(&head), head, settings_len, parallel: true, skip: false });
+                    self.copy =
+                        Some(Copy { batch: self.fresh_batch(&head), head, settings_len, parallel: true, skip: false, table: copy_table(text) });
                 } else {
                     self.serial(text)?;
-                    self.copy = Some(Copy { head: Vec::new(), batch: Vec::new(), settings_len: 0, parallel: false, skip: false });
+                    self.copy =
+                        Some(Copy { head: Vec::new(), batch: Vec::new(), settings_len: 0, parallel: false, skip: false, table: copy_table(text) });
                 }
             }
             _ if parallel && matches!(self.toc_kind(), "INDEX" | "CONSTRAINT") => {
