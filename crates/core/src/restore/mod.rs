@@ -612,7 +612,15 @@ pub fn restore(tools: &PgTools, source: &Source, target: &str, opts: &RestoreOpt
     let leftover = swap::swap(
         &swap::Swap { target, scratch: &scratch_db, old: exists.then_some(old.as_str()), old_is_template: plan.props.is_template },
         |sql| tools.execute(admin_db, sql),
-    )?;
+        |names| Ok(tools.query(admin_db, &swap::exists_query(names))?.into_iter().filter_map(|row| row.into_iter().next()).collect()),
+    )
+    .inspect_err(|e| {
+        // Said now, not only once the error reaches the terminal: dropping the scratch database
+        // first can take a while against a failing server, and an operator may interrupt it.
+        if matches!(e, swap::SwapError::RollbackFailed { .. } | swap::SwapError::Unknown { .. }) {
+            tracing::error!("{e}");
+        }
+    })?;
     scratch.keep = true;
     let mut properties = plan.used;
     if !refused.is_empty() {
