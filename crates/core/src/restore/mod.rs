@@ -145,9 +145,49 @@ impl Source {
         let read_err = |e: io::Error| RestoreError::Damaged { backup: self.label(), reason: format!("reading it failed: {e}") };
         let pin = match &self.origin {
             Origin::File(p) => {
-                let file = std::sync::Arc::new(std::fs::File::open(p).map_err(|e| open_err(e.to_string()))?);
-                io::copy(&mut PinnedFile { file: std::sync::Arc::clone(&file), at: 0 }, &mut hasher).map_err(read_err)?;
-                Some(Pin::File(file))
+                let file = std::fs::File::open(p).map_err(|e| open_err(e.to_string()))?;
+                let meta = file.metadata().map_err(|e| open_err(e.to_string()))?;
+                // SAFETY: geteuid has no preconditions and cannot fail.
+                let me = unsafe { libc::geteuid() };
+                let mut original = PinnedFile { file: std::sync::Arc::new(file), at: 0 };
+                match others_may_write(std::os::unix::fs::MetadataExt::uid(&meta), std::os::unix::fs::MetadataExt::mode(&meta), me) {
+                    // Only its owner (this user, or root) can change it: the open file is pinned.
+                    None => {
+                        io::copy(&mut original, &mut hasher).map_err(read_err)?;
+                        Some(Pin::File(original.file))
+                    }
+                    // Someone else could rewrite it in place between this check and the
+                    // restore's read of the same open file: the bytes checked are copied as
+                    // they are read, and the restore reads the copy (unlinked, this user's).
+                    Some(who) => {
+                        let dir = std::env::temp_dir();
+                        tracing::info!(
+                            "{}: {who} may write it, so the bytes checked are copied to a private file in {} and restored from there",
+                            self.label(),
+                            dir.display()
+                        );
+                        let copy_err = |e: io::Error| {
+                            open_err(format!(
+                                "{who} may write it, and copying it to a private file in {} failed: {e} — free space there (or set TMPDIR), or make the file writable by its owner only (chmod go-w; chown it to the user running ef-backup)",
+                                dir.display()
+                            ))
+                        };
+                        let mut copy = io::BufWriter::with_capacity(256 << 10, tempfile::tempfile_in(&dir).map_err(copy_err)?);
+                        let mut buf = vec![0u8; 256 << 10];
+                        loop {
+                            let n = match original.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => n,
+                                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                                Err(e) => return Err(read_err(e)),
+                            };
+                            sha2::Digest::update(&mut hasher, &buf[..n]);
+                            io::Write::write_all(&mut copy, &buf[..n]).map_err(copy_err)?;
+                        }
+                        let copy = copy.into_inner().map_err(|e| copy_err(e.into_error()))?;
+                        Some(Pin::File(std::sync::Arc::new(copy)))
+                    }
+                }
             }
             Origin::Store { store, name } => {
                 let (mut reader, etag) = store.open_at(name, None).map_err(open_err)?;
@@ -189,6 +229,20 @@ impl Source {
     /// The plain dump of this backup.
     pub(crate) fn decoded(&self) -> Result<Box<dyn Read>, RestoreError> {
         self.decode(self.raw()?)
+    }
+}
+
+/// Who besides this user (uid `me`) and root may write a file of owner `uid` and `mode`: its
+/// owner, its group or everyone (None: nobody).
+fn others_may_write(uid: u32, mode: u32, me: u32) -> Option<String> {
+    if uid != me && uid != 0 {
+        Some(format!("its owner (uid {uid})"))
+    } else if mode & 0o020 != 0 {
+        Some("its group".into())
+    } else if mode & 0o002 != 0 {
+        Some("everyone".into())
+    } else {
+        None
     }
 }
 
@@ -632,4 +686,56 @@ pub fn restore(tools: &PgTools, source: &Source, target: &str, opts: &RestoreOpt
         });
     }
     Ok(RestoreReport { target: target.into(), replaced_existing: exists, check, elapsed: started.elapsed(), properties, leftover })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn who_else_may_write_a_file() {
+        // (owner, mode, me, who)
+        let table: &[(u32, u32, u32, Option<&str>)] = &[
+            (1000, 0o100600, 1000, None),
+            (1000, 0o100644, 1000, None),
+            (0, 0o100600, 1000, None),
+            (1000, 0o100660, 1000, Some("its group")),
+            (1000, 0o100606, 1000, Some("everyone")),
+            (1001, 0o100600, 1000, Some("its owner (uid 1001)")),
+            (1001, 0o100600, 0, Some("its owner (uid 1001)")),
+            (0, 0o100666, 0, Some("its group")),
+        ];
+        for (i, (uid, mode, me, who)) in table.iter().enumerate() {
+            assert_eq!(others_may_write(*uid, *mode, *me).as_deref(), *who, "case {i}");
+        }
+    }
+
+    /// A file others may write could be rewritten in place after its hash was checked, through
+    /// the very file the restore then reads (found by review): its SQL ran before the hash at
+    /// the end of the stream caught it. The restore reads the bytes that were checked.
+    #[test]
+    fn the_checked_bytes_are_restored_though_others_rewrite_the_file_in_place() {
+        use sha2::Digest;
+        let dir = tempfile::tempdir().unwrap();
+        let good = b"checked bytes of a backup".repeat(50_000);
+        let evil = b"CRAFTED BYTES OF A BACKUP".repeat(50_000);
+        // (mode, whether the restore must still read the checked bytes)
+        for (mode, private_copy) in [(0o666, true), (0o620, true), (0o600, false)] {
+            let path = dir.path().join(format!("app_backup_{mode:o}.sql.gz"));
+            std::fs::write(&path, &good).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let mut source = Source::file(&path, &Keys::none());
+            source.sha256 = Some(sha2::Sha256::digest(&good).into());
+            source.verify_and_pin().unwrap();
+            // The rewrite an attacker would time for the moment the check is done.
+            std::io::Write::write_all(&mut std::fs::OpenOptions::new().write(true).open(&path).unwrap(), &evil).unwrap();
+            let mut read = Vec::new();
+            source.raw().unwrap().read_to_end(&mut read).unwrap();
+            // Only its owner (this user) can write a 0600 file: pinning the open file is enough
+            // there, and it shows that the rewrite took place.
+            let expected: &[u8] = if private_copy { &good } else { &evil };
+            assert!(read == expected, "mode {mode:o}: read the {} bytes", if read == good { "checked" } else { "rewritten" });
+        }
+    }
 }
