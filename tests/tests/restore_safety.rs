@@ -461,6 +461,48 @@ fn a_dump_ending_inside_a_tables_rows_fails_every_way() {
     assert_eq!(psql("postgres", "SELECT count(*) FROM pg_database WHERE datname = 'ef_e2e_unterminated'"), "0");
 }
 
+/// A session whose connection the server ends (a restart, `pg_terminate_backend`) is the
+/// server's doing, not the backup's: the error said "an SQL statement of the backup failed …
+/// try another backup", which sends a tired operator away from a good backup (found by
+/// review). Now it says the connection was lost and to run the restore again.
+#[test]
+fn a_lost_connection_is_not_blamed_on_the_backup() {
+    let _serial = serial();
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    let body = "CREATE TABLE public.t (a integer);\nSELECT pg_catalog.pg_sleep(60);\n\n--\n-- Data for Name: t; Type: TABLE DATA; Schema: public; Owner: -\n--\n\nCOPY public.t (a) FROM stdin;\n1\n\\.\n";
+    let file = gz(&backups, "sleepy.sql.gz", &dump(body, true));
+    for jobs in ["1", "2"] {
+        let child = ef_command(sample_db(), &backups, &[])
+            .args(["restore", file.to_str().unwrap(), "--target-db", "ef_e2e_lost", "--create", "--jobs", jobs])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The server ends the session that runs the dump's long statement.
+        let started = std::time::Instant::now();
+        loop {
+            let ended = psql(
+                "postgres",
+                "SELECT count(pg_catalog.pg_terminate_backend(pid)) FROM pg_catalog.pg_stat_activity WHERE query = 'SELECT pg_catalog.pg_sleep(60);' AND pid <> pg_catalog.pg_backend_pid()",
+            );
+            if ended != "0" {
+                break;
+            }
+            assert!(started.elapsed() < std::time::Duration::from_secs(30), "--jobs {jobs}: the dump's statement never ran");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "--jobs {jobs}: {stderr}");
+        assert!(stderr.contains("lost its connection to the server"), "--jobs {jobs}: {stderr}");
+        assert!(stderr.contains("the backup is not at fault"), "--jobs {jobs}: {stderr}");
+        assert!(!stderr.contains("try another backup"), "--jobs {jobs}: {stderr}");
+        assert_eq!(scratch_dbs(), "0", "--jobs {jobs}");
+    }
+}
+
 /// Server notices raised while rows load (a trigger of a crafted file, once per row) never
 /// reach the terminal raw: libpq's default printed them on stderr, escape sequences and all,
 /// one line per row (found by review). They go to the debug log, escaped.

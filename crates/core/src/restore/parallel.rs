@@ -87,6 +87,8 @@ const MAX_PENDING_BYTES: usize = 1 << 30;
 pub enum LoadError {
     #[error("psql session {session} of {sessions} failed ({status}): {stderr} — an SQL statement of the backup failed on this server: if it names a missing role, create it or restore with --no-owner --no-privileges; otherwise try another backup (ef-backup list)")]
     Session { session: usize, sessions: usize, status: String, stderr: String },
+    #[error("session {session} of {sessions} lost its connection to the server ({detail}) — the backup is not at fault: check that the server is up (it may have restarted, or an administrator ended the session) and run the restore again")]
+    Lost { session: usize, sessions: usize, detail: String },
     #[error("loading rows of {table} (session {session} of {sessions}) failed: {err} — the backup's data does not fit the table this server created from it; try another backup (ef-backup list)")]
     Copy { table: String, session: usize, sessions: usize, err: String },
     /// Something pg_dump never writes; it never reaches psql.
@@ -491,6 +493,10 @@ impl Session {
         if stderr.contains("backslash commands are restricted") {
             return Err(LoadError::Refused { what: format!("a psql meta-command (psql refused it: {stderr})") });
         }
+        if status.code() == Some(2) {
+            // psql's "the connection to the server went bad".
+            return Err(LoadError::Lost { session: self.index, sessions, detail: stderr });
+        }
         let status = match status.code() {
             Some(3) => "exit status 3: an SQL statement failed".to_string(),
             Some(c) => format!("exit status {c}"),
@@ -544,6 +550,11 @@ impl CopyConn {
             self.applied.extend_from_slice(settings);
         }
         c.copy_in(statement, rows).map_err(|e| e.to_string())
+    }
+
+    /// The connection is gone (or was never made): the server's side, not the backup's.
+    fn lost(&self) -> bool {
+        self.conn.as_ref().is_none_or(Conn::lost)
     }
 }
 
@@ -627,7 +638,12 @@ fn work(mut session: Session, mut queues: Queues, shared: Arc<Shared>, key: Stri
                     Ok(()) if let Some(k) = ahead => shared.ahead_batch_done(k),
                     Ok(()) => shared.done_one(),
                     Err(err) => {
-                        shared.fail(LoadError::Copy { table, session: session.index, sessions, err });
+                        let lost = conn.lost();
+                        shared.fail(if lost {
+                            LoadError::Lost { session: session.index, sessions, detail: err }
+                        } else {
+                            LoadError::Copy { table, session: session.index, sessions, err }
+                        });
                         drop(session.failed(sessions, false));
                         return;
                     }
