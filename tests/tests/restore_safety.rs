@@ -503,6 +503,36 @@ fn a_lost_connection_is_not_blamed_on_the_backup() {
     }
 }
 
+/// What the loader keeps of a dump is bounded, not only each statement: the session settings
+/// in force (replayed before every batch, on every session) and an index entry. A few KiB of
+/// gzip made of settings that each carry a long comment piled up without limit.
+#[test]
+fn settings_and_entries_no_pg_dump_writes_are_refused_before_they_pile_up() {
+    let _serial = serial();
+    let dir = tempdir();
+    let backups = dir.path().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    drop_db("ef_e2e_piles");
+    let pad = "x".repeat(1024);
+    let settings: String = (0..1100).map(|i| format!("/* {pad} */ SET ef_e2e.x{i} = 1;\n")).collect();
+    let entry = format!(
+        "CREATE TABLE public.t (a integer);\n\n--\n-- Name: t_a; Type: INDEX; Schema: public; Owner: -\n--\n\nCREATE INDEX t_a ON public.t (a);\n{}",
+        "SELECT 1; -- padding\n".repeat(70 << 20 >> 4)
+    );
+    for (name, body, what, jobs) in [
+        ("settings", settings.as_str(), "session settings (SET …) of more than 1024 KiB", &["1", "2"][..]),
+        ("entry", entry.as_str(), "an index or key entry of more than 64 MiB", &["2"][..]),
+    ] {
+        let file = gz(&backups, &format!("{name}.sql.gz"), &dump(body, true));
+        for jobs in jobs {
+            let run = ef(sample_db(), &backups, &[], &["restore", file.to_str().unwrap(), "--target-db", "ef_e2e_piles", "--create", "--jobs", jobs]);
+            assert_eq!(run.code, Some(1), "{name} --jobs {jobs}: {}", run.all());
+            assert!(run.stderr.contains(what), "{name} --jobs {jobs}: {}", run.stderr);
+            assert_eq!(scratch_dbs(), "0", "{name} --jobs {jobs}");
+        }
+    }
+}
+
 /// Server notices raised while rows load (a trigger of a crafted file, once per row) never
 /// reach the terminal raw: libpq's default printed them on stderr, escape sequences and all,
 /// one line per row (found by review). They go to the debug log, escaped.

@@ -736,7 +736,27 @@ impl Settings {
     fn text(&self) -> Vec<u8> {
         self.list.iter().flat_map(|(_, t)| t.iter().copied()).collect()
     }
+
+    /// Refuses settings no pg_dump writes: they are kept, and replayed before every batch and
+    /// on every session, so a file could otherwise pile up memory (a comment of a gigabyte
+    /// before each of many `SET`s) out of a small gzip file.
+    fn check(&self) -> Result<(), LoadError> {
+        let bytes: usize = self.list.iter().map(|(_, t)| t.len()).sum();
+        if bytes > MAX_SETTINGS_BYTES {
+            return Err(LoadError::Refused {
+                what: format!("session settings (SET …) of more than {} KiB in force at once", MAX_SETTINGS_BYTES >> 10),
+            });
+        }
+        Ok(())
+    }
 }
+
+/// The session settings in force at once, as text: pg_dump writes about a dozen short `SET`s.
+const MAX_SETTINGS_BYTES: usize = 1 << 20;
+/// One index or key entry (pg_dump writes one `CREATE INDEX` or `ALTER TABLE … ADD CONSTRAINT`).
+const MAX_ENTRY_BYTES: usize = 64 << 20;
+/// The comments on indexes held back until the builds are done.
+const MAX_DEFERRED_BYTES: usize = 256 << 20;
 
 /// Feeds a dump to the sessions: `feed` the decompressed SQL as it arrives, then `finish`.
 /// Dropping a loader that has not finished kills its sessions.
@@ -985,6 +1005,7 @@ impl Dispatch {
                 // The entry collected so far ran under the previous settings.
                 self.flush_entry()?;
                 self.settings.set(name, text);
+                self.settings.check()?;
             }
             StatementKind::Owner if self.opts.no_owner => self.stats.owner_statements_skipped += 1,
             StatementKind::Privilege if self.opts.no_privileges => self.stats.privilege_statements_skipped += 1,
@@ -1027,12 +1048,21 @@ impl Dispatch {
                 if self.entry.is_none() {
                     self.entry = Some((self.settings_text(), build_table(text)));
                 }
-                self.entry.as_mut().expect("entry").0.extend_from_slice(text);
+                let entry = &mut self.entry.as_mut().expect("entry").0;
+                entry.extend_from_slice(text);
+                if entry.len() > MAX_ENTRY_BYTES {
+                    return Err(LoadError::Refused { what: format!("an index or key entry of more than {} MiB", MAX_ENTRY_BYTES >> 20) });
+                }
             }
             // A comment on an index only needs the index: it waits for the builds to finish.
             _ if self.mode == Mode::Builds && self.toc_kind() == "COMMENT" => {
                 self.flush_entry()?;
                 self.deferred.extend_from_slice(text);
+                if self.deferred.len() > MAX_DEFERRED_BYTES {
+                    return Err(LoadError::Refused {
+                        what: format!("more than {} MiB of comments among the index builds", MAX_DEFERRED_BYTES >> 20),
+                    });
+                }
             }
             _ => self.serial(text)?,
         }
@@ -1346,7 +1376,8 @@ impl AheadScan {
             StatementKind::SessionSetting { name } if self.opts.no_owner && name == "session_authorization" => Ok(()),
             StatementKind::SessionSetting { name } => {
                 self.settings.set(name, text);
-                Ok(())
+                // The loader refuses the file too; reading ahead stops here.
+                self.settings.check().map_err(|_| ())
             }
             StatementKind::CopyFromStdin { table } if self.toc_kind() == "TABLE DATA" && is_text_copy(text) => {
                 let k = self.blocks_seen;
