@@ -171,6 +171,14 @@ fn files_psql_would_read_differently_are_refused() {
             "not pg_dump's",
         ),
         ("csv_copy", dump("CREATE TABLE public.t (a text);\nCOPY public.t FROM stdin (FORMAT csv);\nx\n\\.\n", true), "not pg_dump's"),
+        // The file's text in the message, with terminal escape sequences in it (a title, the
+        // clipboard): they reached the terminal raw (found by review).
+        ("escape_in_meta_command", dump("CREATE TABLE public.t (a text);\n\\! \x1b]52;c;cHduZWQ=\x07 \x1b[2J\n", true), "meta-command"),
+        (
+            "escape_in_copy",
+            dump("CREATE TABLE public.t (a text);\nCOPY public.t FROM stdin (FORMAT csv) /* \x1b[2J */;\nx\n\\.\n", true),
+            "not pg_dump's",
+        ),
     ];
     for (name, sql, want) in cases {
         let file = gz(&backups, &format!("{name}.sql.gz"), &sql);
@@ -180,6 +188,7 @@ fn files_psql_would_read_differently_are_refused() {
             let run = ef(sample_db(), &backups, &[], &["restore", file.to_str().unwrap(), "--target-db", &target, "--create", "--jobs", jobs]);
             assert_eq!(run.code, Some(1), "{name} --jobs {jobs}: {}", run.all());
             assert!(run.stderr.contains("which pg_dump never writes") && run.stderr.contains(want), "{name} --jobs {jobs}: {}", run.stderr);
+            assert!(!run.all().contains('\x1b') && !run.all().contains('\x07'), "{name} --jobs {jobs}: a raw control character: {:?}", run.stderr);
             assert_eq!(psql("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{target}'")), "0");
             assert_eq!(scratch_dbs(), "0", "{name}");
         }

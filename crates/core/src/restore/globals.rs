@@ -195,7 +195,12 @@ fn classify(sql: &str) -> Stmt {
 }
 
 fn first_line_of(sql: &str) -> String {
-    let line = sql.lines().next().unwrap_or_default();
+    let mut line = sql.lines().next().unwrap_or_default().to_string();
+    // A role's password (its SCRAM verifier or md5 hash) is a secret: a report never shows it.
+    if let Some(at) = line.to_ascii_uppercase().find(" PASSWORD ") {
+        line.truncate(at);
+        line.push_str(" PASSWORD (not shown)");
+    }
     let cut: String = line.chars().take(120).collect();
     if cut.len() < sql.len() {
         format!("{cut}…")
@@ -294,6 +299,25 @@ pub fn restore_globals(tools: &PgTools, source: &Source, opts: GlobalsOptions) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failed statement is reported by its first line: a role's password hash was in it, up
+    /// to 120 characters of it (found by review).
+    #[test]
+    fn a_reported_statement_never_shows_a_password() {
+        let table = [
+            (
+                "ALTER ROLE app WITH NOSUPERUSER INHERIT NOCREATEROLE NOCREATEDB LOGIN NOREPLICATION NOBYPASSRLS PASSWORD 'SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy';",
+                "ALTER ROLE app WITH NOSUPERUSER INHERIT NOCREATEROLE NOCREATEDB LOGIN NOREPLICATION NOBYPASSRLS PASSWORD (not shown)…",
+            ),
+            ("ALTER ROLE \"we ird\" WITH LOGIN password 'md5deadbeefdeadbeefdeadbeefdeadbeef';", "ALTER ROLE \"we ird\" WITH LOGIN PASSWORD (not shown)…"),
+            ("CREATE ROLE app;", "CREATE ROLE app;"),
+            ("GRANT app TO ops GRANTED BY postgres;\nmore", "GRANT app TO ops GRANTED BY postgres;…"),
+        ];
+        for (sql, shown) in table {
+            assert_eq!(first_line_of(sql), shown);
+            assert!(!first_line_of(sql).contains("SCRAM") && !first_line_of(sql).contains("md5"));
+        }
+    }
 
     #[test]
     fn header_round_trip() {

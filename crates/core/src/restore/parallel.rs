@@ -960,8 +960,10 @@ impl Dispatch {
                     // Never passed on: psql would refuse it in restricted mode anyway, but `\;`
                     // is no meta-command to psql, and joins a COPY to a statement this loader
                     // would not expect data after.
+                    // The file's text, shown on a terminal: never a raw escape sequence.
                     let arg: String = String::from_utf8_lossy(arg).chars().take(60).collect();
-                    return Err(LoadError::Refused { what: format!("the psql meta-command \\{} {arg}", String::from_utf8_lossy(command)) });
+                    let command = crate::db::escape_controls(&String::from_utf8_lossy(command));
+                    return Err(LoadError::Refused { what: format!("the psql meta-command \\{command} {}", crate::db::escape_controls(&arg)) });
                 }
             }
             Event::Incomplete { text } => self.serial(text)?,
@@ -1451,7 +1453,7 @@ impl Drop for AheadScan {
 fn foreign_copy(statement: &[u8]) -> LoadError {
     let text = String::from_utf8_lossy(statement.trim_ascii());
     let tail: String = text.chars().rev().take(80).collect::<Vec<_>>().into_iter().rev().collect();
-    LoadError::Refused { what: format!("a COPY that is not pg_dump's `COPY … FROM stdin;` (…{tail})") }
+    LoadError::Refused { what: format!("a COPY that is not pg_dump's `COPY … FROM stdin;` (…{})", crate::db::escape_controls(&tail)) }
 }
 
 /// pg_dump's COPY is always `COPY name [(columns)] FROM stdin;` in text format. Any other form
