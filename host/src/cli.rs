@@ -201,6 +201,26 @@ pub fn print_verify(report: &VerifyReport, json: bool) {
     }
 }
 
+/// What became of the database a restore replaced, for the end of its summary line.
+pub fn replaced_note(replaced_existing: bool, leftover: Option<&crate::restore::swap::Leftover>) -> String {
+    match (replaced_existing, leftover) {
+        (_, Some(left)) => format!("; its previous contents are still there as database {} (see the warning)", left.name),
+        (true, None) => "; its previous contents were dropped".into(),
+        (false, None) => String::new(),
+    }
+}
+
+/// The warning for a replaced database that could not be dropped.
+pub fn leftover_warning(target: &str, left: &crate::restore::swap::Leftover) -> String {
+    format!(
+        "warning: the previous contents of {} are still there as database {}: {} — drop it by hand (DROP DATABASE {} WITH (FORCE);) once the restore is checked",
+        crate::db::escape_controls(target),
+        left.name,
+        left.err,
+        crate::db::quote_ident(&left.name)
+    )
+}
+
 /// How a dump was loaded, for the restore's summary line.
 pub fn load_summary(load: &crate::restore::parallel::LoadStats) -> String {
     let mut parts = vec![format!(
@@ -329,12 +349,16 @@ pub fn restore_all(
             Ok(r) => {
                 restored += 1;
                 println!(
-                    "  database {}: restored from {} ({:.1} s; {})",
+                    "  database {}: restored from {} ({:.1} s; {}){}",
                     esc(db),
                     dump.backup.name,
                     r.elapsed.as_secs_f64(),
-                    load_summary(&r.check.load)
-                )
+                    load_summary(&r.check.load),
+                    replaced_note(r.replaced_existing, r.leftover.as_ref())
+                );
+                if let Some(left) = &r.leftover {
+                    println!("  {}", leftover_warning(db, left));
+                }
             }
             // `postgres` of an `EF__DB_NAMES=*` run: the new server has its own.
             Err(e @ restore::RestoreError::SystemDb { .. }) => {
@@ -435,5 +459,26 @@ pub fn print_history(runs: &[crate::state::HistoryEntry], json: bool) {
     }
     if runs.is_empty() {
         println!("(no runs recorded yet)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::restore::swap::Leftover;
+
+    /// A replaced database that could not be dropped was reported as "its previous contents
+    /// were dropped" next to a warning saying they were still there, and `restore --all` did
+    /// not mention it at all (found by review).
+    #[test]
+    fn a_replaced_database_left_behind_is_named_not_called_dropped() {
+        let left = Leftover { name: "ef_replaced_1_2".into(), err: crate::db::DbError::Tool { tool: "libpq".into(), detail: "fake".into() } };
+        assert_eq!(replaced_note(true, None), "; its previous contents were dropped");
+        assert_eq!(replaced_note(false, None), "");
+        let note = replaced_note(true, Some(&left));
+        assert!(note.contains("still there as database ef_replaced_1_2") && !note.contains("dropped"), "{note}");
+        let warning = leftover_warning("app\u{1b}[2J", &left);
+        assert!(warning.contains("ef_replaced_1_2") && warning.contains(r#"DROP DATABASE "ef_replaced_1_2" WITH (FORCE);"#), "{warning}");
+        assert!(!warning.contains('\u{1b}'), "{warning}");
     }
 }

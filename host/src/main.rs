@@ -415,7 +415,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     cli::mb(report.check.dump_bytes),
                     report.elapsed.as_secs_f64(),
                     cli::load_summary(&report.check.load),
-                    if report.replaced_existing { "; its previous contents were dropped" } else { "" }
+                    cli::replaced_note(report.replaced_existing, report.leftover.as_ref())
                 );
                 println!("  provenance: {}", trust.describe());
                 // Values come from the backup file: shown escaped, so none can drive the terminal.
@@ -423,10 +423,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     println!("  {}: {} ({})", p.name, ef_backup::db::escape_controls(&p.value), ef_backup::db::escape_controls(&p.from));
                 }
                 if let Some(left) = &report.leftover {
-                    println!(
-                        "warning: the previous contents of {} are still there as database {}: {} — drop it by hand",
-                        report.target, left.name, left.err
-                    );
+                    println!("{}", cli::leftover_warning(&report.target, left));
                 }
                 Ok(ExitCode::SUCCESS)
             }
