@@ -71,6 +71,12 @@ impl std::fmt::Debug for AdminSession {
 /// Server settings of ef-backup's own queries.
 const QUERY_OPTIONS: &str = "-c standard_conforming_strings=on";
 
+/// TCP keepalives for every connection that may sit waiting on the server (a lock session, a
+/// restore's psql sessions, this process's libpq connections): a server that goes silent is
+/// noticed within a minute or two, not the system's two hours (idle 30 s, then a probe every
+/// 10 s; 3 unanswered probes end the connection).
+pub const KEEPALIVES: [(&str, &str); 4] = [("keepalives", "1"), ("keepalives_idle", "30"), ("keepalives_interval", "10"), ("keepalives_count", "3")];
+
 /// The last lines of a tool's stderr, trimmed, for error messages. Control characters are
 /// escaped, so a tool's output (which may quote data or server messages) cannot forge log lines
 /// or terminal escapes in ours.
@@ -351,13 +357,8 @@ impl PgTools {
             // Names and text come back as Rust strings: UTF-8 whatever the database's encoding
             // (psql got the same from the UTF-8 locale).
             ("client_encoding", "UTF8"),
-            // A server that goes silent mid-COPY or mid-query is noticed within a minute or two,
-            // not the system's two hours.
-            ("keepalives", "1"),
-            ("keepalives_idle", "30"),
-            ("keepalives_interval", "10"),
-            ("keepalives_count", "3"),
         ]);
+        params.extend_from_slice(&KEEPALIVES);
         // Without it libpq reads PGOPTIONS, as the client tools do.
         if let Some(o) = options {
             params.push(("options", o));

@@ -32,9 +32,6 @@ pub const APPLICATION_NAME: &str = "ef-backup-lock";
 /// Where lock sessions connect.
 pub const LOCK_DATABASE: &str = "postgres";
 
-/// Idle 30 s, then a probe every 10 s, 3 unanswered probes end the connection.
-const KEEPALIVES: [(&str, &str); 4] = [("keepalives", "1"), ("keepalives_idle", "30"), ("keepalives_interval", "10"), ("keepalives_count", "3")];
-
 /// How long a lock session may take to answer before it counts as lost.
 const ANSWER_WAIT: Duration = Duration::from_secs(30);
 
@@ -92,7 +89,7 @@ impl Session {
     fn try_lock(tools: &PgTools, database: &str, key: i64) -> Result<Option<Session>, DbError> {
         let Running { mut child, stdout, stderr } = crate::db::spawn(
             tools
-                .command_as("psql", database, APPLICATION_NAME, &KEEPALIVES)
+                .command_as("psql", database, APPLICATION_NAME, &crate::db::KEEPALIVES)
                 .args(["-X", "-q", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1"])
                 .stdin(Stdio::piped()),
         )

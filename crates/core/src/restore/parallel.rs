@@ -379,7 +379,7 @@ impl Session {
     fn start(tools: &PgTools, db: &str, index: usize, key: &str, nonce: &str) -> Result<Session, DbError> {
         let Running { mut child, stdout, stderr } = crate::db::spawn(
             tools
-                .command("psql", db)
+                .command_as("psql", db, "ef-backup", &crate::db::KEEPALIVES)
                 .args(["-X", "-q", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1"])
                 .env("PGOPTIONS", SESSION_OPTIONS)
                 .stdin(Stdio::piped()),
