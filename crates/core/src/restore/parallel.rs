@@ -741,6 +741,10 @@ impl Settings {
     /// on every session, so a file could otherwise pile up memory (a comment of a gigabyte
     /// before each of many `SET`s) out of a small gzip file.
     fn check(&self) -> Result<(), LoadError> {
+        // Counted before summed: each `set` goes through the whole list.
+        if self.list.len() > MAX_SETTINGS {
+            return Err(LoadError::Refused { what: format!("more than {MAX_SETTINGS} different session settings (SET …) in force at once") });
+        }
         let bytes: usize = self.list.iter().map(|(_, t)| t.len()).sum();
         if bytes > MAX_SETTINGS_BYTES {
             return Err(LoadError::Refused {
@@ -751,7 +755,9 @@ impl Settings {
     }
 }
 
-/// The session settings in force at once, as text: pg_dump writes about a dozen short `SET`s.
+/// The session settings in force at once, and their text: pg_dump writes about a dozen short
+/// `SET`s.
+const MAX_SETTINGS: usize = 1000;
 const MAX_SETTINGS_BYTES: usize = 1 << 20;
 /// One index or key entry (pg_dump writes one `CREATE INDEX` or `ALTER TABLE … ADD CONSTRAINT`).
 const MAX_ENTRY_BYTES: usize = 64 << 20;
