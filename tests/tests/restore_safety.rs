@@ -63,6 +63,30 @@ fn scratch_dbs() -> String {
     psql("postgres", "SELECT count(*) FROM pg_database WHERE datname LIKE 'ef\\_verify\\_%' OR datname LIKE 'ef\\_restore\\_%'")
 }
 
+/// Runs ef-backup with `args` and fails the test if it has not ended within `limit` seconds
+/// (it is killed then): for crafted files that once made it hang. Its output is drained
+/// meanwhile, so that a full pipe of ours is never what stalls it. Returns its exit code, stdout
+/// and stderr.
+fn run_within(backups: &Path, args: &[&str], limit: u64) -> (Option<i32>, String, String) {
+    let started = std::time::Instant::now();
+    let mut child =
+        ef_command(sample_db(), backups, &[]).args(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let out = std::thread::spawn(move || std::io::read_to_string(&mut out).unwrap_or_default());
+    let err = std::thread::spawn(move || std::io::read_to_string(&mut err).unwrap_or_default());
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(limit) {
+            let _ = child.kill();
+            panic!("{args:?} hung (killed after {limit} s)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    (status.code(), out.join().unwrap(), err.join().unwrap())
+}
+
 #[test]
 fn crafted_backups_run_no_command_through_restore_or_verify() {
     let _serial = serial();
@@ -275,25 +299,8 @@ fn a_copy_hidden_behind_a_settings_trick_fails_and_never_hangs() {
     for args in
         [vec!["restore", file.to_str().unwrap(), "--target-db", "ef_e2e_hidden", "--create", "--jobs", "2"], vec!["verify", file.to_str().unwrap()]]
     {
-        let started = std::time::Instant::now();
-        let mut child = ef_command(sample_db(), &backups, &[])
-            .args(&args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let status = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            if started.elapsed() > std::time::Duration::from_secs(90) {
-                let _ = child.kill();
-                panic!("{args:?} hung on a hidden COPY");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        };
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(status.code(), Some(1), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let (code, _, stderr) = run_within(&backups, &args, 90);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
         assert_eq!(scratch_dbs(), "0");
     }
 }
@@ -353,30 +360,9 @@ fn forged_sync_markers_never_stall_a_restore_or_verify() {
         // Against the dump itself: the sample database it would be compared with by default is another.
         vec!["verify", file.to_str().unwrap(), "--against-dump", "--jobs", "2"],
     ] {
-        let started = std::time::Instant::now();
-        let mut child = ef_command(sample_db(), &backups, &[])
-            .args(&args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        // Drained meanwhile, so that a full pipe of ours is never what stalls it.
-        let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-        let out = std::thread::spawn(move || std::io::read_to_string(&mut out).unwrap_or_default());
-        let err = std::thread::spawn(move || std::io::read_to_string(&mut err).unwrap_or_default());
-        let status = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            if started.elapsed() > std::time::Duration::from_secs(120) {
-                let _ = child.kill();
-                panic!("{args:?} hung on forged sync markers");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        };
-        let (out, err) = (out.join().unwrap(), err.join().unwrap());
+        let (code, out, err) = run_within(&backups, &args, 120);
         // The dump itself is fine, and the forging found a marker to copy (it fails otherwise).
-        assert_eq!(status.code(), Some(0), "{args:?}: {out}\n{err}");
+        assert_eq!(code, Some(0), "{args:?}: {out}\n{err}");
         assert_eq!(scratch_dbs(), "0");
     }
     assert_eq!(psql("ef_e2e_forged", "SELECT string_agg(a::text, ',' ORDER BY a) FROM t"), "1,2");
@@ -415,26 +401,8 @@ fn text_psql_reads_differently_fails_the_load_instead_of_hanging() {
             vec!["restore", file.to_str().unwrap(), "--target-db", "ef_e2e_desync", "--create", "--jobs", "2"],
             vec!["verify", file.to_str().unwrap(), "--against-dump", "--jobs", "2"],
         ] {
-            let started = std::time::Instant::now();
-            let mut child = ef_command(sample_db(), &backups, &[])
-                .args(&args)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            let status = loop {
-                if let Some(st) = child.try_wait().unwrap() {
-                    break st;
-                }
-                if started.elapsed() > std::time::Duration::from_secs(120) {
-                    let _ = child.kill();
-                    panic!("{name}: {args:?} hung");
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            };
-            let out = child.wait_with_output().unwrap();
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(status.code(), Some(1), "{name}: {args:?}: {stderr}");
+            let (code, _, stderr) = run_within(&backups, &args, 120);
+            assert_eq!(code, Some(1), "{name}: {args:?}: {stderr}");
             assert!(stderr.contains("read part of the backup differently from ef-backup"), "{name}: {args:?}: {stderr}");
             assert_eq!(scratch_dbs(), "0", "{name}: {args:?}");
         }
