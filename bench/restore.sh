@@ -18,8 +18,9 @@
 # Wall time, CPU time (of the client side; the server's work is not in it) and peak RSS come
 # from GNU time; the server's CPU time from /proc (the benchmark's server runs here). Their sum
 # over the cores is the floor no schedule can beat on this machine: how near each method comes
-# to it shows what is left to gain by keeping the cores busy, and what only less work can gain. Peak RSS of ef-backup is also measured on a database a fifth the size, to show
-# it does not grow with the database.
+# to it shows what is left to gain by keeping the cores busy, and what only less work can gain.
+# Peak RSS of ef-backup is also measured on a database a fifth the size, to show it does not
+# grow with the database.
 # `bench/restore.sh stop` stops the benchmark's PostgreSQL and deletes its state.
 # shellcheck disable=SC2016  # the sh -c scripts below expand their own arguments
 set -euo pipefail

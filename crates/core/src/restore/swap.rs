@@ -68,7 +68,8 @@ enum After {
 }
 
 /// Runs the swap with `exec` (SQL on a maintenance database) and `exists` (the names among
-/// those given that exist, asked on a new connection). `Ok` once the scratch database carries
+/// those given that exist, asked after a failed step — on a new connection when the old one is
+/// gone). `Ok` once the scratch database carries
 /// the target's name, with the old database when it could not be dropped.
 pub fn swap(
     plan: &Swap,
