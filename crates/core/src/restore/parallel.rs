@@ -87,7 +87,7 @@ const MAX_PENDING_BYTES: usize = 1 << 30;
 pub enum LoadError {
     #[error("psql session {session} of {sessions} failed ({status}): {stderr} — an SQL statement of the backup failed on this server: if it names a missing role, create it or restore with --no-owner --no-privileges; otherwise try another backup (ef-backup list)")]
     Session { session: usize, sessions: usize, status: String, stderr: String },
-    #[error("session {session} of {sessions} lost its connection to the server ({detail}) — the backup is not at fault: check that the server is up (it may have restarted, or an administrator ended the session) and run the restore again")]
+    #[error("session {session} of {sessions} lost its connection to the server, or could not make one ({detail}) — the backup is not at fault: check that the server is up (it may have restarted, or an administrator ended the session) and run the restore again")]
     Lost { session: usize, sessions: usize, detail: String },
     #[error("loading rows of {table} (session {session} of {sessions}) failed: {err} — the backup's data does not fit the table this server created from it; try another backup (ef-backup list)")]
     Copy { table: String, session: usize, sessions: usize, err: String },
@@ -719,7 +719,9 @@ struct Settings {
 }
 
 impl Settings {
-    fn set(&mut self, name: String, text: &[u8]) {
+    /// Takes a setting in; refuses the file when what is in force grows past what pg_dump
+    /// writes (see `check`).
+    fn set(&mut self, name: String, text: &[u8]) -> Result<(), LoadError> {
         // Replayed in the order they take effect: `RESET ALL` undoes everything before it, and
         // a setting set again moves to the end (an in-place update would replay
         // `SET x; RESET ALL` for `RESET ALL; SET x; RESET ALL`, leaving a session with `x` the
@@ -731,6 +733,7 @@ impl Settings {
         }
         self.list.push((name, text.to_vec()));
         self.version += 1;
+        self.check()
     }
 
     fn text(&self) -> Vec<u8> {
@@ -1012,8 +1015,7 @@ impl Dispatch {
             StatementKind::SessionSetting { name } => {
                 // The entry collected so far ran under the previous settings.
                 self.flush_entry()?;
-                self.settings.set(name, text);
-                self.settings.check()?;
+                self.settings.set(name, text)?;
             }
             StatementKind::Owner if self.opts.no_owner => self.stats.owner_statements_skipped += 1,
             StatementKind::Privilege if self.opts.no_privileges => self.stats.privilege_statements_skipped += 1,
@@ -1383,9 +1385,8 @@ impl AheadScan {
         match kind {
             StatementKind::SessionSetting { name } if self.opts.no_owner && name == "session_authorization" => Ok(()),
             StatementKind::SessionSetting { name } => {
-                self.settings.set(name, text);
                 // The loader refuses the file too; reading ahead stops here.
-                self.settings.check().map_err(|_| ())
+                self.settings.set(name, text).map_err(|_| ())
             }
             StatementKind::CopyFromStdin { table } if self.toc_kind() == "TABLE DATA" && is_text_copy(text) => {
                 let k = self.blocks_seen;
